@@ -1,0 +1,3 @@
+from coxswain.cli import main
+
+main()

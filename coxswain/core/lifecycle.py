@@ -1,0 +1,48 @@
+"""The agreed lifecycle: which stage a lead may move to from which, and why it moves."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from schemas.events import ActivityType, Stage
+
+LEGAL_TRANSITIONS: Mapping[Stage, frozenset[Stage]] = {
+    Stage.lead: frozenset({Stage.mql, Stage.disqualified}),
+    Stage.mql: frozenset({Stage.sal, Stage.lead, Stage.recycled, Stage.disqualified}),
+    Stage.sal: frozenset({Stage.sql, Stage.recycled, Stage.disqualified}),
+    Stage.sql: frozenset({Stage.opportunity, Stage.recycled, Stage.disqualified}),
+    Stage.opportunity: frozenset({Stage.customer, Stage.recycled}),
+    Stage.customer: frozenset(),
+    Stage.recycled: frozenset({Stage.mql, Stage.disqualified}),
+    Stage.disqualified: frozenset(),
+}
+
+# What each CRM activity asks of the lifecycle; activities absent here change no stage.
+ACTIVITY_TARGET: Mapping[ActivityType, Stage] = {
+    ActivityType.sal_accepted: Stage.sal,
+    ActivityType.sal_rejected: Stage.recycled,
+    ActivityType.sql_qualified: Stage.sql,
+    ActivityType.opportunity_created: Stage.opportunity,
+    ActivityType.won: Stage.customer,
+    ActivityType.lost: Stage.recycled,
+    ActivityType.disqualified: Stage.disqualified,
+}
+
+QUALIFIABLE = frozenset({Stage.lead, Stage.recycled})
+
+
+class IllegalTransition(ValueError):
+    def __init__(self, current: Stage, target: Stage, cause: str) -> None:
+        allowed = ", ".join(sorted(s.value for s in LEGAL_TRANSITIONS[current])) or "none (final stage)"
+        super().__init__(
+            f"{cause} asks to move the lead from {current.value} to {target.value}, "
+            f"which the agreement does not allow; from {current.value} it may go to: {allowed}"
+        )
+        self.current = current
+        self.target = target
+
+
+def transition(current: Stage, target: Stage, cause: str) -> Stage:
+    if target not in LEGAL_TRANSITIONS[current]:
+        raise IllegalTransition(current, target, cause)
+    return target

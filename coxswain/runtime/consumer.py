@@ -1,0 +1,247 @@
+"""The consumer loop every service shares.
+
+Per polled batch: one database transaction that, for each record, claims the event id in the
+inbox and applies the handler (inside a savepoint, so one bad record cannot spoil the batch),
+stages the resulting facts in the outbox, and stages undecodable or unprocessable records for the
+dead-letter topic with the reason. Only after the commit are the offsets committed: a crash at
+any point means redelivery, and the inbox turns redelivery into a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from pydantic import ValidationError
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from coxswain.runtime import outbox
+from coxswain.runtime.kafka import make_consumer
+from coxswain.settings import ConsumerConfig, KafkaConfig
+from schemas.codec import DecodeError, Headers, WireRecord, decode
+from schemas.events import Event, dead_letter_topic
+
+log = logging.getLogger(__name__)
+
+DEAD_LETTER_NAMESPACE = uuid.UUID("5b0f9a36-3f57-4f0e-9f1c-4a1c8f6d2b10")
+
+Clock = Callable[[], datetime]
+Handler = Callable[[AsyncConnection, Event, datetime], Awaitable[Sequence[Event]]]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class PermanentError(Exception):
+    """The record is wrong, not the world: retrying cannot help, so it goes to the DLQ."""
+
+
+PERMANENT = (PermanentError, DecodeError, ValidationError, ValueError, KeyError, LookupError)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Headers
+
+
+def dead_letter(delivery: Delivery, consumer: str, reason: str, error_type: str) -> tuple[uuid.UUID, WireRecord]:
+    """The original bytes, untouched, plus where they came from and why they could not be used."""
+    event_id = uuid.uuid5(DEAD_LETTER_NAMESPACE, f"{consumer}/{delivery.topic}/{delivery.partition}/{delivery.offset}")
+    headers = (
+        *[(name, value) for name, value in delivery.headers if not name.startswith("dlq_")],
+        ("dlq_reason", reason[:2000].encode()),
+        ("dlq_error_type", error_type.encode()),
+        ("dlq_consumer", consumer.encode()),
+        ("dlq_topic", delivery.topic.encode()),
+        ("dlq_partition", str(delivery.partition).encode()),
+        ("dlq_offset", str(delivery.offset).encode()),
+        ("dlq_id", str(event_id).encode()),
+    )
+    record = WireRecord(
+        topic=dead_letter_topic(delivery.topic), key=delivery.key or b"", value=delivery.value or b"", headers=headers
+    )
+    return event_id, record
+
+
+async def claim(connection: AsyncConnection, consumer: str, event_id: uuid.UUID, topic: str, now: datetime) -> bool:
+    """True the first time this consumer sees the event id; false on every redelivery."""
+    inserted = await connection.scalar(
+        text(
+            "INSERT INTO inbox (consumer, event_id, topic, processed_at) VALUES (:c, :e, :t, :now) "
+            "ON CONFLICT DO NOTHING RETURNING 1"
+        ),
+        {"c": consumer, "e": event_id, "t": topic, "now": now},
+    )
+    return inserted is not None
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    return isinstance(exc, (OperationalError, InterfaceError)) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    )
+
+
+class _WaitForInFlight(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Partitions are not handed over while a batch is being processed and committed."""
+
+    def __init__(self, lock: asyncio.Lock) -> None:
+        self._lock = lock
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        async with self._lock:
+            log.info("partitions revoked: %s", sorted(str(tp) for tp in revoked))
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        log.info("partitions assigned: %s", sorted(str(tp) for tp in assigned))
+
+
+class ConsumerService:
+    def __init__(
+        self,
+        *,
+        name: str,
+        accepts: Mapping[str, tuple[type[Event], ...]],
+        handler: Handler,
+        engine: AsyncEngine,
+        kafka: KafkaConfig,
+        config: ConsumerConfig,
+        clock: Clock = utc_now,
+    ) -> None:
+        self.name = name
+        self._accepts = accepts
+        self._handler = handler
+        self._engine = engine
+        self._kafka = kafka
+        self._config = config
+        self._clock = clock
+        self._lock = asyncio.Lock()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        consumer = make_consumer(self._kafka, self.name, (), self._config.consumer_max_batch)
+        consumer.subscribe(list(self._accepts), listener=_WaitForInFlight(self._lock))
+        await consumer.start()
+        log.info("consumer %s started on %s", self.name, ", ".join(self._accepts))
+        backoff = 0.5
+        try:
+            while not stop.is_set():
+                batch: dict[Any, list[Any]] = await consumer.getmany(timeout_ms=500)
+                if not batch:
+                    continue
+                async with self._lock:
+                    try:
+                        await self.process([_delivery(record) for records in batch.values() for record in records])
+                    except Exception as exc:
+                        log.warning(
+                            "batch failed, will be redelivered: consumer=%s error=%s",
+                            self.name,
+                            type(exc).__name__,
+                            exc_info=not is_connection_error(exc),
+                        )
+                        for tp, records in batch.items():
+                            consumer.seek(tp, records[0].offset)
+                        await asyncio.sleep(backoff)
+                        backoff = min(backoff * 2, 10.0)
+                        continue
+                    backoff = 0.5
+                    await self._commit(consumer, batch)
+        finally:
+            # Leaving the group promptly hands partitions over without waiting for a session timeout.
+            await consumer.stop()
+            log.info("consumer %s stopped", self.name)
+
+    async def _commit(self, consumer: Any, batch: Mapping[Any, list[Any]]) -> None:
+        offsets = {TopicPartition(tp.topic, tp.partition): records[-1].offset + 1 for tp, records in batch.items()}
+        try:
+            await consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError, KafkaError) as exc:
+            # The work is in the database; the next owner of the partition redelivers and the inbox skips.
+            log.warning("offset commit failed after a rebalance: %s", type(exc).__name__)
+
+    async def process(self, deliveries: Sequence[Delivery]) -> None:
+        """Apply a batch in one transaction; raise only for errors that deserve a redelivery."""
+        now = self._clock()
+        async with self._engine.begin() as connection:
+            for delivery in deliveries:
+                await self._process_one(connection, delivery, now)
+
+    async def _process_one(self, connection: AsyncConnection, delivery: Delivery, now: datetime) -> None:
+        try:
+            event = decode(delivery.topic, delivery.value, delivery.headers, self._accepts[delivery.topic])
+        except DecodeError as exc:
+            await self._dead_letter(connection, delivery, str(exc), "DecodeError", now)
+            return
+        attempts = self._config.consumer_handler_retries + 1
+        for attempt in range(1, attempts + 1):
+            try:
+                async with connection.begin_nested():
+                    if await claim(connection, self.name, event.event_id, delivery.topic, now):
+                        facts = await self._handler(connection, event, now)
+                        await outbox.stage(connection, facts, now, traceparent=_traceparent(delivery.headers))
+                return
+            except Exception as exc:
+                if is_connection_error(exc):
+                    raise
+                if isinstance(exc, PERMANENT) or attempt == attempts:
+                    log.warning(
+                        "dead-lettering event: consumer=%s topic=%s partition=%s offset=%s event_id=%s error=%s",
+                        self.name,
+                        delivery.topic,
+                        delivery.partition,
+                        delivery.offset,
+                        event.event_id,
+                        type(exc).__name__,
+                        exc_info=not isinstance(exc, PERMANENT),
+                    )
+                    await self._dead_letter(
+                        connection, delivery, str(exc) or type(exc).__name__, type(exc).__name__, now
+                    )
+                    return
+                await asyncio.sleep(0.05 * attempt)
+
+    async def _dead_letter(
+        self, connection: AsyncConnection, delivery: Delivery, reason: str, error_type: str, now: datetime
+    ) -> None:
+        event_id, record = dead_letter(delivery, self.name, reason, error_type)
+        if await claim(connection, self.name, event_id, record.topic, now):
+            await outbox.stage_records(connection, [(event_id, record)], now)
+        log.info(
+            "record sent to dead-letter topic: consumer=%s topic=%s partition=%s offset=%s reason=%s",
+            self.name,
+            delivery.topic,
+            delivery.partition,
+            delivery.offset,
+            error_type,
+        )
+
+
+def _delivery(record: Any) -> Delivery:
+    return Delivery(
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        key=record.key,
+        value=record.value,
+        headers=tuple((name, bytes(value)) for name, value in (record.headers or ())),
+    )
+
+
+def _traceparent(headers: Headers) -> str | None:
+    for name, value in headers:
+        if name == "traceparent":
+            return value.decode(errors="replace")
+    return None

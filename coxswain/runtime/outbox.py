@@ -1,0 +1,144 @@
+"""The transactional outbox and its relay to Kafka.
+
+A fact is written to ``outbox`` in the same transaction as the state change that caused it, so
+either both happen or neither. The relay publishes rows in id order and deletes them after Kafka
+acknowledged them: at least once, and consumers dedupe by event id. One relay at a time holds an
+advisory lock, which keeps the order of each lead's facts even with many service instances.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import bindparam, text
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from coxswain.db.models import table
+from coxswain.runtime.kafka import Publisher
+from schemas.codec import WireRecord, encode
+from schemas.events import Event
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "coxswain_outbox"
+RELAY_LOCK = 0x636F78  # advisory lock key: "cox"
+
+
+async def stage_records(
+    connection: AsyncConnection, records: Sequence[tuple[uuid.UUID, WireRecord]], now: datetime
+) -> None:
+    if not records:
+        return
+    rows = [
+        {
+            "event_id": event_id,
+            "topic": record.topic,
+            "key": record.key,
+            "value": record.value,
+            "headers": [[name, value.decode()] for name, value in record.headers],
+            "created_at": now,
+        }
+        for event_id, record in records
+    ]
+    await connection.execute(insert(table("outbox")).on_conflict_do_nothing(index_elements=["event_id"]), rows)
+    # Delivered on commit, coalesced per transaction: wakes the relay without polling latency.
+    await connection.execute(text(f"NOTIFY {CHANNEL}"))
+
+
+async def stage(
+    connection: AsyncConnection, events: Sequence[Event], now: datetime, traceparent: str | None = None
+) -> None:
+    await stage_records(connection, [(event.event_id, encode(event, traceparent=traceparent)) for event in events], now)
+
+
+class OutboxRelay:
+    def __init__(
+        self, engine: AsyncEngine, publisher: Publisher, batch: int = 1000, idle_poll_seconds: float = 0.5
+    ) -> None:
+        self._engine = engine
+        self._publisher = publisher
+        self._batch = batch
+        self._idle_poll = idle_poll_seconds
+        self._wake = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event, on_published: Callable[[int], None] | None = None) -> None:
+        listener = asyncio.create_task(self._listen(stop))
+        try:
+            while not stop.is_set():
+                try:
+                    published = await self.relay_once()
+                except Exception:
+                    log.exception("outbox relay failed; retrying")
+                    await _sleep_or_stop(stop, 1.0)
+                    continue
+                if on_published and published:
+                    on_published(published)
+                if published < self._batch:
+                    self._wake.clear()
+                    await _first_of(stop, self._wake, self._idle_poll)
+        finally:
+            listener.cancel()
+
+    async def relay_once(self) -> int:
+        async with self._engine.begin() as connection:
+            leader = await connection.scalar(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": RELAY_LOCK})
+            if not leader:
+                return 0
+            rows = (
+                await connection.execute(
+                    text("SELECT id, topic, key, value, headers FROM outbox ORDER BY id LIMIT :batch"),
+                    {"batch": self._batch},
+                )
+            ).all()
+            if not rows:
+                return 0
+            await self._publisher.publish(
+                [
+                    WireRecord(
+                        topic=row.topic,
+                        key=bytes(row.key),
+                        value=bytes(row.value),
+                        headers=tuple((name, value.encode()) for name, value in row.headers),
+                    )
+                    for row in rows
+                ]
+            )
+            await connection.execute(
+                text("DELETE FROM outbox WHERE id = ANY(:ids)").bindparams(bindparam("ids")),
+                {"ids": [row.id for row in rows]},
+            )
+            return len(rows)
+
+    async def _listen(self, stop: asyncio.Event) -> None:
+        """LISTEN on a dedicated connection; reconnect if the database goes away."""
+        while not stop.is_set():
+            try:
+                async with self._engine.connect() as connection:
+                    raw: Any = (await connection.get_raw_connection()).driver_connection
+                    await raw.add_listener(CHANNEL, lambda *_: self._wake.set())
+                    while not stop.is_set() and not raw.is_closed():
+                        await _sleep_or_stop(stop, 1.0)
+            except Exception as exc:
+                log.warning("outbox listener lost its connection: %s", type(exc).__name__)
+                await _sleep_or_stop(stop, 1.0)
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+async def _first_of(stop: asyncio.Event, wake: asyncio.Event, seconds: float) -> None:
+    waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(wake.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
