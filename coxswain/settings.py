@@ -42,6 +42,10 @@ class AgreementConfig(Slice):
 class ConsumerConfig(Slice):
     consumer_max_batch: int = Field(default=500, ge=1)
     consumer_handler_retries: int = Field(default=3, ge=0)
+    consumer_failpoint: Literal["", "before_db_commit", "after_db_commit"] = Field(
+        default="",
+        description="Crash tests only: hang at this point of the first batch so a test can SIGKILL the process there.",
+    )
 
 
 class IntakeConfig(Slice):

@@ -41,7 +41,10 @@ def parse_duration(value: object) -> object:
     if isinstance(value, str):
         match = _DURATION.match(value)
         if match:
-            return timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+            try:
+                return timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+            except OverflowError:
+                raise ValueError(f"duration {value.strip()!r} is too long") from None
     return value
 
 
@@ -50,7 +53,8 @@ Identifier = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN or infinity would slip through every comparison below (a NaN MQL entry never qualifies).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Match(Strict):
@@ -62,7 +66,7 @@ class Match(Strict):
     between: tuple[float, float] | None = None
     exists: bool | None = None
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, populate_by_name=True)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Match:
@@ -221,34 +225,66 @@ class Agreement(Strict):
 
     @model_validator(mode="after")
     def _references_resolve(self) -> Agreement:
-        problems: list[str] = []
+        problems: list[AgreementProblem] = []
         rep_ids = [rep.id for rep in self.roster]
-        problems += _duplicates("roster", rep_ids)
-        pool_ids = [pool.id for pool in self.routing.pools]
-        problems += _duplicates("routing.pools", pool_ids)
-        problems += _duplicates("scoring rule ids", [r.id for r in (*self.scoring.fit, *self.scoring.negative)])
-        problems += _duplicates("routing.rules", [r.id for r in self.routing.rules])
-        for pool in self.routing.pools:
-            for member in pool.members:
+        problems += _duplicates("roster", [(f"roster.{i}.id", rep.id) for i, rep in enumerate(self.roster)])
+        pools = self.routing.pools
+        pool_ids = [pool.id for pool in pools]
+        problems += _duplicates("routing.pools", [(f"routing.pools.{i}.id", pool.id) for i, pool in enumerate(pools)])
+        problems += _duplicates(
+            "scoring rule ids",
+            [
+                (f"scoring.{kind}.{i}.id", r.id)
+                for kind in ("fit", "negative")
+                for i, r in enumerate(getattr(self.scoring, kind))
+            ],
+        )
+        problems += _duplicates(
+            "routing.rules", [(f"routing.rules.{i}.id", rule.id) for i, rule in enumerate(self.routing.rules)]
+        )
+        for p, pool in enumerate(pools):
+            problems += _duplicates(
+                f"pool {pool.id!r} members",
+                [(f"routing.pools.{p}.members.{m}.rep", x.rep) for m, x in enumerate(pool.members)],
+            )
+            for m, member in enumerate(pool.members):
                 if member.rep not in rep_ids:
-                    problems.append(f"pool {pool.id!r} names rep {member.rep!r}, who is not in the roster")
-        for rule in self.routing.rules:
+                    problems.append(
+                        AgreementProblem(
+                            f"routing.pools.{p}.members.{m}.rep",
+                            f"pool {pool.id!r} names rep {member.rep!r}, who is not in the roster",
+                        )
+                    )
+        for i, rule in enumerate(self.routing.rules):
             if rule.pool not in pool_ids:
-                problems.append(f"routing rule {rule.id!r} sends leads to unknown pool {rule.pool!r}")
+                problems.append(
+                    AgreementProblem(
+                        f"routing.rules.{i}.pool", f"routing rule {rule.id!r} sends leads to unknown pool {rule.pool!r}"
+                    )
+                )
         if self.routing.fallback_pool not in pool_ids:
-            problems.append(f"fallback_pool {self.routing.fallback_pool!r} is not a defined pool")
+            problems.append(
+                AgreementProblem(
+                    "routing.fallback_pool", f"fallback_pool {self.routing.fallback_pool!r} is not a defined pool"
+                )
+            )
         if problems:
-            raise ValueError("; ".join(problems))
+            raise _LocatedProblems(problems)
         return self
 
     def pool(self, pool_id: str) -> Pool:
         return next(pool for pool in self.routing.pools if pool.id == pool_id)
 
 
-def _duplicates(where: str, ids: Sequence[str]) -> list[str]:
+def _duplicates(where: str, located_ids: Sequence[tuple[str, str]]) -> list[AgreementProblem]:
+    """One problem per repeated occurrence, at the path of that occurrence."""
     seen: set[str] = set()
-    repeated = sorted({i for i in ids if i in seen or seen.add(i)})  # type: ignore[func-returns-value]
-    return [f"{where}: id {i!r} is used more than once" for i in repeated]
+    problems = []
+    for path, i in located_ids:
+        if i in seen:
+            problems.append(AgreementProblem(path, f"{where}: id {i!r} is used more than once"))
+        seen.add(i)
+    return problems
 
 
 @dataclass(frozen=True)
@@ -258,6 +294,14 @@ class AgreementProblem:
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}"
+
+
+class _LocatedProblems(ValueError):
+    """Raised by a validator that knows the exact document path of each problem it found."""
+
+    def __init__(self, problems: Sequence[AgreementProblem]) -> None:
+        super().__init__("; ".join(str(problem) for problem in problems))
+        self.problems = tuple(problems)
 
 
 class AgreementError(ValueError):
@@ -271,7 +315,11 @@ def parse_agreement(document: Any, source: str = "<agreement>") -> Agreement:
     try:
         return Agreement.model_validate(document)
     except ValidationError as exc:
-        raise AgreementError(source, [_problem(error) for error in exc.errors()]) from None
+        problems: list[AgreementProblem] = []
+        for error in exc.errors():
+            located = error.get("ctx", {}).get("error")
+            problems += located.problems if isinstance(located, _LocatedProblems) else [_problem(error)]
+        raise AgreementError(source, problems) from None
 
 
 def load_agreement_text(text: str, source: str = "<agreement>") -> Agreement:

@@ -45,6 +45,12 @@ def matches(match: Match, value: str | int | None) -> bool:
     if match.between is not None:
         return isinstance(value, int) and match.between[0] <= value <= match.between[1]
     text = str(value).casefold()
+    if isinstance(match.equals, float):
+        # `equals: 50` loads as 50.0; compare numbers as numbers, not "50" with "50.0".
+        try:
+            return float(text) == match.equals
+        except ValueError:
+            return False
     if match.equals is not None:
         return text == str(match.equals).casefold()
     if match.in_ is not None:

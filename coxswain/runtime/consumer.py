@@ -178,6 +178,13 @@ class ConsumerService:
         async with self._engine.begin() as connection:
             for delivery in deliveries:
                 await self._process_one(connection, delivery, now)
+            await self._failpoint("before_db_commit")
+        await self._failpoint("after_db_commit")
+
+    async def _failpoint(self, where: str) -> None:
+        if self._config.consumer_failpoint == where:
+            log.warning("failpoint reached: consumer=%s at=%s; hanging until killed", self.name, where)
+            await asyncio.Event().wait()
 
     async def _process_one(self, connection: AsyncConnection, delivery: Delivery, now: datetime) -> None:
         try:

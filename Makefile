@@ -1,0 +1,36 @@
+# The two commands: `make run` (whole stack + demo traffic) and `make test` (whole suite).
+.PHONY: run test unit lint typecheck schemas stop clean
+
+VENV := .venv
+PY := $(VENV)/bin/python
+
+$(VENV)/.installed: pyproject.toml scripts/bootstrap.sh
+	scripts/bootstrap.sh
+
+run: $(VENV)/.installed
+	scripts/run-stack.sh
+
+# Tests start their own Kafka and PostgreSQL (separate ports and state dir from `make run`).
+test: $(VENV)/.installed
+	$(MAKE) --no-print-directory lint typecheck schemas
+	$(PY) -m pytest -p no:cacheprovider
+
+unit: $(VENV)/.installed
+	$(PY) -m pytest -p no:cacheprovider tests/unit
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(VENV)/.installed
+	$(VENV)/bin/mypy
+
+schemas: $(VENV)/.installed
+	$(VENV)/bin/coxswain schemas generate --check
+
+stop:
+	deploy/local/stack.sh down
+	COXSWAIN_STATE_DIR=$(CURDIR)/.local/test KAFKA_PORT=29092 KAFKA_CONTROLLER_PORT=29093 PG_PORT=25432 deploy/local/stack.sh down
+
+clean: stop
+	rm -rf .local

@@ -1,0 +1,209 @@
+"""Each service as its own OS process (as in production), and an independent topic watcher."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+from aiokafka import AIOKafkaConsumer
+
+from coxswain.runtime.kafka import connection_options
+from coxswain.settings import KafkaConfig
+from services.intake.signatures import sign
+
+SECRET = "whsec_" + "c2VjcmV0LWZvci10ZXN0cy1vbmx5LTAxMjM0NTY3"
+READY_LINE = {
+    "scoring": "partitions assigned",
+    "router": "partitions assigned",
+    "sla-monitor": "partitions assigned",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    env: dict[str, str]
+    log_dir: Path
+    process: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    @property
+    def log_path(self) -> Path:
+        return self.log_dir / f"{self.name}.{self.starts}.log"
+
+    def start(self, extra_env: dict[str, str] | None = None) -> None:
+        self.starts += 1
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "coxswain", "run", self.name],
+                env={**self.env, **(extra_env or {})},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_for_log(self, needle: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if needle in self.log_text():
+                return
+            if self.process is not None and self.process.poll() is not None:
+                raise AssertionError(f"{self.name} exited with {self.process.returncode}:\n{self.log_text()[-3000:]}")
+            time.sleep(0.1)
+        raise AssertionError(f"{self.name}: {needle!r} not logged within {timeout}s:\n{self.log_text()[-3000:]}")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        assert self.process is not None
+        self.process.send_signal(sig)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@dataclass
+class Stack:
+    agreement: Path
+    log_dir: Path
+    intake_port: int = field(default_factory=free_port)
+    services: dict[str, ServiceProcess] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.intake_port}"
+
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "COXSWAIN_AGREEMENT_FILE": str(self.agreement),
+            "COXSWAIN_INTAKE_PORT": str(self.intake_port),
+            "COXSWAIN_WEBHOOK_SECRETS": orjson.dumps({"webform": SECRET, "crm": SECRET}).decode(),
+            "COXSWAIN_SLA_MAX_SLEEP_SECONDS": "0.2",
+        }
+
+    def start(self, names: Iterable[str] = ("intake", "scoring", "router", "sla-monitor")) -> None:
+        for name in names:
+            service = self.services.setdefault(name, ServiceProcess(name, self.env(), self.log_dir))
+            service.start()
+        for name in names:
+            self.wait_ready(name)
+
+    def wait_ready(self, name: str) -> None:
+        if name == "intake":
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.2)
+            raise AssertionError("intake not ready:\n" + self.services[name].log_text()[-3000:])
+        self.services[name].wait_for_log(READY_LINE[name])
+
+    def stop(self) -> None:
+        for service in self.services.values():
+            service.stop()
+
+
+def signed(
+    body: dict[str, Any], webhook_id: str | None = None, sent_at: datetime | None = None
+) -> tuple[bytes, dict[str, str]]:
+    payload = orjson.dumps(body)
+    return payload, sign(SECRET, webhook_id or f"msg_{uuid.uuid4().hex}", sent_at or datetime.now(UTC), payload)
+
+
+async def post_signed(client: httpx.AsyncClient, path: str, body: dict[str, Any], **kwargs: Any) -> httpx.Response:
+    payload, headers = signed(body, **kwargs)
+    return await client.post(path, content=payload, headers=headers)
+
+
+@dataclass
+class Seen:
+    topic: str
+    key: str
+    value: dict[str, Any]
+    headers: dict[str, str]
+
+
+class TopicWatcher:
+    """An independent consumer (no group, from the earliest offset) that collects every record."""
+
+    def __init__(self, topics: list[str]) -> None:
+        self.topics = topics
+        self.records: list[Seen] = []
+        self._task: asyncio.Task[None] | None = None
+        self._consumer: Any = None
+
+    async def __aenter__(self) -> TopicWatcher:
+        self._consumer = AIOKafkaConsumer(
+            *self.topics,
+            **connection_options(KafkaConfig()),
+            group_id=None,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._collect())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        await self._consumer.stop()
+
+    async def _collect(self) -> None:
+        async for record in self._consumer:
+            try:
+                value = orjson.loads(record.value) if record.value else {}
+            except orjson.JSONDecodeError:
+                value = {"_raw": record.value.decode(errors="replace")}
+            headers = {name: bytes(raw).decode(errors="replace") for name, raw in (record.headers or ())}
+            self.records.append(Seen(record.topic, (record.key or b"").decode(), value, headers))
+
+    def matching(self, topic: str, where: Callable[[Seen], bool] = lambda _: True) -> list[Seen]:
+        return [seen for seen in self.records if seen.topic == topic and where(seen)]
+
+    async def wait_for(
+        self, topic: str, where: Callable[[Seen], bool] = lambda _: True, count: int = 1, timeout: float = 30
+    ) -> list[Seen]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.matching(topic, where)
+            if len(found) >= count:
+                return found
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"expected {count} record(s) on {topic}, saw {len(self.matching(topic, where))}")
+
+
+def for_lead(lead_id: str) -> Callable[[Seen], bool]:
+    return lambda seen: seen.value.get("lead_id") == lead_id
