@@ -3,6 +3,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import pytest_asyncio
 
@@ -23,8 +24,6 @@ def stack(infrastructure: None, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def client(stack: Stack) -> AsyncIterator["httpx.AsyncClient"]:
-    import httpx
-
+async def client(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=stack.url, timeout=10) as http:
         yield http

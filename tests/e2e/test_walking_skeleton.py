@@ -61,7 +61,7 @@ async def test_qualified_lead_is_routed_once_and_breaches_once_without_follow_up
         assert routed.key == lead_id
         assert routed.headers["ce_type"] == "io.coxswain.lead.routed.v1"
 
-        [breach] = await watcher.wait_for("sla.breached.v1", for_lead(lead_id), timeout=30)
+        [breach] = await watcher.wait_for("sla.breached.v1", for_lead(lead_id), within=30)
         due = datetime.fromisoformat(breach.value["due_at"])
         fired = datetime.fromisoformat(breach.value["fired_at"])
         assert fired >= due
@@ -142,7 +142,7 @@ async def test_router_killed_before_offset_commit_routes_exactly_once(stack: Sta
         await asyncio.to_thread(stack.wait_ready, "router")
 
         async with TopicWatcher(TOPICS) as watcher:
-            await watcher.wait_for("leads.routed.v1", for_lead(str(lead_id)), timeout=60)
+            await watcher.wait_for("leads.routed.v1", for_lead(str(lead_id)), within=60)
             await asyncio.sleep(2)
             assert len(watcher.matching("leads.routed.v1", for_lead(str(lead_id)))) == 1, failpoint
         engine = create_async_engine(DatabaseConfig().database_url)

@@ -194,15 +194,17 @@ class TopicWatcher:
         return [seen for seen in self.records if seen.topic == topic and where(seen)]
 
     async def wait_for(
-        self, topic: str, where: Callable[[Seen], bool] = lambda _: True, count: int = 1, timeout: float = 30
+        self, topic: str, where: Callable[[Seen], bool] = lambda _: True, count: int = 1, within: float = 30
     ) -> list[Seen]:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within
         while time.monotonic() < deadline:
             found = self.matching(topic, where)
             if len(found) >= count:
                 return found
             await asyncio.sleep(0.05)
-        raise AssertionError(f"expected {count} record(s) on {topic}, saw {len(self.matching(topic, where))}")
+        raise AssertionError(
+            f"expected {count} record(s) on {topic} within {within}s, saw {len(self.matching(topic, where))}"
+        )
 
 
 def for_lead(lead_id: str) -> Callable[[Seen], bool]:
