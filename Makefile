@@ -30,7 +30,11 @@ schemas: $(VENV)/.installed
 
 stop:
 	deploy/local/stack.sh down
-	COXSWAIN_STATE_DIR=$(CURDIR)/.local/test KAFKA_PORT=29092 KAFKA_CONTROLLER_PORT=29093 PG_PORT=25432 deploy/local/stack.sh down
+	for dir in .local/test-*; do \
+	  [ -d "$$dir" ] || continue; base=$${dir##*-}; \
+	  COXSWAIN_STATE_DIR=$(CURDIR)/$$dir KAFKA_PORT=$$((base + 92)) KAFKA_CONTROLLER_PORT=$$((base + 93)) \
+	    PG_PORT=$$((base + 432)) deploy/local/stack.sh down; \
+	done
 
 clean: stop
 	rm -rf .local

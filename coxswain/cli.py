@@ -80,7 +80,7 @@ def run_sla_monitor() -> None:
 
 
 @db_app.command("upgrade")
-def db_upgrade(revision: str = "head") -> None:
+def db_upgrade(revision: str = "heads") -> None:
     """Apply migrations (run this before starting a new release)."""
     from coxswain.db.database import upgrade
     from coxswain.settings import DatabaseConfig

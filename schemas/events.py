@@ -260,6 +260,20 @@ class SlaMetV1(Event):
     response_activity_id: uuid.UUID
 
 
+class ReassignmentRequestedV1(Event):
+    """Someone asked the router to give a lead to another rep (SLA escalation, SAL rejection)."""
+
+    topic: ClassVar[str] = "routing.reassignment_requested.v1"
+    ce_type: ClassVar[str] = "io.coxswain.routing.reassignment_requested.v1"
+    ce_source: ClassVar[str] = "/coxswain/sla_monitor"
+
+    assignment_id: uuid.UUID = Field(description="The assignment being replaced.")
+    tier: Tier
+    exclude_reps: tuple[str, ...] = Field(description="Reps who must not get the lead again (the last k owners).")
+    reason: str
+    requested_by: Literal["sla_escalation", "sal_rejection", "operator"]
+
+
 ALL_EVENTS: tuple[type[Event], ...] = (
     LeadReceivedV1,
     ActivityRecordedV1,
@@ -270,6 +284,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     SlaArmedV1,
     SlaBreachedV1,
     SlaMetV1,
+    ReassignmentRequestedV1,
 )
 
 EVENTS_BY_TOPIC: dict[str, type[Event]] = {event.topic: event for event in ALL_EVENTS}

@@ -28,6 +28,7 @@ export COXSWAIN_INTAKE_PORT="${COXSWAIN_INTAKE_PORT:-8080}"
 
 pids=()
 stop_all() {
+  trap - EXIT INT TERM
   echo "stopping services..."
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   wait || true

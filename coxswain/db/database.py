@@ -35,28 +35,28 @@ def alembic_config(config: DatabaseConfig) -> Config:
     return alembic
 
 
-def upgrade(config: DatabaseConfig, revision: str = "head") -> None:
+def upgrade(config: DatabaseConfig, revision: str = "heads") -> None:
     command.upgrade(alembic_config(config), revision)
 
 
-def head_revision(config: DatabaseConfig) -> str | None:
-    return ScriptDirectory.from_config(alembic_config(config)).get_current_head()
+def head_revisions(config: DatabaseConfig) -> frozenset[str]:
+    return frozenset(ScriptDirectory.from_config(alembic_config(config)).get_heads())
 
 
-async def current_revision(engine: AsyncEngine) -> str | None:
+async def current_revisions(engine: AsyncEngine) -> frozenset[str]:
     async with engine.connect() as connection:
         exists = await connection.scalar(text("SELECT to_regclass('alembic_version') IS NOT NULL"))
         if not exists:
-            return None
-        revision = await connection.scalar(text("SELECT version_num FROM alembic_version"))
-        return None if revision is None else str(revision)
+            return frozenset()
+        rows = await connection.execute(text("SELECT version_num FROM alembic_version"))
+        return frozenset(str(row.version_num) for row in rows)
 
 
 async def require_current_schema(engine: AsyncEngine, config: DatabaseConfig) -> None:
     """Services never migrate on start; they refuse to run against a schema they do not expect."""
-    current, head = await current_revision(engine), head_revision(config)
-    if current != head:
+    current, heads = await current_revisions(engine), head_revisions(config)
+    if current != heads:
         raise SchemaOutOfDate(
-            f"database schema is at revision {current or '(none)'} but this release needs {head}; "
-            "run `coxswain db upgrade` first"
+            f"database schema is at revision {', '.join(sorted(current)) or '(none)'} but this release needs "
+            f"{', '.join(sorted(heads))}; run `coxswain db upgrade` first"
         )

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from coxswain.db.database import SchemaOutOfDate, current_revision, head_revision, require_current_schema
+from coxswain.db.database import SchemaOutOfDate, current_revisions, head_revisions, require_current_schema
 from coxswain.settings import DatabaseConfig
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -18,7 +18,7 @@ async def test_the_test_database_is_at_head_after_the_real_migrations(infrastruc
     config = DatabaseConfig()
     engine = create_async_engine(config.database_url)
     try:
-        assert await current_revision(engine) == head_revision(config)
+        assert await current_revisions(engine) == head_revisions(config)
         await require_current_schema(engine, config)
     finally:
         await engine.dispose()

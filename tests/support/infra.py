@@ -20,8 +20,11 @@ from coxswain.runtime.kafka import all_topics, connection_options, create_topics
 from coxswain.settings import DatabaseConfig, KafkaConfig
 
 ROOT = Path(__file__).resolve().parents[2]
-STATE_DIR = ROOT / ".local" / "test"
-KAFKA_PORT, KAFKA_CONTROLLER_PORT, PG_PORT = 29092, 29093, 25432
+# Several test runs may share a machine (developers, CI): each port base gets its own broker,
+# cluster and state dir.
+PORT_BASE = int(os.environ.get("COXSWAIN_TEST_PORT_BASE", "29000"))
+STATE_DIR = ROOT / ".local" / f"test-{PORT_BASE}"
+KAFKA_PORT, KAFKA_CONTROLLER_PORT, PG_PORT = PORT_BASE + 92, PORT_BASE + 93, PORT_BASE + 432
 
 ENVIRONMENT = {
     "COXSWAIN_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{KAFKA_PORT}",

@@ -505,7 +505,7 @@ def test_arbitrary_documents_only_ever_raise_agreement_error(document: object) -
     _parse_or_agreement_error(document)
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_random_mutations_of_the_example_only_ever_raise_agreement_error(data: st.DataObject) -> None:
     document = copy.deepcopy(EXAMPLE_DOC)
@@ -542,7 +542,7 @@ def test_random_text_only_ever_raises_agreement_error(text: str) -> None:
     _load_text_or_agreement_error(text)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(
     position=st.integers(min_value=0, max_value=len(EXAMPLE_TEXT)),
     cut=st.integers(min_value=0, max_value=20),
