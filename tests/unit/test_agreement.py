@@ -22,6 +22,7 @@ from coxswain.core.agreement import (
     parse_agreement,
     parse_duration,
 )
+from coxswain.core.scoring import matches
 from schemas.events import ActivityType, EngagementType, Tier
 
 EXAMPLE_PATH = Path(__file__).resolve().parents[2] / "examples" / "agreement.yaml"
@@ -103,8 +104,6 @@ def test_human_durations_are_understood(text: str, expected: timedelta) -> None:
 
 def test_numeric_equals_matches_whole_numbers() -> None:
     """Regression: `equals: 50` loads as 50.0 and used to be compared as the text "50.0"."""
-    from coxswain.core.scoring import matches
-
     document = mutated(
         lambda d: d["scoring"]["fit"].append(
             {"id": "size-exactly-50", "field": "company_size", "match": {"equals": 50}, "points": 1}
@@ -524,7 +523,7 @@ def test_random_mutations_of_the_example_only_ever_raise_agreement_error(data: s
             del parent[path[-1]]
         elif action == "add-key" and isinstance(parent, dict):
             parent[data.draw(st.text(max_size=8), label="key")] = data.draw(scalars, label="value")
-        elif action == "duplicate" and isinstance(parent, list):
+        elif action == "duplicate" and isinstance(parent, list) and isinstance(path[-1], int):
             parent.append(copy.deepcopy(parent[path[-1]]))
     _parse_or_agreement_error(document)
 

@@ -26,6 +26,7 @@ from schemas.events import (
     LeadRoutedV1,
     LeadScoredV1,
     LeadStageChangedV1,
+    ReassignmentRequestedV1,
     ScoreContribution,
     SlaArmedV1,
     SlaBreachedV1,
@@ -165,12 +166,24 @@ SAMPLES: tuple[Event, ...] = (
         responded_at=AT + timedelta(minutes=2),
         response_activity_id=eid("activity"),
     ),
+    ReassignmentRequestedV1(
+        event_id=eid("reassign"),
+        lead_id=LEAD,
+        occurred_at=DUE,
+        assignment_id=ASSIGNMENT,
+        tier=Tier.hot,
+        exclude_reps=("ava", "ben"),
+        reason="first touch breached",
+        requested_by="sla_escalation",
+    ),
 )
 RECEIVED = SAMPLES[0]
 
 
 def test_one_sample_for_every_event_type() -> None:
-    assert [type(sample) for sample in SAMPLES] == list(ALL_EVENTS)
+    missing = [event.__name__ for event in ALL_EVENTS if event not in {type(sample) for sample in SAMPLES}]
+    assert not missing, f"add a sample for {missing}"
+    assert len(SAMPLES) == len(ALL_EVENTS)
 
 
 @pytest.mark.parametrize("event", SAMPLES, ids=lambda e: type(e).__name__)

@@ -199,7 +199,8 @@ def test_replaying_the_same_events_from_scratch_is_identical() -> None:
     ]
 
     def run() -> tuple[LeadState, list[Event]]:
-        state, facts = fresh(), []
+        state = fresh()
+        facts: list[Event] = []
         for event in events:
             outcome = receive(state, event)
             state = outcome.state
