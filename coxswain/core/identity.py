@@ -1,14 +1,32 @@
 """Which lead an event is about.
 
-Rule: a lead is a person. Events that carry an email join the lead of that email, normalised
-(trimmed, lower-cased); events without one join the lead of their sender's contact id
-(source + external id). The id is a UUIDv5 of that key, so every intake instance derives the
-same lead id without a lookup, and every fact about the person is keyed (and ordered) alike.
+A lead is a person. Every marketing event carries up to two identity keys:
+
+- ``email:<address>``, the email trimmed and lower-cased;
+- ``source:<source>:<external id>``, the sender's own id of the contact.
+
+Intake derives a provisional lead id without any lookup: the UUIDv5 of the email key when there
+is an email, else of the source key (so every intake instance agrees, and a webhook retried
+anywhere gets the same id). Scoring then resolves the event against the keys already seen
+(``lead_identities``), in this order:
+
+1. the email key is known: the event joins that lead;
+2. else a source key is known: the event joins that lead (a contact first seen by its external
+   id, later with an email, stays one lead, and the email is recorded for it);
+3. else the event starts a lead with the provisional id.
+
+Every key the event carries that is not yet known is then recorded for the chosen lead. A key
+never moves: when an email and a source key already name two different leads, the email wins
+and the two leads are not merged. When the chosen lead differs from the provisional id, the
+provisional id is recorded as an alias (``id:<uuid>``), so a CRM activity or an API call
+naming the provisional id reaches the same lead.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 LEAD_NAMESPACE = uuid.UUID("0c9b3b8e-5d0c-4c57-9a59-3c1f1f7a6b01")
 EVENT_NAMESPACE = uuid.UUID("8a6f2d4e-1b7c-4e8a-9d3f-6c2b5a4e7f12")
@@ -22,12 +40,56 @@ def normalise_email(email: str) -> str:
     return email.strip().casefold()
 
 
-def lead_id_for(email: str | None, source: str, external_id: str | None) -> uuid.UUID:
+def email_key(email: str) -> str:
+    return f"email:{normalise_email(email)}"
+
+
+def source_key(source: str, external_id: str) -> str:
+    return f"source:{source}:{external_id.strip()}"
+
+
+def alias_key(lead_id: uuid.UUID) -> str:
+    return f"id:{lead_id}"
+
+
+def identity_keys(email: str | None, source: str, external_id: str | None) -> tuple[str, ...]:
+    """The event's keys, strongest first."""
+    keys = []
     if email:
-        return uuid.uuid5(LEAD_NAMESPACE, f"email:{normalise_email(email)}")
-    if external_id:
-        return uuid.uuid5(LEAD_NAMESPACE, f"source:{source}:{external_id.strip()}")
-    raise UnidentifiableLead("an event needs contact.email or external_id to identify its lead")
+        keys.append(email_key(email))
+    if external_id and external_id.strip():
+        keys.append(source_key(source, external_id))
+    return tuple(keys)
+
+
+def lead_id_for(email: str | None, source: str, external_id: str | None) -> uuid.UUID:
+    keys = identity_keys(email, source, external_id)
+    if not keys:
+        raise UnidentifiableLead("an event needs contact.email or external_id to identify its lead")
+    return uuid.uuid5(LEAD_NAMESPACE, keys[0])
+
+
+@dataclass(frozen=True)
+class Resolution:
+    lead_id: uuid.UUID
+    record: tuple[str, ...]
+    rule: str
+
+
+def resolve(keys: Sequence[str], known: Mapping[str, uuid.UUID], provisional: uuid.UUID) -> Resolution:
+    """Apply the rule above; ``known`` maps the event's keys already seen to their lead."""
+    email = next((key for key in keys if key.startswith("email:") and key in known), None)
+    source = next((key for key in keys if key.startswith("source:") and key in known), None)
+    if email is not None:
+        lead_id, rule = known[email], "email already known"
+    elif source is not None:
+        lead_id, rule = known[source], "source id already known"
+    else:
+        lead_id, rule = provisional, "new lead"
+    record = [key for key in keys if key not in known]
+    if lead_id != provisional and alias_key(provisional) not in known:
+        record.append(alias_key(provisional))
+    return Resolution(lead_id, tuple(record), rule)
 
 
 def intake_event_id(source: str, webhook_id: str, index: int) -> uuid.UUID:

@@ -1,17 +1,32 @@
-"""What scoring decides for one lead: a pure function from (state, event, agreement, now) to
-the new state and the facts to publish. The shell loads, calls, saves and publishes."""
+"""What scoring decides for one lead: a pure function from (state, input, agreement, now) to the
+new state and the facts to publish. The shell loads, calls, saves and publishes.
+
+Inputs are marketing events (``on_received``), CRM activities (``on_activity``) and the
+re-evaluation timer the shell arms at ``next_reevaluation`` (``on_timer``): because the score
+only falls between events, the moment a qualified lead drops below its exit threshold is known
+in advance, so no batch job is needed to notice it.
+"""
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from coxswain.core.agreement import Agreement
-from coxswain.core.lifecycle import ACTIVITY_TARGET, QUALIFIABLE, transition
-from coxswain.core.scoring import Score, Touch, fast_lane_tier, score, tier_for
+from coxswain.core.agreement import Agreement, FastLane
+from coxswain.core.lifecycle import (
+    ACTIVITY_TARGET,
+    DEMOTION,
+    QUALIFIABLE,
+    UnknownRejectionReason,
+    transition,
+)
+from coxswain.core.playbooks import playbook_for
+from coxswain.core.scoring import Score, Touch, falls_below_at, priority_tier, score
 from schemas.events import (
     ActivityRecordedV1,
+    ActivityType,
+    EngagementType,
     Event,
     LeadAttributes,
     LeadQualifiedV1,
@@ -34,6 +49,14 @@ class LeadState:
     touches: tuple[Touch, ...] = ()
     score_total: float = 0.0
     tier: Tier | None = None
+    persona: str | None = None
+    # The stage was set by a person (a CRM activity) or by a fast lane without a hold: decay
+    # never undoes it.
+    pinned: bool = False
+    # A fast lane's hold: decay may not demote this MQL before then.
+    held_until: datetime | None = None
+    # Recycle cooldown: the lead may not re-qualify before then.
+    recycled_until: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +74,16 @@ def merge_attributes(old: LeadAttributes, new: LeadAttributes) -> LeadAttributes
     return old.model_copy(update=new.model_dump(exclude_none=True))
 
 
+def fast_lane(engagement: EngagementType, agreement: Agreement) -> FastLane | None:
+    return next((lane for lane in agreement.scoring.fast_lanes if lane.event == engagement), None)
+
+
+def evaluation_time(state: LeadState, at: datetime) -> datetime:
+    """No earlier than the latest touch: an event dated before a touch already seen must not
+    score the lead as if that touch had not happened."""
+    return max(at, max((touch.at for touch in state.touches), default=at))
+
+
 def on_received(state: LeadState, event: LeadReceivedV1, agreement: Agreement, now: datetime) -> Outcome:
     touches = (*state.touches, Touch(event.engagement, event.occurred_at))[-MAX_TOUCHES:]
     updated = replace(
@@ -60,45 +93,157 @@ def on_received(state: LeadState, event: LeadReceivedV1, agreement: Agreement, n
         touches=touches,
     )
     current = score(updated.attributes, touches, agreement, now)
-    updated = replace(updated, score_total=current.total)
-    facts: list[Event] = [_scored(updated, current, event.event_id, agreement, now)]
-    lane = fast_lane_tier(event.engagement, agreement)
-    enters = current.total >= agreement.scoring.mql.enter
-    if state.stage in QUALIFIABLE and (enters or lane is not None):
-        tier = lane if lane is not None else tier_for(current.total, agreement)
-        reason = (
-            f"fast lane {event.engagement.value}"
-            if lane is not None and not enters
-            else f"score {current.total:g} reached MQL entry {agreement.scoring.mql.enter:g}"
+    updated = replace(updated, score_total=current.total, persona=current.persona)
+    scored = _scored(updated, current, event.event_id, agreement, now)
+    lane = fast_lane(event.engagement, agreement)
+    updated, facts = _evaluate(updated, current, lane, event.event_id, agreement, now, decayed=False)
+    return Outcome(updated, (scored, *facts))
+
+
+def on_timer(state: LeadState, agreement: Agreement, now: datetime, timer_id: uuid.UUID) -> Outcome:
+    """The re-evaluation armed at ``next_reevaluation``: demote a decayed lead, or re-qualify a
+    recycled one whose cooldown is over. Nothing is emitted when nothing changes."""
+    current = score(state.attributes, state.touches, agreement, now)
+    updated = replace(state, score_total=current.total, persona=current.persona)
+    updated, facts = _evaluate(updated, current, None, timer_id, agreement, now, decayed=True)
+    if not facts:
+        return Outcome(state, ())
+    return Outcome(updated, (_scored(updated, current, timer_id, agreement, now), *facts))
+
+
+def demotable(state: LeadState, now: datetime) -> bool:
+    return not state.pinned and (state.held_until is None or now >= state.held_until)
+
+
+def cooling_down(state: LeadState, now: datetime) -> bool:
+    return state.recycled_until is not None and now < state.recycled_until
+
+
+def next_reevaluation(state: LeadState, agreement: Agreement, now: datetime) -> datetime | None:
+    """When, with no new input, this lead's stage would change: the shell arms a timer there."""
+    sql = agreement.scoring.sql
+    if state.stage is Stage.mql and not state.pinned:
+        crossing = falls_below_at(state.attributes, state.touches, agreement, now, agreement.scoring.mql.exit)
+        if crossing is None:
+            return None
+        return max(crossing, state.held_until) if state.held_until else crossing
+    if state.stage is Stage.sql and sql is not None and not state.pinned:
+        return falls_below_at(state.attributes, state.touches, agreement, now, sql.exit)
+    if state.stage in QUALIFIABLE and state.recycled_until is not None and cooling_down(state, now):
+        later = score(state.attributes, state.touches, agreement, state.recycled_until)
+        return state.recycled_until if later.total >= agreement.scoring.mql.enter else None
+    return None
+
+
+def timer_id_for(state: LeadState, due_at: datetime) -> uuid.UUID:
+    """Names the re-evaluation by what it re-evaluates, so replays arm (and fire) the same timer."""
+    return uuid.uuid5(state.lead_id, f"reevaluate/{state.stage.value}/{due_at.isoformat()}/{len(state.touches)}")
+
+
+def _evaluate(
+    state: LeadState,
+    current: Score,
+    lane: FastLane | None,
+    caused_by: uuid.UUID,
+    agreement: Agreement,
+    now: datetime,
+    *,
+    decayed: bool,
+) -> tuple[LeadState, tuple[Event, ...]]:
+    """The hysteresis: enter at ``enter``, leave only below ``exit``; nothing in between moves."""
+    mql, sql = agreement.scoring.mql, agreement.scoring.sql
+    total = current.total
+    falling = " as engagement decayed" if decayed else ""
+    if state.stage in QUALIFIABLE:
+        enters = total >= mql.enter
+        if cooling_down(state, now) or not (enters or lane is not None):
+            return state, ()
+        tier = priority_tier(total, lane.tier if lane else None, agreement)
+        if lane is not None and not enters:
+            reason = f"fast lane {lane.event.value}"
+        else:
+            reason = f"score {total:g} reached MQL entry {mql.enter:g}"
+        qualified = replace(
+            state,
+            stage=transition(state.stage, Stage.mql, "qualification"),
+            tier=tier,
+            pinned=lane is not None and lane.hold is None,
+            held_until=now + lane.hold if lane is not None and lane.hold is not None else None,
+            recycled_until=None,
         )
-        updated = replace(updated, stage=transition(state.stage, Stage.mql, "qualification"), tier=tier)
-        facts.append(_stage_changed(state.stage, Stage.mql, reason, event.event_id, updated, agreement, now))
-        facts.append(
-            LeadQualifiedV1(
-                event_id=fact_id(event.event_id, "qualified"),
-                lead_id=state.lead_id,
-                occurred_at=now,
-                agreement_version=agreement.version,
-                caused_by=event.event_id,
-                tier=tier,
-                score=current.total,
-                reason=reason,
-                attributes=updated.attributes,
-                source=updated.source,
-            )
-        )
-    return Outcome(updated, tuple(facts))
+        changed = _stage_changed(state.stage, qualified, reason, caused_by, agreement, now)
+        return qualified, (changed, _qualified(qualified, tier, total, reason, caused_by, agreement, now))
+    if state.stage is Stage.mql:
+        held = _hold(state, lane, now)
+        if demotable(held, now) and total < mql.exit:
+            reason = f"score {total:g} fell below MQL exit {mql.exit:g}{falling}"
+            return _move(held, DEMOTION[Stage.mql], reason, caused_by, agreement, now)
+        return held, ()
+    if state.stage is Stage.sal and sql is not None and total >= sql.enter:
+        return _move(state, Stage.sql, f"score {total:g} reached SQL entry {sql.enter:g}", caused_by, agreement, now)
+    if state.stage is Stage.sql and sql is not None and demotable(state, now) and total < sql.exit:
+        reason = f"score {total:g} fell below SQL exit {sql.exit:g}{falling}"
+        return _move(state, DEMOTION[Stage.sql], reason, caused_by, agreement, now)
+    return state, ()
+
+
+def _hold(state: LeadState, lane: FastLane | None, now: datetime) -> LeadState:
+    """Another fast-lane event on an MQL renews the lane's protection against decay."""
+    if lane is None or state.pinned:
+        return state
+    if lane.hold is None:
+        return replace(state, pinned=True, held_until=None)
+    until = now + lane.hold
+    return replace(state, held_until=until if state.held_until is None else max(state.held_until, until))
+
+
+def _move(
+    state: LeadState, target: Stage, reason: str, caused_by: uuid.UUID, agreement: Agreement, now: datetime
+) -> tuple[LeadState, tuple[Event, ...]]:
+    moved = replace(
+        state,
+        stage=transition(state.stage, target, reason),
+        tier=None if target is Stage.lead else state.tier,
+        pinned=False,
+        held_until=None,
+    )
+    return moved, (_stage_changed(state.stage, moved, reason, caused_by, agreement, now),)
 
 
 def on_activity(state: LeadState, event: ActivityRecordedV1, agreement: Agreement, now: datetime) -> Outcome:
-    """Apply a CRM activity to the lifecycle; raises IllegalTransition for a move the graph forbids."""
+    """Apply a CRM activity to the lifecycle.
+
+    Raises IllegalTransition for a move the graph forbids and UnknownRejectionReason for a SAL
+    rejection without a reason code the agreement defines (when it defines any). An activity
+    never moves a lead back: a sal_accepted for an SQL changes nothing.
+    """
     target = ACTIVITY_TARGET.get(event.activity)
-    if target is None or target == state.stage:
+    if target is None or target == state.stage or DEMOTION.get(state.stage) == target:
         return Outcome(state, ())
+    lifecycle = agreement.lifecycle
+    cooldown = lifecycle.recycle_cooldown
+    if event.activity is ActivityType.sal_rejected and lifecycle.rejection_reasons:
+        known = lifecycle.rejection_reason(event.reason)
+        if known is None:
+            raise UnknownRejectionReason(event.reason, [reason.code for reason in lifecycle.rejection_reasons])
+        if known.outcome == "disqualify":
+            target = Stage.disqualified
+        elif known.cooldown is not None:
+            cooldown = known.cooldown
     new_stage = transition(state.stage, target, f"activity {event.activity.value}")
     reason = f"{event.activity.value}" + (f" ({event.reason})" if event.reason else "")
-    updated = replace(state, stage=new_stage)
-    return Outcome(updated, (_stage_changed(state.stage, new_stage, reason, event.event_id, updated, agreement, now),))
+    if new_stage is Stage.recycled:
+        updated = replace(
+            state,
+            stage=new_stage,
+            tier=None,
+            pinned=False,
+            held_until=None,
+            recycled_until=now + cooldown if cooldown > timedelta(0) else None,
+        )
+    else:
+        updated = replace(state, stage=new_stage, pinned=True, held_until=None)
+    return Outcome(updated, (_stage_changed(state.stage, updated, reason, event.event_id, agreement, now),))
 
 
 def _scored(
@@ -117,8 +262,27 @@ def _scored(
     )
 
 
+def _qualified(
+    state: LeadState, tier: Tier, total: float, reason: str, caused_by: uuid.UUID, agreement: Agreement, now: datetime
+) -> LeadQualifiedV1:
+    return LeadQualifiedV1(
+        event_id=fact_id(caused_by, "qualified"),
+        lead_id=state.lead_id,
+        occurred_at=now,
+        agreement_version=agreement.version,
+        caused_by=caused_by,
+        tier=tier,
+        score=total,
+        reason=reason,
+        attributes=state.attributes,
+        source=state.source,
+        persona=state.persona,
+        playbook=playbook_for(agreement, state.persona, Stage.mql, state.tier),
+    )
+
+
 def _stage_changed(
-    old: Stage, new: Stage, reason: str, caused_by: uuid.UUID, state: LeadState, agreement: Agreement, now: datetime
+    old: Stage, state: LeadState, reason: str, caused_by: uuid.UUID, agreement: Agreement, now: datetime
 ) -> LeadStageChangedV1:
     return LeadStageChangedV1(
         event_id=fact_id(caused_by, "stage_changed"),
@@ -127,6 +291,7 @@ def _stage_changed(
         agreement_version=agreement.version,
         caused_by=caused_by,
         from_stage=old,
-        to_stage=new,
+        to_stage=state.stage,
         reason=reason,
+        playbook=playbook_for(agreement, state.persona, state.stage, state.tier),
     )

@@ -1,4 +1,9 @@
-"""The agreed lifecycle: which stage a lead may move to from which, and why it moves."""
+"""The agreed lifecycle: which stage a lead may move to from which, and why it moves.
+
+Lead -> MQL -> SAL -> SQL -> Opportunity -> Customer, with the detours Recycled and
+Disqualified. Two moves go one step back when the score falls below an exit threshold
+(hysteresis): MQL -> Lead, and a score-made SQL -> SAL.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ LEGAL_TRANSITIONS: Mapping[Stage, frozenset[Stage]] = {
     Stage.lead: frozenset({Stage.mql, Stage.disqualified}),
     Stage.mql: frozenset({Stage.sal, Stage.lead, Stage.recycled, Stage.disqualified}),
     Stage.sal: frozenset({Stage.sql, Stage.recycled, Stage.disqualified}),
-    Stage.sql: frozenset({Stage.opportunity, Stage.recycled, Stage.disqualified}),
+    Stage.sql: frozenset({Stage.opportunity, Stage.sal, Stage.recycled, Stage.disqualified}),
     Stage.opportunity: frozenset({Stage.customer, Stage.recycled}),
     Stage.customer: frozenset(),
     Stage.recycled: frozenset({Stage.mql, Stage.disqualified}),
@@ -30,8 +35,15 @@ ACTIVITY_TARGET: Mapping[ActivityType, Stage] = {
 
 QUALIFIABLE = frozenset({Stage.lead, Stage.recycled})
 
+# Where a stage falls back to when the score drops below its exit threshold.
+DEMOTION: Mapping[Stage, Stage] = {Stage.mql: Stage.lead, Stage.sql: Stage.sal}
 
-class IllegalTransition(ValueError):
+
+class LifecycleRefused(ValueError):
+    """A request the agreement does not allow; the consumer dead-letters it with this message."""
+
+
+class IllegalTransition(LifecycleRefused):
     def __init__(self, current: Stage, target: Stage, cause: str) -> None:
         allowed = ", ".join(sorted(s.value for s in LEGAL_TRANSITIONS[current])) or "none (final stage)"
         super().__init__(
@@ -40,6 +52,13 @@ class IllegalTransition(ValueError):
         )
         self.current = current
         self.target = target
+
+
+class UnknownRejectionReason(LifecycleRefused):
+    def __init__(self, given: str | None, allowed: list[str]) -> None:
+        what = "no reason code" if not given else f"reason code {given!r}, which the agreement does not define"
+        super().__init__(f"sal_rejected carries {what}; allowed: {', '.join(allowed)}")
+        self.given = given
 
 
 def transition(current: Stage, target: Stage, cause: str) -> Stage:

@@ -60,6 +60,7 @@ def test_example_agreement_loads_with_its_sections() -> None:
         "size-enterprise",
         "industry-target",
         "country-served",
+        "persona-revenue-leader",
     ]
     assert [rule.id for rule in agreement.scoring.negative] == ["student", "free-mail", "competitor"]
     assert all(rule.points < 0 for rule in agreement.scoring.negative)
@@ -339,10 +340,10 @@ MALFORMED: list[tuple[str, Callable[[Doc], None], str, str]] = [
         "first_touch must be positive",
     ),
     (
-        "business-hours calendar not supported",
+        "unknown sla calendar",
         _set("sla", "calendar", value="business"),
         "sla.calendar",
-        "got 'business'; allowed: '24x7'",
+        "unknown calendar 'business'; allowed: 24x7",
     ),
     (
         "weight 0",

@@ -359,7 +359,9 @@ def test_random_activity_sequences_stay_on_the_lifecycle_graph(steps: list[Activ
         before = state.stage
         try:
             if isinstance(step, ActivityType):
-                outcome = on_activity(state, activity(step, n=n), AGREEMENT, T0)
+                # The example agreement requires a known reason code on every SAL rejection.
+                reason = "no-budget" if step is ActivityType.sal_rejected else None
+                outcome = on_activity(state, activity(step, n=n, reason=reason), AGREEMENT, T0)
             else:
                 outcome = receive(state, received(step, T0, n=n))
         except IllegalTransition as exc:

@@ -1,0 +1,155 @@
+"""Admin HTTP API: store and activate agreement versions, explain a lead.
+
+Every endpoint needs ``Authorization: Bearer <COXSWAIN_ADMIN_TOKEN>``: a missing or malformed
+header is 401, a wrong token 403 (compared in constant time), and with no token configured the
+endpoints are disabled (403) rather than open.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from coxswain.core.agreement import Agreement, AgreementError, load_agreement_text
+from coxswain.core.agreement_checks import agreement_warnings
+from services.admin import agreements
+from services.admin.leads import explain
+
+log = logging.getLogger(__name__)
+
+MAX_AGREEMENT_BYTES = 1_048_576
+
+
+class StoredVersion(BaseModel):
+    version: str
+    sha256: str
+    created_at: datetime
+    activated_at: datetime | None
+    created: bool = Field(default=False, description="False when this exact version was already stored.")
+    warnings: list[str] = Field(default_factory=list, description="Rules that can never fire, and the like.")
+
+
+def _stored(row: agreements.StoredAgreement, created: bool = False, warnings: list[str] | None = None) -> StoredVersion:
+    return StoredVersion(
+        version=row.version,
+        sha256=row.sha256,
+        created_at=row.created_at,
+        activated_at=row.activated_at,
+        created=created,
+        warnings=warnings or [],
+    )
+
+
+def bearer_guard(token: str | None) -> Callable[[Request], None]:
+    expected = token.encode() if token else None
+
+    def guard(request: Request) -> None:
+        if expected is None:
+            raise HTTPException(403, "the admin API is disabled: set COXSWAIN_ADMIN_TOKEN to enable it")
+        header = request.headers.get("authorization")
+        challenge = {"WWW-Authenticate": 'Bearer realm="coxswain-admin"'}
+        if not header:
+            raise HTTPException(401, "missing Authorization header; send 'Authorization: Bearer <token>'", challenge)
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            raise HTTPException(401, "Authorization must be 'Bearer <token>'", challenge)
+        if not hmac.compare_digest(given.strip().encode(), expected):
+            log.info("admin request refused: reason=wrong_token path=%s", request.url.path)
+            raise HTTPException(403, "the bearer token is not valid for the admin API")
+
+    return guard
+
+
+def create_admin_router(
+    engine: AsyncEngine, token: str | None, agreement: Callable[[], Agreement], clock: Callable[[], datetime]
+) -> APIRouter:
+    router = APIRouter(dependencies=[Depends(bearer_guard(token))])
+    auth_responses: dict[int | str, dict[str, Any]] = {
+        401: {"description": "Missing or malformed bearer token"},
+        403: {"description": "Wrong token, or the admin API is disabled"},
+    }
+
+    @router.post(
+        "/v1/admin/agreements",
+        status_code=201,
+        response_model=StoredVersion,
+        tags=["admin"],
+        responses={
+            **auth_responses,
+            200: {"description": "This exact version was already stored"},
+            409: {"description": "The version is stored with other content"},
+            413: {"description": "Document too large"},
+            422: {"description": "The agreement does not validate; `problems` lists each with its path"},
+        },
+        openapi_extra={"requestBody": {"content": {"application/yaml": {}, "application/json": {}}, "required": True}},
+    )
+    async def store_agreement(request: Request) -> Any:
+        """Store an agreement version (YAML or JSON body). It takes effect only once activated."""
+        body = await request.body()
+        if len(body) > MAX_AGREEMENT_BYTES:
+            raise HTTPException(413, f"an agreement is at most {MAX_AGREEMENT_BYTES} bytes")
+        try:
+            parsed = load_agreement_text(body.decode("utf-8", errors="replace"), source="request body")
+        except AgreementError as exc:
+            return JSONResponse(
+                {
+                    "detail": "the agreement does not validate",
+                    "problems": [{"path": p.path, "message": p.message} for p in exc.problems],
+                },
+                status_code=422,
+            )
+        try:
+            async with engine.begin() as connection:
+                row, created = await agreements.store(connection, parsed, clock())
+        except agreements.VersionConflict as exc:
+            raise HTTPException(409, str(exc)) from None
+        warnings = [str(warning) for warning in agreement_warnings(parsed)]
+        log.info("agreement stored: version=%s created=%s", row.version, created)
+        return JSONResponse(
+            _stored(row, created, warnings).model_dump(mode="json"), status_code=201 if created else 200
+        )
+
+    @router.post(
+        "/v1/admin/agreements/{version}/activate",
+        response_model=StoredVersion,
+        tags=["admin"],
+        responses={**auth_responses, 404: {"description": "No such version"}},
+    )
+    async def activate_agreement(version: str) -> StoredVersion:
+        """Put a stored version in force; every service picks it up within its poll interval."""
+        async with engine.begin() as connection:
+            row = await agreements.activate(connection, version, clock())
+        if row is None:
+            raise HTTPException(404, f"no agreement version {version!r} is stored; POST it to /v1/admin/agreements")
+        log.info("agreement activated: version=%s", version)
+        return _stored(row)
+
+    @router.get("/v1/admin/agreements", response_model=list[StoredVersion], tags=["admin"], responses=auth_responses)
+    async def list_agreements() -> list[StoredVersion]:
+        """Every stored version; the one with the latest activated_at is in force."""
+        async with engine.connect() as connection:
+            return [_stored(row) for row in await agreements.versions(connection)]
+
+    @router.get(
+        "/v1/leads/{lead_id}",
+        tags=["leads"],
+        responses={**auth_responses, 404: {"description": "Scoring has not seen this lead"}},
+    )
+    async def lead(lead_id: uuid.UUID) -> dict[str, Any]:
+        """Stage, score with every rule's decayed value, tier, owner, SLA clocks and the timeline."""
+        async with engine.connect() as connection:
+            found = await explain(connection, lead_id, agreement(), clock())
+        if found is None:
+            raise HTTPException(404, f"no lead {lead_id}: scoring has not seen it (yet)")
+        return found
+
+    return router

@@ -1,0 +1,199 @@
+"""Why a lead is where it is: stage, score with every rule's decayed value, tier, owner, SLA
+clocks and the timeline of facts, read from the tables the services write."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from coxswain.core.agreement import Agreement
+from coxswain.core.playbooks import playbook_for
+from coxswain.core.scoring import score
+from services.scoring.service import canonical_lead_id, load
+
+
+async def explain(
+    connection: AsyncConnection, requested: uuid.UUID, agreement: Agreement, now: datetime
+) -> dict[str, Any] | None:
+    lead_id = await canonical_lead_id(connection, requested)
+    state = await load(connection, lead_id, lock="none")
+    if state is None:
+        return None
+    aliases = [
+        row.key.removeprefix("id:")
+        for row in await connection.execute(
+            text("SELECT key FROM lead_identities WHERE lead_id = :l AND key LIKE 'id:%' ORDER BY key"), {"l": lead_id}
+        )
+    ]
+    ids = [lead_id, *(uuid.UUID(alias) for alias in aliases)]
+    current = score(state.attributes, state.touches, agreement, now)
+    definition = agreement.lifecycle.stages.get(state.stage)
+    playbook = playbook_for(agreement, state.persona, state.stage, state.tier)
+    timer = (
+        await connection.execute(
+            text("SELECT due_at, stage, timer_id FROM scoring_timers WHERE lead_id = :l"), {"l": lead_id}
+        )
+    ).one_or_none()
+    return {
+        "lead_id": str(lead_id),
+        "aliases": aliases,
+        "stage": state.stage.value,
+        "stage_definition": None if definition is None else definition.model_dump(mode="json"),
+        "persona": state.persona,
+        "tier": state.tier.value if state.tier else None,
+        "attributes": state.attributes.model_dump(mode="json", exclude_none=True),
+        "score": {
+            "at": now.isoformat(),
+            "agreement_version": agreement.version,
+            "fit": current.fit,
+            "engagement": current.engagement,
+            "total": current.total,
+            "contributions": [c.model_dump(mode="json") for c in current.contributions],
+            "mql": {"enter": agreement.scoring.mql.enter, "exit": agreement.scoring.mql.exit},
+            "sql": None if agreement.scoring.sql is None else agreement.scoring.sql.model_dump(mode="json"),
+        },
+        "decay_protected": state.pinned,
+        "held_until": _iso(state.held_until),
+        "recycled_until": _iso(state.recycled_until),
+        "next_reevaluation": None
+        if timer is None
+        else {"due_at": timer.due_at.isoformat(), "stage": timer.stage, "timer_id": str(timer.timer_id)},
+        "playbook": None if playbook is None else playbook.model_dump(mode="json"),
+        "owner": await _owner(connection, lead_id),
+        "sla": await _sla(connection, lead_id),
+        "timeline": await _timeline(connection, ids),
+    }
+
+
+async def _owner(connection: AsyncConnection, lead_id: uuid.UUID) -> dict[str, Any] | None:
+    row = (
+        await connection.execute(
+            text(
+                "SELECT assignment_id, rep_id, pool_id, rule_id, reason, tier, agreement_version, routed_at "
+                "FROM assignments WHERE lead_id = :l ORDER BY routed_at DESC LIMIT 1"
+            ),
+            {"l": lead_id},
+        )
+    ).one_or_none()
+    if row is None:
+        return None
+    return {
+        "rep_id": row.rep_id,
+        "pool_id": row.pool_id,
+        "rule_id": row.rule_id,
+        "reason": row.reason,
+        "tier": row.tier,
+        "agreement_version": row.agreement_version,
+        "routed_at": row.routed_at.isoformat(),
+        "assignment_id": str(row.assignment_id),
+    }
+
+
+async def _sla(connection: AsyncConnection, lead_id: uuid.UUID) -> list[dict[str, Any]]:
+    rows = await connection.execute(
+        text(
+            "SELECT deadline_id, assignment_id, rep_id, milestone, tier, armed_at, due_at, status, decided_at "
+            "FROM deadlines WHERE lead_id = :l ORDER BY armed_at, milestone"
+        ),
+        {"l": lead_id},
+    )
+    return [
+        {
+            "deadline_id": str(row.deadline_id),
+            "assignment_id": str(row.assignment_id),
+            "rep_id": row.rep_id,
+            "milestone": row.milestone,
+            "tier": row.tier,
+            "status": row.status,
+            "armed_at": row.armed_at.isoformat(),
+            "due_at": row.due_at.isoformat(),
+            "decided_at": _iso(row.decided_at),
+        }
+        for row in rows
+    ]
+
+
+async def _timeline(connection: AsyncConnection, ids: list[uuid.UUID]) -> list[dict[str, Any]]:
+    entries: list[tuple[datetime, int, dict[str, Any]]] = []
+    for row in await connection.execute(
+        text("SELECT event_id, kind, payload, received_at FROM intake_events WHERE lead_id = ANY(:ids)"), {"ids": ids}
+    ):
+        payload = row.payload
+        at = datetime.fromisoformat(payload["occurred_at"]) if "occurred_at" in payload else row.received_at
+        if row.kind == "lead":
+            kind, summary = "LeadReceivedV1", f"{payload.get('engagement')} from {payload.get('source')}"
+        else:
+            reason = f" ({payload['reason']})" if payload.get("reason") else ""
+            kind, summary = "ActivityRecordedV1", f"{payload.get('activity')}{reason} from {payload.get('source')}"
+        entries.append((at, 0, {"kind": kind, "event_id": str(row.event_id), "summary": summary}))
+    for row in await connection.execute(
+        text(
+            "SELECT event_id, kind, occurred_at, agreement_version, caused_by, payload FROM lead_facts "
+            "WHERE lead_id = ANY(:ids)"
+        ),
+        {"ids": ids},
+    ):
+        order = {"LeadScoredV1": 1, "LeadStageChangedV1": 2, "LeadQualifiedV1": 3}.get(row.kind, 4)
+        entries.append(
+            (
+                row.occurred_at,
+                order,
+                {
+                    "kind": row.kind,
+                    "event_id": str(row.event_id),
+                    "caused_by": None if row.caused_by is None else str(row.caused_by),
+                    "agreement_version": row.agreement_version,
+                    "summary": _summary(row.kind, row.payload),
+                    "detail": row.payload,
+                },
+            )
+        )
+    for row in await connection.execute(
+        text(
+            "SELECT assignment_id, rep_id, pool_id, rule_id, agreement_version, routed_at FROM assignments "
+            "WHERE lead_id = ANY(:ids)"
+        ),
+        {"ids": ids},
+    ):
+        summary = f"routed to {row.rep_id} (pool {row.pool_id}, rule {row.rule_id})"
+        entries.append(
+            (
+                row.routed_at,
+                5,
+                {
+                    "kind": "LeadRoutedV1",
+                    "assignment_id": str(row.assignment_id),
+                    "agreement_version": row.agreement_version,
+                    "summary": summary,
+                },
+            )
+        )
+    for row in await connection.execute(
+        text("SELECT milestone, status, armed_at, due_at, decided_at FROM deadlines WHERE lead_id = ANY(:ids)"),
+        {"ids": ids},
+    ):
+        entries.append(
+            (row.armed_at, 6, {"kind": "SlaArmed", "summary": f"{row.milestone} due {row.due_at.isoformat()}"})
+        )
+        if row.decided_at is not None:
+            entries.append((row.decided_at, 7, {"kind": "SlaDecided", "summary": f"{row.milestone} {row.status}"}))
+    entries.sort(key=lambda entry: (entry[0], entry[1]))
+    return [{"at": at.isoformat(), **entry} for at, _, entry in entries]
+
+
+def _summary(kind: str, payload: dict[str, Any]) -> str:
+    if kind == "LeadScoredV1":
+        return f"score {payload['total']:g} (fit {payload['fit']:g}, engagement {payload['engagement']:g})"
+    if kind == "LeadStageChangedV1":
+        return f"{payload['from_stage']} -> {payload['to_stage']}: {payload['reason']}"
+    if kind == "LeadQualifiedV1":
+        return f"qualified {payload['tier']}: {payload['reason']}"
+    return kind
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()

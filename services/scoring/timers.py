@@ -1,0 +1,156 @@
+"""Re-evaluation timers: a decayed MQL is demoted, a recycled lead re-qualifies, at the moment the
+core computed, not in a nightly batch.
+
+Timers are rows (``scoring_timers``, one per lead), so any number of scoring processes share
+them. A pass takes due rows oldest first and, per lead, the lead's row lock with SKIP LOCKED: a
+lead that a consumer (or another timer loop) is working on is left for the next pass, and the
+consumer re-arms the timer from the state it saves anyway. Locks are taken lead first, then
+timer, the same order the consumer uses, so the two never deadlock. The facts are named after
+the timer and dated at its due time, so firing is deterministic and a re-run is a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from coxswain.core.agreement import Agreement
+from coxswain.core.lead import on_timer
+from coxswain.runtime import outbox
+from coxswain.runtime.consumer import is_connection_error
+from coxswain.settings import ScoringConfig
+from services.scoring.service import TIMER_CHANNEL, arm, load, record_facts, save
+
+log = logging.getLogger(__name__)
+
+
+async def fire_one(connection: AsyncConnection, lead_id: Any, agreement: Agreement, now: datetime) -> bool:
+    """Re-evaluate one lead whose timer is due; False when it is busy or no longer due."""
+    state = await load(connection, lead_id, lock="skip")
+    if state is None:
+        return False
+    timer = (
+        await connection.execute(
+            text("SELECT timer_id, due_at FROM scoring_timers WHERE lead_id = :l AND due_at <= :now FOR UPDATE"),
+            {"l": lead_id, "now": now},
+        )
+    ).one_or_none()
+    if timer is None:
+        return False
+    outcome = on_timer(state, agreement, timer.due_at, timer.timer_id)
+    if outcome.facts:
+        await save(connection, outcome.state, agreement.version, now)
+        await record_facts(connection, outcome.facts, now)
+        await outbox.stage(connection, outcome.facts, now)
+    due = await arm(connection, outcome.state, agreement, timer.due_at, now)
+    if due is not None and due <= timer.due_at:
+        # Cannot happen with a consistent core; never spin on it.
+        log.warning("re-evaluation changed nothing and is due again at once; dropping: lead_id=%s", lead_id)
+        await connection.execute(text("DELETE FROM scoring_timers WHERE lead_id = :l"), {"l": lead_id})
+    log.info(
+        "lead re-evaluated: lead_id=%s timer_id=%s due_at=%s lateness_ms=%d facts=%d",
+        lead_id,
+        timer.timer_id,
+        timer.due_at.isoformat(),
+        (now - timer.due_at) / timedelta(milliseconds=1),
+        len(outcome.facts),
+    )
+    return True
+
+
+async def fire_due(engine: AsyncEngine, agreement: Agreement, now: datetime, limit: int) -> tuple[int, int]:
+    """(fired, skipped) for up to ``limit`` due timers, oldest first."""
+    async with engine.begin() as connection:
+        due = (
+            await connection.execute(
+                text("SELECT lead_id FROM scoring_timers WHERE due_at <= :now ORDER BY due_at LIMIT :n"),
+                {"now": now, "n": limit},
+            )
+        ).all()
+        fired = 0
+        for row in due:
+            try:
+                async with connection.begin_nested():
+                    fired += await fire_one(connection, row.lead_id, agreement, now)
+            except Exception as exc:
+                if is_connection_error(exc):
+                    raise
+                # One lead the core cannot re-evaluate must not hold back every other timer.
+                log.exception("re-evaluation failed; retrying in a minute: lead_id=%s", row.lead_id)
+                async with connection.begin_nested():
+                    await connection.execute(
+                        text("UPDATE scoring_timers SET due_at = :later WHERE lead_id = :l"),
+                        {"later": now + timedelta(minutes=1), "l": row.lead_id},
+                    )
+        return fired, len(due) - fired
+
+
+async def next_due(engine: AsyncEngine) -> datetime | None:
+    async with engine.connect() as connection:
+        value = await connection.scalar(text("SELECT min(due_at) FROM scoring_timers"))
+        return value if isinstance(value, datetime) else None
+
+
+async def run_timer(
+    engine: AsyncEngine,
+    agreement: Callable[[], Agreement],
+    config: ScoringConfig,
+    clock: Callable[[], datetime],
+    stop: asyncio.Event,
+) -> None:
+    wake = asyncio.Event()
+    listener = asyncio.create_task(_listen(engine, wake, stop))
+    max_sleep = timedelta(seconds=config.scoring_timer_max_sleep_seconds)
+    try:
+        while not stop.is_set():
+            wake.clear()
+            skipped = 0
+            try:
+                fired, skipped = await fire_due(engine, agreement(), clock(), config.scoring_timer_claim_batch)
+                if fired + skipped == config.scoring_timer_claim_batch and fired:
+                    continue
+                upcoming = await next_due(engine)
+            except Exception as exc:
+                log.warning(
+                    "timer pass failed, retrying: %s", type(exc).__name__, exc_info=not is_connection_error(exc)
+                )
+                upcoming = None
+            pause = max_sleep if upcoming is None else min(max(upcoming - clock(), timedelta(0)), max_sleep)
+            if skipped:
+                # Busy leads are retried shortly, not in a hot loop.
+                pause = max(pause, timedelta(milliseconds=50))
+            await _first_of(stop, wake, max(pause.total_seconds(), 0.001))
+    finally:
+        listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listener
+
+
+async def _listen(engine: AsyncEngine, wake: asyncio.Event, stop: asyncio.Event) -> None:
+    """LISTEN for newly armed timers on a dedicated connection; reconnect if it goes away."""
+    while not stop.is_set():
+        try:
+            async with engine.connect() as connection:
+                raw: Any = (await connection.get_raw_connection()).driver_connection
+                await raw.add_listener(TIMER_CHANNEL, lambda *_: wake.set())
+                while not stop.is_set() and not raw.is_closed():
+                    await _first_of(stop, asyncio.Event(), 1.0)
+        except Exception as exc:
+            log.warning("timer listener lost its connection: %s", type(exc).__name__)
+            await _first_of(stop, asyncio.Event(), 1.0)
+
+
+async def _first_of(stop: asyncio.Event, wake: asyncio.Event, seconds: float) -> None:
+    waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(wake.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
