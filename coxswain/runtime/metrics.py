@@ -1,0 +1,192 @@
+"""Prometheus metrics every service shares: consumer lag, per-stage processing latency, dead
+letters, outbox backlog, HTTP requests.
+
+One ``/metrics`` per process: intake mounts it on its HTTP app, consumer services serve it on
+``COXSWAIN_METRICS_PORT``. Service-specific metrics (e.g. the SLA monitor's) join the same
+endpoint through ``serve(port, registry)`` or ``include(registry)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    start_http_server,
+)
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from schemas.events import Event
+
+log = logging.getLogger(__name__)
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+PROCESSING_SECONDS = Histogram(
+    "coxswain_processing_seconds",
+    "Time a consumer's handler took for one event (the stage's own work, inside its transaction).",
+    ["consumer", "topic"],
+    buckets=LATENCY_BUCKETS,
+)
+EVENTS_PROCESSED = Counter(
+    "coxswain_events_processed",
+    "Events a consumer applied (redeliveries the inbox skipped are not counted).",
+    ["consumer", "topic"],
+)
+CONSUMER_LAG = Gauge(
+    "coxswain_consumer_lag_records",
+    "Records on a partition not yet processed by the consumer group, as of its last batch.",
+    ["consumer", "topic", "partition"],
+)
+LAST_BATCH = Gauge(
+    "coxswain_consumer_last_batch_timestamp_seconds", "When the consumer last committed a batch.", ["consumer"]
+)
+DEAD_LETTERS = Counter(
+    "coxswain_dead_letters",
+    "Records sent to the dead-letter topic, by the topic they came from.",
+    ["consumer", "topic"],
+)
+OUTBOX_BACKLOG = Gauge("coxswain_outbox_backlog", "Facts in the outbox waiting for the relay.")
+OUTBOX_OLDEST = Gauge("coxswain_outbox_oldest_age_seconds", "Age of the oldest fact waiting in the outbox (0 if none).")
+OUTBOX_PUBLISHED = Counter("coxswain_outbox_published", "Facts the relay published to Kafka.")
+HTTP_REQUESTS = Counter("coxswain_http_requests", "HTTP requests by route and status.", ["route", "method", "status"])
+HTTP_SECONDS = Histogram(
+    "coxswain_http_request_seconds", "HTTP request latency by route.", ["route"], buckets=LATENCY_BUCKETS
+)
+
+_served: dict[int, Any] = {}
+_included: set[int] = set()
+
+
+def include(registry: CollectorRegistry) -> None:
+    """Expose another registry's metrics on this process's endpoint."""
+    if registry is REGISTRY or id(registry) in _included:
+        return
+    REGISTRY.register(registry)  # a registry is itself a collector
+    _included.add(id(registry))
+
+
+def serve(port: int | None, registry: CollectorRegistry | None = None) -> None:
+    """Serve /metrics on ``port`` once per process; a busy port costs the metrics, never the service."""
+    if registry is not None:
+        include(registry)
+    if port is None or port in _served:
+        return
+    try:
+        _served[port] = start_http_server(port)
+    except OSError as exc:
+        log.warning("metrics endpoint not started: port=%s error=%s", port, exc.strerror)
+        return
+    log.info("metrics served: port=%s", port)
+
+
+def timed(consumer: str, handler: Callable[[AsyncConnection, Event, datetime], Awaitable[Sequence[Event]]]) -> Any:
+    """Wrap a consumer's handler so every applied event is counted and timed per topic."""
+
+    async def handle(connection: AsyncConnection, event: Event, now: datetime) -> Sequence[Event]:
+        started = time.perf_counter()
+        facts = await handler(connection, event, now)
+        PROCESSING_SECONDS.labels(consumer, event.topic).observe(time.perf_counter() - started)
+        EVENTS_PROCESSED.labels(consumer, event.topic).inc()
+        return facts
+
+    return handle
+
+
+def observe_batch(consumer_name: str, consumer: Any, batch: Mapping[Any, list[Any]]) -> None:
+    """Lag per partition after a committed batch: the high watermark minus the next offset."""
+    for tp, records in batch.items():
+        highwater = consumer.highwater(tp)
+        if highwater is not None and records:
+            CONSUMER_LAG.labels(consumer_name, tp.topic, str(tp.partition)).set(
+                max(highwater - (records[-1].offset + 1), 0)
+            )
+    LAST_BATCH.labels(consumer_name).set_to_current_time()
+
+
+def dead_lettered(consumer: str, topic: str) -> None:
+    DEAD_LETTERS.labels(consumer, topic).inc()
+
+
+def outbox_published(count: int) -> None:
+    OUTBOX_PUBLISHED.inc(count)
+
+
+async def sample_outbox(engine: AsyncEngine, stop: asyncio.Event, interval: float = 5.0) -> None:
+    """The backlog is read from PostgreSQL, so every instance reports the same global figure."""
+    while not stop.is_set():
+        try:
+            async with engine.connect() as connection:
+                row = (
+                    await connection.execute(
+                        text(
+                            "SELECT count(*) AS backlog, "
+                            "coalesce(extract(epoch FROM now() - min(created_at)), 0) AS oldest FROM outbox"
+                        )
+                    )
+                ).one()
+            OUTBOX_BACKLOG.set(row.backlog)
+            OUTBOX_OLDEST.set(max(float(row.oldest), 0.0))
+        except Exception as exc:
+            log.warning("outbox sample failed: error=%s", type(exc).__name__)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval)
+
+
+def instrument(app: FastAPI) -> None:
+    """Mount /metrics on an ASGI app and count and time its requests by route template."""
+
+    async def exposition(_: Request) -> Response:
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_route("/metrics", exposition, methods=["GET"], include_in_schema=False)
+    app.add_middleware(_Measured)
+
+
+class _Measured:
+    """Counts and times requests by route template.
+
+    A plain ASGI middleware rather than ``@app.middleware("http")``: Starlette's BaseHTTPMiddleware
+    runs every request in an extra task with memory streams, which costs the intake more CPU per
+    webhook than the metrics are worth.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_noting_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_noting_status)
+        finally:
+            # The router records the matched route in the scope it was given, which is this one.
+            name = getattr(scope.get("route"), "path", None) or "unmatched"
+            if name != "/metrics":
+                HTTP_REQUESTS.labels(name, scope["method"], str(status)).inc()
+                HTTP_SECONDS.labels(name).observe(time.perf_counter() - started)

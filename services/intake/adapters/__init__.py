@@ -1,0 +1,216 @@
+"""Native intake for real senders: each adapter turns a tool's own format and authentication into
+the same lead events as the generic endpoint (same identity rule, same inbox by source and
+delivery id, same outbox), so a lead is the same lead whichever way it arrives.
+
+``register`` adds the routes to the intake app; the composition root calls it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+import orjson
+from fastapi import FastAPI, Query, Request
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from coxswain.runtime.consumer import is_connection_error
+from coxswain.runtime.telemetry import child_traceparent
+from coxswain.settings import IntakeConfig, SendersConfig
+from services.intake.adapters import hubspot, marketo
+from services.intake.adapters.mapping import MappingError, SenderMapping, apply, load_senders, records
+from services.intake.app import Accepted, LeadEventIn, Problem, build_lead_events, store
+from services.intake.limits import SourceRateLimiter
+from services.intake.signatures import SignatureRejected, load_secrets, verify
+
+log = logging.getLogger(__name__)
+
+Sender = Literal["hubspot", "marketo", "mapped"]
+BUILT_IN: dict[str, SenderMapping] = {"hubspot": hubspot.MAPPING, "marketo": marketo.MAPPING}
+
+
+class SenderAccepted(Accepted):
+    ignored: list[str] = []
+
+
+def request_uri(request: Request, public_url: str | None) -> str:
+    if public_url is None:
+        return str(request.url)
+    query = request.url.query
+    return public_url.rstrip("/") + request.url.path + (f"?{query}" if query else "")
+
+
+def delivery_id(sender: Sender, body: bytes) -> str:
+    """Senders without a delivery id retry with the same body, so the body names the delivery."""
+    return f"{sender}-{hashlib.sha256(body).hexdigest()[:40]}"
+
+
+def register(
+    app: FastAPI,
+    intake: IntakeConfig,
+    senders: SendersConfig,
+    engine: AsyncEngine,
+    clock: Callable[[], datetime],
+) -> None:
+    # Standard Webhooks secrets are the generic endpoint's; HubSpot client secrets and shared
+    # tokens are not in that format and are configured apart (COXSWAIN_SENDER_SECRETS).
+    signing_secrets = load_secrets(intake)
+    tokens = {source: [s.get_secret_value() for s in keys] for source, keys in senders.sender_secrets.items()}
+    tolerance = timedelta(seconds=intake.webhook_tolerance_seconds)
+    configured = load_senders(senders.senders_file)
+    limiter = SourceRateLimiter(intake.rate_limit_per_source, intake.rate_limit_burst, lambda: clock().timestamp())
+
+    def mapping_for(source: str, sender: Sender) -> SenderMapping:
+        if sender != "mapped":
+            return BUILT_IN[sender].extended(configured.get(source))
+        if source not in configured:
+            raise Problem(404, f"no mapping for source {source!r} in the senders file (COXSWAIN_SENDERS_FILE)")
+        return configured[source]
+
+    async def read_body(request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > intake.max_body_bytes:
+            raise Problem(413, f"body is larger than {intake.max_body_bytes} bytes")
+        body = await request.body()
+        if len(body) > intake.max_body_bytes:
+            raise Problem(413, f"body is larger than {intake.max_body_bytes} bytes")
+        return body
+
+    def keys_for(source: str, sender: Sender, mapping: SenderMapping) -> list[str]:
+        standard = sender == "mapped" and mapping.auth == "standard_webhooks"
+        keys = (signing_secrets if standard else tokens).get(source)
+        if not keys:
+            where = "COXSWAIN_WEBHOOK_SECRETS" if standard else "COXSWAIN_SENDER_SECRETS"
+            raise Problem(404, f"unknown source {source!r}; a {sender} source needs a secret in {where}")
+        return keys
+
+    def authenticate(
+        request: Request, sender: Sender, mapping: SenderMapping, keys: list[str], body: bytes, now: datetime
+    ) -> str:
+        if sender == "hubspot":
+            uri = request_uri(request, senders.intake_public_url)
+            hubspot.verify_v3(request.headers, request.method, uri, body, keys, now, tolerance)
+        elif mapping.auth == "shared_secret":
+            marketo.verify_token(request.headers, mapping.secret_header.lower(), keys)
+        else:
+            return verify(request.headers, body, keys, now, tolerance)
+        return delivery_id(sender, body)
+
+    async def receive(request: Request, source: str, sender: Sender, event_type: str | None) -> SenderAccepted:
+        mapping = mapping_for(source, sender)
+        keys = keys_for(source, sender, mapping)
+        body = await read_body(request)
+        now = clock()
+        try:
+            webhook_id = authenticate(request, sender, mapping, keys, body, now)
+        except SignatureRejected as rejected:
+            log.info(
+                "webhook rejected: source=%s sender=%s status=%s reason=%s",
+                source,
+                sender,
+                rejected.status,
+                rejected.message,
+            )
+            raise Problem(rejected.status, rejected.message) from None
+        wait = limiter.acquire(source)
+        if wait > 0:
+            raise Problem(
+                429,
+                f"source {source!r} is over its limit of {intake.rate_limit_per_source:g} webhooks per second",
+                headers={"Retry-After": str(max(1, math.ceil(wait)))},
+            )
+        try:
+            document: Any = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise Problem(422, f"body is not valid JSON: {exc}") from None
+        try:
+            if sender == "hubspot":
+                document = hubspot.normalise(document)
+            found = records(mapping, document)
+            if len(found) > intake.max_batch_events:
+                raise Problem(413, f"a batch holds at most {intake.max_batch_events} events, got {len(found)}")
+            mapped = [apply(mapping, record, event_type) for record in found]
+        except (MappingError, ValueError) as exc:
+            raise Problem(422, str(exc)) from None
+        items = [
+            LeadEventIn(type=m.type, occurred_at=m.occurred_at, external_id=m.external_id, contact=m.contact)
+            for m in mapped
+        ]
+        events = build_lead_events(source, webhook_id, items, now)
+        try:
+            async with engine.begin() as connection:
+                accepted = await store(
+                    connection, source, webhook_id, "lead", events, now, child_traceparent(request.headers)
+                )
+        except Exception as exc:
+            if not is_connection_error(exc):
+                raise
+            log.warning("webhook not stored, database unavailable: source=%s sender=%s", source, sender)
+            raise Problem(
+                503,
+                "the database is unavailable and the webhook is not acknowledged; retry",
+                headers={"Retry-After": "1"},
+            ) from None
+        ignored = sorted({name for m in mapped for name in m.ignored})
+        log.info(
+            "webhook accepted: source=%s sender=%s webhook_id=%s events=%s duplicate=%s ignored=%s",
+            source,
+            sender,
+            webhook_id,
+            len(events),
+            accepted.duplicate,
+            ",".join(ignored) or "-",
+        )
+        return SenderAccepted(**accepted.model_dump(), ignored=ignored)
+
+    responses: dict[int | str, dict[str, Any]] = {
+        400: {"description": "Authentication headers missing or malformed"},
+        401: {"description": "Signature or shared secret does not match, or the timestamp is outside the tolerance"},
+        404: {"description": "Unknown source, or no mapping for it"},
+        413: {"description": "Body or batch too large"},
+        422: {"description": "Body is not JSON or cannot be mapped to a lead event"},
+        429: {"description": "The source is over its rate limit; `Retry-After` says when to retry"},
+        503: {"description": "The database is unavailable; nothing was stored"},
+    }
+    body_schema = {"requestBody": {"content": {"application/json": {"schema": {"type": "object"}}}, "required": True}}
+    type_query = Query(default=None, alias="type", description="Engagement type of this webhook, e.g. demo_request.")
+
+    @app.post(
+        "/v1/webhooks/{source}/hubspot",
+        status_code=202,
+        response_model=SenderAccepted,
+        responses=responses,
+        openapi_extra=body_schema,
+        tags=["senders"],
+    )
+    async def from_hubspot(source: str, request: Request, event_type: str | None = type_query) -> SenderAccepted:
+        """A HubSpot workflow webhook, verified with HubSpot's v3 request signature."""
+        return await receive(request, source, "hubspot", event_type)
+
+    @app.post(
+        "/v1/webhooks/{source}/marketo",
+        status_code=202,
+        response_model=SenderAccepted,
+        responses=responses,
+        openapi_extra=body_schema,
+        tags=["senders"],
+    )
+    async def from_marketo(source: str, request: Request, event_type: str | None = type_query) -> SenderAccepted:
+        """A Marketo webhook with the payload template of docs/senders.md and the X-Coxswain-Token header."""
+        return await receive(request, source, "marketo", event_type)
+
+    @app.post(
+        "/v1/webhooks/{source}/mapped",
+        status_code=202,
+        response_model=SenderAccepted,
+        responses=responses,
+        openapi_extra=body_schema,
+        tags=["senders"],
+    )
+    async def from_mapped(source: str, request: Request, event_type: str | None = type_query) -> SenderAccepted:
+        """Any form or tool, mapped by the source's entry in the senders file."""
+        return await receive(request, source, "mapped", event_type)

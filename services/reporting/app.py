@@ -1,0 +1,196 @@
+"""Reporting API and the live dashboard (``coxswain run reporting``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from pydantic import AwareDatetime
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from coxswain.core.agreement import Agreement
+from services.reporting import queries
+from services.reporting.dashboard import PAGE
+from services.reporting.queries import Period, Scope
+
+
+class BadRange(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+Since = Annotated[AwareDatetime | None, Query(description="Start of the range (inclusive); default: until - 7 days.")]
+Until = Annotated[AwareDatetime | None, Query(description="End of the range (exclusive); default: now.")]
+# PostgreSQL text cannot hold NUL: refused here with a 422 rather than failing the query with a 500.
+Filter = Annotated[str | None, Query(max_length=256, pattern=r"^[^\x00]*$")]
+
+
+def create_reporting_app(
+    engine: AsyncEngine,
+    agreement_in_force: Callable[[], Agreement],
+    clock: Callable[[], datetime],
+    timezone: str = "UTC",
+    lifespan: Callable[[FastAPI], Any] | None = None,
+) -> FastAPI:
+    app = FastAPI(
+        title="Coxswain reporting",
+        version="1",
+        description="Funnel, speed to lead, SLA attainment, pacing, SAL rejections and closed loop, from stored facts.",
+        lifespan=lifespan,
+    )
+
+    @app.exception_handler(BadRange)
+    async def _bad_range(_: Request, problem: BadRange) -> JSONResponse:
+        return JSONResponse({"detail": problem.message}, status_code=422)
+
+    def scope(
+        since: datetime | None,
+        until: datetime | None,
+        source: str | None,
+        campaign: str | None,
+        persona: str | None,
+        agreement_version: str | None,
+    ) -> Scope:
+        end = until or clock()
+        try:
+            start = since or end - timedelta(days=7)
+        except OverflowError:
+            raise BadRange(f"until ({end.isoformat()}) leaves no room for the default 7-day range; give since") from None
+        if start >= end:
+            raise BadRange(f"since ({start.isoformat()}) must be before until ({end.isoformat()})")
+        if end - start > timedelta(days=731):
+            raise BadRange("a range spans at most two years")
+        return Scope(start, end, source, campaign, persona, agreement_version, timezone)
+
+    def envelope(window: Scope, report: dict[str, Any]) -> dict[str, Any]:
+        return {"since": window.since.isoformat(), "until": window.until.isoformat(), **report}
+
+    @app.get("/v1/reports/funnel")
+    async def funnel(
+        since: Since = None,
+        until: Until = None,
+        period: Period = "day",
+        source: Filter = None,
+        campaign: Filter = None,
+        persona: Filter = None,
+        agreement_version: Filter = None,
+    ) -> dict[str, Any]:
+        """Leads entering each stage, conversion from the stage before, per period; time in stage."""
+        window = scope(since, until, source, campaign, persona, agreement_version)
+        async with engine.connect() as connection:
+            return envelope(window, await queries.funnel(connection, window, period, agreement_in_force()))
+
+    @app.get("/v1/reports/speed-to-lead")
+    async def speed_to_lead(
+        since: Since = None,
+        until: Until = None,
+        source: Filter = None,
+        campaign: Filter = None,
+        persona: Filter = None,
+        agreement_version: Filter = None,
+    ) -> dict[str, Any]:
+        """System latency (received -> routed) and human latency (routed -> first touch), percentiles in seconds."""
+        window = scope(since, until, source, campaign, persona, agreement_version)
+        async with engine.connect() as connection:
+            return envelope(window, await queries.speed_to_lead(connection, window))
+
+    @app.get("/v1/reports/sla")
+    async def sla(
+        since: Since = None,
+        until: Until = None,
+        period: Period = "day",
+        source: Filter = None,
+        campaign: Filter = None,
+        persona: Filter = None,
+    ) -> dict[str, Any]:
+        """SLA attainment per rep, team and tier, a rep x period heatmap and the breach timeline."""
+        window = scope(since, until, source, campaign, persona, None)
+        async with engine.connect() as connection:
+            return envelope(window, await queries.sla(connection, window, period))
+
+    @app.get("/v1/reports/pacing")
+    async def pacing(
+        since: Since = None,
+        until: Until = None,
+        at: Annotated[AwareDatetime | None, Query(description="Pacing as of this time; default: until.")] = None,
+        source: Filter = None,
+        campaign: Filter = None,
+        persona: Filter = None,
+    ) -> dict[str, Any]:
+        """MQLs against marketing's targets, pro-rated to the business time elapsed in the period."""
+        window = scope(since, until, source, campaign, persona, None)
+        async with engine.connect() as connection:
+            report = await queries.pacing_report(connection, window, agreement_in_force(), at or window.until)
+            return envelope(window, report)
+
+    @app.get("/v1/reports/sal-rejections")
+    async def sal_rejections(
+        since: Since = None, until: Until = None, source: Filter = None, campaign: Filter = None, persona: Filter = None
+    ) -> dict[str, Any]:
+        """SAL accepted vs rejected, and the rejection reasons."""
+        window = scope(since, until, source, campaign, persona, None)
+        async with engine.connect() as connection:
+            return envelope(window, await queries.sal_rejections(connection, window))
+
+    @app.get("/v1/reports/closed-loop")
+    async def closed_loop(
+        since: Since = None, until: Until = None, source: Filter = None, campaign: Filter = None, persona: Filter = None
+    ) -> dict[str, Any]:
+        """Opportunities, won and lost deals and won amount by source and campaign."""
+        window = scope(since, until, source, campaign, persona, None)
+        async with engine.connect() as connection:
+            return envelope(window, await queries.closed_loop(connection, window))
+
+    @app.get("/v1/reports/summary")
+    async def summary(
+        since: Since = None,
+        until: Until = None,
+        period: Period = "day",
+        source: Filter = None,
+        campaign: Filter = None,
+        persona: Filter = None,
+    ) -> dict[str, Any]:
+        """Every report for one range, as the dashboard shows it."""
+        window = scope(since, until, source, campaign, persona, None)
+        agreement = agreement_in_force()
+        async with engine.connect() as connection:
+            return envelope(
+                window,
+                {
+                    "agreement_version": agreement.version,
+                    "funnel": await queries.funnel(connection, window, period, agreement),
+                    "speed_to_lead": await queries.speed_to_lead(connection, window),
+                    "sla": await queries.sla(connection, window, period),
+                    "pacing": await queries.pacing_report(connection, window, agreement, window.until),
+                    "sal_rejections": await queries.sal_rejections(connection, window),
+                    "closed_loop": await queries.closed_loop(connection, window),
+                },
+            )
+
+    @app.get("/dashboard", response_class=HTMLResponse, include_in_schema=False)
+    async def dashboard() -> HTMLResponse:
+        return HTMLResponse(PAGE, headers={"cache-control": "no-cache"})
+
+    @app.get("/", include_in_schema=False)
+    async def root() -> RedirectResponse:
+        return RedirectResponse("/dashboard")
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        try:
+            async with engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+        except Exception as exc:
+            return JSONResponse({"status": "unavailable", "database": type(exc).__name__}, status_code=503)
+        return JSONResponse({"status": "ready", "database": "ok"})
+
+    return app

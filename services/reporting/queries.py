@@ -1,0 +1,418 @@
+"""Report queries over the stored facts (``report_facts``, ``report_leads``, ``intake_events``).
+
+Every figure is a function of the facts whose time falls in ``[since, until)`` and of the slice
+(source, campaign, persona, agreement version), so the same request always gives the same
+answer once the facts are in; nothing here depends on when it runs.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from statistics import median
+from typing import Any, Literal
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from coxswain.core.agreement import Agreement
+from coxswain.core.sla import pacing, period_bounds
+
+Period = Literal["minute", "hour", "day", "week", "month"]
+FUNNEL = ("lead", "mql", "sal", "sql", "opportunity", "customer")
+DETOURS = ("recycled", "disqualified")
+PERCENTILES = (0.5, 0.9, 0.95, 0.99)
+
+# Facts about a lead are filtered through its dimensions; a lead reporting has not seen a
+# first event of yet still counts when no slice is asked for.
+SLICE = (
+    "(CAST(:source AS text) IS NULL OR d.source = :source) "
+    "AND (CAST(:campaign AS text) IS NULL OR d.campaign = :campaign) "
+    "AND (CAST(:persona AS text) IS NULL OR d.persona = :persona)"
+)
+
+
+@dataclass(frozen=True)
+class Scope:
+    since: datetime
+    until: datetime
+    source: str | None = None
+    campaign: str | None = None
+    persona: str | None = None
+    agreement_version: str | None = None
+    timezone: str = "UTC"
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "since": self.since,
+            "until": self.until,
+            "source": self.source,
+            "campaign": self.campaign,
+            "persona": self.persona,
+            "version": self.agreement_version,
+            "tz": self.timezone,
+        }
+
+
+VERSION = "(CAST(:version AS text) IS NULL OR f.agreement_version = :version)"
+
+
+def bucket_label(bucket: datetime, period: Period) -> str:
+    return bucket.isoformat() if period in ("minute", "hour") else bucket.date().isoformat()
+
+
+def ratio(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
+async def funnel(connection: AsyncConnection, scope: Scope, period: Period, agreement: Agreement) -> dict[str, Any]:
+    rows = (
+        await connection.execute(
+            text(
+                "SELECT 'lead' AS stage, date_trunc(:period, d.first_seen_at AT TIME ZONE :tz) AS bucket, "
+                "count(*) AS n FROM report_leads d "
+                "WHERE d.first_seen_at >= :since AND d.first_seen_at < :until AND " + SLICE + " GROUP BY 1, 2 "
+                "UNION ALL "
+                "SELECT f.payload->>'to_stage', date_trunc(:period, f.occurred_at AT TIME ZONE :tz), "
+                "count(DISTINCT f.lead_id) FROM report_facts f LEFT JOIN report_leads d USING (lead_id) "
+                "WHERE f.kind = 'LeadStageChangedV1' AND f.occurred_at >= :since AND f.occurred_at < :until AND "
+                + SLICE
+                + " AND "
+                + VERSION
+                + " GROUP BY 1, 2 ORDER BY 2, 1"
+            ),
+            {**scope.params(), "period": period},
+        )
+    ).all()
+    totals = await _entered(connection, scope)
+    by_bucket: dict[str, dict[str, int]] = defaultdict(dict)
+    for row in rows:
+        by_bucket[bucket_label(row.bucket, period)][row.stage] = row.n
+    stages = []
+    previous: int | None = None
+    for stage in FUNNEL:
+        entered = totals.get(stage, 0)
+        stages.append(
+            {
+                "stage": stage,
+                "entered": entered,
+                "conversion": ratio(entered, previous) if previous is not None else None,
+            }
+        )
+        previous = entered
+    return {
+        "stages": stages,
+        "detours": [{"stage": stage, "entered": totals.get(stage, 0)} for stage in DETOURS],
+        "periods": [{"start": bucket, "entered": counts} for bucket, counts in by_bucket.items()],
+        "time_in_stage": await time_in_stage(connection, scope, agreement),
+    }
+
+
+async def _entered(connection: AsyncConnection, scope: Scope) -> dict[str, int]:
+    """Distinct leads per stage over the whole range (a lead entering twice counts once)."""
+    rows = (
+        await connection.execute(
+            text(
+                "SELECT 'lead' AS stage, count(*) AS n FROM report_leads d "
+                "WHERE d.first_seen_at >= :since AND d.first_seen_at < :until AND " + SLICE + " "
+                "UNION ALL "
+                "SELECT f.payload->>'to_stage', count(DISTINCT f.lead_id) FROM report_facts f "
+                "LEFT JOIN report_leads d USING (lead_id) "
+                "WHERE f.kind = 'LeadStageChangedV1' AND f.occurred_at >= :since AND f.occurred_at < :until AND "
+                + SLICE
+                + " AND "
+                + VERSION
+                + " GROUP BY 1"
+            ),
+            scope.params(),
+        )
+    ).all()
+    return {row.stage: int(row.n) for row in rows}
+
+
+async def time_in_stage(connection: AsyncConnection, scope: Scope, agreement: Agreement) -> list[dict[str, Any]]:
+    """How long leads that left a stage in the range had spent in it: wall-clock and business
+    hours on the agreement's SLA calendar, as medians."""
+    rows = (
+        await connection.execute(
+            text(
+                "WITH changes AS ("
+                " SELECT f.lead_id, f.payload->>'from_stage' AS stage, f.occurred_at AS left_at, f.agreement_version,"
+                " lag(f.occurred_at) OVER (PARTITION BY f.lead_id ORDER BY f.occurred_at) AS entered_at"
+                " FROM report_facts f WHERE f.kind = 'LeadStageChangedV1' AND f.lead_id IN ("
+                "  SELECT lead_id FROM report_facts WHERE kind = 'LeadStageChangedV1'"
+                "  AND occurred_at >= :since AND occurred_at < :until))"
+                " SELECT c.stage, coalesce(c.entered_at, d.first_seen_at) AS entered_at, c.left_at"
+                " FROM changes c LEFT JOIN report_leads d USING (lead_id)"
+                " WHERE c.left_at >= :since AND c.left_at < :until AND " + SLICE + " AND "
+                "(CAST(:version AS text) IS NULL OR c.agreement_version = :version)"
+            ),
+            scope.params(),
+        )
+    ).all()
+    calendar = agreement.calendar(agreement.sla.calendar)
+    spans: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for row in rows:
+        if row.entered_at is None or row.entered_at > row.left_at:
+            continue
+        wall = (row.left_at - row.entered_at).total_seconds() / 3600
+        business = calendar.diff(row.entered_at, row.left_at).total_seconds() / 3600
+        spans[row.stage].append((wall, business))
+    return [
+        {
+            "stage": stage,
+            "left": len(spans[stage]),
+            "median_hours": round(median(w for w, _ in spans[stage]), 4),
+            "median_business_hours": round(median(b for _, b in spans[stage]), 4),
+        }
+        for stage in (*FUNNEL, *DETOURS)
+        if spans.get(stage)
+    ]
+
+
+def _percentiles(row: Any, prefix: str) -> dict[str, float | int | None]:
+    figures: dict[str, float | int | None] = {"count": int(getattr(row, f"{prefix}_n"))}
+    for p in PERCENTILES:
+        value = getattr(row, f"{prefix}_p{int(p * 100)}")
+        figures[f"p{int(p * 100)}"] = round(float(value), 6) if value is not None else None
+    return figures
+
+
+def _percentile_columns(expression: str, prefix: str) -> str:
+    columns = [f"count({expression}) AS {prefix}_n"]
+    columns += [
+        f"percentile_cont({p}) WITHIN GROUP (ORDER BY {expression}) AS {prefix}_p{int(p * 100)}" for p in PERCENTILES
+    ]
+    return ", ".join(columns)
+
+
+SPEED_ROWS = (
+    "SELECT r.lead_id, r.payload->>'tier' AS tier, r.occurred_at AS routed_at, "
+    " extract(epoch FROM r.occurred_at - coalesce(ie.received_at, x.occurred_at)) AS system_seconds, "
+    " extract(epoch FROM (SELECT min(a.occurred_at) FROM report_facts a WHERE a.kind = 'ActivityRecordedV1' "
+    "   AND a.lead_id = r.lead_id AND a.payload->>'activity' <> 'automated_email' "
+    "   AND a.occurred_at >= r.occurred_at) - r.occurred_at) AS human_seconds "
+    "FROM report_facts r "
+    "JOIN report_facts q ON q.event_id = CAST(r.payload->>'caused_by' AS uuid) AND q.kind = 'LeadQualifiedV1' "
+    "JOIN report_facts x ON x.event_id = CAST(q.payload->>'caused_by' AS uuid) AND x.kind = 'LeadReceivedV1' "
+    "LEFT JOIN intake_events ie ON ie.event_id = x.event_id "
+    "LEFT JOIN report_leads d ON d.lead_id = r.lead_id "
+    "WHERE r.kind = 'LeadRoutedV1' AND r.occurred_at >= :since AND r.occurred_at < :until AND "
+    + SLICE
+    + " AND (CAST(:version AS text) IS NULL OR r.agreement_version = :version)"
+)
+
+
+async def speed_to_lead(connection: AsyncConnection, scope: Scope) -> dict[str, Any]:
+    """System latency (received -> routed) and human latency (routed -> first touch by a person),
+    in seconds, as percentiles; leads routed in the range after a marketing event."""
+    aggregate = (
+        "SELECT {tier} "
+        + _percentile_columns("s.system_seconds", "system")
+        + ", "
+        + _percentile_columns("s.human_seconds", "human")
+        + ", count(*) AS routed FROM ("
+        + SPEED_ROWS
+        + ") s {group}"
+    )
+    overall = (await connection.execute(text(aggregate.format(tier="", group="")), scope.params())).one()
+    tiers = (
+        await connection.execute(
+            text(aggregate.format(tier="s.tier AS tier,", group="GROUP BY s.tier ORDER BY s.tier")), scope.params()
+        )
+    ).all()
+
+    def figures(row: Any) -> dict[str, Any]:
+        human = _percentiles(row, "human")
+        return {
+            "routed": int(row.routed),
+            "system_seconds": _percentiles(row, "system"),
+            "human_seconds": human,
+            "untouched": int(row.routed) - int(human["count"] or 0),
+        }
+
+    return {**figures(overall), "by_tier": {row.tier: figures(row) for row in tiers}}
+
+
+async def sla(connection: AsyncConnection, scope: Scope, period: Period) -> dict[str, Any]:
+    """Attainment (met / decided) of the clocks decided in the range, per rep, team, tier and
+    period; the heatmap is rep x period; the timeline lists the breaches."""
+    rows = (
+        await connection.execute(
+            text(
+                "SELECT f.kind, f.occurred_at, f.lead_id, f.payload->>'rep_id' AS rep, f.payload->>'tier' AS tier, "
+                "f.payload->>'milestone' AS milestone, "
+                "coalesce(f.payload->>'team', r.payload->>'pool_id') AS team, "
+                "date_trunc(:period, f.occurred_at AT TIME ZONE :tz) AS bucket "
+                "FROM report_facts f "
+                "LEFT JOIN report_facts r ON r.kind = 'LeadRoutedV1' "
+                " AND r.payload->>'assignment_id' = f.payload->>'assignment_id' "
+                "LEFT JOIN report_leads d ON d.lead_id = f.lead_id "
+                "WHERE f.kind IN ('SlaMetV1', 'SlaBreachedV1') AND f.occurred_at >= :since "
+                "AND f.occurred_at < :until AND " + SLICE + " ORDER BY f.occurred_at"
+            ),
+            {**scope.params(), "period": period},
+        )
+    ).all()
+    counters: dict[str, dict[str, list[int]]] = {name: defaultdict(lambda: [0, 0]) for name in ("rep", "team", "tier")}
+    heat: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+    overall = [0, 0]
+    timeline = []
+    for row in rows:
+        met = row.kind == "SlaMetV1"
+        index = 0 if met else 1
+        overall[index] += 1
+        for name, key in (("rep", row.rep), ("team", row.team or "(none)"), ("tier", row.tier)):
+            counters[name][key][index] += 1
+        bucket = bucket_label(row.bucket, period)
+        heat[(row.rep, bucket)][index] += 1
+        if not met:
+            timeline.append(
+                {
+                    "at": row.occurred_at.isoformat(),
+                    "rep": row.rep,
+                    "team": row.team,
+                    "tier": row.tier,
+                    "milestone": row.milestone,
+                    "lead_id": str(row.lead_id),
+                }
+            )
+
+    def attained(counts: list[int]) -> dict[str, Any]:
+        return {"met": counts[0], "breached": counts[1], "attainment": ratio(counts[0], counts[0] + counts[1])}
+
+    return {
+        "overall": attained(overall),
+        **{f"by_{name}": {key: attained(c) for key, c in sorted(values.items())} for name, values in counters.items()},
+        "heatmap": [
+            {"rep": rep, "bucket": bucket, **attained(counts)} for (rep, bucket), counts in sorted(heat.items())
+        ],
+        "breaches": timeline[-500:],
+    }
+
+
+async def pacing_report(
+    connection: AsyncConnection, scope: Scope, agreement: Agreement, at: datetime
+) -> dict[str, Any]:
+    """Marketing's side: MQLs (distinct leads qualified) against each target of the agreement,
+    pro-rated to the business time elapsed in the period that contains ``at``; plus MQLs per day."""
+    targets = []
+    for target in agreement.marketing.mql_targets:
+        calendar = agreement.calendar(target.calendar or agreement.sla.calendar)
+        start, end = period_bounds(target.period, at, calendar.zone)
+        actual = await _mqls(connection, scope, start, min(at, end))
+        result = pacing(target, calendar, at, actual)
+        targets.append(
+            {
+                "target_id": result.target_id,
+                "period": result.period,
+                "period_start": result.period_start.isoformat(),
+                "period_end": result.period_end.isoformat(),
+                "target": result.target,
+                "elapsed_share": round(result.elapsed_share, 4),
+                "expected": round(result.expected, 3),
+                "actual": result.actual,
+                "pacing": round(result.ratio, 4) if result.ratio is not None else None,
+                "alert_below": result.threshold,
+                "behind": result.behind,
+            }
+        )
+    daily = (
+        await connection.execute(
+            text(
+                "SELECT date_trunc('day', f.occurred_at AT TIME ZONE :tz) AS day, count(DISTINCT f.lead_id) AS n "
+                "FROM report_facts f LEFT JOIN report_leads d USING (lead_id) "
+                "WHERE f.kind = 'LeadQualifiedV1' AND f.occurred_at >= :since AND f.occurred_at < :until AND "
+                + SLICE
+                + " GROUP BY 1 ORDER BY 1"
+            ),
+            scope.params(),
+        )
+    ).all()
+    return {
+        "at": at.isoformat(),
+        "mqls": await _mqls(connection, scope, scope.since, scope.until),
+        "targets": targets,
+        "daily": [{"day": row.day.date().isoformat(), "mqls": int(row.n)} for row in daily],
+    }
+
+
+async def _mqls(connection: AsyncConnection, scope: Scope, since: datetime, until: datetime) -> int:
+    value = await connection.scalar(
+        text(
+            "SELECT count(DISTINCT f.lead_id) FROM report_facts f LEFT JOIN report_leads d USING (lead_id) "
+            "WHERE f.kind = 'LeadQualifiedV1' AND f.occurred_at >= :since AND f.occurred_at < :until AND " + SLICE
+        ),
+        {**scope.params(), "since": since, "until": until},
+    )
+    return int(value or 0)
+
+
+async def sal_rejections(connection: AsyncConnection, scope: Scope) -> dict[str, Any]:
+    rows = (
+        await connection.execute(
+            text(
+                "SELECT coalesce(f.payload->>'reason', '(none)') AS reason, count(*) AS n FROM report_facts f "
+                "LEFT JOIN report_leads d USING (lead_id) "
+                "WHERE f.kind = 'ActivityRecordedV1' AND f.payload->>'activity' = 'sal_rejected' "
+                "AND f.occurred_at >= :since AND f.occurred_at < :until AND " + SLICE + " GROUP BY 1 ORDER BY 2 DESC, 1"
+            ),
+            scope.params(),
+        )
+    ).all()
+    accepted = await connection.scalar(
+        text(
+            "SELECT count(*) FROM report_facts f LEFT JOIN report_leads d USING (lead_id) "
+            "WHERE f.kind = 'ActivityRecordedV1' AND f.payload->>'activity' = 'sal_accepted' "
+            "AND f.occurred_at >= :since AND f.occurred_at < :until AND " + SLICE
+        ),
+        scope.params(),
+    )
+    rejected = sum(int(row.n) for row in rows)
+    return {
+        "accepted": int(accepted or 0),
+        "rejected": rejected,
+        "rejection_rate": ratio(rejected, rejected + int(accepted or 0)),
+        "reasons": [{"reason": row.reason, "count": int(row.n)} for row in rows],
+    }
+
+
+async def closed_loop(connection: AsyncConnection, scope: Scope) -> dict[str, Any]:
+    """Opportunities and closed-won revenue by the source and campaign that brought the lead."""
+    rows = (
+        await connection.execute(
+            text(
+                "SELECT coalesce(d.source, '(unknown)') AS source, coalesce(d.campaign, '(none)') AS campaign, "
+                "count(*) FILTER (WHERE f.payload->>'activity' = 'opportunity_created') AS opportunities, "
+                "count(*) FILTER (WHERE f.payload->>'activity' = 'won') AS won, "
+                "count(*) FILTER (WHERE f.payload->>'activity' = 'lost') AS lost, "
+                "coalesce(sum(CAST(f.payload->>'amount' AS numeric)) "
+                " FILTER (WHERE f.payload->>'activity' = 'won'), 0) AS won_amount "
+                "FROM report_facts f LEFT JOIN report_leads d USING (lead_id) "
+                "WHERE f.kind = 'ActivityRecordedV1' "
+                "AND f.payload->>'activity' IN ('opportunity_created', 'won', 'lost') "
+                "AND f.occurred_at >= :since AND f.occurred_at < :until AND " + SLICE + " GROUP BY 1, 2 ORDER BY 1, 2"
+            ),
+            scope.params(),
+        )
+    ).all()
+    return {
+        "rows": [
+            {
+                "source": row.source,
+                "campaign": row.campaign,
+                "opportunities": int(row.opportunities),
+                "won": int(row.won),
+                "lost": int(row.lost),
+                "won_amount": float(row.won_amount),
+            }
+            for row in rows
+        ],
+        "won_amount": float(sum(row.won_amount for row in rows)),
+        "opportunities": sum(int(row.opportunities) for row in rows),
+    }
+
+
+def default_range(now: datetime, days: int = 7) -> tuple[datetime, datetime]:
+    return now - timedelta(days=days), now
