@@ -1,0 +1,345 @@
+"""The live shells' logic, in process and in memory, over the same pure core calls.
+
+One ``Engine`` per agreement replays a sequence of intake events (``LeadReceivedV1`` and
+``ActivityRecordedV1``, in received order) the way the scoring, router and SLA shells would:
+
+- scoring: identity resolution (``coxswain.core.identity.resolve``), ``on_received`` /
+  ``on_activity`` at the event's time (``evaluation_time``), and one re-evaluation timer per
+  lead at ``next_reevaluation``, kept in a heap and fired (``on_timer``) in time order before
+  any input dated at or after it;
+- routing: ``route`` with a ``Situation`` built as ``services/router/service.py`` builds it
+  (rotations, rep loads, account owner, owner of the latest open lead of the same domain);
+  the rotation, counters and open lead are then updated, and released on the router's rules
+  (a releasing activity or stage change dated no earlier than the assignment);
+- SLA: the first-touch deadline (``first_touch_due``) is met when a response counted by the
+  agreement arrives by it, breached otherwise.
+
+Processing is instantaneous in simulation: a lead is routed at the time of the fact that
+qualified it (live routing happens when the router processes that fact, a few milliseconds
+later). Parked leads (nobody eligible) are retried once per simulated minute, as the live
+retry loop does on its interval. Not modelled: SLA escalation ladders (and the reassignments
+they request), roster overrides made through the roster API, and rejected inputs beyond
+counting them (the live consumers send them to a DLQ).
+"""
+
+from __future__ import annotations
+
+import heapq
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from coxswain.core.accounts import lead_domain, parent_domains
+from coxswain.core.agreement import Agreement
+from coxswain.core.capacity import RepLoad, after_release
+from coxswain.core.identity import alias_key, identity_keys, resolve
+from coxswain.core.lead import (
+    LeadState,
+    Outcome,
+    evaluation_time,
+    next_reevaluation,
+    on_activity,
+    on_received,
+    on_timer,
+    timer_id_for,
+)
+from coxswain.core.lifecycle import LifecycleRefused
+from coxswain.core.roster import Roster, build_roster
+from coxswain.core.routing import Rotation, RoutingInput, Situation, route
+from coxswain.core.sla import counts_as_response, first_touch_due
+from schemas.events import (
+    ActivityRecordedV1,
+    ActivityType,
+    Event,
+    LeadQualifiedV1,
+    LeadReceivedV1,
+    LeadStageChangedV1,
+    Stage,
+    Tier,
+)
+
+Input = LeadReceivedV1 | ActivityRecordedV1
+
+# The router's release rules (services/router/service.py).
+RELEASING_ACTIVITIES = frozenset({ActivityType.sal_accepted, ActivityType.sal_rejected, ActivityType.disqualified})
+RELEASING_STAGES = frozenset(
+    {Stage.sal, Stage.sql, Stage.opportunity, Stage.customer, Stage.recycled, Stage.disqualified}
+)
+RETRY_EVERY = timedelta(minutes=1)
+
+
+@dataclass(frozen=True)
+class StageChange:
+    lead_id: uuid.UUID
+    at: datetime
+    from_stage: Stage
+    to_stage: Stage
+    caused_by: uuid.UUID
+    source: str
+
+
+@dataclass
+class Assignment:
+    lead_id: uuid.UUID
+    at: datetime
+    rep_id: str
+    pool_id: str
+    rule_id: str
+    matched_by: str
+    tier: Tier
+    source: str
+    due: datetime
+    decision_key: uuid.UUID
+    sla: str = "armed"  # armed, met, breached, cancelled
+    responded_at: datetime | None = None
+
+
+@dataclass
+class _Holder:
+    """The lead's current holder (the live ``lead_routing`` row)."""
+
+    assignment: Assignment
+    domain: str | None
+    load: int
+    open: bool = True
+
+
+@dataclass
+class Results:
+    agreement_version: str
+    stage_changes: list[StageChange] = field(default_factory=list)
+    assignments: list[Assignment] = field(default_factory=list)
+    parked: int = 0
+    rejected: list[str] = field(default_factory=list)
+    inputs: int = 0
+    leads: int = 0
+    first_input: datetime | None = None
+    last_input: datetime | None = None
+
+
+class Engine:
+    def __init__(
+        self,
+        agreement: Agreement,
+        roster: Roster | None = None,
+        accounts: Mapping[str, str] | None = None,
+    ) -> None:
+        self.agreement = agreement
+        self.roster = roster or build_roster(agreement)
+        self.accounts = dict(accounts or {})
+        self.results = Results(agreement.version)
+        self.states: dict[uuid.UUID, LeadState] = {}
+        self.identities: dict[str, uuid.UUID] = {}
+        self.timers: dict[uuid.UUID, tuple[datetime, uuid.UUID]] = {}
+        self._heap: list[tuple[datetime, int, uuid.UUID, uuid.UUID]] = []
+        self._seq = 0
+        self.rotations: dict[str, Rotation] = {}
+        self.loads: dict[str, RepLoad] = {}
+        self.holders: dict[uuid.UUID, _Holder] = {}
+        # domain -> open leads of that domain, in the order they were opened
+        self.open_by_domain: dict[str, dict[uuid.UUID, str]] = {}
+        self.parked: dict[uuid.UUID, LeadQualifiedV1] = {}
+        self._last_retry: datetime | None = None
+        self.clock: datetime | None = None
+
+    # ------------------------------------------------------------------ input
+
+    def feed(self, event: Input) -> None:
+        results = self.results
+        results.inputs += 1
+        at = event.occurred_at
+        if results.first_input is None or at < results.first_input:
+            results.first_input = at
+        if results.last_input is None or at > results.last_input:
+            results.last_input = at
+        self.advance(at)
+        try:
+            if isinstance(event, LeadReceivedV1):
+                self._received(event)
+            else:
+                self._activity(event)
+        except (LifecycleRefused, ValueError, KeyError, LookupError) as exc:
+            results.rejected.append(f"{type(event).__name__} {event.event_id}: {exc}")
+
+    def run(self, events: Iterable[Input], until: datetime | None = None) -> Results:
+        for event in events:
+            self.feed(event)
+        self.finish(until)
+        return self.results
+
+    def advance(self, now: datetime) -> None:
+        """Fire every re-evaluation due by ``now``, oldest first; retry parked leads."""
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            due, _, lead_id, timer_id = heapq.heappop(heap)
+            if self.timers.get(lead_id) != (due, timer_id):
+                continue  # replaced or removed since it was armed
+            del self.timers[lead_id]
+            self._fire(lead_id, due, timer_id)
+        if self.clock is None or now > self.clock:
+            self.clock = now
+        if self.parked and (self._last_retry is None or now - self._last_retry >= RETRY_EVERY):
+            self._last_retry = now
+            for fact in list(self.parked.values()):
+                self._route(fact, now)
+
+    def finish(self, until: datetime | None = None) -> None:
+        """Fire the timers due by ``until`` (default: the last input) and decide SLA clocks."""
+        end = until or self.results.last_input
+        if end is None:
+            return
+        self.advance(end)
+        for assignment in self.results.assignments:
+            if assignment.sla == "armed" and assignment.due <= end:
+                assignment.sla = "breached"
+        self.results.leads = len(self.states)
+        self.results.parked = len(self.parked)
+
+    # ------------------------------------------------------------------ scoring
+
+    def _received(self, event: LeadReceivedV1) -> None:
+        keys = identity_keys(event.attributes.email, event.source, event.external_id)
+        lead_id = event.lead_id
+        if keys:
+            wanted = (*keys, alias_key(event.lead_id))
+            known = {key: self.identities[key] for key in wanted if key in self.identities}
+            resolution = resolve(keys, known, event.lead_id)
+            for key in resolution.record:
+                self.identities.setdefault(key, resolution.lead_id)
+            lead_id = resolution.lead_id
+        state = self.states.get(lead_id) or LeadState(lead_id=lead_id)
+        at = evaluation_time(state, event.occurred_at)
+        self._scored(on_received(state, event, self.agreement, at), at)
+
+    def _activity(self, event: ActivityRecordedV1) -> None:
+        lead_id = self.identities.get(alias_key(event.lead_id), event.lead_id)
+        state = self.states.get(lead_id)
+        if state is None:
+            raise LookupError(f"activity {event.activity.value} for lead {event.lead_id}, which scoring has never seen")
+        # The router sees the activity on its own topic before scoring's facts about it.
+        if event.activity in RELEASING_ACTIVITIES:
+            self._release(event.lead_id, event.occurred_at)
+        self._respond(event)
+        outcome = on_activity(state, event, self.agreement, event.occurred_at)
+        self._scored(outcome, evaluation_time(outcome.state, event.occurred_at))
+
+    def _scored(self, outcome: Outcome, at: datetime) -> None:
+        state = outcome.state
+        self.states[state.lead_id] = state
+        self._facts(outcome.facts)
+        self._arm(state, at)
+
+    def _arm(self, state: LeadState, at: datetime) -> datetime | None:
+        due = next_reevaluation(state, self.agreement, at)
+        if due is None:
+            self.timers.pop(state.lead_id, None)
+            return None
+        timer = (due, timer_id_for(state, due))
+        self.timers[state.lead_id] = timer
+        self._seq += 1
+        heapq.heappush(self._heap, (due, self._seq, state.lead_id, timer[1]))
+        return due
+
+    def _fire(self, lead_id: uuid.UUID, due: datetime, timer_id: uuid.UUID) -> None:
+        state = self.states[lead_id]
+        outcome = on_timer(state, self.agreement, due, timer_id)
+        if outcome.facts:
+            self.states[lead_id] = outcome.state
+            self._facts(outcome.facts)
+        again = self._arm(outcome.state, due)
+        if again is not None and again <= due:
+            self.timers.pop(lead_id, None)  # as the live timer loop: never spin
+
+    def _facts(self, facts: Iterable[Event]) -> None:
+        for fact in facts:
+            if isinstance(fact, LeadStageChangedV1):
+                state = self.states[fact.lead_id]
+                self.results.stage_changes.append(
+                    StageChange(
+                        fact.lead_id, fact.occurred_at, fact.from_stage, fact.to_stage, fact.caused_by, state.source
+                    )
+                )
+                if fact.to_stage in RELEASING_STAGES:
+                    self._release(fact.lead_id, fact.occurred_at)
+            elif isinstance(fact, LeadQualifiedV1):
+                self._route(fact, fact.occurred_at)
+
+    # ------------------------------------------------------------------ routing
+
+    def _route(self, fact: LeadQualifiedV1, now: datetime) -> None:
+        agreement = self.agreement
+        routing = agreement.routing
+        lead = RoutingInput(attributes=fact.attributes, tier=fact.tier, source=fact.source, persona=fact.persona)
+        domain = lead_domain(fact.attributes, routing.ownership.free_mail_domains)
+        account_owner = account_domain = open_owner = None
+        if domain is not None:
+            for candidate in parent_domains(domain):  # longest first, as the router's query
+                if candidate in self.accounts:
+                    account_owner, account_domain = self.accounts[candidate], candidate
+                    break
+            open_leads = self.open_by_domain.get(domain)
+            if open_leads:
+                open_owner = next((rep for lid, rep in reversed(open_leads.items()) if lid != fact.lead_id), None)
+        situation = Situation(now, self.roster, self.rotations, self.loads, account_owner, account_domain, open_owner)
+        decision = route(lead, agreement, situation)
+        if decision.rep_id is None:
+            if fact.lead_id not in self.parked:
+                self.parked[fact.lead_id] = fact
+            return
+        self.parked.pop(fact.lead_id, None)
+        self.rotations.update(decision.rotations_after)
+        self.loads[decision.rep_id] = decision.load_after or RepLoad()
+        lead_load = routing.load[fact.tier]
+        previous = self.holders.get(fact.lead_id)
+        if previous is not None:
+            if previous.open:
+                # Qualified again while still open: the load moves to the new holder.
+                self._unload(previous)
+            if previous.assignment.sla == "armed":
+                previous.assignment.sla = "cancelled"
+        assignment = Assignment(
+            lead_id=fact.lead_id,
+            at=now,
+            rep_id=decision.rep_id,
+            pool_id=decision.pool_id,
+            rule_id=decision.rule_id,
+            matched_by=decision.matched_by,
+            tier=fact.tier,
+            source=fact.source,
+            due=first_touch_due(agreement, fact.tier, now, rep_id=decision.rep_id),
+            decision_key=fact.event_id,
+        )
+        self.results.assignments.append(assignment)
+        self.holders[fact.lead_id] = _Holder(assignment, decision.domain, lead_load)
+        if decision.domain is not None:
+            open_leads = self.open_by_domain.setdefault(decision.domain, {})
+            open_leads.pop(fact.lead_id, None)
+            open_leads[fact.lead_id] = decision.rep_id
+
+    def _unload(self, holder: _Holder) -> None:
+        holder.open = False
+        rep = holder.assignment.rep_id
+        self.loads[rep] = after_release(self.loads.get(rep, RepLoad()), holder.load)
+        if holder.domain is not None:
+            open_leads = self.open_by_domain.get(holder.domain)
+            if open_leads is not None:
+                open_leads.pop(holder.assignment.lead_id, None)
+
+    def _release(self, lead_id: uuid.UUID, happened_at: datetime) -> None:
+        """An older fact cannot release a newer assignment."""
+        holder = self.holders.get(lead_id)
+        if holder is not None and holder.open and holder.assignment.at <= happened_at:
+            self._unload(holder)
+
+    # ------------------------------------------------------------------ SLA
+
+    def _respond(self, event: ActivityRecordedV1) -> None:
+        holder = self.holders.get(event.lead_id)
+        if holder is None:
+            return
+        assignment = holder.assignment
+        if assignment.sla != "armed" or not counts_as_response(self.agreement, assignment.tier, event.activity):
+            return
+        assignment.responded_at = event.occurred_at
+        assignment.sla = "met" if event.occurred_at <= assignment.due else "breached"

@@ -1,0 +1,162 @@
+"""Where a simulation's inputs come from: a JSON Lines stream, the intake history in PostgreSQL,
+or the input topics in Kafka from the earliest offset. Each yields intake events in the order
+the live stack received them; nothing here writes anywhere."""
+
+from __future__ import annotations
+
+import heapq
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from coxswain.simulation.engine import Input
+from schemas.events import ActivityRecordedV1, LeadAttributes, LeadReceivedV1
+from services.intake.app import ActivityIn, LeadEventIn, Problem, build_activities, build_lead_events
+
+
+class BadInput(ValueError):
+    """The input cannot be simulated; the message says where and why."""
+
+
+def read_stream(path: Path) -> list[Input]:
+    """A stream as ``coxswain generate`` writes it, through intake's own event builders."""
+    if not path.is_file():
+        raise BadInput(f"{path}: no such file")
+    events: list[Input] = []
+    contacts: dict[bytes, LeadAttributes] = {}
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            events.extend(_line(path, number, raw, contacts))
+    return events
+
+
+def _contact(body: Any, contacts: dict[bytes, LeadAttributes]) -> Any:
+    """A person's contact repeats on each of their events: validate each distinct one once (the
+    email check is the costly part). A validated model passes through ``LeadEventIn`` as is."""
+    if not isinstance(body, dict) or not isinstance(body.get("contact"), dict):
+        return body
+    key = orjson.dumps(body["contact"], option=orjson.OPT_SORT_KEYS)
+    found = contacts.get(key)
+    if found is None:
+        found = contacts[key] = LeadAttributes.model_validate(body["contact"])
+    return {**body, "contact": found}
+
+
+def _line(path: Path, number: int, raw: bytes, contacts: dict[bytes, LeadAttributes]) -> list[Input]:
+    where = f"{path}:{number}"
+    try:
+        line = orjson.loads(raw)
+        if not isinstance(line, dict):
+            raise BadInput(f"{where}: a line must be a JSON object")
+        at = datetime.fromisoformat(line["at"])
+        source, kind, body = str(line["source"]), line["kind"], line["body"]
+        webhook_id = str(line.get("webhook_id") or f"sim-{number}")
+        if kind == "lead":
+            item = LeadEventIn.model_validate(_contact(body, contacts))
+            return list(build_lead_events(source, webhook_id, [item], at))
+        if kind == "activity":
+            return list(build_activities(source, webhook_id, [ActivityIn.model_validate(body)], at))
+        raise BadInput(f"{where}: kind must be 'lead' or 'activity', not {kind!r}")
+    except orjson.JSONDecodeError as exc:
+        raise BadInput(f"{where}: not JSON ({exc})") from None
+    except KeyError as exc:
+        raise BadInput(f"{where}: missing field {exc}") from None
+    except (ValidationError, Problem) as exc:
+        raise BadInput(f"{where}: body does not validate: {_brief(exc)}") from None
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, BadInput):
+            raise
+        raise BadInput(f"{where}: {exc}") from None
+
+
+def _brief(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        first = exc.errors(include_url=False)[0]
+        return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']} ({exc.error_count()} error(s))"
+    return str(exc)
+
+
+def event_of(kind: str, payload: Any) -> Input:
+    document = orjson.loads(payload) if isinstance(payload, (str, bytes)) else payload
+    if kind == "lead":
+        return LeadReceivedV1.model_validate(document)
+    return ActivityRecordedV1.model_validate(document)
+
+
+async def read_database(
+    database_url: str, received_after: datetime | None = None
+) -> tuple[list[Input], dict[str, str]]:
+    """Every intake event (received after ``received_after``, if given) in received order (ties:
+    the event's own time), and the account owners."""
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.connect() as connection:
+            rows = await connection.execute(
+                text(
+                    "SELECT kind, payload FROM intake_events WHERE received_at > :after "
+                    "ORDER BY received_at, (payload->>'occurred_at')::timestamptz, event_id"
+                ),
+                {"after": received_after or datetime(1970, 1, 1, tzinfo=UTC)},
+            )
+            events = [event_of(row.kind, row.payload) for row in rows]
+            accounts = {
+                row.domain: row.owner_rep_id
+                for row in await connection.execute(text("SELECT domain, owner_rep_id FROM accounts"))
+            }
+    finally:
+        await engine.dispose()
+    return events, accounts
+
+
+async def read_kafka(max_idle_seconds: float = 2.0) -> list[Input]:
+    """leads.received.v1 and crm.activities.v1 from the earliest offset, without a consumer group
+    (nothing is committed), merged by time; stops when no record arrived for ``max_idle_seconds``."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer
+
+    from coxswain.runtime.kafka import connection_options
+    from coxswain.settings import KafkaConfig
+    from schemas.codec import decode
+
+    consumer = AIOKafkaConsumer(
+        LeadReceivedV1.topic,
+        ActivityRecordedV1.topic,
+        **connection_options(KafkaConfig()),
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    per_partition: dict[tuple[str, int], list[tuple[datetime, int, Input]]] = {}
+    try:
+        await consumer.start()
+        while True:
+            batch = await consumer.getmany(timeout_ms=int(max_idle_seconds * 1000), max_records=5000)
+            if not batch:
+                break
+            for partition, records in batch.items():
+                expected = (LeadReceivedV1,) if partition.topic == LeadReceivedV1.topic else (ActivityRecordedV1,)
+                for record in records:
+                    try:
+                        event = decode(partition.topic, record.value, tuple(record.headers or ()), expected)
+                    except ValueError:
+                        continue  # the live consumers dead-letter it too
+                    assert isinstance(event, (LeadReceivedV1, ActivityRecordedV1))
+                    stamp = datetime.fromtimestamp(record.timestamp / 1000, tz=event.occurred_at.tzinfo)
+                    per_partition.setdefault((partition.topic, partition.partition), []).append(
+                        (stamp, record.offset, event)
+                    )
+            await asyncio.sleep(0)
+    finally:
+        await consumer.stop()
+    # Each partition is in order already; merge them by the time Kafka appended each record.
+    merged = heapq.merge(*per_partition.values(), key=lambda item: (item[0], item[1]))
+    return [event for _, _, event in merged]

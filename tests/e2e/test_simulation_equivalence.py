@@ -1,0 +1,242 @@
+"""The simulator and the live stack make the same decisions.
+
+A generated stream of leads and CRM activities goes through the real intake into the running
+services (each its own process); then ``coxswain simulate --from-db`` replays the inputs of
+that run and its decisions are compared, one by one, with what the live services stored:
+stage changes per lead, owners per lead, and deadlines.
+
+Ordering: each webhook is submitted only after the previous one's consequences were processed
+(scoring's inbox holds the event, the router's inbox holds the event, if it goes to the router,
+and every stage change or qualification scoring derived from it). The live stack then sees the
+inputs in one total order, the order the simulator replays (intake_events by received_at),
+whatever the number of partitions, and the test needs no special topic layout.
+
+Time: the stream's bodies are sent without ``occurred_at``, so intake stamps the receipt time,
+as a live sender usually does. Routing then happens a few milliseconds after the qualifying
+event in the live stack and at its time in the simulator; deadlines are compared as offsets
+from the routing instant (24x7 calendars, no capacity limits: nothing else depends on the
+wall clock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import pytest_asyncio
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from coxswain.settings import DatabaseConfig
+from coxswain.simulation.generate import StreamSpec, generate
+from tests.support.stack import Stack, post_signed
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+AGREEMENT = Path(__file__).parent / "agreement_simulation.yaml"
+VERSION = "e2e-simulation-1"
+FOLLOWERS = ("scoring", "router", "sla-monitor")
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "coxswain", *args], env=dict(os.environ), capture_output=True, text=True, check=False
+    )
+
+
+def in_force(stack: Stack, name: str, version: str) -> int:
+    return stack.services[name].log_text().count(f"agreement in force: version={version} ")
+
+
+async def wait_until(condition: Any, what: str, within: float = 30) -> None:
+    deadline = time.monotonic() + within
+    while not await condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def database() -> AsyncIterator[AsyncEngine]:
+    engine = create_async_engine(DatabaseConfig().database_url)
+    yield engine
+    await engine.dispose()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def simulation_agreement(stack: Stack, database: AsyncEngine) -> AsyncIterator[None]:
+    """Put the test agreement in force in every service; afterwards back to the stack's file."""
+    before = {name: in_force(stack, name, VERSION) for name in FOLLOWERS}
+    activated = await asyncio.to_thread(cli, "agreement", "activate", str(AGREEMENT))
+    assert activated.returncode == 0, activated.stderr
+    for name in FOLLOWERS:
+
+        async def switched(name: str = name) -> bool:
+            return bool(in_force(stack, name, VERSION) > before[name])
+
+        await wait_until(switched, f"{name} to put {VERSION} in force")
+    try:
+        yield
+    finally:
+        async with database.begin() as connection:
+            await connection.execute(text("DELETE FROM agreements"))
+        for name in FOLLOWERS:
+
+            async def restored(name: str = name) -> bool:
+                return "agreement in force: version=e2e-1 " in stack.services[name].log_text().rsplit(VERSION, 1)[-1]
+
+            await wait_until(restored, f"{name} to go back to e2e-1")
+
+
+DEAD_LETTERED = "SELECT count(*) FROM inbox WHERE consumer = 'scoring' AND topic LIKE '%.dlq'"
+
+
+async def dead_lettered(database: AsyncEngine) -> int:
+    async with database.connect() as connection:
+        return int(await connection.scalar(text(DEAD_LETTERED)) or 0)
+
+
+async def processed(database: AsyncEngine, event_ids: list[str], kind: str, dead_before: int) -> None:
+    """Wait until scoring (and, where it listens, the router) processed the events and the
+    router processed every stage change and qualification scoring derived from them.
+
+    Scoring dead-letters an activity the lifecycle refuses (sales accepting a lead that never
+    qualified): its inbox then holds the dead letter's id instead of the event's."""
+
+    async def done() -> bool:
+        async with database.connect() as connection:
+            row = (
+                await connection.execute(
+                    text(
+                        "SELECT (SELECT count(*) FROM inbox WHERE consumer = 'scoring' AND event_id = ANY(:ids)) AS scored, "
+                        f"({DEAD_LETTERED}) AS dead, "
+                        "(SELECT count(*) FROM inbox WHERE consumer = 'router' AND event_id = ANY(:ids)) AS routed, "
+                        "(SELECT count(*) FROM lead_facts f WHERE f.caused_by = ANY(:ids) "
+                        " AND f.kind IN ('LeadStageChangedV1', 'LeadQualifiedV1')) AS derived, "
+                        "(SELECT count(*) FROM lead_facts f JOIN inbox i ON i.event_id = f.event_id "
+                        " AND i.consumer = 'router' WHERE f.caused_by = ANY(:ids) "
+                        " AND f.kind IN ('LeadStageChangedV1', 'LeadQualifiedV1')) AS derived_seen"
+                    ),
+                    {"ids": [uuid.UUID(i) for i in event_ids]},
+                )
+            ).one()
+        wanted = len(event_ids)
+        return bool(
+            row.scored + (row.dead - dead_before) == wanted
+            and (kind == "lead" or row.routed == wanted)
+            and row.derived == row.derived_seen
+        )
+
+    await wait_until(done, f"{kind} events {event_ids} to be processed")
+
+
+def stream(tag: str) -> list[dict[str, Any]]:
+    spec = StreamSpec(leads=28, start=date(2026, 3, 2), days=2, seed=11, touch_share=0.8, domain=f"{tag}.example.com")
+    return list(generate(spec))
+
+
+async def test_simulator_replays_the_live_run_decision_by_decision(
+    client: httpx.AsyncClient, stack: Stack, database: AsyncEngine, simulation_agreement: None, tmp_path: Path
+) -> None:
+    tag = f"sim{uuid.uuid4().hex[:8]}"
+    lines = stream(tag)
+    async with database.connect() as connection:
+        started = await connection.scalar(text("SELECT now()"))
+    assert isinstance(started, datetime)
+    our_leads: set[str] = set()
+    for line in lines:
+        body = {key: value for key, value in line["body"].items() if key != "occurred_at"}
+        path = "/v1/webhooks/webform/events" if line["kind"] == "lead" else "/v1/webhooks/crm/activities"
+        dead_before = await dead_lettered(database)
+        response = await post_signed(client, path, body)
+        assert response.status_code == 202, response.text
+        accepted = response.json()["events"]
+        our_leads |= {event["lead_id"] for event in accepted}
+        await processed(database, [event["event_id"] for event in accepted], line["kind"], dead_before)
+
+    # The SLA monitor arms a deadline per assignment.
+    async def armed() -> bool:
+        async with database.connect() as connection:
+            missing = await connection.scalar(
+                text(
+                    "SELECT count(*) FROM assignments a WHERE a.routed_at >= :t AND NOT EXISTS "
+                    "(SELECT 1 FROM deadlines d WHERE d.assignment_id = a.assignment_id)"
+                ),
+                {"t": started},
+            )
+        return bool(missing == 0)
+
+    await wait_until(armed, "every assignment's deadline")
+
+    decisions = tmp_path / "decisions.jsonl"
+    simulated = await asyncio.to_thread(
+        cli,
+        "simulate",
+        "--from-db",
+        "--received-after",
+        started.isoformat(),
+        "--candidate",
+        str(AGREEMENT),
+        "--baseline",
+        str(AGREEMENT),
+        "--decisions",
+        str(decisions),
+    )
+    assert simulated.returncode == 0, simulated.stdout + simulated.stderr
+    assert "leads/s on one core" in simulated.stdout
+
+    sim_stages: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
+    sim_owners: dict[str, list[tuple[str, str, timedelta]]] = defaultdict(list)
+    for record in map(orjson.loads, decisions.read_bytes().splitlines()):
+        if record["kind"] == "stage_changed":
+            sim_stages[record["lead_id"]].append((record["from_stage"], record["to_stage"], record["at"]))
+        else:
+            offset = datetime.fromisoformat(record["due"]) - datetime.fromisoformat(record["at"])
+            sim_owners[record["lead_id"]].append((record["rep_id"], record["pool_id"], offset))
+
+    live_stages: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
+    live_owners: dict[str, list[tuple[str, str, timedelta]]] = defaultdict(list)
+    async with database.connect() as connection:
+        facts = await connection.execute(
+            text(
+                "SELECT lead_id, payload FROM lead_facts WHERE kind = 'LeadStageChangedV1' "
+                "AND lead_id = ANY(:leads) ORDER BY occurred_at, recorded_at"
+            ),
+            {"leads": [uuid.UUID(lead) for lead in our_leads]},
+        )
+        for row in facts:
+            at = datetime.fromisoformat(row.payload["occurred_at"]).astimezone(UTC).isoformat()
+            live_stages[str(row.lead_id)].append((row.payload["from_stage"], row.payload["to_stage"], at))
+        routed = await connection.execute(
+            text(
+                "SELECT a.lead_id, a.rep_id, a.pool_id, d.due_at - a.routed_at AS offset FROM assignments a "
+                "JOIN deadlines d ON d.assignment_id = a.assignment_id AND d.milestone = 'first_touch' "
+                "WHERE a.lead_id = ANY(:leads) ORDER BY a.routed_at"
+            ),
+            {"leads": [uuid.UUID(lead) for lead in our_leads]},
+        )
+        for row in routed:
+            live_owners[str(row.lead_id)].append((row.rep_id, row.pool_id, row.offset))
+
+    normalise = {
+        lead: [(a, b, datetime.fromisoformat(at).astimezone(UTC).isoformat()) for a, b, at in changes]
+        for lead, changes in sim_stages.items()
+    }
+    assert sum(len(v) for v in live_stages.values()) >= 20, "the stream should move a fair number of leads"
+    assert len(live_owners) >= 10, "the stream should route a fair number of leads"
+    assert any(to == "sal" for changes in live_stages.values() for _, to, _ in changes)
+    for lead in sorted(our_leads):
+        assert normalise.get(lead, []) == live_stages.get(lead, []), f"stage changes of lead {lead}"
+        assert sim_owners.get(lead, []) == live_owners.get(lead, []), f"owners and deadlines of lead {lead}"
+    assert set(normalise) <= our_leads and set(sim_owners) <= our_leads
