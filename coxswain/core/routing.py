@@ -1,20 +1,37 @@
-"""The routing decision: first matching rule picks a pool, smooth weighted round robin picks a rep.
+"""The routing decision: owner first, else the first matching rule's pool, else the fallback pool.
 
-Smooth weighted round robin (as in nginx): every eligible rep's ``current`` grows by its weight,
-the rep with the highest ``current`` wins and gives back the sum of the eligible weights. Over
-any window the shares converge to the weights, picks interleave instead of bursting, and a rep
-who was ineligible (away, at capacity) does not accumulate credit while away, so returning never
-causes a catch-up burst. The state is a small mapping that the shell stores with the assignment.
+``route`` is the whole decision as one pure function of the lead, the agreement, the roster in
+force, the loaded state (rotation credits, rep loads, account owner) and the time. The shell
+loads that state under locks, calls ``route`` and stores what it returns in the same
+transaction; docs/routing.md explains each step.
+
+Smooth weighted round robin (as in nginx): every eligible rep's credit grows by its weight, the
+rep with the highest credit wins and gives back the sum of the eligible weights. Over any window
+the shares converge to the weights and picks interleave instead of bursting. A rep who is not
+eligible (away, outside hours, at capacity) is skipped and its credit frozen, so absence earns
+nothing. Re-entry: a rep eligible again after the pool skipped it gives any positive credit to
+the colleagues who stayed (``min(credit, 0)``), so coming back never puts it ahead of the queue.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import itertools
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
 
-from coxswain.core.agreement import Agreement, Pool, RoutingRule
+from coxswain.core.accounts import lead_domain
+from coxswain.core.agreement import OWNER_POOL, Agreement, AgreementProblem, Pool, Routing, RoutingRule
+from coxswain.core.capacity import RepLoad, after_assignment, assigned_today, over_limit_because
+from coxswain.core.roster import Roster, effective_weight, unavailable_because
 from coxswain.core.scoring import attribute_value
 from schemas.events import CandidateVerdict, LeadAttributes, Tier
+
+MatchedBy = Literal["account_owner", "open_domain_lead", "rule", "fallback", "none"]
+EXCLUDED_BY_REQUEST = "excluded by the reassignment request (a recent owner)"
+NOT_IN_ROSTER = "not in the roster"
+_COMBINATION_LIMIT = 20_000
 
 
 @dataclass(frozen=True)
@@ -22,14 +39,29 @@ class RoutingInput:
     attributes: LeadAttributes
     tier: Tier
     source: str
+    persona: str | None = None
 
 
 @dataclass(frozen=True)
 class Rotation:
-    """Per pool: each rep's smooth-WRR credit and how many leads the pool gave it."""
+    """Per pool: each rep's smooth-WRR credit, how many leads the pool gave it, and who it skipped last."""
 
-    current: Mapping[str, int] = field(default_factory=dict)
+    current: Mapping[str, float] = field(default_factory=dict)
     assigned: Mapping[str, int] = field(default_factory=dict)
+    away: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Situation:
+    """Everything the shell loaded for one decision; the core reads nothing else."""
+
+    now: datetime
+    roster: Roster
+    rotations: Mapping[str, Rotation] = field(default_factory=dict)
+    loads: Mapping[str, RepLoad] = field(default_factory=dict)
+    account_owner: str | None = None
+    account_domain: str | None = None
+    open_lead_owner: str | None = None
 
 
 @dataclass(frozen=True)
@@ -40,58 +72,158 @@ class RoutingDecision:
     reason: str
     candidates: tuple[CandidateVerdict, ...]
     rotation_after: Rotation
+    matched_by: MatchedBy = "rule"
+    rotations_after: Mapping[str, Rotation] = field(default_factory=dict)
+    load_after: RepLoad | None = None
+    waiting_for: str | None = None
+    domain: str | None = None
 
 
-def rule_matches(rule: RoutingRule, lead: RoutingInput) -> bool:
-    for attribute, accepted in rule.when.items():
-        if attribute == "tier":
-            value: str | int | None = lead.tier.value
-        elif attribute == "source":
-            value = lead.source
-        else:
-            value = attribute_value(lead.attributes, attribute)
-        if value is None or str(value).casefold() not in {option.casefold() for option in accepted}:
-            return False
-    return True
+# --------------------------------------------------------------------------- rules
+
+
+def lead_values(lead: RoutingInput, attribute: str, routing: Routing | None = None) -> frozenset[str]:
+    """The lead's values of an attribute, case-folded; a lead may be in several regions, or none."""
+    if attribute == "tier":
+        return frozenset({lead.tier.value})
+    if attribute == "source":
+        return frozenset({lead.source.casefold()})
+    if attribute == "segment":
+        size = lead.attributes.company_size
+        segments = routing.segments if routing else ()
+        return frozenset(
+            s.id.casefold()
+            for s in segments
+            if size is not None and s.min_size <= size and (s.max_size is None or size <= s.max_size)
+        )
+    if attribute == "region":
+        country, state = lead.attributes.country, lead.attributes.state
+        regions = routing.regions if routing else ()
+        where = f"{country}-{state.strip()}".casefold() if country and state else None
+        return frozenset(
+            r.id.casefold()
+            for r in regions
+            if (country is not None and country in r.countries) or (where in {s.casefold() for s in r.states})
+        )
+    value = attribute_value(lead.attributes, attribute, lead.persona)
+    return frozenset() if value is None else frozenset({str(value).casefold()})
+
+
+def rule_matches(rule: RoutingRule, lead: RoutingInput, routing: Routing | None = None) -> bool:
+    return all(
+        lead_values(lead, attribute, routing) & {option.casefold() for option in accepted}
+        for attribute, accepted in rule.when.items()
+    )
 
 
 def select_pool(lead: RoutingInput, agreement: Agreement) -> tuple[str, str]:
     """(rule id, pool id) of the first matching rule, else the fallback pool."""
     for rule in agreement.routing.rules:
-        if rule_matches(rule, lead):
+        if rule_matches(rule, lead, agreement.routing):
             return rule.id, rule.pool
     return "fallback", agreement.routing.fallback_pool
+
+
+# --------------------------------------------------------------------------- rotation
+
+
+Weighted = tuple[str, float]
+
+
+def _turn(
+    pool_id: str,
+    members: Sequence[Weighted],
+    rotation: Rotation,
+    excluded: Mapping[str, str],
+    absent: Collection[str],
+    reentry: bool,
+) -> tuple[str | None, tuple[CandidateVerdict, ...], Rotation]:
+    reps = [rep for rep, _ in members]
+    weights = dict(members)
+    before = {rep: rotation.current.get(rep, 0) for rep in reps}
+    after = dict(before)
+    eligible = [rep for rep in reps if rep not in excluded]
+    if reentry:
+        returning = [rep for rep in eligible if rep in rotation.away]
+        stayed = [rep for rep in eligible if rep not in rotation.away]
+        surplus = sum(max(after[rep], 0) for rep in returning)
+        # The credit a returning rep held is handed to the reps who covered, so the pool's total
+        # is unchanged and the returning rep starts no higher than zero.
+        if stayed and surplus > 0:
+            for rep in returning:
+                after[rep] = min(after[rep], 0)
+            for rep in stayed:
+                after[rep] += surplus / len(stayed)
+    for rep in eligible:
+        after[rep] += weights[rep]
+    chosen: str | None = None
+    if eligible:
+        # Ties go to the rep listed first, so the order in the pool is a stable tie-break.
+        chosen = max(eligible, key=lambda rep: (after[rep], -reps.index(rep)))
+        after[chosen] -= sum(weights[rep] for rep in eligible)
+    assigned = dict(rotation.assigned)
+    verdicts = tuple(
+        CandidateVerdict(
+            rep_id=rep,
+            eligible=rep not in excluded,
+            excluded_because=excluded.get(rep),
+            weight=weights[rep],
+            current_before=before[rep],
+            current_after=after[rep],
+            pool_id=pool_id,
+            assigned_before=assigned.get(rep, 0),
+            assigned_after=assigned.get(rep, 0) + (rep == chosen),
+        )
+        for rep in reps
+    )
+    if chosen is not None:
+        assigned[chosen] = assigned.get(chosen, 0) + 1
+    away = frozenset(rep for rep in reps if rep in absent)
+    return chosen, verdicts, Rotation(current={**rotation.current, **after}, assigned=assigned, away=away)
 
 
 def rotate(
     pool: Pool, rotation: Rotation, excluded: Mapping[str, str]
 ) -> tuple[str | None, tuple[CandidateVerdict, ...], Rotation]:
-    """Pick the next rep of ``pool``; ``excluded`` maps rep id -> why that rep may not take a lead."""
-    eligible = [member for member in pool.members if member.rep not in excluded]
-    before = {member.rep: rotation.current.get(member.rep, 0) for member in pool.members}
-    after = dict(before)
-    for member in eligible:
-        after[member.rep] += member.weight
-    chosen: str | None = None
-    if eligible:
-        # Ties go to the rep listed first, so the order in the agreement is a stable tie-break.
-        chosen = max(eligible, key=lambda member: (after[member.rep], -pool.members.index(member))).rep
-        after[chosen] -= sum(member.weight for member in eligible)
-    verdicts = tuple(
-        CandidateVerdict(
-            rep_id=member.rep,
-            eligible=member.rep not in excluded,
-            excluded_because=excluded.get(member.rep),
-            weight=member.weight,
-            current_before=before[member.rep],
-            current_after=after[member.rep],
-        )
-        for member in pool.members
+    """Pick the next rep of ``pool`` by plain smooth WRR; ``excluded`` maps rep id -> why not."""
+    members = [(member.rep, member.weight) for member in pool.members]
+    return _turn(pool.id, members, rotation, excluded, excluded, reentry=False)
+
+
+def _rotate_with_fallback(
+    rule_id: str,
+    pool_id: str,
+    fallback: str,
+    members_of: Callable[[str], Sequence[Weighted]],
+    rotations: Mapping[str, Rotation],
+    excluded: Mapping[str, str],
+    absent: Collection[str],
+) -> RoutingDecision:
+    chosen, verdicts, after = _turn(
+        pool_id, members_of(pool_id), rotations.get(pool_id, Rotation()), excluded, absent, reentry=True
     )
-    assigned = dict(rotation.assigned)
     if chosen is not None:
-        assigned[chosen] = assigned.get(chosen, 0) + 1
-    return chosen, verdicts, Rotation(current={**rotation.current, **after}, assigned=assigned)
+        reason = f"rule {rule_id} -> pool {pool_id}, weighted rotation"
+        return RoutingDecision(chosen, pool_id, rule_id, reason, verdicts, after, "rule", {pool_id: after})
+    if fallback == pool_id:
+        reason = f"nobody eligible in pool {pool_id}"
+        return RoutingDecision(None, pool_id, rule_id, reason, verdicts, after, "none", {pool_id: after})
+    chosen, fallback_verdicts, fallback_after = _turn(
+        fallback, members_of(fallback), rotations.get(fallback, Rotation()), excluded, absent, reentry=True
+    )
+    reason = f"rule {rule_id} -> pool {pool_id}: nobody eligible; fallback pool {fallback}"
+    if chosen is None:
+        reason += ": nobody eligible"
+    return RoutingDecision(
+        chosen,
+        fallback,
+        rule_id,
+        reason,
+        (*verdicts, *fallback_verdicts),
+        fallback_after,
+        "fallback" if chosen is not None else "none",
+        {pool_id: after, fallback: fallback_after},
+    )
 
 
 def decide(
@@ -100,15 +232,246 @@ def decide(
     rotations: Mapping[str, Rotation],
     excluded: Mapping[str, str],
 ) -> RoutingDecision:
+    """The rule and rotation part of ``route``, with the agreement's pools and given exclusions."""
     rule_id, pool_id = select_pool(lead, agreement)
-    chosen, verdicts, after = rotate(agreement.pool(pool_id), rotations.get(pool_id, Rotation()), excluded)
-    if chosen is not None:
-        return RoutingDecision(
-            chosen, pool_id, rule_id, f"rule {rule_id} -> pool {pool_id}, weighted rotation", verdicts, after
+
+    def members_of(pool: str) -> list[Weighted]:
+        return [(member.rep, member.weight) for member in agreement.pool(pool).members]
+
+    return _rotate_with_fallback(
+        rule_id, pool_id, agreement.routing.fallback_pool, members_of, rotations, excluded, excluded
+    )
+
+
+# --------------------------------------------------------------------------- the whole decision
+
+
+def route(
+    lead: RoutingInput,
+    agreement: Agreement,
+    situation: Situation,
+    exclude: Collection[str] = (),
+) -> RoutingDecision:
+    """Who gets the lead now, and why; ``exclude`` names reps a reassignment must skip.
+
+    A decision with ``rep_id`` None means nobody may take the lead now: the shell parks it and
+    retries. ``waiting_for`` is set when the agreement queues leads for an unavailable owner.
+    """
+    now, roster, routing = situation.now, situation.roster, agreement.routing
+    lead_load = routing.load[lead.tier]
+    skip = frozenset(exclude)
+
+    def why_not(rep_id: str) -> str | None:
+        if rep_id in skip:
+            return EXCLUDED_BY_REQUEST
+        profile = roster.reps.get(rep_id)
+        if profile is None:
+            return NOT_IN_ROSTER
+        return unavailable_because(profile, now) or over_limit_because(
+            profile, situation.loads.get(rep_id, RepLoad()), lead_load, now
         )
-    fallback = agreement.routing.fallback_pool
-    if fallback == pool_id:
-        return RoutingDecision(None, pool_id, rule_id, f"nobody eligible in pool {pool_id}", verdicts, after)
-    chosen, fallback_verdicts, after = rotate(agreement.pool(fallback), rotations.get(fallback, Rotation()), excluded)
-    reason = f"rule {rule_id} -> pool {pool_id}: nobody eligible; fallback pool {fallback}"
-    return RoutingDecision(chosen, fallback, rule_id, reason, (*verdicts, *fallback_verdicts), after)
+
+    def details(verdict: CandidateVerdict, configured: int | None) -> CandidateVerdict:
+        profile = roster.reps.get(verdict.rep_id)
+        load = situation.loads.get(verdict.rep_id, RepLoad())
+        return verdict.model_copy(
+            update={
+                "configured_weight": configured,
+                "open_load": load.open_load,
+                "capacity": profile.capacity if profile else None,
+                "assigned_today": assigned_today(load, profile, now) if profile else None,
+                "daily_cap": profile.daily_cap if profile else None,
+            }
+        )
+
+    def load_after(rep_id: str) -> RepLoad:
+        return after_assignment(situation.loads.get(rep_id, RepLoad()), roster.reps.get(rep_id), lead_load, now)
+
+    domain = lead_domain(lead.attributes, routing.ownership.free_mail_domains)
+    notes: list[str] = []
+    owner: str | None = None
+    matched_by: Literal["account_owner", "open_domain_lead"] | None = None
+    label = ""
+    if situation.account_owner is not None:
+        owner, matched_by = situation.account_owner, "account_owner"
+        label = f"account owner {owner} ({situation.account_domain or domain})"
+    elif routing.ownership.same_domain and situation.open_lead_owner is not None:
+        owner, matched_by = situation.open_lead_owner, "open_domain_lead"
+        label = f"owner {owner} of an open lead from {domain}"
+    if owner is not None and matched_by is not None:
+        because = why_not(owner)
+        verdict = details(
+            CandidateVerdict(
+                rep_id=owner,
+                eligible=because is None,
+                excluded_because=because,
+                weight=0,
+                current_before=0,
+                current_after=0,
+                pool_id=OWNER_POOL,
+            ),
+            None,
+        )
+        if because is None:
+            return RoutingDecision(
+                owner,
+                OWNER_POOL,
+                matched_by.replace("_", "-"),
+                f"{label} takes the lead",
+                (verdict,),
+                Rotation(),
+                matched_by,
+                {},
+                load_after(owner),
+                None,
+                domain,
+            )
+        # Waiting only makes sense for an owner who can come back: not for one the request excludes
+        # or one the roster does not know.
+        can_return = because not in (EXCLUDED_BY_REQUEST, NOT_IN_ROSTER)
+        if can_return and routing.ownership.owner_unavailable == "queue":
+            return RoutingDecision(
+                None,
+                OWNER_POOL,
+                matched_by.replace("_", "-"),
+                f"{label} is unavailable ({because}); owner_unavailable=queue: the lead waits for the owner",
+                (verdict,),
+                Rotation(),
+                "none",
+                {},
+                None,
+                owner,
+                domain,
+            )
+        policy = routing.ownership.owner_unavailable
+        notes.append(
+            f"{label} is unavailable ({because}); "
+            + ("owner_unavailable=rotate" if policy == "rotate" else "routed by the rules instead of waiting")
+        )
+        owner_verdicts: tuple[CandidateVerdict, ...] = (verdict,)
+    else:
+        owner_verdicts = ()
+
+    rule_id, pool_id = select_pool(lead, agreement)
+    candidates = {m.rep for p in (pool_id, routing.fallback_pool) for m in roster.pools.get(p, ())}
+    excluded = {rep: reason for rep in sorted(candidates) if (reason := why_not(rep)) is not None}
+    absent = {rep for rep, reason in excluded.items() if reason != EXCLUDED_BY_REQUEST}
+    configured: dict[tuple[str, str], int] = {}
+
+    def members_of(pool: str) -> list[Weighted]:
+        members = roster.pools.get(pool, ())
+        configured.update({(pool, m.rep): m.weight for m in members})
+        return [(m.rep, effective_weight(m.weight, roster.reps.get(m.rep), now)) for m in members]
+
+    decision = _rotate_with_fallback(
+        rule_id, pool_id, routing.fallback_pool, members_of, situation.rotations, excluded, absent
+    )
+    verdicts = tuple(
+        details(verdict, configured.get((verdict.pool_id or "", verdict.rep_id))) for verdict in decision.candidates
+    )
+    return RoutingDecision(
+        decision.rep_id,
+        decision.pool_id,
+        decision.rule_id,
+        "; ".join([*notes, decision.reason]),
+        (*owner_verdicts, *verdicts),
+        decision.rotation_after,
+        decision.matched_by,
+        decision.rotations_after,
+        load_after(decision.rep_id) if decision.rep_id is not None else None,
+        None,
+        domain,
+    )
+
+
+# --------------------------------------------------------------------------- validation warnings
+
+
+def routing_warnings(agreement: Agreement) -> list[AgreementProblem]:
+    """What is valid but almost certainly a mistake: rules that can never match, pools no lead reaches."""
+    routing = agreement.routing
+    warnings: list[AgreementProblem] = []
+    live_pools = {routing.fallback_pool}
+    for j, rule in enumerate(routing.rules):
+        where = f"routing.rules.{j}"
+        empty = sorted(attribute for attribute, values in rule.when.items() if not values)
+        if empty:
+            warnings.append(
+                AgreementProblem(where, f"rule {rule.id!r} never matches: no accepted values for {', '.join(empty)}")
+            )
+            continue
+        covering = _covered_by(rule, routing.rules[:j])
+        if covering:
+            takers = ", ".join(repr(rule_id) for rule_id in covering)
+            warnings.append(
+                AgreementProblem(
+                    where, f"rule {rule.id!r} never matches: every lead it matches is taken earlier by {takers}"
+                )
+            )
+            continue
+        live_pools.add(rule.pool)
+    for p, pool in enumerate(routing.pools):
+        if pool.id not in live_pools:
+            warnings.append(
+                AgreementProblem(
+                    f"routing.pools.{p}",
+                    f"pool {pool.id!r} receives no leads: no rule that can match sends leads there "
+                    "and it is not the fallback pool",
+                )
+            )
+    pooled = {member.rep for pool in routing.pools for member in pool.members}
+    for i, rep in enumerate(agreement.roster):
+        if rep.id not in pooled:
+            warnings.append(
+                AgreementProblem(f"roster.{i}", f"rep {rep.id!r} is in no pool; only ownership routes leads to them")
+            )
+        if rep.calendar is not None and rep.calendar in agreement.calendars:
+            zone = agreement.calendars[rep.calendar].timezone
+            if zone != rep.timezone:
+                warnings.append(
+                    AgreementProblem(
+                        f"roster.{i}.calendar",
+                        f"rep {rep.id!r} works calendar {rep.calendar!r} in {zone}, but the rep's time zone is "
+                        f"{rep.timezone} (daily caps count days in {rep.timezone})",
+                    )
+                )
+    return warnings
+
+
+def _conditions(rule: RoutingRule) -> dict[str, frozenset[str]]:
+    return {attribute: frozenset(v.casefold() for v in values) for attribute, values in rule.when.items()}
+
+
+def _covered_by(rule: RoutingRule, earlier: Sequence[RoutingRule]) -> list[str]:
+    """Ids of earlier rules that together take every lead ``rule`` matches; empty when some lead is left.
+
+    Only provable cover counts: an earlier rule that tests an attribute this rule leaves open
+    could let some lead through (tier is the exception: it has three values, so it is enumerated).
+    """
+    mine = _conditions(rule)
+    mine.setdefault("tier", frozenset(tier.value for tier in Tier))
+    relevant = [(other.id, _conditions(other)) for other in earlier]
+    relevant = [(rule_id, tests) for rule_id, tests in relevant if set(tests) <= set(mine)]
+    if not relevant:
+        return []
+    attributes = sorted(mine)
+    size = 1
+    for attribute in attributes:
+        size *= len(mine[attribute])
+    if size > _COMBINATION_LIMIT:
+        return [
+            rule_id
+            for rule_id, tests in relevant
+            if all(mine[attribute] <= accepted for attribute, accepted in tests.items())
+        ][:1]
+    used: set[str] = set()
+    for values in itertools.product(*(sorted(mine[attribute]) for attribute in attributes)):
+        lead = dict(zip(attributes, values, strict=True))
+        taker = next(
+            (rule_id for rule_id, tests in relevant if all(lead[a] in accepted for a, accepted in tests.items())),
+            None,
+        )
+        if taker is None:
+            return []
+        used.add(taker)
+    return [rule_id for rule_id, _ in relevant if rule_id in used]
