@@ -1,5 +1,5 @@
 # The two commands: `make run` (whole stack + demo traffic) and `make test` (whole suite).
-.PHONY: run test unit lint typecheck schemas stop clean
+.PHONY: run test unit lint typecheck schemas stop clean chaos bench bench-quick
 
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -27,6 +27,21 @@ typecheck: $(VENV)/.installed
 
 schemas: $(VENV)/.installed
 	$(VENV)/bin/coxswain schemas generate --check
+
+# Leads through the running stack while services, the broker and the database are killed; then a
+# ledger of what survived. Own stack under .local/chaos (ports from CHAOS_PORT_BASE, default 36500).
+# CHAOS_LEADS=100000 make chaos is the full run (docs/chaos.md).
+chaos: $(VENV)/.installed
+	$(PY) -m chaos
+
+# Throughput, latency and timer lag against baselines measured in the same run; the last line of
+# output is one JSON object (docs/benchmarks.md). Own stack under .local/bench (ports from
+# COXSWAIN_BENCH_PORT_BASE, default 38000). Never part of `make test`.
+bench: $(VENV)/.installed
+	$(PY) -m bench
+
+bench-quick: $(VENV)/.installed
+	$(PY) -m bench --quick
 
 stop:
 	deploy/local/stack.sh down

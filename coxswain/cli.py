@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import logging
-import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from coxswain.core.agreement import AgreementError, load_agreement
+from coxswain.core.agreement import Agreement, AgreementError, load_agreement
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 app = typer.Typer(help="Coxswain: the sales-marketing agreement as running software.", no_args_is_help=True)
 run_app = typer.Typer(help="Run one service as a long-lived process.", no_args_is_help=True)
@@ -19,6 +21,7 @@ topics_app = typer.Typer(help="Kafka topics.", no_args_is_help=True)
 agreement_app = typer.Typer(help="The sales-marketing agreement file.", no_args_is_help=True)
 schemas_app = typer.Typer(help="Event contracts: JSON Schema and AsyncAPI documents.", no_args_is_help=True)
 demo_app = typer.Typer(help="Demo traffic and a live view of the topics.", no_args_is_help=True)
+shadow_app = typer.Typer(help="A candidate agreement deciding beside the one in force.", no_args_is_help=True)
 for sub, name in (
     (run_app, "run"),
     (db_app, "db"),
@@ -26,17 +29,17 @@ for sub, name in (
     (agreement_app, "agreement"),
     (schemas_app, "schemas"),
     (demo_app, "demo"),
+    (shadow_app, "shadow"),
 ):
     app.add_typer(sub, name=name)
 
 
 def _logging(level: str = "INFO") -> None:
-    logging.basicConfig(
-        level=level,
-        stream=sys.stderr,
-        format="ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)r",
-    )
-    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    """key=value lines, or one JSON object per line with COXSWAIN_LOG_FORMAT=json."""
+    from coxswain.runtime.telemetry import configure_logging
+    from coxswain.settings import ObservabilityConfig
+
+    configure_logging(level, ObservabilityConfig().log_format)
 
 
 def _run(coroutine: object) -> None:
@@ -73,10 +76,35 @@ def run_router() -> None:
     _consumer("router")
 
 
+@run_app.command("shadow")
+def run_shadow(agreement: Annotated[Path, typer.Option(help="The candidate agreement to run in shadow")]) -> None:
+    """Decide with a candidate agreement beside the live stack; publish to shadow.decisions.v1 only."""
+    from coxswain.wiring import run_shadow as serve
+
+    candidate = _load_or_exit(agreement)
+    _logging()
+    _run(serve(candidate))
+
+
+@run_app.command("roster-api")
+def run_roster_api() -> None:
+    """Roster API (HTTP, bearer COXSWAIN_ADMIN_TOKEN): reps, pools, out-of-office, accounts; COXSWAIN_ROSTER_API_PORT."""
+    from coxswain.wiring import run_roster_api as serve
+
+    _logging()
+    serve()
+
+
 @run_app.command("sla-monitor")
 def run_sla_monitor() -> None:
     """SLA monitor: arms deadlines from leads.routed.v1, stops them on responses, fires breaches."""
     _consumer("sla_monitor")
+
+
+@run_app.command("reporting")
+def run_reporting() -> None:
+    """Reporting: stores every fact; serves the reports API and the live dashboard (COXSWAIN_REPORTING_PORT)."""
+    _consumer("reporting")
 
 
 @db_app.command("upgrade")
@@ -133,16 +161,165 @@ def topics_list() -> None:
         typer.echo(f"{event.topic:28} {event.__name__:22} key=lead_id  dlq={event.topic}.dlq")
 
 
-@agreement_app.command("validate")
-def agreement_validate(file: Annotated[Path, typer.Argument(help="Agreement YAML file")]) -> None:
-    """Check an agreement file; print every problem with its path in the document."""
+def _load_or_exit(file: Path) -> Agreement:
     try:
-        agreement = load_agreement(file)
+        return load_agreement(file)
     except AgreementError as exc:
         for problem in exc.problems:
             typer.echo(f"{exc.source}: {problem}", err=True)
         raise typer.Exit(1) from None
-    typer.echo(f"{file}: agreement {agreement.name!r} version {agreement.version} is valid")
+
+
+@topics_app.command("manifest")
+def topics_manifest(
+    cluster: Annotated[str, typer.Option(help="Strimzi Kafka cluster name (strimzi.io/cluster label)")] = "coxswain",
+    replicas: int = 3,
+    retention_days: int = 7,
+    dlq_retention_days: int = 30,
+) -> None:
+    """Print every topic and its DLQ as Strimzi KafkaTopic resources (deploy/k8s/topics.yaml)."""
+    import re
+
+    import yaml
+
+    from coxswain.runtime.kafka import all_topics
+    from coxswain.settings import KafkaConfig
+
+    partitions = KafkaConfig().kafka_topic_partitions
+    documents = [
+        {
+            "apiVersion": "kafka.strimzi.io/v1beta2",
+            "kind": "KafkaTopic",
+            "metadata": {"name": re.sub(r"[^a-z0-9.-]", "-", topic), "labels": {"strimzi.io/cluster": cluster}},
+            "spec": {
+                "topicName": topic,
+                "partitions": partitions,
+                "replicas": replicas,
+                "config": {
+                    "retention.ms": (dlq_retention_days if topic.endswith(".dlq") else retention_days) * 86_400_000,
+                    "min.insync.replicas": min(2, replicas),
+                    "cleanup.policy": "delete",
+                },
+            },
+        }
+        for topic in all_topics()
+    ]
+    typer.echo("# Generated by `coxswain topics manifest`; keys are lead ids, so partitions keep each lead in order.")
+    typer.echo(yaml.safe_dump_all(documents, sort_keys=False), nl=False)
+
+
+@agreement_app.command("validate")
+def agreement_validate(
+    file: Annotated[Path, typer.Argument(help="Agreement YAML file")],
+    strict: Annotated[bool, typer.Option(help="Exit 1 on warnings too")] = False,
+) -> None:
+    """Check an agreement file; print every problem with its path in the document, then warnings
+    for rules that can never fire."""
+    from coxswain.core.agreement_checks import agreement_warnings
+
+    agreement = _load_or_exit(file)
+    warnings = agreement_warnings(agreement)
+    for warning in warnings:
+        typer.echo(f"{file}: warning: {warning}", err=True)
+    typer.echo(
+        f"{file}: agreement {agreement.name!r} version {agreement.version} is valid"
+        + (f" ({len(warnings)} warning(s))" if warnings else "")
+    )
+    if strict and warnings:
+        raise typer.Exit(1)
+
+
+@agreement_app.command("diff")
+def agreement_diff(
+    old: Annotated[Path, typer.Argument(help="The agreement in force")],
+    new: Annotated[Path, typer.Argument(help="The proposed agreement")],
+) -> None:
+    """What changes between two agreements, rule by rule (+ added, - removed, ~ changed).
+
+    Exit 0 when they are the same, 1 when they differ or do not load."""
+    from coxswain.core.agreement_checks import diff_agreements
+
+    before, after = _load_or_exit(old), _load_or_exit(new)
+    changes = diff_agreements(before, after)
+    for change in changes:
+        typer.echo(str(change))
+    if not changes:
+        typer.echo(f"{old} and {new} are the same agreement")
+        return
+    typer.echo(f"{len(changes)} change(s)", err=True)
+    raise typer.Exit(1)
+
+
+def _database(action: str, work: Callable[[AsyncEngine], Awaitable[None]]) -> None:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from coxswain.db.database import SchemaOutOfDate, create_engine, require_current_schema
+    from coxswain.settings import DatabaseConfig
+
+    config = DatabaseConfig()
+
+    async def run() -> None:
+        engine = create_engine(config)
+        try:
+            await require_current_schema(engine, config)
+            await work(engine)
+        finally:
+            await engine.dispose()
+
+    try:
+        asyncio.run(run())
+    except SchemaOutOfDate as exc:
+        typer.echo(f"cannot {action}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except (OSError, SQLAlchemyError) as exc:
+        typer.echo(f"cannot {action}: the database is unreachable ({type(exc).__name__}: {exc})", err=True)
+        raise typer.Exit(1) from None
+
+
+@agreement_app.command("activate")
+def agreement_activate(file: Annotated[Path, typer.Argument(help="Agreement YAML file")]) -> None:
+    """Store the agreement in the database (its version must be new, or identical) and put it in
+    force; running services pick it up within COXSWAIN_AGREEMENT_POLL_SECONDS."""
+    from coxswain.runtime.consumer import utc_now
+    from services.admin import agreements
+
+    agreement = _load_or_exit(file)
+
+    async def work(engine: AsyncEngine) -> None:
+        async with engine.begin() as connection:
+            stored, created = await agreements.store(connection, agreement, utc_now())
+            await agreements.activate(connection, agreement.version, utc_now())
+        typer.echo(
+            f"agreement version {stored.version} {'stored and ' if created else ''}activated (sha256 {stored.sha256[:12]})"
+        )
+
+    try:
+        _database("activate the agreement", work)
+    except agreements.VersionConflict as exc:
+        typer.echo(f"{file}: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+@agreement_app.command("list")
+def agreement_list() -> None:
+    """Every stored version; the one activated last is in force."""
+    from services.admin import agreements
+
+    async def work(engine: AsyncEngine) -> None:
+        async with engine.connect() as connection:
+            stored = await agreements.versions(connection)
+        activations = sorted((row.activated_at, row.version) for row in stored if row.activated_at is not None)
+        in_force = activations[-1][1] if activations else None
+        for row in stored:
+            marker = "*" if row.version == in_force else " "
+            activated = row.activated_at.isoformat() if row.activated_at else "never activated"
+            typer.echo(
+                f"{marker} {row.version:24} sha256={row.sha256[:12]} created={row.created_at.isoformat()} {activated}"
+            )
+        if not stored:
+            typer.echo("no agreement stored; services use COXSWAIN_AGREEMENT_FILE")
+
+    _database("list agreements", work)
 
 
 @schemas_app.command("generate")
@@ -184,6 +361,100 @@ def demo_tail(
     from coxswain.demo import tail
 
     asyncio.run(tail(topics or ["leads.routed.v1", "sla.breached.v1", "sla.met.v1"]))
+
+
+@shadow_app.command("report")
+def shadow_report(
+    since: Annotated[str, typer.Option(help="Start of the period, ISO-8601 with a time zone")],
+    until: Annotated[str | None, typer.Option(help="End of the period (default: now)")] = None,
+    version: Annotated[str | None, typer.Option(help="Only this candidate version's decisions")] = None,
+    examples: Annotated[int, typer.Option(min=0)] = 10,
+) -> None:
+    """Compare the shadow decisions with the live ones (assignments, stage facts) for a period."""
+    from datetime import UTC, datetime
+
+    from services.shadow.report import report
+
+    try:
+        start = datetime.fromisoformat(since)
+        end = datetime.fromisoformat(until) if until else datetime.now(UTC)
+    except ValueError as exc:
+        typer.echo(f"--since/--until: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if start.tzinfo is None or end.tzinfo is None:
+        typer.echo("--since/--until need a time zone (e.g. 2026-01-05T00:00:00+00:00)", err=True)
+        raise typer.Exit(2)
+    try:
+        typer.echo(report(start, end, version, examples))
+    except (OSError, ConnectionError) as exc:
+        typer.echo(f"cannot read the shadow topic or the database: {type(exc).__name__}: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command("generate")
+def generate_stream(
+    out: Annotated[Path, typer.Option(help="JSON Lines file to write")],
+    leads: Annotated[int, typer.Option(min=1, help="How many people")] = 1000,
+    days: Annotated[int, typer.Option(min=1, help="Over how many days")] = 30,
+    start: Annotated[str, typer.Option(help="First day, YYYY-MM-DD")] = "2026-01-05",
+    seed: Annotated[int, typer.Option(help="Same seed, same stream")] = 7,
+) -> None:
+    """Write a synthetic B2B lead stream (the format `coxswain simulate --events` reads)."""
+    from datetime import date
+
+    from coxswain.simulation.generate import StreamSpec, write_stream
+
+    try:
+        first = date.fromisoformat(start)
+    except ValueError:
+        typer.echo(f"--start {start!r} is not a date (YYYY-MM-DD)", err=True)
+        raise typer.Exit(2) from None
+    try:
+        written = write_stream(StreamSpec(leads=leads, start=first, days=days, seed=seed), out)
+    except OSError as exc:
+        typer.echo(f"cannot write {out}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"wrote {written} lines for {leads} leads to {out}")
+
+
+@app.command("simulate")
+def simulate(
+    candidate: Annotated[Path, typer.Option(help="The proposed agreement")],
+    baseline: Annotated[
+        Path | None, typer.Option(help="Default: the active agreement (database), else COXSWAIN_AGREEMENT_FILE")
+    ] = None,
+    events: Annotated[Path | None, typer.Option(help="JSON Lines stream (coxswain generate)")] = None,
+    from_db: Annotated[bool, typer.Option("--from-db", help="Replay intake_events in received order")] = False,
+    from_kafka: Annotated[
+        bool, typer.Option("--from-kafka", help="Replay the input topics from the earliest offset, no group")
+    ] = False,
+    policy: Annotated[Path | None, typer.Option(help="YAML guards; exit 1 when one is crossed")] = None,
+    html: Annotated[Path | None, typer.Option(help="Write an HTML report with charts here")] = None,
+    first: Annotated[int, typer.Option(min=0, help="How many route changes to list")] = 20,
+    decisions: Annotated[Path | None, typer.Option(help="Write the candidate's decisions as JSON Lines")] = None,
+    received_after: Annotated[
+        str | None, typer.Option(help="With --from-db: only events received after this ISO-8601 instant")
+    ] = None,
+) -> None:
+    """Replay past leads through a candidate agreement beside the baseline, in process."""
+    from datetime import datetime
+
+    from coxswain.simulation.run import Request, execute
+
+    after = None
+    if received_after is not None:
+        try:
+            after = datetime.fromisoformat(received_after)
+        except ValueError:
+            typer.echo(f"--received-after {received_after!r} is not an ISO-8601 instant", err=True)
+            raise typer.Exit(2) from None
+        if after.tzinfo is None:
+            typer.echo("--received-after needs a time zone (e.g. 2026-01-05T00:00:00+00:00)", err=True)
+            raise typer.Exit(2)
+    request = Request(candidate, baseline, events, from_db, from_kafka, policy, html, first, decisions, after)
+    outcome = execute(request)
+    typer.echo(outcome.text, err=outcome.code == 2)
+    raise typer.Exit(outcome.code)
 
 
 def main() -> None:

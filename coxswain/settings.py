@@ -37,6 +37,20 @@ class DatabaseConfig(Slice):
 
 class AgreementConfig(Slice):
     agreement_file: Path = Path("examples/agreement.yaml")
+    agreement_poll_seconds: float = Field(
+        default=2.0, gt=0, description="How often a service checks for a newly activated agreement version."
+    )
+
+
+class ScoringConfig(Slice):
+    scoring_timer_max_sleep_seconds: float = Field(default=1.0, gt=0)
+    scoring_timer_claim_batch: int = Field(default=500, ge=1)
+
+
+class AdminConfig(Slice):
+    admin_token: SecretStr | None = Field(
+        default=None, description="Bearer token for /v1/admin/* and /v1/leads/*; unset: those endpoints refuse (403)."
+    )
 
 
 class ConsumerConfig(Slice):
@@ -58,6 +72,14 @@ class IntakeConfig(Slice):
     webhook_tolerance_seconds: int = Field(default=300, ge=1)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     max_batch_events: int = Field(default=500, ge=1)
+    webhook_secrets_file: Path | None = Field(
+        default=None,
+        description="JSON file like COXSWAIN_WEBHOOK_SECRETS (e.g. a mounted secret); merged with it at start.",
+    )
+    rate_limit_per_source: float = Field(
+        default=0, ge=0, description="Webhooks per second per source (token bucket, per intake instance); 0: no limit."
+    )
+    rate_limit_burst: int = Field(default=0, ge=0, description="Bucket size; 0: one second of the rate (at least 1).")
 
     @field_validator("webhook_secrets", mode="before")
     @classmethod
@@ -70,15 +92,99 @@ class IntakeConfig(Slice):
 class SlaConfig(Slice):
     sla_max_sleep_seconds: float = Field(default=1.0, gt=0)
     sla_claim_batch: int = Field(default=1000, ge=1)
+    sla_pacing_interval_seconds: float = Field(default=60.0, gt=0, description="How often MQL pacing is checked.")
+    sla_default_metrics_port: int = Field(
+        default=9102, ge=0, le=65535, description="The monitor's /metrics when COXSWAIN_METRICS_PORT is unset; 0: off."
+    )
+    alert_webhook_url: str | None = Field(default=None, description="POST every SLA alert here (optional).")
+    alert_webhook_format: Literal["json", "slack"] = Field(
+        default="json", description="json: the fact as generic JSON; slack: a Slack-compatible {text} message."
+    )
+    alert_webhook_timeout_seconds: float = Field(default=5.0, gt=0)
+    alert_webhook_max_attempts: int = Field(default=12, ge=1, description="Then the alert is marked failed.")
+    sla_failpoint_pass: int = Field(
+        default=0,
+        ge=0,
+        description="Crash tests only: hang before committing the Nth timer pass that fires anything (0: never).",
+    )
+
+
+class SendersConfig(Slice):
+    """Native formats of marketing tools (HubSpot, Marketo, any mapped form); see docs/senders.md."""
+
+    senders_file: Path | None = Field(
+        default=None, description="YAML: field mapping per source for /v1/webhooks/{source}/mapped (and overrides)."
+    )
+    intake_public_url: str | None = Field(
+        default=None,
+        description="The URL senders post to, e.g. https://leads.example.com; HubSpot signs the full URL it called.",
+    )
+    sender_secrets: dict[str, list[SecretStr]] = Field(
+        default_factory=dict,
+        description='JSON: source -> HubSpot client secret(s) or shared token(s), e.g. {"hubspot": "..."}.',
+    )
+
+    @field_validator("sender_secrets", mode="before")
+    @classmethod
+    def _one_sender_secret_is_a_list(cls, value: object) -> object:
+        if isinstance(value, dict):
+            return {source: [s] if isinstance(s, str) else s for source, s in value.items()}
+        return value
+
+
+class ObservabilityConfig(Slice):
+    metrics_port: int | None = Field(
+        default=None, ge=1, le=65535, description="Serve Prometheus /metrics on this port (consumer services)."
+    )
+    log_format: Literal["text", "json"] = "text"
+
+
+class ReportingConfig(Slice):
+    reporting_host: str = "127.0.0.1"
+    reporting_port: int = Field(default=8090, ge=1, le=65535)
+    reporting_timezone: str = Field(default="UTC", description="Periods (day, week, month) start at midnight here.")
+
+
+class DeploymentConfig(Slice):
+    env: Literal["development", "production"] = Field(
+        default="development",
+        description="production: refuse to start with a missing, empty or placeholder secret or admin token.",
+    )
+
+
+class HealthConfig(Slice):
+    health_host: str = "127.0.0.1"
+    health_port: int | None = Field(
+        default=None, ge=1, le=65535, description="Consumer services: serve /healthz and /readyz here; unset: off."
+    )
+
+
+class RouterConfig(Slice):
+    router_retry_seconds: float = Field(default=5.0, gt=0, description="How often parked leads are retried.")
+    router_retry_batch: int = Field(default=500, ge=1, description="Most parked leads tried per pass, oldest first.")
+
+
+class RosterApiConfig(Slice):
+    roster_api_host: str = "127.0.0.1"
+    roster_api_port: int = Field(default=8081, ge=1, le=65535)
 
 
 ALL_SLICES: tuple[type[Slice], ...] = (
     KafkaConfig,
     DatabaseConfig,
     AgreementConfig,
+    ScoringConfig,
+    AdminConfig,
     ConsumerConfig,
     IntakeConfig,
     SlaConfig,
+    DeploymentConfig,
+    HealthConfig,
+    SendersConfig,
+    ObservabilityConfig,
+    ReportingConfig,
+    RouterConfig,
+    RosterApiConfig,
 )
 
 

@@ -6,25 +6,53 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 
 import uvicorn
 from fastapi import FastAPI
-from sqlalchemy.ext.asyncio import AsyncEngine
+from prometheus_client import CollectorRegistry
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from coxswain.core.agreement import Agreement, load_agreement
+from coxswain.core.agreement import Agreement
 from coxswain.db.database import create_engine, require_current_schema
+from coxswain.runtime import health, metrics
 from coxswain.runtime.consumer import ConsumerService, Handler, utc_now
 from coxswain.runtime.kafka import Publisher
 from coxswain.runtime.outbox import OutboxRelay
-from coxswain.settings import AgreementConfig, ConsumerConfig, DatabaseConfig, IntakeConfig, KafkaConfig, SlaConfig
+from coxswain.security import InsecureConfiguration, require_safe_configuration
+from coxswain.settings import (
+    AdminConfig,
+    AgreementConfig,
+    ConsumerConfig,
+    DatabaseConfig,
+    DeploymentConfig,
+    HealthConfig,
+    IntakeConfig,
+    KafkaConfig,
+    ObservabilityConfig,
+    ReportingConfig,
+    RosterApiConfig,
+    RouterConfig,
+    ScoringConfig,
+    SendersConfig,
+    SlaConfig,
+)
 from schemas.events import Event
+from services.admin.agreements import AgreementSource
+from services.admin.api import create_admin_router
+from services.intake import adapters
 from services.intake.app import create_app
+from services.intake.signatures import SecretsError, load_secrets
+from services.reporting import consumer as reporting
+from services.reporting.app import create_reporting_app
 from services.router import service as router
 from services.scoring import service as scoring
+from services.scoring import timers as scoring_timers
 from services.sla_monitor import service as sla_monitor
+from services.sla_monitor.monitor import Monitor
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +67,7 @@ CONSUMERS: dict[str, ConsumerSpec] = {
     "scoring": ConsumerSpec(scoring.ACCEPTS, scoring.make_handler),
     "router": ConsumerSpec(router.ACCEPTS, router.make_handler),
     "sla_monitor": ConsumerSpec(sla_monitor.ACCEPTS, sla_monitor.make_handler),
+    "reporting": ConsumerSpec(reporting.ACCEPTS, reporting.make_handler),
 }
 
 
@@ -88,30 +117,79 @@ async def _engine_with_current_schema(database: DatabaseConfig) -> AsyncEngine:
     return engine
 
 
+def agreement_source(engine: AsyncEngine) -> AgreementSource:
+    config = AgreementConfig()
+    return AgreementSource(engine, config.agreement_file, config.agreement_poll_seconds)
+
+
+def versioned_handler(source: AgreementSource, make_handler: Callable[[Agreement], Handler]) -> Handler:
+    """Each event is handled under the agreement in force when it is processed; the facts name it."""
+    # Keyed by identity: an Agreement holds dicts, so it is not hashable (hashing it failed every event).
+    built: list[tuple[Agreement, Handler]] = []
+
+    async def handle(connection: AsyncConnection, event: Event, now: datetime) -> Sequence[Event]:
+        agreement = source.current
+        if not built or built[0][0] is not agreement:
+            built[:] = [(agreement, make_handler(agreement))]
+        return await built[0][1](connection, event, now)
+
+    return handle
+
+
 async def run_consumer(name: str) -> None:
     spec = CONSUMERS[name]
     kafka, database = KafkaConfig(), DatabaseConfig()
-    agreement = load_agreement(AgreementConfig().agreement_file)
+    try:
+        require_safe_configuration(DeploymentConfig(), database, kafka, AdminConfig())
+    except InsecureConfiguration as exc:
+        raise SystemExit(f"{name} refuses to start: {exc}") from None
     stop = stop_on_signals()
     engine = await _engine_with_current_schema(database)
+    # The version activated in the database, else COXSWAIN_AGREEMENT_FILE; polled for changes.
+    source = agreement_source(engine)
+    await source.refresh()
+    agreement = source.current
     publisher = await _start_publisher(kafka, stop)
     relay = OutboxRelay(engine, publisher)
+    sla_config = SlaConfig()
+    monitor = (
+        Monitor(lambda: source.current, sla_config, engine, utc_now, CollectorRegistry())
+        if name == "sla_monitor"
+        else None
+    )
     service = ConsumerService(
         name=name,
         accepts=spec.accepts,
-        handler=spec.make_handler(agreement),
+        handler=metrics.timed(
+            name, monitor.handler if monitor is not None else versioned_handler(source, spec.make_handler)
+        ),
         engine=engine,
         kafka=kafka,
         config=ConsumerConfig(),
         clock=utc_now,
     )
     log.info("%s running under agreement %s", name, agreement.version)
+    metrics.serve(ObservabilityConfig().metrics_port)
     try:
         async with asyncio.TaskGroup() as group:
-            group.create_task(relay.run(stop))
+            group.create_task(relay.run(stop, metrics.outbox_published))
+            group.create_task(metrics.sample_outbox(engine, stop))
+            group.create_task(source.run(stop))
+            if name == "scoring":
+                timers = scoring_timers.run_timer(engine, lambda: source.current, ScoringConfig(), utc_now, stop)
+                group.create_task(timers)
+            if name == "reporting":
+                group.create_task(_serve_reporting(engine, lambda: source.current, stop))
+            if name == "router":
+                group.create_task(router.run_retry(engine, lambda: source.current, RouterConfig(), utc_now, stop))
             group.create_task(_retry("kafka consumer", lambda: service.run(stop), stop))
-            if name == "sla_monitor":
-                group.create_task(sla_monitor.run_timer(engine, SlaConfig(), utc_now, stop))
+            probes = HealthConfig()
+            if probes.health_port:
+                checks = {"database": health.database_check(engine), "kafka": publisher.ping}
+                group.create_task(health.serve(probes.health_host, probes.health_port, checks, stop))
+            if monitor is not None:
+                port = ObservabilityConfig().metrics_port or sla_config.sla_default_metrics_port
+                group.create_task(monitor.run(stop, port))
     finally:
         await publisher.stop()
         await engine.dispose()
@@ -119,24 +197,87 @@ async def run_consumer(name: str) -> None:
 
 def intake_app() -> tuple[FastAPI, IntakeConfig]:
     config, kafka, database = IntakeConfig(), KafkaConfig(), DatabaseConfig()
+    try:
+        require_safe_configuration(DeploymentConfig(), database, kafka, AdminConfig(), load_secrets(config))
+    except (InsecureConfiguration, SecretsError) as exc:
+        raise SystemExit(f"intake refuses to start: {exc}") from None
     engine = create_engine(database)
+    publishers: list[Publisher] = []
+
+    async def kafka_ready() -> None:
+        if not publishers:
+            raise ConnectionError("not connected to Kafka yet")
+        await publishers[0].ping()
+
+    source = agreement_source(engine)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await require_current_schema(engine, database)
+        await source.refresh()
         stop = asyncio.Event()
-        publisher = await _start_publisher(kafka, stop)
-        relay = asyncio.create_task(OutboxRelay(engine, publisher).run(stop))
+
+        async def relay_when_connected() -> None:
+            # Webhooks are accepted while Kafka is away (they wait in the outbox): connect in the background.
+            publisher = await _start_publisher(kafka, stop)
+            publishers.append(publisher)
+            await OutboxRelay(engine, publisher).run(stop, metrics.outbox_published)
+
+        relay = asyncio.create_task(relay_when_connected())
+        sampler = asyncio.create_task(metrics.sample_outbox(engine, stop))
+        poll = asyncio.create_task(source.run(stop))
         try:
             yield
         finally:
             stop.set()
-            with contextlib.suppress(Exception):
+            if not publishers:
+                relay.cancel()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
                 await relay
-            await publisher.stop()
+            with contextlib.suppress(Exception):
+                await sampler
+            with contextlib.suppress(Exception):
+                await poll
+            for publisher in publishers:
+                await publisher.stop()
             await engine.dispose()
 
-    return create_app(config, engine, utc_now, lifespan=lifespan), config
+    app = create_app(config, engine, utc_now, lifespan=lifespan, readiness_checks={"kafka": kafka_ready})
+    adapters.register(app, config, SendersConfig(), engine, utc_now)
+    token = AdminConfig().admin_token
+    app.include_router(
+        create_admin_router(engine, token.get_secret_value() if token else None, lambda: source.current, utc_now)
+    )
+    metrics.instrument(app)
+    return app, config
+
+
+async def _serve_reporting(engine: AsyncEngine, agreement: Callable[[], Agreement], stop: asyncio.Event) -> None:
+    """The reporting API and dashboard share the process (and the engine) of the reporting consumer."""
+    config = ReportingConfig()
+    app = create_reporting_app(engine, agreement, utc_now, config.reporting_timezone)
+    metrics.instrument(app)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=config.reporting_host,
+            port=config.reporting_port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+        )
+    )
+
+    async def stop_server() -> None:
+        await stop.wait()
+        server.should_exit = True
+
+    watcher = asyncio.create_task(stop_server())
+    try:
+        await server.serve()
+    finally:
+        watcher.cancel()
+    log.info("reporting served: host=%s port=%s", config.reporting_host, config.reporting_port)
 
 
 def run_intake() -> None:
@@ -154,3 +295,67 @@ def run_intake() -> None:
         )
     )
     server.run()
+
+
+def roster_api_app() -> tuple[FastAPI, RosterApiConfig]:
+    """The roster API: reps, pools, out-of-office, pause, account owners, assignment records."""
+    from services.roster.app import create_roster_app
+
+    config, database = RosterApiConfig(), DatabaseConfig()
+    try:
+        require_safe_configuration(DeploymentConfig(), database, KafkaConfig(), AdminConfig())
+    except InsecureConfiguration as exc:
+        raise SystemExit(f"roster-api refuses to start: {exc}") from None
+    engine = create_engine(database)
+    source = agreement_source(engine)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await require_current_schema(engine, database)
+        await source.refresh()
+        stop = asyncio.Event()
+        poll = asyncio.create_task(source.run(stop))
+        try:
+            yield
+        finally:
+            stop.set()
+            with contextlib.suppress(Exception):
+                await poll
+            await engine.dispose()
+
+    token = AdminConfig().admin_token
+    secret = token.get_secret_value() if token else None
+    app = create_roster_app(engine, secret, lambda: source.current, utc_now, lifespan=lifespan)
+    metrics.instrument(app)
+    return app, config
+
+
+def run_roster_api() -> None:
+    app, config = roster_api_app()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=config.roster_api_host,
+            port=config.roster_api_port,
+            loop="uvloop",
+            http="httptools",
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+        )
+    )
+    server.run()
+
+
+async def run_shadow(agreement: Agreement) -> None:
+    """A candidate agreement in shadow: reads the input topics, publishes to shadow.decisions.v1,
+    touches no table (so it needs no database)."""
+    from services.shadow import service as shadow
+
+    kafka = KafkaConfig()
+    stop = stop_on_signals()
+    publisher = await _start_publisher(kafka, stop)
+    try:
+        await shadow.run(agreement, kafka, publisher, stop)
+    finally:
+        await publisher.stop()

@@ -151,6 +151,26 @@ class LeadScoredV1(Event):
     contributions: tuple[ScoreContribution, ...]
 
 
+class PlaybookContent(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    title: str
+    url: str
+
+
+class Playbook(BaseModel):
+    """What the rep should send and say: the agreement's playbook for the lead's persona, stage and tier."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str
+    persona: str | None = Field(default=None, description="The persona the playbook is for; null: any.")
+    stage: Stage
+    tier: Tier | None = Field(default=None, description="The tier the playbook is for; null: any.")
+    talk_track: str
+    content: tuple[PlaybookContent, ...] = ()
+
+
 class LeadStageChangedV1(Event):
     """A lead moved along the lifecycle."""
 
@@ -163,6 +183,7 @@ class LeadStageChangedV1(Event):
     from_stage: Stage
     to_stage: Stage
     reason: str
+    playbook: Playbook | None = Field(default=None, description="The agreement's playbook for the new stage.")
 
 
 class LeadQualifiedV1(Event):
@@ -179,6 +200,8 @@ class LeadQualifiedV1(Event):
     reason: str
     attributes: LeadAttributes
     source: Code
+    persona: str | None = Field(default=None, description="The buyer persona the agreement assigns the lead.")
+    playbook: Playbook | None = Field(default=None, description="What the rep should send and say.")
 
 
 class CandidateVerdict(BaseModel):
@@ -187,9 +210,17 @@ class CandidateVerdict(BaseModel):
     rep_id: str
     eligible: bool
     excluded_because: str | None = None
-    weight: int
-    current_before: int
-    current_after: int
+    weight: float = Field(description="Weight in the rotation now: the pool weight, scaled down while a new rep ramps.")
+    current_before: float = Field(description="Smooth weighted round robin credit before this decision.")
+    current_after: float
+    pool_id: str | None = Field(default=None, description="Pool the rep was considered in (account-owner: as owner).")
+    configured_weight: int | None = Field(default=None, description="The pool weight before any ramp.")
+    assigned_before: int | None = Field(default=None, description="Leads this pool gave the rep before this one.")
+    assigned_after: int | None = None
+    open_load: int | None = Field(default=None, description="The rep's open load (weighted by tier) before this lead.")
+    capacity: int | None = None
+    assigned_today: int | None = Field(default=None, description="Leads the rep got today, in the rep's time zone.")
+    daily_cap: int | None = None
 
 
 class LeadRoutedV1(Event):
@@ -209,6 +240,37 @@ class LeadRoutedV1(Event):
     tier: Tier
     routed_at: AwareDatetime
     follow_up_due_at: AwareDatetime = Field(description="Deadline for the first touch (SLA).")
+    candidates: tuple[CandidateVerdict, ...]
+    playbook: Playbook | None = Field(default=None, description="Copied from the qualified fact.")
+    matched_by: Literal["account_owner", "open_domain_lead", "rule", "fallback"] | None = Field(
+        default=None,
+        description="How the rep was found: the account's owner, the owner of an open lead from the "
+        "same domain, the pool of the matched rule, or the fallback pool because nobody there was eligible.",
+    )
+    replaces_assignment_id: uuid.UUID | None = Field(
+        default=None, description="Set on a reassignment: the assignment this one replaces."
+    )
+
+
+class LeadUnassignedV1(Event):
+    """Nobody could take a qualified lead (or a reassignment); it waits in the router's unassigned queue.
+
+    The router retries it as reps become eligible and then publishes leads.routed.v1 as usual.
+    """
+
+    topic: ClassVar[str] = "leads.unassigned.v1"
+    ce_type: ClassVar[str] = "io.coxswain.lead.unassigned.v1"
+    ce_source: ClassVar[str] = "/coxswain/router"
+
+    agreement_version: str
+    caused_by: uuid.UUID = Field(description="The qualified or reassignment-request event that asked for a rep.")
+    tier: Tier
+    pool_id: str
+    rule_id: str
+    reason: str
+    waiting_for_rep: str | None = Field(
+        default=None, description="Set when the agreement queues leads for an unavailable account owner."
+    )
     candidates: tuple[CandidateVerdict, ...]
 
 
@@ -260,6 +322,89 @@ class SlaMetV1(Event):
     response_activity_id: uuid.UUID
 
 
+class EscalationAction(StrEnum):
+    remind_rep = "remind_rep"
+    notify_manager = "notify_manager"
+    reassign = "reassign"
+    page_oncall = "page_oncall"
+
+
+class SlaWarnedV1(Event):
+    """A share of the allowed business time passed without a response; the deadline is still ahead."""
+
+    topic: ClassVar[str] = "sla.warned.v1"
+    ce_type: ClassVar[str] = "io.coxswain.sla.warned.v1"
+    ce_source: ClassVar[str] = "/coxswain/sla_monitor"
+
+    deadline_id: uuid.UUID
+    assignment_id: uuid.UUID
+    rep_id: str
+    team: str | None = Field(default=None, description="The pool the lead was routed from.")
+    milestone: str
+    tier: Tier
+    due_at: AwareDatetime
+    fraction: float = Field(gt=0, lt=1, description="Share of the allowed business time used up.")
+    warn_at: AwareDatetime = Field(description="When the warning was scheduled; occurred_at is when it fired.")
+
+
+class SlaEscalatedV1(Event):
+    """A step of the escalation ladder after a breach: who has to act now."""
+
+    topic: ClassVar[str] = "sla.escalated.v1"
+    ce_type: ClassVar[str] = "io.coxswain.sla.escalated.v1"
+    ce_source: ClassVar[str] = "/coxswain/sla_monitor"
+
+    deadline_id: uuid.UUID
+    assignment_id: uuid.UUID
+    rep_id: str
+    team: str | None = None
+    milestone: str
+    tier: Tier
+    due_at: AwareDatetime
+    step: EscalationAction
+    step_index: int = Field(ge=0, description="Position of the step in the policy's ladder.")
+    target: str = Field(description="Who must act: the rep, the manager (or team:<pool>), router, oncall.")
+    escalate_at: AwareDatetime = Field(description="When the step was scheduled; occurred_at is when it fired.")
+
+
+class SlaCancelledV1(Event):
+    """A clock stopped without a verdict because the lead was assigned again (a new clock started)."""
+
+    topic: ClassVar[str] = "sla.cancelled.v1"
+    ce_type: ClassVar[str] = "io.coxswain.sla.cancelled.v1"
+    ce_source: ClassVar[str] = "/coxswain/sla_monitor"
+
+    deadline_id: uuid.UUID
+    assignment_id: uuid.UUID
+    rep_id: str
+    milestone: str
+    tier: Tier
+    due_at: AwareDatetime
+    superseded_by: uuid.UUID = Field(description="The assignment whose clock replaced this one.")
+
+
+class MqlPacingAlertV1(Event):
+    """Marketing is behind its pro-rated MQL target for the running period.
+
+    Not about one lead: ``lead_id`` is a fixed id per target (UUIDv5 of the target id), so the
+    alerts of one target share a key and stay ordered.
+    """
+
+    topic: ClassVar[str] = "marketing.mql_pacing_alert.v1"
+    ce_type: ClassVar[str] = "io.coxswain.marketing.mql_pacing_alert.v1"
+    ce_source: ClassVar[str] = "/coxswain/sla_monitor"
+
+    target_id: str
+    period: Literal["week", "month"]
+    period_start: AwareDatetime
+    period_end: AwareDatetime
+    target: int = Field(description="MQLs promised for the whole period.")
+    expected: float = Field(description="The target pro-rated to the business time elapsed so far.")
+    actual: int = Field(description="Distinct leads qualified so far in the period.")
+    pacing: float = Field(description="actual / expected.")
+    threshold: float = Field(description="The agreement's alert_below.")
+
+
 class ReassignmentRequestedV1(Event):
     """Someone asked the router to give a lead to another rep (SLA escalation, SAL rejection)."""
 
@@ -274,6 +419,26 @@ class ReassignmentRequestedV1(Event):
     requested_by: Literal["sla_escalation", "sal_rejection", "operator"]
 
 
+class ShadowDecisionV1(Event):
+    """What a candidate agreement, run in shadow beside the one in force, would have decided.
+
+    Never acted on: ``coxswain shadow report`` compares these with the live decisions. The id
+    is derived from the input and the candidate version, so a restarted shadow's re-emissions
+    dedupe."""
+
+    topic: ClassVar[str] = "shadow.decisions.v1"
+    ce_type: ClassVar[str] = "io.coxswain.shadow.decision.v1"
+    ce_source: ClassVar[str] = "/coxswain/shadow"
+
+    agreement_version: str = Field(description="The candidate agreement's version.")
+    caused_by: uuid.UUID = Field(description="The input (or re-evaluation timer) behind the decision.")
+    kind: Literal["stage_changed", "routed"]
+    to_stage: Stage | None = Field(default=None, description="For stage_changed: the stage the lead would move to.")
+    rep_id: str | None = Field(default=None, description="For routed: the rep the lead would go to.")
+    pool_id: str | None = None
+    due_at: AwareDatetime | None = Field(default=None, description="For routed: the first-touch deadline.")
+
+
 ALL_EVENTS: tuple[type[Event], ...] = (
     LeadReceivedV1,
     ActivityRecordedV1,
@@ -285,6 +450,12 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     SlaBreachedV1,
     SlaMetV1,
     ReassignmentRequestedV1,
+    SlaWarnedV1,
+    SlaEscalatedV1,
+    SlaCancelledV1,
+    MqlPacingAlertV1,
+    LeadUnassignedV1,
+    ShadowDecisionV1,
 )
 
 EVENTS_BY_TOPIC: dict[str, type[Event]] = {event.topic: event for event in ALL_EVENTS}

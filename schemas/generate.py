@@ -14,6 +14,7 @@ from schemas.events import ALL_EVENTS, Event, dead_letter_topic
 HERE = Path(__file__).parent
 JSONSCHEMA_DIR = HERE / "jsonschema"
 ASYNCAPI_FILE = HERE / "asyncapi.yaml"
+AGREEMENT_SCHEMA_FILE = HERE / "agreement.schema.json"
 
 CE_HEADERS: dict[str, Any] = {
     "type": "object",
@@ -77,12 +78,28 @@ def asyncapi() -> dict[str, Any]:
     }
 
 
+def agreement_schema() -> dict[str, Any]:
+    """The agreement document as editors and CI can check it (what the loader accepts as input)."""
+    # Imported here: the agreement model depends on the event models, not the other way round.
+    from coxswain.core.agreement import Agreement
+
+    schema = Agreement.model_json_schema(mode="validation", by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://coxswain.dev/schemas/agreement.schema.json"
+    schema["description"] = (
+        "The sales-marketing agreement (YAML or JSON). Cross-references (pools, reps, personas) and "
+        "threshold order are checked by `coxswain agreement validate`, beyond this schema."
+    )
+    return schema
+
+
 def documents() -> dict[Path, str]:
     files = {
         JSONSCHEMA_DIR / f"{event.ce_type}.json": json.dumps(json_schema(event), indent=2, sort_keys=True) + "\n"
         for event in ALL_EVENTS
     }
     files[ASYNCAPI_FILE] = yaml.safe_dump(asyncapi(), sort_keys=False, width=120)
+    files[AGREEMENT_SCHEMA_FILE] = json.dumps(agreement_schema(), indent=2, sort_keys=True) + "\n"
     return files
 
 

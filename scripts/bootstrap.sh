@@ -19,6 +19,11 @@ if [[ -z "$python" ]]; then
   exit 1
 fi
 
+# The dashboard test drives Debian's chromium (browser downloads are not possible); install it as root when missing.
+if [[ ! -x /usr/bin/chromium && "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+  (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "bootstrap: chromium not installed; the dashboard test will skip" >&2
+fi
+
 if [[ ! -x "$VENV/bin/python" ]]; then
   "$python" -m venv "$VENV"
 fi

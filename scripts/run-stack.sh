@@ -19,9 +19,14 @@ if [[ ! -s "$RUN/webhook-secret" ]]; then
   echo "whsec_$(head -c 24 /dev/urandom | base64)" >"$RUN/webhook-secret"
 fi
 secret="$(cat "$RUN/webhook-secret")"
+if [[ ! -s "$RUN/admin-token" ]]; then
+  head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$RUN/admin-token"
+fi
+export COXSWAIN_ADMIN_TOKEN="$(cat "$RUN/admin-token")"
 export COXSWAIN_WEBHOOK_SECRETS="{\"webform\": \"$secret\", \"crm\": \"$secret\"}"
 export COXSWAIN_AGREEMENT_FILE="${COXSWAIN_AGREEMENT_FILE:-$ROOT/examples/agreement.yaml}"
 export COXSWAIN_INTAKE_PORT="${COXSWAIN_INTAKE_PORT:-8080}"
+export COXSWAIN_REPORTING_PORT="${COXSWAIN_REPORTING_PORT:-8090}"
 
 "$COX" db upgrade
 "$COX" topics create
@@ -35,7 +40,7 @@ stop_all() {
 }
 trap stop_all EXIT INT TERM
 
-for service in intake scoring router sla-monitor; do
+for service in intake scoring router sla-monitor reporting roster-api; do
   "$COX" run "$service" >"$RUN/logs/$service.log" 2>&1 &
   pids+=("$!")
 done
@@ -53,8 +58,10 @@ cat <<MSG
 
 Coxswain is running.
   intake        http://127.0.0.1:$COXSWAIN_INTAKE_PORT  (OpenAPI: /docs, health: /readyz)
-  service logs  $RUN/logs/{intake,scoring,router,sla-monitor,demo}.log
+  dashboard     http://127.0.0.1:$COXSWAIN_REPORTING_PORT/dashboard  (reports: /v1/reports/*, OpenAPI: /docs)
+  service logs  $RUN/logs/{intake,scoring,router,sla-monitor,reporting,roster-api,demo}.log
   database      $COXSWAIN_DATABASE_URL
+  roster API    http://127.0.0.1:8081/docs  (bearer token: $RUN/admin-token)
   webhook secret for sources "webform" and "crm": $RUN/webhook-secret
 Demo leads arrive every $(awk "BEGIN{print 1/${DEMO_RATE:-2}}") s; about half get a first touch in time,
 hot leads that get none breach after 5 minutes. Following leads.routed.v1, sla.met.v1 and

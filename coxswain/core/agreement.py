@@ -9,31 +9,38 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import date, timedelta
+from itertools import pairwise
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
+    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
+    WithJsonSchema,
     model_validator,
 )
 
-from schemas.events import ActivityType, EngagementType, LeadAttributes, Tier
+from coxswain.core.business_time import BusinessCalendar, CalendarError, parse_weekly
+from schemas.events import ActivityType, EngagementType, EscalationAction, LeadAttributes, Stage, Tier
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
-FIT_FIELDS = tuple(sorted({*LeadAttributes.model_fields, "email_domain"} - {"email"}))
+FIT_FIELDS = tuple(sorted({*LeadAttributes.model_fields, "email_domain", "persona"} - {"email"}))
 FitField = Literal[
     "campaign", "company", "company_domain", "company_size", "country", "department",
-    "email_domain", "first_name", "industry", "last_name", "product_interest", "seniority",
-    "state", "title",
+    "email_domain", "first_name", "industry", "last_name", "persona", "product_interest",
+    "seniority", "state", "title",
 ]  # fmt: skip
+PersonaField = Literal["title", "seniority", "department"]
 
 
 def parse_duration(value: object) -> object:
@@ -45,10 +52,28 @@ def parse_duration(value: object) -> object:
                 return timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2)])
             except OverflowError:
                 raise ValueError(f"duration {value.strip()!r} is too long") from None
+        text = value.strip()
+        if any(c.isalpha() for c in text) and text[:1] not in ("P", "p"):
+            raise ValueError(
+                f"duration {text!r} is not a valid timedelta; write a number and a unit "
+                "(90s, 5m, 2h, 14d, 1w) or ISO 8601 (PT5M)"
+            )
     return value
 
 
-Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(parse_duration),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*[smhdw]\s*$", "examples": ["90s", "5m", "2h", "14d"]},
+                {"type": "string", "format": "duration", "description": "ISO 8601, e.g. PT5M"},
+                {"type": "number", "description": "seconds"},
+            ]
+        }
+    ),
+]
 Identifier = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
 
 
@@ -98,11 +123,25 @@ class NegativeRule(AttributeRule):
     points: float = Field(lt=0, ge=-1000)
 
 
+class WindowCap(Strict):
+    points: float = Field(gt=0, le=100000, description="Most points awarded within one window.")
+    window: Duration = Field(description="Length of the rolling window, e.g. 7d.")
+
+    @model_validator(mode="after")
+    def _positive_window(self) -> WindowCap:
+        if self.window <= timedelta(0):
+            raise ValueError(f"window must be positive, got {self.window}")
+        return self
+
+
 class EngagementRule(Strict):
     event: EngagementType
     points: float = Field(gt=0, le=1000)
     half_life: Duration = Field(description="Time after which a touch is worth half its points.")
     cap: float | None = Field(default=None, gt=0, description="Most this event type can add, decayed.")
+    cap_per_window: WindowCap | None = Field(
+        default=None, description="Most points this event type can award within any window of this length."
+    )
 
     @model_validator(mode="after")
     def _positive_half_life(self) -> EngagementRule:
@@ -126,6 +165,16 @@ class FastLane(Strict):
     id: Identifier
     event: EngagementType
     tier: Tier = Tier.hot
+    hold: Duration | None = Field(
+        default=None,
+        description="How long decay may not demote an MQL this lane made; absent: until sales acts on it.",
+    )
+
+    @model_validator(mode="after")
+    def _positive_hold(self) -> FastLane:
+        if self.hold is not None and self.hold <= timedelta(0):
+            raise ValueError(f"hold must be positive, got {self.hold}")
+        return self
 
 
 class TierThresholds(Strict):
@@ -144,14 +193,38 @@ class Scoring(Strict):
     negative: tuple[NegativeRule, ...] = ()
     engagement: tuple[EngagementRule, ...] = ()
     mql: Hysteresis
+    sql: Hysteresis | None = Field(
+        default=None,
+        description="Optional: a SAL reaching enter becomes SQL; a score-made SQL below exit returns to SAL.",
+    )
     fast_lanes: tuple[FastLane, ...] = ()
     tiers: TierThresholds
+
+
+class OutOfOffice(Strict):
+    start: AwareDatetime
+    end: AwareDatetime
+
+    @model_validator(mode="after")
+    def _ordered(self) -> OutOfOffice:
+        if self.end <= self.start:
+            raise ValueError(f"out-of-office end {self.end.isoformat()} must be after start {self.start.isoformat()}")
+        return self
 
 
 class Rep(Strict):
     id: Identifier
     name: str = Field(min_length=1, max_length=128)
     timezone: str = "UTC"
+    calendar: Identifier | None = Field(default=None, description="Working hours of SLA clocks on `calendar: rep`.")
+    out_of_office: tuple[OutOfOffice, ...] = Field(default=(), description="Periods when the rep's SLA clocks stop.")
+    manager: Identifier | None = Field(default=None, description="Who the `notify_manager` escalation step reaches.")
+    # Routing (docs/routing.md): limits and availability; the roster API may override each at runtime.
+    capacity: int | None = Field(default=None, ge=1, le=100_000, description="Most open load (routing.load per tier).")
+    daily_cap: int | None = Field(default=None, ge=1, le=100_000, description="Most leads per day in the rep's zone.")
+    started_on: date | None = Field(default=None, description="First working day; the ramp counts from here.")
+    ramp_weeks: int | None = Field(default=None, ge=0, le=52, description="Overrides routing.ramp_weeks.")
+    paused: bool = Field(default=False, description="Takes no new leads until unpaused.")
 
 
 class PoolMember(Strict):
@@ -173,17 +246,116 @@ class RoutingRule(Strict):
 
     @model_validator(mode="after")
     def _known_attributes(self) -> RoutingRule:
-        allowed = (*FIT_FIELDS, "tier", "source")
+        allowed = (*FIT_FIELDS, "tier", "source", "segment", "region")
         unknown = sorted(set(self.when) - set(allowed))
         if unknown:
             raise ValueError(f"unknown attribute(s) {', '.join(unknown)} in when; allowed: {', '.join(allowed)}")
         return self
 
 
+OWNER_POOL = "account-owner"
+FREE_MAIL_DOMAINS = (
+    "aol.com", "gmail.com", "gmx.de", "gmx.net", "googlemail.com", "hotmail.com", "icloud.com", "live.com",
+    "mail.ru", "me.com", "msn.com", "outlook.com", "proton.me", "protonmail.com", "qq.com", "web.de",
+    "yahoo.com", "yandex.ru",
+)  # fmt: skip
+
+
+class Segment(Strict):
+    """A company-size band; a lead is in the segment whose band holds its company_size."""
+
+    id: Identifier
+    min_size: int = Field(default=0, ge=0)
+    max_size: int | None = Field(default=None, ge=0, description="Inclusive; absent: no upper bound.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Segment:
+        if self.max_size is not None and self.max_size < self.min_size:
+            raise ValueError(f"max_size {self.max_size} is below min_size {self.min_size}")
+        return self
+
+
+class Region(Strict):
+    """Countries and/or states; a lead is in every region that lists its country or country-state."""
+
+    id: Identifier
+    countries: tuple[Annotated[str, Field(pattern=r"^[A-Z]{2}$")], ...] = ()
+    states: tuple[Annotated[str, Field(pattern=r"^[A-Z]{2}-[A-Za-z0-9 .]{1,64}$")], ...] = Field(
+        default=(), description="Country and state, e.g. US-CA or DE-BY."
+    )
+
+
+class Ownership(Strict):
+    owner_unavailable: Literal["rotate", "queue"] = Field(
+        default="rotate", description="rotate: route by the rules instead; queue: wait until the owner is available."
+    )
+    same_domain: bool = Field(default=True, description="A lead from a domain with an open lead goes to its owner.")
+    free_mail_domains: tuple[str, ...] = Field(default=FREE_MAIL_DOMAINS, description="Never treated as a company.")
+
+
 class Routing(Strict):
     rules: tuple[RoutingRule, ...] = ()
     fallback_pool: Identifier
     pools: tuple[Pool, ...] = Field(min_length=1)
+    segments: tuple[Segment, ...] = ()
+    regions: tuple[Region, ...] = ()
+    ownership: Ownership = Field(default_factory=Ownership)
+    load: Mapping[Tier, int] = Field(
+        default_factory=lambda: {Tier.hot: 3, Tier.warm: 2, Tier.cold: 1},
+        description="Open load a lead of each tier counts for against a rep's capacity.",
+    )
+    ramp_weeks: int = Field(default=0, ge=0, le=52, description="A new rep's weight grows linearly over this.")
+    reassign_exclude_last: int = Field(default=1, ge=0, le=10, description="Reassignment skips the last k owners.")
+
+
+ALWAYS_OPEN = "24x7"
+REP_CALENDAR = "rep"
+
+
+class HolidaySource(Strict):
+    country: str = Field(description="ISO 3166 code known to the `holidays` package, e.g. US or DE.")
+    subdivision: str | None = Field(default=None, description="State or province, e.g. NY or BY.")
+
+
+class CalendarSpec(Strict):
+    """A named business calendar: weekly hours in an IANA zone, minus holidays and closed dates."""
+
+    timezone: str = "UTC"
+    hours: Mapping[str, tuple[str, ...]] = Field(
+        description='day or range -> windows, e.g. {"mon-fri": ["09:00-12:00", "13:00-17:00"]}; 24:00 ends a day'
+    )
+    holidays: HolidaySource | None = None
+    closed_dates: tuple[date, ...] = ()
+
+    @model_validator(mode="after")
+    def _valid(self) -> CalendarSpec:
+        try:
+            self.build("(calendar)")
+        except CalendarError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    def build(self, name: str) -> BusinessCalendar:
+        return BusinessCalendar(
+            name=name,
+            timezone=self.timezone,
+            weekly=parse_weekly(self.hours),
+            holiday_country=self.holidays.country if self.holidays else None,
+            holiday_subdivision=self.holidays.subdivision if self.holidays else None,
+            extra_closed_dates=frozenset(self.closed_dates),
+        )
+
+
+class EscalationStep(Strict):
+    step: EscalationAction
+    after: Duration = Field(default=timedelta(0), description="Business time after the breach.")
+    exclude_last: int = Field(default=1, ge=1, le=10, description="reassign: how many recent owners to skip.")
+
+    @model_validator(mode="after")
+    def _not_negative(self) -> EscalationStep:
+        if self.after < timedelta(0):
+            raise ValueError(f"after must not be negative, got {self.after}")
+        return self
 
 
 class SlaPolicy(Strict):
@@ -193,18 +365,52 @@ class SlaPolicy(Strict):
         ActivityType.sal_accepted,
         ActivityType.sal_rejected,
     )
+    sal_decision: Duration | None = Field(default=None, description="Optional: accept or reject within this time.")
+    calendar: Identifier | None = Field(
+        default=None, description="A calendar name, `rep` (the rep's own, with out-of-office), default sla.calendar."
+    )
+    warnings: tuple[float, ...] = Field(default=(), description="Fractions of the allowed time, e.g. [0.5, 0.8].")
+    escalation: tuple[EscalationStep, ...] = Field(default=(), description="The ladder after a breach, in order.")
 
     @model_validator(mode="after")
     def _positive(self) -> SlaPolicy:
         if self.first_touch <= timedelta(0):
             raise ValueError(f"first_touch must be positive, got {self.first_touch}")
+        if self.sal_decision is not None and self.sal_decision <= timedelta(0):
+            raise ValueError(f"sal_decision must be positive, got {self.sal_decision}")
         if ActivityType.automated_email in self.responses:
             raise ValueError("automated_email cannot count as a response: a person must follow up")
+        if any(not 0 < fraction < 1 for fraction in self.warnings) or list(self.warnings) != sorted(set(self.warnings)):
+            raise ValueError(
+                f"warnings must be distinct ascending fractions between 0 and 1, got {list(self.warnings)}"
+            )
+        delays = [step.after for step in self.escalation]
+        if delays != sorted(delays):
+            raise ValueError("escalation steps must be listed in the order they fire (non-decreasing `after`)")
         return self
 
 
+class MqlTarget(Strict):
+    """Marketing's side of the SLA: MQLs per period, pro-rated over the period's business time."""
+
+    id: Identifier | None = Field(default=None, description="Defaults to the period name.")
+    period: Literal["week", "month"]
+    count: int = Field(gt=0, le=10_000_000)
+    alert_below: float = Field(default=0.8, gt=0, le=1, description="Alert when actual / pro-rated target drops below.")
+    alert_after: float = Field(default=0.1, ge=0, lt=1, description="Share of the period to pass before alerting.")
+    calendar: Identifier | None = Field(default=None, description="Pro-rate over this calendar; default sla.calendar.")
+
+    @property
+    def key(self) -> str:
+        return self.id or self.period
+
+
+class Marketing(Strict):
+    mql_targets: tuple[MqlTarget, ...] = ()
+
+
 class Sla(Strict):
-    calendar: Literal["24x7"] = "24x7"
+    calendar: Identifier = Field(default=ALWAYS_OPEN, description="Default calendar of every policy: 24x7 or a name.")
     policies: Mapping[Tier, SlaPolicy]
 
     @model_validator(mode="after")
@@ -215,6 +421,68 @@ class Sla(Strict):
         return self
 
 
+class Persona(Strict):
+    """A buyer persona: the first persona (in document order) whose every test holds is the lead's."""
+
+    id: Identifier
+    name: str = Field(default="", max_length=200)
+    description: str = Field(default="", max_length=2000)
+    match: Mapping[PersonaField, Match] = Field(min_length=1, description="field -> test; all must hold")
+
+
+class RejectionReason(Strict):
+    code: Identifier
+    label: str = Field(default="", max_length=200)
+    outcome: Literal["recycle", "disqualify"] = "recycle"
+    cooldown: Duration | None = Field(default=None, description="Overrides lifecycle.recycle_cooldown.")
+
+    @model_validator(mode="after")
+    def _cooldown_not_negative(self) -> RejectionReason:
+        if self.cooldown is not None and self.cooldown < timedelta(0):
+            raise ValueError(f"cooldown must not be negative, got {self.cooldown}")
+        if self.cooldown is not None and self.outcome == "disqualify":
+            raise ValueError("cooldown only applies to outcome recycle; a disqualified lead never re-qualifies")
+        return self
+
+
+class StageDefinition(Strict):
+    definition: str = Field(min_length=1, max_length=2000)
+    owner: Literal["marketing", "sales"]
+
+
+class Lifecycle(Strict):
+    stages: Mapping[Stage, StageDefinition] = Field(default_factory=dict, description="What each stage means.")
+    recycle_cooldown: Duration = Field(default=timedelta(0), description="How long a recycled lead may not re-qualify.")
+    rejection_reasons: tuple[RejectionReason, ...] = Field(
+        default=(), description="When given, a SAL rejection must carry one of these codes."
+    )
+
+    @model_validator(mode="after")
+    def _cooldown_not_negative(self) -> Lifecycle:
+        if self.recycle_cooldown < timedelta(0):
+            raise ValueError(f"recycle_cooldown must not be negative, got {self.recycle_cooldown}")
+        return self
+
+    def rejection_reason(self, code: str | None) -> RejectionReason | None:
+        return next((reason for reason in self.rejection_reasons if reason.code == code), None)
+
+
+class ContentItem(Strict):
+    title: str = Field(min_length=1, max_length=200)
+    url: str = Field(pattern=r"^https?://\S+$", max_length=2000)
+
+
+class PlaybookEntry(Strict):
+    """What to send and say to a persona at a stage (and tier); the most specific entry wins."""
+
+    id: Identifier
+    stage: Stage
+    persona: Identifier | None = Field(default=None, description="Absent: any persona, or none.")
+    tier: Tier | None = Field(default=None, description="Absent: any tier.")
+    content: tuple[ContentItem, ...] = ()
+    talk_track: str = Field(min_length=1, max_length=4000)
+
+
 class Agreement(Strict):
     version: str = Field(min_length=1, max_length=64, description="Named in every decision made under it.")
     name: str = Field(min_length=1, max_length=200)
@@ -222,6 +490,19 @@ class Agreement(Strict):
     roster: tuple[Rep, ...] = Field(min_length=1)
     routing: Routing
     sla: Sla
+    calendars: Mapping[Identifier, CalendarSpec] = Field(default_factory=dict)
+    marketing: Marketing = Field(default_factory=Marketing)
+    _calendars: dict[str, BusinessCalendar] = PrivateAttr(default_factory=dict)
+    personas: tuple[Persona, ...] = ()
+    lifecycle: Lifecycle = Lifecycle()
+    playbooks: tuple[PlaybookEntry, ...] = ()
+
+    @model_validator(mode="after")
+    def _sections_resolve(self) -> Agreement:
+        problems = _section_problems(self)
+        if problems:
+            raise _LocatedProblems(problems)
+        return self
 
     @model_validator(mode="after")
     def _references_resolve(self) -> Agreement:
@@ -274,6 +555,170 @@ class Agreement(Strict):
 
     def pool(self, pool_id: str) -> Pool:
         return next(pool for pool in self.routing.pools if pool.id == pool_id)
+
+    @model_validator(mode="after")
+    def _calendars_resolve(self) -> Agreement:
+        problems = [
+            AgreementProblem(f"calendars.{name}", f"{name!r} is a reserved calendar name")
+            for name in self.calendars
+            if name in (ALWAYS_OPEN, REP_CALENDAR)
+        ]
+        known = {*self.calendars, ALWAYS_OPEN}
+        references = [
+            ("sla.calendar", self.sla.calendar, False),
+            *((f"sla.policies.{tier.value}.calendar", p.calendar, True) for tier, p in self.sla.policies.items()),
+            *((f"roster.{i}.calendar", rep.calendar, False) for i, rep in enumerate(self.roster)),
+            *(
+                (f"marketing.mql_targets.{i}.calendar", t.calendar, False)
+                for i, t in enumerate(self.marketing.mql_targets)
+            ),
+        ]
+        for path, name, rep_allowed in references:
+            if name is not None and name not in known and not (rep_allowed and name == REP_CALENDAR):
+                allowed = ", ".join(sorted(known | ({REP_CALENDAR} if rep_allowed else set())))
+                problems.append(AgreementProblem(path, f"unknown calendar {name!r}; allowed: {allowed}"))
+        targets = self.marketing.mql_targets
+        problems += _duplicates(
+            "marketing.mql_targets", [(f"marketing.mql_targets.{i}.id", t.key) for i, t in enumerate(targets)]
+        )
+        if problems:
+            raise _LocatedProblems(problems)
+        self._calendars.update({name: spec.build(name) for name, spec in self.calendars.items()})
+        self._calendars[ALWAYS_OPEN] = BusinessCalendar.always_open(ALWAYS_OPEN)
+        return self
+
+    def calendar(self, name: str) -> BusinessCalendar:
+        """A named business calendar (``24x7`` is built in); names were checked on load."""
+        return self._calendars[name]
+
+    def rep(self, rep_id: str) -> Rep | None:
+        return next((rep for rep in self.roster if rep.id == rep_id), None)
+
+    @model_validator(mode="after")
+    def _routing_resolves(self) -> Agreement:
+        problems = _routing_problems(self)
+        if problems:
+            raise _LocatedProblems(problems)
+        return self
+
+
+def _routing_problems(agreement: Agreement) -> list[AgreementProblem]:
+    """Segments, regions, load and time zones: what routing rules and availability refer to exists."""
+    routing = agreement.routing
+    segments, regions = routing.segments, routing.regions
+    problems = _duplicates("routing.segments", [(f"routing.segments.{i}.id", s.id) for i, s in enumerate(segments)])
+    problems += _duplicates("routing.regions", [(f"routing.regions.{i}.id", r.id) for i, r in enumerate(regions)])
+    bands = sorted(enumerate(segments), key=lambda item: item[1].min_size)
+    for (_, lower), (j, upper) in pairwise(bands):
+        if lower.max_size is None or lower.max_size >= upper.min_size:
+            problems.append(
+                AgreementProblem(
+                    f"routing.segments.{j}",
+                    f"segment {upper.id!r} overlaps segment {lower.id!r}; a size may be in one only",
+                )
+            )
+    known = {
+        "segment": [s.id for s in routing.segments],
+        "region": [r.id for r in routing.regions],
+        "tier": [t.value for t in Tier],
+    }
+    for i, rule in enumerate(routing.rules):
+        for attribute, allowed in known.items():
+            for value in rule.when.get(attribute, ()):
+                if value.casefold() not in {a.casefold() for a in allowed}:
+                    problems.append(
+                        AgreementProblem(
+                            f"routing.rules.{i}.when.{attribute}",
+                            f"rule {rule.id!r} names {attribute} {value!r}, which is not defined; "
+                            f"allowed: {', '.join(allowed) or f'none (add routing.{attribute}s)'}",
+                        )
+                    )
+    for p, pool in enumerate(routing.pools):
+        if pool.id == OWNER_POOL:
+            problems.append(
+                AgreementProblem(f"routing.pools.{p}.id", f"{OWNER_POOL!r} is reserved for leads routed to an owner")
+            )
+    missing = [tier.value for tier in Tier if tier not in routing.load]
+    if missing:
+        problems.append(
+            AgreementProblem("routing.load", f"no load for tier(s) {', '.join(missing)}; every tier needs one")
+        )
+    problems += [
+        AgreementProblem(f"routing.load.{tier.value}", f"load must be at least 1, got {value}")
+        for tier, value in routing.load.items()
+        if value < 1
+    ]
+    for i, rep in enumerate(agreement.roster):
+        try:
+            ZoneInfo(rep.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            problems.append(
+                AgreementProblem(
+                    f"roster.{i}.timezone",
+                    f"unknown time zone {rep.timezone!r}; expected an IANA name such as Europe/Berlin",
+                )
+            )
+    return problems
+
+
+def _section_problems(agreement: Agreement) -> list[AgreementProblem]:
+    """Personas, engagement, lifecycle and playbooks: ids are unique and every reference resolves."""
+    problems: list[AgreementProblem] = []
+    persona_ids = [persona.id for persona in agreement.personas]
+    known = ", ".join(persona_ids) or "none defined (add a personas section)"
+    problems += _duplicates("personas", [(f"personas.{i}.id", p.id) for i, p in enumerate(agreement.personas)])
+    problems += _duplicates(
+        "scoring.engagement events",
+        [(f"scoring.engagement.{i}.event", r.event.value) for i, r in enumerate(agreement.scoring.engagement)],
+    )
+    problems += _duplicates(
+        "scoring.fast_lanes",
+        [(f"scoring.fast_lanes.{i}.id", lane.id) for i, lane in enumerate(agreement.scoring.fast_lanes)],
+    )
+    problems += _duplicates(
+        "scoring.fast_lanes events",
+        [(f"scoring.fast_lanes.{i}.event", lane.event.value) for i, lane in enumerate(agreement.scoring.fast_lanes)],
+    )
+    for kind in ("fit", "negative"):
+        for i, rule in enumerate(getattr(agreement.scoring, kind)):
+            if rule.field != "persona":
+                continue
+            named = [rule.match.equals] if rule.match.equals is not None else list(rule.match.in_ or ())
+            for value in named:
+                if str(value) not in persona_ids:
+                    problems.append(
+                        AgreementProblem(
+                            f"scoring.{kind}.{i}.match",
+                            f"rule {rule.id!r} names persona {value!r}, which is not defined; allowed: {known}",
+                        )
+                    )
+    reasons = agreement.lifecycle.rejection_reasons
+    problems += _duplicates(
+        "lifecycle.rejection_reasons",
+        [(f"lifecycle.rejection_reasons.{i}.code", r.code) for i, r in enumerate(reasons)],
+    )
+    problems += _duplicates("playbooks", [(f"playbooks.{i}.id", p.id) for i, p in enumerate(agreement.playbooks)])
+    seen: dict[tuple[Stage, str | None, Tier | None], str] = {}
+    for i, playbook in enumerate(agreement.playbooks):
+        if playbook.persona is not None and playbook.persona not in persona_ids:
+            problems.append(
+                AgreementProblem(
+                    f"playbooks.{i}.persona",
+                    f"playbook {playbook.id!r} names persona {playbook.persona!r}, which is not defined; allowed: {known}",
+                )
+            )
+        slot = (playbook.stage, playbook.persona, playbook.tier)
+        if slot in seen:
+            problems.append(
+                AgreementProblem(
+                    f"playbooks.{i}",
+                    f"playbook {playbook.id!r} covers the same stage {playbook.stage.value}, persona "
+                    f"{playbook.persona or 'any'} and tier {playbook.tier.value if playbook.tier else 'any'} as "
+                    f"playbook {seen[slot]!r}; only one may",
+                )
+            )
+        seen.setdefault(slot, playbook.id)
+    return problems
 
 
 def _duplicates(where: str, located_ids: Sequence[tuple[str, str]]) -> list[AgreementProblem]:

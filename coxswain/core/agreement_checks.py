@@ -16,6 +16,7 @@ from enum import Enum
 from typing import Any
 
 from coxswain.core.agreement import Agreement, AgreementProblem, AttributeRule, Match
+from coxswain.core.routing import routing_warnings
 
 NUMERIC_FIELDS = frozenset({"company_size"})
 COMPANY_SIZE_RANGE = (0, 10_000_000)
@@ -37,6 +38,8 @@ def agreement_warnings(agreement: Agreement) -> list[AgreementProblem]:
     warnings += _threshold_warnings(agreement)
     warnings += _playbook_warnings(agreement)
     warnings += _routing_warnings(agreement)
+    # Shadowed rules and unreachable pools: one list of warnings for the CLI and the admin API.
+    warnings += routing_warnings(agreement)
     return warnings
 
 

@@ -25,6 +25,9 @@ def create_engine(config: DatabaseConfig) -> AsyncEngine:
         pool_size=config.database_pool_size,
         max_overflow=config.database_pool_size,
         pool_pre_ping=True,
+        # Statement parameters carry lead attributes (emails, names): keep them out of error
+        # messages, which end up in logs.
+        hide_parameters=True,
     )
 
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, DateTime, Identity, Index, LargeBinary, MetaData, Table, text
+from sqlalchemy import BigInteger, Boolean, Column, DateTime, Identity, Index, LargeBinary, MetaData, Table, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
@@ -89,6 +89,11 @@ class Lead(SQLModel, table=True):
     tier: str | None = Field(default=None, max_length=16)
     agreement_version: str = Field(max_length=64)
     updated_at: datetime = _utc()
+    # 0003_agreements: the persona, and what keeps decay from demoting or a lead from re-qualifying.
+    persona: str | None = Field(default=None, max_length=64)
+    pinned: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, server_default=text("false")))
+    held_until: datetime | None = _utc(nullable=True)
+    recycled_until: datetime | None = _utc(nullable=True)
 
 
 class PoolRotation(SQLModel, table=True):
@@ -99,6 +104,8 @@ class PoolRotation(SQLModel, table=True):
     current: dict[str, int] = _jsonb()
     assigned: dict[str, int] = _jsonb()
     updated_at: datetime = _utc()
+    # 0004_routing: reps the pool skipped at its last decision (re-entry policy, docs/routing.md).
+    away: list[str] = Field(sa_column=Column(JSONB, nullable=False, server_default=text("'[]'::jsonb")))
 
 
 class Assignment(SQLModel, table=True):
@@ -131,6 +138,236 @@ class Deadline(SQLModel, table=True):
     status: str = Field(max_length=16)
     decided_at: datetime | None = _utc(nullable=True)
     decided_by: uuid.UUID | None = Field(default=None)
+    # 0002_sla: clocks on business calendars, with a ladder that a late response stops.
+    team: str | None = Field(default=None, max_length=64)
+    started_at: datetime | None = _utc(nullable=True)
+    calendar: str | None = Field(default=None, max_length=64)
+    agreement_version: str | None = Field(default=None, max_length=64)
+    responded_at: datetime | None = _utc(nullable=True)
+
+
+class SlaTimer(SQLModel, table=True):
+    """One scheduled instant of a deadline (warning, breach, escalation step); leaves pending once."""
+
+    __tablename__ = "sla_timers"
+    __table_args__ = (Index("ix_sla_timers_pending_due", "due_at", postgresql_where=text("status = 'pending'")),)
+    deadline_id: uuid.UUID = Field(primary_key=True)
+    key: str = Field(primary_key=True, max_length=64)
+    kind: str = Field(max_length=16)
+    due_at: datetime = _utc()
+    status: str = Field(max_length=16)
+    fraction: float | None = Field(default=None)
+    step: str | None = Field(default=None, max_length=32)
+    step_index: int | None = Field(default=None)
+    target: str | None = Field(default=None, max_length=128)
+    exclude_last: int | None = Field(default=None)
+    decided_at: datetime | None = _utc(nullable=True)
+    fired_by: str | None = Field(default=None, max_length=128)
+
+
+class SlaAlertDelivery(SQLModel, table=True):
+    """Alerts waiting for the outbound webhook; written with the fact, delivered with retries."""
+
+    __tablename__ = "sla_alert_deliveries"
+    __table_args__ = (
+        Index("ix_sla_alert_deliveries_pending_next", "next_attempt_at", postgresql_where=text("status = 'pending'")),
+    )
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, Identity(always=True), primary_key=True))
+    event_id: uuid.UUID = Field(unique=True)
+    alert: dict[str, Any] = _jsonb()
+    status: str = Field(max_length=16)
+    attempts: int = Field(default=0)
+    next_attempt_at: datetime = _utc()
+    created_at: datetime = _utc()
+    delivered_at: datetime | None = _utc(nullable=True)
+    last_error: str | None = Field(default=None, max_length=500)
+
+
+class MarketingMql(SQLModel, table=True):
+    """Every qualification the SLA monitor saw, for marketing's volume targets."""
+
+    __tablename__ = "marketing_mqls"
+    event_id: uuid.UUID = Field(primary_key=True)
+    lead_id: uuid.UUID
+    qualified_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False, index=True))
+
+
+class MqlPacingAlert(SQLModel, table=True):
+    """Pacing alerts already raised: one per target, period and local day, whichever monitor checks."""
+
+    __tablename__ = "mql_pacing_alerts"
+    event_id: uuid.UUID = Field(primary_key=True)
+    target_id: str = Field(max_length=64)
+    period_start: datetime = _utc()
+    alerted_at: datetime = _utc()
+
+
+class AgreementVersion(SQLModel, table=True):
+    """Every agreement ever stored; the one activated last is in force (0003_agreements)."""
+
+    __tablename__ = "agreements"
+    version: str = Field(primary_key=True, max_length=64)
+    document: dict[str, Any] = _jsonb()
+    sha256: str = Field(max_length=64)
+    created_at: datetime = _utc()
+    activated_at: datetime | None = _utc(nullable=True)
+
+
+class ScoringTimer(SQLModel, table=True):
+    """The one pending re-evaluation of a lead (decay below an exit, end of a recycle cooldown)."""
+
+    __tablename__ = "scoring_timers"
+    lead_id: uuid.UUID = Field(primary_key=True)
+    timer_id: uuid.UUID
+    due_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False, index=True))
+    stage: str = Field(max_length=32)
+    agreement_version: str = Field(max_length=64)
+    armed_at: datetime = _utc()
+
+
+class LeadFact(SQLModel, table=True):
+    """Every fact scoring emitted about a lead, written with it: the lead's explainable timeline."""
+
+    __tablename__ = "lead_facts"
+    event_id: uuid.UUID = Field(primary_key=True)
+    lead_id: uuid.UUID = Field(index=True)
+    kind: str = Field(max_length=64)
+    occurred_at: datetime = _utc()
+    agreement_version: str | None = Field(default=None, max_length=64)
+    caused_by: uuid.UUID | None = Field(default=None)
+    payload: dict[str, Any] = _jsonb()
+    recorded_at: datetime = _utc()
+
+
+class LeadIdentity(SQLModel, table=True):
+    """Identity keys (normalised email, source + external id, provisional lead id) -> the lead."""
+
+    __tablename__ = "lead_identities"
+    key: str = Field(primary_key=True, max_length=640)
+    lead_id: uuid.UUID = Field(index=True)
+    created_at: datetime = _utc()
+
+
+class ReportFact(SQLModel, table=True):
+    """0006_reporting: every published fact the reporting consumer saw; reports are queries over it."""
+
+    __tablename__ = "report_facts"
+    __table_args__ = (
+        Index("ix_report_facts_kind_occurred_at", "kind", "occurred_at"),
+        Index(
+            "ix_report_facts_routed_assignment",
+            text("(payload->>'assignment_id')"),
+            postgresql_where=text("kind = 'LeadRoutedV1'"),
+        ),
+    )
+    event_id: uuid.UUID = Field(primary_key=True)
+    kind: str = Field(max_length=64)
+    lead_id: uuid.UUID = Field(index=True)
+    occurred_at: datetime = _utc()
+    agreement_version: str | None = Field(default=None, max_length=64)
+    payload: dict[str, Any] = _jsonb()
+    recorded_at: datetime = _utc()
+
+
+class ReportLead(SQLModel, table=True):
+    """0006_reporting: the dimensions reports slice by, fixed at the lead's first touch."""
+
+    __tablename__ = "report_leads"
+    lead_id: uuid.UUID = Field(primary_key=True)
+    first_seen_at: datetime = _utc()
+    source: str = Field(max_length=64)
+    campaign: str | None = Field(default=None, max_length=256)
+    persona: str | None = Field(default=None, max_length=64)
+
+
+# 0004_routing: account ownership, open load, runtime roster overrides, the unassigned queue.
+
+
+class Account(SQLModel, table=True):
+    """CRM accounts by domain: a lead from an owned domain goes to the owner (docs/routing.md)."""
+
+    __tablename__ = "accounts"
+    domain: str = Field(primary_key=True, max_length=253)
+    owner_rep_id: str = Field(max_length=64)
+    external_id: str | None = Field(default=None, max_length=256)
+    updated_at: datetime = _utc()
+
+
+class LeadRouting(SQLModel, table=True):
+    """Who holds each routed lead now, its owners so far, and whether it still counts as open load."""
+
+    __tablename__ = "lead_routing"
+    __table_args__ = (Index("ix_lead_routing_open_domain", "domain", "opened_at", postgresql_where=text("open")),)
+    lead_id: uuid.UUID = Field(primary_key=True)
+    assignment_id: uuid.UUID
+    rep_id: str = Field(max_length=64)
+    pool_id: str = Field(max_length=64)
+    owners: list[str] = _jsonb()
+    domain: str | None = Field(default=None, max_length=253)
+    tier: str = Field(max_length=16)
+    load: int
+    open: bool
+    opened_at: datetime = _utc()
+    released_at: datetime | None = _utc(nullable=True)
+
+
+class RepCounter(SQLModel, table=True):
+    """Per rep: open load (weighted by tier) and leads received on the rep's current local day."""
+
+    __tablename__ = "rep_counters"
+    rep_id: str = Field(primary_key=True, max_length=64)
+    open_load: int
+    open_leads: int
+    day: date | None = Field(default=None)
+    assigned_on_day: int
+    updated_at: datetime = _utc()
+
+
+class RepOverrideRow(SQLModel, table=True):
+    """Runtime changes to a rep (settings, pause, out-of-office), layered over the agreement's roster."""
+
+    __tablename__ = "rep_overrides"
+    rep_id: str = Field(primary_key=True, max_length=64)
+    body: dict[str, Any] = _jsonb()
+    updated_at: datetime = _utc()
+
+
+class PoolMemberOverride(SQLModel, table=True):
+    """Runtime pool membership: a weight adds or re-weights a member, null removes one."""
+
+    __tablename__ = "pool_member_overrides"
+    pool_id: str = Field(primary_key=True, max_length=64)
+    rep_id: str = Field(primary_key=True, max_length=64)
+    weight: int | None = Field(default=None)
+    updated_at: datetime = _utc()
+
+
+class RosterRevision(SQLModel, table=True):
+    """Bumped by every roster change, in its transaction: routers rebuild their roster when it moves."""
+
+    __tablename__ = "roster_revision"
+    id: int = Field(primary_key=True)
+    revision: int = Field(sa_column=Column(BigInteger, nullable=False))
+    updated_at: datetime = _utc()
+
+
+class UnassignedLead(SQLModel, table=True):
+    """Leads nobody could take yet; the router retries them and removes the row when one is assigned."""
+
+    __tablename__ = "unassigned_leads"
+    lead_id: uuid.UUID = Field(primary_key=True)
+    decision_key: uuid.UUID = Field(unique=True)
+    kind: str = Field(max_length=16)
+    request: dict[str, Any] = _jsonb()
+    reason: str
+    waiting_for: str | None = Field(default=None, max_length=64)
+    pool_id: str = Field(max_length=64)
+    rule_id: str = Field(max_length=64)
+    tier: str = Field(max_length=16)
+    agreement_version: str = Field(max_length=64)
+    parked_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False, index=True))
+    last_tried_at: datetime = _utc()
+    attempts: int
 
 
 def table(name: str) -> Table:

@@ -1,10 +1,16 @@
 """The consumer loop every service shares.
 
-Per polled batch: one database transaction that, for each record, claims the event id in the
-inbox and applies the handler (inside a savepoint, so one bad record cannot spoil the batch),
-stages the resulting facts in the outbox, and stages undecodable or unprocessable records for the
-dead-letter topic with the reason. Only after the commit are the offsets committed: a crash at
-any point means redelivery, and the inbox turns redelivery into a no-op.
+Per polled batch: one database transaction that claims the event ids in the inbox, applies the
+handler to each event claimed for the first time, stages the resulting facts in the outbox, and
+stages undecodable or unprocessable records for the dead-letter topic with the reason. Only after
+the commit are the offsets committed: a crash at any point means redelivery, and the inbox turns
+redelivery into a no-op.
+
+The batch is first tried whole: one statement claims every event id, one stages every fact, and
+the handlers add only their own statements (no round trip per event for the inbox, the outbox or
+a savepoint). If any handler fails, that attempt is rolled back and the batch is applied again
+record by record, each inside a savepoint with retries, so one bad record goes to the dead-letter
+topic and cannot spoil the others. Both ways commit the same rows.
 """
 
 from __future__ import annotations
@@ -24,10 +30,10 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from coxswain.runtime import outbox
+from coxswain.runtime import metrics, outbox
 from coxswain.runtime.kafka import make_consumer
 from coxswain.settings import ConsumerConfig, KafkaConfig
-from schemas.codec import DecodeError, Headers, WireRecord, decode
+from schemas.codec import DecodeError, Headers, WireRecord, decode, encode
 from schemas.events import Event, dead_letter_topic
 
 log = logging.getLogger(__name__)
@@ -78,6 +84,23 @@ def dead_letter(delivery: Delivery, consumer: str, reason: str, error_type: str)
     return event_id, record
 
 
+async def claim_many(
+    connection: AsyncConnection, consumer: str, claims: Sequence[tuple[uuid.UUID, str]], now: datetime
+) -> set[uuid.UUID]:
+    """The event ids of ``claims`` this consumer sees for the first time, in one statement."""
+    if not claims:
+        return set()
+    rows = await connection.execute(
+        text(
+            "INSERT INTO inbox (consumer, event_id, topic, processed_at) "
+            "SELECT :c, u.event_id, u.topic, :now FROM unnest(CAST(:ids AS uuid[]), CAST(:topics AS text[])) "
+            "AS u(event_id, topic) ON CONFLICT DO NOTHING RETURNING event_id"
+        ),
+        {"c": consumer, "ids": [event_id for event_id, _ in claims], "topics": [t for _, t in claims], "now": now},
+    )
+    return {row.event_id for row in rows}
+
+
 async def claim(connection: AsyncConnection, consumer: str, event_id: uuid.UUID, topic: str, now: datetime) -> bool:
     """True the first time this consumer sees the event id; false on every redelivery."""
     inserted = await connection.scalar(
@@ -91,9 +114,23 @@ async def claim(connection: AsyncConnection, consumer: str, event_id: uuid.UUID,
 
 
 def is_connection_error(exc: BaseException) -> bool:
-    return isinstance(exc, (OperationalError, InterfaceError)) or (
-        isinstance(exc, DBAPIError) and exc.connection_invalidated
-    )
+    """The database or the way to it is away (refused, shutting down, dropped): retry, never dead-letter.
+
+    Walks the cause chain: asyncpg raises a refused connect as a bare OSError and a server
+    shutdown as SQLSTATE 57P01/57P03, which SQLAlchemy wraps as a generic DBAPIError.
+    """
+    seen: set[int] = set()
+    error: BaseException | None = exc
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, (OperationalError, InterfaceError, OSError)):
+            return True
+        if isinstance(error, DBAPIError) and error.connection_invalidated:
+            return True
+        if str(getattr(error, "sqlstate", "") or "").startswith(("08", "57P")):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 class _WaitForInFlight(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -159,6 +196,7 @@ class ConsumerService:
                         continue
                     backoff = 0.5
                     await self._commit(consumer, batch)
+                    metrics.observe_batch(self.name, consumer, batch)
         finally:
             # Leaving the group promptly hands partitions over without waiting for a session timeout.
             await consumer.stop()
@@ -175,22 +213,74 @@ class ConsumerService:
     async def process(self, deliveries: Sequence[Delivery]) -> None:
         """Apply a batch in one transaction; raise only for errors that deserve a redelivery."""
         now = self._clock()
-        async with self._engine.begin() as connection:
-            for delivery in deliveries:
-                await self._process_one(connection, delivery, now)
-            await self._failpoint("before_db_commit")
+        decoded = [(delivery, self._decode(delivery)) for delivery in deliveries]
+        try:
+            async with self._engine.begin() as connection:
+                await self._apply_whole(connection, decoded, now)
+                await self._failpoint("before_db_commit")
+        except _RecordFailed as failed:
+            log.info(
+                "batch applied again record by record: consumer=%s records=%s error=%s",
+                self.name,
+                len(decoded),
+                failed.error_type,
+            )
+            async with self._engine.begin() as connection:
+                for delivery, outcome in decoded:
+                    await self._process_one(connection, delivery, outcome, now)
+                await self._failpoint("before_db_commit")
         await self._failpoint("after_db_commit")
+
+    def _decode(self, delivery: Delivery) -> Event | DecodeError:
+        try:
+            return decode(delivery.topic, delivery.value, delivery.headers, self._accepts[delivery.topic])
+        except DecodeError as exc:
+            return exc
+
+    async def _apply_whole(
+        self, connection: AsyncConnection, decoded: Sequence[tuple[Delivery, Event | DecodeError]], now: datetime
+    ) -> None:
+        """The fast way: one claim and one outbox insert for the batch; any failing handler aborts it."""
+        plan: list[tuple[uuid.UUID, Delivery, Event | WireRecord]] = []
+        for delivery, outcome in decoded:
+            if isinstance(outcome, DecodeError):
+                event_id, record = dead_letter(delivery, self.name, str(outcome), "DecodeError")
+                plan.append((event_id, delivery, record))
+            else:
+                plan.append((outcome.event_id, delivery, outcome))
+        first_seen = await claim_many(connection, self.name, [(i, _claim_topic(d, o)) for i, d, o in plan], now)
+        staged: list[tuple[uuid.UUID, WireRecord]] = []
+        for event_id, delivery, item in plan:
+            if event_id not in first_seen:
+                continue
+            # A second copy of the same event later in this batch is a redelivery: skip it.
+            first_seen.discard(event_id)
+            if isinstance(item, WireRecord):
+                staged.append((event_id, item))
+                metrics.dead_lettered(self.name, delivery.topic)
+                self._log_dead_letter(delivery, "DecodeError")
+                continue
+            try:
+                facts = await self._handler(connection, item, now)
+            except Exception as exc:
+                if is_connection_error(exc):
+                    raise
+                raise _RecordFailed(type(exc).__name__) from exc
+            traceparent = _traceparent(delivery.headers)
+            staged += [(fact.event_id, encode(fact, traceparent=traceparent)) for fact in facts]
+        await outbox.stage_records(connection, staged, now)
 
     async def _failpoint(self, where: str) -> None:
         if self._config.consumer_failpoint == where:
             log.warning("failpoint reached: consumer=%s at=%s; hanging until killed", self.name, where)
             await asyncio.Event().wait()
 
-    async def _process_one(self, connection: AsyncConnection, delivery: Delivery, now: datetime) -> None:
-        try:
-            event = decode(delivery.topic, delivery.value, delivery.headers, self._accepts[delivery.topic])
-        except DecodeError as exc:
-            await self._dead_letter(connection, delivery, str(exc), "DecodeError", now)
+    async def _process_one(
+        self, connection: AsyncConnection, delivery: Delivery, event: Event | DecodeError, now: datetime
+    ) -> None:
+        """The careful way: claim, handle and stage one record inside a savepoint, with retries."""
+        if isinstance(event, DecodeError):
+            await self._dead_letter(connection, delivery, str(event), "DecodeError", now)
             return
         attempts = self._config.consumer_handler_retries + 1
         for attempt in range(1, attempts + 1):
@@ -226,6 +316,10 @@ class ConsumerService:
         event_id, record = dead_letter(delivery, self.name, reason, error_type)
         if await claim(connection, self.name, event_id, record.topic, now):
             await outbox.stage_records(connection, [(event_id, record)], now)
+            metrics.dead_lettered(self.name, delivery.topic)
+        self._log_dead_letter(delivery, error_type)
+
+    def _log_dead_letter(self, delivery: Delivery, error_type: str) -> None:
         log.info(
             "record sent to dead-letter topic: consumer=%s topic=%s partition=%s offset=%s reason=%s",
             self.name,
@@ -234,6 +328,18 @@ class ConsumerService:
             delivery.offset,
             error_type,
         )
+
+
+class _RecordFailed(Exception):
+    """A handler failed while the batch was applied whole: roll back and go record by record."""
+
+    def __init__(self, error_type: str) -> None:
+        super().__init__(error_type)
+        self.error_type = error_type
+
+
+def _claim_topic(delivery: Delivery, item: Event | WireRecord) -> str:
+    return item.topic if isinstance(item, WireRecord) else delivery.topic
 
 
 def _delivery(record: Any) -> Delivery:

@@ -59,6 +59,10 @@ class Publisher:
     async def stop(self) -> None:
         await self._producer.stop()
 
+    async def ping(self) -> None:
+        """Raise unless a broker answers a metadata request (readiness probes)."""
+        await self._producer.client.fetch_all_metadata()
+
     async def publish(self, records: Sequence[WireRecord]) -> None:
         """Send all records and return only once every one is acknowledged (or raise)."""
         pending = [

@@ -16,11 +16,10 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import bindparam, text
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from coxswain.db.models import table
 from coxswain.runtime.kafka import Publisher
 from schemas.codec import WireRecord, encode
 from schemas.events import Event
@@ -31,25 +30,48 @@ CHANNEL = "coxswain_outbox"
 RELAY_LOCK = 0x636F78  # advisory lock key: "cox"
 
 
+# Delivered on commit, coalesced per transaction: wakes the relay without polling latency.
+NOTIFY_RELAY = f"pg_notify('{CHANNEL}', '')"
+
+
+def staging(
+    records: Sequence[tuple[uuid.UUID, WireRecord]], now: datetime, only_if: str = ""
+) -> tuple[str, dict[str, Any]]:
+    """The INSERT that stages ``records`` (in their order), and its parameters.
+
+    One statement whatever the number of records, so it can also run inside a larger one (a
+    data-modifying WITH) that stores the state change it belongs to; ``only_if`` is an SQL
+    condition the rows are staged under, e.g. that the state change happened.
+    """
+    sql = (
+        "INSERT INTO outbox (event_id, topic, key, value, headers, created_at) "
+        "SELECT u.event_id, u.topic, u.key, u.value, u.headers, :outbox_now FROM unnest("
+        "CAST(:outbox_ids AS uuid[]), CAST(:outbox_topics AS text[]), CAST(:outbox_keys AS bytea[]), "
+        "CAST(:outbox_values AS bytea[]), CAST(:outbox_headers AS jsonb[])) "
+        "WITH ORDINALITY AS u(event_id, topic, key, value, headers, n) "
+        f"{'WHERE ' + only_if if only_if else ''} ORDER BY u.n ON CONFLICT (event_id) DO NOTHING"
+    )
+    parameters = {
+        "outbox_now": now,
+        "outbox_ids": [event_id for event_id, _ in records],
+        "outbox_topics": [record.topic for _, record in records],
+        "outbox_keys": [record.key for _, record in records],
+        "outbox_values": [record.value for _, record in records],
+        "outbox_headers": [
+            orjson.dumps([[name, value.decode()] for name, value in record.headers]).decode() for _, record in records
+        ],
+    }
+    return sql, parameters
+
+
 async def stage_records(
     connection: AsyncConnection, records: Sequence[tuple[uuid.UUID, WireRecord]], now: datetime
 ) -> None:
     if not records:
         return
-    rows = [
-        {
-            "event_id": event_id,
-            "topic": record.topic,
-            "key": record.key,
-            "value": record.value,
-            "headers": [[name, value.decode()] for name, value in record.headers],
-            "created_at": now,
-        }
-        for event_id, record in records
-    ]
-    await connection.execute(insert(table("outbox")).on_conflict_do_nothing(index_elements=["event_id"]), rows)
-    # Delivered on commit, coalesced per transaction: wakes the relay without polling latency.
-    await connection.execute(text(f"NOTIFY {CHANNEL}"))
+    insert, parameters = staging(records, now)
+    # One round trip: the rows and the notification that wakes the relay.
+    await connection.execute(text(f"WITH staged AS ({insert}) SELECT {NOTIFY_RELAY}"), parameters)
 
 
 async def stage(
@@ -72,6 +94,9 @@ class OutboxRelay:
         listener = asyncio.create_task(self._listen(stop))
         try:
             while not stop.is_set():
+                # Cleared before the read, never after: a notification that arrives while a batch is
+                # being published must wake the next pass, not wait for the idle poll.
+                self._wake.clear()
                 try:
                     published = await self.relay_once()
                 except Exception:
@@ -81,7 +106,6 @@ class OutboxRelay:
                 if on_published and published:
                     on_published(published)
                 if published < self._batch:
-                    self._wake.clear()
                     await _first_of(stop, self._wake, self._idle_poll)
         finally:
             listener.cancel()

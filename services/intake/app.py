@@ -7,8 +7,9 @@ rows in one transaction), so an acknowledged webhook survives any crash that fol
 from __future__ import annotations
 
 import logging
+import math
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -16,14 +17,17 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic.json_schema import models_json_schema
 from sqlalchemy import text
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coxswain.core.identity import intake_event_id, lead_id_for
-from coxswain.db.models import table
 from coxswain.runtime import outbox
+from coxswain.runtime.consumer import is_connection_error
+from coxswain.runtime.health import Check, database_check, readiness
+from coxswain.runtime.telemetry import child_traceparent
 from coxswain.settings import IntakeConfig
+from schemas.codec import encode
 from schemas.events import (
     ActivityRecordedV1,
     ActivityType,
@@ -34,7 +38,8 @@ from schemas.events import (
     LeadReceivedV1,
     ShortText,
 )
-from services.intake.signatures import SignatureRejected, verify
+from services.intake.limits import SourceRateLimiter
+from services.intake.signatures import SignatureRejected, load_secrets, verify
 
 log = logging.getLogger(__name__)
 
@@ -87,18 +92,25 @@ class Accepted(BaseModel):
 
 
 class Problem(Exception):
-    def __init__(self, status: int, message: str, errors: list[dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        errors: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.errors = errors
+        self.headers = headers
 
 
 def _problem_response(problem: Problem) -> JSONResponse:
     body: dict[str, Any] = {"detail": problem.message}
     if problem.errors is not None:
         body["errors"] = problem.errors
-    return JSONResponse(body, status_code=problem.status)
+    return JSONResponse(body, status_code=problem.status, headers=problem.headers)
 
 
 def _validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
@@ -155,24 +167,48 @@ def build_activities(
 
 
 async def store(
-    connection: AsyncConnection, source: str, webhook_id: str, kind: Kind, events: Sequence[Event], now: datetime
+    connection: AsyncConnection,
+    source: str,
+    webhook_id: str,
+    kind: Kind,
+    events: Sequence[Event],
+    now: datetime,
+    traceparent: str | None = None,
 ) -> Accepted:
-    """Inbox first: if this webhook id was accepted before, answer with what was stored then."""
-    inbox = table("webhook_inbox")
-    inserted = await connection.scalar(
-        insert(inbox)
-        .values(
-            source=source,
-            webhook_id=webhook_id,
-            kind=kind,
-            event_ids=[str(e.event_id) for e in events],
-            lead_ids=[str(e.lead_id) for e in events],
-            received_at=now,
-        )
-        .on_conflict_do_nothing()
-        .returning(inbox.c.webhook_id)
+    """Inbox first: if this webhook id was accepted before, answer with what was stored then.
+
+    One statement stores the inbox row, the events and their outbox rows (and wakes the relay), or
+    nothing if the webhook id is known: atomic on its own, so it needs no surrounding transaction,
+    and one round trip to the database whatever the number of events.
+    """
+    records = [(event.event_id, encode(event, traceparent=traceparent)) for event in events]
+    staging, parameters = outbox.staging(records, now, only_if="EXISTS (SELECT FROM inbox)")
+    stored = await connection.scalar(
+        text(
+            "WITH inbox AS (INSERT INTO webhook_inbox (source, webhook_id, kind, event_ids, lead_ids, received_at) "
+            "VALUES (:source, :webhook_id, :kind, CAST(:event_ids AS jsonb), CAST(:lead_ids AS jsonb), :now) "
+            "ON CONFLICT DO NOTHING RETURNING 1), "
+            "events AS (INSERT INTO intake_events (event_id, lead_id, source, webhook_id, kind, payload, received_at) "
+            "SELECT u.event_id, u.lead_id, :source, :webhook_id, :kind, u.payload, :now FROM unnest("
+            "CAST(:ids AS uuid[]), CAST(:leads AS uuid[]), CAST(:payloads AS jsonb[])) AS u(event_id, lead_id, payload) "
+            f"WHERE EXISTS (SELECT FROM inbox)), staged AS ({staging}) "
+            f"SELECT count(*) FROM (SELECT {outbox.NOTIFY_RELAY} FROM inbox) AS stored"
+        ),
+        {
+            **parameters,
+            "source": source,
+            "webhook_id": webhook_id,
+            "kind": kind,
+            "event_ids": orjson.dumps([str(e.event_id) for e in events]).decode(),
+            "lead_ids": orjson.dumps([str(e.lead_id) for e in events]).decode(),
+            "now": now,
+            "ids": [e.event_id for e in events],
+            "leads": [e.lead_id for e in events],
+            # The event as published is the event as stored.
+            "payloads": [record.value.decode() for _, record in records],
+        },
     )
-    if inserted is None:
+    if not stored:
         row = (
             await connection.execute(
                 text("SELECT event_ids, lead_ids FROM webhook_inbox WHERE source = :s AND webhook_id = :w"),
@@ -187,23 +223,6 @@ async def store(
                 for event, lead in zip(row.event_ids, row.lead_ids, strict=True)
             ],
         )
-    intake = table("intake_events")
-    await connection.execute(
-        insert(intake),
-        [
-            {
-                "event_id": e.event_id,
-                "lead_id": e.lead_id,
-                "source": source,
-                "webhook_id": webhook_id,
-                "kind": kind,
-                "payload": e.model_dump(mode="json"),
-                "received_at": now,
-            }
-            for e in events
-        ],
-    )
-    await outbox.stage(connection, events, now)
     return Accepted(
         webhook_id=webhook_id,
         duplicate=False,
@@ -211,11 +230,23 @@ async def store(
     )
 
 
+def _holds_nul(document: Any) -> bool:
+    if isinstance(document, str):
+        return "\x00" in document
+    if isinstance(document, dict):
+        return any(_holds_nul(key) or _holds_nul(value) for key, value in document.items())
+    if isinstance(document, list):
+        return any(_holds_nul(item) for item in document)
+    return False
+
+
 def _parse(body: bytes, single: type[BaseModel], batch: type[BaseModel], field: str) -> list[Any]:
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise Problem(422, f"body is not valid JSON: {exc}") from None
+    if _holds_nul(document):
+        raise Problem(422, "body holds a NUL character (\\u0000), which no field may contain")
     model = batch if isinstance(document, dict) and field in document else single
     try:
         parsed = model.model_validate(document)
@@ -225,20 +256,47 @@ def _parse(body: bytes, single: type[BaseModel], batch: type[BaseModel], field: 
     return items
 
 
+def _body_schema(single: type[BaseModel], batch: type[BaseModel]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The documented body of an endpoint that reads its raw bytes (they are signed): one item or a batch."""
+    _, document = models_json_schema(
+        [(single, "validation"), (batch, "validation")], ref_template="#/components/schemas/{model}"
+    )
+    refs = [{"$ref": f"#/components/schemas/{model.__name__}"} for model in (single, batch)]
+    body = {"content": {"application/json": {"schema": {"anyOf": refs}}}, "required": True}
+    return body, document.get("$defs", {})
+
+
+def _publish_schemas(app: FastAPI, schemas: dict[str, Any]) -> None:
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = generate()
+            document.setdefault("components", {}).setdefault("schemas", {}).update(schemas)
+        return app.openapi_schema or {}
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(
     config: IntakeConfig,
     engine: AsyncEngine,
     clock: Callable[[], datetime],
     lifespan: Callable[[FastAPI], Any] | None = None,
+    readiness_checks: Mapping[str, Check] | None = None,
 ) -> FastAPI:
+    """``readiness_checks``: dependencies besides the database that /readyz reports (Kafka)."""
     app = FastAPI(
         title="Coxswain intake",
         version="1",
         description="Signed webhooks from marketing automation and CRMs (Standard Webhooks).",
         lifespan=lifespan,
     )
-    secrets = {source: [s.get_secret_value() for s in keys] for source, keys in config.webhook_secrets.items()}
+    secrets = load_secrets(config)
     tolerance = timedelta(seconds=config.webhook_tolerance_seconds)
+    # Refilled on the injected clock, so a test with a fixed clock sees a bucket that never refills.
+    limiter = SourceRateLimiter(config.rate_limit_per_source, config.rate_limit_burst, lambda: clock().timestamp())
+    checks = {"database": database_check(engine), **(readiness_checks or {})}
 
     @app.exception_handler(Problem)
     async def _problem(_: Request, problem: Problem) -> JSONResponse:
@@ -259,6 +317,15 @@ def create_app(
         except SignatureRejected as rejected:
             log.info("webhook rejected: source=%s status=%s reason=%s", source, rejected.status, rejected.message)
             raise Problem(rejected.status, rejected.message) from None
+        wait = limiter.acquire(source)
+        if wait > 0:
+            log.info("webhook rate-limited: source=%s retry_after_seconds=%.2f", source, wait)
+            raise Problem(
+                429,
+                f"source {source!r} is over its limit of {config.rate_limit_per_source:g} webhooks per second; "
+                "retry after Retry-After seconds with the same webhook-id",
+                headers={"Retry-After": str(max(1, math.ceil(wait)))},
+            )
         events: Sequence[Event]
         if kind == "lead":
             events = build_lead_events(source, webhook_id, _parse(body, LeadEventIn, LeadBatchIn, "events"), now)
@@ -266,8 +333,29 @@ def create_app(
             events = build_activities(source, webhook_id, _parse(body, ActivityIn, ActivityBatchIn, "activities"), now)
         if len(events) > config.max_batch_events:
             raise Problem(413, f"a batch holds at most {config.max_batch_events} events, got {len(events)}")
-        async with engine.begin() as connection:
-            accepted = await store(connection, source, webhook_id, kind, events, now)
+        try:
+            async with engine.connect() as connection:
+                # store() is one atomic statement: no BEGIN and COMMIT round trips around it.
+                autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
+                accepted = await store(
+                    autocommit, source, webhook_id, kind, events, now, child_traceparent(request.headers)
+                )
+        except Exception as exc:
+            if not is_connection_error(exc):
+                raise
+            # Not acknowledged. Whether or not a commit got through before the connection went, the
+            # sender's retry with the same webhook-id is answered from the inbox, never stored twice.
+            log.warning(
+                "webhook not stored, database unavailable: source=%s webhook_id=%s error=%s",
+                source,
+                webhook_id,
+                type(exc).__name__,
+            )
+            raise Problem(
+                503,
+                "the database is unavailable and the webhook is not acknowledged; retry with the same webhook-id",
+                headers={"Retry-After": "1"},
+            ) from None
         log.info(
             "webhook accepted: source=%s webhook_id=%s events=%s duplicate=%s",
             source,
@@ -277,13 +365,17 @@ def create_app(
         )
         return accepted
 
-    request_body = {"content": {"application/json": {"schema": {"type": "object"}}}, "required": True}
+    lead_body, lead_schemas = _body_schema(LeadEventIn, LeadBatchIn)
+    activity_body, activity_schemas = _body_schema(ActivityIn, ActivityBatchIn)
+    _publish_schemas(app, lead_schemas | activity_schemas)
     responses: dict[int | str, dict[str, Any]] = {
         400: {"description": "Signature headers missing or malformed"},
         401: {"description": "Signature does not match, or the timestamp is outside the tolerance"},
         404: {"description": "Unknown source"},
         413: {"description": "Body or batch too large"},
         422: {"description": "Body does not validate; `errors` lists each problem"},
+        429: {"description": "The source is over its rate limit; `Retry-After` says when to retry"},
+        503: {"description": "The database is unavailable; nothing was stored, retry after `Retry-After`"},
     }
 
     @app.post(
@@ -291,7 +383,7 @@ def create_app(
         status_code=202,
         response_model=Accepted,
         responses=responses,
-        openapi_extra={"requestBody": request_body},
+        openapi_extra={"requestBody": lead_body},
     )
     async def lead_events(source: str, request: Request) -> Accepted:
         """One marketing-automation event, or `{"events": [...]}` for a batch."""
@@ -302,7 +394,7 @@ def create_app(
         status_code=202,
         response_model=Accepted,
         responses=responses,
-        openapi_extra={"requestBody": request_body},
+        openapi_extra={"requestBody": activity_body},
     )
     async def activities(source: str, request: Request) -> Accepted:
         """One CRM activity, or `{"activities": [...]}` for a batch."""
@@ -312,13 +404,13 @@ def create_app(
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get(
+        "/readyz",
+        responses={503: {"description": "A dependency does not answer; the body names it and its error type"}},
+    )
     async def readyz() -> JSONResponse:
-        try:
-            async with engine.connect() as connection:
-                await connection.execute(text("SELECT 1"))
-        except Exception as exc:
-            return JSONResponse({"status": "unavailable", "database": type(exc).__name__}, status_code=503)
-        return JSONResponse({"status": "ready", "database": "ok"})
+        """Ready when the database and (in a running service) the Kafka brokers answer."""
+        ready, report = await readiness(checks)
+        return JSONResponse(report, status_code=200 if ready else 503)
 
     return app

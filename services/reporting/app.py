@@ -60,7 +60,9 @@ def create_reporting_app(
         try:
             start = since or end - timedelta(days=7)
         except OverflowError:
-            raise BadRange(f"until ({end.isoformat()}) leaves no room for the default 7-day range; give since") from None
+            raise BadRange(
+                f"until ({end.isoformat()}) leaves no room for the default 7-day range; give since"
+            ) from None
         if start >= end:
             raise BadRange(f"since ({start.isoformat()}) must be before until ({end.isoformat()})")
         if end - start > timedelta(days=731):

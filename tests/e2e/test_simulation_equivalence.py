@@ -60,7 +60,7 @@ def in_force(stack: Stack, name: str, version: str) -> int:
     return stack.services[name].log_text().count(f"agreement in force: version={version} ")
 
 
-async def wait_until(condition: Any, what: str, within: float = 30) -> None:
+async def wait_until(condition: Any, what: str, within: float = 120) -> None:
     deadline = time.monotonic() + within
     while not await condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"

@@ -35,7 +35,8 @@ def hot_lead(country: str = "IS") -> dict[str, object]:
     return {
         "type": "demo_request",
         "contact": {
-            "email": f"lead-{uuid.uuid4().hex[:12]}@example.com",
+            # A company of its own: a domain with an open lead would route to that lead's owner.
+            "email": f"lead@{uuid.uuid4().hex[:12]}.example.com",
             "title": "VP Marketing",
             "company_size": 300,
             "country": country,

@@ -1,0 +1,872 @@
+"""`make bench` / `make bench-quick`: start the stack, measure, print a table and one JSON line.
+
+Every figure that depends on the machine comes with a baseline measured in the same run, by the
+same load generator, against the same Kafka and PostgreSQL: timings on a shared 2-core machine
+are noisy, ratios much less so. Phases, each with only the processes it measures running:
+
+1. intake baseline: a bare FastAPI endpoint, same uvicorn settings, closed-loop load;
+2. intake: signed single-event webhooks, then batches, closed-loop load;
+3. end to end (every service its own process): latency at a fixed offered load, then sustained
+   throughput from webhook to armed deadline;
+4. relay baseline: bare aiokafka consume -> produce hops, as many as the pipeline has;
+5. SLA timer: N open deadlines bulk-inserted, a known slice falling due while the monitor runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+import httpx
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from bench.stats import cpu_seconds, percentile, ratio, result_line, sustained_rate, table
+from coxswain.runtime.kafka import all_topics
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+SECRET = "whsec_" + "YmVuY2gtc2VjcmV0LW5vdC1mb3ItcHJvZHVjdGlvbg=="
+SOURCE = "bench"
+HOPS = 3  # intake publishes, then scoring -> router -> sla monitor each consume and produce
+HOP_TOPICS = [f"bench.hop{index}" for index in range(HOPS + 1)]
+PARTITIONS = 3
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    intake_seconds: float
+    intake_warmup: float
+    intake_connections: int
+    batch_size: int
+    batch_connections: int
+    latency_rate: float
+    latency_seconds: float
+    latency_skip_seconds: float
+    e2e_leads: int
+    e2e_batch: int
+    e2e_connections: int
+    relay_records: int
+    sla_open: int
+    sla_steady_rate: int
+    sla_steady_seconds: float
+    sla_burst: int
+
+
+FULL = Plan(
+    name="full",
+    intake_seconds=10,
+    intake_warmup=2,
+    intake_connections=64,
+    batch_size=100,
+    batch_connections=8,
+    latency_rate=500,
+    latency_seconds=10,
+    latency_skip_seconds=2,
+    e2e_leads=10_000,
+    e2e_batch=50,
+    e2e_connections=8,
+    relay_records=100_000,
+    sla_open=1_000_000,
+    sla_steady_rate=500,
+    sla_steady_seconds=20,
+    sla_burst=20_000,
+)
+QUICK = Plan(
+    name="quick",
+    intake_seconds=3,
+    intake_warmup=1,
+    intake_connections=64,
+    batch_size=100,
+    batch_connections=8,
+    latency_rate=50,
+    latency_seconds=5,
+    latency_skip_seconds=1,
+    e2e_leads=2_000,
+    e2e_batch=50,
+    e2e_connections=8,
+    relay_records=20_000,
+    sla_open=100_000,
+    sla_steady_rate=500,
+    sla_steady_seconds=5,
+    sla_burst=5_000,
+)
+
+
+@dataclass(frozen=True)
+class Ports:
+    """The bench's own broker and cluster, beside (not on) the tests' ports of the same base."""
+
+    base: int
+
+    @property
+    def kafka(self) -> int:
+        return self.base + 192
+
+    @property
+    def controller(self) -> int:
+        return self.base + 193
+
+    @property
+    def postgres(self) -> int:
+        return self.base + 532
+
+    @property
+    def intake(self) -> int:
+        return self.base + 180
+
+    @property
+    def baseline(self) -> int:
+        return self.base + 181
+
+    def metrics(self, service: str) -> int:
+        return self.base + 182 + ("intake", "scoring", "router", "sla-monitor").index(service)
+
+
+def port_base() -> int:
+    return int(os.environ.get("COXSWAIN_BENCH_PORT_BASE") or "38000")
+
+
+def say(message: str, *args: object) -> None:
+    sys.stderr.write(f"[bench {datetime.now().strftime('%H:%M:%S')}] {message % args}\n")
+    sys.stderr.flush()
+
+
+@dataclass
+class Bench:
+    plan: Plan
+    ports: Ports
+    work: Path
+    profile: bool = False
+    results: dict[str, Any] = field(default_factory=dict)
+    notes: dict[str, Any] = field(default_factory=dict)
+    running: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.ports.kafka}"
+
+    @property
+    def database_url(self) -> str:
+        return f"postgresql+asyncpg://coxswain:coxswain@127.0.0.1:{self.ports.postgres}/coxswain"
+
+    @property
+    def dsn(self) -> str:
+        return f"postgresql://coxswain:coxswain@127.0.0.1:{self.ports.postgres}/coxswain"
+
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "COXSWAIN_KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+            "COXSWAIN_DATABASE_URL": self.database_url,
+            "COXSWAIN_KAFKA_TOPIC_PARTITIONS": str(PARTITIONS),
+            "COXSWAIN_AGREEMENT_FILE": str(ROOT / "bench" / "agreement.yaml"),
+            "COXSWAIN_INTAKE_PORT": str(self.ports.intake),
+            "COXSWAIN_WEBHOOK_SECRETS": orjson.dumps({SOURCE: SECRET}).decode(),
+        }
+
+    # -- infrastructure ---------------------------------------------------------------------
+
+    def stack(self, action: str) -> None:
+        env = {
+            **os.environ,
+            "COXSWAIN_STATE_DIR": str(ROOT / ".local" / "bench"),
+            "KAFKA_PORT": str(self.ports.kafka),
+            "KAFKA_CONTROLLER_PORT": str(self.ports.controller),
+            "PG_PORT": str(self.ports.postgres),
+        }
+        subprocess.run([str(ROOT / "deploy" / "local" / "stack.sh"), action], env=env, check=True, stdout=sys.stderr)
+
+    def reset(self) -> None:
+        asyncio.run(self._reset_database())
+        subprocess.run([PYTHON, "-m", "coxswain", "db", "upgrade"], env=self.env(), check=True, stdout=sys.stderr)
+        asyncio.run(self._reset_topics())
+
+    async def _reset_database(self) -> None:
+        connection = await asyncpg.connect(self.dsn)
+        try:
+            await connection.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+        finally:
+            await connection.close()
+
+    async def _reset_topics(self) -> None:
+        ours = set(all_topics()) | set(HOP_TOPICS)
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await admin.start()
+        try:
+            existing = [name for name in await admin.list_topics() if name in ours]
+            if existing:
+                await admin.delete_topics(existing)
+            for _ in range(100):
+                if not ours & set(await admin.list_topics()):
+                    break
+                await asyncio.sleep(0.2)
+            for _ in range(50):
+                try:
+                    missing = sorted(ours - set(await admin.list_topics()))
+                    if missing:
+                        await admin.create_topics([NewTopic(name, PARTITIONS, 1) for name in missing])
+                    return
+                except Exception:  # topics still marked for deletion: wait and retry
+                    await asyncio.sleep(0.3)
+        finally:
+            await admin.close()
+
+    # -- processes ---------------------------------------------------------------------------
+
+    def start(self, name: str, command: Sequence[str], ready: str | None = None) -> subprocess.Popen[bytes]:
+        log = (self.work / f"{name}.log").open("ab")
+        process = subprocess.Popen(command, env=self.env(), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        self.running[name] = process
+        if ready is not None:
+            self.wait_for_log(name, ready)
+        return process
+
+    def service(self, name: str) -> subprocess.Popen[bytes]:
+        log = (self.work / f"{name}.log").open("ab")
+        # Each consumer serves its metrics on a port of the bench's own, never a default another stack uses.
+        env = {**self.env(), "COXSWAIN_METRICS_PORT": str(self.ports.metrics(name))}
+        process = subprocess.Popen(
+            [PYTHON, "-m", "coxswain", "run", name], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+        )
+        self.running[name] = process
+        return process
+
+    def wait_for_log(self, name: str, needle: str, timeout: float = 60) -> None:
+        path, process = self.work / f"{name}.log", self.running[name]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if needle in path.read_text(errors="replace"):
+                return
+            if process.poll() is not None:
+                raise SystemExit(f"{name} exited with {process.returncode}; see {path}")
+            time.sleep(0.1)
+        raise SystemExit(f"{name} did not log {needle!r} within {timeout}s; see {path}")
+
+    def wait_http(self, name: str, url: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url, timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if self.running[name].poll() is not None:
+                raise SystemExit(f"{name} exited; see {self.work / (name + '.log')}")
+            time.sleep(0.1)
+        raise SystemExit(f"{name} not ready at {url} within {timeout}s")
+
+    def stop(self, *names: str) -> None:
+        for name in names or tuple(self.running):
+            process = self.running.pop(name, None)
+            if process is None or process.poll() is not None:
+                continue
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    @contextmanager
+    def profiled(self, phase: str, names: Sequence[str]) -> Iterator[None]:
+        """py-spy samples each named process during the phase (``--profile``)."""
+        spies: list[subprocess.Popen[bytes]] = []
+        spy = shutil.which("py-spy", path=str(Path(PYTHON).parent)) or shutil.which("py-spy")
+        if self.profile and spy is not None:
+            for name in names:
+                output = self.work / "profiles" / f"{phase}-{name}.txt"
+                output.parent.mkdir(exist_ok=True)
+                pid = str(self.running[name].pid)
+                command = [spy, "record", "--pid", pid, "--rate", "100", "--format", "raw", "--nonblocking"]
+                command += ["--output", str(output)]
+                spies.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        elif self.profile:
+            say("py-spy not installed; no profile taken (pip install -e '.[dev]')")
+        try:
+            yield
+        finally:
+            for process in spies:
+                process.send_signal(signal.SIGINT)
+            for process in spies:
+                process.wait(timeout=60)
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds used so far by each bench process, PostgreSQL (all backends) and Kafka.
+
+        Per-lead CPU is what stays meaningful on a shared machine: other tenants slow a phase
+        down, but do not change how much CPU our processes spend on each lead.
+        """
+        state = ROOT / ".local" / "bench"
+        pids = {name: process.pid for name, process in self.running.items() if process.poll() is None}
+        usage: dict[str, float] = {}
+        for name, pid in pids.items():
+            usage[name] = _cpu_of(pid)
+        postmaster = int((state / "postgres" / "data" / "postmaster.pid").read_text().split()[0])
+        usage["postgres"] = _cpu_of(postmaster, children=True) + sum(_cpu_of(child) for child in _children(postmaster))
+        usage["kafka"] = _cpu_of(int((state / "kafka" / "kafka.pid").read_text().strip()))
+        return usage
+
+    def loadgen(self, *args: str) -> dict[str, Any]:
+        completed = subprocess.run(
+            [PYTHON, "-m", "bench.loadgen", "--secret", SECRET, *args],
+            env=self.env(),
+            check=True,
+            stdout=subprocess.PIPE,
+            cwd=ROOT,
+        )
+        result: dict[str, Any] = orjson.loads(completed.stdout.splitlines()[-1])
+        return result
+
+    def watcher(self, name: str, topics: Sequence[str], *args: str) -> tuple[subprocess.Popen[bytes], Path]:
+        out = self.work / f"{name}.json"
+        command = [PYTHON, "-m", "bench.watcher", "--bootstrap", self.bootstrap, "--topics", ",".join(topics)]
+        process = subprocess.Popen(
+            [*command, "--out", str(out), *args],
+            env=self.env(),
+            stdout=subprocess.PIPE,
+            stderr=(self.work / f"{name}.log").open("ab"),
+            cwd=ROOT,
+        )
+        assert process.stdout is not None
+        if process.stdout.readline().strip() != b"ready":
+            raise SystemExit(f"watcher {name} did not start; see {self.work / (name + '.log')}")
+        self.running[name] = process
+        return process, out
+
+    def collect(self, name: str, process: subprocess.Popen[bytes], out: Path, timeout: float) -> dict[str, Any]:
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=30)
+        self.running.pop(name, None)
+        seen: dict[str, Any] = orjson.loads(out.read_bytes())
+        return seen
+
+    # -- phases ------------------------------------------------------------------------------
+
+    def intake_load(self, port: int, batch: int, connections: int) -> dict[str, Any]:
+        plan = self.plan
+        supply = 1 + int(8_000 * (plan.intake_seconds + plan.intake_warmup) / batch)
+        return self.loadgen(
+            "--url",
+            f"http://127.0.0.1:{port}/v1/webhooks/{SOURCE}/events",
+            "--mode",
+            "closed",
+            "--connections",
+            str(connections),
+            "--batch",
+            str(batch),
+            "--duration",
+            str(plan.intake_seconds),
+            "--warmup",
+            str(plan.intake_warmup),
+            "--supply",
+            str(supply),
+        )
+
+    def phase_intake(self) -> None:
+        plan = self.plan
+        say("intake baseline: bare FastAPI endpoint, %s connections, %ss", plan.intake_connections, plan.intake_seconds)
+        self.start("baseline", [PYTHON, "-m", "bench.baseline_app", "--port", str(self.ports.baseline)])
+        self.wait_http("baseline", f"http://127.0.0.1:{self.ports.baseline}/healthz")
+        baseline = self.intake_load(self.ports.baseline, 1, plan.intake_connections)
+        self.stop("baseline")
+        self.results["intake_baseline_rps"] = baseline["requests_per_s"]
+        self.notes["baseline"] = baseline
+
+        say("intake: signed single-event webhooks, %s connections, %ss", plan.intake_connections, plan.intake_seconds)
+        self.service("intake")
+        self.wait_http("intake", f"http://127.0.0.1:{self.ports.intake}/readyz")
+        before = self.cpu()
+        with self.profiled("intake-single", ["intake"]):
+            single = self.intake_load(self.ports.intake, 1, plan.intake_connections)
+        self.notes["cpu_ms_per_single_webhook"] = cpu_per_item(before, self.cpu(), single["accepted"])
+        self.results["intake_rps"] = single["requests_per_s"]
+        self.notes["single"] = single
+        self.drain_outbox()
+
+        say(
+            "intake: batches of %s events, %s connections, %ss",
+            plan.batch_size,
+            plan.batch_connections,
+            plan.intake_seconds,
+        )
+        before = self.cpu()
+        with self.profiled("intake-batch", ["intake"]):
+            batch = self.intake_load(self.ports.intake, plan.batch_size, plan.batch_connections)
+        self.notes["cpu_ms_per_batched_event"] = cpu_per_item(before, self.cpu(), batch["events"])
+        self.results["intake_batch_events_per_s"] = batch["events_per_s"]
+        self.notes["batch"] = batch
+        self.drain_outbox()
+        for name, outcome in (("baseline", baseline), ("single", single), ("batch", batch)):
+            if set(outcome["statuses"]) - {"202"} or outcome["failures"]:
+                say("WARNING: %s load saw statuses %s failures %s", name, outcome["statuses"], outcome["failures"])
+
+    def drain_outbox(self, timeout: float = 300) -> None:
+        async def pending() -> int:
+            connection = await asyncpg.connect(self.dsn)
+            try:
+                count: int = await connection.fetchval("SELECT count(*) FROM outbox")
+                return count
+            finally:
+                await connection.close()
+
+        deadline = time.monotonic() + timeout
+        while (left := asyncio.run(pending())) and time.monotonic() < deadline:
+            say("waiting for the outbox relay: %s rows left", left)
+            time.sleep(1)
+
+    def skip_backlog(self) -> None:
+        """The intake phases left leads in Kafka; the consumers start after them, not on them."""
+
+        async def commit_ends() -> None:
+            for group, topics in (("scoring", ["leads.received.v1", "crm.activities.v1"]),):
+                consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=group, enable_auto_commit=False)
+                await consumer.start()
+                try:
+                    partitions = [TopicPartition(topic, p) for topic in topics for p in range(PARTITIONS)]
+                    consumer.assign(partitions)
+                    await consumer.seek_to_end(*partitions)
+                    await consumer.commit({tp: await consumer.position(tp) for tp in partitions})
+                finally:
+                    await consumer.stop()
+
+        asyncio.run(commit_ends())
+
+    def phase_e2e(self) -> None:
+        plan = self.plan
+        self.skip_backlog()
+        say("end to end: starting scoring, router, sla-monitor")
+        for name in ("scoring", "router", "sla-monitor"):
+            self.service(name)
+        for name in ("scoring", "router", "sla-monitor"):
+            self.wait_for_log(name, "partitions assigned")
+        url = f"http://127.0.0.1:{self.ports.intake}/v1/webhooks/{SOURCE}/events"
+
+        say("end to end latency: %s leads/s offered for %ss", plan.latency_rate, plan.latency_seconds)
+        expected = int(plan.latency_rate * plan.latency_seconds)
+        process, out = self.watcher(
+            "watch-latency",
+            ["leads.routed.v1"],
+            "--expect",
+            f"leads.routed.v1={expected}",
+            "--idle",
+            "60",
+            "--timeout",
+            "900",
+        )
+        accepted_file = self.work / "latency-accepted.json"
+        with self.profiled("e2e-latency", ["intake", "scoring", "router", "sla-monitor"]):
+            load = self.loadgen(
+                "--url", url, "--mode", "open", "--rate", str(plan.latency_rate), "--duration", str(plan.latency_seconds),
+                "--connections", "32", "--out", str(accepted_file),
+            )  # fmt: skip
+            seen = self.collect("watch-latency", process, out, timeout=900)
+        accepted = {lead: (at, intended) for lead, at, intended in orjson.loads(accepted_file.read_bytes())}
+        first = min((intended for _, intended in accepted.values()), default=0.0)
+        routed = {key: at for key, at in seen["leads.routed.v1"]}
+        measured = {lead: value for lead, value in accepted.items() if value[1] >= first + plan.latency_skip_seconds}
+        latencies = [(routed[lead] - at) * 1000 for lead, (at, _) in measured.items() if lead in routed]
+        from_send = [(routed[lead] - intended) * 1000 for lead, (_, intended) in measured.items() if lead in routed]
+        missing = len(measured) - len(latencies)
+        if missing:
+            say("WARNING: %s accepted leads were not seen routed", missing)
+        self.results["e2e_p50_ms"] = percentile(latencies, 50) if latencies else float("nan")
+        self.results["e2e_p99_ms"] = percentile(latencies, 99) if latencies else float("nan")
+        self.notes["latency"] = {
+            "offered_per_s": plan.latency_rate,
+            "measured_leads": len(latencies),
+            "not_routed": missing,
+            "from_send_p99_ms": percentile(from_send, 99) if from_send else float("nan"),
+            "max_ms": max(latencies, default=float("nan")),
+            "http_p99_ms": load["http_p99_ms"],
+        }
+
+        say("end to end throughput: %s leads in batches of %s, as fast as taken", plan.e2e_leads, plan.e2e_batch)
+        process, out = self.watcher(
+            "watch-e2e", ["leads.routed.v1", "sla.armed.v1"],
+            "--expect", f"sla.armed.v1={plan.e2e_leads}", "--expect", f"leads.routed.v1={plan.e2e_leads}",
+            "--idle", "30", "--timeout", "900",
+        )  # fmt: skip
+        before = self.cpu()
+        with self.profiled("e2e-throughput", ["intake", "scoring", "router", "sla-monitor"]):
+            load = self.loadgen(
+                "--url", url, "--mode", "count", "--count", str(plan.e2e_leads), "--batch", str(plan.e2e_batch),
+                "--connections", str(plan.e2e_connections),
+            )  # fmt: skip
+            seen = self.collect("watch-e2e", process, out, timeout=900)
+        self.notes["cpu_ms_per_lead"] = cpu_per_item(before, self.cpu(), plan.e2e_leads)
+        armed = [at for _, at in seen["sla.armed.v1"]]
+        self.results["e2e_leads_per_s"] = sustained_rate(armed) if len(armed) > 1 else float("nan")
+        self.notes["e2e"] = {
+            "leads": plan.e2e_leads,
+            "routed": len(seen["leads.routed.v1"]),
+            "armed": len(armed),
+            "intake_events_per_s": load["events_per_s"],
+            "overall_per_s": len(armed) / (max(armed) - load["began_at"]) if armed else float("nan"),
+            "drain_seconds": max(armed) - load["ended_at"] if armed else float("nan"),
+        }
+        self.stop("intake", "scoring", "router", "sla-monitor")
+
+    def phase_relay_baseline(self) -> None:
+        records = self.plan.relay_records
+        say("relay baseline: %s records through %s bare aiokafka hops", records, HOPS)
+        relay = [PYTHON, "-m", "bench.relay_baseline", "--bootstrap", self.bootstrap]
+        for index in range(1, HOPS + 1):
+            src, dst = HOP_TOPICS[index - 1], HOP_TOPICS[index]
+            self.start(f"hop{index}", [*relay, "hop", "--src", src, "--dst", dst, "--group", f"bench-hop{index}"])
+        for index in range(1, HOPS + 1):
+            self.wait_for_log(f"hop{index}", "ready")
+        process, out = self.watcher(
+            "watch-relay",
+            [HOP_TOPICS[-1]],
+            "--expect",
+            f"{HOP_TOPICS[-1]}={records}",
+            "--idle",
+            "30",
+            "--timeout",
+            "600",
+        )
+        before = self.cpu()
+        subprocess.run([*relay, "produce", "--topic", HOP_TOPICS[0], "--count", str(records)], check=True, cwd=ROOT)
+        seen = self.collect("watch-relay", process, out, timeout=600)
+        self.notes["cpu_ms_per_relayed_record"] = cpu_per_item(before, self.cpu(), records)
+        arrivals = [at for _, at in seen[HOP_TOPICS[-1]]]
+        self.results["relay_baseline_per_s"] = sustained_rate(arrivals) if len(arrivals) > 1 else float("nan")
+        self.notes["relay"] = {"records": records, "arrived": len(arrivals)}
+        self.stop(*(f"hop{index}" for index in range(1, HOPS + 1)))
+
+    def phase_sla(self) -> None:
+        plan = self.plan
+        steady = int(plan.sla_steady_rate * plan.sla_steady_seconds)
+        far = plan.sla_open - steady - plan.sla_burst
+        say("sla: %s open deadlines due in 1 to %s days, cloned from one the pipeline armed", far, 1 + far // 43200)
+        began = time.monotonic()
+        asyncio.run(self._open_far_deadlines(far))
+        self.notes["sla_insert_seconds"] = time.monotonic() - began
+        self.service("sla-monitor")
+        self.wait_for_log("sla-monitor", "partitions assigned")
+        process, out = self.watcher(
+            "watch-sla", ["sla.breached.v1"],
+            "--expect", f"sla.breached.v1={steady + plan.sla_burst}", "--fields", "sla.breached.v1=due_at,fired_at",
+            "--idle", "60", "--timeout", str(plan.sla_steady_seconds + 300),
+        )  # fmt: skip
+        start = datetime.now(UTC) + timedelta(seconds=2)
+        burst_at = start + timedelta(seconds=plan.sla_steady_seconds + 2)
+        say(
+            "sla: %s more: %s falling due at %s/s over %ss, then %s at one instant",
+            steady + plan.sla_burst, steady, plan.sla_steady_rate, plan.sla_steady_seconds, plan.sla_burst,
+        )  # fmt: skip
+        open_now = asyncio.run(self._open_due_deadlines(far, start, steady, plan.sla_steady_rate, burst_at))
+        self.results["sla_open_deadlines"] = open_now
+        before = self.cpu()
+        with self.profiled("sla", ["sla-monitor"]):
+            seen = self.collect("watch-sla", process, out, timeout=plan.sla_steady_seconds + 300)
+        self.notes["cpu_ms_per_breach"] = cpu_per_item(before, self.cpu(), steady + plan.sla_burst)
+        self.stop("sla-monitor")
+        rows = seen["sla.breached.v1"]
+        steady_rows = [row for row in rows if _parse_time(row[2]) < burst_at]
+        burst_rows = [row for row in rows if _parse_time(row[2]) >= burst_at]
+        lags = [(_parse_time(fired) - _parse_time(due)).total_seconds() * 1000 for _, _, due, fired in steady_rows]
+        seen_lags = [(at - _parse_time(due).timestamp()) * 1000 for _, at, due, _ in steady_rows]
+        burst_done = max((at for _, at, _, _ in burst_rows), default=float("nan"))
+        self.results["sla_fire_lag_p99_ms"] = percentile(lags, 99) if lags else float("nan")
+        self.results["sla_fire_rate_per_s"] = (
+            len(burst_rows) / (burst_done - burst_at.timestamp()) if burst_rows else float("nan")
+        )
+        self.notes["sla"] = {
+            "steady": steady,
+            "steady_fired": len(steady_rows),
+            "burst": plan.sla_burst,
+            "burst_fired": len(burst_rows),
+            "lag_p50_ms": percentile(lags, 50) if lags else float("nan"),
+            "seen_lag_p99_ms": percentile(seen_lags, 99) if seen_lags else float("nan"),
+            "burst_seconds": burst_done - burst_at.timestamp(),
+        }
+
+    async def _open_far_deadlines(self, count: int) -> None:
+        """Keep one deadline the pipeline armed as a template, empty the table, clone it ``count`` times.
+
+        Cloning a real row (and its timers) keeps the bench independent of the columns and timer
+        rows a release adds: whatever the monitor reads is there, as the service wrote it.
+        """
+        connection = await asyncpg.connect(self.dsn)
+        try:
+            template = await connection.fetchval("SELECT deadline_id FROM deadlines WHERE status = 'armed' LIMIT 1")
+            if template is None:
+                raise SystemExit("the SLA phase clones a deadline armed by the end-to-end phase; run that first")
+            await connection.execute(
+                "CREATE UNLOGGED TABLE IF NOT EXISTS bench_template_deadline AS SELECT * FROM deadlines WITH NO DATA"
+            )
+            await connection.execute("TRUNCATE bench_template_deadline")
+            await connection.execute(
+                "INSERT INTO bench_template_deadline SELECT * FROM deadlines WHERE deadline_id = $1", template
+            )
+            tables = ["deadlines"]
+            if await connection.fetchval("SELECT to_regclass('sla_timers') IS NOT NULL"):
+                tables.append("sla_timers")
+                await connection.execute(
+                    "CREATE UNLOGGED TABLE IF NOT EXISTS bench_template_timers AS SELECT * FROM sla_timers WITH NO DATA"
+                )
+                await connection.execute("TRUNCATE bench_template_timers")
+                await connection.execute(
+                    "INSERT INTO bench_template_timers SELECT * FROM sla_timers WHERE deadline_id = $1 "
+                    "AND status = 'pending'",
+                    template,
+                )
+            await connection.execute(f"TRUNCATE {', '.join(tables)}")
+            for first in range(1, count + 1, 250_000):
+                last = min(first + 250_000 - 1, count)
+                await _clone_deadlines(connection, first, last, "now() + interval '1 day' + i * interval '2 seconds'")
+            await connection.execute(f"ANALYZE {', '.join(tables)}")
+        finally:
+            await connection.close()
+
+    async def _open_due_deadlines(self, far: int, start: datetime, steady: int, rate: int, burst_at: datetime) -> int:
+        connection = await asyncpg.connect(self.dsn)
+        try:
+            async with connection.transaction():
+                due = f"CASE WHEN i <= {far + steady} THEN $1::timestamptz + (i - {far + 1}) * $2::interval ELSE $3 END"
+                await _clone_deadlines(
+                    connection,
+                    far + 1,
+                    far + steady + self.plan.sla_burst,
+                    due,
+                    start,
+                    timedelta(seconds=1 / rate),
+                    burst_at,
+                )
+            count: int = await connection.fetchval("SELECT count(*) FROM deadlines WHERE status = 'armed'")
+            return count
+        finally:
+            await connection.close()
+
+    def cpu_report(self) -> str:
+        """CPU milliseconds per item and process: what a phase costs, whatever else the machine runs."""
+        phases = (
+            ("single webhook", "cpu_ms_per_single_webhook"),
+            ("batched event", "cpu_ms_per_batched_event"),
+            ("lead end to end", "cpu_ms_per_lead"),
+            ("relayed record (3 hops)", "cpu_ms_per_relayed_record"),
+            ("breach fired", "cpu_ms_per_breach"),
+        )
+        rows: list[tuple[str, Any, str]] = []
+        for label, key in phases:
+            usage = {name: ms for name, ms in self.notes.get(key, {}).items() if not name.startswith("watch")}
+            if usage:
+                detail = ", ".join(f"{name} {ms:.2f}" for name, ms in sorted(usage.items(), key=lambda kv: -kv[1]))
+                rows.append((f"cpu ms per {label}", sum(usage.values()), detail))
+        return table(rows) if rows else ""
+
+    # -- report ------------------------------------------------------------------------------
+
+    def report(self) -> str:
+        r, n = self.results, self.notes
+        rows: list[tuple[str, Any, str]] = [
+            ("intake_baseline_rps", r["intake_baseline_rps"], "bare FastAPI endpoint, same uvicorn settings"),
+            (
+                "intake_rps",
+                r["intake_rps"],
+                f"signed single-event webhooks; {ratio(r['intake_rps'], r['intake_baseline_rps']):.0%} of baseline"
+                f" (target 60%); http p99 {n['single']['http_p99_ms']:.1f} ms",
+            ),
+            (
+                "intake_batch_events_per_s",
+                r["intake_batch_events_per_s"],
+                f"batches of {self.plan.batch_size}; {n['batch']['requests_per_s']:.0f} req/s (target 20,000 events/s)",
+            ),
+            (
+                "e2e_p50_ms",
+                r["e2e_p50_ms"],
+                f"webhook accepted -> leads.routed.v1 seen, {self.plan.latency_rate:.0f} leads/s offered",
+            ),
+            (
+                "e2e_p99_ms",
+                r["e2e_p99_ms"],
+                f"{n['latency']['measured_leads']} leads after {self.plan.latency_skip_seconds:.0f}s warm-up; "
+                f"max {n['latency']['max_ms']:.0f} ms (target p99 50 ms)",
+            ),
+            (
+                "e2e_leads_per_s",
+                r["e2e_leads_per_s"],
+                f"webhook -> routed -> deadline armed, 10-90% of {n['e2e']['armed']}/{self.plan.e2e_leads} leads; "
+                f"overall {n['e2e']['overall_per_s']:.0f}/s (target 3,000/s)",
+            ),
+            (
+                "relay_baseline_per_s",
+                r["relay_baseline_per_s"],
+                f"{HOPS} bare aiokafka hops; e2e is {ratio(r['e2e_leads_per_s'], r['relay_baseline_per_s']):.0%} "
+                "of it (target 25%)",
+            ),
+            ("sla_open_deadlines", r["sla_open_deadlines"], "armed rows when the due slice starts"),
+            (
+                "sla_fire_lag_p99_ms",
+                r["sla_fire_lag_p99_ms"],
+                f"fired_at - due_at, {n['sla']['steady_fired']} falling due at {self.plan.sla_steady_rate}/s; "
+                f"p50 {n['sla']['lag_p50_ms']:.0f} ms; on Kafka p99 {n['sla']['seen_lag_p99_ms']:.0f} ms (target 1,000)",
+            ),
+            (
+                "sla_fire_rate_per_s",
+                r["sla_fire_rate_per_s"],
+                f"{n['sla']['burst_fired']} due at one instant, all on Kafka after {n['sla']['burst_seconds']:.1f}s",
+            ),
+        ]
+        return table(rows)
+
+
+async def _columns(connection: Any, table_name: str) -> list[str]:
+    rows = await connection.fetch(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = 'public' AND table_name = $1 "
+        "ORDER BY ordinal_position",
+        table_name,
+    )
+    return [row["column_name"] for row in rows]
+
+
+async def _clone_deadlines(connection: Any, first: int, last: int, due: str, *args: Any) -> None:
+    """Deadlines ``first`` to ``last`` (ids derived from the number ``i``), due at the SQL ``due``."""
+    overrides = {
+        "deadline_id": "md5('bench-deadline-' || i)::uuid",
+        "assignment_id": "md5('bench-assignment-' || i)::uuid",
+        "lead_id": "md5('bench-lead-' || i)::uuid",
+        "due_at": due,
+        "status": "'armed'",
+        "decided_at": "NULL",
+        "decided_by": "NULL",
+        "responded_at": "NULL",
+    }
+    columns = await _columns(connection, "deadlines")
+    values = ", ".join(overrides.get(column, f"t.{column}") for column in columns)
+    n = len(args)
+    await connection.execute(
+        f"INSERT INTO deadlines ({', '.join(columns)}) SELECT {values} "
+        f"FROM bench_template_deadline t, generate_series(${n + 1}::int, ${n + 2}::int) AS i",
+        *args,
+        first,
+        last,
+    )
+    if not await connection.fetchval("SELECT to_regclass('bench_template_timers') IS NOT NULL"):
+        return
+    timer_overrides = {
+        "deadline_id": "md5('bench-deadline-' || i)::uuid",
+        # Each timer keeps its distance to the deadline (a warning before it, a ladder after it).
+        "due_at": f"({due}) + (t.due_at - d.due_at)",
+        "status": "'pending'",
+        "decided_at": "NULL",
+        "fired_by": "NULL",
+    }
+    columns = await _columns(connection, "sla_timers")
+    values = ", ".join(timer_overrides.get(column, f"t.{column}") for column in columns)
+    await connection.execute(
+        f"INSERT INTO sla_timers ({', '.join(columns)}) SELECT {values} FROM bench_template_timers t "
+        f"JOIN bench_template_deadline d USING (deadline_id), generate_series(${n + 1}::int, ${n + 2}::int) AS i",
+        *args,
+        first,
+        last,
+    )
+
+
+def _cpu_of(pid: int, children: bool = False) -> float:
+    try:
+        return cpu_seconds(Path(f"/proc/{pid}/stat").read_text(), children)
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+
+
+def _children(parent: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(text[text.rindex(")") + 2 :].split()[1]) == parent:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def cpu_per_item(before: dict[str, float], after: dict[str, float], items: int) -> dict[str, float]:
+    """Milliseconds of CPU per item, per process."""
+    return {name: (after[name] - before.get(name, 0.0)) * 1000 / items for name in after if items}
+
+
+def _parse_time(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def machine() -> str:
+    memory = ""
+    with open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemTotal:"):
+                memory = f"{int(line.split()[1]) // 1024 // 1024} GiB"
+    return f"{os.cpu_count()} cpus, {memory}, Python {platform.python_version()}, {platform.platform()}"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description="Coxswain benchmarks (docs/benchmarks.md).")
+    parser.add_argument("--quick", action="store_true", help="smaller numbers, under two minutes")
+    parser.add_argument("--profile", action="store_true", help="sample every service with py-spy while measured")
+    parser.add_argument("--keep-stack", action="store_true", help="leave the bench Kafka and PostgreSQL running")
+    parser.add_argument("--sla-open", type=int, default=0, help="override the number of open deadlines")
+    parser.add_argument("--only", default="", help="comma-separated phases: intake,e2e,relay,sla (for development)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    if args.sla_open:
+        plan = replace(plan, sla_open=args.sla_open)
+    work = ROOT / ".local" / "bench" / "run"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    bench = Bench(plan=plan, ports=Ports(port_base()), work=work, profile=args.profile)
+    began = time.monotonic()
+    say("%s run on %s; logs in %s", plan.name, machine(), work)
+    phases = {
+        "intake": bench.phase_intake,
+        "e2e": bench.phase_e2e,
+        "relay": bench.phase_relay_baseline,
+        "sla": bench.phase_sla,
+    }
+    chosen = [name for name in phases if not args.only or name in args.only.split(",")]
+    try:
+        bench.stack("up")
+        bench.reset()
+        for name in chosen:
+            if name == "e2e" and "intake" not in chosen:
+                bench.service("intake")
+                bench.wait_http("intake", f"http://127.0.0.1:{bench.ports.intake}/readyz")
+            phases[name]()
+    finally:
+        bench.stop()
+        if not args.keep_stack:
+            bench.stack("down")
+    (work / "notes.json").write_bytes(orjson.dumps({"results": bench.results, "notes": bench.notes}))
+    say("done in %.0fs", time.monotonic() - began)
+    if set(chosen) != set(phases):
+        sys.stdout.write(orjson.dumps(bench.results).decode() + "\n")
+        return
+    sys.stdout.write(bench.cpu_report() + "\n\n")
+    sys.stdout.write(bench.report() + "\n")
+    sys.stdout.write(result_line(bench.results) + "\n")

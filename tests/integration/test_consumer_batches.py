@@ -1,0 +1,174 @@
+"""The consumer applies a batch whole (one inbox claim, one outbox insert) and falls back to record
+by record when a handler fails: either way each event takes effect once, redeliveries are no-ops,
+and a bad record goes to the dead-letter topic without spoiling the others."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+
+import pytest
+import pytest_asyncio
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from coxswain.db.database import create_engine
+from coxswain.runtime.consumer import ConsumerService, Delivery, PermanentError
+from coxswain.runtime.outbox import RELAY_LOCK
+from coxswain.settings import ConsumerConfig, DatabaseConfig, KafkaConfig
+from schemas.codec import encode
+from schemas.events import Event, LeadAttributes, LeadReceivedV1
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+NOW = datetime(2026, 11, 23, 9, 30, tzinfo=UTC)
+TOPIC = LeadReceivedV1.topic
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def engine(infrastructure: None) -> AsyncIterator[AsyncEngine]:
+    database = create_engine(DatabaseConfig())
+    # While the test looks at the outbox, no relay (the end-to-end stack's) may publish and delete it.
+    async with database.connect() as holder:
+        await holder.execute(text("SELECT pg_advisory_lock(:key)"), {"key": RELAY_LOCK})
+        await holder.commit()
+        try:
+            yield database
+        finally:
+            await holder.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": RELAY_LOCK})
+            await holder.commit()
+    await database.dispose()
+
+
+class Recorder:
+    """A handler whose effect is a row written in the batch's transaction, and one fact per event."""
+
+    def __init__(
+        self, consumer: str, always: dict[uuid.UUID, Exception] | None = None, once: set[uuid.UUID] | None = None
+    ) -> None:
+        self.effects = f"{consumer}-effects"
+        self.always = dict(always or {})
+        self.once = set(once or ())
+        self.calls: Counter[uuid.UUID] = Counter()
+
+    async def __call__(self, connection: AsyncConnection, event: Event, now: datetime) -> Sequence[Event]:
+        self.calls[event.event_id] += 1
+        await connection.execute(
+            text("INSERT INTO inbox (consumer, event_id, topic, processed_at) VALUES (:c, :e, 'effect', :now)"),
+            {"c": self.effects, "e": event.event_id, "now": now},
+        )
+        if event.event_id in self.always:
+            raise self.always[event.event_id]
+        if event.event_id in self.once:
+            self.once.discard(event.event_id)
+            raise RuntimeError("serialization failure, try again")
+        assert isinstance(event, LeadReceivedV1)
+        return [event.model_copy(update={"event_id": fact_id(event.event_id)})]
+
+
+def fact_id(event_id: uuid.UUID) -> uuid.UUID:
+    return uuid.uuid5(event_id, "fact")
+
+
+def received() -> LeadReceivedV1:
+    return LeadReceivedV1(
+        event_id=uuid.uuid4(),
+        lead_id=uuid.uuid4(),
+        occurred_at=NOW,
+        source="webform",
+        webhook_id=f"msg_{uuid.uuid4().hex}",
+        engagement="form_submit",
+        attributes=LeadAttributes(title="VP Sales", country="US"),
+    )
+
+
+def delivery(event: LeadReceivedV1 | None, offset: int) -> Delivery:
+    if event is None:
+        return Delivery(TOPIC, 0, offset, b"k", b"not json", (("ce_type", LeadReceivedV1.ce_type.encode()),))
+    record = encode(event)
+    return Delivery(TOPIC, 0, offset, record.key, record.value, record.headers)
+
+
+def service(engine: AsyncEngine, name: str, handler: Recorder) -> ConsumerService:
+    return ConsumerService(
+        name=name,
+        accepts={TOPIC: (LeadReceivedV1,)},
+        handler=handler,
+        engine=engine,
+        kafka=KafkaConfig(),
+        config=ConsumerConfig(consumer_handler_retries=1),
+        clock=lambda: NOW,
+    )
+
+
+async def effects(engine: AsyncEngine, recorder: Recorder) -> Counter[uuid.UUID]:
+    async with engine.connect() as connection:
+        rows = await connection.execute(text("SELECT event_id FROM inbox WHERE consumer = :c"), {"c": recorder.effects})
+        return Counter(row.event_id for row in rows)
+
+
+async def outbox_topics(engine: AsyncEngine, event_ids: Sequence[uuid.UUID], consumer: str) -> Counter[str]:
+    async with engine.connect() as connection:
+        facts = await connection.execute(
+            text("SELECT topic FROM outbox WHERE event_id = ANY(:ids)"), {"ids": [fact_id(e) for e in event_ids]}
+        )
+        dead = await connection.execute(
+            text(
+                "SELECT o.topic FROM outbox o JOIN inbox i ON i.event_id = o.event_id "
+                "WHERE i.consumer = :c AND o.topic LIKE '%.dlq'"
+            ),
+            {"c": consumer},
+        )
+        return Counter([row.topic for row in facts] + [row.topic for row in dead])
+
+
+async def test_whole_batch_applies_each_event_once_and_dead_letters_the_undecodable(engine: AsyncEngine) -> None:
+    name = f"test-batch-{uuid.uuid4().hex[:8]}"
+    recorder = Recorder(name)
+    first, second = received(), received()
+    batch = [delivery(first, 1), delivery(second, 2), delivery(first, 3), delivery(None, 4)]
+
+    await service(engine, name, recorder).process(batch)
+    await service(engine, name, recorder).process(batch)  # the whole batch redelivered
+
+    assert recorder.calls == {first.event_id: 1, second.event_id: 1}
+    assert await effects(engine, recorder) == {first.event_id: 1, second.event_id: 1}
+    assert await outbox_topics(engine, [first.event_id, second.event_id], name) == {TOPIC: 2, f"{TOPIC}.dlq": 1}
+
+
+async def test_a_failing_handler_sends_only_its_record_to_the_dead_letter_topic(engine: AsyncEngine) -> None:
+    name = f"test-batch-{uuid.uuid4().hex[:8]}"
+    good, bad, after = received(), received(), received()
+    recorder = Recorder(name, always={bad.event_id: PermanentError("no rep is eligible")})
+
+    await service(engine, name, recorder).process([delivery(good, 1), delivery(bad, 2), delivery(after, 3)])
+
+    # The whole-batch attempt was rolled back; what is committed is each good event once, the bad one not at all.
+    assert await effects(engine, recorder) == {good.event_id: 1, after.event_id: 1}
+    assert await outbox_topics(engine, [good.event_id, bad.event_id, after.event_id], name) == {
+        TOPIC: 2,
+        f"{TOPIC}.dlq": 1,
+    }
+    async with engine.connect() as connection:
+        headers = await connection.scalar(
+            text(
+                "SELECT o.headers FROM outbox o JOIN inbox i ON i.event_id = o.event_id "
+                "WHERE i.consumer = :c AND o.topic LIKE '%.dlq'"
+            ),
+            {"c": name},
+        )
+    assert ["dlq_reason", "no rep is eligible"] in headers
+    assert ["dlq_offset", "2"] in headers
+
+
+async def test_a_handler_failing_once_is_retried_and_nothing_is_dead_lettered(engine: AsyncEngine) -> None:
+    name = f"test-batch-{uuid.uuid4().hex[:8]}"
+    flaky, other = received(), received()
+    recorder = Recorder(name, once={flaky.event_id})
+
+    await service(engine, name, recorder).process([delivery(flaky, 1), delivery(other, 2)])
+
+    assert await effects(engine, recorder) == {flaky.event_id: 1, other.event_id: 1}
+    assert await outbox_topics(engine, [flaky.event_id, other.event_id], name) == {TOPIC: 2}
