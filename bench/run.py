@@ -466,7 +466,7 @@ class Bench:
         expected = int(plan.latency_rate * plan.latency_seconds)
         process, out = self.watcher(
             "watch-latency",
-            ["leads.routed.v1"],
+            ["leads.received.v1", "leads.qualified.v1", "leads.routed.v1"],
             "--expect",
             f"leads.routed.v1={expected}",
             "--idle",
@@ -492,6 +492,18 @@ class Bench:
             say("WARNING: %s accepted leads were not seen routed", missing)
         self.results["e2e_p50_ms"] = percentile(latencies, 50) if latencies else float("nan")
         self.results["e2e_p99_ms"] = percentile(latencies, 99) if latencies else float("nan")
+        received = {key: at for key, at in seen["leads.received.v1"]}
+        qualified = {key: at for key, at in seen["leads.qualified.v1"]}
+        hops = {
+            "intake_relay": [received[lead] - at for lead, (at, _) in measured.items() if lead in received],
+            "scoring": [
+                qualified[lead] - received[lead] for lead in measured if lead in qualified and lead in received
+            ],
+            "router": [routed[lead] - qualified[lead] for lead in measured if lead in routed and lead in qualified],
+        }
+        self.notes["latency_p50_ms_by_hop"] = {
+            hop: percentile([v * 1000 for v in values], 50) for hop, values in hops.items() if values
+        }
         self.notes["latency"] = {
             "offered_per_s": plan.latency_rate,
             "measured_leads": len(latencies),
@@ -828,6 +840,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true", help="sample every service with py-spy while measured")
     parser.add_argument("--keep-stack", action="store_true", help="leave the bench Kafka and PostgreSQL running")
     parser.add_argument("--sla-open", type=int, default=0, help="override the number of open deadlines")
+    parser.add_argument("--latency-rate", type=float, default=0, help="override the offered load of the latency phase")
     parser.add_argument("--only", default="", help="comma-separated phases: intake,e2e,relay,sla (for development)")
     return parser.parse_args(argv)
 
@@ -837,6 +850,8 @@ def main(argv: list[str] | None = None) -> None:
     plan = QUICK if args.quick else FULL
     if args.sla_open:
         plan = replace(plan, sla_open=args.sla_open)
+    if args.latency_rate:
+        plan = replace(plan, latency_rate=args.latency_rate)
     work = ROOT / ".local" / "bench" / "run"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)

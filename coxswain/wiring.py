@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 
 import uvicorn
 from fastapi import FastAPI
@@ -252,21 +253,28 @@ def intake_app() -> tuple[FastAPI, IntakeConfig]:
     return app, config
 
 
+def http_server(app: FastAPI, host: str, port: int, lifespan: Literal["on", "off"] = "on") -> uvicorn.Server:
+    """Every HTTP app runs with the same server settings: uvloop, httptools, no access log."""
+    return uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            loop="uvloop",
+            http="httptools",
+            log_level="warning",
+            access_log=False,
+            lifespan=lifespan,
+        )
+    )
+
+
 async def _serve_reporting(engine: AsyncEngine, agreement: Callable[[], Agreement], stop: asyncio.Event) -> None:
     """The reporting API and dashboard share the process (and the engine) of the reporting consumer."""
     config = ReportingConfig()
     app = create_reporting_app(engine, agreement, utc_now, config.reporting_timezone)
     metrics.instrument(app)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=config.reporting_host,
-            port=config.reporting_port,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-        )
-    )
+    server = http_server(app, config.reporting_host, config.reporting_port, lifespan="off")
 
     async def stop_server() -> None:
         await stop.wait()
@@ -282,19 +290,7 @@ async def _serve_reporting(engine: AsyncEngine, agreement: Callable[[], Agreemen
 
 def run_intake() -> None:
     app, config = intake_app()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=config.intake_host,
-            port=config.intake_port,
-            loop="uvloop",
-            http="httptools",
-            log_level="warning",
-            access_log=False,
-            lifespan="on",
-        )
-    )
-    server.run()
+    http_server(app, config.intake_host, config.intake_port).run()
 
 
 def roster_api_app() -> tuple[FastAPI, RosterApiConfig]:
@@ -332,19 +328,7 @@ def roster_api_app() -> tuple[FastAPI, RosterApiConfig]:
 
 def run_roster_api() -> None:
     app, config = roster_api_app()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=config.roster_api_host,
-            port=config.roster_api_port,
-            loop="uvloop",
-            http="httptools",
-            log_level="warning",
-            access_log=False,
-            lifespan="on",
-        )
-    )
-    server.run()
+    http_server(app, config.roster_api_host, config.roster_api_port).run()
 
 
 async def run_shadow(agreement: Agreement) -> None:

@@ -274,50 +274,42 @@ class LeadUnassignedV1(Event):
     candidates: tuple[CandidateVerdict, ...]
 
 
-class SlaArmedV1(Event):
+class SlaClockFact(Event):
+    """What every fact about one follow-up clock names: the clock, its assignment and its deadline."""
+
+    deadline_id: uuid.UUID
+    assignment_id: uuid.UUID
+    rep_id: str
+    milestone: str
+    tier: Tier
+    due_at: AwareDatetime
+
+
+class SlaArmedV1(SlaClockFact):
     """A follow-up deadline started for an assignment."""
 
     topic: ClassVar[str] = "sla.armed.v1"
     ce_type: ClassVar[str] = "io.coxswain.sla.armed.v1"
     ce_source: ClassVar[str] = "/coxswain/sla_monitor"
 
-    deadline_id: uuid.UUID
-    assignment_id: uuid.UUID
-    rep_id: str
-    milestone: str
-    tier: Tier
-    due_at: AwareDatetime
 
-
-class SlaBreachedV1(Event):
+class SlaBreachedV1(SlaClockFact):
     """A deadline passed without the response it waited for. On-call watches this topic."""
 
     topic: ClassVar[str] = "sla.breached.v1"
     ce_type: ClassVar[str] = "io.coxswain.sla.breached.v1"
     ce_source: ClassVar[str] = "/coxswain/sla_monitor"
 
-    deadline_id: uuid.UUID
-    assignment_id: uuid.UUID
-    rep_id: str
-    milestone: str
-    tier: Tier
-    due_at: AwareDatetime
     fired_at: AwareDatetime
 
 
-class SlaMetV1(Event):
+class SlaMetV1(SlaClockFact):
     """The response arrived before the deadline; the clock stopped."""
 
     topic: ClassVar[str] = "sla.met.v1"
     ce_type: ClassVar[str] = "io.coxswain.sla.met.v1"
     ce_source: ClassVar[str] = "/coxswain/sla_monitor"
 
-    deadline_id: uuid.UUID
-    assignment_id: uuid.UUID
-    rep_id: str
-    milestone: str
-    tier: Tier
-    due_at: AwareDatetime
     responded_at: AwareDatetime
     response_activity_id: uuid.UUID
 
@@ -329,57 +321,39 @@ class EscalationAction(StrEnum):
     page_oncall = "page_oncall"
 
 
-class SlaWarnedV1(Event):
+class SlaWarnedV1(SlaClockFact):
     """A share of the allowed business time passed without a response; the deadline is still ahead."""
 
     topic: ClassVar[str] = "sla.warned.v1"
     ce_type: ClassVar[str] = "io.coxswain.sla.warned.v1"
     ce_source: ClassVar[str] = "/coxswain/sla_monitor"
 
-    deadline_id: uuid.UUID
-    assignment_id: uuid.UUID
-    rep_id: str
     team: str | None = Field(default=None, description="The pool the lead was routed from.")
-    milestone: str
-    tier: Tier
-    due_at: AwareDatetime
     fraction: float = Field(gt=0, lt=1, description="Share of the allowed business time used up.")
     warn_at: AwareDatetime = Field(description="When the warning was scheduled; occurred_at is when it fired.")
 
 
-class SlaEscalatedV1(Event):
+class SlaEscalatedV1(SlaClockFact):
     """A step of the escalation ladder after a breach: who has to act now."""
 
     topic: ClassVar[str] = "sla.escalated.v1"
     ce_type: ClassVar[str] = "io.coxswain.sla.escalated.v1"
     ce_source: ClassVar[str] = "/coxswain/sla_monitor"
 
-    deadline_id: uuid.UUID
-    assignment_id: uuid.UUID
-    rep_id: str
     team: str | None = None
-    milestone: str
-    tier: Tier
-    due_at: AwareDatetime
     step: EscalationAction
     step_index: int = Field(ge=0, description="Position of the step in the policy's ladder.")
     target: str = Field(description="Who must act: the rep, the manager (or team:<pool>), router, oncall.")
     escalate_at: AwareDatetime = Field(description="When the step was scheduled; occurred_at is when it fired.")
 
 
-class SlaCancelledV1(Event):
+class SlaCancelledV1(SlaClockFact):
     """A clock stopped without a verdict because the lead was assigned again (a new clock started)."""
 
     topic: ClassVar[str] = "sla.cancelled.v1"
     ce_type: ClassVar[str] = "io.coxswain.sla.cancelled.v1"
     ce_source: ClassVar[str] = "/coxswain/sla_monitor"
 
-    deadline_id: uuid.UUID
-    assignment_id: uuid.UUID
-    rep_id: str
-    milestone: str
-    tier: Tier
-    due_at: AwareDatetime
     superseded_by: uuid.UUID = Field(description="The assignment whose clock replaced this one.")
 
 

@@ -7,12 +7,16 @@ each side gave it. Read-only: the shadow topic without a consumer group, and the
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import orjson
+from pydantic import ValidationError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -92,8 +96,12 @@ async def read_shadow(
             batch = await consumer.getmany(timeout_ms=1000, max_records=5000)
             for tp, found in batch.items():
                 for record in found:
-                    document = orjson.loads(record.value)
-                    fact = ShadowDecisionV1.model_validate(document)
+                    try:
+                        fact = ShadowDecisionV1.model_validate(orjson.loads(record.value or b""))
+                    except (orjson.JSONDecodeError, ValidationError):
+                        # Not a shadow decision (e.g. a record someone dead-lettered by hand): not ours to compare.
+                        log.warning("skipping an undecodable record: topic=%s offset=%s", tp.topic, record.offset)
+                        continue
                     if version is not None and fact.agreement_version != version:
                         continue
                     seen_version = fact.agreement_version

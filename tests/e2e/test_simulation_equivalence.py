@@ -170,10 +170,10 @@ async def test_simulator_replays_the_live_run_decision_by_decision(
         async with database.connect() as connection:
             missing = await connection.scalar(
                 text(
-                    "SELECT count(*) FROM assignments a WHERE a.routed_at >= :t AND NOT EXISTS "
-                    "(SELECT 1 FROM deadlines d WHERE d.assignment_id = a.assignment_id)"
+                    "SELECT count(*) FROM assignments a WHERE a.routed_at >= :t AND a.lead_id = ANY(:leads) "
+                    "AND NOT EXISTS (SELECT 1 FROM deadlines d WHERE d.assignment_id = a.assignment_id)"
                 ),
-                {"t": started},
+                {"t": started, "leads": [uuid.UUID(lead) for lead in our_leads]},
             )
         return bool(missing == 0)
 
