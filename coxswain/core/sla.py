@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 from coxswain.core.agreement import REP_CALENDAR, Agreement, MqlTarget, SlaPolicy
 from coxswain.core.business_time import BusinessCalendar
@@ -258,16 +258,8 @@ def timer_facts(clock: Clock, timer: Timer, now: datetime, previous_owners: Sequ
             assert timer.fraction is not None
             return [
                 SlaWarnedV1(
-                    event_id=alert_id(clock.deadline_id, timer.key),
-                    lead_id=clock.lead_id,
-                    occurred_at=now,
-                    deadline_id=clock.deadline_id,
-                    assignment_id=clock.assignment_id,
-                    rep_id=clock.rep_id,
+                    **clock_fact(clock, timer.key, now),
                     team=clock.team,
-                    milestone=clock.milestone,
-                    tier=clock.tier,
-                    due_at=clock.due_at,
                     fraction=timer.fraction,
                     warn_at=timer.due_at,
                 )
@@ -276,16 +268,8 @@ def timer_facts(clock: Clock, timer: Timer, now: datetime, previous_owners: Sequ
             assert timer.step is not None and timer.step_index is not None
             facts: list[Event] = [
                 SlaEscalatedV1(
-                    event_id=alert_id(clock.deadline_id, timer.key),
-                    lead_id=clock.lead_id,
-                    occurred_at=now,
-                    deadline_id=clock.deadline_id,
-                    assignment_id=clock.assignment_id,
-                    rep_id=clock.rep_id,
+                    **clock_fact(clock, timer.key, now),
                     team=clock.team,
-                    milestone=clock.milestone,
-                    tier=clock.tier,
-                    due_at=clock.due_at,
                     step=timer.step,
                     step_index=timer.step_index,
                     target=timer.target or "",
@@ -311,32 +295,31 @@ def reassignment(clock: Clock, timer: Timer, now: datetime, previous_owners: Seq
     )
 
 
+def clock_fact(clock: Clock, key: str, now: datetime) -> dict[str, Any]:
+    """What every fact about a clock names; its id is fixed by the clock and the kind of fact."""
+    return {
+        "event_id": alert_id(clock.deadline_id, key),
+        "lead_id": clock.lead_id,
+        "occurred_at": now,
+        "deadline_id": clock.deadline_id,
+        "assignment_id": clock.assignment_id,
+        "rep_id": clock.rep_id,
+        "milestone": clock.milestone,
+        "tier": clock.tier,
+        "due_at": clock.due_at,
+    }
+
+
 def breached(clock: Clock, now: datetime) -> SlaBreachedV1:
     return SlaBreachedV1(
-        event_id=alert_id(clock.deadline_id, "breached"),
-        lead_id=clock.lead_id,
-        occurred_at=now,
-        deadline_id=clock.deadline_id,
-        assignment_id=clock.assignment_id,
-        rep_id=clock.rep_id,
-        milestone=clock.milestone,
-        tier=clock.tier,
-        due_at=clock.due_at,
+        **clock_fact(clock, "breached", now),
         fired_at=now,
     )
 
 
 def met(clock: Clock, now: datetime, responded_at: datetime, response_id: uuid.UUID) -> SlaMetV1:
     return SlaMetV1(
-        event_id=alert_id(clock.deadline_id, "met"),
-        lead_id=clock.lead_id,
-        occurred_at=now,
-        deadline_id=clock.deadline_id,
-        assignment_id=clock.assignment_id,
-        rep_id=clock.rep_id,
-        milestone=clock.milestone,
-        tier=clock.tier,
-        due_at=clock.due_at,
+        **clock_fact(clock, "met", now),
         responded_at=responded_at,
         response_activity_id=response_id,
     )
@@ -344,15 +327,7 @@ def met(clock: Clock, now: datetime, responded_at: datetime, response_id: uuid.U
 
 def cancelled(clock: Clock, now: datetime, superseded_by: uuid.UUID) -> SlaCancelledV1:
     return SlaCancelledV1(
-        event_id=alert_id(clock.deadline_id, "cancelled"),
-        lead_id=clock.lead_id,
-        occurred_at=now,
-        deadline_id=clock.deadline_id,
-        assignment_id=clock.assignment_id,
-        rep_id=clock.rep_id,
-        milestone=clock.milestone,
-        tier=clock.tier,
-        due_at=clock.due_at,
+        **clock_fact(clock, "cancelled", now),
         superseded_by=superseded_by,
     )
 
