@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Literal, TypeVar
 
 import uvicorn
 from fastapi import FastAPI
@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from coxswain.core.agreement import Agreement
 from coxswain.db.database import create_engine, require_current_schema
 from coxswain.runtime import health, metrics
-from coxswain.runtime.consumer import ConsumerService, Handler, utc_now
+from coxswain.runtime.consumer import BatchHandler, ConsumerService, Handler, utc_now
 from coxswain.runtime.kafka import Publisher
 from coxswain.runtime.outbox import OutboxRelay
 from coxswain.security import InsecureConfiguration, require_safe_configuration
@@ -57,17 +57,21 @@ from services.sla_monitor.monitor import Monitor
 
 log = logging.getLogger(__name__)
 
+H = TypeVar("H")
+
 
 @dataclass(frozen=True)
 class ConsumerSpec:
     accepts: dict[str, tuple[type[Event], ...]]
     make_handler: Callable[[Agreement], Handler]
+    # A service that can apply a whole polled batch in a fixed number of statements.
+    make_batch_handler: Callable[[Agreement], BatchHandler] | None = None
 
 
 CONSUMERS: dict[str, ConsumerSpec] = {
-    "scoring": ConsumerSpec(scoring.ACCEPTS, scoring.make_handler),
-    "router": ConsumerSpec(router.ACCEPTS, router.make_handler),
-    "sla_monitor": ConsumerSpec(sla_monitor.ACCEPTS, sla_monitor.make_handler),
+    "scoring": ConsumerSpec(scoring.ACCEPTS, scoring.make_handler, scoring.make_batch_handler),
+    "router": ConsumerSpec(router.ACCEPTS, router.make_handler, router.make_batch_handler),
+    "sla_monitor": ConsumerSpec(sla_monitor.ACCEPTS, sla_monitor.make_handler, sla_monitor.make_batch_handler),
     "reporting": ConsumerSpec(reporting.ACCEPTS, reporting.make_handler),
 }
 
@@ -123,18 +127,48 @@ def agreement_source(engine: AsyncEngine) -> AgreementSource:
     return AgreementSource(engine, config.agreement_file, config.agreement_poll_seconds)
 
 
+def versioned(current: Callable[[], Agreement], make: Callable[[Agreement], H]) -> Callable[[], H]:
+    """The handler for the agreement in force now, rebuilt only when the agreement changes."""
+    # Keyed by identity: an Agreement holds dicts, so it is not hashable (hashing it failed every event).
+    built: list[tuple[Agreement, H]] = []
+
+    def get() -> H:
+        agreement = current()
+        if not built or built[0][0] is not agreement:
+            built[:] = [(agreement, make(agreement))]
+        return built[0][1]
+
+    return get
+
+
 def versioned_handler(source: AgreementSource, make_handler: Callable[[Agreement], Handler]) -> Handler:
     """Each event is handled under the agreement in force when it is processed; the facts name it."""
-    # Keyed by identity: an Agreement holds dicts, so it is not hashable (hashing it failed every event).
-    built: list[tuple[Agreement, Handler]] = []
+    get = versioned(lambda: source.current, make_handler)
 
     async def handle(connection: AsyncConnection, event: Event, now: datetime) -> Sequence[Event]:
-        agreement = source.current
-        if not built or built[0][0] is not agreement:
-            built[:] = [(agreement, make_handler(agreement))]
-        return await built[0][1](connection, event, now)
+        return await get()(connection, event, now)
 
     return handle
+
+
+def versioned_batch_handler(source: AgreementSource, make: Callable[[Agreement], BatchHandler]) -> BatchHandler:
+    """A batch is handled under the agreement in force when it is processed."""
+    get = versioned(lambda: source.current, make)
+
+    async def handle(connection: AsyncConnection, events: Sequence[Event], now: datetime) -> Sequence[Sequence[Event]]:
+        return await get()(connection, events, now)
+
+    return handle
+
+
+def _batch_handler(
+    name: str, spec: ConsumerSpec, source: AgreementSource, monitor: Monitor | None
+) -> BatchHandler | None:
+    if monitor is not None:
+        return metrics.timed_batch(name, monitor.batch_handler)
+    if spec.make_batch_handler is None:
+        return None
+    return metrics.timed_batch(name, versioned_batch_handler(source, spec.make_batch_handler))
 
 
 async def run_consumer(name: str) -> None:
@@ -168,6 +202,7 @@ async def run_consumer(name: str) -> None:
         kafka=kafka,
         config=ConsumerConfig(),
         clock=utc_now,
+        batch_handler=_batch_handler(name, spec, source, monitor),
     )
     log.info("%s running under agreement %s", name, agreement.version)
     metrics.serve(ObservabilityConfig().metrics_port)

@@ -7,8 +7,9 @@ the commit are the offsets committed: a crash at any point means redelivery, and
 redelivery into a no-op.
 
 The batch is first tried whole: one statement claims every event id, one stages every fact, and
-the handlers add only their own statements (no round trip per event for the inbox, the outbox or
-a savepoint). If any handler fails, that attempt is rolled back and the batch is applied again
+a service with a batch handler reads and writes its own state for the whole batch in a fixed
+number of statements too (no round trip per event for the inbox, the outbox, a savepoint or the
+service's rows). If any handler fails, that attempt is rolled back and the batch is applied again
 record by record, each inside a savepoint with retries, so one bad record goes to the dead-letter
 topic and cannot spoil the others. Both ways commit the same rows.
 """
@@ -42,6 +43,17 @@ DEAD_LETTER_NAMESPACE = uuid.UUID("5b0f9a36-3f57-4f0e-9f1c-4a1c8f6d2b10")
 
 Clock = Callable[[], datetime]
 Handler = Callable[[AsyncConnection, Event, datetime], Awaitable[Sequence[Event]]]
+# Applies events in order as if one at a time, returning each event's facts (same length, same order).
+BatchHandler = Callable[[AsyncConnection, Sequence[Event], datetime], Awaitable[Sequence[Sequence[Event]]]]
+
+
+def one_at_a_time(batch: BatchHandler) -> Handler:
+    """The per-record handler of a service that only writes the batch form: a batch of one."""
+
+    async def handle(connection: AsyncConnection, event: Event, now: datetime) -> Sequence[Event]:
+        return (await batch(connection, [event], now))[0]
+
+    return handle
 
 
 def utc_now() -> datetime:
@@ -158,10 +170,12 @@ class ConsumerService:
         kafka: KafkaConfig,
         config: ConsumerConfig,
         clock: Clock = utc_now,
+        batch_handler: BatchHandler | None = None,
     ) -> None:
         self.name = name
         self._accepts = accepts
         self._handler = handler
+        self._batch_handler = batch_handler
         self._engine = engine
         self._kafka = kafka
         self._config = config
@@ -250,6 +264,7 @@ class ConsumerService:
                 plan.append((outcome.event_id, delivery, outcome))
         first_seen = await claim_many(connection, self.name, [(i, _claim_topic(d, o)) for i, d, o in plan], now)
         staged: list[tuple[uuid.UUID, WireRecord]] = []
+        applied: list[tuple[Delivery, Event]] = []
         for event_id, delivery, item in plan:
             if event_id not in first_seen:
                 continue
@@ -259,13 +274,18 @@ class ConsumerService:
                 staged.append((event_id, item))
                 metrics.dead_lettered(self.name, delivery.topic)
                 self._log_dead_letter(delivery, "DecodeError")
-                continue
-            try:
-                facts = await self._handler(connection, item, now)
-            except Exception as exc:
-                if is_connection_error(exc):
-                    raise
-                raise _RecordFailed(type(exc).__name__) from exc
+            else:
+                applied.append((delivery, item))
+        try:
+            if self._batch_handler is not None and applied:
+                facts_per_event = await self._batch_handler(connection, [event for _, event in applied], now)
+            else:
+                facts_per_event = [await self._handler(connection, event, now) for _, event in applied]
+        except Exception as exc:
+            if is_connection_error(exc):
+                raise
+            raise _RecordFailed(type(exc).__name__) from exc
+        for (delivery, _), facts in zip(applied, facts_per_event, strict=True):
             traceparent = _traceparent(delivery.headers)
             staged += [(fact.event_id, encode(fact, traceparent=traceparent)) for fact in facts]
         await outbox.stage_records(connection, staged, now)

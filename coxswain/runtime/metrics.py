@@ -108,6 +108,24 @@ def timed(consumer: str, handler: Callable[[AsyncConnection, Event, datetime], A
     return handle
 
 
+def timed_batch(
+    consumer: str,
+    handler: Callable[[AsyncConnection, Sequence[Event], datetime], Awaitable[Sequence[Sequence[Event]]]],
+) -> Callable[[AsyncConnection, Sequence[Event], datetime], Awaitable[Sequence[Sequence[Event]]]]:
+    """Like ``timed`` for a batch handler: each event is charged its share of the batch's time."""
+
+    async def handle(connection: AsyncConnection, events: Sequence[Event], now: datetime) -> Sequence[Sequence[Event]]:
+        started = time.perf_counter()
+        facts = await handler(connection, events, now)
+        share = (time.perf_counter() - started) / max(len(events), 1)
+        for event in events:
+            PROCESSING_SECONDS.labels(consumer, event.topic).observe(share)
+            EVENTS_PROCESSED.labels(consumer, event.topic).inc()
+        return facts
+
+    return handle
+
+
 def observe_batch(consumer_name: str, consumer: Any, batch: Mapping[Any, list[Any]]) -> None:
     """Lag per partition after a committed batch: the high watermark minus the next offset."""
     for tp, records in batch.items():

@@ -15,26 +15,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import uuid
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
 from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import text
+from sqlalchemy.dialects.postgresql import Insert, insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coxswain.core.accounts import lead_domain, parent_domains
 from coxswain.core.agreement import Agreement
-from coxswain.core.capacity import RepLoad
+from coxswain.core.capacity import RepLoad, after_release
 from coxswain.core.roster import RepOverride, Roster, RosterOverrides, build_roster
 from coxswain.core.routing import Rotation, RoutingDecision, RoutingInput, Situation, route, select_pool
 from coxswain.core.sla import first_touch_due
+from coxswain.db.models import table
 from coxswain.runtime import outbox
-from coxswain.runtime.consumer import Handler, PermanentError, is_connection_error
+from coxswain.runtime.consumer import BatchHandler, Handler, PermanentError, is_connection_error, one_at_a_time
 from coxswain.settings import RouterConfig
 from schemas.events import (
     ActivityRecordedV1,
@@ -125,38 +128,97 @@ async def begin_routing(connection: AsyncConnection) -> int:
     return int(row.revision or 0)
 
 
-async def load_situation(
-    connection: AsyncConnection,
-    pool_ids: Iterable[str],
-    rep_ids: Iterable[str],
-    domain: str | None,
-    lead_id: uuid.UUID,
-    now: datetime,
-) -> tuple[dict[str, Rotation], dict[str, RepLoad], str | None, str | None, str | None]:
-    """One round trip for what a decision reads: the pools' rotation rows (locked), the account
-    owning the domain or a parent domain, the holder of another open lead from the domain, and the
-    counters of every rep that may be chosen. The caller already holds the routing lock, so this
-    statement's snapshot includes everything the previous decision committed."""
-    pools = sorted(set(pool_ids))
+@dataclass
+class Holding:
+    """A lead's ``lead_routing`` row as this run of decisions sees it."""
+
+    rep_id: str
+    load: int
+    open: bool
+    owners: list[str]
+    row: dict[str, Any] | None = None  # the row to write, once this run assigns the lead
+
+
+@dataclass
+class RoutingState:
+    """What a run of decisions reads, loaded once under the routing lock and kept current in
+    memory as each decision is made, so the next decision sees it exactly as it would have seen
+    it in the database after the previous one's statements."""
+
+    rotations: dict[str, Rotation]
+    loads: dict[str, RepLoad]
+    accounts: dict[str, str]  # domain -> owning rep
+    open_by_domain: dict[str, list[tuple[uuid.UUID, str]]]  # newest first: (lead, rep)
+    holdings: dict[uuid.UUID, Holding]
+    decided: set[uuid.UUID]  # decision keys already stored (a redelivery past the inbox)
+    changed_pools: set[str] = field(default_factory=set)
+    changed_reps: set[str] = field(default_factory=set)
+    assignments: list[dict[str, Any]] = field(default_factory=list)
+    settled: list[uuid.UUID] = field(default_factory=list)  # leads whose wait in unassigned_leads ends
+    settled_keys: list[uuid.UUID] = field(default_factory=list)  # decisions whose wait ends
+
+    def situation(self, now: datetime, roster: Roster, lead_id: uuid.UUID, domain: str | None) -> Situation:
+        owner_domain = next((d for d in parent_domains(domain) if d in self.accounts), None) if domain else None
+        holder = next((rep for lead, rep in self.open_by_domain.get(domain or "", []) if lead != lead_id), None)
+        return Situation(
+            now,
+            roster,
+            self.rotations,
+            self.loads,
+            self.accounts.get(owner_domain) if owner_domain else None,
+            owner_domain,
+            holder,
+        )
+
+
+async def load_state(
+    connection: AsyncConnection, requests: Sequence[RouteRequest], agreement: Agreement, roster: Roster, now: datetime
+) -> RoutingState:
+    """One round trip (two the first time a pool is seen) for everything a run of decisions reads:
+    the pools' rotation rows (locked), the accounts owning the leads' domains, the newest open leads
+    of those domains, the leads' current holders (locked), which decisions are already stored, and
+    the counters of every rep any of it names. The caller holds the routing lock, so this snapshot
+    includes everything the previous holder committed."""
+    free_mail = agreement.routing.ownership.free_mail_domains
+    pools: set[str] = set()
+    domains: dict[str, int] = {}
+    for request in requests:
+        _, pool_id = select_pool(request.routing_input(), agreement)
+        pools |= {pool_id, agreement.routing.fallback_pool}
+        domain = lead_domain(request.attributes, free_mail)
+        if domain:
+            domains[domain] = domains.get(domain, 1) + 1
+    reps = {member.rep for pool in pools for member in roster.pools.get(pool, ())}
     query = text(
         "WITH rot AS MATERIALIZED (SELECT pool_id, current, assigned, away FROM pool_rotation "
         "WHERE pool_id = ANY(:pools) ORDER BY pool_id FOR UPDATE), "
-        "acct AS (SELECT owner_rep_id, domain FROM accounts WHERE domain = ANY(:candidates) "
-        "ORDER BY length(domain) DESC LIMIT 1), "
-        "held AS (SELECT rep_id FROM lead_routing WHERE open AND domain = :d AND lead_id <> :l "
-        "ORDER BY opened_at DESC LIMIT 1) "
+        "acct AS (SELECT domain, owner_rep_id FROM accounts WHERE domain = ANY(:candidates)), "
+        # Per domain, as many of its newest open leads as the run has leads from it, plus one: a
+        # lead never counts as its own domain's holder, so each decision still finds the newest other.
+        "held AS (SELECT d.domain, h.lead_id, h.rep_id, h.opened_at FROM unnest(CAST(:domains AS text[]), "
+        "CAST(:limits AS int[])) AS d(domain, n), LATERAL (SELECT lead_id, rep_id, opened_at FROM lead_routing "
+        "WHERE open AND domain = d.domain ORDER BY opened_at DESC LIMIT d.n) AS h), "
+        "prev AS MATERIALIZED (SELECT lead_id, rep_id, load, open, owners FROM lead_routing "
+        "WHERE lead_id = ANY(:leads) ORDER BY lead_id FOR UPDATE) "
         "SELECT (SELECT COALESCE(jsonb_agg(jsonb_build_array(pool_id, current, assigned, away)), '[]') FROM rot) "
-        "AS rotations, (SELECT owner_rep_id FROM acct) AS account_owner, (SELECT domain FROM acct) AS account_domain, "
-        "(SELECT rep_id FROM held) AS open_owner, (SELECT COALESCE(jsonb_agg(jsonb_build_array(rep_id, open_load, "
-        "open_leads, day, assigned_on_day)), '[]') FROM rep_counters WHERE rep_id = ANY(:reps) "
-        "OR rep_id IN (SELECT owner_rep_id FROM acct) OR rep_id IN (SELECT rep_id FROM held)) AS counters"
+        "AS rotations, (SELECT COALESCE(jsonb_agg(jsonb_build_array(domain, owner_rep_id)), '[]') FROM acct) "
+        "AS accounts, (SELECT COALESCE(jsonb_agg(jsonb_build_array(domain, lead_id, rep_id) "
+        "ORDER BY domain, opened_at DESC), '[]') FROM held) AS held, "
+        "(SELECT COALESCE(jsonb_agg(jsonb_build_array(lead_id, rep_id, load, open, owners)), '[]') FROM prev) "
+        "AS previous, (SELECT COALESCE(jsonb_agg(decision_key), '[]') FROM assignments "
+        "WHERE decision_key = ANY(:keys)) AS decided, "
+        "(SELECT COALESCE(jsonb_agg(jsonb_build_array(rep_id, open_load, open_leads, day, assigned_on_day)), '[]') "
+        "FROM rep_counters WHERE rep_id = ANY(:reps) OR rep_id IN (SELECT owner_rep_id FROM acct) "
+        "OR rep_id IN (SELECT rep_id FROM held) OR rep_id IN (SELECT rep_id FROM prev)) AS counters"
     )
     parameters = {
-        "pools": pools,
-        "reps": sorted(set(rep_ids)),
-        "candidates": list(parent_domains(domain)) if domain else [],
-        "d": domain,
-        "l": lead_id,
+        "pools": sorted(pools),
+        "candidates": sorted({candidate for domain in domains for candidate in parent_domains(domain)}),
+        "domains": list(domains),
+        "limits": list(domains.values()),
+        "leads": sorted({request.lead_id for request in requests}),
+        "keys": [request.decision_key for request in requests],
+        "reps": sorted(reps),
     }
     row = (await connection.execute(query, parameters)).one()
     if len(row.rotations) < len(pools):
@@ -165,86 +227,175 @@ async def load_situation(
                 "INSERT INTO pool_rotation (pool_id, current, assigned, updated_at) "
                 "SELECT unnest(CAST(:ids AS text[])), '{}', '{}', :now ON CONFLICT DO NOTHING"
             ),
-            {"ids": pools, "now": now},
+            {"ids": sorted(pools), "now": now},
         )
         row = (await connection.execute(query, parameters)).one()
-    rotations = {
-        pool_id: Rotation(current=current, assigned=assigned, away=frozenset(away))
-        for pool_id, current, assigned, away in row.rotations
-    }
-    loads = {
-        rep_id: RepLoad(open_load, open_leads, date.fromisoformat(day) if day else None, on_day)
-        for rep_id, open_load, open_leads, day, on_day in row.counters
-    }
-    return rotations, loads, row.account_owner, row.account_domain, row.open_owner
+    open_by_domain: dict[str, list[tuple[uuid.UUID, str]]] = {}
+    for domain, lead_id, rep_id in row.held:
+        open_by_domain.setdefault(domain, []).append((uuid.UUID(lead_id), rep_id))
+    return RoutingState(
+        rotations={
+            pool_id: Rotation(current=current, assigned=assigned, away=frozenset(away))
+            for pool_id, current, assigned, away in row.rotations
+        },
+        loads={
+            rep_id: RepLoad(open_load, open_leads, date.fromisoformat(day) if day else None, on_day)
+            for rep_id, open_load, open_leads, day, on_day in row.counters
+        },
+        accounts=dict(row.accounts),
+        open_by_domain=open_by_domain,
+        holdings={
+            uuid.UUID(lead_id): Holding(rep_id, load, is_open, list(owners))
+            for lead_id, rep_id, load, is_open, owners in row.previous
+        },
+        decided={uuid.UUID(key) for key in row.decided},
+    )
 
 
 async def route_request(
     connection: AsyncConnection, agreement: Agreement, roster: Roster, request: RouteRequest, now: datetime
 ) -> tuple[RoutingDecision, list[Event]]:
-    """Decide, and store the assignment or park the lead; the caller holds the routing lock."""
-    lead = request.routing_input()
-    domain = lead_domain(request.attributes, agreement.routing.ownership.free_mail_domains)
-    _, pool_id = select_pool(lead, agreement)
-    pools = {pool_id, agreement.routing.fallback_pool}
-    reps = {member.rep for pool in pools for member in roster.pools.get(pool, ())}
-    rotations, loads, account_owner, account_domain, open_owner = await load_situation(
-        connection, pools, reps, domain, request.lead_id, now
-    )
-    situation = Situation(now, roster, rotations, loads, account_owner, account_domain, open_owner)
-    decision = route(lead, agreement, situation, exclude=request.exclude)
-    if decision.rep_id is None:
-        return decision, await park(connection, request, decision, agreement, now)
-    before = {"rotations": {pool: _rotation_json(rotations[pool]) for pool in decision.rotations_after}}
-    before["counters"] = {decision.rep_id: _load_json(loads.get(decision.rep_id, RepLoad()))}
-    if not await record(connection, request, decision, agreement, roster.revision, before, now):
-        return decision, []
+    """Decide one request, and store the assignment or park the lead; the caller holds the routing lock."""
+    (decision, facts), *_ = await route_requests(connection, agreement, roster, [request], now)
+    return decision, facts
+
+
+async def route_requests(
+    connection: AsyncConnection,
+    agreement: Agreement,
+    roster: Roster,
+    requests: Sequence[RouteRequest],
+    now: datetime,
+) -> list[tuple[RoutingDecision, list[Event]]]:
+    """Decide requests in order, each seeing the ones before it, in a fixed number of statements
+    (plus one per parked lead). Each lead at most once: the caller splits runs on a repeat."""
+    assert len({request.lead_id for request in requests}) == len(requests), "a lead twice in one run"
+    if not requests:
+        return []
+    state = await load_state(connection, requests, agreement, roster, now)
+    results: list[tuple[RoutingDecision, list[Event]]] = []
+    for request in requests:
+        domain = lead_domain(request.attributes, agreement.routing.ownership.free_mail_domains)
+        situation = state.situation(now, roster, request.lead_id, domain)
+        decision = route(request.routing_input(), agreement, situation, exclude=request.exclude)
+        if decision.rep_id is None:
+            results.append((decision, await park(connection, request, decision, agreement, now)))
+        elif request.decision_key in state.decided:
+            # Already decided (a redelivery past the inbox): nothing may wait for it any longer.
+            state.settled_keys.append(request.decision_key)
+            results.append((decision, []))
+        else:
+            results.append((decision, [assign(state, request, decision, agreement, roster.revision, now)]))
+    await store(connection, state, now)
+    return results
+
+
+def assign(
+    state: RoutingState,
+    request: RouteRequest,
+    decision: RoutingDecision,
+    agreement: Agreement,
+    revision: int,
+    now: datetime,
+) -> LeadRoutedV1:
+    """Apply one decision to the run's state and return its fact; ``store`` writes the result."""
+    rep_id = decision.rep_id
+    assert rep_id is not None
     assignment_id = uuid.uuid5(request.decision_key, "assignment")
-    routed = LeadRoutedV1(
+    lead_load = agreement.routing.load[request.tier]
+    before = {
+        "rotations": {pool: _rotation_json(state.rotations[pool]) for pool in decision.rotations_after},
+        "counters": {rep_id: _load_json(state.loads.get(rep_id, RepLoad()))},
+    }
+    state.assignments.append(
+        {
+            "a": assignment_id,
+            "k": request.decision_key,
+            "l": request.lead_id,
+            "r": rep_id,
+            "p": decision.pool_id,
+            "rule": decision.rule_id,
+            "reason": decision.reason,
+            "tier": request.tier.value,
+            "v": agreement.version,
+            "now": now,
+            "d": orjson.dumps(decision_record(request, decision, agreement, revision, before)).decode(),
+        }
+    )
+    state.rotations.update(decision.rotations_after)
+    state.changed_pools.update(decision.rotations_after)
+    state.loads[rep_id] = decision.load_after or RepLoad()
+    state.changed_reps.add(rep_id)
+    previous = state.holdings.get(request.lead_id)
+    if previous is not None and previous.open and previous.rep_id in state.loads:
+        # Qualified again while still open: the load moves from the previous holder to the new one.
+        state.loads[previous.rep_id] = after_release(state.loads[previous.rep_id], previous.load)
+        state.changed_reps.add(previous.rep_id)
+    owners = [*(previous.owners if previous is not None else []), rep_id]
+    state.holdings[request.lead_id] = Holding(
+        rep_id,
+        lead_load,
+        True,
+        owners,
+        {
+            "lead_id": request.lead_id,
+            "assignment_id": assignment_id,
+            "rep_id": rep_id,
+            "pool_id": decision.pool_id,
+            "owners": owners,
+            "domain": decision.domain,
+            "tier": request.tier.value,
+            "load": lead_load,
+            "open": True,
+            "opened_at": now,
+            "released_at": None,
+        },
+    )
+    for holders in state.open_by_domain.values():
+        holders[:] = [(lead, rep) for lead, rep in holders if lead != request.lead_id]
+    if decision.domain:
+        state.open_by_domain.setdefault(decision.domain, []).insert(0, (request.lead_id, rep_id))
+    state.settled.append(request.lead_id)
+    log.info(
+        "lead routed: lead_id=%s assignment_id=%s rep_id=%s pool_id=%s rule_id=%s matched_by=%s",
+        request.lead_id,
+        assignment_id,
+        rep_id,
+        decision.pool_id,
+        decision.rule_id,
+        decision.matched_by,
+    )
+    return LeadRoutedV1(
         event_id=uuid.uuid5(request.decision_key, "routed"),
         lead_id=request.lead_id,
         occurred_at=now,
         agreement_version=agreement.version,
         caused_by=request.decision_key,
         assignment_id=assignment_id,
-        rep_id=decision.rep_id,
+        rep_id=rep_id,
         pool_id=decision.pool_id,
         rule_id=decision.rule_id,
         reason=decision.reason,
         tier=request.tier,
         routed_at=now,
-        follow_up_due_at=first_touch_due(agreement, request.tier, now, rep_id=decision.rep_id),
+        follow_up_due_at=first_touch_due(agreement, request.tier, now, rep_id=rep_id),
         candidates=decision.candidates,
         playbook=request.playbook,
         matched_by=None if decision.matched_by == "none" else decision.matched_by,
         replaces_assignment_id=request.replaces_assignment_id,
     )
-    log.info(
-        "lead routed: lead_id=%s assignment_id=%s rep_id=%s pool_id=%s rule_id=%s matched_by=%s",
-        request.lead_id,
-        assignment_id,
-        decision.rep_id,
-        decision.pool_id,
-        decision.rule_id,
-        decision.matched_by,
-    )
-    return decision, [routed]
 
 
-async def record(
-    connection: AsyncConnection,
+def decision_record(
     request: RouteRequest,
     decision: RoutingDecision,
     agreement: Agreement,
     revision: int,
     before: Mapping[str, Any],
-    now: datetime,
-) -> bool:
-    """Store the assignment with its rotation and counters; false if this decision was already made."""
+) -> dict[str, Any]:
+    """What ``assignments.decision`` keeps: enough to explain and to replay the decision."""
     assert decision.rep_id is not None
-    assignment_id = uuid.uuid5(request.decision_key, "assignment")
-    lead_load = agreement.routing.load[request.tier]
-    record_json = {
+    return {
         "input": request.model_dump(mode="json", include={"attributes", "tier", "source", "persona"}),
         "request": request.model_dump(mode="json", include={"kind", "exclude", "replaces_assignment_id"}),
         "matched_by": decision.matched_by,
@@ -258,72 +409,72 @@ async def record(
             "rotations": {pool: _rotation_json(rotation) for pool, rotation in decision.rotations_after.items()},
             "counters": {decision.rep_id: _load_json(decision.load_after or RepLoad())},
         },
-        "load": lead_load,
+        "load": agreement.routing.load[request.tier],
         "agreement_version": agreement.version,
         "roster_revision": revision,
     }
-    rotations = [
-        {"pool_id": pool_id, **_rotation_json(rotation)} for pool_id, rotation in decision.rotations_after.items()
-    ]
-    day = decision.load_after.day if decision.load_after is not None else now.date()
-    # One statement: the assignment and, only if it is new, the rotation, the lead's holder, the
-    # rep's counters and the end of any wait in the unassigned queue. Every part sees the same
-    # snapshot, so ``previous`` is the holder before this assignment.
-    row = (
+
+
+async def store(connection: AsyncConnection, state: RoutingState, now: datetime) -> None:
+    """The run's assignments, the rotations, holders and counters they left, and the end of the
+    waits they settled: one statement each."""
+    if state.assignments:
         await connection.execute(
             text(
-                "WITH ins AS (INSERT INTO assignments (assignment_id, decision_key, lead_id, rep_id, pool_id, rule_id, "
-                "reason, tier, agreement_version, routed_at, decision) VALUES (:a, :k, :l, :r, :p, :rule, :reason, "
-                ":tier, :v, :now, CAST(:d AS jsonb)) ON CONFLICT (decision_key) DO NOTHING RETURNING 1), "
-                "rot AS (UPDATE pool_rotation AS p SET current = v.current, assigned = v.assigned, away = v.away, "
-                "updated_at = :now FROM jsonb_to_recordset(CAST(:rot AS jsonb)) "
-                "AS v(pool_id text, current jsonb, assigned jsonb, away jsonb) "
-                "WHERE p.pool_id = v.pool_id AND EXISTS (SELECT 1 FROM ins)), "
-                "previous AS (SELECT rep_id, load, open FROM lead_routing WHERE lead_id = :l FOR UPDATE), "
-                "held AS (INSERT INTO lead_routing (lead_id, assignment_id, rep_id, pool_id, owners, domain, tier, "
-                "load, open, opened_at, released_at) SELECT :l, :a, :r, :p, jsonb_build_array(CAST(:r AS text)), "
-                ":domain, :tier, :load, true, :now, NULL FROM ins ON CONFLICT (lead_id) DO UPDATE SET "
-                "assignment_id = EXCLUDED.assignment_id, rep_id = EXCLUDED.rep_id, pool_id = EXCLUDED.pool_id, "
-                "owners = lead_routing.owners || EXCLUDED.owners, domain = EXCLUDED.domain, tier = EXCLUDED.tier, "
-                "load = EXCLUDED.load, open = true, opened_at = EXCLUDED.opened_at, released_at = NULL), "
-                "counted AS (INSERT INTO rep_counters (rep_id, open_load, open_leads, day, assigned_on_day, "
-                "updated_at) SELECT :r, :load, 1, :day, 1, :now FROM ins ON CONFLICT (rep_id) DO UPDATE SET "
-                "open_load = rep_counters.open_load + EXCLUDED.open_load, open_leads = rep_counters.open_leads + 1, "
-                "assigned_on_day = CASE WHEN rep_counters.day = EXCLUDED.day "
-                "THEN rep_counters.assigned_on_day + 1 ELSE 1 END, day = EXCLUDED.day, updated_at = EXCLUDED.updated_at), "
-                "gone AS (DELETE FROM unassigned_leads WHERE lead_id = :l AND EXISTS (SELECT 1 FROM ins)) "
-                "SELECT EXISTS (SELECT 1 FROM ins) AS inserted, previous.rep_id, previous.load, previous.open "
-                "FROM (SELECT 1) AS one LEFT JOIN previous ON true"
+                "INSERT INTO assignments (assignment_id, decision_key, lead_id, rep_id, pool_id, rule_id, reason, "
+                "tier, agreement_version, routed_at, decision) VALUES (:a, :k, :l, :r, :p, :rule, :reason, :tier, "
+                ":v, :now, CAST(:d AS jsonb)) ON CONFLICT (decision_key) DO NOTHING"
             ),
-            {
-                "a": assignment_id,
-                "k": request.decision_key,
-                "l": request.lead_id,
-                "r": decision.rep_id,
-                "p": decision.pool_id,
-                "rule": decision.rule_id,
-                "reason": decision.reason,
-                "tier": request.tier.value,
-                "v": agreement.version,
-                "now": now,
-                "d": orjson.dumps(record_json).decode(),
-                "rot": orjson.dumps(rotations).decode(),
-                "domain": decision.domain,
-                "load": lead_load,
-                "day": day,
-            },
+            state.assignments,
         )
-    ).one()
-    if not row.inserted:
-        # Already decided (a redelivery past the inbox): nothing may wait for it any longer.
+    if state.changed_pools:
+        rotations = [{"pool_id": pool, **_rotation_json(state.rotations[pool])} for pool in sorted(state.changed_pools)]
         await connection.execute(
-            text("DELETE FROM unassigned_leads WHERE decision_key = :k"), {"k": request.decision_key}
+            text(
+                "UPDATE pool_rotation AS p SET current = v.current, assigned = v.assigned, away = v.away, "
+                "updated_at = :now FROM jsonb_to_recordset(CAST(:rot AS jsonb)) "
+                "AS v(pool_id text, current jsonb, assigned jsonb, away jsonb) WHERE p.pool_id = v.pool_id"
+            ),
+            {"rot": orjson.dumps(rotations).decode(), "now": now},
         )
-        return False
-    if row.open:
-        # Qualified again while still open: the load moves from the previous holder to the new one.
-        await _release_load(connection, row.rep_id, row.load, now)
-    return True
+    holders = [holding.row for holding in state.holdings.values() if holding.row is not None]
+    if holders:
+        await connection.execute(_holder_upsert(), holders)
+    if state.changed_reps:
+        await connection.execute(
+            text(
+                "INSERT INTO rep_counters (rep_id, open_load, open_leads, day, assigned_on_day, updated_at) "
+                "VALUES (:r, :load, :leads, :day, :on_day, :now) ON CONFLICT (rep_id) DO UPDATE SET "
+                "open_load = EXCLUDED.open_load, open_leads = EXCLUDED.open_leads, day = EXCLUDED.day, "
+                "assigned_on_day = EXCLUDED.assigned_on_day, updated_at = EXCLUDED.updated_at"
+            ),
+            [
+                {
+                    "r": rep_id,
+                    "load": state.loads[rep_id].open_load,
+                    "leads": state.loads[rep_id].open_leads,
+                    "day": state.loads[rep_id].day,
+                    "on_day": state.loads[rep_id].assigned_on_day,
+                    "now": now,
+                }
+                for rep_id in sorted(state.changed_reps)
+            ],
+        )
+    if state.settled or state.settled_keys:
+        await connection.execute(
+            text("DELETE FROM unassigned_leads WHERE lead_id = ANY(:leads) OR decision_key = ANY(:keys)"),
+            {"leads": state.settled, "keys": state.settled_keys},
+        )
+
+
+@functools.cache
+def _holder_upsert() -> Insert:
+    statement = insert(table("lead_routing"))
+    columns = ("assignment_id", "rep_id", "pool_id", "owners", "domain", "tier", "load", "open", "opened_at")
+    return statement.on_conflict_do_update(
+        index_elements=["lead_id"],
+        set_={**{column: statement.excluded[column] for column in columns}, "released_at": None},
+    )
 
 
 async def park(
@@ -469,32 +620,57 @@ def qualified_request(event: LeadQualifiedV1) -> RouteRequest:
     )
 
 
-def make_handler(agreement: Agreement) -> Handler:
+def make_batch_handler(agreement: Agreement) -> BatchHandler:
     cache = RosterCache()
 
-    async def handle(connection: AsyncConnection, event: Event, now: datetime) -> list[Event]:
-        if isinstance(event, ActivityRecordedV1):
-            if event.activity in RELEASING_ACTIVITIES:
-                await release(connection, event.lead_id, event.occurred_at, now)
-            return []
-        if isinstance(event, LeadStageChangedV1):
-            if event.to_stage in RELEASING_STAGES:
-                await release(connection, event.lead_id, event.occurred_at, now)
-            return []
-        if not isinstance(event, (LeadQualifiedV1, ReassignmentRequestedV1)):
-            raise PermanentError(f"router does not handle {type(event).__name__}")
-        revision = await begin_routing(connection)
-        if isinstance(event, LeadQualifiedV1):
-            request: RouteRequest | None = qualified_request(event)
-        else:
+    async def handle(connection: AsyncConnection, events: Sequence[Event], now: datetime) -> list[list[Event]]:
+        """Consecutive qualified leads are decided as one run (each lead once per run); a release
+        or a reassignment is applied on its own between runs, so every decision sees the state
+        left by the events before it."""
+        facts: list[list[Event]] = [[] for _ in events]
+        run: list[tuple[int, RouteRequest]] = []
+
+        async def flush() -> None:
+            if run:
+                revision = await begin_routing(connection)
+                roster = await cache.get(connection, agreement, revision)
+                results = await route_requests(connection, agreement, roster, [request for _, request in run], now)
+                for (index, _), (_, found) in zip(run, results, strict=True):
+                    facts[index] = found
+                run.clear()
+
+        for index, event in enumerate(events):
+            if isinstance(event, LeadQualifiedV1):
+                if any(request.lead_id == event.lead_id for _, request in run):
+                    await flush()
+                run.append((index, qualified_request(event)))
+                continue
+            if isinstance(event, ActivityRecordedV1):
+                if event.activity in RELEASING_ACTIVITIES:
+                    await flush()
+                    await release(connection, event.lead_id, event.occurred_at, now)
+                continue
+            if isinstance(event, LeadStageChangedV1):
+                if event.to_stage in RELEASING_STAGES:
+                    await flush()
+                    await release(connection, event.lead_id, event.occurred_at, now)
+                continue
+            if not isinstance(event, ReassignmentRequestedV1):
+                raise PermanentError(f"router does not handle {type(event).__name__}")
+            await flush()
+            revision = await begin_routing(connection)
             request = await reassignment_request(connection, event, agreement.routing.reassign_exclude_last)
-        if request is None:
-            return []
-        roster = await cache.get(connection, agreement, revision)
-        _, facts = await route_request(connection, agreement, roster, request, now)
+            if request is not None:
+                roster = await cache.get(connection, agreement, revision)
+                _, facts[index] = await route_request(connection, agreement, roster, request, now)
+        await flush()
         return facts
 
     return handle
+
+
+def make_handler(agreement: Agreement) -> Handler:
+    return one_at_a_time(make_batch_handler(agreement))
 
 
 async def retry_parked(
@@ -513,10 +689,9 @@ async def retry_parked(
         )
         requests = [RouteRequest.model_validate(row.request) for row in rows]
         roster = await cache.get(connection, agreement, revision)
-        facts: list[Event] = []
-        for request in requests:
-            _, found = await route_request(connection, agreement, roster, request, now)
-            facts += found
+        # unassigned_leads holds one request per lead, so the whole page is one run.
+        results = await route_requests(connection, agreement, roster, requests, now)
+        facts = [fact for _, found in results for fact in found]
         await outbox.stage(connection, facts, now)
     assigned = sum(isinstance(fact, LeadRoutedV1) for fact in facts)
     if assigned:

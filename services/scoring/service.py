@@ -8,10 +8,10 @@ import functools
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 import orjson
-from sqlalchemy import text
+from sqlalchemy import Row, text
 from sqlalchemy.dialects.postgresql import Insert, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -28,7 +28,7 @@ from coxswain.core.lead import (
 )
 from coxswain.core.scoring import Touch
 from coxswain.db.models import table
-from coxswain.runtime.consumer import Handler, PermanentError
+from coxswain.runtime.consumer import BatchHandler, Handler, PermanentError, one_at_a_time
 from schemas.events import (
     ActivityRecordedV1,
     EngagementType,
@@ -51,22 +51,34 @@ IDENTITY_LOCK_CLASS = 0x1D
 LOCKS = {"wait": " FOR UPDATE", "skip": " FOR UPDATE SKIP LOCKED", "none": ""}
 
 
+STATE_COLUMNS = (
+    "lead_id, stage, source, attributes, touches, score_total, tier, persona, pinned, held_until, recycled_until"
+)
+
+
 async def load(
     connection: AsyncConnection, lead_id: uuid.UUID, lock: Literal["wait", "skip", "none"] = "wait"
 ) -> LeadState | None:
     row = (
         await connection.execute(
-            text(
-                "SELECT stage, source, attributes, touches, score_total, tier, persona, pinned, held_until, "
-                "recycled_until FROM leads WHERE lead_id = :id" + LOCKS[lock]
-            ),
-            {"id": lead_id},
+            text(f"SELECT {STATE_COLUMNS} FROM leads WHERE lead_id = :id" + LOCKS[lock]), {"id": lead_id}
         )
     ).one_or_none()
-    if row is None:
-        return None
+    return None if row is None else _state_of(row)
+
+
+async def load_many(connection: AsyncConnection, lead_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, LeadState]:
+    """The stored leads among ``lead_ids``, locked in id order (a fixed order cannot deadlock)."""
+    rows = await connection.execute(
+        text(f"SELECT {STATE_COLUMNS} FROM leads WHERE lead_id = ANY(:ids) ORDER BY lead_id FOR UPDATE"),
+        {"ids": sorted(set(lead_ids))},
+    )
+    return {row.lead_id: _state_of(row) for row in rows}
+
+
+def _state_of(row: Row[Any]) -> LeadState:
     return LeadState(
-        lead_id=lead_id,
+        lead_id=row.lead_id,
         stage=Stage(row.stage),
         source=row.source,
         attributes=LeadAttributes.model_validate(row.attributes),
@@ -81,22 +93,34 @@ async def load(
 
 
 async def save(connection: AsyncConnection, state: LeadState, agreement_version: str, now: datetime) -> None:
-    values = {
-        "lead_id": state.lead_id,
-        "stage": state.stage.value,
-        "source": state.source,
-        "attributes": state.attributes.model_dump(mode="json", exclude_none=True),
-        "touches": [[touch.engagement.value, touch.at.isoformat()] for touch in state.touches],
-        "score_total": state.score_total,
-        "tier": state.tier.value if state.tier else None,
-        "agreement_version": agreement_version,
-        "updated_at": now,
-        "persona": state.persona,
-        "pinned": state.pinned,
-        "held_until": state.held_until,
-        "recycled_until": state.recycled_until,
-    }
-    await connection.execute(_upsert("leads", tuple(values)), values)
+    await save_many(connection, [state], agreement_version, now)
+
+
+async def save_many(
+    connection: AsyncConnection, states: Sequence[LeadState], agreement_version: str, now: datetime
+) -> None:
+    """Upsert the leads in one statement; each lead at most once (ON CONFLICT touches a row once)."""
+    if not states:
+        return
+    rows = [
+        {
+            "lead_id": state.lead_id,
+            "stage": state.stage.value,
+            "source": state.source,
+            "attributes": state.attributes.model_dump(mode="json", exclude_none=True),
+            "touches": [[touch.engagement.value, touch.at.isoformat()] for touch in state.touches],
+            "score_total": state.score_total,
+            "tier": state.tier.value if state.tier else None,
+            "agreement_version": agreement_version,
+            "updated_at": now,
+            "persona": state.persona,
+            "pinned": state.pinned,
+            "held_until": state.held_until,
+            "recycled_until": state.recycled_until,
+        }
+        for state in states
+    ]
+    await connection.execute(_upsert("leads", tuple(rows[0])), rows)
 
 
 @functools.cache
@@ -107,34 +131,6 @@ def _upsert(table_name: str, columns: tuple[str, ...]) -> Insert:
         index_elements=["lead_id"],
         set_={column: statement.excluded[column] for column in columns if column != "lead_id"},
     )
-
-
-async def resolve_lead(connection: AsyncConnection, event: LeadReceivedV1, now: datetime) -> uuid.UUID:
-    """Apply the identity rule (coxswain.core.identity) and record the event's new keys.
-
-    Transaction-scoped advisory locks on the keys, taken in sorted order, serialise two events
-    of one person processed at once by different instances, so both see the same keys.
-    """
-    keys = identity_keys(event.attributes.email, event.source, event.external_id)
-    if not keys:
-        return event.lead_id
-    # One round trip for all the locks; the subquery's order is the order they are taken in.
-    await connection.execute(
-        text("SELECT pg_advisory_xact_lock(:c, hashtext(k)) FROM (SELECT unnest(CAST(:keys AS text[])) AS k) AS keys"),
-        {"c": IDENTITY_LOCK_CLASS, "keys": sorted({*keys, alias_key(event.lead_id)})},
-    )
-    rows = await connection.execute(
-        text("SELECT key, lead_id FROM lead_identities WHERE key = ANY(:keys)"),
-        {"keys": [*keys, alias_key(event.lead_id)]},
-    )
-    known = {row.key: row.lead_id for row in rows}
-    resolution = resolve(keys, known, event.lead_id)
-    if resolution.record:
-        await connection.execute(
-            insert(table("lead_identities")).on_conflict_do_nothing(index_elements=["key"]),
-            [{"key": key, "lead_id": resolution.lead_id, "created_at": now} for key in resolution.record],
-        )
-    return resolution.lead_id
 
 
 async def canonical_lead_id(connection: AsyncConnection, lead_id: uuid.UUID) -> uuid.UUID:
@@ -170,53 +166,137 @@ async def arm(
     connection: AsyncConnection, state: LeadState, agreement: Agreement, at: datetime, now: datetime
 ) -> datetime | None:
     """Keep the lead's one timer at the core's next re-evaluation, or remove it when there is none."""
-    due = next_reevaluation(state, agreement, at)
-    if due is None:
-        await connection.execute(text("DELETE FROM scoring_timers WHERE lead_id = :l"), {"l": state.lead_id})
-        return None
-    values = {
-        "lead_id": state.lead_id,
-        "timer_id": timer_id_for(state, due),
-        "due_at": due,
-        "stage": state.stage.value,
-        "agreement_version": agreement.version,
-        "armed_at": now,
-    }
-    await connection.execute(_upsert("scoring_timers", tuple(values)), values)
-    # Delivered on commit: wakes the timer loop if this timer is due before its next pass.
-    await connection.execute(text(f"NOTIFY {TIMER_CHANNEL}"))
-    return due
+    return (await arm_many(connection, [(state, at)], agreement, now))[0]
+
+
+async def arm_many(
+    connection: AsyncConnection,
+    evaluated: Sequence[tuple[LeadState, datetime]],
+    agreement: Agreement,
+    now: datetime,
+) -> list[datetime | None]:
+    """``arm`` for several leads (each once) in at most three statements."""
+    dues = [next_reevaluation(state, agreement, at) for state, at in evaluated]
+    idle = [state.lead_id for (state, _), due in zip(evaluated, dues, strict=True) if due is None]
+    if idle:
+        await connection.execute(text("DELETE FROM scoring_timers WHERE lead_id = ANY(:ids)"), {"ids": idle})
+    rows = [
+        {
+            "lead_id": state.lead_id,
+            "timer_id": timer_id_for(state, due),
+            "due_at": due,
+            "stage": state.stage.value,
+            "agreement_version": agreement.version,
+            "armed_at": now,
+        }
+        for (state, _), due in zip(evaluated, dues, strict=True)
+        if due is not None
+    ]
+    if rows:
+        await connection.execute(_upsert("scoring_timers", tuple(rows[0])), rows)
+        # Delivered on commit: wakes the timer loop if a timer is due before its next pass.
+        await connection.execute(text(f"NOTIFY {TIMER_CHANNEL}"))
+    return dues
 
 
 async def apply(connection: AsyncConnection, event: Event, agreement: Agreement, now: datetime) -> Outcome:
-    outcome: Outcome
-    if isinstance(event, LeadReceivedV1):
-        lead_id = await resolve_lead(connection, event, now)
-        state = await load(connection, lead_id) or LeadState(lead_id=lead_id)
-        at = evaluation_time(state, event.occurred_at)
-        # Scored at the event's own time, so a replay of the same events reproduces every fact.
-        outcome = on_received(state, event, agreement, at)
-    elif isinstance(event, ActivityRecordedV1):
-        lead_id = await canonical_lead_id(connection, event.lead_id)
-        found = await load(connection, lead_id)
-        if found is None:
-            raise PermanentError(
-                f"activity {event.activity.value} for lead {event.lead_id}, which scoring has never seen"
-            )
-        state = found
-        outcome = on_activity(state, event, agreement, event.occurred_at)
-        at = evaluation_time(outcome.state, event.occurred_at)
-    else:
-        raise PermanentError(f"scoring does not handle {type(event).__name__}")
-    await save(connection, outcome.state, agreement.version, now)
-    await record_facts(connection, outcome.facts, now)
-    await arm(connection, outcome.state, agreement, at, now)
-    return outcome
+    return (await apply_batch(connection, [event], agreement, now))[0]
+
+
+async def apply_batch(
+    connection: AsyncConnection, events: Sequence[Event], agreement: Agreement, now: datetime
+) -> list[Outcome]:
+    """Apply events in order as if one at a time, with a fixed number of statements per batch.
+
+    Identity keys are locked and read once, every lead the batch touches is loaded under one
+    row lock statement, the core runs over the events in order against the states in memory
+    (a lead named twice sees its first event's result), and the final states, the facts and the
+    re-evaluation timers are written once each.
+    """
+    for event in events:
+        if not isinstance(event, (LeadReceivedV1, ActivityRecordedV1)):
+            raise PermanentError(f"scoring does not handle {type(event).__name__}")
+    known = await _lock_and_read_identities(connection, events)
+    lead_ids: list[uuid.UUID] = []
+    recorded: dict[str, uuid.UUID] = {}
+    for event in events:
+        if isinstance(event, LeadReceivedV1):
+            keys = identity_keys(event.attributes.email, event.source, event.external_id)
+            if not keys:
+                lead_ids.append(event.lead_id)
+                continue
+            resolution = resolve(keys, known, event.lead_id)
+            for key in resolution.record:
+                known[key] = recorded[key] = resolution.lead_id
+            lead_ids.append(resolution.lead_id)
+        else:
+            lead_ids.append(known.get(alias_key(event.lead_id), event.lead_id))
+    if recorded:
+        await connection.execute(
+            insert(table("lead_identities")).on_conflict_do_nothing(index_elements=["key"]),
+            [{"key": key, "lead_id": lead_id, "created_at": now} for key, lead_id in recorded.items()],
+        )
+    states = await load_many(connection, lead_ids)
+    outcomes: list[Outcome] = []
+    evaluated_at: dict[uuid.UUID, datetime] = {}
+    for event, lead_id in zip(events, lead_ids, strict=True):
+        state = states.get(lead_id)
+        if isinstance(event, LeadReceivedV1):
+            state = state or LeadState(lead_id=lead_id)
+            at = evaluation_time(state, event.occurred_at)
+            # Scored at the event's own time, so a replay of the same events reproduces every fact.
+            outcome = on_received(state, event, agreement, at)
+        else:
+            assert isinstance(event, ActivityRecordedV1)
+            if state is None:
+                raise PermanentError(
+                    f"activity {event.activity.value} for lead {event.lead_id}, which scoring has never seen"
+                )
+            outcome = on_activity(state, event, agreement, event.occurred_at)
+            at = evaluation_time(outcome.state, event.occurred_at)
+        states[lead_id] = outcome.state
+        evaluated_at[lead_id] = at
+        outcomes.append(outcome)
+    changed = [states[lead_id] for lead_id in evaluated_at]
+    await save_many(connection, changed, agreement.version, now)
+    await record_facts(connection, [fact for outcome in outcomes for fact in outcome.facts], now)
+    await arm_many(connection, [(state, evaluated_at[state.lead_id]) for state in changed], agreement, now)
+    return outcomes
+
+
+async def _lock_and_read_identities(connection: AsyncConnection, events: Sequence[Event]) -> dict[str, uuid.UUID]:
+    """Lock the identity keys of the batch's new leads, then read every key the batch may need.
+
+    Transaction-scoped advisory locks, taken in sorted order in one statement, serialise two
+    events of one person processed at once by different instances, so both see the same keys.
+    """
+    locked: set[str] = set()
+    wanted: set[str] = set()
+    for event in events:
+        if isinstance(event, LeadReceivedV1):
+            keys = identity_keys(event.attributes.email, event.source, event.external_id)
+            if keys:
+                locked.update((*keys, alias_key(event.lead_id)))
+        wanted.add(alias_key(event.lead_id))
+    if locked:
+        await connection.execute(
+            text(
+                "SELECT pg_advisory_xact_lock(:c, hashtext(k)) FROM (SELECT unnest(CAST(:keys AS text[])) AS k) AS keys"
+            ),
+            {"c": IDENTITY_LOCK_CLASS, "keys": sorted(locked)},
+        )
+    rows = await connection.execute(
+        text("SELECT key, lead_id FROM lead_identities WHERE key = ANY(:keys)"), {"keys": sorted(locked | wanted)}
+    )
+    return {row.key: row.lead_id for row in rows}
+
+
+def make_batch_handler(agreement: Agreement) -> BatchHandler:
+    async def handle(connection: AsyncConnection, events: Sequence[Event], now: datetime) -> list[list[Event]]:
+        return [list(outcome.facts) for outcome in await apply_batch(connection, events, agreement, now)]
+
+    return handle
 
 
 def make_handler(agreement: Agreement) -> Handler:
-    async def handle(connection: AsyncConnection, event: Event, now: datetime) -> list[Event]:
-        outcome = await apply(connection, event, agreement, now)
-        return list(outcome.facts)
-
-    return handle
+    return one_at_a_time(make_batch_handler(agreement))

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 
 from prometheus_client import CollectorRegistry
@@ -20,13 +20,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coxswain.core.agreement import Agreement
 from coxswain.runtime import metrics as runtime_metrics
-from coxswain.runtime.consumer import Handler
+from coxswain.runtime.consumer import BatchHandler, Handler
 from coxswain.settings import SlaConfig
 from schemas.events import Event
 from services.sla_monitor.alerts import AlertWebhook
 from services.sla_monitor.metrics import SlaMetrics
 from services.sla_monitor.pacing import check_pacing
-from services.sla_monitor.service import make_handler
+from services.sla_monitor.service import make_batch_handler, make_handler
 from services.sla_monitor.timers import run_timer
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,7 @@ class Monitor:
         self.instance = instance or instance_name()
         self.alert_webhook = config.alert_webhook_url is not None
         self._built: list[tuple[Agreement, Handler]] = []
+        self._built_batch: list[tuple[Agreement, BatchHandler]] = []
 
     async def handler(self, connection: AsyncConnection, event: Event, now: datetime) -> list[Event]:
         """Each event is handled under the agreement in force when it is processed."""
@@ -63,6 +64,15 @@ class Monitor:
         if not self._built or self._built[0][0] is not current:
             self._built[:] = [(current, make_handler(current, self.metrics, self.alert_webhook))]
         return list(await self._built[0][1](connection, event, now))
+
+    async def batch_handler(
+        self, connection: AsyncConnection, events: Sequence[Event], now: datetime
+    ) -> list[list[Event]]:
+        """A polled batch, handled under the agreement in force when it is processed."""
+        current = self.agreement()
+        if not self._built_batch or self._built_batch[0][0] is not current:
+            self._built_batch[:] = [(current, make_batch_handler(current, self.metrics, self.alert_webhook))]
+        return [list(facts) for facts in await self._built_batch[0][1](connection, events, now)]
 
     async def run(self, stop: asyncio.Event, metrics_port: int | None = None) -> None:
         if metrics_port:

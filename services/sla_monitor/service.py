@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -30,7 +31,7 @@ from coxswain.core.sla import (
     on_response,
     plan,
 )
-from coxswain.runtime.consumer import Handler, PermanentError
+from coxswain.runtime.consumer import BatchHandler, Handler, PermanentError, one_at_a_time
 from schemas.events import ActivityRecordedV1, Event, LeadQualifiedV1, LeadRoutedV1, SlaArmedV1, Tier
 from services.sla_monitor import alerts
 from services.sla_monitor.metrics import SlaMetrics
@@ -60,104 +61,150 @@ def clock_of(row: Row[Any]) -> Clock:
     )
 
 
-async def lock_open_clocks(connection: AsyncConnection, lead_id: uuid.UUID) -> list[Row[Any]]:
-    """A lead's clocks that can still change: armed, or breached with the ladder still running."""
-    result = await connection.execute(
-        text(
-            f"SELECT {CLOCK_COLUMNS}, started_at FROM deadlines WHERE lead_id = :l "
-            "AND (status = 'armed' OR (status = 'breached' AND responded_at IS NULL)) "
-            "ORDER BY deadline_id FOR UPDATE"
-        ),
-        {"l": lead_id},
-    )
-    return list(result.all())
+@dataclass
+class OpenClock:
+    """A deadline that can still change, as this batch sees it (loaded under its row lock or armed here)."""
+
+    clock: Clock
+    started_at: datetime | None
+    responded_at: datetime | None = None
+    decided_at: datetime | None = None
+    decided_by: uuid.UUID | None = None
+    changed: bool = False  # a stored row to update at the end of the batch
+    stopped: bool = False  # its pending timers are retired at the end of the batch
+
+    def decide(self, status: DeadlineStatus, now: datetime, by: uuid.UUID) -> None:
+        self.clock = replace(self.clock, status=status)
+        self.decided_at, self.decided_by, self.changed = now, by, True
+
+    @property
+    def can_change(self) -> bool:
+        status = self.clock.status
+        return status is DeadlineStatus.armed or (status is DeadlineStatus.breached and self.responded_at is None)
 
 
-async def retire_timers(connection: AsyncConnection, deadline_ids: Sequence[uuid.UUID], now: datetime) -> None:
-    if deadline_ids:
-        await connection.execute(
+@dataclass
+class NewClock:
+    open: OpenClock
+    event: LeadRoutedV1
+    milestone: MilestonePlan
+
+
+@dataclass
+class Batch:
+    """What a batch reads up front, and what it writes at the end."""
+
+    agreement: Agreement
+    now: datetime
+    metrics: SlaMetrics
+    clocks: dict[uuid.UUID, list[OpenClock]]  # per lead, in deadline id order
+    existing: set[uuid.UUID]  # planned deadline ids already stored
+    activities: dict[uuid.UUID, list[tuple[datetime, ActivityRecordedV1]]]  # per lead, by received_at
+    created: list[NewClock] = field(default_factory=list)
+    mqls: list[LeadQualifiedV1] = field(default_factory=list)
+
+
+async def load_batch(
+    connection: AsyncConnection, events: Sequence[Event], agreement: Agreement, now: datetime, metrics: SlaMetrics
+) -> Batch:
+    """Three statements whatever the batch size: the leads' open clocks (locked, in one global
+    order so two monitors cannot deadlock), which planned deadlines exist, and the activities
+    intake stored for the routed leads."""
+    leads = sorted({event.lead_id for event in events if not isinstance(event, LeadQualifiedV1)})
+    clocks: dict[uuid.UUID, list[OpenClock]] = {}
+    if leads:
+        rows = await connection.execute(
             text(
-                "UPDATE sla_timers SET status = 'cancelled', decided_at = :now "
-                "WHERE deadline_id = ANY(:ids) AND status = 'pending'"
+                f"SELECT {CLOCK_COLUMNS}, started_at, decided_at, decided_by FROM deadlines WHERE lead_id = ANY(:leads) "
+                "AND (status = 'armed' OR (status = 'breached' AND responded_at IS NULL)) "
+                "ORDER BY deadline_id FOR UPDATE"
             ),
-            {"now": now, "ids": list(deadline_ids)},
+            {"leads": leads},
         )
-
-
-async def insert_clock(
-    connection: AsyncConnection, event: LeadRoutedV1, milestone: MilestonePlan, version: str, now: datetime
-) -> uuid.UUID | None:
-    deadline_id = deadline_id_for(event.assignment_id, milestone.milestone)
-    inserted = await connection.scalar(
-        text(
-            "INSERT INTO deadlines (deadline_id, assignment_id, lead_id, rep_id, milestone, tier, armed_at, due_at, "
-            "status, team, started_at, calendar, agreement_version) "
-            "VALUES (:d, :a, :l, :r, :m, :t, :now, :due, 'armed', :team, :start, :cal, :v) "
-            "ON CONFLICT DO NOTHING RETURNING 1"
-        ),
-        {
-            "d": deadline_id,
-            "a": event.assignment_id,
-            "l": event.lead_id,
-            "r": event.rep_id,
-            "m": milestone.milestone,
-            "t": event.tier.value,
-            "now": now,
-            "due": milestone.due_at,
-            "team": event.pool_id,
-            "start": milestone.started_at,
-            "cal": milestone.calendar,
-            "v": version,
-        },
-    )
-    if inserted is None:
-        return None
-    await connection.execute(
-        text(
-            "INSERT INTO sla_timers (deadline_id, key, kind, due_at, status, fraction, step, step_index, target, "
-            "exclude_last) VALUES (:d, :k, :kind, :due, 'pending', :f, :s, :i, :target, :x)"
-        ),
-        [
+        for row in rows:
+            held = OpenClock(clock_of(row), row.started_at, row.responded_at, row.decided_at, row.decided_by)
+            clocks.setdefault(row.lead_id, []).append(held)
+    routed = [event for event in events if isinstance(event, LeadRoutedV1)]
+    planned = [
+        deadline_id_for(event.assignment_id, milestone.milestone)
+        for event in routed
+        for milestone in _plan(agreement, event)
+    ]
+    existing: set[uuid.UUID] = set()
+    activities: dict[uuid.UUID, list[tuple[datetime, ActivityRecordedV1]]] = {}
+    if routed:
+        existing = set(
+            (
+                await connection.scalars(
+                    text("SELECT deadline_id FROM deadlines WHERE deadline_id = ANY(:ids)"), {"ids": planned}
+                )
+            ).all()
+        )
+        # leads.routed.v1 and crm.activities.v1 are not ordered with each other: a monitor catching
+        # up after a restart or a broker outage may consume the first touch before the routing it
+        # answers, when there was no clock yet to stop. Intake's ledger still has the activity.
+        result = await connection.execute(
+            text(
+                "SELECT e.lead_id, e.received_at, e.payload FROM intake_events e "
+                "JOIN inbox i ON i.consumer = :consumer AND i.event_id = e.event_id "
+                "WHERE e.lead_id = ANY(:leads) AND e.kind = 'activity' AND e.received_at >= :since "
+                "ORDER BY e.received_at"
+            ),
             {
-                "d": deadline_id,
-                "k": timer.key,
-                "kind": timer.kind.value,
-                "due": timer.due_at,
-                "f": timer.fraction,
-                "s": timer.step.value if timer.step else None,
-                "i": timer.step_index,
-                "target": timer.target,
-                "x": timer.exclude_last,
-            }
-            for timer in milestone.timers
-        ],
-    )
-    return deadline_id
+                "consumer": CONSUMER,
+                "leads": sorted({event.lead_id for event in routed}),
+                "since": min(event.routed_at for event in routed),
+            },
+        )
+        for row in result:
+            activity = ActivityRecordedV1.model_validate(row.payload)
+            activities.setdefault(row.lead_id, []).append((row.received_at, activity))
+    return Batch(agreement, now, metrics, clocks, existing, activities)
 
 
-async def arm(connection: AsyncConnection, event: LeadRoutedV1, agreement: Agreement, now: datetime) -> list[Event]:
+def _plan(agreement: Agreement, event: LeadRoutedV1) -> tuple[MilestonePlan, ...]:
+    return plan(agreement, event.tier, event.rep_id, event.pool_id, event.routed_at, event.follow_up_due_at)
+
+
+def arm(batch: Batch, event: LeadRoutedV1) -> list[Event]:
     """A new assignment: the clocks of the previous one stop (a new clock replaces them)."""
-    open_clocks = await lock_open_clocks(connection, event.lead_id)
-    older = [row for row in open_clocks if row.assignment_id != event.assignment_id]
-    if any(row.started_at is not None and row.started_at > event.routed_at for row in older):
+    open_clocks = [held for held in batch.clocks.get(event.lead_id, []) if held.can_change]
+    older = [held for held in open_clocks if held.clock.assignment_id != event.assignment_id]
+    if any(held.started_at is not None and held.started_at > event.routed_at for held in older):
         return []  # a newer assignment already runs; this one was superseded before we saw it
     facts: list[Event] = []
-    for row in older:
-        clock = clock_of(row)
-        if clock.status is DeadlineStatus.armed:
-            await _decide(connection, clock.deadline_id, DeadlineStatus.cancelled, now, event.event_id)
-            facts.append(cancelled(clock, now, event.assignment_id))
-    await retire_timers(connection, [row.deadline_id for row in older], now)
-    plans = plan(agreement, event.tier, event.rep_id, event.pool_id, event.routed_at, event.follow_up_due_at)
-    for milestone in plans:
-        deadline_id = await insert_clock(connection, event, milestone, agreement.version, now)
-        if deadline_id is None:
+    for held in older:
+        if held.clock.status is DeadlineStatus.armed:
+            held.decide(DeadlineStatus.cancelled, batch.now, event.event_id)
+            facts.append(cancelled(held.clock, batch.now, event.assignment_id))
+        held.stopped = True
+    for milestone in _plan(batch.agreement, event):
+        deadline_id = deadline_id_for(event.assignment_id, milestone.milestone)
+        if deadline_id in batch.existing:
             continue
+        batch.existing.add(deadline_id)
+        clock = Clock(
+            deadline_id=deadline_id,
+            lead_id=event.lead_id,
+            assignment_id=event.assignment_id,
+            rep_id=event.rep_id,
+            team=event.pool_id,
+            milestone=milestone.milestone,
+            tier=event.tier,
+            due_at=milestone.due_at,
+            status=DeadlineStatus.armed,
+        )
+        held = OpenClock(clock, milestone.started_at)
+        batch.created.append(NewClock(held, event, milestone))
+        # In deadline id order, as a later event's load would return them.
+        clocks = batch.clocks.setdefault(event.lead_id, [])
+        clocks.append(held)
+        clocks.sort(key=lambda each: each.clock.deadline_id)
         facts.append(
             SlaArmedV1(
                 event_id=alert_id(deadline_id, "armed"),
                 lead_id=event.lead_id,
-                occurred_at=now,
+                occurred_at=batch.now,
                 deadline_id=deadline_id,
                 assignment_id=event.assignment_id,
                 rep_id=event.rep_id,
@@ -166,101 +213,165 @@ async def arm(connection: AsyncConnection, event: LeadRoutedV1, agreement: Agree
                 due_at=milestone.due_at,
             )
         )
+    if any(isinstance(fact, SlaArmedV1) for fact in facts):
+        # Only activities received at or after the routing count, so a touch for an earlier
+        # assignment does not answer this one.
+        for received_at, early in batch.activities.get(event.lead_id, []):
+            if received_at >= event.routed_at:
+                facts += respond(batch, early)
     return facts
 
 
-async def responses_seen_before(connection: AsyncConnection, event: LeadRoutedV1) -> list[ActivityRecordedV1]:
-    """Activities for the lead that this monitor applied before it saw the routing.
-
-    leads.routed.v1 and crm.activities.v1 are not ordered with each other: a monitor catching up
-    after a restart or a broker outage may consume the first touch before the routing it answers,
-    when there was no clock yet to stop. Intake's ledger (PostgreSQL) still has the activity; only
-    those received at or after the routing count, so a touch for an earlier assignment does not.
-    """
-    result = await connection.execute(
-        text(
-            "SELECT e.payload FROM intake_events e "
-            "JOIN inbox i ON i.consumer = :consumer AND i.event_id = e.event_id "
-            "WHERE e.lead_id = :l AND e.kind = 'activity' AND e.received_at >= :routed ORDER BY e.received_at"
-        ),
-        {"consumer": CONSUMER, "l": event.lead_id, "routed": event.routed_at},
-    )
-    return [ActivityRecordedV1.model_validate(row.payload) for row in result]
-
-
-async def respond(
-    connection: AsyncConnection, event: ActivityRecordedV1, agreement: Agreement, now: datetime, metrics: SlaMetrics
-) -> list[Event]:
+def respond(batch: Batch, event: ActivityRecordedV1) -> list[Event]:
     """The row lock orders a response and the timer: whoever holds the deadline row first decides."""
     # A touch the CRM dates in the future counts from when we heard of it.
-    responded_at = min(event.occurred_at, now)
+    responded_at = min(event.occurred_at, batch.now)
     facts: list[Event] = []
-    stopped: list[uuid.UUID] = []
-    for row in await lock_open_clocks(connection, event.lead_id):
-        clock = clock_of(row)
-        if not counts_as_response(agreement, clock.tier, event.activity, clock.milestone):
+    for held in batch.clocks.get(event.lead_id, []):
+        clock = held.clock
+        if not held.can_change or not counts_as_response(batch.agreement, clock.tier, event.activity, clock.milestone):
             continue
-        stopped.append(clock.deadline_id)
+        held.stopped = held.changed = True
+        held.responded_at = responded_at
+        if held.decided_at is None:
+            held.decided_at, held.decided_by = batch.now, event.event_id
         verdict = on_response(clock.status, clock.due_at, responded_at)
-        status = verdict.status if verdict else clock.status
-        await connection.execute(
-            text(
-                "UPDATE deadlines SET status = :s, responded_at = :r, decided_at = coalesce(decided_at, :now), "
-                "decided_by = coalesce(decided_by, :by) WHERE deadline_id = :d"
-            ),
-            {"s": status.value, "r": responded_at, "now": now, "by": event.event_id, "d": clock.deadline_id},
-        )
-        labels = (clock.tier.value, clock.team or "")
         if verdict is None:
             continue  # breached earlier: the response only stops the escalation ladder
+        held.clock = replace(clock, status=verdict.status, responded=True)
+        labels = (clock.tier.value, clock.team or "")
         if verdict.status is DeadlineStatus.met:
-            facts.append(met(clock, now, responded_at, event.event_id))
-            metrics.met.labels(*labels).inc()
+            facts.append(met(held.clock, batch.now, responded_at, event.event_id))
+            batch.metrics.met.labels(*labels).inc()
         else:
-            facts.append(breached(clock, now))
-            metrics.breaches.labels(*labels).inc()
-    await retire_timers(connection, stopped, now)
+            facts.append(breached(held.clock, batch.now))
+            batch.metrics.breaches.labels(*labels).inc()
     return facts
 
 
-async def count_mql(connection: AsyncConnection, event: LeadQualifiedV1) -> list[Event]:
-    await connection.execute(
-        text(
-            "INSERT INTO marketing_mqls (event_id, lead_id, qualified_at) VALUES (:e, :l, :at) ON CONFLICT DO NOTHING"
-        ),
-        {"e": event.event_id, "l": event.lead_id, "at": event.occurred_at},
-    )
-    return []
+async def store(connection: AsyncConnection, batch: Batch) -> None:
+    """The batch's end state: at most five statements."""
+    now = batch.now
+    created = {new.open.clock.deadline_id for new in batch.created}
+    if batch.created:
+        await connection.execute(
+            text(
+                "INSERT INTO deadlines (deadline_id, assignment_id, lead_id, rep_id, milestone, tier, armed_at, "
+                "due_at, status, team, started_at, calendar, agreement_version, responded_at, decided_at, decided_by) "
+                "VALUES (:d, :a, :l, :r, :m, :t, :now, :due, :s, :team, :start, :cal, :v, :resp, :dec, :by) "
+                "ON CONFLICT DO NOTHING"
+            ),
+            [
+                {
+                    "d": new.open.clock.deadline_id,
+                    "a": new.event.assignment_id,
+                    "l": new.event.lead_id,
+                    "r": new.event.rep_id,
+                    "m": new.milestone.milestone,
+                    "t": new.event.tier.value,
+                    "now": now,
+                    "due": new.milestone.due_at,
+                    "s": new.open.clock.status.value,
+                    "team": new.event.pool_id,
+                    "start": new.milestone.started_at,
+                    "cal": new.milestone.calendar,
+                    "v": batch.agreement.version,
+                    "resp": new.open.responded_at,
+                    "dec": new.open.decided_at,
+                    "by": new.open.decided_by,
+                }
+                for new in batch.created
+            ],
+        )
+        await connection.execute(
+            text(
+                "INSERT INTO sla_timers (deadline_id, key, kind, due_at, status, fraction, step, step_index, target, "
+                "exclude_last, decided_at) VALUES (:d, :k, :kind, :due, :s, :f, :step, :i, :target, :x, :dec)"
+            ),
+            [
+                {
+                    "d": new.open.clock.deadline_id,
+                    "k": timer.key,
+                    "kind": timer.kind.value,
+                    "due": timer.due_at,
+                    # A clock stopped in the batch that armed it never had a pending timer.
+                    "s": "cancelled" if new.open.stopped else "pending",
+                    "f": timer.fraction,
+                    "step": timer.step.value if timer.step else None,
+                    "i": timer.step_index,
+                    "target": timer.target,
+                    "x": timer.exclude_last,
+                    "dec": now if new.open.stopped else None,
+                }
+                for new in batch.created
+                for timer in new.milestone.timers
+            ],
+        )
+    stored = [held for clocks in batch.clocks.values() for held in clocks if held.clock.deadline_id not in created]
+    changed = [held for held in stored if held.changed]
+    if changed:
+        await connection.execute(
+            text(
+                "UPDATE deadlines SET status = :s, responded_at = :r, decided_at = :dec, decided_by = :by "
+                "WHERE deadline_id = :d"
+            ),
+            [
+                {
+                    "s": held.clock.status.value,
+                    "r": held.responded_at,
+                    "dec": held.decided_at,
+                    "by": held.decided_by,
+                    "d": held.clock.deadline_id,
+                }
+                for held in changed
+            ],
+        )
+    stopped = [held.clock.deadline_id for held in stored if held.stopped]
+    if stopped:
+        await connection.execute(
+            text(
+                "UPDATE sla_timers SET status = 'cancelled', decided_at = :now "
+                "WHERE deadline_id = ANY(:ids) AND status = 'pending'"
+            ),
+            {"now": now, "ids": stopped},
+        )
+    if batch.mqls:
+        await connection.execute(
+            text(
+                "INSERT INTO marketing_mqls (event_id, lead_id, qualified_at) VALUES (:e, :l, :at) "
+                "ON CONFLICT DO NOTHING"
+            ),
+            [{"e": event.event_id, "l": event.lead_id, "at": event.occurred_at} for event in batch.mqls],
+        )
 
 
-async def _decide(
-    connection: AsyncConnection, deadline_id: uuid.UUID, status: DeadlineStatus, now: datetime, by: uuid.UUID | None
-) -> None:
-    await connection.execute(
-        text(
-            "UPDATE deadlines SET status = :s, decided_at = :now, decided_by = :by WHERE deadline_id = :d AND status = 'armed'"
-        ),
-        {"s": status.value, "now": now, "by": by, "d": deadline_id},
-    )
-
-
-def make_handler(agreement: Agreement, metrics: SlaMetrics | None = None, alert_webhook: bool = False) -> Handler:
+def make_batch_handler(
+    agreement: Agreement, metrics: SlaMetrics | None = None, alert_webhook: bool = False
+) -> BatchHandler:
     counters = metrics or SlaMetrics(CollectorRegistry())
 
-    async def handle(connection: AsyncConnection, event: Event, now: datetime) -> list[Event]:
-        if isinstance(event, LeadRoutedV1):
-            facts = await arm(connection, event, agreement, now)
-            if any(isinstance(fact, SlaArmedV1) for fact in facts):
-                for early in await responses_seen_before(connection, event):
-                    facts += await respond(connection, early, agreement, now, counters)
-        elif isinstance(event, ActivityRecordedV1):
-            facts = await respond(connection, event, agreement, now, counters)
-        elif isinstance(event, LeadQualifiedV1):
-            facts = await count_mql(connection, event)
-        else:
-            raise PermanentError(f"sla monitor does not handle {type(event).__name__}")
+    async def handle(connection: AsyncConnection, events: Sequence[Event], now: datetime) -> list[list[Event]]:
+        for event in events:
+            if not isinstance(event, (LeadRoutedV1, ActivityRecordedV1, LeadQualifiedV1)):
+                raise PermanentError(f"sla monitor does not handle {type(event).__name__}")
+        batch = await load_batch(connection, events, agreement, now, counters)
+        facts: list[list[Event]] = []
+        for event in events:
+            if isinstance(event, LeadRoutedV1):
+                facts.append(arm(batch, event))
+            elif isinstance(event, ActivityRecordedV1):
+                facts.append(respond(batch, event))
+            else:
+                assert isinstance(event, LeadQualifiedV1)
+                batch.mqls.append(event)
+                facts.append([])
+        await store(connection, batch)
         if alert_webhook:
-            await alerts.enqueue(connection, facts, now)
+            await alerts.enqueue(connection, [fact for each in facts for fact in each], now)
         return facts
 
     return handle
+
+
+def make_handler(agreement: Agreement, metrics: SlaMetrics | None = None, alert_webhook: bool = False) -> Handler:
+    return one_at_a_time(make_batch_handler(agreement, metrics, alert_webhook))

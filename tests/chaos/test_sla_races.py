@@ -21,7 +21,7 @@ from coxswain.settings import ConsumerConfig, DatabaseConfig, KafkaConfig
 from schemas.codec import encode
 from schemas.events import ActivityRecordedV1, ActivityType, Event, LeadRoutedV1, Tier
 from services.intake.app import store
-from services.sla_monitor.service import ACCEPTS, CONSUMER, make_handler
+from services.sla_monitor.service import ACCEPTS, CONSUMER, make_batch_handler, make_handler
 from services.sla_monitor.timers import fire_due
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -47,6 +47,7 @@ def monitor(engine: AsyncEngine, now: datetime) -> ConsumerService:
         kafka=KafkaConfig(),
         config=ConsumerConfig(),
         clock=lambda: now,
+        batch_handler=make_batch_handler(AGREEMENT),
     )
 
 
