@@ -33,6 +33,12 @@ class KafkaConfig(Slice):
 class DatabaseConfig(Slice):
     database_url: str = "postgresql+asyncpg://coxswain:coxswain@127.0.0.1:15432/coxswain"
     database_pool_size: int = Field(default=5, ge=1)
+    database_pool_pre_ping: bool = Field(
+        default=False,
+        description="Test every pooled connection with a round trip before use. Off: a connection a "
+        "database restart broke fails its first statement instead, the pool is invalidated, and the "
+        "work is retried (a consumer batch is redelivered, a webhook answered 503 with Retry-After).",
+    )
 
 
 class AgreementConfig(Slice):

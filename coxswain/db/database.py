@@ -24,7 +24,7 @@ def create_engine(config: DatabaseConfig) -> AsyncEngine:
         config.database_url,
         pool_size=config.database_pool_size,
         max_overflow=config.database_pool_size,
-        pool_pre_ping=True,
+        pool_pre_ping=config.database_pool_pre_ping,
         # Statement parameters carry lead attributes (emails, names): keep them out of error
         # messages, which end up in logs.
         hide_parameters=True,
