@@ -10,10 +10,12 @@ $(VENV)/.installed: pyproject.toml scripts/bootstrap.sh
 run: $(VENV)/.installed
 	scripts/run-stack.sh
 
-# Tests start their own Kafka and PostgreSQL (separate ports and state dir from `make run`).
+# Tests start their own Kafka and PostgreSQL (separate ports and state dir from `make run`); then
+# the CI-sized chaos run (its own stack again) must report zero lost, duplicated or missed.
 test: $(VENV)/.installed
 	$(MAKE) --no-print-directory lint typecheck schemas
 	$(PY) -m pytest -p no:cacheprovider
+	$(MAKE) --no-print-directory chaos
 
 unit: $(VENV)/.installed
 	$(PY) -m pytest -p no:cacheprovider tests/unit

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from coxswain.core.agreement import Agreement
 from coxswain.db.database import create_engine, require_current_schema
 from coxswain.runtime import health, metrics
-from coxswain.runtime.consumer import BatchHandler, ConsumerService, Handler, utc_now
+from coxswain.runtime.consumer import BatchHandler, ConsumerService, Handler, is_connection_error, utc_now
 from coxswain.runtime.kafka import Publisher
 from coxswain.runtime.outbox import OutboxRelay
 from coxswain.security import InsecureConfiguration, require_safe_configuration
@@ -115,11 +115,22 @@ async def _start_publisher(kafka: KafkaConfig, stop: asyncio.Event) -> Publisher
     return holder[0]
 
 
-async def _engine_with_current_schema(database: DatabaseConfig) -> AsyncEngine:
-    engine = create_engine(database)
-    # Out-of-date schema is not transient: fail at once so the operator runs the migration.
-    await require_current_schema(engine, database)
-    return engine
+async def _open_database(engine: AsyncEngine, database: DatabaseConfig, source: AgreementSource) -> None:
+    """Check the schema and load the agreement, waiting with backoff while the database is down or
+    restarting (a service started beside it, or restarted during an outage, comes up by itself)."""
+    delay = 0.5
+    while True:
+        try:
+            # Out-of-date schema is not transient: it raises at once so the operator runs the migration.
+            await require_current_schema(engine, database)
+            await source.refresh()
+            return
+        except Exception as exc:
+            if not is_connection_error(exc):
+                raise
+            log.warning("waiting for the database: %s; retrying in %.1fs", type(exc).__name__, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
 
 def agreement_source(engine: AsyncEngine) -> AgreementSource:
@@ -179,10 +190,10 @@ async def run_consumer(name: str) -> None:
     except InsecureConfiguration as exc:
         raise SystemExit(f"{name} refuses to start: {exc}") from None
     stop = stop_on_signals()
-    engine = await _engine_with_current_schema(database)
+    engine = create_engine(database)
     # The version activated in the database, else COXSWAIN_AGREEMENT_FILE; polled for changes.
     source = agreement_source(engine)
-    await source.refresh()
+    await _open_database(engine, database, source)
     agreement = source.current
     publisher = await _start_publisher(kafka, stop)
     relay = OutboxRelay(engine, publisher)
@@ -249,8 +260,7 @@ def intake_app() -> tuple[FastAPI, IntakeConfig]:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await require_current_schema(engine, database)
-        await source.refresh()
+        await _open_database(engine, database, source)
         stop = asyncio.Event()
 
         async def relay_when_connected() -> None:
@@ -342,8 +352,7 @@ def roster_api_app() -> tuple[FastAPI, RosterApiConfig]:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await require_current_schema(engine, database)
-        await source.refresh()
+        await _open_database(engine, database, source)
         stop = asyncio.Event()
         poll = asyncio.create_task(source.run(stop))
         try:

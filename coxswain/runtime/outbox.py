@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 CHANNEL = "coxswain_outbox"
 RELAY_LOCK = 0x636F78  # advisory lock key: "cox"
+LOCK_RETRY_SECONDS = 0.005
 
 
 # Delivered on commit, coalesced per transaction: wakes the relay without polling latency.
@@ -92,6 +93,7 @@ class OutboxRelay:
 
     async def run(self, stop: asyncio.Event, on_published: Callable[[int], None] | None = None) -> None:
         listener = asyncio.create_task(self._listen(stop))
+        retry = LOCK_RETRY_SECONDS
         try:
             while not stop.is_set():
                 # Cleared before the read, never after: a notification that arrives while a batch is
@@ -103,18 +105,31 @@ class OutboxRelay:
                     log.exception("outbox relay failed; retrying")
                     await _sleep_or_stop(stop, 1.0)
                     continue
-                if on_published and published:
-                    on_published(published)
-                if published < self._batch:
-                    await _first_of(stop, self._wake, self._idle_poll)
+                if published is None:
+                    # Every service's relay shares the outbox and the lock. The holder may have read
+                    # the outbox before our rows committed, and their notification is spent: try
+                    # again shortly instead of waiting for the idle poll (that wait was most of each
+                    # hop's latency), backing off while the lock stays taken.
+                    await _sleep_or_stop(stop, retry)
+                    retry = min(retry * 2, self._idle_poll)
+                    continue
+                retry = LOCK_RETRY_SECONDS
+                if published:
+                    if on_published:
+                        on_published(published)
+                    # Rows committed while this batch was being published: their notification may
+                    # have reached relays that found the lock taken. Look again at once.
+                    continue
+                await _first_of(stop, self._wake, self._idle_poll)
         finally:
             listener.cancel()
 
-    async def relay_once(self) -> int:
+    async def relay_once(self) -> int | None:
+        """Publish the oldest outbox rows; how many, or None when another relay holds the lock."""
         async with self._engine.begin() as connection:
             leader = await connection.scalar(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": RELAY_LOCK})
             if not leader:
-                return 0
+                return None
             rows = (
                 await connection.execute(
                     text("SELECT id, topic, key, value, headers FROM outbox ORDER BY id LIMIT :batch"),
