@@ -11,23 +11,20 @@ import math
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 from pydantic.json_schema import models_json_schema
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coxswain.core.identity import intake_event_id, lead_id_for
-from coxswain.runtime import outbox
 from coxswain.runtime.consumer import is_connection_error
 from coxswain.runtime.health import Check, database_check, readiness
 from coxswain.runtime.telemetry import child_traceparent
 from coxswain.settings import IntakeConfig
-from schemas.codec import encode
 from schemas.events import (
     ActivityRecordedV1,
     ActivityType,
@@ -40,10 +37,9 @@ from schemas.events import (
 )
 from services.intake.limits import SourceRateLimiter
 from services.intake.signatures import SignatureRejected, load_secrets, verify
+from services.intake.store import Accepted, GroupCommit, Kind, Webhook, store_many
 
 log = logging.getLogger(__name__)
-
-Kind = Literal["lead", "activity"]
 
 
 class LeadEventIn(BaseModel):
@@ -78,17 +74,6 @@ class LeadBatchIn(BaseModel):
 class ActivityBatchIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     activities: list[ActivityIn] = Field(min_length=1)
-
-
-class AcceptedEvent(BaseModel):
-    event_id: str
-    lead_id: str
-
-
-class Accepted(BaseModel):
-    webhook_id: str
-    duplicate: bool = Field(description="True when this webhook id was already accepted; nothing new is stored.")
-    events: list[AcceptedEvent]
 
 
 class Problem(Exception):
@@ -175,59 +160,9 @@ async def store(
     now: datetime,
     traceparent: str | None = None,
 ) -> Accepted:
-    """Inbox first: if this webhook id was accepted before, answer with what was stored then.
-
-    One statement stores the inbox row, the events and their outbox rows (and wakes the relay), or
-    nothing if the webhook id is known: atomic on its own, so it needs no surrounding transaction,
-    and one round trip to the database whatever the number of events.
-    """
-    records = [(event.event_id, encode(event, traceparent=traceparent)) for event in events]
-    staging, parameters = outbox.staging(records, now, only_if="EXISTS (SELECT FROM inbox)")
-    stored = await connection.scalar(
-        text(
-            "WITH inbox AS (INSERT INTO webhook_inbox (source, webhook_id, kind, event_ids, lead_ids, received_at) "
-            "VALUES (:source, :webhook_id, :kind, CAST(:event_ids AS jsonb), CAST(:lead_ids AS jsonb), :now) "
-            "ON CONFLICT DO NOTHING RETURNING 1), "
-            "events AS (INSERT INTO intake_events (event_id, lead_id, source, webhook_id, kind, payload, received_at) "
-            "SELECT u.event_id, u.lead_id, :source, :webhook_id, :kind, u.payload, :now FROM unnest("
-            "CAST(:ids AS uuid[]), CAST(:leads AS uuid[]), CAST(:payloads AS jsonb[])) AS u(event_id, lead_id, payload) "
-            f"WHERE EXISTS (SELECT FROM inbox)), staged AS ({staging}) "
-            f"SELECT count(*) FROM (SELECT {outbox.NOTIFY_RELAY} FROM inbox) AS stored"
-        ),
-        {
-            **parameters,
-            "source": source,
-            "webhook_id": webhook_id,
-            "kind": kind,
-            "event_ids": orjson.dumps([str(e.event_id) for e in events]).decode(),
-            "lead_ids": orjson.dumps([str(e.lead_id) for e in events]).decode(),
-            "now": now,
-            "ids": [e.event_id for e in events],
-            "leads": [e.lead_id for e in events],
-            # The event as published is the event as stored.
-            "payloads": [record.value.decode() for _, record in records],
-        },
-    )
-    if not stored:
-        row = (
-            await connection.execute(
-                text("SELECT event_ids, lead_ids FROM webhook_inbox WHERE source = :s AND webhook_id = :w"),
-                {"s": source, "w": webhook_id},
-            )
-        ).one()
-        return Accepted(
-            webhook_id=webhook_id,
-            duplicate=True,
-            events=[
-                AcceptedEvent(event_id=event, lead_id=lead)
-                for event, lead in zip(row.event_ids, row.lead_ids, strict=True)
-            ],
-        )
-    return Accepted(
-        webhook_id=webhook_id,
-        duplicate=False,
-        events=[AcceptedEvent(event_id=str(e.event_id), lead_id=str(e.lead_id)) for e in events],
-    )
+    """Store one webhook on ``connection`` (see ``store_many``)."""
+    [accepted] = await store_many(connection, [Webhook(source, webhook_id, kind, events, now, traceparent)])
+    return accepted
 
 
 def _holds_nul(document: Any) -> bool:
@@ -297,6 +232,7 @@ def create_app(
     # Refilled on the injected clock, so a test with a fixed clock sees a bucket that never refills.
     limiter = SourceRateLimiter(config.rate_limit_per_source, config.rate_limit_burst, lambda: clock().timestamp())
     checks = {"database": database_check(engine), **(readiness_checks or {})}
+    writer = GroupCommit(engine)
 
     @app.exception_handler(Problem)
     async def _problem(_: Request, problem: Problem) -> JSONResponse:
@@ -334,12 +270,9 @@ def create_app(
         if len(events) > config.max_batch_events:
             raise Problem(413, f"a batch holds at most {config.max_batch_events} events, got {len(events)}")
         try:
-            async with engine.connect() as connection:
-                # store() is one atomic statement: no BEGIN and COMMIT round trips around it.
-                autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
-                accepted = await store(
-                    autocommit, source, webhook_id, kind, events, now, child_traceparent(request.headers)
-                )
+            accepted = await writer.store(
+                Webhook(source, webhook_id, kind, events, now, child_traceparent(request.headers))
+            )
         except Exception as exc:
             if not is_connection_error(exc):
                 raise
