@@ -106,6 +106,11 @@ class Sender:
     secret: str
     give_up_after: float = 900.0
     statuses: Counter[str] = field(default_factory=Counter)
+    settled_leads: int = 0  # leads whose webhook was answered 202 or refused: the load's progress
+
+    def _settle(self, webhook: Webhook) -> None:
+        if "/events" in webhook.path:
+            self.settled_leads += len(webhook.body.get("events", [webhook.body]))
 
     async def deliver(self, webhook: Webhook) -> None:
         payload = orjson.dumps(webhook.body)
@@ -125,11 +130,13 @@ class Sender:
                     webhook.acknowledged = True
                     webhook.acknowledged_at = time.time()
                     webhook.response = response.json()
+                    self._settle(webhook)
                     return
                 if response.status_code == 429 or response.status_code >= 500:
                     retry_after = _retry_after(response)
                 else:
                     webhook.refused_status = response.status_code
+                    self._settle(webhook)
                     return
             await asyncio.sleep(max(retry_after, delay * random.uniform(0.5, 1.5)))
             delay = min(delay * 2, 2.0)
