@@ -10,7 +10,6 @@ row the service owns.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import random
 import uuid
@@ -23,13 +22,11 @@ import pytest
 import pytest_asyncio
 import yaml
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coxswain.core.agreement import Agreement, parse_agreement
 from coxswain.core.identity import lead_id_for
-from coxswain.db.database import upgrade
 from coxswain.runtime.consumer import BatchHandler, PermanentError, one_at_a_time
-from coxswain.settings import DatabaseConfig
 from schemas.events import (
     ActivityRecordedV1,
     ActivityType,
@@ -47,6 +44,7 @@ from schemas.events import (
 from services.router import service as router
 from services.scoring import service as scoring
 from services.sla_monitor import service as sla_monitor
+from tests.support.databases import fresh_database
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -61,25 +59,8 @@ Snapshot = Callable[[AsyncEngine], Awaitable[dict[str, list[tuple[Any, ...]]]]]
 @pytest_asyncio.fixture(loop_scope="session", scope="module")
 async def engines(infrastructure: None) -> AsyncIterator[Engines]:
     """Two empty databases at the current schema: one per way of applying the events."""
-    config = DatabaseConfig()
-    admin = create_async_engine(config.database_url, isolation_level="AUTOCOMMIT")
-    names = [f"batch_{way}_{uuid.uuid4().hex[:8]}" for way in ("single", "whole")]
-    created: list[AsyncEngine] = []
-    try:
-        for name in names:
-            async with admin.connect() as connection:
-                await connection.execute(text(f'CREATE DATABASE "{name}"'))
-            url = config.database_url.rsplit("/", 1)[0] + f"/{name}"
-            await asyncio.to_thread(upgrade, DatabaseConfig(database_url=url))
-            created.append(create_async_engine(url))
-        yield created[0], created[1]
-    finally:
-        for engine in created:
-            await engine.dispose()
-        async with admin.connect() as connection:
-            for name in names:
-                await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        await admin.dispose()
+    async with fresh_database("batch_single") as single, fresh_database("batch_whole") as whole:
+        yield single, whole
 
 
 def rid(rng: random.Random) -> uuid.UUID:

@@ -14,12 +14,11 @@ import pytest_asyncio
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from coxswain.db.database import create_engine
 from coxswain.runtime.consumer import ConsumerService, Delivery, PermanentError
-from coxswain.runtime.outbox import RELAY_LOCK
-from coxswain.settings import ConsumerConfig, DatabaseConfig, KafkaConfig
+from coxswain.settings import ConsumerConfig, KafkaConfig
 from schemas.codec import encode
 from schemas.events import Event, LeadAttributes, LeadReceivedV1
+from tests.support.databases import engine_without_relays
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -29,17 +28,8 @@ TOPIC = LeadReceivedV1.topic
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def engine(infrastructure: None) -> AsyncIterator[AsyncEngine]:
-    database = create_engine(DatabaseConfig())
-    # While the test looks at the outbox, no relay (the end-to-end stack's) may publish and delete it.
-    async with database.connect() as holder:
-        await holder.execute(text("SELECT pg_advisory_lock(:key)"), {"key": RELAY_LOCK})
-        await holder.commit()
-        try:
-            yield database
-        finally:
-            await holder.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": RELAY_LOCK})
-            await holder.commit()
-    await database.dispose()
+    async with engine_without_relays() as database:
+        yield database
 
 
 class Recorder:

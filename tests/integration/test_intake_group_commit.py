@@ -15,11 +15,9 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coxswain.db.database import create_engine
-from coxswain.runtime.outbox import RELAY_LOCK
-from coxswain.settings import DatabaseConfig
 from schemas.events import EngagementType, LeadAttributes, LeadReceivedV1
 from services.intake.store import GroupCommit, Webhook
+from tests.support.databases import engine_without_relays
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -28,17 +26,8 @@ NOW = datetime(2026, 11, 23, 9, 30, tzinfo=UTC)
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def engine(infrastructure: None) -> AsyncIterator[AsyncEngine]:
-    database = create_engine(DatabaseConfig())
-    # While the test counts outbox rows, no relay (the end-to-end stack's) may publish and delete them.
-    async with database.connect() as holder:
-        await holder.execute(text("SELECT pg_advisory_lock(:key)"), {"key": RELAY_LOCK})
-        await holder.commit()
-        try:
-            yield database
-        finally:
-            await holder.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": RELAY_LOCK})
-            await holder.commit()
-    await database.dispose()
+    async with engine_without_relays() as database:
+        yield database
 
 
 def webhook(run: str, n: int, events: int = 2, event_id: uuid.UUID | None = None) -> Webhook:

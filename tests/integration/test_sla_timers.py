@@ -25,13 +25,12 @@ import yaml
 from fastapi import FastAPI, Request, Response
 from prometheus_client import CollectorRegistry
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coxswain.core.agreement import Agreement, parse_agreement
 from coxswain.core.sla import FIRST_TOUCH, SAL_DECISION, deadline_id_for
-from coxswain.db.database import upgrade
 from coxswain.runtime.consumer import Handler
-from coxswain.settings import DatabaseConfig, SlaConfig
+from coxswain.settings import SlaConfig
 from schemas.events import (
     ActivityRecordedV1,
     ActivityType,
@@ -55,6 +54,7 @@ from services.sla_monitor.monitor import Monitor
 from services.sla_monitor.pacing import check_pacing
 from services.sla_monitor.service import make_handler
 from services.sla_monitor.timers import fire_due, record
+from tests.support.databases import fresh_database
 from tests.support.stack import free_port
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -87,21 +87,8 @@ PLAIN_AGREEMENT = make_agreement({"first_touch": "10m"})
 
 @pytest_asyncio.fixture(loop_scope="session", scope="module")
 async def engine(infrastructure: None) -> AsyncIterator[AsyncEngine]:
-    config = DatabaseConfig()
-    admin = create_async_engine(config.database_url, isolation_level="AUTOCOMMIT")
-    name = f"sla_{uuid.uuid4().hex[:10]}"
-    async with admin.connect() as connection:
-        await connection.execute(text(f'CREATE DATABASE "{name}"'))
-    url = config.database_url.rsplit("/", 1)[0] + f"/{name}"
-    await asyncio.to_thread(upgrade, DatabaseConfig(database_url=url))
-    database = create_async_engine(url, pool_size=10, max_overflow=10)
-    try:
+    async with fresh_database("sla") as database:
         yield database
-    finally:
-        await database.dispose()
-        async with admin.connect() as connection:
-            await connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        await admin.dispose()
 
 
 def routed(
