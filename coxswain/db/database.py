@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
@@ -28,7 +29,14 @@ def create_engine(config: DatabaseConfig) -> AsyncEngine:
         # Statement parameters carry lead attributes (emails, names): keep them out of error
         # messages, which end up in logs.
         hide_parameters=True,
+        # JSONB parameters (lead attributes, facts, decisions) are encoded with orjson, not the
+        # standard library's encoder, which showed up in the consumers' profiles.
+        json_serializer=_json_text,
     )
+
+
+def _json_text(value: object) -> str:
+    return orjson.dumps(value).decode()
 
 
 def alembic_config(config: DatabaseConfig) -> Config:

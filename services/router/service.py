@@ -149,6 +149,7 @@ class RoutingState:
     loads: dict[str, RepLoad]
     accounts: dict[str, str]  # domain -> owning rep
     open_by_domain: dict[str, list[tuple[uuid.UUID, str]]]  # newest first: (lead, rep)
+    domain_of: dict[uuid.UUID, str]  # the open_by_domain list each listed lead is in
     holdings: dict[uuid.UUID, Holding]
     decided: set[uuid.UUID]  # decision keys already stored (a redelivery past the inbox)
     changed_pools: set[str] = field(default_factory=set)
@@ -231,8 +232,10 @@ async def load_state(
         )
         row = (await connection.execute(query, parameters)).one()
     open_by_domain: dict[str, list[tuple[uuid.UUID, str]]] = {}
+    domain_of: dict[uuid.UUID, str] = {}
     for domain, lead_id, rep_id in row.held:
         open_by_domain.setdefault(domain, []).append((uuid.UUID(lead_id), rep_id))
+        domain_of[uuid.UUID(lead_id)] = domain
     return RoutingState(
         rotations={
             pool_id: Rotation(current=current, assigned=assigned, away=frozenset(away))
@@ -244,6 +247,7 @@ async def load_state(
         },
         accounts=dict(row.accounts),
         open_by_domain=open_by_domain,
+        domain_of=domain_of,
         holdings={
             uuid.UUID(lead_id): Holding(rep_id, load, is_open, list(owners))
             for lead_id, rep_id, load, is_open, owners in row.previous
@@ -351,10 +355,13 @@ def assign(
             "released_at": None,
         },
     )
-    for holders in state.open_by_domain.values():
+    listed = state.domain_of.pop(request.lead_id, None)
+    if listed is not None:
+        holders = state.open_by_domain[listed]
         holders[:] = [(lead, rep) for lead, rep in holders if lead != request.lead_id]
     if decision.domain:
         state.open_by_domain.setdefault(decision.domain, []).insert(0, (request.lead_id, rep_id))
+        state.domain_of[request.lead_id] = decision.domain
     state.settled.append(request.lead_id)
     log.info(
         "lead routed: lead_id=%s assignment_id=%s rep_id=%s pool_id=%s rule_id=%s matched_by=%s",

@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal
 
-import orjson
 from sqlalchemy import Row, text
 from sqlalchemy.dialects.postgresql import Insert, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -144,8 +143,13 @@ async def canonical_lead_id(connection: AsyncConnection, lead_id: uuid.UUID) -> 
 async def record_facts(connection: AsyncConnection, facts: Sequence[Event], now: datetime) -> None:
     if not facts:
         return
+    # The payload goes in as the fact's own JSON text: no decode and re-encode on the way.
     await connection.execute(
-        insert(table("lead_facts")).on_conflict_do_nothing(index_elements=["event_id"]),
+        text(
+            "INSERT INTO lead_facts (event_id, lead_id, kind, occurred_at, agreement_version, caused_by, payload, "
+            "recorded_at) VALUES (:event_id, :lead_id, :kind, :occurred_at, :agreement_version, :caused_by, "
+            "CAST(:payload AS jsonb), :recorded_at) ON CONFLICT (event_id) DO NOTHING"
+        ),
         [
             {
                 "event_id": fact.event_id,
@@ -154,7 +158,7 @@ async def record_facts(connection: AsyncConnection, facts: Sequence[Event], now:
                 "occurred_at": fact.occurred_at,
                 "agreement_version": getattr(fact, "agreement_version", None),
                 "caused_by": getattr(fact, "caused_by", None),
-                "payload": orjson.loads(fact.model_dump_json()),
+                "payload": fact.model_dump_json(),
                 "recorded_at": now,
             }
             for fact in facts
