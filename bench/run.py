@@ -37,6 +37,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench.stats import cpu_seconds, percentile, ratio, result_line, sustained_rate, table
+from coxswain.progress import progress
 from coxswain.runtime.kafka import all_topics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -866,13 +867,17 @@ def main(argv: list[str] | None = None) -> None:
     }
     chosen = [name for name in phases if not args.only or name in args.only.split(",")]
     try:
-        bench.stack("up")
-        bench.reset()
-        for name in chosen:
-            if name == "e2e" and "intake" not in chosen:
-                bench.service("intake")
-                bench.wait_http("intake", f"http://127.0.0.1:{bench.ports.intake}/readyz")
-            phases[name]()
+        # Drawn on stderr when it is a terminal; stdout keeps the table and the JSON line last.
+        with progress(f"{plan.name} bench phases", total=len(chosen) + 1) as advance:
+            bench.stack("up")
+            bench.reset()
+            advance(1)
+            for name in chosen:
+                if name == "e2e" and "intake" not in chosen:
+                    bench.service("intake")
+                    bench.wait_http("intake", f"http://127.0.0.1:{bench.ports.intake}/readyz")
+                phases[name]()
+                advance(1)
     finally:
         bench.stop()
         if not args.keep_stack:

@@ -341,16 +341,30 @@ def demo_traffic(
     url: str = "http://127.0.0.1:8080",
     source: str = "webform",
     secret: Annotated[str, typer.Option(envvar="COXSWAIN_DEMO_SECRET")] = "",
-    rate: float = 2.0,
-    count: int = 0,
-    touch_share: float = 0.5,
+    rate: Annotated[float, typer.Option(min=0.01, help="Leads per second")] = 2.0,
+    count: Annotated[int, typer.Option(min=0, help="Leads to send, then wait for the reps; 0: until stopped")] = 0,
+    touch_share: Annotated[float, typer.Option(help="Share of routed leads touched before the deadline")] = 0.7,
+    late_share: Annotated[float, typer.Option(help="Share touched only after it (a breach)")] = 0.15,
     seed: int = 7,
+    crm_source: Annotated[str, typer.Option(help="Source the scripted CRM posts activities as")] = "crm",
+    campaign: Annotated[str | None, typer.Option(help="One campaign for every lead (default: a mix)")] = None,
+    settle: Annotated[float, typer.Option(min=0, help="With COUNT: end after this long without a routing")] = 15.0,
 ) -> None:
-    """Post signed demo leads (and first touches for some) until stopped or COUNT is reached."""
-    from coxswain.demo import run_traffic
+    """Post signed demo leads; a scripted CRM has the assigned reps touch most in time, some late and
+    some never, accept or reject them, and win or lose a few deals. Runs until stopped or COUNT."""
+    from coxswain.demo import Mix, run_traffic
+    from coxswain.progress import progress
 
     _logging()
-    asyncio.run(run_traffic(url, source, secret, rate, count, touch_share, seed))
+    try:
+        mix = Mix(touch_share, late_share)
+    except ValueError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    with progress("demo leads", total=count or None) as advance:
+        asyncio.run(
+            run_traffic(url, source, secret, rate, count, mix, seed, crm_source, campaign, settle, on_sent=advance)
+        )
 
 
 @demo_app.command("tail")
@@ -409,8 +423,11 @@ def generate_stream(
     except ValueError:
         typer.echo(f"--start {start!r} is not a date (YYYY-MM-DD)", err=True)
         raise typer.Exit(2) from None
+    from coxswain.progress import progress
+
     try:
-        written = write_stream(StreamSpec(leads=leads, start=first, days=days, seed=seed), out)
+        with progress(f"generating {leads} leads over {days} days"):
+            written = write_stream(StreamSpec(leads=leads, start=first, days=days, seed=seed), out)
     except OSError as exc:
         typer.echo(f"cannot write {out}: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -451,8 +468,11 @@ def simulate(
         if after.tzinfo is None:
             typer.echo("--received-after needs a time zone (e.g. 2026-01-05T00:00:00+00:00)", err=True)
             raise typer.Exit(2)
+    from coxswain.progress import progress
+
     request = Request(candidate, baseline, events, from_db, from_kafka, policy, html, first, decisions, after)
-    outcome = execute(request)
+    with progress("simulating baseline and candidate"):
+        outcome = execute(request)
     typer.echo(outcome.text, err=outcome.code == 2)
     raise typer.Exit(outcome.code)
 

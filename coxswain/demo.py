@@ -1,12 +1,23 @@
-"""Demo traffic (signed webhooks as a marketing tool and a CRM would send them) and a tail of
-the topics, so `make run` shows leads flowing."""
+"""Demo traffic, as a marketing tool and a CRM would send it, and a tail of the topics, so
+`make run` shows leads flowing and every panel of the dashboard fills.
+
+The marketing side posts signed leads. The CRM side is scripted like a real connector: it reads
+``leads.routed.v1`` and has the assigned rep act on each lead. Most reps touch their lead in
+time, some only after the deadline (a breach, then a late touch), some never; touched leads are
+accepted or rejected with one of the agreement's reasons, and some accepted ones become
+opportunities that are won or lost. Delays are shares of each lead's own deadline, so the same
+script fits an agreement with 5-minute deadlines and a test agreement with 4-second ones.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import random
+import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,7 +25,7 @@ import httpx
 import orjson
 
 from coxswain.runtime.kafka import connection_options
-from coxswain.settings import KafkaConfig
+from coxswain.settings import AgreementConfig, KafkaConfig
 from services.intake.signatures import sign
 
 log = logging.getLogger(__name__)
@@ -23,15 +34,21 @@ TITLES = ["VP Marketing", "Head of Sales", "Marketing Manager", "CTO", "Student"
 INDUSTRIES = ["software", "fintech", "healthcare", "retail", "manufacturing"]
 COUNTRIES = ["US", "US", "CA", "GB", "DE", "FR"]
 ENGAGEMENTS = ["demo_request", "form_submit", "webinar_attended", "pricing_view", "content_download"]
+CAMPAIGNS = ["webinar-q4", "pricing-page", "ebook-revops", "paid-search"]
+FALLBACK_REASONS = ("no-budget", "bad-timing", "wrong-person")
+ROUTED_TOPIC = "leads.routed.v1"
+# Even a lead with an hour to its deadline is touched within this many seconds in the demo.
+MOST_DELAY_SECONDS = 90.0
 
 
-def demo_lead(rng: random.Random, index: int) -> dict[str, Any]:
+def demo_lead(rng: random.Random, index: int, campaign: str | None = None, run: str = "") -> dict[str, Any]:
+    """A made-up person; ``run`` keeps another run's people (same seed, same names) from being joined."""
     company = f"company{rng.randint(1, 400)}"
     return {
         "type": rng.choice(ENGAGEMENTS),
-        "external_id": f"demo-{index}",
+        "external_id": f"demo-{run}{index}",
         "contact": {
-            "email": f"person{index}@{company}.example.com",
+            "email": f"person{index}{run}@{company}.example.com",
             "first_name": "Demo",
             "last_name": f"Person{index}",
             "title": rng.choice(TITLES),
@@ -40,6 +57,7 @@ def demo_lead(rng: random.Random, index: int) -> dict[str, Any]:
             "company_size": rng.choice([8, 40, 120, 600, 2500, 12000]),
             "industry": rng.choice(INDUSTRIES),
             "country": rng.choice(COUNTRIES),
+            "campaign": campaign or rng.choice(CAMPAIGNS),
         },
     }
 
@@ -50,36 +68,216 @@ async def post_signed(client: httpx.AsyncClient, url: str, secret: str, body: di
     return await client.post(url, content=payload, headers=headers)
 
 
+@dataclass(frozen=True)
+class Mix:
+    """Shares of routed leads the scripted reps touch in time and only late; the rest never."""
+
+    in_time: float = 0.7
+    late: float = 0.15
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.in_time <= 1 and 0 <= self.late <= 1 and self.in_time + self.late <= 1):
+            raise ValueError(f"touch shares must be within 0..1 and add up to at most 1, got {self}")
+
+
+@dataclass(frozen=True)
+class Step:
+    after: float  # seconds after the lead was routed
+    activity: dict[str, Any]
+
+
+def plan_for(rng: random.Random, allowed: float, mix: Mix, reasons: tuple[str, ...], progress: bool) -> list[Step]:
+    """What the rep does with one routed lead, as delays after routing (``allowed``: seconds to the deadline)."""
+    draw = rng.random()
+    if draw < mix.in_time:
+        touch = allowed * rng.uniform(0.1, 0.6)
+        if touch > MOST_DELAY_SECONDS:
+            touch = MOST_DELAY_SECONDS * rng.uniform(0.1, 1.0)
+    elif draw < mix.in_time + mix.late:
+        touch = allowed + min(allowed, MOST_DELAY_SECONDS) * rng.uniform(0.2, 1.0)
+    else:
+        return []
+    steps = [Step(touch, {"activity": "first_touch"})]
+    if not progress:
+        return steps
+    at = touch + rng.uniform(1, 5)
+    outcome = rng.random()
+    if outcome < 0.25:
+        return [*steps, Step(at, {"activity": "sal_rejected", "reason": rng.choice(reasons)})]
+    if outcome > 0.75:
+        return steps  # still deciding
+    steps.append(Step(at, {"activity": "sal_accepted"}))
+    if rng.random() < 0.5:
+        return steps
+    amount = float(rng.randrange(5_000, 60_000, 500))
+    at += rng.uniform(2, 6)
+    steps.append(Step(at, {"activity": "sql_qualified"}))
+    at += rng.uniform(2, 6)
+    steps.append(Step(at, {"activity": "opportunity_created", "amount": amount}))
+    at += rng.uniform(3, 10)
+    won = rng.random() < 0.6
+    steps.append(Step(at, {"activity": "won" if won else "lost", **({"amount": amount} if won else {})}))
+    return steps
+
+
+def agreement_reasons() -> tuple[str, ...]:
+    """The SAL rejection codes of the agreement in COXSWAIN_AGREEMENT_FILE (others are dead-lettered)."""
+    from coxswain.core.agreement import AgreementError, load_agreement
+
+    try:
+        agreement = load_agreement(AgreementConfig().agreement_file)
+    except (AgreementError, OSError):
+        return FALLBACK_REASONS
+    recycled = tuple(r.code for r in agreement.lifecycle.rejection_reasons if r.outcome == "recycle")
+    return recycled or FALLBACK_REASONS
+
+
+@dataclass
+class Crm:
+    """The scripted CRM: follows leads.routed.v1 and plays each of our leads' steps at their time."""
+
+    client: httpx.AsyncClient
+    url: str
+    secret: str
+    rng: random.Random
+    mix: Mix
+    reasons: tuple[str, ...]
+    ours: set[str] = field(default_factory=set)
+    progressed: set[str] = field(default_factory=set)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    routed: int = 0
+    last_routed: float = field(default_factory=time.monotonic)
+
+    async def follow(self, ready: asyncio.Event, stop: asyncio.Event) -> None:
+        from aiokafka import AIOKafkaConsumer
+
+        consumer = AIOKafkaConsumer(
+            ROUTED_TOPIC,
+            **connection_options(KafkaConfig()),
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="latest",
+        )
+        await consumer.start()
+        try:
+            # Without a group the consumer takes every partition once it knows the topic.
+            waited = time.monotonic()
+            while not consumer.assignment():
+                if time.monotonic() - waited > 30:
+                    raise SystemExit(f"no topic {ROUTED_TOPIC} on Kafka: run `coxswain topics create` first")
+                await asyncio.sleep(0.05)
+            assigned = list(consumer.assignment())
+            # Positioned before the first lead is posted: no routing of ours can be missed.
+            await consumer.seek_to_end(*assigned)
+            for tp in assigned:
+                await consumer.position(tp)
+            ready.set()
+            while not stop.is_set():
+                batch = await consumer.getmany(timeout_ms=200)
+                for records in batch.values():
+                    for record in records:
+                        self.on_routed(orjson.loads(record.value))
+        finally:
+            await consumer.stop()
+
+    def on_routed(self, routed: dict[str, Any]) -> None:
+        lead_id = str(routed.get("lead_id"))
+        if lead_id not in self.ours:
+            return  # another run's lead, or a test's: not ours to act on
+        self.routed += 1
+        self.last_routed = time.monotonic()
+        allowed = max(
+            (
+                datetime.fromisoformat(routed["follow_up_due_at"]) - datetime.fromisoformat(routed["routed_at"])
+            ).total_seconds(),
+            0.5,
+        )
+        # A lead reassigned after a breach gets a new rep, whose touch counts; the lifecycle moves once.
+        steps = plan_for(self.rng, allowed, self.mix, self.reasons, progress=lead_id not in self.progressed)
+        if any(step.activity["activity"] != "first_touch" for step in steps):
+            self.progressed.add(lead_id)
+        task = asyncio.create_task(self.play(lead_id, str(routed["rep_id"]), steps))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def play(self, lead_id: str, rep_id: str, steps: list[Step]) -> None:
+        started = time.monotonic()
+        for step in steps:
+            await asyncio.sleep(max(0.0, started + step.after - time.monotonic()))
+            body = {"lead_id": lead_id, "rep_id": rep_id, **step.activity}
+            try:
+                response = await post_signed(self.client, self.url, self.secret, body)
+            except httpx.HTTPError as exc:
+                log.warning("demo activity not delivered: activity=%s error=%s", step.activity["activity"], exc)
+                return
+            if response.status_code != 202:
+                log.warning("demo activity rejected: status=%s body=%s", response.status_code, response.text[:200])
+
+
 async def run_traffic(
-    url: str, source: str, secret: str, rate: float, count: int, touch_share: float, seed: int
-) -> None:
+    url: str,
+    source: str,
+    secret: str,
+    rate: float,
+    count: int,
+    mix: Mix,
+    seed: int,
+    crm_source: str = "crm",
+    campaign: str | None = None,
+    settle: float = 15.0,
+    linger: float = 900.0,
+    on_sent: Callable[[float], None] | None = None,
+) -> dict[str, int]:
+    """Post leads until COUNT (0: until stopped), with the scripted CRM acting on the routed ones.
+
+    With a COUNT, waits for the routings still to come (``settle`` seconds without one) and for
+    every rep's last step (at most ``linger`` seconds), then returns what was sent and routed."""
     if not secret:
         raise SystemExit("a webhook secret is needed: --secret or COXSWAIN_DEMO_SECRET")
     rng = random.Random(seed)
+    run = f"-{uuid.uuid4().hex[:6]}"
     sent = 0
-    pending: set[asyncio.Task[None]] = set()
     async with httpx.AsyncClient(timeout=10) as client:
-        while count == 0 or sent < count:
-            response = await post_signed(client, f"{url}/v1/webhooks/{source}/events", secret, demo_lead(rng, sent))
-            sent += 1
-            if response.status_code != 202:
-                log.warning("demo lead rejected: status=%s body=%s", response.status_code, response.text[:200])
-            elif rng.random() < touch_share:
-                lead_id = response.json()["events"][0]["lead_id"]
-                task = asyncio.create_task(_touch_later(client, url, source, secret, lead_id, rng.uniform(1, 8)))
-                pending.add(task)
-                task.add_done_callback(pending.discard)
-            await asyncio.sleep(1 / rate)
-        await asyncio.gather(*pending)
-    log.info("demo traffic done: sent=%s", sent)
-
-
-async def _touch_later(
-    client: httpx.AsyncClient, url: str, source: str, secret: str, lead_id: str, delay: float
-) -> None:
-    await asyncio.sleep(delay)
-    body = {"lead_id": lead_id, "activity": "first_touch", "rep_id": "demo"}
-    await post_signed(client, f"{url}/v1/webhooks/{source}/activities", secret, body)
+        crm = Crm(
+            client,
+            f"{url}/v1/webhooks/{crm_source}/activities",
+            secret,
+            random.Random(seed + 1),
+            mix,
+            agreement_reasons(),
+        )
+        ready, stop = asyncio.Event(), asyncio.Event()
+        follower = asyncio.create_task(crm.follow(ready, stop))
+        waiting = asyncio.create_task(ready.wait())
+        await asyncio.wait([follower, waiting], return_when=asyncio.FIRST_COMPLETED)
+        if follower.done():
+            waiting.cancel()
+            follower.result()  # the Kafka error, if any
+        try:
+            while count == 0 or sent < count:
+                body = demo_lead(rng, sent, campaign, run)
+                response = await post_signed(client, f"{url}/v1/webhooks/{source}/events", secret, body)
+                sent += 1
+                if on_sent is not None:
+                    on_sent(1)
+                if response.status_code != 202:
+                    log.warning("demo lead rejected: status=%s body=%s", response.status_code, response.text[:200])
+                else:
+                    crm.ours.update(str(e["lead_id"]) for e in response.json()["events"])
+                await asyncio.sleep(1 / rate)
+            done_sending = time.monotonic()
+            while time.monotonic() - crm.last_routed < settle or crm.tasks:
+                if follower.done() or time.monotonic() - done_sending > linger:
+                    follower.result()
+                    break
+                await asyncio.sleep(0.2)
+        finally:
+            stop.set()
+            await asyncio.gather(follower, return_exceptions=True)
+            for task in list(crm.tasks):
+                task.cancel()
+    log.info("demo traffic done: sent=%s routed=%s", sent, crm.routed)
+    return {"sent": sent, "routed": crm.routed}
 
 
 async def tail(topics: list[str]) -> None:

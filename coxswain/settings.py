@@ -149,6 +149,16 @@ class ReportingConfig(Slice):
     reporting_host: str = "127.0.0.1"
     reporting_port: int = Field(default=8090, ge=1, le=65535)
     reporting_timezone: str = Field(default="UTC", description="Periods (day, week, month) start at midnight here.")
+    scorecard_cadence: Literal["day", "week", "month"] = Field(
+        default="week", description="One scorecard per period; weeks start on Monday at midnight in the time zone."
+    )
+    scorecard_grace_seconds: float = Field(
+        default=300, ge=0, description="Wait this long after a period ends, so late facts are in, then issue it."
+    )
+    scorecard_check_seconds: float = Field(default=60, gt=0, description="How often reporting looks for a due period.")
+    scorecard_catch_up: int = Field(
+        default=12, ge=1, le=1000, description="Most periods missed during downtime issued late (the latest ones)."
+    )
 
 
 class DeploymentConfig(Slice):

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coxswain.core.agreement import Agreement
 from coxswain.db.database import create_engine, require_current_schema
-from coxswain.runtime import health, metrics
+from coxswain.runtime import health, metrics, tracing
 from coxswain.runtime.consumer import BatchHandler, ConsumerService, Handler, is_connection_error, utc_now
 from coxswain.runtime.kafka import Publisher
 from coxswain.runtime.outbox import OutboxRelay
@@ -48,6 +48,7 @@ from services.intake import adapters
 from services.intake.app import create_app
 from services.intake.signatures import SecretsError, load_secrets
 from services.reporting import consumer as reporting
+from services.reporting import scorecard as reporting_scorecard
 from services.reporting.app import create_reporting_app
 from services.router import service as router
 from services.scoring import service as scoring
@@ -190,6 +191,7 @@ async def run_consumer(name: str) -> None:
     except InsecureConfiguration as exc:
         raise SystemExit(f"{name} refuses to start: {exc}") from None
     stop = stop_on_signals()
+    tracing.configure(name.replace("_", "-"))
     engine = create_engine(database)
     # The version activated in the database, else COXSWAIN_AGREEMENT_FILE; polled for changes.
     source = agreement_source(engine)
@@ -240,6 +242,7 @@ async def run_consumer(name: str) -> None:
     finally:
         await publisher.stop()
         await engine.dispose()
+        tracing.shutdown()
 
 
 def intake_app() -> tuple[FastAPI, IntakeConfig]:
@@ -287,6 +290,7 @@ def intake_app() -> tuple[FastAPI, IntakeConfig]:
             for publisher in publishers:
                 await publisher.stop()
             await engine.dispose()
+            tracing.shutdown()
 
     app = create_app(config, engine, utc_now, lifespan=lifespan, readiness_checks={"kafka": kafka_ready})
     adapters.register(app, config, SendersConfig(), engine, utc_now)
@@ -295,6 +299,8 @@ def intake_app() -> tuple[FastAPI, IntakeConfig]:
         create_admin_router(engine, token.get_secret_value() if token else None, lambda: source.current, utc_now)
     )
     metrics.instrument(app)
+    if tracing.configure("intake"):
+        app.add_middleware(tracing.WebhookSpans)
     return app, config
 
 
@@ -315,9 +321,10 @@ def http_server(app: FastAPI, host: str, port: int, lifespan: Literal["on", "off
 
 
 async def _serve_reporting(engine: AsyncEngine, agreement: Callable[[], Agreement], stop: asyncio.Event) -> None:
-    """The reporting API and dashboard share the process (and the engine) of the reporting consumer."""
+    """The reporting API, dashboard and scorecards share the process (and the engine) of the reporting consumer."""
     config = ReportingConfig()
-    app = create_reporting_app(engine, agreement, utc_now, config.reporting_timezone)
+    app = create_reporting_app(engine, agreement, utc_now, config.reporting_timezone, cadence=config.scorecard_cadence)
+    scorecards = asyncio.create_task(reporting_scorecard.run(engine, agreement, config, utc_now, stop))
     metrics.instrument(app)
     server = http_server(app, config.reporting_host, config.reporting_port, lifespan="off")
 
@@ -330,6 +337,10 @@ async def _serve_reporting(engine: AsyncEngine, agreement: Callable[[], Agreemen
         await server.serve()
     finally:
         watcher.cancel()
+        if not stop.is_set():
+            scorecards.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await scorecards
     log.info("reporting served: host=%s port=%s", config.reporting_host, config.reporting_port)
 
 

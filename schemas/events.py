@@ -413,6 +413,114 @@ class ShadowDecisionV1(Event):
     due_at: AwareDatetime | None = Field(default=None, description="For routed: the first-touch deadline.")
 
 
+Verdict = Literal["met", "missed", "no_data"]
+
+
+class Attainment(BaseModel):
+    """SLA clocks decided in the period for one rep, team or tier: met on time or breached."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: str = Field(description="The rep id, team (pool) id or tier.")
+    met: int = Field(ge=0)
+    breached: int = Field(ge=0)
+    attainment: float | None = Field(description="met / (met + breached); null when no clock was decided.")
+
+
+class LatencyPercentiles(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    count: int = Field(ge=0)
+    p50: float | None = None
+    p90: float | None = None
+    p95: float | None = None
+    p99: float | None = None
+
+
+class ReasonCount(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    reason: str
+    count: int = Field(ge=0)
+
+
+class SalesScorecard(BaseModel):
+    """Sales' side: every lead followed up within its deadline (the agreement's attainment target)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    verdict: Verdict = Field(description="met: attainment >= target; no_data: no clock was decided in the period.")
+    attainment_target: float = Field(description="The agreement's sla.attainment_target.")
+    overall: Attainment
+    by_rep: tuple[Attainment, ...]
+    by_team: tuple[Attainment, ...]
+    by_tier: tuple[Attainment, ...]
+    breaches: int = Field(ge=0)
+    routed: int = Field(ge=0, description="Leads routed in the period.")
+    untouched: int = Field(ge=0, description="Routed leads without a first touch by a person (so far).")
+    system_seconds: LatencyPercentiles = Field(description="Speed to lead, received -> routed.")
+    human_seconds: LatencyPercentiles = Field(description="Speed to lead, routed -> first touch by a person.")
+    sal_accepted: int = Field(ge=0)
+    sal_rejected: int = Field(ge=0)
+    rejection_reasons: tuple[ReasonCount, ...]
+
+
+class MqlTargetResult(BaseModel):
+    """One MQL target of the agreement, pro-rated to the business time of the scorecard period."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    target_id: str
+    period: Literal["week", "month"] = Field(description="The period the target is stated for.")
+    target: int = Field(description="MQLs promised per target period.")
+    expected: float = Field(description="The target's share for this scorecard period (business time).")
+    actual: int = Field(ge=0, description="Distinct leads qualified in the scorecard period.")
+    attainment: float | None = Field(description="actual / expected; null when nothing was expected.")
+    met: bool
+
+
+class SourceFigures(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: str
+    leads: int = Field(ge=0, description="Leads first seen in the period from this source.")
+    mqls: int = Field(ge=0, description="Distinct leads from this source qualified in the period.")
+
+
+class MarketingScorecard(BaseModel):
+    """Marketing's side: MQL volume against every target of the agreement."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    verdict: Verdict = Field(description="met: every target reached; no_data: the agreement sets no target.")
+    leads: int = Field(ge=0, description="Leads first seen in the period.")
+    mqls: int = Field(ge=0)
+    targets: tuple[MqlTargetResult, ...]
+    by_source: tuple[SourceFigures, ...] = Field(description="Largest sources first (at most 100, then `(other)`).")
+
+
+class ScorecardIssuedV1(Event):
+    """Both sides against the SLA for one closed period, for the regular sales-marketing meeting.
+
+    Issued once per period by whichever reporting instance gets there first (the period row in
+    ``scorecard_periods`` decides); a period missed during downtime is issued late, once. Not
+    about one lead: ``lead_id`` is a fixed id per cadence (UUIDv5), so scorecards stay ordered.
+    """
+
+    topic: ClassVar[str] = "reports.scorecard_issued.v1"
+    ce_type: ClassVar[str] = "io.coxswain.reports.scorecard_issued.v1"
+    ce_source: ClassVar[str] = "/coxswain/reporting"
+
+    cadence: Literal["day", "week", "month"]
+    period: str = Field(description="The period's name: 2026-11-23 (day), 2026-W48 (ISO week), 2026-11 (month).")
+    period_start: AwareDatetime = Field(description="Local midnight in `timezone` at the start, as UTC.")
+    period_end: AwareDatetime = Field(description="Exclusive.")
+    timezone: str = Field(description="The company time zone periods are cut in (IANA name).")
+    agreement_version: str = Field(description="The agreement the targets were taken from.")
+    sales: SalesScorecard
+    marketing: MarketingScorecard
+
+
 ALL_EVENTS: tuple[type[Event], ...] = (
     LeadReceivedV1,
     ActivityRecordedV1,
@@ -430,6 +538,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     MqlPacingAlertV1,
     LeadUnassignedV1,
     ShadowDecisionV1,
+    ScorecardIssuedV1,
 )
 
 EVENTS_BY_TOPIC: dict[str, type[Event]] = {event.topic: event for event in ALL_EVENTS}

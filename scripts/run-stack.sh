@@ -59,12 +59,15 @@ cat <<MSG
 Coxswain is running.
   intake        http://127.0.0.1:$COXSWAIN_INTAKE_PORT  (OpenAPI: /docs, health: /readyz)
   dashboard     http://127.0.0.1:$COXSWAIN_REPORTING_PORT/dashboard  (reports: /v1/reports/*, OpenAPI: /docs)
+  scorecard     http://127.0.0.1:$COXSWAIN_REPORTING_PORT/scorecard  (this week so far: /scorecard/current)
   service logs  $RUN/logs/{intake,scoring,router,sla-monitor,reporting,roster-api,demo}.log
   database      $COXSWAIN_DATABASE_URL
   roster API    http://127.0.0.1:8081/docs  (bearer token: $RUN/admin-token)
   webhook secret for sources "webform" and "crm": $RUN/webhook-secret
-Demo leads arrive every $(awk "BEGIN{print 1/${DEMO_RATE:-2}}") s; about half get a first touch in time,
-hot leads that get none breach after 5 minutes. Following leads.routed.v1, sla.met.v1 and
+Demo leads arrive every $(awk "BEGIN{print 1/${DEMO_RATE:-2}}") s. A scripted CRM reads leads.routed.v1 and has the
+assigned rep touch most leads in time, some only after the deadline and some never (hot leads breach
+after 5 minutes), accept or reject them with the agreement's reasons and win or lose a few deals, so
+every dashboard panel fills within minutes. Following leads.routed.v1, sla.met.v1 and
 sla.breached.v1 below (Ctrl-C stops everything):
 
 MSG

@@ -412,6 +412,9 @@ class Marketing(Strict):
 class Sla(Strict):
     calendar: Identifier = Field(default=ALWAYS_OPEN, description="Default calendar of every policy: 24x7 or a name.")
     policies: Mapping[Tier, SlaPolicy]
+    attainment_target: float = Field(
+        default=0.9, gt=0, le=1, description="Sales' side is met when this share of the clocks decided is met in time."
+    )
 
     @model_validator(mode="after")
     def _every_tier(self) -> Sla:

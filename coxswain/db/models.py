@@ -370,6 +370,20 @@ class UnassignedLead(SQLModel, table=True):
     attempts: int
 
 
+class ScorecardPeriod(SQLModel, table=True):
+    """0008_scorecards: one row per issued scorecard; inserting it is what issues the period."""
+
+    __tablename__ = "scorecard_periods"
+    cadence: str = Field(primary_key=True, max_length=8)
+    period_start: datetime = Field(sa_column=Column(DateTime(timezone=True), primary_key=True))
+    period_end: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False, index=True))
+    label: str = Field(unique=True, max_length=16)
+    event_id: uuid.UUID = Field(unique=True)
+    agreement_version: str = Field(max_length=64)
+    issued_at: datetime = _utc()
+    scorecard: dict[str, Any] = _jsonb()
+
+
 def table(name: str) -> Table:
     """The SQLAlchemy table of a model, typed (SQLModel's ``__table__`` is not, to mypy)."""
     return SQLModel.metadata.tables[name]

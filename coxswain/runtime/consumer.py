@@ -31,7 +31,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from coxswain.runtime import metrics, outbox
+from coxswain.runtime import metrics, outbox, tracing
 from coxswain.runtime.kafka import make_consumer
 from coxswain.settings import ConsumerConfig, KafkaConfig
 from schemas.codec import DecodeError, Headers, WireRecord, decode, encode
@@ -276,6 +276,7 @@ class ConsumerService:
                 self._log_dead_letter(delivery, "DecodeError")
             else:
                 applied.append((delivery, item))
+        started = tracing.now_ns()
         try:
             if self._batch_handler is not None and applied:
                 facts_per_event = await self._batch_handler(connection, [event for _, event in applied], now)
@@ -285,10 +286,17 @@ class ConsumerService:
             if is_connection_error(exc):
                 raise
             raise _RecordFailed(type(exc).__name__) from exc
-        for (delivery, _), facts in zip(applied, facts_per_event, strict=True):
-            traceparent = _traceparent(delivery.headers)
+        for (delivery, event), facts in zip(applied, facts_per_event, strict=True):
+            traceparent = self._span(delivery, event, started)
             staged += [(fact.event_id, encode(fact, traceparent=traceparent)) for fact in facts]
         await outbox.stage_records(connection, staged, now)
+
+    def _span(self, delivery: Delivery, event: Event, started_ns: int) -> str | None:
+        """The event's span (when tracing), a child of the record's traceparent; the traceparent its facts carry."""
+        incoming = _traceparent(delivery.headers)
+        return tracing.consumed(
+            self.name, delivery.topic, delivery.partition, delivery.offset, event, incoming, started_ns
+        )
 
     async def _failpoint(self, where: str) -> None:
         if self._config.consumer_failpoint == where:
@@ -307,8 +315,9 @@ class ConsumerService:
             try:
                 async with connection.begin_nested():
                     if await claim(connection, self.name, event.event_id, delivery.topic, now):
+                        started = tracing.now_ns()
                         facts = await self._handler(connection, event, now)
-                        await outbox.stage(connection, facts, now, traceparent=_traceparent(delivery.headers))
+                        await outbox.stage(connection, facts, now, traceparent=self._span(delivery, event, started))
                 return
             except Exception as exc:
                 if is_connection_error(exc):

@@ -17,6 +17,8 @@ from typing import Any
 
 import orjson
 
+from coxswain.runtime import tracing
+
 _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
 TEXT_FORMAT = "ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)r"
 
@@ -32,7 +34,12 @@ def trace_id(traceparent: str) -> str | None:
 
 
 def child_traceparent(headers: Mapping[str, str]) -> str:
-    """Continue the caller's trace with a new span id, or start a trace when there is none."""
+    """Continue the caller's trace with a new span id, or start a trace when there is none.
+
+    When spans are exported, the new span is the webhook's own span (``tracing.WebhookSpans``)."""
+    exported = tracing.current_traceparent()
+    if exported is not None:
+        return exported
     incoming = headers.get("traceparent")
     trace = trace_id(incoming) if incoming else None
     flags = incoming.strip().lower()[53:55] if trace and incoming else "01"

@@ -5,15 +5,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, HTTPException, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from pydantic import AwareDatetime
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coxswain.core.agreement import Agreement
-from services.reporting import queries
+from coxswain.core.scorecard import Cadence, period_containing
+from services.reporting import queries, scorecard, scorecard_page
 from services.reporting.dashboard import PAGE
 from services.reporting.queries import Period, Scope
 
@@ -28,6 +30,13 @@ Since = Annotated[AwareDatetime | None, Query(description="Start of the range (i
 Until = Annotated[AwareDatetime | None, Query(description="End of the range (exclusive); default: now.")]
 # PostgreSQL text cannot hold NUL: refused here with a 422 rather than failing the query with a 500.
 Filter = Annotated[str | None, Query(max_length=256, pattern=r"^[^\x00]*$")]
+PeriodName = Annotated[
+    str,
+    Path(
+        pattern=r"^[0-9]{4}-(W[0-9]{2}|[0-9]{2}|[0-9]{2}-[0-9]{2})$",
+        description="2026-11-23 (day), 2026-W48 (ISO week) or 2026-11 (month).",
+    ),
+]
 
 
 def create_reporting_app(
@@ -36,6 +45,7 @@ def create_reporting_app(
     clock: Callable[[], datetime],
     timezone: str = "UTC",
     lifespan: Callable[[FastAPI], Any] | None = None,
+    cadence: Cadence = "week",
 ) -> FastAPI:
     app = FastAPI(
         title="Coxswain reporting",
@@ -173,6 +183,64 @@ def create_reporting_app(
                     "closed_loop": await queries.closed_loop(connection, window),
                 },
             )
+
+    async def running_scorecard() -> dict[str, Any]:
+        now = clock()
+        period = period_containing(cadence, now, ZoneInfo(timezone))
+        async with engine.connect() as connection:
+            card = await scorecard.compose(connection, agreement_in_force(), period, timezone, now)
+        return card.model_dump(mode="json")
+
+    async def stored_scorecard(period: str | None) -> dict[str, Any] | None:
+        async with engine.connect() as connection:
+            return await scorecard.stored(connection, period)
+
+    async def issued_periods() -> list[dict[str, Any]]:
+        async with engine.connect() as connection:
+            return await scorecard.issued(connection)
+
+    @app.get("/v1/scorecards")
+    async def scorecards() -> dict[str, Any]:
+        """Issued scorecards, newest first: period, bounds and both verdicts."""
+        return {"cadence": cadence, "timezone": timezone, "scorecards": await issued_periods()}
+
+    @app.get("/v1/scorecards/current")
+    async def current_scorecard() -> dict[str, Any]:
+        """The running period's scorecard so far (computed now, not issued)."""
+        return await running_scorecard()
+
+    @app.get("/v1/scorecards/latest", responses={404: {"description": "No scorecard issued yet."}})
+    async def latest_scorecard() -> dict[str, Any]:
+        """The latest issued scorecard, exactly as emitted on reports.scorecard_issued.v1."""
+        card = await stored_scorecard(None)
+        if card is None:
+            raise HTTPException(404, "no scorecard has been issued yet")
+        return card
+
+    @app.get("/v1/scorecards/{period}", responses={404: {"description": "No scorecard for this period."}})
+    async def scorecard_of(period: PeriodName) -> dict[str, Any]:
+        """The scorecard issued for a period, exactly as emitted on reports.scorecard_issued.v1."""
+        card = await stored_scorecard(period)
+        if card is None:
+            raise HTTPException(404, f"no scorecard issued for {period}")
+        return card
+
+    def html(body: str, status: int = 200) -> HTMLResponse:
+        return HTMLResponse(body, status_code=status, headers={"cache-control": "no-cache"})
+
+    @app.get("/scorecard", response_class=HTMLResponse, include_in_schema=False)
+    async def scorecard_latest_page() -> HTMLResponse:
+        return html(scorecard_page.page(await stored_scorecard(None), await issued_periods()))
+
+    @app.get("/scorecard/current", response_class=HTMLResponse, include_in_schema=False)
+    async def scorecard_current_page() -> HTMLResponse:
+        return html(scorecard_page.page(await running_scorecard(), await issued_periods(), provisional=True))
+
+    @app.get("/scorecard/{period}", response_class=HTMLResponse, include_in_schema=False)
+    async def scorecard_page_of(period: PeriodName) -> HTMLResponse:
+        card = await stored_scorecard(period)
+        body = scorecard_page.page(card, await issued_periods(), missing=None if card is not None else period)
+        return html(body, 200 if card is not None else 404)
 
     @app.get("/dashboard", response_class=HTMLResponse, include_in_schema=False)
     async def dashboard() -> HTMLResponse:

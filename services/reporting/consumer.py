@@ -15,11 +15,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from coxswain.core.agreement import Agreement
 from coxswain.db.models import table
 from coxswain.runtime.consumer import Handler
-from schemas.events import ALL_EVENTS, Event, LeadQualifiedV1, LeadReceivedV1, LeadScoredV1
+from schemas.events import ALL_EVENTS, Event, LeadQualifiedV1, LeadReceivedV1, LeadScoredV1, ScorecardIssuedV1
 
-# Scores are the bulk of the traffic and reports need none of them (stage changes carry the verdicts).
+# Scores are the bulk of the traffic and reports need none of them (stage changes carry the
+# verdicts); scorecards are reporting's own output, kept in scorecard_periods.
 ACCEPTS: dict[str, tuple[type[Event], ...]] = {
-    event.topic: (event,) for event in ALL_EVENTS if event is not LeadScoredV1
+    event.topic: (event,) for event in ALL_EVENTS if event not in (LeadScoredV1, ScorecardIssuedV1)
 }
 
 

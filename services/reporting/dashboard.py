@@ -46,6 +46,7 @@ PAGE = """<!doctype html>
   <h1>Coxswain &middot; sales &amp; marketing SLA</h1>
   <span class="meta" id="range"></span>
   <span class="meta" id="updated">loading&hellip;</span>
+  <span class="meta"><a href="/scorecard" style="color:var(--accent)">scorecard</a></span>
 </header>
 <main>
   <section class="wide" id="funnel"><h2>Funnel</h2><div class="body"></div></section>

@@ -301,7 +301,7 @@ async def pacing_report(
     for target in agreement.marketing.mql_targets:
         calendar = agreement.calendar(target.calendar or agreement.sla.calendar)
         start, end = period_bounds(target.period, at, calendar.zone)
-        actual = await _mqls(connection, scope, start, min(at, end))
+        actual = await mql_count(connection, scope, start, min(at, end))
         result = pacing(target, calendar, at, actual)
         targets.append(
             {
@@ -332,13 +332,13 @@ async def pacing_report(
     ).all()
     return {
         "at": at.isoformat(),
-        "mqls": await _mqls(connection, scope, scope.since, scope.until),
+        "mqls": await mql_count(connection, scope, scope.since, scope.until),
         "targets": targets,
         "daily": [{"day": row.day.date().isoformat(), "mqls": int(row.n)} for row in daily],
     }
 
 
-async def _mqls(connection: AsyncConnection, scope: Scope, since: datetime, until: datetime) -> int:
+async def mql_count(connection: AsyncConnection, scope: Scope, since: datetime, until: datetime) -> int:
     value = await connection.scalar(
         text(
             "SELECT count(DISTINCT f.lead_id) FROM report_facts f LEFT JOIN report_leads d USING (lead_id) "

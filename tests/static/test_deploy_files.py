@@ -10,6 +10,7 @@ import typer.main
 import yaml
 
 from coxswain.cli import app
+from coxswain.runtime import tracing
 from coxswain.settings import environment_variable_names
 from schemas.generate import write_documents
 
@@ -57,7 +58,7 @@ def test_every_environment_variable_is_a_setting_the_code_reads() -> None:
     for name, spec in coxswain_services().items():
         command = cli_command(spec["command"])
         assert command is not None
-        known = environment_variable_names() | option_envvars(command)
+        known = environment_variable_names() | option_envvars(command) | tracing.STANDARD_VARIABLES
         unknown = {var for var in spec["environment"] if var not in known}
         assert not unknown, f"{name}: {sorted(unknown)} are not read by the code"
 
