@@ -64,17 +64,26 @@ async def store(connection: AsyncConnection, agreement: Agreement, now: datetime
     )
     row = (
         await connection.execute(
-            text("SELECT version, sha256, created_at, activated_at FROM agreements WHERE version = :v"),
+            text("SELECT version, sha256, created_at, activated_at, document FROM agreements WHERE version = :v"),
             {"v": agreement.version},
         )
     ).one()
-    if row.sha256 != sha:
+    if row.sha256 != sha and not _same_agreement(row.document, row.version, sha):
         raise VersionConflict(
             f"version {agreement.version!r} is already stored with different content (sha256 {row.sha256[:12]}…); "
             "a version never changes: give the new agreement a new version"
         )
     stored = StoredAgreement(row.version, row.sha256, row.created_at, row.activated_at)
     return stored, inserted is not None
+
+
+def _same_agreement(stored: dict[str, Any], version: str, sha: str) -> bool:
+    """The stored document read by this release: a release that adds an optional setting changes
+    every normalised document (the new default is in it), not the agreement a version means."""
+    try:
+        return digest(normalised(parse_agreement(stored, source=f"agreements[{version}]"))) == sha
+    except AgreementError:
+        return False
 
 
 async def activate(connection: AsyncConnection, version: str, now: datetime) -> StoredAgreement | None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import pytest_asyncio
 import yaml
@@ -25,7 +26,7 @@ from coxswain.core.agreement import load_agreement, parse_agreement
 from coxswain.db.database import create_engine
 from coxswain.settings import DatabaseConfig
 from schemas.events import ActivityRecordedV1, ActivityType, EngagementType, LeadAttributes, LeadReceivedV1
-from services.admin.agreements import AgreementSource
+from services.admin.agreements import AgreementSource, digest
 from services.admin.api import create_admin_router
 from services.scoring.service import apply
 
@@ -146,6 +147,31 @@ async def test_versions_are_stored_once_and_activated_explicitly(engine: AsyncEn
     assert await source.refresh() is True and source.current.version == older
     await admin.post(f"/v1/admin/agreements/{version}/activate")
     assert await source.refresh() is True and source.current.version == version
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_version_stored_by_an_earlier_release_is_the_same_version_after_an_upgrade(
+    engine: AsyncEngine, admin: httpx.AsyncClient
+) -> None:
+    """A release that adds an optional setting puts its default into every normalised document;
+    the same file posted again after the upgrade is still the version stored before it."""
+    version = f"it-{uuid.uuid4().hex[:8]}"
+    created = await admin.post("/v1/admin/agreements", content=document(version))
+    assert created.status_code == 201, created.text
+    async with engine.begin() as connection:
+        # What the release before sla.attainment_target stored: the document without it, and its hash.
+        stored = await connection.scalar(text("SELECT document FROM agreements WHERE version = :v"), {"v": version})
+        del stored["sla"]["attainment_target"]
+        await connection.execute(
+            text("UPDATE agreements SET document = CAST(:d AS jsonb), sha256 = :s WHERE version = :v"),
+            {"d": orjson.dumps(stored).decode(), "s": digest(stored), "v": version},
+        )
+
+    again = await admin.post("/v1/admin/agreements", content=document(version))
+    changed = await admin.post("/v1/admin/agreements", content=document(version, name="Changed"))
+
+    assert (again.status_code, again.json()["created"], again.json()["sha256"]) == (200, False, digest(stored))
+    assert changed.status_code == 409
 
 
 @pytest.mark.asyncio(loop_scope="session")
