@@ -1,5 +1,6 @@
-"""Router shell: load what the decision needs under a lock, ask the core, store the outcome and
-the new rotation and counters in the same transaction, return the facts.
+"""Router shell: load what a run of decisions needs under a lock, ask the core for each decision
+in order against that state in memory, store the outcomes and the new rotations and counters in
+the same transaction (one statement each, whatever the run's length), return the facts.
 
 Routing decisions are serialised across router instances by one transaction-scoped advisory
 lock: a decision reads several pools and reps (owner, matched pool, fallback pool, their loads)

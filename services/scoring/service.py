@@ -1,6 +1,7 @@
-"""Scoring shell: resolve the lead, load it under a row lock, ask the core, save the state, the
-facts (``lead_facts``, the lead's timeline) and the next re-evaluation (``scoring_timers``) in
-the consumer's transaction, and return the facts for the outbox."""
+"""Scoring shell: resolve the leads of a batch, load them under row locks, ask the core for each
+event in order, save the states, the facts (``lead_facts``, the lead's timeline) and the next
+re-evaluations (``scoring_timers``) in the consumer's transaction, and return the facts for the
+outbox. A fixed number of statements per batch (see ``apply_batch``)."""
 
 from __future__ import annotations
 
