@@ -650,7 +650,10 @@ class Bench:
             for first in range(1, count + 1, 250_000):
                 last = min(first + 250_000 - 1, count)
                 await _clone_deadlines(connection, first, last, "now() + interval '1 day' + i * interval '2 seconds'")
-            await connection.execute(f"ANALYZE {', '.join(tables)}")
+            # A million open deadlines accumulate over days in production, with autovacuum keeping
+            # the tables' hint bits and visibility map set; here they were written seconds ago, and
+            # the monitor's first passes would pay for that housekeeping inside the measured slice.
+            await connection.execute(f"VACUUM (ANALYZE) {', '.join(tables)}")
         finally:
             await connection.close()
 

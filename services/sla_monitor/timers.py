@@ -188,10 +188,13 @@ def record(metrics: SlaMetrics, done: Pass, now: datetime) -> None:
 async def next_due(engine: AsyncEngine, now: datetime) -> datetime | None:
     async with engine.connect() as connection:
         # Held timers are left out, or a held overdue timer would turn the loop into a busy wait.
+        # ORDER BY ... LIMIT 1, not min(): with the join PostgreSQL computes min() over every
+        # pending timer (a second per pass with a million open deadlines), where this walks the
+        # partial index of pending timers in due order and stops at the first one not held.
         value = await connection.scalar(
             text(
-                "SELECT min(t.due_at) FROM sla_timers t JOIN deadlines d ON d.deadline_id = t.deadline_id "
-                f"WHERE t.status = 'pending' AND NOT {AWAITING_RESPONSE}"
+                "SELECT t.due_at FROM sla_timers t JOIN deadlines d ON d.deadline_id = t.deadline_id "
+                f"WHERE t.status = 'pending' AND NOT {AWAITING_RESPONSE} ORDER BY t.due_at LIMIT 1"
             ),
             {"now": now, "hold": RESPONSE_HOLD},
         )
