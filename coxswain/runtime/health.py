@@ -14,6 +14,8 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 
 import orjson
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -43,6 +45,23 @@ async def readiness(checks: Mapping[str, Check]) -> tuple[bool, dict[str, str]]:
             results[name] = "ok"
     ready = all(result == "ok" for result in results.values())
     return ready, {"status": "ready" if ready else "unavailable", **results}
+
+
+def add_probes(app: FastAPI, checks: Mapping[str, Check]) -> None:
+    """``/healthz`` (the process answers) and ``/readyz`` (every dependency in ``checks`` answers)."""
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get(
+        "/readyz",
+        responses={503: {"description": "A dependency does not answer; the body names it and its error type"}},
+    )
+    async def readyz() -> JSONResponse:
+        """Ready when every dependency answers (the database; Kafka in a running intake)."""
+        ready, report = await readiness(checks)
+        return JSONResponse(report, status_code=200 if ready else 503)
 
 
 async def serve(host: str, port: int, checks: Mapping[str, Check], stop: asyncio.Event) -> None:

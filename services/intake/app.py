@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coxswain.core.identity import intake_event_id, lead_id_for
 from coxswain.runtime.consumer import is_connection_error
-from coxswain.runtime.health import Check, database_check, readiness
+from coxswain.runtime.health import Check, add_probes, database_check
 from coxswain.runtime.telemetry import child_traceparent
 from coxswain.settings import IntakeConfig
 from schemas.events import (
@@ -333,17 +333,6 @@ def create_app(
         """One CRM activity, or `{"activities": [...]}` for a batch."""
         return await accept(request, source, "activity")
 
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get(
-        "/readyz",
-        responses={503: {"description": "A dependency does not answer; the body names it and its error type"}},
-    )
-    async def readyz() -> JSONResponse:
-        """Ready when the database and (in a running service) the Kafka brokers answer."""
-        ready, report = await readiness(checks)
-        return JSONResponse(report, status_code=200 if ready else 503)
+    add_probes(app, checks)
 
     return app

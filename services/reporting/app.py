@@ -10,11 +10,11 @@ from zoneinfo import ZoneInfo
 from fastapi import FastAPI, HTTPException, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from pydantic import AwareDatetime
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coxswain.core.agreement import Agreement
 from coxswain.core.scorecard import Cadence, period_containing
+from coxswain.runtime.health import add_probes, database_check
 from services.reporting import queries, scorecard, scorecard_page
 from services.reporting.dashboard import PAGE
 from services.reporting.queries import Period, Scope
@@ -250,17 +250,6 @@ def create_reporting_app(
     async def root() -> RedirectResponse:
         return RedirectResponse("/dashboard")
 
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/readyz")
-    async def readyz() -> JSONResponse:
-        try:
-            async with engine.connect() as connection:
-                await connection.execute(text("SELECT 1"))
-        except Exception as exc:
-            return JSONResponse({"status": "unavailable", "database": type(exc).__name__}, status_code=503)
-        return JSONResponse({"status": "ready", "database": "ok"})
+    add_probes(app, {"database": database_check(engine)})
 
     return app

@@ -40,6 +40,7 @@ from coxswain.core.roster import (
     effective_weight,
     unavailable_because,
 )
+from coxswain.runtime.health import add_probes, database_check
 from services.admin.api import bearer_guard
 
 log = logging.getLogger(__name__)
@@ -580,17 +581,6 @@ def create_roster_app(
     )
     app.include_router(create_roster_router(engine, token, agreement, clock))
 
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/readyz")
-    async def readyz() -> JSONResponse:
-        try:
-            async with engine.connect() as connection:
-                await connection.execute(text("SELECT 1"))
-        except Exception as exc:
-            return JSONResponse({"status": "unavailable", "database": type(exc).__name__}, status_code=503)
-        return JSONResponse({"status": "ready", "database": "ok"})
+    add_probes(app, {"database": database_check(engine)})
 
     return app
