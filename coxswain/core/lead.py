@@ -21,8 +21,17 @@ from coxswain.core.lifecycle import (
     UnknownRejectionReason,
     transition,
 )
+from coxswain.core.memo import derived
 from coxswain.core.playbooks import playbook_for
-from coxswain.core.scoring import Score, Touch, falls_below_at, priority_tier, score
+from coxswain.core.scoring import (
+    Score,
+    Touch,
+    falls_below_at,
+    falls_below_bound,
+    priority_tier,
+    score,
+    score_total,
+)
 from schemas.events import (
     ActivityRecordedV1,
     ActivityType,
@@ -33,6 +42,7 @@ from schemas.events import (
     LeadReceivedV1,
     LeadScoredV1,
     LeadStageChangedV1,
+    Playbook,
     Stage,
     Tier,
 )
@@ -71,7 +81,19 @@ def fact_id(caused_by: uuid.UUID, kind: str) -> uuid.UUID:
 
 
 def merge_attributes(old: LeadAttributes, new: LeadAttributes) -> LeadAttributes:
-    return old.model_copy(update=new.model_dump(exclude_none=True))
+    if new is old:
+        return old
+    update = new.model_dump(exclude_none=True)
+    # Most events repeat what is known: then the copy would equal one of the two, set fields included.
+    kept, given = old.model_fields_set, old.__dict__
+    if all(name in kept and given[name] == value for name, value in update.items()):
+        return old
+    if not kept and new.model_fields_set == update.keys() and old == _NO_ATTRIBUTES:
+        return new
+    return old.model_copy(update=update)
+
+
+_NO_ATTRIBUTES = LeadAttributes()
 
 
 def fast_lane(engagement: EngagementType, agreement: Agreement) -> FastLane | None:
@@ -84,31 +106,70 @@ def evaluation_time(state: LeadState, at: datetime) -> datetime:
     return max(at, max((touch.at for touch in state.touches), default=at))
 
 
-def on_received(state: LeadState, event: LeadReceivedV1, agreement: Agreement, now: datetime) -> Outcome:
+def on_received(
+    state: LeadState, event: LeadReceivedV1, agreement: Agreement, now: datetime, *, score_fact: bool = True
+) -> Outcome:
+    """``score_fact=False`` leaves the ``LeadScoredV1`` out: the simulator, which publishes
+    nothing, skips building it; the state and every other fact are the same."""
     touches = (*state.touches, Touch(event.engagement, event.occurred_at))[-MAX_TOUCHES:]
-    updated = replace(
-        state,
-        source=event.source if state.source == "unknown" else state.source,
-        attributes=merge_attributes(state.attributes, event.attributes),
-        touches=touches,
-    )
-    current = score(updated.attributes, touches, agreement, now)
-    updated = replace(updated, score_total=current.total, persona=current.persona)
-    scored = _scored(updated, current, event.event_id, agreement, now)
+    attributes = merge_attributes(state.attributes, event.attributes)
+    current = score(attributes, touches, agreement, now) if score_fact else None
+    if current is not None:
+        total, persona = current.total, current.persona
+    else:
+        total, persona = score_total(attributes, touches, agreement, now)
+    source = event.source if state.source == "unknown" else state.source
+    updated = rescored(state, total, persona, source=source, attributes=attributes, touches=touches)
     lane = fast_lane(event.engagement, agreement)
-    updated, facts = _evaluate(updated, current, lane, event.event_id, agreement, now, decayed=False)
-    return Outcome(updated, (scored, *facts))
+    evaluated, facts = _evaluate(updated, total, lane, event.event_id, agreement, now, decayed=False)
+    if current is None:
+        return Outcome(evaluated, facts)
+    return Outcome(evaluated, (_scored(updated, current, event.event_id, agreement, now), *facts))
 
 
-def on_timer(state: LeadState, agreement: Agreement, now: datetime, timer_id: uuid.UUID) -> Outcome:
+def on_timer(
+    state: LeadState, agreement: Agreement, now: datetime, timer_id: uuid.UUID, *, score_fact: bool = True
+) -> Outcome:
     """The re-evaluation armed at ``next_reevaluation``: demote a decayed lead, or re-qualify a
     recycled one whose cooldown is over. Nothing is emitted when nothing changes."""
-    current = score(state.attributes, state.touches, agreement, now)
-    updated = replace(state, score_total=current.total, persona=current.persona)
-    updated, facts = _evaluate(updated, current, None, timer_id, agreement, now, decayed=True)
+    total, persona = score_total(state.attributes, state.touches, agreement, now)
+    updated = rescored(state, total, persona)
+    updated, facts = _evaluate(updated, total, None, timer_id, agreement, now, decayed=True)
     if not facts:
         return Outcome(state, ())
+    if not score_fact:
+        return Outcome(updated, facts)
+    current = score(state.attributes, state.touches, agreement, now)
     return Outcome(updated, (_scored(updated, current, timer_id, agreement, now), *facts))
+
+
+def rescored(
+    state: LeadState,
+    score_total: float,
+    persona: str | None,
+    *,
+    source: str | None = None,
+    attributes: LeadAttributes | None = None,
+    touches: tuple[Touch, ...] | None = None,
+) -> LeadState:
+    """``replace(state, score_total=..., persona=..., ...)`` for the one change every input makes.
+
+    ``LeadState`` is a frozen dataclass without ``__post_init__``, so a copy of its fields with
+    these set is the object ``replace`` builds, at a sixth of the cost (``replace`` walks the
+    fields and runs ``__init__``: microseconds that add up over every input of a simulation).
+    """
+    updated = object.__new__(LeadState)
+    fields = updated.__dict__
+    fields.update(state.__dict__)
+    fields["score_total"] = score_total
+    fields["persona"] = persona
+    if source is not None:
+        fields["source"] = source
+    if attributes is not None:
+        fields["attributes"] = attributes
+    if touches is not None:
+        fields["touches"] = touches
+    return updated
 
 
 def demotable(state: LeadState, now: datetime) -> bool:
@@ -135,6 +196,21 @@ def next_reevaluation(state: LeadState, agreement: Agreement, now: datetime) -> 
     return None
 
 
+def reevaluation_bound(state: LeadState, agreement: Agreement, now: datetime) -> datetime | None:
+    """No later than ``next_reevaluation`` (None only when that is None), without searching for the
+    crossing: a shell that can afford to look again at this moment computes the exact one only
+    for the leads that get there without a new event (the simulator does)."""
+    sql = agreement.scoring.sql
+    if state.stage is Stage.mql and not state.pinned:
+        bound = falls_below_bound(state.attributes, state.touches, agreement, now, agreement.scoring.mql.exit)
+        if bound is None:
+            return None
+        return max(bound, state.held_until) if state.held_until else bound
+    if state.stage is Stage.sql and sql is not None and not state.pinned:
+        return falls_below_bound(state.attributes, state.touches, agreement, now, sql.exit)
+    return next_reevaluation(state, agreement, now)
+
+
 def timer_id_for(state: LeadState, due_at: datetime) -> uuid.UUID:
     """Names the re-evaluation by what it re-evaluates, so replays arm (and fire) the same timer."""
     return uuid.uuid5(state.lead_id, f"reevaluate/{state.stage.value}/{due_at.isoformat()}/{len(state.touches)}")
@@ -142,7 +218,7 @@ def timer_id_for(state: LeadState, due_at: datetime) -> uuid.UUID:
 
 def _evaluate(
     state: LeadState,
-    current: Score,
+    total: float,
     lane: FastLane | None,
     caused_by: uuid.UUID,
     agreement: Agreement,
@@ -152,7 +228,6 @@ def _evaluate(
 ) -> tuple[LeadState, tuple[Event, ...]]:
     """The hysteresis: enter at ``enter``, leave only below ``exit``; nothing in between moves."""
     mql, sql = agreement.scoring.mql, agreement.scoring.sql
-    total = current.total
     falling = " as engagement decayed" if decayed else ""
     if state.stage in QUALIFIABLE:
         enters = total >= mql.enter
@@ -262,6 +337,22 @@ def _scored(
     )
 
 
+_PlaybookKey = tuple[str | None, Stage, Tier | None]
+
+
+def _playbooks(_: Agreement) -> dict[_PlaybookKey, Playbook | None]:
+    return {}
+
+
+def _playbook(agreement: Agreement, persona: str | None, stage: Stage, tier: Tier | None) -> Playbook | None:
+    """``playbook_for``, once per (persona, stage, tier) of an agreement: a handful of keys."""
+    known = derived(agreement, _playbooks)
+    key = (persona, stage, tier)
+    if key not in known:
+        known[key] = playbook_for(agreement, persona, stage, tier)
+    return known[key]
+
+
 def _qualified(
     state: LeadState, tier: Tier, total: float, reason: str, caused_by: uuid.UUID, agreement: Agreement, now: datetime
 ) -> LeadQualifiedV1:
@@ -277,7 +368,7 @@ def _qualified(
         attributes=state.attributes,
         source=state.source,
         persona=state.persona,
-        playbook=playbook_for(agreement, state.persona, Stage.mql, state.tier),
+        playbook=_playbook(agreement, state.persona, Stage.mql, state.tier),
     )
 
 
@@ -293,5 +384,5 @@ def _stage_changed(
         from_stage=old,
         to_stage=state.stage,
         reason=reason,
-        playbook=playbook_for(agreement, state.persona, state.stage, state.tier),
+        playbook=_playbook(agreement, state.persona, state.stage, state.tier),
     )

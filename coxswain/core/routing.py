@@ -24,6 +24,7 @@ from typing import Literal
 from coxswain.core.accounts import lead_domain
 from coxswain.core.agreement import OWNER_POOL, Agreement, AgreementProblem, Pool, Routing, RoutingRule
 from coxswain.core.capacity import RepLoad, after_assignment, assigned_today, over_limit_because
+from coxswain.core.memo import derived
 from coxswain.core.roster import Roster, effective_weight, unavailable_because
 from coxswain.core.scoring import attribute_value
 from schemas.events import CandidateVerdict, LeadAttributes, Tier
@@ -118,10 +119,27 @@ def rule_matches(rule: RoutingRule, lead: RoutingInput, routing: Routing | None 
 
 def select_pool(lead: RoutingInput, agreement: Agreement) -> tuple[str, str]:
     """(rule id, pool id) of the first matching rule, else the fallback pool."""
-    for rule in agreement.routing.rules:
-        if rule_matches(rule, lead, agreement.routing):
+    routing = agreement.routing
+    found: dict[str, frozenset[str]] = {}
+
+    def values_of(attribute: str) -> frozenset[str]:
+        if attribute not in found:
+            found[attribute] = lead_values(lead, attribute, routing)
+        return found[attribute]
+
+    for rule, accepted in derived(agreement, _accepted_values):
+        # rule_matches, with each rule's accepted values case-folded once per agreement and each
+        # of the lead's values computed once per decision.
+        if all(values_of(attribute) & values for attribute, values in accepted):
             return rule.id, rule.pool
-    return "fallback", agreement.routing.fallback_pool
+    return "fallback", routing.fallback_pool
+
+
+def _accepted_values(agreement: Agreement) -> tuple[tuple[RoutingRule, tuple[tuple[str, frozenset[str]], ...]], ...]:
+    return tuple(
+        (rule, tuple((attribute, frozenset(o.casefold() for o in values)) for attribute, values in rule.when.items()))
+        for rule in agreement.routing.rules
+    )
 
 
 # --------------------------------------------------------------------------- rotation
@@ -137,6 +155,7 @@ def _turn(
     excluded: Mapping[str, str],
     absent: Collection[str],
     reentry: bool,
+    explain: bool = True,
 ) -> tuple[str | None, tuple[CandidateVerdict, ...], Rotation]:
     reps = [rep for rep, _ in members]
     weights = dict(members)
@@ -162,19 +181,23 @@ def _turn(
         chosen = max(eligible, key=lambda rep: (after[rep], -reps.index(rep)))
         after[chosen] -= sum(weights[rep] for rep in eligible)
     assigned = dict(rotation.assigned)
-    verdicts = tuple(
-        CandidateVerdict(
-            rep_id=rep,
-            eligible=rep not in excluded,
-            excluded_because=excluded.get(rep),
-            weight=weights[rep],
-            current_before=before[rep],
-            current_after=after[rep],
-            pool_id=pool_id,
-            assigned_before=assigned.get(rep, 0),
-            assigned_after=assigned.get(rep, 0) + (rep == chosen),
+    verdicts = (
+        tuple(
+            CandidateVerdict(
+                rep_id=rep,
+                eligible=rep not in excluded,
+                excluded_because=excluded.get(rep),
+                weight=weights[rep],
+                current_before=before[rep],
+                current_after=after[rep],
+                pool_id=pool_id,
+                assigned_before=assigned.get(rep, 0),
+                assigned_after=assigned.get(rep, 0) + (rep == chosen),
+            )
+            for rep in reps
         )
-        for rep in reps
+        if explain
+        else ()
     )
     if chosen is not None:
         assigned[chosen] = assigned.get(chosen, 0) + 1
@@ -198,9 +221,16 @@ def _rotate_with_fallback(
     rotations: Mapping[str, Rotation],
     excluded: Mapping[str, str],
     absent: Collection[str],
+    explain: bool = True,
 ) -> RoutingDecision:
     chosen, verdicts, after = _turn(
-        pool_id, members_of(pool_id), rotations.get(pool_id, Rotation()), excluded, absent, reentry=True
+        pool_id,
+        members_of(pool_id),
+        rotations.get(pool_id, Rotation()),
+        excluded,
+        absent,
+        reentry=True,
+        explain=explain,
     )
     if chosen is not None:
         reason = f"rule {rule_id} -> pool {pool_id}, weighted rotation"
@@ -209,7 +239,13 @@ def _rotate_with_fallback(
         reason = f"nobody eligible in pool {pool_id}"
         return RoutingDecision(None, pool_id, rule_id, reason, verdicts, after, "none", {pool_id: after})
     chosen, fallback_verdicts, fallback_after = _turn(
-        fallback, members_of(fallback), rotations.get(fallback, Rotation()), excluded, absent, reentry=True
+        fallback,
+        members_of(fallback),
+        rotations.get(fallback, Rotation()),
+        excluded,
+        absent,
+        reentry=True,
+        explain=explain,
     )
     reason = f"rule {rule_id} -> pool {pool_id}: nobody eligible; fallback pool {fallback}"
     if chosen is None:
@@ -251,11 +287,15 @@ def route(
     agreement: Agreement,
     situation: Situation,
     exclude: Collection[str] = (),
+    *,
+    explain: bool = True,
 ) -> RoutingDecision:
     """Who gets the lead now, and why; ``exclude`` names reps a reassignment must skip.
 
     A decision with ``rep_id`` None means nobody may take the lead now: the shell parks it and
     retries. ``waiting_for`` is set when the agreement queues leads for an unavailable owner.
+    ``explain=False`` leaves ``candidates`` empty (the simulator reads none); everything else is
+    the same decision.
     """
     now, roster, routing = situation.now, situation.roster, agreement.routing
     lead_load = routing.load[lead.tier]
@@ -300,8 +340,9 @@ def route(
         label = f"owner {owner} of an open lead from {domain}"
     if owner is not None and matched_by is not None:
         because = why_not(owner)
-        verdict = details(
-            CandidateVerdict(
+        verdicts: tuple[CandidateVerdict, ...] = ()
+        if explain:
+            owner_verdict = CandidateVerdict(
                 rep_id=owner,
                 eligible=because is None,
                 excluded_because=because,
@@ -309,16 +350,15 @@ def route(
                 current_before=0,
                 current_after=0,
                 pool_id=OWNER_POOL,
-            ),
-            None,
-        )
+            )
+            verdicts = (details(owner_verdict, None),)
         if because is None:
             return RoutingDecision(
                 owner,
                 OWNER_POOL,
                 matched_by.replace("_", "-"),
                 f"{label} takes the lead",
-                (verdict,),
+                verdicts,
                 Rotation(),
                 matched_by,
                 {},
@@ -335,7 +375,7 @@ def route(
                 OWNER_POOL,
                 matched_by.replace("_", "-"),
                 f"{label} is unavailable ({because}); owner_unavailable=queue: the lead waits for the owner",
-                (verdict,),
+                verdicts,
                 Rotation(),
                 "none",
                 {},
@@ -348,7 +388,7 @@ def route(
             f"{label} is unavailable ({because}); "
             + ("owner_unavailable=rotate" if policy == "rotate" else "routed by the rules instead of waiting")
         )
-        owner_verdicts: tuple[CandidateVerdict, ...] = (verdict,)
+        owner_verdicts = verdicts
     else:
         owner_verdicts = ()
 
@@ -360,13 +400,14 @@ def route(
 
     def members_of(pool: str) -> list[Weighted]:
         members = roster.pools.get(pool, ())
-        configured.update({(pool, m.rep): m.weight for m in members})
+        if explain:
+            configured.update({(pool, m.rep): m.weight for m in members})
         return [(m.rep, effective_weight(m.weight, roster.reps.get(m.rep), now)) for m in members]
 
     decision = _rotate_with_fallback(
-        rule_id, pool_id, routing.fallback_pool, members_of, situation.rotations, excluded, absent
+        rule_id, pool_id, routing.fallback_pool, members_of, situation.rotations, excluded, absent, explain
     )
-    verdicts = tuple(
+    pooled = tuple(
         details(verdict, configured.get((verdict.pool_id or "", verdict.rep_id))) for verdict in decision.candidates
     )
     return RoutingDecision(
@@ -374,7 +415,7 @@ def route(
         decision.pool_id,
         decision.rule_id,
         "; ".join([*notes, decision.reason]),
-        (*owner_verdicts, *verdicts),
+        (*owner_verdicts, *pooled),
         decision.rotation_after,
         decision.matched_by,
         decision.rotations_after,

@@ -9,13 +9,16 @@ a qualified lead will fall below its exit threshold.
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_right
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from functools import partial
+from typing import NamedTuple
 
-from coxswain.core.agreement import Agreement, AttributeRule, EngagementRule, Match
+from coxswain.core.agreement import Agreement, EngagementRule, Match
+from coxswain.core.memo import derived
 from schemas.events import EngagementType, LeadAttributes, ScoreContribution, Tier
 
 URGENCY = {Tier.hot: 0, Tier.warm: 1, Tier.cold: 2}
@@ -25,6 +28,11 @@ URGENCY = {Tier.hot: 0, Tier.warm: 1, Tier.cold: 2}
 class Touch:
     engagement: EngagementType
     at: datetime
+    # ``at`` as microseconds since the epoch, for the decay arithmetic: computed once per touch.
+    micros: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "micros", _micros(self.at))
 
 
 @dataclass(frozen=True)
@@ -76,16 +84,6 @@ def persona_for(attributes: LeadAttributes, agreement: Agreement) -> str | None:
     return None
 
 
-def _attribute_contributions(
-    rules: Iterable[AttributeRule], attributes: LeadAttributes, persona: str | None, kind: Literal["fit", "negative"]
-) -> list[ScoreContribution]:
-    return [
-        ScoreContribution(rule_id=rule.id, kind=kind, points=rule.points, value=rule.points)
-        for rule in rules
-        if matches(rule.match, attribute_value(attributes, rule.field, persona))
-    ]
-
-
 def decayed(points: float, age: timedelta, half_life: timedelta) -> float:
     if age <= timedelta(0):
         return points
@@ -112,13 +110,13 @@ def awarded(rule: EngagementRule, times: Sequence[datetime]) -> list[float]:
     return awards
 
 
-@dataclass(frozen=True)
-class RuleTouches:
+class RuleTouches(NamedTuple):
     """One engagement rule's touches in time order (as microseconds), with what each awarded."""
 
     rule: EngagementRule
     micros: tuple[int, ...]
     awards: tuple[float, ...]
+    half_life: int  # the rule's, in microseconds
 
     def at(self, now: datetime) -> tuple[float, float] | None:
         """(points awarded, decayed and capped value) of the touches up to ``now``; None if none.
@@ -126,18 +124,38 @@ class RuleTouches:
         Integer microseconds divide exactly as ``timedelta / timedelta`` does in ``decayed``, so
         this is the same arithmetic, only without building a timedelta per touch.
         """
-        now_us = _micros(now)
-        count = bisect_right(self.micros, now_us)
-        if count == 0:
+        return self.at_micros(_micros(now))
+
+    def at_micros(self, now_us: int) -> tuple[float, float] | None:
+        value = self.value_at(now_us)
+        if value is None:
             return None
-        half_life = self.rule.half_life // _MICROSECOND
+        count = bisect_right(self.micros, now_us)
+        return round(sum(self.awards[:count] if count < len(self.awards) else self.awards), 4), value
+
+    def value_at(self, now_us: int) -> float | None:
+        """The decayed and capped value alone (what the total adds up), rounded as ``at`` rounds it."""
+        value = self.unrounded_at(now_us)
+        return None if value is None else round(value, 4)
+
+    def unrounded_at(self, now_us: int, capped: bool = True) -> float | None:
+        micros, awards = self.micros, self.awards
+        if micros[-1] > now_us:
+            count = bisect_right(micros, now_us)
+            if count == 0:
+                return None
+            micros, awards = micros[:count], awards[:count]
+        half_life = self.half_life
         value = sum(
-            points if now_us - at <= 0 else float(points * 2.0 ** (-((now_us - at) / half_life)))
-            for points, at in zip(self.awards[:count], self.micros[:count], strict=True)
+            [
+                points if now_us - at <= 0 else float(points * 2.0 ** (-((now_us - at) / half_life)))
+                for points, at in zip(awards, micros, strict=True)
+            ]
         )
-        if self.rule.cap is not None:
-            value = min(value, self.rule.cap)
-        return round(sum(self.awards[:count]), 4), round(value, 4)
+        cap = self.rule.cap
+        if capped and cap is not None:
+            value = min(value, cap)
+        return value
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -150,22 +168,45 @@ def _micros(moment: datetime) -> int:
 
 def by_rule(touches: Sequence[Touch], agreement: Agreement) -> list[RuleTouches]:
     """Awards depend only on earlier touches, so they are computed once, for every later moment."""
+    of_kind: dict[EngagementType, list[Touch]] = {}
+    for touch in touches:
+        found = of_kind.get(touch.engagement)
+        if found is None:
+            of_kind[touch.engagement] = [touch]
+        else:
+            found.append(touch)
     prepared = []
-    for rule in agreement.scoring.engagement:
-        times = sorted(touch.at for touch in touches if touch.engagement == rule.event)
-        if times:
-            prepared.append(RuleTouches(rule, tuple(map(_micros, times)), tuple(awarded(rule, times))))
+    for rule, half_life in derived(agreement, _engagement_rules):
+        kind = of_kind.get(rule.event)
+        if kind:
+            if len(kind) > 1:
+                kind.sort(key=_moment)
+            micros = tuple([touch.micros for touch in kind])
+            if rule.cap_per_window is None:
+                awards = (rule.points,) * len(kind)  # what ``awarded`` gives without a window cap
+            else:
+                awards = tuple(awarded(rule, [touch.at for touch in kind]))
+            prepared.append(RuleTouches(rule, micros, awards, half_life))
     return prepared
 
 
+def _engagement_rules(agreement: Agreement) -> tuple[tuple[EngagementRule, int], ...]:
+    return tuple((rule, rule.half_life // _MICROSECOND) for rule in agreement.scoring.engagement)
+
+
+def _moment(touch: Touch) -> datetime:
+    return touch.at
+
+
 def engagement_contributions(touches: Sequence[Touch], agreement: Agreement, now: datetime) -> list[ScoreContribution]:
-    return _contributions(by_rule(touches, agreement), now)
+    return _contributions(_by_rule(touches, agreement, derived(agreement, _prepare)), now)
 
 
 def _contributions(prepared: Sequence[RuleTouches], now: datetime) -> list[ScoreContribution]:
     contributions = []
+    now_us = _micros(now)
     for rule in prepared:
-        found = rule.at(now)
+        found = rule.at_micros(now_us)
         if found is not None:
             points, value = found
             contributions.append(
@@ -177,25 +218,171 @@ def _contributions(prepared: Sequence[RuleTouches], now: datetime) -> list[Score
 
 
 def fit_score(attributes: LeadAttributes, agreement: Agreement) -> tuple[str | None, list[ScoreContribution]]:
-    persona = persona_for(attributes, agreement)
-    return persona, [
-        *_attribute_contributions(agreement.scoring.fit, attributes, persona, "fit"),
-        *_attribute_contributions(agreement.scoring.negative, attributes, persona, "negative"),
-    ]
+    fit = _fit(attributes, derived(agreement, _prepare))
+    return fit.persona, list(fit.contributions)
 
 
 def score(attributes: LeadAttributes, touches: Sequence[Touch], agreement: Agreement, now: datetime) -> Score:
-    persona, fit = fit_score(attributes, agreement)
-    engagement = engagement_contributions(touches, agreement, now)
-    fit_total = sum(c.value for c in fit)
+    prepared = derived(agreement, _prepare)
+    fit = _fit(attributes, prepared)
+    engagement = _contributions(_by_rule(touches, agreement, prepared), now)
+    fit_total = fit.total
     engagement_total = sum(c.value for c in engagement)
     return Score(
         fit=round(fit_total, 4),
         engagement=round(engagement_total, 4),
         total=round(fit_total + engagement_total, 4),
-        contributions=(*fit, *engagement),
-        persona=persona,
+        contributions=(*fit.contributions, *engagement),
+        persona=fit.persona,
     )
+
+
+def score_total(
+    attributes: LeadAttributes, touches: Sequence[Touch], agreement: Agreement, now: datetime
+) -> tuple[float, str | None]:
+    """``score(...).total`` and ``.persona`` without building the contributions: the same sums."""
+    prepared = derived(agreement, _prepare)
+    fit = _fit(attributes, prepared)
+    return _total(fit.total, _by_rule(touches, agreement, prepared), _micros(now)), fit.persona
+
+
+def _total(fit_total: float, rules: Sequence[RuleTouches], now_us: int) -> float:
+    # score() sums the contributions' values, which are the rounded values in rule order.
+    values = []
+    for rule in rules:
+        value = rule.unrounded_at(now_us)
+        if value is not None:
+            values.append(round(value, 4))
+    return round(fit_total + sum(values), 4)
+
+
+# --------------------------------------------------------------------------- the agreement, prepared once
+#
+# A lead's fit depends only on its attributes and the agreement, and attributes change only when
+# an event brings new ones, while the score is asked for on every event and every re-evaluation.
+# So each agreement's tests are prepared once (options case-folded, contributions built) and the
+# fit of recently seen attributes is remembered (``coxswain.core.memo``).
+
+_FITS_KEPT = 8192
+
+
+@dataclass(frozen=True)
+class _Fit:
+    persona: str | None
+    contributions: tuple[ScoreContribution, ...]
+    total: float
+
+
+_Check = Callable[[str | int | None], bool]
+_ANSWERS_KEPT = 4096
+
+
+@dataclass
+class _Prepared:
+    personas: tuple[tuple[str, tuple[tuple[str, _Check], ...]], ...]
+    rules: tuple[tuple[str, _Check, ScoreContribution], ...]
+    fields: tuple[str, ...]
+    fits: dict[LeadAttributes, _Fit] = field(default_factory=dict)
+    # The last attributes and touches asked about, and what they gave: the scorer asks about one
+    # lead several times in a row. Both are immutable; holding them keeps their ids from reuse.
+    attributes: tuple[LeadAttributes, _Fit] | None = None
+    touches: tuple[tuple[Touch, ...], tuple[RuleTouches, ...]] | None = None
+
+
+def _check(match: Match) -> _Check:
+    """``matches(match, ·)``, its answer for each recent value remembered."""
+    test = _test(match)
+    answers: dict[str | int | None, bool] = {}
+
+    def check(value: str | int | None) -> bool:
+        answer = answers.get(value)
+        if answer is None:
+            if len(answers) >= _ANSWERS_KEPT:
+                answers.clear()
+            answer = answers[value] = test(value)
+        return answer
+
+    return check
+
+
+def _test(match: Match) -> _Check:
+    """``matches(match, ·)`` with the options case-folded once; the same answers for every value."""
+    if (match.exists, match.between, match.equals) != (None, None, None):
+        return partial(matches, match)
+    if match.in_ is not None and match.contains_any is None:
+        options = frozenset(option.casefold() for option in match.in_)
+        return lambda value: value is not None and str(value).casefold() in options
+    if match.contains_any is not None and match.in_ is None:
+        needles = tuple(option.casefold() for option in match.contains_any)
+
+        def contains_any(value: str | int | None) -> bool:
+            if value is None:
+                return False
+            text = str(value).casefold()
+            return any(needle in text for needle in needles)
+
+        return contains_any
+    return partial(matches, match)
+
+
+def _prepare(agreement: Agreement) -> _Prepared:
+    scoring = agreement.scoring
+    rules = [
+        (
+            rule.field,
+            _check(rule.match),
+            ScoreContribution(rule_id=rule.id, kind=kind, points=rule.points, value=rule.points),
+        )
+        for kind, group in (("fit", scoring.fit), ("negative", scoring.negative))
+        for rule in group
+    ]
+    personas = tuple(
+        (persona.id, tuple((name, _check(test)) for name, test in persona.match.items()))
+        for persona in agreement.personas
+    )
+    fields = {name for _, tests in personas for name, _ in tests} | {name for name, _, _ in rules}
+    return _Prepared(personas, tuple(rules), tuple(sorted(fields)))
+
+
+def _by_rule(touches: Sequence[Touch], agreement: Agreement, prepared: _Prepared) -> Sequence[RuleTouches]:
+    """``by_rule``, remembered for the last tuple of touches (a list could change after the call)."""
+    if type(touches) is not tuple:
+        return by_rule(touches, agreement)
+    last = prepared.touches
+    if last is not None and last[0] is touches:
+        return last[1]
+    rules = tuple(by_rule(touches, agreement))
+    prepared.touches = (touches, rules)
+    return rules
+
+
+def _fit(attributes: LeadAttributes, prepared: _Prepared) -> _Fit:
+    last = prepared.attributes
+    if last is not None and last[0] is attributes:
+        return last[1]
+    fits = prepared.fits
+    found = fits.get(attributes)
+    if found is None:
+        found = _fit_of(attributes, prepared)
+        if len(fits) >= _FITS_KEPT:
+            del fits[next(iter(fits))]
+        fits[attributes] = found
+    prepared.attributes = (attributes, found)
+    return found
+
+
+def _fit_of(attributes: LeadAttributes, prepared: _Prepared) -> _Fit:
+    """``persona_for``, then every fit and negative rule whose test holds (with the persona found),
+    over the prepared tests, each field read once."""
+    values = {name: attribute_value(attributes, name) for name in prepared.fields}
+    persona = None
+    for persona_id, tests in prepared.personas:
+        if all([test(values[name]) for name, test in tests]):
+            persona = persona_id
+            break
+    values["persona"] = persona
+    contributions = tuple([contribution for name, test, contribution in prepared.rules if test(values[name])])
+    return _Fit(persona, contributions, sum([c.value for c in contributions]))
 
 
 def tier_for(total: float, agreement: Agreement) -> Tier:
@@ -237,14 +424,25 @@ def falls_below_at(
     nightly batch.
     """
 
-    _, fit = fit_score(attributes, agreement)
-    fit_total = sum(c.value for c in fit)
-    prepared = by_rule(touches, agreement)
+    prepared = derived(agreement, _prepare)
+    fit_total = _fit(attributes, prepared).total
+    rules = _by_rule(touches, agreement, prepared)
+    now_us = _micros(now)
+    decays = _decays(rules, now_us)
+    slack = _slack(rules)
 
     def below(at: datetime) -> bool:
+        at_us = _micros(at)
+        if decays is not None:
+            # Far from the threshold, the closed form decides as the sum below would.
+            elapsed = at_us - now_us
+            approximate = fit_total + sum([decay(elapsed) for decay in decays])
+            if approximate >= threshold + slack:
+                return False
+            if approximate < threshold - slack:
+                return True
         # The same arithmetic, in the same order, as score(): the crossing found is exact for it.
-        engagement_total = sum(found[1] for rule in prepared if (found := rule.at(at)) is not None)
-        return round(fit_total + engagement_total, 4) < threshold
+        return _total(fit_total, rules, at_us) < threshold
 
     if below(now):
         return now
@@ -263,3 +461,59 @@ def falls_below_at(
         else:
             early = middle
     return late
+
+
+def _slack(rules: Sequence[RuleTouches]) -> float:
+    """More than the total can differ from the exact sum of the rules' values: half a unit of the
+    4th decimal per rule and once more for the total (rounding), and a margin for floating point."""
+    return (len(rules) + 2) * 0.00005 + 1e-6
+
+
+def _decays(rules: Sequence[RuleTouches], now_us: int) -> list[Callable[[int], float]] | None:
+    """Each rule's value ``elapsed`` microseconds after ``now``, in closed form: a sum of decaying
+    touches is its sum now decaying at the same half-life. None when a touch comes after now."""
+    decays: list[Callable[[int], float]] = []
+    for rule in rules:
+        uncapped = rule.unrounded_at(now_us, capped=False)
+        if uncapped is None or rule.micros[-1] > now_us:
+            return None
+        decays.append(partial(_decay, uncapped, rule.half_life, rule.rule.cap))
+    return decays
+
+
+def _decay(uncapped: float, half_life: int, cap: float | None, elapsed: int) -> float:
+    value = float(uncapped * 2.0 ** (-(elapsed / half_life)))
+    return value if cap is None else min(value, cap)
+
+
+def falls_below_bound(
+    attributes: LeadAttributes, touches: Sequence[Touch], agreement: Agreement, now: datetime, threshold: float
+) -> datetime | None:
+    """A moment no later than ``falls_below_at`` with the same arguments, from one evaluation instead
+    of a search; None only when ``falls_below_at`` is None too (fit alone keeps the score up).
+
+    A caller that re-arms on every event can wait until this moment to search for the crossing,
+    which most leads never reach: a new event moves it first. From ``now`` on, each rule's decayed
+    sum shrinks by 2^(-d/h) of its own half-life h, so its capped value stays at least its value
+    now shrunk the same way, and by convexity the sum of those stays at least the total now shrunk
+    at the value-weighted mean rate. Rounding (half a unit of the 4th decimal per rule and once
+    more for the total) and floating point are allowed for with a margin.
+    """
+    prepared = derived(agreement, _prepare)
+    fit_total = _fit(attributes, prepared).total
+    rules = _by_rule(touches, agreement, prepared)
+    now_us = _micros(now)
+    if _total(fit_total, rules, now_us) < threshold:
+        return now
+    if round(fit_total, 4) >= threshold:
+        return None
+    if any(rule.micros[-1] > now_us for rule in rules):
+        return now  # a touch after now raises the score again: no bound without the search
+    values = [(value, rule.half_life) for rule in rules if (value := rule.unrounded_at(now_us))]
+    engagement = sum(value for value, _ in values)
+    needed = threshold - fit_total + _slack(rules)
+    if engagement <= needed:
+        return now
+    rate = sum(value / half_life for value, half_life in values) / engagement  # per microsecond
+    span = int(math.log2(engagement / needed) / rate * (1 - 1e-9)) - 1000
+    return now + timedelta(microseconds=span) if span > 0 else now

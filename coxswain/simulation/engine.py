@@ -6,7 +6,9 @@ One ``Engine`` per agreement replays a sequence of intake events (``LeadReceived
 - scoring: identity resolution (``coxswain.core.identity.resolve``), ``on_received`` /
   ``on_activity`` at the event's time (``evaluation_time``), and one re-evaluation timer per
   lead at ``next_reevaluation``, kept in a heap and fired (``on_timer``) in time order before
-  any input dated at or after it;
+  any input dated at or after it. Timers are armed at a cheap bound (``reevaluation_bound``) and
+  the exact moment is searched for only when the bound is reached, which most leads never do
+  (a new input re-arms them first); the order of firing is the same;
 - routing: ``route`` with a ``Situation`` built as ``services/router/service.py`` builds it
   (rotations, rep loads, account owner, owner of the latest open lead of the same domain);
   the rotation, counters and open lead are then updated, and released on the router's rules
@@ -42,6 +44,7 @@ from coxswain.core.lead import (
     on_activity,
     on_received,
     on_timer,
+    reevaluation_bound,
     timer_id_for,
 )
 from coxswain.core.lifecycle import LifecycleRefused
@@ -131,8 +134,13 @@ class Engine:
         self.results = Results(agreement.version)
         self.states: dict[uuid.UUID, LeadState] = {}
         self.identities: dict[str, uuid.UUID] = {}
-        self.timers: dict[uuid.UUID, tuple[datetime, uuid.UUID]] = {}
-        self._heap: list[tuple[datetime, int, uuid.UUID, uuid.UUID]] = []
+        self._keys: dict[tuple[str | None, str, str | None], tuple[str, ...]] = {}
+        # lead -> (due, sequence number of the arming); the heap holds (due, sequence, lead). A timer
+        # armed at a bound (``_arm``) is also in ``_bounded``, with the moment it was armed at.
+        self.timers: dict[uuid.UUID, tuple[datetime, int]] = {}
+        self._bounded: dict[uuid.UUID, datetime] = {}
+        self._bounds: dict[uuid.UUID, tuple[LeadState, datetime, datetime | None]] = {}
+        self._heap: list[tuple[datetime, int, uuid.UUID]] = []
         self._seq = 0
         self.rotations: dict[str, Rotation] = {}
         self.loads: dict[str, RepLoad] = {}
@@ -172,11 +180,23 @@ class Engine:
         """Fire every re-evaluation due by ``now``, oldest first; retry parked leads."""
         heap = self._heap
         while heap and heap[0][0] <= now:
-            due, _, lead_id, timer_id = heapq.heappop(heap)
-            if self.timers.get(lead_id) != (due, timer_id):
+            due, seq, lead_id = heapq.heappop(heap)
+            if self.timers.get(lead_id) != (due, seq):
                 continue  # replaced or removed since it was armed
+            armed_at = self._bounded.pop(lead_id, None)
+            if armed_at is not None:
+                # The bound is reached with no new input for the lead: now find the exact moment.
+                # It keeps its sequence number, so timers due at the same instant fire in the order
+                # they were armed, as if the exact moment had been known from the start.
+                exact = next_reevaluation(self.states[lead_id], self.agreement, armed_at)
+                if exact is None:
+                    del self.timers[lead_id]
+                else:
+                    self.timers[lead_id] = (exact, seq)
+                    heapq.heappush(heap, (exact, seq, lead_id))
+                continue
             del self.timers[lead_id]
-            self._fire(lead_id, due, timer_id)
+            self._fire(lead_id, due)
         if self.clock is None or now > self.clock:
             self.clock = now
         if self.parked and (self._last_retry is None or now - self._last_retry >= RETRY_EVERY):
@@ -199,18 +219,24 @@ class Engine:
     # ------------------------------------------------------------------ scoring
 
     def _received(self, event: LeadReceivedV1) -> None:
-        keys = identity_keys(event.attributes.email, event.source, event.external_id)
+        contact = (event.attributes.email, event.source, event.external_id)
+        keys = self._keys.get(contact)
+        if keys is None:
+            keys = self._keys[contact] = identity_keys(*contact)
         lead_id = event.lead_id
-        if keys:
+        identities = self.identities
+        # A person known by every key under this very id needs no resolution: resolve would keep
+        # the id and record nothing.
+        if keys and not (identities.get(keys[0]) == lead_id and all(key in identities for key in keys[1:])):
             wanted = (*keys, alias_key(event.lead_id))
-            known = {key: self.identities[key] for key in wanted if key in self.identities}
+            known = {key: identities[key] for key in wanted if key in identities}
             resolution = resolve(keys, known, event.lead_id)
             for key in resolution.record:
-                self.identities.setdefault(key, resolution.lead_id)
+                identities.setdefault(key, resolution.lead_id)
             lead_id = resolution.lead_id
         state = self.states.get(lead_id) or LeadState(lead_id=lead_id)
         at = evaluation_time(state, event.occurred_at)
-        self._scored(on_received(state, event, self.agreement, at), at)
+        self._scored(on_received(state, event, self.agreement, at, score_fact=False), at)
 
     def _activity(self, event: ActivityRecordedV1) -> None:
         lead_id = self.identities.get(alias_key(event.lead_id), event.lead_id)
@@ -230,26 +256,41 @@ class Engine:
         self._facts(outcome.facts)
         self._arm(state, at)
 
-    def _arm(self, state: LeadState, at: datetime) -> datetime | None:
-        due = next_reevaluation(state, self.agreement, at)
-        if due is None:
-            self.timers.pop(state.lead_id, None)
-            return None
-        timer = (due, timer_id_for(state, due))
-        self.timers[state.lead_id] = timer
+    def _arm(self, state: LeadState, at: datetime) -> None:
+        """Arm at a bound no later than ``next_reevaluation``, found without its search. Most leads
+        get a new input (and a new timer) before the bound; the rest get the exact moment then."""
+        lead_id = state.lead_id
+        last = self._bounds.get(lead_id)
+        if last is not None and last[0] is state and last[1] <= at:
+            # Unchanged since its last bound (an activity that moves nothing), asked again later:
+            # the score does not cross before that bound, so neither does a search from now.
+            bound = last[2] if last[2] is None else max(last[2], at)
+        else:
+            bound = reevaluation_bound(state, self.agreement, at)
+            self._bounds[lead_id] = (state, at, bound)
+        if bound is None:
+            self.timers.pop(lead_id, None)
+            self._bounded.pop(lead_id, None)
+            return
         self._seq += 1
-        heapq.heappush(self._heap, (due, self._seq, state.lead_id, timer[1]))
-        return due
+        self.timers[lead_id] = (bound, self._seq)
+        self._bounded[lead_id] = at
+        heapq.heappush(self._heap, (bound, self._seq, lead_id))
 
-    def _fire(self, lead_id: uuid.UUID, due: datetime, timer_id: uuid.UUID) -> None:
+    def _fire(self, lead_id: uuid.UUID, due: datetime) -> None:
+        # Every change of a lead's state re-arms its timer, so the state now is the one the timer
+        # was armed for, and its id is the one the live scorer stored with the timer row.
         state = self.states[lead_id]
-        outcome = on_timer(state, self.agreement, due, timer_id)
+        outcome = on_timer(state, self.agreement, due, timer_id_for(state, due), score_fact=False)
         if outcome.facts:
             self.states[lead_id] = outcome.state
             self._facts(outcome.facts)
-        again = self._arm(outcome.state, due)
-        if again is not None and again <= due:
-            self.timers.pop(lead_id, None)  # as the live timer loop: never spin
+        again = next_reevaluation(outcome.state, self.agreement, due)
+        if again is None or again <= due:
+            return  # as the live timer loop: never spin
+        self._seq += 1
+        self.timers[lead_id] = (again, self._seq)
+        heapq.heappush(self._heap, (again, self._seq, lead_id))
 
     def _facts(self, facts: Iterable[Event]) -> None:
         for fact in facts:
@@ -274,7 +315,8 @@ class Engine:
         domain = lead_domain(fact.attributes, routing.ownership.free_mail_domains)
         account_owner = account_domain = open_owner = None
         if domain is not None:
-            for candidate in parent_domains(domain):  # longest first, as the router's query
+            # Longest first, as the router's query; a stream file has no accounts to look in.
+            for candidate in parent_domains(domain) if self.accounts else ():
                 if candidate in self.accounts:
                     account_owner, account_domain = self.accounts[candidate], candidate
                     break
@@ -282,7 +324,7 @@ class Engine:
             if open_leads:
                 open_owner = next((rep for lid, rep in reversed(open_leads.items()) if lid != fact.lead_id), None)
         situation = Situation(now, self.roster, self.rotations, self.loads, account_owner, account_domain, open_owner)
-        decision = route(lead, agreement, situation)
+        decision = route(lead, agreement, situation, explain=False)
         if decision.rep_id is None:
             if fact.lead_id not in self.parked:
                 self.parked[fact.lead_id] = fact

@@ -5,6 +5,8 @@ the live stack received them; nothing here writes anywhere."""
 from __future__ import annotations
 
 import heapq
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,18 +23,50 @@ class BadInput(ValueError):
     """The input cannot be simulated; the message says where and why."""
 
 
-def read_stream(path: Path) -> list[Input]:
+@dataclass(frozen=True)
+class Part:
+    """The lines of a stream from byte ``start`` (the first byte of a line) up to byte ``end``;
+    ``lines_before`` lines come before them, so each keeps its number (and its ``sim-<line>``)."""
+
+    start: int
+    end: int
+    lines_before: int
+
+
+def read_stream(path: Path, part: Part | None = None) -> list[Input]:
     """A stream as ``coxswain generate`` writes it, through intake's own event builders."""
     if not path.is_file():
         raise BadInput(f"{path}: no such file")
     events: list[Input] = []
     contacts: dict[bytes, LeadAttributes] = {}
+    position, end, number = (0, None, 0) if part is None else (part.start, part.end, part.lines_before)
     with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
+        handle.seek(position)
+        for raw in handle:
+            if end is not None and position >= end:
+                break
+            position += len(raw)
+            number += 1
             if not raw.strip():
                 continue
             events.extend(_line(path, number, raw, contacts))
     return events
+
+
+def split_stream(path: Path, share: float) -> tuple[Part, Part]:
+    """The stream cut at the first line that starts after ``share`` of its bytes."""
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        handle.seek(min(size, int(size * share)))
+        handle.readline()
+        middle = handle.tell() if int(size * share) > 0 else 0
+        handle.seek(0)
+        lines, read = 0, 0
+        while read < middle:
+            chunk = handle.read(min(1 << 20, middle - read))
+            lines += chunk.count(b"\n")
+            read += len(chunk)
+    return Part(0, middle, 0), Part(middle, size, lines)
 
 
 def _contact(body: Any, contacts: dict[bytes, LeadAttributes]) -> Any:
@@ -40,14 +74,14 @@ def _contact(body: Any, contacts: dict[bytes, LeadAttributes]) -> Any:
     email check is the costly part). A validated model passes through ``LeadEventIn`` as is."""
     if not isinstance(body, dict) or not isinstance(body.get("contact"), dict):
         return body
-    key = orjson.dumps(body["contact"], option=orjson.OPT_SORT_KEYS)
+    key = orjson.dumps(body["contact"])  # the same contact in another key order only misses the cache
     found = contacts.get(key)
     if found is None:
         found = contacts[key] = LeadAttributes.model_validate(body["contact"])
     return {**body, "contact": found}
 
 
-def _line(path: Path, number: int, raw: bytes, contacts: dict[bytes, LeadAttributes]) -> list[Input]:
+def _line(path: Path, number: int, raw: bytes, contacts: dict[bytes, LeadAttributes]) -> Sequence[Input]:
     where = f"{path}:{number}"
     try:
         line = orjson.loads(raw)
@@ -58,9 +92,9 @@ def _line(path: Path, number: int, raw: bytes, contacts: dict[bytes, LeadAttribu
         webhook_id = str(line.get("webhook_id") or f"sim-{number}")
         if kind == "lead":
             item = LeadEventIn.model_validate(_contact(body, contacts))
-            return list(build_lead_events(source, webhook_id, [item], at))
+            return build_lead_events(source, webhook_id, [item], at)
         if kind == "activity":
-            return list(build_activities(source, webhook_id, [ActivityIn.model_validate(body)], at))
+            return build_activities(source, webhook_id, [ActivityIn.model_validate(body)], at)
         raise BadInput(f"{where}: kind must be 'lead' or 'activity', not {kind!r}")
     except orjson.JSONDecodeError as exc:
         raise BadInput(f"{where}: not JSON ({exc})") from None
