@@ -92,6 +92,11 @@ class BusinessCalendar:
     holiday_subdivision: str | None = None
     extra_closed_dates: frozenset[date] = frozenset()
     closed_periods: tuple[Interval, ...] = ()
+    # A date's open intervals depend only on the calendar, which cannot change, and every deadline
+    # asks for the same few dates again: each is worked out once per calendar.
+    _days: dict[date, tuple[Interval, ...]] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
 
     def __post_init__(self) -> None:
         _zone(self.timezone)
@@ -166,6 +171,12 @@ class BusinessCalendar:
         return day in _public_holidays(self.holiday_country, self.holiday_subdivision, day.year)
 
     def _day_intervals(self, day: date) -> tuple[Interval, ...]:
+        known = self._days.get(day)
+        if known is None:
+            known = self._days[day] = self._work_out_day(day)
+        return known
+
+    def _work_out_day(self, day: date) -> tuple[Interval, ...]:
         if self._is_closed_date(day):
             return ()
         spans = (_window_span(day, window, self.zone) for window in self.weekly.get(day.weekday(), ()))

@@ -280,6 +280,18 @@ def test_out_of_office_pauses_the_clock() -> None:
     assert ooo.diff(start, ny(2026, 1, 14, 17)) == timedelta(hours=6)
 
 
+def test_a_calendar_derived_after_use_does_not_answer_from_the_days_its_parent_worked_out() -> None:
+    start = ny(2026, 1, 13, 9)
+    assert NY_OFFICE.add(start, timedelta(hours=2)) == ny(2026, 1, 13, 11)  # the 13th and 14th, remembered
+
+    ooo = NY_OFFICE.with_closed_periods([(ny(2026, 1, 13, 10), ny(2026, 1, 14, 12))])
+
+    assert ooo.add(start, timedelta(hours=2)) == ny(2026, 1, 14, 13)
+    assert NY_OFFICE.add(start, timedelta(hours=2)) == ny(2026, 1, 13, 11)
+    assert ooo == NY_OFFICE.with_closed_periods([(ny(2026, 1, 13, 10), ny(2026, 1, 14, 12))])
+    assert hash(ooo) == hash(NY_OFFICE.with_closed_periods(ooo.closed_periods))
+
+
 def test_closed_periods_are_layered_and_normalised_to_utc() -> None:
     first = (ny(2026, 1, 13, 10), ny(2026, 1, 13, 11))
     second = (berlin(2026, 1, 12, 15), berlin(2026, 1, 12, 16))
