@@ -243,7 +243,18 @@ def score_total(
     """``score(...).total`` and ``.persona`` without building the contributions: the same sums."""
     prepared = derived(agreement, _prepare)
     fit = _fit(attributes, prepared)
-    return _total(fit.total, _by_rule(touches, agreement, prepared), _micros(now)), fit.persona
+    return _total_now(prepared, fit.total, _by_rule(touches, agreement, prepared), _micros(now)), fit.persona
+
+
+def _total_now(prepared: _Prepared, fit_total: float, rules: Sequence[RuleTouches], now_us: int) -> float:
+    """``_total``, remembered for the last arguments: a shell that scores an input and then arms
+    its timer asks for the same total twice (``score_total``, then ``falls_below_bound``)."""
+    last = prepared.total
+    if last is not None and last[0] is rules and last[1] == now_us and last[2] == fit_total:
+        return last[3]
+    total = _total(fit_total, rules, now_us)
+    prepared.total = (rules, now_us, fit_total, total)
+    return total
 
 
 def _total(fit_total: float, rules: Sequence[RuleTouches], now_us: int) -> float:
@@ -287,6 +298,7 @@ class _Prepared:
     # lead several times in a row. Both are immutable; holding them keeps their ids from reuse.
     attributes: tuple[LeadAttributes, _Fit] | None = None
     touches: tuple[tuple[Touch, ...], tuple[RuleTouches, ...]] | None = None
+    total: tuple[Sequence[RuleTouches], int, float, float] | None = None
 
 
 def _check(match: Match) -> _Check:
@@ -503,7 +515,7 @@ def falls_below_bound(
     fit_total = _fit(attributes, prepared).total
     rules = _by_rule(touches, agreement, prepared)
     now_us = _micros(now)
-    if _total(fit_total, rules, now_us) < threshold:
+    if _total_now(prepared, fit_total, rules, now_us) < threshold:
         return now
     if round(fit_total, 4) >= threshold:
         return None
