@@ -5,7 +5,7 @@ the live stack received them; nothing here writes anywhere."""
 from __future__ import annotations
 
 import heapq
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +35,12 @@ class Part:
 
 def read_stream(path: Path, part: Part | None = None) -> list[Input]:
     """A stream as ``coxswain generate`` writes it, through intake's own event builders."""
+    return [event for chunk in read_chunks(path, part) for event in chunk]
+
+
+def read_chunks(path: Path, part: Part | None = None, lines: int = 1 << 62) -> Iterator[list[Input]]:
+    """``read_stream`` a chunk of about ``lines`` lines at a time, so a reader can hand each one
+    on while it reads the next."""
     if not path.is_file():
         raise BadInput(f"{path}: no such file")
     events: list[Input] = []
@@ -50,7 +56,10 @@ def read_stream(path: Path, part: Part | None = None) -> list[Input]:
             if not raw.strip():
                 continue
             events.extend(_line(path, number, raw, contacts))
-    return events
+            if number % lines == 0:
+                yield events
+                events = []
+    yield events
 
 
 def split_stream(path: Path, share: float) -> tuple[Part, Part]:

@@ -20,8 +20,16 @@ import yaml
 
 from coxswain.core.agreement import Agreement, AgreementError, load_agreement
 from coxswain.simulation.engine import Engine, Input, Results
-from coxswain.simulation.inputs import BadInput, Part, read_database, read_kafka, read_stream, split_stream
-from coxswain.simulation.parallel import ChildFailed, Forked, second_core
+from coxswain.simulation.inputs import (
+    BadInput,
+    Part,
+    read_chunks,
+    read_database,
+    read_kafka,
+    read_stream,
+    split_stream,
+)
+from coxswain.simulation.parallel import ChildFailed, Forked, Streamed, second_core
 from coxswain.simulation.report import Comparison, compare, guards, html, terminal
 
 
@@ -110,7 +118,7 @@ def one_input(request: Request) -> None:
 def inputs(request: Request) -> tuple[list[Input], dict[str, str]]:
     one_input(request)
     if request.events is not None:
-        return read_events(request.events), {}
+        return read_stream(request.events), {}
     try:
         if request.from_db:
             from coxswain.settings import DatabaseConfig
@@ -163,7 +171,7 @@ class Replayed:
 def replay(request: Request, baseline: Agreement, candidate: Agreement) -> Replayed | None:
     """The inputs and both replays; None when there is no input."""
     one_input(request)
-    if request.events is not None and second_core() and candidate != baseline:
+    if request.events is not None and second_core():
         replayed = simulate_stream(request.events, baseline, candidate)
         return replayed if replayed.events else None
     started = cpu_seconds()
@@ -200,109 +208,94 @@ def simulate_both(
         return old, simulate(candidate, events, accounts)
 
 
-# The child reads a little less: it also has to pickle what it read.
-CHILD_SHARE = 0.45
-# Of a stream replayed on two cores, the share this process reads before both replays start: the
-# reader child parses and pickles the rest meanwhile.
-HEAD_SHARE = 0.3
+# Of a stream replayed on two cores, the share this process reads before both replays start; a
+# reader child parses the rest meanwhile and hands it on in chunks of this many lines.
+HEAD_SHARE = 0.03
+TAIL_CHUNK_LINES = 10_000
 
 
 def simulate_stream(path: Path, baseline: Agreement, candidate: Agreement) -> Replayed:
-    """Read a stream file and replay it through both agreements.
+    """Read a stream file and replay it through both agreements (once when they are the same).
 
     On two cores: a forked reader parses the tail of the file while this process parses its head;
-    the candidate's replay is forked with the head, and both replays start on it while the tail
-    crosses two pipes, pickled once. Each replay still sees every input, in order.
+    the candidate's replay is forked with the head, and both replays go on through the tail chunk
+    by chunk as the reader hands each on, pickled once. Each replay still sees every input, in
+    order.
     """
-    if not second_core() or candidate == baseline or not path.is_file():
+    if not second_core() or not path.is_file():
         started = cpu_seconds()
-        events = read_events(path)
+        events = read_stream(path)
         reading = cpu_seconds() - started
         old, new = simulate_both(baseline, candidate, events, {})
         return Replayed(events, old, new, reading)
+    both = candidate != baseline
     head_part, tail_part = split_stream(path, HEAD_SHARE)
-    reader = Forked(lambda: _read_part(path, tail_part), copies=2)
-    started = time.process_time()
+    reader: Streamed[list[Input] | str] = Streamed(lambda: _read_chunks(path, tail_part), copies=2 if both else 1)
+    candidate_replay: Forked[Results] | None = None
     try:
+        started = time.process_time()
         head = read_stream(path, head_part)
-    except BaseException:
-        reader.cancel()
-        raise
-    read_cpu = [time.process_time() - started]
+        read_cpu = time.process_time() - started
 
-    def tail(copy: int) -> list[Input]:
-        try:
-            if copy == 0:
-                before = children_cpu_seconds()
-                rest = reader.result()
-                read_cpu.append(children_cpu_seconds() - before)
-            else:
-                rest = reader.receive(copy)
-        except ChildFailed:
-            return read_stream(path, tail_part)
-        if isinstance(rest, str):
-            raise BadInput(rest)
-        return rest
+        def replay_candidate() -> Results:
+            reader.release(0)
+            engine = Engine(candidate)
+            for event in head:
+                engine.feed(event)
+            for event in _tail(reader, 1, path, tail_part, []):
+                engine.feed(event)
+            engine.finish()
+            return engine.results
 
-    def replay_candidate() -> Results:
-        reader.release(0)
-        engine = Engine(candidate)
-        for event in head:
-            engine.feed(event)
-        return _finish(engine, tail(1))
-
-    candidate_replay = Forked(replay_candidate)
-    reader.release(1)
-    try:
+        if both:
+            candidate_replay = Forked(replay_candidate)
+            reader.release(1)
         engine = Engine(baseline)
         for event in head:
             engine.feed(event)
-        rest = tail(0)
-        old = _finish(engine, rest)
+        rest: list[Input] = []
+        before = children_cpu_seconds()
+        for event in _tail(reader, 0, path, tail_part, rest):
+            engine.feed(event)
+        reader.wait()
+        read_cpu += children_cpu_seconds() - before
+        engine.finish()
+        old = new = engine.results
+        events = head + rest
+        if candidate_replay is not None:
+            try:
+                new = candidate_replay.result()
+            except ChildFailed:
+                new = simulate(candidate, events, {})
     except BaseException:
-        candidate_replay.cancel()
-        reader.cancel()
+        if candidate_replay is not None:
+            candidate_replay.cancel()
         raise
-    events = head + rest
+    finally:
+        reader.close()
+    return Replayed(events, old, new, read_cpu)
+
+
+def _tail(reader: Streamed[list[Input] | str], copy: int, path: Path, part: Part, kept: list[Input]) -> Iterator[Input]:
+    """The reader's chunks of ``part``, in order, each also appended to ``kept``; if the reader
+    dies, this process reads what it had not handed on yet."""
     try:
-        new = candidate_replay.result()
+        for chunk in reader.items(copy):
+            if isinstance(chunk, str):
+                raise BadInput(chunk)
+            kept.extend(chunk)
+            yield from chunk
     except ChildFailed:
-        new = simulate(candidate, events, {})
-    return Replayed(events, old, new, sum(read_cpu))
+        rest = read_stream(path, part)[len(kept) :]
+        kept.extend(rest)
+        yield from rest
 
 
-def _finish(engine: Engine, rest: Sequence[Input]) -> Results:
-    for event in rest:
-        engine.feed(event)
-    engine.finish()
-    return engine.results
-
-
-def read_events(path: Path) -> list[Input]:
-    """The stream, its second part read by a forked child when there is a second core."""
-    if not second_core() or not path.is_file():
-        return read_stream(path)
-    first, second = split_stream(path, 1 - CHILD_SHARE)
-    child = Forked(lambda: _read_part(path, second))
+def _read_chunks(path: Path, part: Part) -> Iterator[list[Input] | str]:
     try:
-        events = read_stream(path, first)
-    except BaseException:
-        child.cancel()
-        raise
-    try:
-        rest = child.result()
-    except ChildFailed:
-        return events + read_stream(path, second)
-    if isinstance(rest, str):
-        raise BadInput(rest)
-    return events + rest
-
-
-def _read_part(path: Path, part: Part) -> list[Input] | str:
-    try:
-        return read_stream(path, part)
+        yield from read_chunks(path, part, TAIL_CHUNK_LINES)
     except BadInput as exc:
-        return str(exc)
+        yield str(exc)
 
 
 def execute(request: Request) -> Outcome:

@@ -9,22 +9,27 @@ in the same order, with agreements whose scores decay within hours (timers fire 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable
+import os
+import pickle
+from collections.abc import Callable, Iterator
 from dataclasses import replace
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic_core import TzInfo
 
 from coxswain.core.agreement import Agreement, load_agreement_text
 from coxswain.core.lead import LeadState, next_reevaluation
 from coxswain.core.routing import RoutingDecision, RoutingInput, Situation, route
 from coxswain.simulation import engine as engine_module
+from coxswain.simulation import run as run_module
 from coxswain.simulation.engine import Engine, Input, Results
 from coxswain.simulation.generate import StreamSpec, write_stream
-from coxswain.simulation.inputs import BadInput, read_stream, split_stream
-from coxswain.simulation.run import read_events, simulate_stream
+from coxswain.simulation.inputs import BadInput, Part, read_chunks, read_stream, split_stream
+from coxswain.simulation.parallel import ChildFailed, Streamed, dumps
+from coxswain.simulation.run import simulate_stream
 from schemas.events import Stage
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -137,7 +142,9 @@ def test_two_readers_read_the_stream_as_one(tmp_path: Path) -> None:
     write_stream(StreamSpec(leads=300, start=date(2026, 3, 2), days=6, seed=3), path)
     whole = read_stream(path)
 
-    assert read_events(path) == whole
+    chunks = list(read_chunks(path, lines=100))
+    assert [event for chunk in chunks for event in chunk] == whole
+    assert len(chunks) > 5
     for share in (0.0, 0.3, 0.5, 0.99, 1.0):
         first, second = split_stream(path, share)
         assert (first.start, first.end, second.start, second.end) == (0, second.start, first.end, path.stat().st_size)
@@ -152,11 +159,79 @@ def test_reading_and_replaying_on_two_cores_decides_as_one_replay_after_another(
     events = read_stream(path)
 
     replayed = simulate_stream(path, baseline, candidate)
+    alone = simulate_stream(path, candidate, candidate)
 
+    assert replayed.events == events == alone.events
+    assert decisions(replayed.baseline) == decisions(Engine(baseline).run(events))
+    assert decisions(replayed.candidate) == decisions(Engine(candidate).run(events))
+    assert decisions(alone.baseline) == decisions(alone.candidate) == decisions(replayed.candidate)
+    assert replayed.reading_cpu > 0
+
+
+def test_inputs_cross_to_another_process_unchanged_with_utc_for_a_zero_offset(tmp_path: Path) -> None:
+    path = tmp_path / "stream.jsonl"
+    write_stream(StreamSpec(leads=50, start=date(2026, 3, 2), days=2, seed=5), path)
+    events = read_stream(path)
+
+    crossed = pickle.loads(dumps(events))
+
+    assert crossed == events
+    assert [event.model_dump_json() for event in crossed] == [event.model_dump_json() for event in events]
+    assert all(event.occurred_at.tzinfo is UTC for event in crossed)
+    assert [hash(event.event_id) for event in crossed] == [hash(event.event_id) for event in events]
+    offset = datetime(2026, 3, 2, 9, tzinfo=TzInfo(3600))
+    assert pickle.loads(dumps(offset)) == offset and pickle.loads(dumps(offset)).utcoffset() == timedelta(hours=1)
+
+
+def test_every_reader_gets_every_item_in_order_and_the_folder_is_removed() -> None:
+    reader: Streamed[list[int]] = Streamed(lambda: ([n] * 3 for n in range(40)), copies=2)
+    second = list(reader.items(1))
+    first = list(reader.items(0))
+    reader.wait()
+    folder = Path(reader.folder)
+    assert folder.is_dir()
+    reader.close()
+
+    assert first == second == [[n] * 3 for n in range(40)]
+    assert not folder.exists()
+
+
+def test_a_reader_learns_when_the_child_dies_after_the_items_it_made() -> None:
+    def die_after_three() -> Iterator[int]:
+        yield from range(3)
+        os._exit(3)
+
+    reader: Streamed[int] = Streamed(die_after_three, copies=1)
+    received = []
+    with pytest.raises(ChildFailed, match="after 3 item"):
+        for item in reader.items(0):
+            received.append(item)
+    reader.close()
+
+    assert received == [0, 1, 2]
+
+
+def test_a_replay_whose_reader_dies_reads_the_rest_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "stream.jsonl"
+    write_stream(StreamSpec(leads=300, start=date(2026, 3, 2), days=6, seed=3), path)
+    events = read_stream(path)
+    baseline, candidate = AGREEMENTS["fast-decay"], AGREEMENTS["fast-decay-capacity"]
+    real_chunks = read_chunks
+
+    def chunks_then_death(path: Path, part: Part | None = None, lines: int = 1 << 62) -> Iterator[list[Input]]:
+        for number, chunk in enumerate(real_chunks(path, part, 200)):
+            if number == 2:
+                (tmp_path / "reader died").touch()
+                os._exit(9)
+            yield chunk
+
+    monkeypatch.setattr(run_module, "read_chunks", chunks_then_death)
+    replayed = simulate_stream(path, baseline, candidate)
+
+    assert (tmp_path / "reader died").exists()
     assert replayed.events == events
     assert decisions(replayed.baseline) == decisions(Engine(baseline).run(events))
     assert decisions(replayed.candidate) == decisions(Engine(candidate).run(events))
-    assert replayed.reading_cpu > 0
 
 
 @pytest.mark.parametrize("where", [0.2, 0.9])
@@ -170,6 +245,6 @@ def test_a_bad_line_in_either_part_is_reported_with_its_number_in_the_file(tmp_p
     expected = rf"stream.jsonl:{bad + 1}: body does not validate"
 
     with pytest.raises(BadInput, match=expected):
-        read_events(path)
+        read_stream(path)
     with pytest.raises(BadInput, match=expected):
         simulate_stream(path, AGREEMENTS["fast-decay"], AGREEMENTS["fast-decay-capacity"])
