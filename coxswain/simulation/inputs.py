@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from coxswain.simulation.engine import Input
 from schemas.events import ActivityRecordedV1, LeadAttributes, LeadReceivedV1
-from services.intake.app import ActivityIn, LeadEventIn, Problem, build_activities, build_lead_events
+from services.intake.events import ActivityIn, LeadEventIn, Problem, build_activities, build_lead_events
 
 
 class BadInput(ValueError):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -16,24 +15,26 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from coxswain.core.identity import intake_event_id, lead_id_for
 from coxswain.runtime.consumer import is_connection_error
 from coxswain.runtime.health import Check, add_probes, database_check
 from coxswain.runtime.telemetry import child_traceparent
 from coxswain.settings import IntakeConfig
 from schemas.events import (
-    ActivityRecordedV1,
-    ActivityType,
-    Code,
-    EngagementType,
     Event,
-    LeadAttributes,
-    LeadReceivedV1,
-    ShortText,
+)
+from services.intake.events import (
+    ActivityBatchIn,
+    ActivityIn,
+    LeadBatchIn,
+    LeadEventIn,
+    Problem,
+    build_activities,
+    build_lead_events,
+    validation_errors,
 )
 from services.intake.limits import SourceRateLimiter
 from services.intake.signatures import SignatureRejected, load_secrets, verify
@@ -42,113 +43,11 @@ from services.intake.store import Accepted, GroupCommit, Kind, Webhook, store_ma
 log = logging.getLogger(__name__)
 
 
-class LeadEventIn(BaseModel):
-    """One marketing-automation event about a person."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    type: EngagementType
-    occurred_at: AwareDatetime | None = Field(default=None, description="Defaults to the time of receipt.")
-    external_id: ShortText | None = Field(default=None, description="The sender's contact id.")
-    contact: LeadAttributes
-
-
-class ActivityIn(BaseModel):
-    """One thing a rep did, reported by a CRM."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    lead_id: uuid.UUID = Field(description="The lead id Coxswain published in leads.routed.v1.")
-    activity: ActivityType
-    occurred_at: AwareDatetime | None = None
-    rep_id: Code | None = None
-    reason: ShortText | None = None
-    amount: float | None = Field(default=None, ge=0)
-
-
-class LeadBatchIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    events: list[LeadEventIn] = Field(min_length=1)
-
-
-class ActivityBatchIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    activities: list[ActivityIn] = Field(min_length=1)
-
-
-class Problem(Exception):
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        errors: list[dict[str, Any]] | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.errors = errors
-        self.headers = headers
-
-
 def _problem_response(problem: Problem) -> JSONResponse:
     body: dict[str, Any] = {"detail": problem.message}
     if problem.errors is not None:
         body["errors"] = problem.errors
     return JSONResponse(body, status_code=problem.status, headers=problem.headers)
-
-
-def _validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
-    return [
-        {"loc": ".".join(str(part) for part in error["loc"]), "msg": error["msg"], "type": error["type"]}
-        for error in exc.errors(include_url=False)[:50]
-    ]
-
-
-def build_lead_events(
-    source: str, webhook_id: str, batch: Sequence[LeadEventIn], now: datetime
-) -> list[LeadReceivedV1]:
-    events = []
-    for index, item in enumerate(batch):
-        try:
-            lead_id = lead_id_for(item.contact.email, source, item.external_id)
-        except ValueError as exc:
-            raise Problem(422, f"events[{index}]: {exc}") from None
-        events.append(
-            LeadReceivedV1(
-                event_id=intake_event_id(source, webhook_id, index),
-                lead_id=lead_id,
-                occurred_at=item.occurred_at or now,
-                source=source,
-                webhook_id=webhook_id,
-                external_id=item.external_id,
-                engagement=item.type,
-                attributes=item.contact,
-            )
-        )
-    return events
-
-
-def build_activities(
-    source: str, webhook_id: str, batch: Sequence[ActivityIn], now: datetime
-) -> list[ActivityRecordedV1]:
-    try:
-        return [
-            ActivityRecordedV1(
-                event_id=intake_event_id(source, webhook_id, index),
-                lead_id=item.lead_id,
-                occurred_at=item.occurred_at or now,
-                source=source,
-                webhook_id=webhook_id,
-                activity=item.activity,
-                rep_id=item.rep_id,
-                reason=item.reason,
-                amount=item.amount,
-            )
-            for index, item in enumerate(batch)
-        ]
-    except ValidationError as exc:
-        raise Problem(422, "activity does not validate", _validation_errors(exc)) from None
 
 
 async def store(
@@ -186,7 +85,7 @@ def _parse(body: bytes, single: type[BaseModel], batch: type[BaseModel], field: 
     try:
         parsed = model.model_validate(document)
     except ValidationError as exc:
-        raise Problem(422, f"body does not match {model.__name__}", _validation_errors(exc)) from None
+        raise Problem(422, f"body does not match {model.__name__}", validation_errors(exc)) from None
     items: list[Any] = getattr(parsed, field) if model is batch else [parsed]
     return items
 

@@ -23,7 +23,8 @@ from coxswain.runtime.telemetry import child_traceparent
 from coxswain.settings import IntakeConfig, SendersConfig
 from services.intake.adapters import hubspot, marketo
 from services.intake.adapters.mapping import MappingError, SenderMapping, apply, load_senders, records
-from services.intake.app import LeadEventIn, Problem, build_lead_events, store
+from services.intake.app import store
+from services.intake.events import LeadEventIn, Problem, build_lead_events
 from services.intake.limits import SourceRateLimiter
 from services.intake.signatures import SignatureRejected, load_secrets, verify
 from services.intake.store import Accepted
