@@ -242,7 +242,7 @@ def simulate_stream(path: Path, baseline: Agreement, candidate: Agreement) -> Re
             engine = Engine(candidate)
             for event in head:
                 engine.feed(event)
-            for event in _tail(reader, 1, path, tail_part, []):
+            for event in _tail(reader, 1, path, tail_part):
                 engine.feed(event)
             engine.finish()
             return engine.results
@@ -276,18 +276,24 @@ def simulate_stream(path: Path, baseline: Agreement, candidate: Agreement) -> Re
     return Replayed(events, old, new, read_cpu)
 
 
-def _tail(reader: Streamed[list[Input] | str], copy: int, path: Path, part: Part, kept: list[Input]) -> Iterator[Input]:
-    """The reader's chunks of ``part``, in order, each also appended to ``kept``; if the reader
-    dies, this process reads what it had not handed on yet."""
+def _tail(
+    reader: Streamed[list[Input] | str], copy: int, path: Path, part: Part, kept: list[Input] | None = None
+) -> Iterator[Input]:
+    """The reader's chunks of ``part``, in order (each also appended to ``kept``, if given); if the
+    reader dies, this process reads what it had not handed on yet."""
+    received = 0
     try:
         for chunk in reader.items(copy):
             if isinstance(chunk, str):
                 raise BadInput(chunk)
-            kept.extend(chunk)
+            received += len(chunk)
+            if kept is not None:
+                kept.extend(chunk)
             yield from chunk
     except ChildFailed:
-        rest = read_stream(path, part)[len(kept) :]
-        kept.extend(rest)
+        rest = read_stream(path, part)[received:]
+        if kept is not None:
+            kept.extend(rest)
         yield from rest
 
 
