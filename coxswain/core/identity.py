@@ -28,6 +28,8 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from coxswain.core.ids import uuid5
+
 LEAD_NAMESPACE = uuid.UUID("0c9b3b8e-5d0c-4c57-9a59-3c1f1f7a6b01")
 EVENT_NAMESPACE = uuid.UUID("8a6f2d4e-1b7c-4e8a-9d3f-6c2b5a4e7f12")
 
@@ -66,7 +68,7 @@ def lead_id_for(email: str | None, source: str, external_id: str | None) -> uuid
     keys = identity_keys(email, source, external_id)
     if not keys:
         raise UnidentifiableLead("an event needs contact.email or external_id to identify its lead")
-    return uuid.uuid5(LEAD_NAMESPACE, keys[0])
+    return uuid5(LEAD_NAMESPACE, keys[0])
 
 
 @dataclass(frozen=True)
@@ -94,4 +96,4 @@ def resolve(keys: Sequence[str], known: Mapping[str, uuid.UUID], provisional: uu
 
 def intake_event_id(source: str, webhook_id: str, index: int) -> uuid.UUID:
     """Deterministic: the same webhook delivered twice yields the same event ids."""
-    return uuid.uuid5(EVENT_NAMESPACE, f"{source}/{webhook_id}/{index}")
+    return uuid5(EVENT_NAMESPACE, f"{source}/{webhook_id}/{index}")

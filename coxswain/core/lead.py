@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from coxswain.core.agreement import Agreement, FastLane
+from coxswain.core.ids import uuid5
 from coxswain.core.lifecycle import (
     ACTIVITY_TARGET,
     DEMOTION,
@@ -77,7 +78,7 @@ class Outcome:
 
 def fact_id(caused_by: uuid.UUID, kind: str) -> uuid.UUID:
     """Deterministic, so a re-run of the same input yields the same ids and consumers dedupe."""
-    return uuid.uuid5(caused_by, kind)
+    return uuid5(caused_by, kind)
 
 
 def merge_attributes(old: LeadAttributes, new: LeadAttributes) -> LeadAttributes:
@@ -213,7 +214,7 @@ def reevaluation_bound(state: LeadState, agreement: Agreement, now: datetime) ->
 
 def timer_id_for(state: LeadState, due_at: datetime) -> uuid.UUID:
     """Names the re-evaluation by what it re-evaluates, so replays arm (and fire) the same timer."""
-    return uuid.uuid5(state.lead_id, f"reevaluate/{state.stage.value}/{due_at.isoformat()}/{len(state.touches)}")
+    return uuid5(state.lead_id, f"reevaluate/{state.stage.value}/{due_at.isoformat()}/{len(state.touches)}")
 
 
 def _evaluate(

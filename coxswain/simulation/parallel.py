@@ -22,6 +22,8 @@ from typing import IO, Any, Generic, TypeVar
 
 from pydantic_core import TzInfo
 
+from coxswain.core.ids import uuid_from_int
+
 T = TypeVar("T")
 
 
@@ -34,20 +36,12 @@ T = TypeVar("T")
 # instants, the same ISO text), which unpickles at a third of the cost.
 
 
-def _uuid(value: int) -> uuid.UUID:
-    # What uuid.UUID(int=value) stores, without re-checking an integer a UUID already held.
-    made = object.__new__(uuid.UUID)
-    object.__setattr__(made, "int", value)
-    object.__setattr__(made, "is_safe", uuid.SafeUUID.unknown)
-    return made
-
-
 def _utc() -> timezone:
     return UTC
 
 
 def _reduce_uuid(value: uuid.UUID) -> tuple[Callable[[int], uuid.UUID], tuple[int]]:
-    return _uuid, (value.int,)
+    return uuid_from_int, (value.int,)
 
 
 def _reduce_tz(value: TzInfo) -> Any:
