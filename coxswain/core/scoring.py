@@ -293,7 +293,10 @@ class _Prepared:
     personas: tuple[tuple[str, tuple[tuple[str, _Check], ...]], ...]
     rules: tuple[tuple[str, _Check, ScoreContribution], ...]
     fields: tuple[str, ...]
-    fits: dict[LeadAttributes, _Fit] = field(default_factory=dict)
+    # The fit of recently seen attributes, by the attributes object (a lead keeps its attributes
+    # object until an event changes them, and hashing a model costs more than the lookup);
+    # each entry holds its object, which keeps its id from reuse while the entry lives.
+    fits: dict[int, tuple[LeadAttributes, _Fit]] = field(default_factory=dict)
     # The last attributes and touches asked about, and what they gave: the scorer asks about one
     # lead several times in a row. Both are immutable; holding them keeps their ids from reuse.
     attributes: tuple[LeadAttributes, _Fit] | None = None
@@ -373,12 +376,14 @@ def _fit(attributes: LeadAttributes, prepared: _Prepared) -> _Fit:
     if last is not None and last[0] is attributes:
         return last[1]
     fits = prepared.fits
-    found = fits.get(attributes)
-    if found is None:
+    entry = fits.get(id(attributes))
+    if entry is not None and entry[0] is attributes:
+        found = entry[1]
+    else:
         found = _fit_of(attributes, prepared)
         if len(fits) >= _FITS_KEPT:
             del fits[next(iter(fits))]
-        fits[attributes] = found
+        fits[id(attributes)] = (attributes, found)
     prepared.attributes = (attributes, found)
     return found
 
