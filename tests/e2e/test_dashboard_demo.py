@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.test_dashboard_reports import CHROMIUM_ARGS, chromium_or_skip
+from tests.support.browser import headless_page
 from tests.support.stack import SECRET, ServiceProcess, Stack, TopicWatcher, free_port
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -96,8 +96,6 @@ async def summary(reporting: str) -> dict[str, Any]:
 async def test_the_demo_fills_every_panel_of_the_dashboard(
     demo: subprocess.CompletedProcess[str], reporting: str
 ) -> None:
-    from playwright.async_api import async_playwright
-
     # Reporting is eventually consistent: wait until the run's clocks are decided there.
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
@@ -107,13 +105,8 @@ async def test_the_demo_fills_every_panel_of_the_dashboard(
         await asyncio.sleep(0.5)
     assert s["sla"]["overall"]["met"] >= 1 and s["sla"]["overall"]["breached"] >= 1, s["sla"]["overall"]
 
-    executable = chromium_or_skip()
-    problems: list[str] = []
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        page = await browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
-        page.on("pageerror", lambda error: problems.append(str(error)))
+    async with headless_page() as browsing:
+        page = browsing.page
         await page.goto(f"{reporting}/dashboard?campaign={CAMPAIGN}&hours=1&refresh=1")
         await page.wait_for_function("Number(document.body.dataset.loaded || 0) >= 2", timeout=30_000)
 
@@ -123,15 +116,12 @@ async def test_the_demo_fills_every_panel_of_the_dashboard(
         assert await page.locator("#breaches circle.breach").count() >= 1
         assert int(await page.text_content("#mql-count") or 0) >= 1
         assert await page.locator("#speed .kpi").count() >= 1
-        await browser.close()
-    assert problems == []
+    assert browsing.problems == []
 
 
 async def test_the_scorecard_is_issued_once_and_rendered(
     demo: subprocess.CompletedProcess[str], reporting: str, stack: Stack
 ) -> None:
-    from playwright.async_api import async_playwright
-
     async with httpx.AsyncClient(base_url=reporting, timeout=10) as client:
         deadline = time.monotonic() + 60
         latest = await client.get("/v1/scorecards/latest")
@@ -164,13 +154,8 @@ async def test_the_scorecard_is_issued_once_and_rendered(
     assert records[0].value == card
     assert records[0].headers["ce_type"] == "io.coxswain.reports.scorecard_issued.v1"
 
-    executable = chromium_or_skip()
-    problems: list[str] = []
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        page = await browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
-        page.on("pageerror", lambda error: problems.append(str(error)))
+    async with headless_page() as browsing:
+        page = browsing.page
         await page.goto(f"{reporting}/scorecard")
         assert await page.text_content("#period") == card["period"]
         assert await page.get_attribute('[data-side="sales"]', "data-verdict") == card["sales"]["verdict"]
@@ -185,6 +170,5 @@ async def test_the_scorecard_is_issued_once_and_rendered(
 
         response = await page.goto(f"{reporting}/scorecard/1999-W01")
         assert response is not None and response.status == 404
-        await browser.close()
     # The 404 of the last page is the browser's only complaint.
-    assert [p for p in problems if "404" not in p] == []
+    assert [p for p in browsing.problems if "404" not in p] == []

@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -27,21 +24,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coxswain.db.database import create_engine
 from coxswain.settings import DatabaseConfig
+from tests.support.browser import headless_page
 from tests.support.stack import ServiceProcess, Stack, free_port, post_signed
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 CAMPAIGN = f"e2e-dashboard-{uuid.uuid4().hex[:8]}"
 STAGES = ("lead", "mql", "sal", "sql", "opportunity", "customer", "recycled")
 
@@ -284,26 +271,9 @@ async def test_the_reporting_process_exports_its_metrics(demo_run: dict[str, Any
     assert "coxswain_outbox_backlog " in metrics
 
 
-def chromium_or_skip() -> str:
-    """Debian's chromium; installed here when missing and possible (CI runs as root with apt)."""
-    if not Path(CHROMIUM).exists() and shutil.which("apt-get") and os.geteuid() == 0:
-        subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=False, capture_output=True)
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium is not installed and cannot be installed here (apt-get install chromium)")
-    return CHROMIUM
-
-
 async def test_the_dashboard_renders_live_in_headless_chromium(demo_run: dict[str, Any], reporting: str) -> None:
-    from playwright.async_api import async_playwright
-
-    executable = chromium_or_skip()
-    problems: list[str] = []
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        page = await browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
-        page.on("pageerror", lambda error: problems.append(str(error)))
+    async with headless_page() as browsing:
+        page = browsing.page
         await page.goto(f"{reporting}/dashboard?campaign={CAMPAIGN}&hours=2&refresh=1")
         await page.wait_for_function("Number(document.body.dataset.loaded || 0) >= 2", timeout=30_000)
 
@@ -317,5 +287,4 @@ async def test_the_dashboard_renders_live_in_headless_chromium(demo_run: dict[st
         shot = os.environ.get("COXSWAIN_DASHBOARD_SCREENSHOT")
         if shot:
             await page.screenshot(path=shot, full_page=True)
-        await browser.close()
-    assert problems == []
+    assert browsing.problems == []

@@ -9,14 +9,12 @@ from pathlib import Path
 
 from coxswain.simulation.generate import StreamSpec, write_stream
 from coxswain.simulation.run import Request, execute
-from tests.e2e.test_dashboard_reports import CHROMIUM_ARGS, chromium_or_skip
+from tests.support.browser import headless_page
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "agreement.yaml"
 
 
 async def test_the_html_report_renders_in_headless_chromium(tmp_path: Path) -> None:
-    from playwright.async_api import async_playwright
-
     stream = tmp_path / "stream.jsonl"
     write_stream(StreamSpec(leads=400, start=date(2026, 3, 2), days=14, seed=11), stream)
     candidate = tmp_path / "candidate.yaml"
@@ -31,13 +29,8 @@ async def test_the_html_report_renders_in_headless_chromium(tmp_path: Path) -> N
     assert outcome.code == 0, outcome.text
     assert outcome.comparison is not None
 
-    executable = chromium_or_skip()
-    problems: list[str] = []
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        page = await browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
-        page.on("pageerror", lambda error: problems.append(str(error)))
+    async with headless_page() as browsing:
+        page = browsing.page
         await page.goto(report.as_uri())
 
         assert await page.title() == "Coxswain simulation: 2026.11-1 vs 2026.11-2"
@@ -51,7 +44,6 @@ async def test_the_html_report_renders_in_headless_chromium(tmp_path: Path) -> N
         assert await page.locator("table").nth(1).locator("tr").count() == 1 + len(outcome.comparison.changes)
         assert await page.locator("p.good").text_content() == "All guards hold."
         screenshot = await page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
-        await browser.close()
 
     assert len(screenshot) > 20_000  # a page of charts and tables, not a blank one
-    assert problems == []
+    assert browsing.problems == []
