@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
-from fastapi import FastAPI, HTTPException, Path, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from pydantic import AwareDatetime
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -39,6 +40,47 @@ PeriodName = Annotated[
 ]
 
 
+@dataclass(frozen=True)
+class _Reporting:
+    """What every report's range needs from the app: its clock and its time zone."""
+
+    clock: Callable[[], datetime]
+    timezone: str
+
+
+def report_window(
+    request: Request,
+    since: Since = None,
+    until: Until = None,
+    source: Filter = None,
+    campaign: Filter = None,
+    persona: Filter = None,
+) -> Scope:
+    """The range and filters every report takes (query parameters), checked once for all."""
+    reporting: _Reporting = request.app.state.reporting
+    end = until or reporting.clock()
+    try:
+        start = since or end - timedelta(days=7)
+    except OverflowError:
+        raise BadRange(f"until ({end.isoformat()}) leaves no room for the default 7-day range; give since") from None
+    if start >= end:
+        raise BadRange(f"since ({start.isoformat()}) must be before until ({end.isoformat()})")
+    if end - start > timedelta(days=731):
+        raise BadRange("a range spans at most two years")
+    return Scope(start, end, source, campaign, persona, None, reporting.timezone)
+
+
+Window = Annotated[Scope, Depends(report_window)]
+
+
+def versioned_window(window: Window, agreement_version: Filter = None) -> Scope:
+    """The same, for the reports that can be limited to the facts of one agreement version."""
+    return replace(window, agreement_version=agreement_version)
+
+
+VersionedWindow = Annotated[Scope, Depends(versioned_window)]
+
+
 def create_reporting_app(
     engine: AsyncEngine,
     agreement_in_force: Callable[[], Agreement],
@@ -54,121 +96,58 @@ def create_reporting_app(
         lifespan=lifespan,
     )
 
+    app.state.reporting = _Reporting(clock, timezone)
+
     @app.exception_handler(BadRange)
     async def _bad_range(_: Request, problem: BadRange) -> JSONResponse:
         return JSONResponse({"detail": problem.message}, status_code=422)
-
-    def scope(
-        since: datetime | None,
-        until: datetime | None,
-        source: str | None,
-        campaign: str | None,
-        persona: str | None,
-        agreement_version: str | None,
-    ) -> Scope:
-        end = until or clock()
-        try:
-            start = since or end - timedelta(days=7)
-        except OverflowError:
-            raise BadRange(
-                f"until ({end.isoformat()}) leaves no room for the default 7-day range; give since"
-            ) from None
-        if start >= end:
-            raise BadRange(f"since ({start.isoformat()}) must be before until ({end.isoformat()})")
-        if end - start > timedelta(days=731):
-            raise BadRange("a range spans at most two years")
-        return Scope(start, end, source, campaign, persona, agreement_version, timezone)
 
     def envelope(window: Scope, report: dict[str, Any]) -> dict[str, Any]:
         return {"since": window.since.isoformat(), "until": window.until.isoformat(), **report}
 
     @app.get("/v1/reports/funnel")
-    async def funnel(
-        since: Since = None,
-        until: Until = None,
-        period: Period = "day",
-        source: Filter = None,
-        campaign: Filter = None,
-        persona: Filter = None,
-        agreement_version: Filter = None,
-    ) -> dict[str, Any]:
+    async def funnel(window: VersionedWindow, period: Period = "day") -> dict[str, Any]:
         """Leads entering each stage, conversion from the stage before, per period; time in stage."""
-        window = scope(since, until, source, campaign, persona, agreement_version)
         async with engine.connect() as connection:
             return envelope(window, await queries.funnel(connection, window, period, agreement_in_force()))
 
     @app.get("/v1/reports/speed-to-lead")
-    async def speed_to_lead(
-        since: Since = None,
-        until: Until = None,
-        source: Filter = None,
-        campaign: Filter = None,
-        persona: Filter = None,
-        agreement_version: Filter = None,
-    ) -> dict[str, Any]:
+    async def speed_to_lead(window: VersionedWindow) -> dict[str, Any]:
         """System latency (received -> routed) and human latency (routed -> first touch), percentiles in seconds."""
-        window = scope(since, until, source, campaign, persona, agreement_version)
         async with engine.connect() as connection:
             return envelope(window, await queries.speed_to_lead(connection, window))
 
     @app.get("/v1/reports/sla")
-    async def sla(
-        since: Since = None,
-        until: Until = None,
-        period: Period = "day",
-        source: Filter = None,
-        campaign: Filter = None,
-        persona: Filter = None,
-    ) -> dict[str, Any]:
+    async def sla(window: Window, period: Period = "day") -> dict[str, Any]:
         """SLA attainment per rep, team and tier, a rep x period heatmap and the breach timeline."""
-        window = scope(since, until, source, campaign, persona, None)
         async with engine.connect() as connection:
             return envelope(window, await queries.sla(connection, window, period))
 
     @app.get("/v1/reports/pacing")
     async def pacing(
-        since: Since = None,
-        until: Until = None,
+        window: Window,
         at: Annotated[AwareDatetime | None, Query(description="Pacing as of this time; default: until.")] = None,
-        source: Filter = None,
-        campaign: Filter = None,
-        persona: Filter = None,
     ) -> dict[str, Any]:
         """MQLs against marketing's targets, pro-rated to the business time elapsed in the period."""
-        window = scope(since, until, source, campaign, persona, None)
         async with engine.connect() as connection:
             report = await queries.pacing_report(connection, window, agreement_in_force(), at or window.until)
             return envelope(window, report)
 
     @app.get("/v1/reports/sal-rejections")
-    async def sal_rejections(
-        since: Since = None, until: Until = None, source: Filter = None, campaign: Filter = None, persona: Filter = None
-    ) -> dict[str, Any]:
+    async def sal_rejections(window: Window) -> dict[str, Any]:
         """SAL accepted vs rejected, and the rejection reasons."""
-        window = scope(since, until, source, campaign, persona, None)
         async with engine.connect() as connection:
             return envelope(window, await queries.sal_rejections(connection, window))
 
     @app.get("/v1/reports/closed-loop")
-    async def closed_loop(
-        since: Since = None, until: Until = None, source: Filter = None, campaign: Filter = None, persona: Filter = None
-    ) -> dict[str, Any]:
+    async def closed_loop(window: Window) -> dict[str, Any]:
         """Opportunities, won and lost deals and won amount by source and campaign."""
-        window = scope(since, until, source, campaign, persona, None)
         async with engine.connect() as connection:
             return envelope(window, await queries.closed_loop(connection, window))
 
     @app.get("/v1/reports/summary")
-    async def summary(
-        since: Since = None,
-        until: Until = None,
-        period: Period = "day",
-        source: Filter = None,
-        campaign: Filter = None,
-        persona: Filter = None,
-    ) -> dict[str, Any]:
+    async def summary(window: Window, period: Period = "day") -> dict[str, Any]:
         """Every report for one range, as the dashboard shows it."""
-        window = scope(since, until, source, campaign, persona, None)
         agreement = agreement_in_force()
         async with engine.connect() as connection:
             return envelope(
