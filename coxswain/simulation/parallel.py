@@ -33,7 +33,7 @@ T = TypeVar("T")
 # Python-level __getstate__/__setstate__, and a datetime parsed by pydantic carries its own
 # ``TzInfo`` instance, pickled anew every time: together most of the cost of unpickling an input.
 # Here a UUID travels as its integer and a zero-offset ``TzInfo`` as ``datetime.UTC`` (equal
-# instants, the same ISO text), which unpickles at a third of the cost.
+# instants, the same ISO text): an input unpickles in 7 µs instead of 12 (collector paused).
 
 
 def _utc() -> timezone:
