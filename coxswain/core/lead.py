@@ -183,14 +183,10 @@ def cooling_down(state: LeadState, now: datetime) -> bool:
 
 def next_reevaluation(state: LeadState, agreement: Agreement, now: datetime) -> datetime | None:
     """When, with no new input, this lead's stage would change: the shell arms a timer there."""
-    sql = agreement.scoring.sql
-    if state.stage is Stage.mql and not state.pinned:
-        crossing = falls_below_at(state.attributes, state.touches, agreement, now, agreement.scoring.mql.exit)
-        if crossing is None:
-            return None
-        return max(crossing, state.held_until) if state.held_until else crossing
-    if state.stage is Stage.sql and sql is not None and not state.pinned:
-        return falls_below_at(state.attributes, state.touches, agreement, now, sql.exit)
+    threshold = _exit_threshold(state, agreement)
+    if threshold is not None:
+        crossing = falls_below_at(state.attributes, state.touches, agreement, now, threshold)
+        return _after_hold(state, crossing)
     if state.stage in QUALIFIABLE and state.recycled_until is not None and cooling_down(state, now):
         later = score(state.attributes, state.touches, agreement, state.recycled_until)
         return state.recycled_until if later.total >= agreement.scoring.mql.enter else None
@@ -201,15 +197,30 @@ def reevaluation_bound(state: LeadState, agreement: Agreement, now: datetime) ->
     """No later than ``next_reevaluation`` (None only when that is None), without searching for the
     crossing: a shell that can afford to look again at this moment computes the exact one only
     for the leads that get there without a new event (the simulator does)."""
+    threshold = _exit_threshold(state, agreement)
+    if threshold is None:
+        return next_reevaluation(state, agreement, now)
+    bound = falls_below_bound(state.attributes, state.touches, agreement, now, threshold)
+    return _after_hold(state, bound)
+
+
+def _exit_threshold(state: LeadState, agreement: Agreement) -> float | None:
+    """The score below which a decaying lead leaves its stage, for the stages a decay can end."""
+    if state.pinned:
+        return None
+    if state.stage is Stage.mql:
+        return agreement.scoring.mql.exit
     sql = agreement.scoring.sql
-    if state.stage is Stage.mql and not state.pinned:
-        bound = falls_below_bound(state.attributes, state.touches, agreement, now, agreement.scoring.mql.exit)
-        if bound is None:
-            return None
-        return max(bound, state.held_until) if state.held_until else bound
-    if state.stage is Stage.sql and sql is not None and not state.pinned:
-        return falls_below_bound(state.attributes, state.touches, agreement, now, sql.exit)
-    return next_reevaluation(state, agreement, now)
+    if state.stage is Stage.sql and sql is not None:
+        return sql.exit
+    return None
+
+
+def _after_hold(state: LeadState, moment: datetime | None) -> datetime | None:
+    """An MQL on hold is not demoted before the hold ends."""
+    if moment is None or state.stage is not Stage.mql or state.held_until is None:
+        return moment
+    return max(moment, state.held_until)
 
 
 def timer_id_for(state: LeadState, due_at: datetime) -> uuid.UUID:
