@@ -215,19 +215,16 @@ TAIL_CHUNK_LINES = 10_000
 
 
 def simulate_stream(path: Path, baseline: Agreement, candidate: Agreement) -> Replayed:
-    """Read a stream file and replay it through both agreements (once when they are the same).
+    """Read a stream file and replay it through both agreements (once when they are the same), on
+    two cores (``replay`` reads and replays in one process when there is one core).
 
-    On two cores: a forked reader parses the tail of the file while this process parses its head;
+    A forked reader parses the tail of the file while this process parses its head;
     the candidate's replay is forked with the head, and both replays go on through the tail chunk
     by chunk as the reader hands each on, pickled once. Each replay still sees every input, in
     order.
     """
-    if not second_core() or not path.is_file():
-        started = cpu_seconds()
-        events = read_stream(path)
-        reading = cpu_seconds() - started
-        old, new = simulate_both(baseline, candidate, events, {})
-        return Replayed(events, old, new, reading)
+    if not path.is_file():
+        raise BadInput(f"{path}: no such file")
     both = candidate != baseline
     head_part, tail_part = split_stream(path, HEAD_SHARE)
     reader: Streamed[list[Input] | str] = Streamed(lambda: _read_chunks(path, tail_part), copies=2 if both else 1)
