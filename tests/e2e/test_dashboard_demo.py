@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.support.browser import headless_page
-from tests.support.stack import SECRET, ServiceProcess, Stack, TopicWatcher, free_port
+from tests.support.stack import SECRET, Stack, TopicWatcher
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -26,22 +26,8 @@ DEMO_LEADS = 30
 
 @pytest.fixture(scope="module")
 def reporting(stack: Stack) -> Iterator[str]:
-    port = free_port()
-    service = ServiceProcess("reporting", {**stack.env(), "COXSWAIN_REPORTING_PORT": str(port)}, stack.log_dir)
-    stack.services["reporting-demo"] = service
-    service.start()
-    service.wait_for_log("partitions assigned")
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    yield url
-    service.stop()
+    yield stack.start_reporting("reporting-demo")
+    stack.services["reporting-demo"].stop()
 
 
 @pytest.fixture(scope="module")

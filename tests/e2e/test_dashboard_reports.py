@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from coxswain.db.database import create_engine
 from coxswain.settings import DatabaseConfig
 from tests.support.browser import headless_page
-from tests.support.stack import ServiceProcess, Stack, free_port, post_signed
+from tests.support.stack import Stack, post_signed
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -36,22 +36,8 @@ STAGES = ("lead", "mql", "sal", "sql", "opportunity", "customer", "recycled")
 @pytest.fixture(scope="module")
 def reporting(stack: Stack) -> Iterator[str]:
     """`coxswain run reporting` as its own process beside the other services."""
-    port = free_port()
-    service = ServiceProcess("reporting", {**stack.env(), "COXSWAIN_REPORTING_PORT": str(port)}, stack.log_dir)
-    stack.services["reporting"] = service
-    service.start()
-    service.wait_for_log("partitions assigned")
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    yield url
-    service.stop()
+    yield stack.start_reporting("reporting")
+    stack.services["reporting"].stop()
 
 
 @pytest_asyncio.fixture(loop_scope="session", scope="module")

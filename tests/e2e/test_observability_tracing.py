@@ -23,7 +23,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from tests.support.stack import ServiceProcess, Stack, TopicWatcher, free_port, signed
+from tests.support.stack import ServiceProcess, Stack, TopicWatcher, free_port, signed, wait_until_ready
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -128,26 +128,18 @@ def traced_env(stack: Stack, collector: Collector) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def traced(stack: Stack, collector: Collector) -> Iterator[str]:
     """A second intake and the reporting consumer, both exporting spans to the collector."""
-    intake_port, reporting_port = free_port(), free_port()
+    intake_port = free_port()
     env = traced_env(stack, collector)
-    intake = ServiceProcess("intake", {**env, "COXSWAIN_INTAKE_PORT": str(intake_port)}, stack.log_dir)
-    reporting = ServiceProcess("reporting", {**env, "COXSWAIN_REPORTING_PORT": str(reporting_port)}, stack.log_dir)
-    stack.services["intake-traced"], stack.services["reporting-traced"] = intake, reporting
+    intake = stack.services["intake-traced"] = ServiceProcess(
+        "intake", {**env, "COXSWAIN_INTAKE_PORT": str(intake_port)}, stack.log_dir
+    )
     intake.start()
-    reporting.start()
+    stack.start_reporting("reporting-traced", env)
     url = f"http://127.0.0.1:{intake_port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    reporting.wait_for_log("partitions assigned")
+    wait_until_ready(url, intake)
     yield url
     intake.stop()
-    reporting.stop()
+    stack.services["reporting-traced"].stop()
 
 
 async def test_spans_continue_the_webhook_callers_trace_through_kafka(traced: str, collector: Collector) -> None:

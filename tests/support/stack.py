@@ -89,6 +89,19 @@ class ServiceProcess:
                 self.process.wait()
 
 
+def wait_until_ready(url: str, service: ServiceProcess, timeout: float = 60) -> None:
+    """Until ``url``/readyz answers 200; fails with the end of the service's log otherwise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{service.name} not ready at {url}:\n" + service.log_text()[-3000:])
+
+
 @dataclass
 class Stack:
     agreement: Path
@@ -118,16 +131,21 @@ class Stack:
 
     def wait_ready(self, name: str) -> None:
         if name == "intake":
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                try:
-                    if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                        return
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.2)
-            raise AssertionError("intake not ready:\n" + self.services[name].log_text()[-3000:])
+            wait_until_ready(self.url, self.services[name])
+            return
         self.services[name].wait_for_log(READY_LINE[name])
+
+    def start_reporting(self, key: str, extra_env: dict[str, str] | None = None) -> str:
+        """`coxswain run reporting` as its own process (stopped with the stack); its URL once it
+        has its partitions and answers /readyz."""
+        port = free_port()
+        env = {**self.env(), **(extra_env or {}), "COXSWAIN_REPORTING_PORT": str(port)}
+        service = self.services[key] = ServiceProcess("reporting", env, self.log_dir)
+        service.start()
+        service.wait_for_log("partitions assigned")
+        url = f"http://127.0.0.1:{port}"
+        wait_until_ready(url, service)
+        return url
 
     def stop(self) -> None:
         for service in self.services.values():
