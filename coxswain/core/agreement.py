@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from coxswain.core.business_time import BusinessCalendar, CalendarError, parse_weekly
+from coxswain.core.documents import holds_nul
 from schemas.events import ActivityType, EngagementType, EscalationAction, LeadAttributes, Stage, Tier
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
@@ -782,6 +783,10 @@ def load_agreement_text(text: str, source: str = "<agreement>") -> Agreement:
     if not isinstance(document, dict):
         raise AgreementError(
             source, [AgreementProblem("(root)", "expected a mapping of sections (version, name, scoring, ...)")]
+        )
+    if holds_nul(document):
+        raise AgreementError(
+            source, [AgreementProblem("(document)", "holds a NUL character (\\0), which no setting may contain")]
         )
     return parse_agreement(document, source)
 

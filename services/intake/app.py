@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from coxswain.core.documents import NUL_REFUSED, holds_nul
 from coxswain.runtime.consumer import is_connection_error
 from coxswain.runtime.health import Check, add_probes, database_check
 from coxswain.runtime.telemetry import child_traceparent
@@ -64,23 +65,13 @@ async def store(
     return accepted
 
 
-def _holds_nul(document: Any) -> bool:
-    if isinstance(document, str):
-        return "\x00" in document
-    if isinstance(document, dict):
-        return any(_holds_nul(key) or _holds_nul(value) for key, value in document.items())
-    if isinstance(document, list):
-        return any(_holds_nul(item) for item in document)
-    return False
-
-
 def _parse(body: bytes, single: type[BaseModel], batch: type[BaseModel], field: str) -> list[Any]:
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise Problem(422, f"body is not valid JSON: {exc}") from None
-    if _holds_nul(document):
-        raise Problem(422, "body holds a NUL character (\\u0000), which no field may contain")
+    if holds_nul(document):
+        raise Problem(422, NUL_REFUSED)
     model = batch if isinstance(document, dict) and field in document else single
     try:
         parsed = model.model_validate(document)

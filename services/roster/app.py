@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from coxswain.core.accounts import normalize_domain
 from coxswain.core.agreement import Agreement
 from coxswain.core.capacity import RepLoad, assigned_today
+from coxswain.core.documents import NUL_REFUSED, holds_nul
 from coxswain.core.roster import (
     Absence,
     OverrideRejected,
@@ -116,6 +117,8 @@ def parse_body(model: type[Model], body: bytes) -> Model:
         raise HTTPException(422, f"body is not valid JSON: {exc}") from None
     if document is None:
         raise HTTPException(422, f"a JSON body is required ({model.__name__})")
+    if holds_nul(document):
+        raise HTTPException(422, NUL_REFUSED)
     try:
         return model.model_validate(document)
     except ValidationError as exc:

@@ -134,6 +134,31 @@ async def test_bad_requests_get_a_precise_4xx_never_a_500(
     assert detail in response.json()["detail"]
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/v1/reps", {"id": "nul-rep", "name": "N\u0000a"}),
+        ("PATCH", "/v1/reps/{ava}", {"name": "Ava\u0000"}),
+        ("POST", "/v1/reps/{ava}/pause", {"reason": "lunch\u0000"}),
+        (
+            "PUT",
+            "/v1/accounts",
+            {"accounts": [{"domain": "nul.example.com", "owner_rep_id": "{ava}", "external_id": "\u0000"}]},
+        ),
+    ],
+)
+async def test_a_nul_character_in_a_body_is_a_422_not_a_server_error(
+    world: World, method: str, path: str, body: dict[str, Any]
+) -> None:
+    """PostgreSQL text and JSONB cannot hold NUL: the API refuses it before the database does."""
+    raw = orjson.dumps(body).decode().replace("{ava}", world["ava"]).encode()
+
+    response = await world.api.request(method, path.format(**world.ids), content=raw)
+
+    assert response.status_code == 422, response.text
+    assert "NUL" in response.json()["detail"]
+
+
 async def test_a_body_that_is_not_json_is_a_422(world: World) -> None:
     response = await world.api.patch(f"/v1/reps/{world['ava']}", content=b"{capacity: 3")
 

@@ -415,6 +415,18 @@ def test_invalid_yaml_syntax_reports_line_and_column() -> None:
     assert "not valid YAML" in problem.message
 
 
+def test_a_nul_character_anywhere_is_refused_before_it_could_reach_the_database() -> None:
+    with_nul = EXAMPLE_TEXT.replace("name: Northwind Analytics sales-marketing SLA", 'name: "North\\0wind"', 1)
+    assert with_nul != EXAMPLE_TEXT
+
+    with pytest.raises(AgreementError) as caught:
+        load_agreement_text(with_nul, source="northwind.yaml")
+
+    (problem,) = caught.value.problems
+    assert problem.path == "(document)"
+    assert "NUL" in problem.message
+
+
 def test_yaml_error_line_number_points_at_the_broken_line() -> None:
     text = "version: x\nname: y\nscoring: {\n  mql: [1, 2\n"
 
