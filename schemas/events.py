@@ -204,6 +204,52 @@ class LeadQualifiedV1(Event):
     playbook: Playbook | None = Field(default=None, description="What the rep should send and say.")
 
 
+class ActivityAcceptedV1(Event):
+    """Scoring judged a CRM activity against the agreement in force and the lead's stage, and
+    accepted it. The router, the SLA monitor and reporting act on this fact, never on the raw
+    ``crm.activities.v1`` record: one input, one judgement, the same everywhere."""
+
+    topic: ClassVar[str] = "leads.activity_accepted.v1"
+    ce_type: ClassVar[str] = "io.coxswain.lead.activity_accepted.v1"
+    ce_source: ClassVar[str] = "/coxswain/scoring"
+
+    agreement_version: str
+    caused_by: uuid.UUID = Field(description="Event id of the crm.activities.v1 record judged.")
+    source: Code
+    activity: ActivityType
+    rep_id: Code | None = Field(default=None, description="The rep who acted; null when the CRM did not say.")
+    reason: ShortText | None = Field(default=None, description="The reason code as the agreement defines it.")
+    reported_reason: ShortText | None = Field(
+        default=None, description="The code the CRM sent, when the agreement mapped it to its fallback reason."
+    )
+    amount: Decimal | None = Field(default=None, ge=0)
+    from_stage: Stage = Field(description="The lead's stage before the activity.")
+    to_stage: Stage = Field(description="The lead's stage after it (the same when the activity moves nothing).")
+    skipped_stages: tuple[Stage, ...] = Field(
+        default=(), description="Stages the activity jumped over, recorded as passed (lifecycle.activities)."
+    )
+
+
+class ActivityRefusedV1(Event):
+    """Scoring refused a CRM activity: the agreement does not allow it for this lead. Nothing
+    changes anywhere (no stage, capacity, SLA clock or report figure); the refusal is on the
+    lead's timeline and counted in ``coxswain_activities_refused_total``."""
+
+    topic: ClassVar[str] = "leads.activity_refused.v1"
+    ce_type: ClassVar[str] = "io.coxswain.lead.activity_refused.v1"
+    ce_source: ClassVar[str] = "/coxswain/scoring"
+
+    agreement_version: str
+    caused_by: uuid.UUID = Field(description="Event id of the crm.activities.v1 record refused.")
+    source: Code
+    activity: ActivityType
+    rep_id: Code | None = None
+    reported_reason: ShortText | None = Field(default=None, description="The reason code the CRM sent, if any.")
+    stage: Stage | None = Field(default=None, description="The lead's stage when the activity was judged.")
+    refusal: Literal["illegal_transition", "unknown_reason", "unknown_rep", "unknown_lead"]
+    reason: str = Field(description="Why, in the agreement's terms.")
+
+
 class CandidateVerdict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -312,6 +358,11 @@ class SlaMetV1(SlaClockFact):
 
     responded_at: AwareDatetime
     response_activity_id: uuid.UUID
+    responded_by: str | None = Field(
+        default=None,
+        description="The rep credited with the response: the one who acted (the owner, a teammate under "
+        "sla.credit.who team, or another rep under sla.credit.other_rep stop); attainment counts it for them.",
+    )
 
 
 class EscalationAction(StrEnum):
@@ -345,6 +396,9 @@ class SlaEscalatedV1(SlaClockFact):
     step_index: int = Field(ge=0, description="Position of the step in the policy's ladder.")
     target: str = Field(description="Who must act: the rep, the manager (or team:<pool>), router, oncall.")
     escalate_at: AwareDatetime = Field(description="When the step was scheduled; occurred_at is when it fired.")
+    reason: str | None = Field(
+        default=None, description="Why the step differs from the ladder, e.g. a reassign turned into a page at the cap."
+    )
 
 
 class SlaCancelledV1(SlaClockFact):
@@ -524,6 +578,8 @@ class ScorecardIssuedV1(Event):
 ALL_EVENTS: tuple[type[Event], ...] = (
     LeadReceivedV1,
     ActivityRecordedV1,
+    ActivityAcceptedV1,
+    ActivityRefusedV1,
     LeadScoredV1,
     LeadStageChangedV1,
     LeadQualifiedV1,

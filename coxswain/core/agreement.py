@@ -372,6 +372,12 @@ class SlaPolicy(Strict):
     )
     warnings: tuple[float, ...] = Field(default=(), description="Fractions of the allowed time, e.g. [0.5, 0.8].")
     escalation: tuple[EscalationStep, ...] = Field(default=(), description="The ladder after a breach, in order.")
+    max_reassignments: int = Field(
+        default=2,
+        ge=0,
+        le=20,
+        description="Reassignments one follow-up may make; a reassign step past the cap pages on-call instead.",
+    )
 
     @model_validator(mode="after")
     def _positive(self) -> SlaPolicy:
@@ -399,11 +405,30 @@ class MqlTarget(Strict):
     count: int = Field(gt=0, le=10_000_000)
     alert_below: float = Field(default=0.8, gt=0, le=1, description="Alert when actual / pro-rated target drops below.")
     alert_after: float = Field(default=0.1, ge=0, lt=1, description="Share of the period to pass before alerting.")
+    realert_step: float = Field(
+        default=0.1,
+        gt=0,
+        le=1,
+        description="Alert again in the same period only when pacing has fallen this much further (0.1: ten points).",
+    )
     calendar: Identifier | None = Field(default=None, description="Pro-rate over this calendar; default sla.calendar.")
 
     @property
     def key(self) -> str:
         return self.id or self.period
+
+
+class ResponseCredit(Strict):
+    """Whose activity meets a rep's SLA clock, and what another rep's touch does to it."""
+
+    who: Literal["owner", "team"] = Field(
+        default="owner", description="owner: only the rep who holds the lead; team: any rep of the pool it came from."
+    )
+    other_rep: Literal["ignore", "stop"] = Field(
+        default="ignore",
+        description="A touch by anyone else: ignore it (the owner's clock runs on) or stop the clock, crediting "
+        "the rep who acted, not the owner.",
+    )
 
 
 class Marketing(Strict):
@@ -416,6 +441,7 @@ class Sla(Strict):
     attainment_target: float = Field(
         default=0.9, gt=0, le=1, description="Sales' side is met when this share of the clocks decided is met in time."
     )
+    credit: ResponseCredit = Field(default_factory=ResponseCredit)
 
     @model_validator(mode="after")
     def _every_tier(self) -> Sla:
@@ -454,12 +480,34 @@ class StageDefinition(Strict):
     owner: Literal["marketing", "sales"]
 
 
+class ActivityPolicy(Strict):
+    """How scoring judges what real CRMs report, which does not always walk the waterfall."""
+
+    skipped_stages: Literal["refuse", "accept"] = Field(
+        default="refuse",
+        description="An activity that jumps forward over stages (won for an MQL): refuse it, or accept it and "
+        "record every stage it skipped.",
+    )
+    unknown_reason: Literal["refuse", "fallback"] = Field(
+        default="refuse",
+        description="A SAL rejection whose reason code the agreement does not list: refuse it, or count it "
+        "under fallback_reason.",
+    )
+    fallback_reason: Identifier | None = Field(
+        default=None, description="With unknown_reason fallback: one of lifecycle.rejection_reasons."
+    )
+    unknown_rep: Literal["refuse", "accept"] = Field(
+        default="refuse", description="An activity naming a rep who is not in the roster: refuse it, or accept it."
+    )
+
+
 class Lifecycle(Strict):
     stages: Mapping[Stage, StageDefinition] = Field(default_factory=dict, description="What each stage means.")
     recycle_cooldown: Duration = Field(default=timedelta(0), description="How long a recycled lead may not re-qualify.")
     rejection_reasons: tuple[RejectionReason, ...] = Field(
         default=(), description="When given, a SAL rejection must carry one of these codes."
     )
+    activities: ActivityPolicy = Field(default_factory=ActivityPolicy)
 
     @model_validator(mode="after")
     def _cooldown_not_negative(self) -> Lifecycle:
@@ -701,6 +749,22 @@ def _section_problems(agreement: Agreement) -> list[AgreementProblem]:
         "lifecycle.rejection_reasons",
         [(f"lifecycle.rejection_reasons.{i}.code", r.code) for i, r in enumerate(reasons)],
     )
+    policy = agreement.lifecycle.activities
+    codes = ", ".join(reason.code for reason in reasons) or "none defined (add lifecycle.rejection_reasons)"
+    if policy.unknown_reason == "fallback" and policy.fallback_reason is None:
+        problems.append(
+            AgreementProblem(
+                "lifecycle.activities.fallback_reason",
+                f"unknown_reason fallback needs a fallback_reason, one of: {codes}",
+            )
+        )
+    if policy.fallback_reason is not None and agreement.lifecycle.rejection_reason(policy.fallback_reason) is None:
+        problems.append(
+            AgreementProblem(
+                "lifecycle.activities.fallback_reason",
+                f"fallback_reason {policy.fallback_reason!r} is not a rejection reason; allowed: {codes}",
+            )
+        )
     problems += _duplicates("playbooks", [(f"playbooks.{i}.id", p.id) for i, p in enumerate(agreement.playbooks)])
     seen: dict[tuple[Stage, str | None, Tier | None], str] = {}
     for i, playbook in enumerate(agreement.playbooks):

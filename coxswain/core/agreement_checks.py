@@ -17,6 +17,7 @@ from typing import Any
 
 from coxswain.core.agreement import Agreement, AgreementProblem, AttributeRule, Match
 from coxswain.core.routing import routing_warnings
+from schemas.events import EscalationAction
 
 NUMERIC_FIELDS = frozenset({"company_size"})
 COMPANY_SIZE_RANGE = (0, 10_000_000)
@@ -38,6 +39,7 @@ def agreement_warnings(agreement: Agreement) -> list[AgreementProblem]:
     warnings += _threshold_warnings(agreement)
     warnings += _playbook_warnings(agreement)
     warnings += _routing_warnings(agreement)
+    warnings += _ladder_warnings(agreement)
     # Shadowed rules and unreachable pools: one list of warnings for the CLI and the admin API.
     warnings += routing_warnings(agreement)
     return warnings
@@ -177,6 +179,42 @@ def _routing_warnings(agreement: Agreement) -> list[AgreementProblem]:
                     f"defined; allowed: {', '.join(sorted(personas)) or 'none defined'}",
                 )
             )
+    return warnings
+
+
+def _ladder_warnings(agreement: Agreement) -> list[AgreementProblem]:
+    """Steps of an escalation ladder that can never do what they say. The ladder belongs to the
+    lead's follow-up: it runs on across reassignments, pages on-call at most once, and a reassign
+    past ``max_reassignments`` pages instead."""
+    warnings = []
+    for tier, policy in agreement.sla.policies.items():
+        reassigns, paged_at = 0, None
+        for i, step in enumerate(policy.escalation):
+            where = f"sla.policies.{tier.value}.escalation.{i}"
+            pages = step.step is EscalationAction.page_oncall
+            if step.step is EscalationAction.reassign:
+                reassigns += 1
+                if paged_at is None and reassigns > policy.max_reassignments:
+                    warnings.append(
+                        AgreementProblem(
+                            where,
+                            f"reassign is past max_reassignments ({policy.max_reassignments}): it pages on-call "
+                            "instead of reassigning",
+                        )
+                    )
+                    pages = True
+                    paged_at = i
+                    continue
+            if paged_at is not None and step.step in (EscalationAction.page_oncall, EscalationAction.reassign):
+                warnings.append(
+                    AgreementProblem(
+                        where,
+                        f"{step.step.value} can never fire: on-call is paged once per follow-up, at step {paged_at}",
+                    )
+                )
+                continue
+            if pages:
+                paged_at = i
     return warnings
 
 

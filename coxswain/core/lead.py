@@ -12,6 +12,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import Literal
 
 from coxswain.core.agreement import Agreement, FastLane
 from coxswain.core.ids import uuid5
@@ -19,7 +20,10 @@ from coxswain.core.lifecycle import (
     ACTIVITY_TARGET,
     DEMOTION,
     QUALIFIABLE,
+    WATERFALL,
+    IllegalTransition,
     UnknownRejectionReason,
+    skipped_stages,
     transition,
 )
 from coxswain.core.memo import derived
@@ -34,7 +38,9 @@ from coxswain.core.scoring import (
     score_total,
 )
 from schemas.events import (
+    ActivityAcceptedV1,
     ActivityRecordedV1,
+    ActivityRefusedV1,
     ActivityType,
     EngagementType,
     Event,
@@ -298,30 +304,58 @@ def _move(
 
 
 def on_activity(state: LeadState, event: ActivityRecordedV1, agreement: Agreement, now: datetime) -> Outcome:
-    """Apply a CRM activity to the lifecycle.
+    """Judge a CRM activity once, against the agreement in force and the lead's stage.
 
-    Raises IllegalTransition for a move the graph forbids and UnknownRejectionReason for a SAL
-    rejection without a reason code the agreement defines (when it defines any). An activity
-    never moves a lead back: a sal_accepted for an SQL changes nothing.
+    Accepted: an ``ActivityAcceptedV1`` (what every other service acts on) and the stage changes
+    it makes. Refused: an ``ActivityRefusedV1`` with the reason and the state unchanged. Never
+    raises for what a CRM may send. An activity never moves a lead back: a sal_accepted for an
+    SQL is accepted and changes no stage.
     """
+    policy = agreement.lifecycle.activities
+    if event.rep_id is not None and policy.unknown_rep == "refuse" and agreement.rep(event.rep_id) is None:
+        known = ", ".join(sorted(rep.id for rep in agreement.roster)[:10])
+        return _refused(
+            state, event, agreement, now, "unknown_rep", f"rep {event.rep_id!r} is not in the roster; known: {known}"
+        )
     target = ACTIVITY_TARGET.get(event.activity)
-    if target is None or target == state.stage or DEMOTION.get(state.stage) == target:
-        return Outcome(state, ())
     lifecycle = agreement.lifecycle
     cooldown = lifecycle.recycle_cooldown
+    reason_code, reported = event.reason, None
     if event.activity is ActivityType.sal_rejected and lifecycle.rejection_reasons:
-        known = lifecycle.rejection_reason(event.reason)
-        if known is None:
-            raise UnknownRejectionReason(event.reason, [reason.code for reason in lifecycle.rejection_reasons])
-        if known.outcome == "disqualify":
+        known_reason = lifecycle.rejection_reason(event.reason)
+        if known_reason is None and policy.unknown_reason == "fallback":
+            known_reason = lifecycle.rejection_reason(policy.fallback_reason)
+            reason_code, reported = policy.fallback_reason, event.reason
+        if known_reason is None:
+            refusal = UnknownRejectionReason(event.reason, [reason.code for reason in lifecycle.rejection_reasons])
+            return _refused(state, event, agreement, now, "unknown_reason", str(refusal))
+        if known_reason.outcome == "disqualify":
             target = Stage.disqualified
-        elif known.cooldown is not None:
-            cooldown = known.cooldown
-    new_stage = transition(state.stage, target, f"activity {event.activity.value}")
-    reason = f"{event.activity.value}" + (f" ({event.reason})" if event.reason else "")
+        elif known_reason.cooldown is not None:
+            cooldown = known_reason.cooldown
+    if target is None or target == state.stage or DEMOTION.get(state.stage) == target or _behind(state.stage, target):
+        return Outcome(state, (_accepted(state.stage, state, event, agreement, now, reason_code, reported),))
+    skipped = skipped_stages(state.stage, target)
+    if skipped is None or (skipped and policy.skipped_stages == "refuse"):
+        message = str(IllegalTransition(state.stage, target, f"activity {event.activity.value}"))
+        if skipped:
+            message += (
+                f" (it would skip {', '.join(stage.value for stage in skipped)}; lifecycle.activities.skipped_stages "
+                "is refuse)"
+            )
+        return _refused(state, event, agreement, now, "illegal_transition", message)
+    reason = f"{event.activity.value}" + (f" ({reason_code})" if reason_code else "")
+    facts: list[Event] = []
+    walked = state
+    for stage in skipped:
+        moved = replace(walked, stage=transition(walked.stage, stage, f"activity {event.activity.value}"))
+        kind = "stage_changed" if walked is state else f"stage_changed:{stage.value}"
+        facts.append(_stage_changed(walked.stage, moved, f"{reason}, skipped", event.event_id, agreement, now, kind))
+        walked = moved
+    new_stage = transition(walked.stage, target, f"activity {event.activity.value}")
     if new_stage is Stage.recycled:
         updated = replace(
-            state,
+            walked,
             stage=new_stage,
             tier=None,
             pinned=False,
@@ -329,8 +363,90 @@ def on_activity(state: LeadState, event: ActivityRecordedV1, agreement: Agreemen
             recycled_until=now + cooldown if cooldown > timedelta(0) else None,
         )
     else:
-        updated = replace(state, stage=new_stage, pinned=True, held_until=None)
-    return Outcome(updated, (_stage_changed(state.stage, updated, reason, event.event_id, agreement, now),))
+        updated = replace(walked, stage=new_stage, pinned=True, held_until=None)
+    kind = "stage_changed" if walked is state else f"stage_changed:{new_stage.value}"
+    facts.append(_stage_changed(walked.stage, updated, reason, event.event_id, agreement, now, kind))
+    accepted = _accepted(state.stage, updated, event, agreement, now, reason_code, reported, skipped)
+    return Outcome(updated, (accepted, *facts))
+
+
+def _behind(current: Stage, target: Stage) -> bool:
+    """A stage the lead has already passed on the waterfall: old news, not a move back."""
+    return current in WATERFALL and target in WATERFALL and WATERFALL.index(target) < WATERFALL.index(current)
+
+
+def _accepted(
+    before: Stage,
+    state: LeadState,
+    event: ActivityRecordedV1,
+    agreement: Agreement,
+    now: datetime,
+    reason: str | None,
+    reported: str | None,
+    skipped: tuple[Stage, ...] = (),
+) -> ActivityAcceptedV1:
+    return ActivityAcceptedV1(
+        event_id=fact_id(event.event_id, "accepted"),
+        lead_id=state.lead_id,
+        occurred_at=now,
+        agreement_version=agreement.version,
+        caused_by=event.event_id,
+        source=event.source,
+        activity=event.activity,
+        rep_id=event.rep_id,
+        reason=reason,
+        reported_reason=reported,
+        amount=event.amount,
+        from_stage=before,
+        to_stage=state.stage,
+        skipped_stages=skipped,
+    )
+
+
+def _refused(
+    state: LeadState | None,
+    event: ActivityRecordedV1,
+    agreement: Agreement,
+    now: datetime,
+    refusal: RefusalKind,
+    reason: str,
+) -> Outcome:
+    fact = refused(event, agreement, now, refusal, reason, state.stage if state is not None else None)
+    return Outcome(state if state is not None else LeadState(lead_id=event.lead_id), (fact,))
+
+
+RefusalKind = Literal["illegal_transition", "unknown_reason", "unknown_rep", "unknown_lead"]
+
+
+def refused(
+    event: ActivityRecordedV1,
+    agreement: Agreement,
+    now: datetime,
+    refusal: RefusalKind,
+    reason: str,
+    stage: Stage | None = None,
+    lead_id: uuid.UUID | None = None,
+) -> ActivityRefusedV1:
+    return ActivityRefusedV1(
+        event_id=fact_id(event.event_id, "refused"),
+        lead_id=lead_id or event.lead_id,
+        occurred_at=now,
+        agreement_version=agreement.version,
+        caused_by=event.event_id,
+        source=event.source,
+        activity=event.activity,
+        rep_id=event.rep_id,
+        reported_reason=event.reason,
+        stage=stage,
+        refusal=refusal,
+        reason=reason,
+    )
+
+
+def unknown_lead(event: ActivityRecordedV1, agreement: Agreement, now: datetime) -> ActivityRefusedV1:
+    """An activity for a lead scoring has never seen: refused, so nobody acts on it."""
+    message = f"activity {event.activity.value} for lead {event.lead_id}, which scoring has never seen"
+    return refused(event, agreement, now, "unknown_lead", message)
 
 
 def _scored(
@@ -385,10 +501,16 @@ def _qualified(
 
 
 def _stage_changed(
-    old: Stage, state: LeadState, reason: str, caused_by: uuid.UUID, agreement: Agreement, now: datetime
+    old: Stage,
+    state: LeadState,
+    reason: str,
+    caused_by: uuid.UUID,
+    agreement: Agreement,
+    now: datetime,
+    kind: str = "stage_changed",
 ) -> LeadStageChangedV1:
     return LeadStageChangedV1(
-        event_id=fact_id(caused_by, "stage_changed"),
+        event_id=fact_id(caused_by, kind),
         lead_id=state.lead_id,
         occurred_at=now,
         agreement_version=agreement.version,

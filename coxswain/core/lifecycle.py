@@ -61,6 +61,26 @@ class UnknownRejectionReason(LifecycleRefused):
         self.given = given
 
 
+# The forward path a lead walks; an activity that jumps ahead on it skips the stages between.
+WATERFALL: tuple[Stage, ...] = (Stage.lead, Stage.mql, Stage.sal, Stage.sql, Stage.opportunity, Stage.customer)
+
+
+def skipped_stages(current: Stage, target: Stage) -> tuple[Stage, ...] | None:
+    """The stages between ``current`` and ``target`` when ``target`` lies ahead on the waterfall
+    and can only be reached by passing them (``()`` for a legal move); None when no forward walk
+    reaches it. A recycled lead walks on from MQL, the stage it re-enters at."""
+    if target in LEGAL_TRANSITIONS[current]:
+        return ()
+    start = Stage.mql if current is Stage.recycled else current
+    if start not in WATERFALL or target not in WATERFALL:
+        return None
+    here, there = WATERFALL.index(start), WATERFALL.index(target)
+    if there <= here:
+        return None
+    walk = (*((Stage.mql,) if current is Stage.recycled else ()), *WATERFALL[here + 1 : there])
+    return tuple(stage for stage in walk if stage is not current)
+
+
 def transition(current: Stage, target: Stage, cause: str) -> Stage:
     if target not in LEGAL_TRANSITIONS[current]:
         raise IllegalTransition(current, target, cause)

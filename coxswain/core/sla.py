@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from enum import StrEnum
 from typing import Any, Literal
@@ -112,6 +112,9 @@ class Timer:
     step_index: int | None = None
     target: str | None = None
     exclude_last: int | None = None
+    # A ladder step carried over from the clock this one superseded: the follow-up is already
+    # breached, so it fires at its time whether or not this clock has breached yet.
+    carried: bool = False
 
 
 @dataclass(frozen=True)
@@ -218,6 +221,9 @@ class Clock:
     due_at: datetime
     status: DeadlineStatus
     responded: bool = False
+    # The follow-up this clock belongs to: reassignments made so far, and whether on-call was paged.
+    reassignments: int = 0
+    paged: bool = False
 
 
 @dataclass(frozen=True)
@@ -242,15 +248,28 @@ def on_timer(clock: Clock, timer: Timer, now: datetime) -> TimerVerdict | None:
                 return TimerVerdict(False, clock.status, f"clock already {clock.status.value}")
             return TimerVerdict(True, verdict.status, verdict.reason)
         case TimerKind.escalation:
-            if clock.status is DeadlineStatus.armed:
+            if clock.status is DeadlineStatus.armed and not timer.carried:
                 return None  # the breach at the same instant has not been decided yet
-            if clock.status is DeadlineStatus.breached and not clock.responded:
-                return TimerVerdict(True, clock.status, "breached and still no response")
-            return TimerVerdict(False, clock.status, "the ladder stopped")
+            escalating = clock.status is DeadlineStatus.breached or (
+                timer.carried and clock.status is DeadlineStatus.armed
+            )
+            if not escalating or clock.responded:
+                return TimerVerdict(False, clock.status, "the ladder stopped")
+            if clock.paged and timer.step in (EscalationAction.page_oncall, EscalationAction.reassign):
+                return TimerVerdict(False, clock.status, "on-call was already paged for this follow-up")
+            return TimerVerdict(True, clock.status, "breached and still no response")
 
 
-def timer_facts(clock: Clock, timer: Timer, now: datetime, previous_owners: Sequence[str] = ()) -> list[Event]:
-    """The facts a fired timer emits; ``previous_owners`` are the lead's earlier reps, newest first."""
+def timer_facts(
+    clock: Clock,
+    timer: Timer,
+    now: datetime,
+    previous_owners: Sequence[str] = (),
+    max_reassignments: int | None = None,
+) -> list[Event]:
+    """The facts a fired timer emits; ``previous_owners`` are the lead's earlier reps, newest first.
+    A reassign step of a follow-up that has used up ``max_reassignments`` pages on-call instead, so
+    a lead nobody answers reaches a person rather than bouncing between reps."""
     match timer.kind:
         case TimerKind.breach:
             return [breached(clock, now)]
@@ -266,17 +285,23 @@ def timer_facts(clock: Clock, timer: Timer, now: datetime, previous_owners: Sequ
             ]
         case TimerKind.escalation:
             assert timer.step is not None and timer.step_index is not None
+            step, target, reason = timer.step, timer.target or "", None
+            capped = max_reassignments is not None and clock.reassignments >= max_reassignments
+            if step is EscalationAction.reassign and capped:
+                step, target = EscalationAction.page_oncall, "oncall"
+                reason = f"reassignment cap reached ({clock.reassignments} of {max_reassignments}): paging on-call"
             facts: list[Event] = [
                 SlaEscalatedV1(
                     **clock_fact(clock, timer.key, now),
                     team=clock.team,
-                    step=timer.step,
+                    step=step,
                     step_index=timer.step_index,
-                    target=timer.target or "",
+                    target=target,
                     escalate_at=timer.due_at,
+                    reason=reason,
                 )
             ]
-            if timer.step is EscalationAction.reassign:
+            if step is EscalationAction.reassign:
                 facts.append(reassignment(clock, timer, now, previous_owners))
             return facts
 
@@ -317,11 +342,41 @@ def breached(clock: Clock, now: datetime) -> SlaBreachedV1:
     )
 
 
-def met(clock: Clock, now: datetime, responded_at: datetime, response_id: uuid.UUID) -> SlaMetV1:
+def met(
+    clock: Clock, now: datetime, responded_at: datetime, response_id: uuid.UUID, responded_by: str | None = None
+) -> SlaMetV1:
     return SlaMetV1(
         **clock_fact(clock, "met", now),
         responded_at=responded_at,
         response_activity_id=response_id,
+        responded_by=responded_by or clock.rep_id,
+    )
+
+
+def credited_rep(agreement: Agreement, owner: str, team: str | None, actor: str | None) -> str | None:
+    """The rep a response by ``actor`` is credited to on the clock of ``owner`` (routed from pool
+    ``team``), or None when it does not stop that clock (``sla.credit``). A response that names
+    nobody is the owner's: the CRM said a person followed up and did not say who."""
+    if actor is None or actor == owner:
+        return owner
+    credit = agreement.sla.credit
+    teammates = {member.rep for pool in agreement.routing.pools if pool.id == team for member in pool.members}
+    if credit.who == "team" and actor in teammates:
+        return actor
+    return actor if credit.other_rep == "stop" else None
+
+
+def carry_ladder(pending: Iterable[Timer], rep_id: str, manager: str | None, team: str | None) -> tuple[Timer, ...]:
+    """The steps a superseded, still escalating clock had not fired, for the clock that replaces
+    it: same keys and times, aimed at the new rep. The ladder goes on; it does not restart."""
+    return tuple(
+        replace(
+            timer,
+            carried=True,
+            target=_target(timer.step, rep_id, manager, team) if timer.step is not None else timer.target,
+        )
+        for timer in pending
+        if timer.kind is TimerKind.escalation
     )
 
 
@@ -365,6 +420,8 @@ class Pacing:
     actual: int
     threshold: float
     alert_after: float
+    realert_step: float = 0.1
+    watched_from: datetime | None = None  # when the watched part of the period began
 
     @property
     def ratio(self) -> float | None:
@@ -374,12 +431,25 @@ class Pacing:
     def behind(self) -> bool:
         return self.elapsed_share >= self.alert_after and self.actual < self.threshold * self.expected
 
+    @property
+    def shortfall_level(self) -> int:
+        """How far below the threshold pacing is, in whole ``realert_step``s: 0 just below it."""
+        ratio = self.ratio or 0.0
+        return max(int((self.threshold - ratio) / self.realert_step + 1e-9), 0)
 
-def pacing(target: MqlTarget, calendar: BusinessCalendar, now: datetime, actual: int) -> Pacing:
-    """Actual MQLs against the target pro-rated to the business time elapsed in the period."""
+
+def pacing(
+    target: MqlTarget, calendar: BusinessCalendar, now: datetime, actual: int, watched_since: datetime | None = None
+) -> Pacing:
+    """Actual MQLs against the target pro-rated to the business time elapsed in the period.
+
+    Only the part of the period Coxswain has watched counts (``watched_since``, when pacing was
+    first checked): MQLs from before it were never seen, so expecting them would cry wolf at
+    the first start of a deployment."""
     start, end = period_bounds(target.period, now, calendar.zone)
+    since = start if watched_since is None else min(max(start, watched_since), now)
     total = calendar.diff(start, end)
-    share = min(calendar.diff(start, now) / total, 1.0) if total > timedelta(0) else 0.0
+    share = min(calendar.diff(since, now) / total, 1.0) if total > timedelta(0) else 0.0
     return Pacing(
         target_id=target.key,
         period=target.period,
@@ -391,6 +461,8 @@ def pacing(target: MqlTarget, calendar: BusinessCalendar, now: datetime, actual:
         actual=actual,
         threshold=target.alert_below,
         alert_after=target.alert_after,
+        realert_step=target.realert_step,
+        watched_from=since,
     )
 
 
@@ -398,14 +470,18 @@ def pacing_key(target_id: str) -> uuid.UUID:
     return uuid.uuid5(MARKETING_NAMESPACE, f"mql-pacing:{target_id}")
 
 
-def pacing_alert(result: Pacing, now: datetime, zone: tzinfo) -> MqlPacingAlertV1 | None:
-    """At most one alert per target, period and local day while pacing is behind."""
+def pacing_alert(result: Pacing, now: datetime, alerted_level: int | None = None) -> MqlPacingAlertV1 | None:
+    """One alert per target and period while pacing is behind, and another only when the
+    shortfall has grown by a further ``realert_step`` past the deepest one alerted
+    (``alerted_level``). The id names the level, so monitors that race raise it once."""
     if not result.behind:
         return None
-    day = now.astimezone(zone).date().isoformat()
+    level = result.shortfall_level
+    if alerted_level is not None and level <= alerted_level:
+        return None
     key = pacing_key(result.target_id)
     return MqlPacingAlertV1(
-        event_id=uuid.uuid5(key, f"{result.period_start.isoformat()}/{day}"),
+        event_id=uuid.uuid5(key, f"{result.period_start.isoformat()}/level-{level}"),
         lead_id=key,
         occurred_at=now,
         target_id=result.target_id,

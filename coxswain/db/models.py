@@ -144,6 +144,11 @@ class Deadline(SQLModel, table=True):
     calendar: str | None = Field(default=None, max_length=64)
     agreement_version: str | None = Field(default=None, max_length=64)
     responded_at: datetime | None = _utc(nullable=True)
+    # 0010_one_judgement: the rep credited with the response, and the follow-up across reassignments.
+    responded_by: str | None = Field(default=None, max_length=64)
+    superseded_by: uuid.UUID | None = Field(default=None)
+    reassignments: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    paged: bool = Field(default=False, sa_column_kwargs={"server_default": text("false")})
 
 
 class SlaTimer(SQLModel, table=True):
@@ -163,6 +168,7 @@ class SlaTimer(SQLModel, table=True):
     exclude_last: int | None = Field(default=None)
     decided_at: datetime | None = _utc(nullable=True)
     fired_by: str | None = Field(default=None, max_length=128)
+    carried: bool = Field(default=False, sa_column_kwargs={"server_default": text("false")})
 
 
 class SlaAlertDelivery(SQLModel, table=True):
@@ -193,13 +199,22 @@ class MarketingMql(SQLModel, table=True):
 
 
 class MqlPacingAlert(SQLModel, table=True):
-    """Pacing alerts already raised: one per target, period and local day, whichever monitor checks."""
+    """Pacing alerts already raised: one per target, period and shortfall level, whichever monitor checks."""
 
     __tablename__ = "mql_pacing_alerts"
     event_id: uuid.UUID = Field(primary_key=True)
     target_id: str = Field(max_length=64)
     period_start: datetime = _utc()
     alerted_at: datetime = _utc()
+    level: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+
+
+class MqlPacingWatch(SQLModel, table=True):
+    """0010_one_judgement: when each MQL target was first checked; pacing counts from then."""
+
+    __tablename__ = "mql_pacing_watch"
+    target_id: str = Field(primary_key=True, max_length=64)
+    since: datetime = _utc()
 
 
 class AgreementVersion(SQLModel, table=True):
@@ -234,7 +249,7 @@ class LeadFact(SQLModel, table=True):
     kind: str = Field(max_length=64)
     occurred_at: datetime = _utc()
     agreement_version: str | None = Field(default=None, max_length=64)
-    caused_by: uuid.UUID | None = Field(default=None)
+    caused_by: uuid.UUID | None = Field(default=None, index=True)
     payload: dict[str, Any] = _jsonb()
     recorded_at: datetime = _utc()
 

@@ -19,9 +19,10 @@ One ``Engine`` per agreement replays a sequence of intake events (``LeadReceived
 Processing is instantaneous in simulation: a lead is routed at the time of the fact that
 qualified it (live routing happens when the router processes that fact, a few milliseconds
 later). Parked leads (nobody eligible) are retried once per simulated minute, as the live
-retry loop does on its interval. Not modelled: SLA escalation ladders (and the reassignments
-they request), roster overrides made through the roster API, and rejected inputs beyond
-counting them (the live consumers send them to a DLQ).
+retry loop does on its interval. CRM activities are judged once (``on_activity``): a refused one
+is counted and changes nothing, an accepted one releases load and stops the owner's clock as
+``sla.credit`` says. Not modelled: SLA escalation ladders (and the reassignments they request)
+and roster overrides made through the roster API.
 """
 
 from __future__ import annotations
@@ -50,9 +51,11 @@ from coxswain.core.lead import (
 from coxswain.core.lifecycle import LifecycleRefused
 from coxswain.core.roster import Roster, build_roster
 from coxswain.core.routing import Rotation, RoutingInput, Situation, route
-from coxswain.core.sla import counts_as_response, first_touch_due
+from coxswain.core.sla import counts_as_response, credited_rep, first_touch_due
 from schemas.events import (
+    ActivityAcceptedV1,
     ActivityRecordedV1,
+    ActivityRefusedV1,
     ActivityType,
     Event,
     LeadQualifiedV1,
@@ -96,6 +99,7 @@ class Assignment:
     decision_key: uuid.UUID
     sla: str = "armed"  # armed, met, breached, cancelled
     responded_at: datetime | None = None
+    responded_by: str | None = None  # the rep credited with the response (sla.credit)
 
 
 @dataclass
@@ -243,11 +247,16 @@ class Engine:
         state = self.states.get(lead_id)
         if state is None:
             raise LookupError(f"activity {event.activity.value} for lead {event.lead_id}, which scoring has never seen")
-        # The router sees the activity on its own topic before scoring's facts about it.
-        if event.activity in RELEASING_ACTIVITIES:
-            self._release(event.lead_id, event.occurred_at)
-        self._respond(event)
+        # Judged once, as scoring judges it; the router and the SLA monitor act on the judgement.
         outcome = on_activity(state, event, self.agreement, event.occurred_at)
+        judgement = outcome.facts[0]
+        if isinstance(judgement, ActivityRefusedV1):
+            self.results.rejected.append(f"ActivityRecordedV1 {event.event_id}: {judgement.reason}")
+            return
+        assert isinstance(judgement, ActivityAcceptedV1)
+        if judgement.activity in RELEASING_ACTIVITIES:
+            self._release(lead_id, judgement.occurred_at)
+        self._respond(judgement)
         self._scored(outcome, evaluation_time(outcome.state, event.occurred_at))
 
     def _scored(self, outcome: Outcome, at: datetime) -> None:
@@ -376,12 +385,15 @@ class Engine:
 
     # ------------------------------------------------------------------ SLA
 
-    def _respond(self, event: ActivityRecordedV1) -> None:
+    def _respond(self, event: ActivityAcceptedV1) -> None:
         holder = self.holders.get(event.lead_id)
         if holder is None:
             return
         assignment = holder.assignment
         if assignment.sla != "armed" or not counts_as_response(self.agreement, assignment.tier, event.activity):
             return
-        assignment.responded_at = event.occurred_at
+        credited = credited_rep(self.agreement, assignment.rep_id, assignment.pool_id, event.rep_id)
+        if credited is None:
+            return  # another rep's touch: the owner's clock runs on (sla.credit)
+        assignment.responded_at, assignment.responded_by = event.occurred_at, credited
         assignment.sla = "met" if event.occurred_at <= assignment.due else "breached"

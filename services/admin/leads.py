@@ -65,8 +65,33 @@ async def explain(
         "playbook": None if playbook is None else playbook.model_dump(mode="json"),
         "owner": await _owner(connection, lead_id),
         "sla": await _sla(connection, lead_id),
+        "refusals": await _refusals(connection, ids),
         "timeline": await _timeline(connection, ids),
     }
+
+
+async def _refusals(connection: AsyncConnection, ids: list[uuid.UUID]) -> list[dict[str, Any]]:
+    """The CRM activities scoring refused for this lead, with the agreement's reason: they changed nothing."""
+    rows = await connection.execute(
+        text(
+            "SELECT event_id, occurred_at, agreement_version, payload FROM lead_facts "
+            "WHERE lead_id = ANY(:ids) AND kind = 'ActivityRefusedV1' ORDER BY occurred_at, event_id"
+        ),
+        {"ids": ids},
+    )
+    return [
+        {
+            "event_id": str(row.event_id),
+            "at": row.occurred_at.isoformat(),
+            "activity_id": row.payload["caused_by"],
+            "activity": row.payload["activity"],
+            "rep_id": row.payload.get("rep_id"),
+            "refusal": row.payload["refusal"],
+            "reason": row.payload["reason"],
+            "agreement_version": row.agreement_version,
+        }
+        for row in rows
+    ]
 
 
 async def _owner(connection: AsyncConnection, lead_id: uuid.UUID) -> dict[str, Any] | None:
@@ -96,8 +121,9 @@ async def _owner(connection: AsyncConnection, lead_id: uuid.UUID) -> dict[str, A
 async def _sla(connection: AsyncConnection, lead_id: uuid.UUID) -> list[dict[str, Any]]:
     rows = await connection.execute(
         text(
-            "SELECT deadline_id, assignment_id, rep_id, milestone, tier, armed_at, due_at, status, decided_at "
-            "FROM deadlines WHERE lead_id = :l ORDER BY armed_at, milestone"
+            "SELECT deadline_id, assignment_id, rep_id, milestone, tier, armed_at, due_at, status, decided_at, "
+            "responded_by, superseded_by, reassignments, paged FROM deadlines WHERE lead_id = :l "
+            "ORDER BY armed_at, milestone"
         ),
         {"l": lead_id},
     )
@@ -112,6 +138,10 @@ async def _sla(connection: AsyncConnection, lead_id: uuid.UUID) -> list[dict[str
             "armed_at": row.armed_at.isoformat(),
             "due_at": row.due_at.isoformat(),
             "decided_at": _iso(row.decided_at),
+            "responded_by": row.responded_by,
+            "superseded_by": None if row.superseded_by is None else str(row.superseded_by),
+            "reassignments": row.reassignments,
+            "paged": row.paged,
         }
         for row in rows
     ]
@@ -192,6 +222,17 @@ def _summary(kind: str, payload: dict[str, Any]) -> str:
         return f"{payload['from_stage']} -> {payload['to_stage']}: {payload['reason']}"
     if kind == "LeadQualifiedV1":
         return f"qualified {payload['tier']}: {payload['reason']}"
+    if kind == "ActivityAcceptedV1":
+        by = f" by {payload['rep_id']}" if payload.get("rep_id") else ""
+        moved = (
+            ""
+            if payload["from_stage"] == payload["to_stage"]
+            else f": {payload['from_stage']} -> {payload['to_stage']}"
+        )
+        skipped = f" (skipped {', '.join(payload['skipped_stages'])})" if payload.get("skipped_stages") else ""
+        return f"accepted {payload['activity']}{by}{moved}{skipped}"
+    if kind == "ActivityRefusedV1":
+        return f"refused {payload['activity']} ({payload['refusal']}): {payload['reason']}"
     return kind
 
 

@@ -15,12 +15,22 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from coxswain.core.agreement import Agreement
 from coxswain.db.models import table
 from coxswain.runtime.consumer import Handler
-from schemas.events import ALL_EVENTS, Event, LeadQualifiedV1, LeadReceivedV1, LeadScoredV1, ScorecardIssuedV1
+from schemas.events import (
+    ALL_EVENTS,
+    ActivityRecordedV1,
+    Event,
+    LeadQualifiedV1,
+    LeadReceivedV1,
+    LeadScoredV1,
+    ScorecardIssuedV1,
+)
 
 # Scores are the bulk of the traffic and reports need none of them (stage changes carry the
-# verdicts); scorecards are reporting's own output, kept in scorecard_periods.
+# verdicts); scorecards are reporting's own output, kept in scorecard_periods. Raw CRM activities
+# are left out too: reports count activities as scoring judged them (ActivityAcceptedV1), so an
+# activity the agreement refused never reaches a figure.
 ACCEPTS: dict[str, tuple[type[Event], ...]] = {
-    event.topic: (event,) for event in ALL_EVENTS if event not in (LeadScoredV1, ScorecardIssuedV1)
+    event.topic: (event,) for event in ALL_EVENTS if event not in (LeadScoredV1, ScorecardIssuedV1, ActivityRecordedV1)
 }
 
 

@@ -190,7 +190,7 @@ def _percentile_columns(expression: str, prefix: str) -> str:
 SPEED_ROWS = (
     "SELECT r.lead_id, r.payload->>'tier' AS tier, r.occurred_at AS routed_at, "
     " extract(epoch FROM r.occurred_at - coalesce(ie.received_at, x.occurred_at)) AS system_seconds, "
-    " extract(epoch FROM (SELECT min(a.occurred_at) FROM report_facts a WHERE a.kind = 'ActivityRecordedV1' "
+    " extract(epoch FROM (SELECT min(a.occurred_at) FROM report_facts a WHERE a.kind = 'ActivityAcceptedV1' "
     "   AND a.lead_id = r.lead_id AND a.payload->>'activity' <> 'automated_email' "
     "   AND a.occurred_at >= r.occurred_at) - r.occurred_at) AS human_seconds "
     "FROM report_facts r "
@@ -241,7 +241,9 @@ async def sla(connection: AsyncConnection, scope: Scope, period: Period) -> dict
     rows = (
         await connection.execute(
             text(
-                "SELECT f.kind, f.occurred_at, f.lead_id, f.payload->>'rep_id' AS rep, f.payload->>'tier' AS tier, "
+                # A met clock counts for the rep credited with the response (sla.credit), a breach for the owner.
+                "SELECT f.kind, f.occurred_at, f.lead_id, "
+                "coalesce(f.payload->>'responded_by', f.payload->>'rep_id') AS rep, f.payload->>'tier' AS tier, "
                 "f.payload->>'milestone' AS milestone, "
                 "coalesce(f.payload->>'team', r.payload->>'pool_id') AS team, "
                 "date_trunc(:period, f.occurred_at AT TIME ZONE :tz) AS bucket "
@@ -355,7 +357,7 @@ async def sal_rejections(connection: AsyncConnection, scope: Scope) -> dict[str,
             text(
                 "SELECT coalesce(f.payload->>'reason', '(none)') AS reason, count(*) AS n FROM report_facts f "
                 "LEFT JOIN report_leads d USING (lead_id) "
-                "WHERE f.kind = 'ActivityRecordedV1' AND f.payload->>'activity' = 'sal_rejected' "
+                "WHERE f.kind = 'ActivityAcceptedV1' AND f.payload->>'activity' = 'sal_rejected' "
                 "AND f.occurred_at >= :since AND f.occurred_at < :until AND " + SLICE + " GROUP BY 1 ORDER BY 2 DESC, 1"
             ),
             scope.params(),
@@ -364,7 +366,7 @@ async def sal_rejections(connection: AsyncConnection, scope: Scope) -> dict[str,
     accepted = await connection.scalar(
         text(
             "SELECT count(*) FROM report_facts f LEFT JOIN report_leads d USING (lead_id) "
-            "WHERE f.kind = 'ActivityRecordedV1' AND f.payload->>'activity' = 'sal_accepted' "
+            "WHERE f.kind = 'ActivityAcceptedV1' AND f.payload->>'activity' = 'sal_accepted' "
             "AND f.occurred_at >= :since AND f.occurred_at < :until AND " + SLICE
         ),
         scope.params(),
@@ -390,7 +392,7 @@ async def closed_loop(connection: AsyncConnection, scope: Scope) -> dict[str, An
                 "coalesce(sum(CAST(f.payload->>'amount' AS numeric)) "
                 " FILTER (WHERE f.payload->>'activity' = 'won'), 0) AS won_amount "
                 "FROM report_facts f LEFT JOIN report_leads d USING (lead_id) "
-                "WHERE f.kind = 'ActivityRecordedV1' "
+                "WHERE f.kind = 'ActivityAcceptedV1' "
                 "AND f.payload->>'activity' IN ('opportunity_created', 'won', 'lost') "
                 "AND f.occurred_at >= :since AND f.occurred_at < :until AND " + SLICE + " GROUP BY 1, 2 ORDER BY 1, 2"
             ),

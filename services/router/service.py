@@ -41,7 +41,7 @@ from coxswain.runtime import outbox
 from coxswain.runtime.consumer import BatchHandler, Handler, PermanentError, is_connection_error, one_at_a_time
 from coxswain.settings import RouterConfig
 from schemas.events import (
-    ActivityRecordedV1,
+    ActivityAcceptedV1,
     ActivityType,
     Event,
     LeadAttributes,
@@ -62,11 +62,13 @@ ROUTING_LOCK = 0x726F757465  # advisory lock key: "route"
 ACCEPTS: dict[str, tuple[type[Event], ...]] = {
     LeadQualifiedV1.topic: (LeadQualifiedV1,),
     ReassignmentRequestedV1.topic: (ReassignmentRequestedV1,),
-    ActivityRecordedV1.topic: (ActivityRecordedV1,),
+    ActivityAcceptedV1.topic: (ActivityAcceptedV1,),
     LeadStageChangedV1.topic: (LeadStageChangedV1,),
 }
 
-# A lead stops counting against its rep's capacity once sales has acted on it.
+# A lead stops counting against its rep's capacity once sales has acted on it, as scoring judged
+# the activity: a refused one (``leads.activity_refused.v1``) frees nothing, so the router never
+# reads the raw crm.activities.v1 record.
 RELEASING_ACTIVITIES = frozenset({ActivityType.sal_accepted, ActivityType.sal_rejected, ActivityType.disqualified})
 RELEASING_STAGES = frozenset(
     {Stage.sal, Stage.sql, Stage.opportunity, Stage.customer, Stage.recycled, Stage.disqualified}
@@ -653,7 +655,7 @@ def make_batch_handler(agreement: Agreement) -> BatchHandler:
                     await flush()
                 run.append((index, qualified_request(event)))
                 continue
-            if isinstance(event, ActivityRecordedV1):
+            if isinstance(event, ActivityAcceptedV1):
                 if event.activity in RELEASING_ACTIVITIES:
                     await flush()
                     await release(connection, event.lead_id, event.occurred_at, now)

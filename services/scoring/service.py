@@ -25,6 +25,7 @@ from coxswain.core.lead import (
     on_activity,
     on_received,
     timer_id_for,
+    unknown_lead,
 )
 from coxswain.core.scoring import Touch
 from coxswain.db.models import table
@@ -38,6 +39,7 @@ from schemas.events import (
     Stage,
     Tier,
 )
+from services.scoring.metrics import count_refusals
 
 ACCEPTS: dict[str, tuple[type[Event], ...]] = {
     LeadReceivedV1.topic: (LeadReceivedV1,),
@@ -254,9 +256,12 @@ async def apply_batch(
         else:
             assert isinstance(event, ActivityRecordedV1)
             if state is None:
-                raise PermanentError(
-                    f"activity {event.activity.value} for lead {event.lead_id}, which scoring has never seen"
+                # Refused like any input the agreement does not allow: a fact, not a dead letter,
+                # so every consumer hears that nothing is to be done. There is no lead to save.
+                outcomes.append(
+                    Outcome(LeadState(lead_id=lead_id), (unknown_lead(event, agreement, event.occurred_at),))
                 )
+                continue
             outcome = on_activity(state, event, agreement, event.occurred_at)
             at = evaluation_time(outcome.state, event.occurred_at)
         states[lead_id] = outcome.state
@@ -298,7 +303,9 @@ async def _lock_and_read_identities(connection: AsyncConnection, events: Sequenc
 
 def make_batch_handler(agreement: Agreement) -> BatchHandler:
     async def handle(connection: AsyncConnection, events: Sequence[Event], now: datetime) -> list[list[Event]]:
-        return [list(outcome.facts) for outcome in await apply_batch(connection, events, agreement, now)]
+        facts = [list(outcome.facts) for outcome in await apply_batch(connection, events, agreement, now)]
+        count_refusals(fact for each in facts for fact in each)
+        return facts
 
     return handle
 

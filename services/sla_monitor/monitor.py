@@ -90,6 +90,7 @@ class Monitor:
                     max_sleep=timedelta(seconds=self.config.sla_max_sleep_seconds),
                     alert_webhook=self.alert_webhook,
                     failpoint_pass=self.config.sla_failpoint_pass,
+                    agreement=self.agreement,
                 )
             )
             group.create_task(self._every(GAUGE_REFRESH_SECONDS, self.refresh_gauges, stop, "gauges"))

@@ -1,8 +1,9 @@
 """Marketing's side of the SLA: MQL volume against the pro-rated target, checked periodically.
 
 A shortfall is a missing event, so it is found by looking, not by consuming. Every monitor may
-look; the alert's deterministic id (target, period, local day) and its row in
-``mql_pacing_alerts`` let only the first raise it.
+look; the alert's deterministic id (target, period, shortfall level) and its row in
+``mql_pacing_alerts`` let only the first raise it. Pacing counts from when the target was first
+watched (``mql_pacing_watch``), never expecting MQLs from before Coxswain ran.
 """
 
 from __future__ import annotations
@@ -33,26 +34,41 @@ async def check_pacing(
         calendar = agreement.calendar(target.calendar or agreement.sla.calendar)
         start, _ = period_bounds(target.period, now, calendar.zone)
         async with engine.begin() as connection:
-            actual = await connection.scalar(
-                text(
-                    "SELECT count(DISTINCT lead_id) FROM marketing_mqls WHERE qualified_at >= :start "
-                    "AND qualified_at <= :now"
-                ),
-                {"start": start, "now": now},
-            )
-            result = pacing(target, calendar, now, int(actual or 0))
+            # The first check of a target starts watching it; the row keeps that moment for good.
+            row = (
+                await connection.execute(
+                    text(
+                        "WITH watch AS (INSERT INTO mql_pacing_watch (target_id, since) VALUES (:t, :now) "
+                        "ON CONFLICT DO NOTHING RETURNING since) "
+                        "SELECT coalesce((SELECT since FROM watch), (SELECT since FROM mql_pacing_watch "
+                        "WHERE target_id = :t)) AS since, "
+                        "(SELECT count(DISTINCT lead_id) FROM marketing_mqls WHERE qualified_at >= :start "
+                        "AND qualified_at <= :now) AS actual, "
+                        "(SELECT max(level) FROM mql_pacing_alerts WHERE target_id = :t AND period_start = :start) "
+                        "AS alerted"
+                    ),
+                    {"t": target.key, "now": now, "start": start},
+                )
+            ).one()
+            result = pacing(target, calendar, now, int(row.actual or 0), row.since)
             results.append(result)
             if result.ratio is not None:
                 metrics.mql_pacing.labels(result.target_id).set(result.ratio)
-            alert = pacing_alert(result, now, calendar.zone)
+            alert = pacing_alert(result, now, row.alerted)
             if alert is None:
                 continue
             first = await connection.scalar(
                 text(
-                    "INSERT INTO mql_pacing_alerts (event_id, target_id, period_start, alerted_at) "
-                    "VALUES (:e, :t, :p, :now) ON CONFLICT DO NOTHING RETURNING 1"
+                    "INSERT INTO mql_pacing_alerts (event_id, target_id, period_start, alerted_at, level) "
+                    "VALUES (:e, :t, :p, :now, :level) ON CONFLICT DO NOTHING RETURNING 1"
                 ),
-                {"e": alert.event_id, "t": alert.target_id, "p": alert.period_start, "now": now},
+                {
+                    "e": alert.event_id,
+                    "t": alert.target_id,
+                    "p": alert.period_start,
+                    "now": now,
+                    "level": result.shortfall_level,
+                },
             )
             if first is None:
                 continue
@@ -61,10 +77,11 @@ async def check_pacing(
                 await alerts.enqueue(connection, [alert], now)
             raised.append(alert)
             log.info(
-                "mql pacing behind: target=%s actual=%s expected=%.1f pacing=%.2f",
+                "mql pacing behind: target=%s actual=%s expected=%.1f pacing=%.2f level=%s",
                 alert.target_id,
                 alert.actual,
                 alert.expected,
                 alert.pacing,
+                result.shortfall_level,
             )
     return results, raised

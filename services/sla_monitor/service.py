@@ -22,28 +22,49 @@ from coxswain.core.sla import (
     Clock,
     DeadlineStatus,
     MilestonePlan,
+    Timer,
+    TimerKind,
     alert_id,
     breached,
     cancelled,
+    carry_ladder,
     counts_as_response,
+    credited_rep,
     deadline_id_for,
     met,
     on_response,
     plan,
 )
-from coxswain.runtime.consumer import BatchHandler, Handler, PermanentError, one_at_a_time
-from schemas.events import ActivityRecordedV1, Event, LeadQualifiedV1, LeadRoutedV1, SlaArmedV1, Tier
+from coxswain.runtime.consumer import BatchHandler, Handler, PermanentError, claim_many, one_at_a_time
+from schemas.events import (
+    ActivityAcceptedV1,
+    ActivityRecordedV1,
+    ActivityRefusedV1,
+    EscalationAction,
+    Event,
+    LeadQualifiedV1,
+    LeadRoutedV1,
+    SlaArmedV1,
+    Tier,
+)
 from services.sla_monitor import alerts
 from services.sla_monitor.metrics import SlaMetrics
 
+# Clocks stop on activities as scoring judged them, never on the raw crm.activities.v1 record: a
+# refused activity stops nothing. Refusals are consumed too, only so that a timer waiting for that
+# activity to be applied (timers.AWAITING_RESPONSE) stops waiting.
 ACCEPTS: dict[str, tuple[type[Event], ...]] = {
     LeadRoutedV1.topic: (LeadRoutedV1,),
-    ActivityRecordedV1.topic: (ActivityRecordedV1,),
+    ActivityAcceptedV1.topic: (ActivityAcceptedV1,),
+    ActivityRefusedV1.topic: (ActivityRefusedV1,),
     LeadQualifiedV1.topic: (LeadQualifiedV1,),
 }
 
 CONSUMER = "sla_monitor"  # its consumer group and inbox name (coxswain.wiring.CONSUMERS)
-CLOCK_COLUMNS = "deadline_id, lead_id, assignment_id, rep_id, team, milestone, tier, due_at, status, responded_at"
+CLOCK_COLUMNS = (
+    "deadline_id, lead_id, assignment_id, rep_id, team, milestone, tier, due_at, status, responded_at, "
+    "reassignments, paged"
+)
 
 
 def clock_of(row: Row[Any]) -> Clock:
@@ -58,6 +79,8 @@ def clock_of(row: Row[Any]) -> Clock:
         due_at=row.due_at,
         status=DeadlineStatus(row.status),
         responded=row.responded_at is not None,
+        reassignments=row.reassignments,
+        paged=row.paged,
     )
 
 
@@ -70,6 +93,9 @@ class OpenClock:
     responded_at: datetime | None = None
     decided_at: datetime | None = None
     decided_by: uuid.UUID | None = None
+    responded_by: str | None = None
+    superseded_by: uuid.UUID | None = None
+    ladder: tuple[Timer, ...] = ()  # escalation steps still pending, loaded when a new assignment may carry them
     changed: bool = False  # a stored row to update at the end of the batch
     stopped: bool = False  # its pending timers are retired at the end of the batch
 
@@ -79,8 +105,14 @@ class OpenClock:
 
     @property
     def can_change(self) -> bool:
+        if self.superseded_by is not None:
+            return False
         status = self.clock.status
         return status is DeadlineStatus.armed or (status is DeadlineStatus.breached and self.responded_at is None)
+
+    @property
+    def escalating(self) -> bool:
+        return self.clock.status is DeadlineStatus.breached and self.responded_at is None
 
 
 @dataclass
@@ -99,7 +131,7 @@ class Batch:
     metrics: SlaMetrics
     clocks: dict[uuid.UUID, list[OpenClock]]  # per lead, in deadline id order
     existing: set[uuid.UUID]  # planned deadline ids already stored
-    activities: dict[uuid.UUID, list[tuple[datetime, ActivityRecordedV1]]]  # per lead, by received_at
+    activities: dict[uuid.UUID, list[tuple[datetime, ActivityAcceptedV1]]]  # per lead, by received_at
     created: list[NewClock] = field(default_factory=list)
     mqls: list[LeadQualifiedV1] = field(default_factory=list)
 
@@ -107,9 +139,10 @@ class Batch:
 async def load_batch(
     connection: AsyncConnection, events: Sequence[Event], agreement: Agreement, now: datetime, metrics: SlaMetrics
 ) -> Batch:
-    """Three statements whatever the batch size: the leads' open clocks (locked, in one global
-    order so two monitors cannot deadlock), which planned deadlines exist, and the activities
-    intake stored for the routed leads."""
+    """Four statements at most whatever the batch size: the leads' open clocks (locked, in one
+    global order so two monitors cannot deadlock), the pending ladders a new assignment may carry
+    on, which planned deadlines exist, and the accepted activities already applied for the routed
+    leads."""
     leads = sorted({event.lead_id for event in events if not isinstance(event, LeadQualifiedV1)})
     clocks: dict[uuid.UUID, list[OpenClock]] = {}
     if leads:
@@ -117,7 +150,7 @@ async def load_batch(
             text(
                 f"SELECT {CLOCK_COLUMNS}, started_at, decided_at, decided_by FROM deadlines WHERE lead_id = ANY(:leads) "
                 "AND (status = 'armed' OR (status = 'breached' AND responded_at IS NULL)) "
-                "ORDER BY deadline_id FOR UPDATE"
+                "AND superseded_by IS NULL ORDER BY deadline_id FOR UPDATE"
             ),
             {"leads": leads},
         )
@@ -131,8 +164,26 @@ async def load_batch(
         for milestone in _plan(agreement, event)
     ]
     existing: set[uuid.UUID] = set()
-    activities: dict[uuid.UUID, list[tuple[datetime, ActivityRecordedV1]]] = {}
+    activities: dict[uuid.UUID, list[tuple[datetime, ActivityAcceptedV1]]] = {}
     if routed:
+        escalating = {
+            held.clock.deadline_id: held
+            for event in routed
+            for held in clocks.get(event.lead_id, [])
+            if held.escalating
+        }
+        if escalating:
+            ladders = await connection.execute(
+                text(
+                    "SELECT deadline_id, key, kind, due_at AS timer_due_at, fraction, step, step_index, target, "
+                    "exclude_last, carried FROM sla_timers WHERE deadline_id = ANY(:ids) AND status = 'pending' "
+                    "AND kind = 'escalation' ORDER BY due_at, key"
+                ),
+                {"ids": sorted(escalating)},
+            )
+            for row in ladders:
+                held = escalating[row.deadline_id]
+                held.ladder = (*held.ladder, timer_of(row))
         existing = set(
             (
                 await connection.scalars(
@@ -140,14 +191,16 @@ async def load_batch(
                 )
             ).all()
         )
-        # leads.routed.v1 and crm.activities.v1 are not ordered with each other: a monitor catching
-        # up after a restart or a broker outage may consume the first touch before the routing it
-        # answers, when there was no clock yet to stop. Intake's ledger still has the activity.
+        # leads.routed.v1 and the accepted activities are not ordered with each other: a monitor
+        # catching up after a restart or a broker outage may apply the first touch before the
+        # routing it answers, when there was no clock yet to stop. Scoring's record of the
+        # judgement still has it, and intake's ledger says when the touch was received.
         result = await connection.execute(
             text(
-                "SELECT e.lead_id, e.received_at, e.payload FROM intake_events e "
-                "JOIN inbox i ON i.consumer = :consumer AND i.event_id = e.event_id "
-                "WHERE e.lead_id = ANY(:leads) AND e.kind = 'activity' AND e.received_at >= :since "
+                "SELECT f.lead_id, e.received_at, f.payload FROM lead_facts f "
+                "JOIN inbox i ON i.consumer = :consumer AND i.event_id = f.event_id "
+                "JOIN intake_events e ON e.event_id = f.caused_by "
+                "WHERE f.lead_id = ANY(:leads) AND f.kind = 'ActivityAcceptedV1' AND e.received_at >= :since "
                 "ORDER BY e.received_at"
             ),
             {
@@ -157,9 +210,23 @@ async def load_batch(
             },
         )
         for row in result:
-            activity = ActivityRecordedV1.model_validate(row.payload)
+            activity = ActivityAcceptedV1.model_validate(row.payload)
             activities.setdefault(row.lead_id, []).append((row.received_at, activity))
     return Batch(agreement, now, metrics, clocks, existing, activities)
+
+
+def timer_of(row: Row[Any]) -> Timer:
+    return Timer(
+        kind=TimerKind(row.kind),
+        key=row.key,
+        due_at=row.timer_due_at,
+        fraction=row.fraction,
+        step=EscalationAction(row.step) if row.step else None,
+        step_index=row.step_index,
+        target=row.target,
+        exclude_last=row.exclude_last,
+        carried=row.carried,
+    )
 
 
 def _plan(agreement: Agreement, event: LeadRoutedV1) -> tuple[MilestonePlan, ...]:
@@ -167,22 +234,35 @@ def _plan(agreement: Agreement, event: LeadRoutedV1) -> tuple[MilestonePlan, ...
 
 
 def arm(batch: Batch, event: LeadRoutedV1) -> list[Event]:
-    """A new assignment: the clocks of the previous one stop (a new clock replaces them)."""
+    """A new assignment: the clocks of the previous one stop (a new clock replaces them). A clock
+    that was escalating hands the steps it had not fired to the new clock of its milestone, so
+    the ladder belongs to the lead's follow-up: it goes on across reassignments, never restarts."""
     open_clocks = [held for held in batch.clocks.get(event.lead_id, []) if held.can_change]
     older = [held for held in open_clocks if held.clock.assignment_id != event.assignment_id]
     if any(held.started_at is not None and held.started_at > event.routed_at for held in older):
         return []  # a newer assignment already runs; this one was superseded before we saw it
     facts: list[Event] = []
+    follow_up: dict[str, OpenClock] = {}
     for held in older:
         if held.clock.status is DeadlineStatus.armed:
             held.decide(DeadlineStatus.cancelled, batch.now, event.event_id)
             facts.append(cancelled(held.clock, batch.now, event.assignment_id))
-        held.stopped = True
+        held.superseded_by, held.changed, held.stopped = event.assignment_id, True, True
+        follow_up.setdefault(held.clock.milestone, held)
+    reassigned = event.replaces_assignment_id is not None
+    rep = batch.agreement.rep(event.rep_id)
+    manager = rep.manager if rep is not None else None
     for milestone in _plan(batch.agreement, event):
         deadline_id = deadline_id_for(event.assignment_id, milestone.milestone)
         if deadline_id in batch.existing:
             continue
         batch.existing.add(deadline_id)
+        before = follow_up.get(milestone.milestone)
+        if before is not None and before.escalating:
+            own = tuple(timer for timer in milestone.timers if timer.kind is not TimerKind.escalation)
+            milestone = replace(
+                milestone, timers=(*own, *carry_ladder(before.ladder, event.rep_id, manager, event.pool_id))
+            )
         clock = Clock(
             deadline_id=deadline_id,
             lead_id=event.lead_id,
@@ -193,6 +273,8 @@ def arm(batch: Batch, event: LeadRoutedV1) -> list[Event]:
             tier=event.tier,
             due_at=milestone.due_at,
             status=DeadlineStatus.armed,
+            reassignments=(before.clock.reassignments if before is not None else 0) + reassigned,
+            paged=before.clock.paged if before is not None else False,
         )
         held = OpenClock(clock, milestone.started_at)
         batch.created.append(NewClock(held, event, milestone))
@@ -222,8 +304,9 @@ def arm(batch: Batch, event: LeadRoutedV1) -> list[Event]:
     return facts
 
 
-def respond(batch: Batch, event: ActivityRecordedV1) -> list[Event]:
-    """The row lock orders a response and the timer: whoever holds the deadline row first decides."""
+def respond(batch: Batch, event: ActivityAcceptedV1) -> list[Event]:
+    """The row lock orders a response and the timer: whoever holds the deadline row first decides.
+    Only a response ``sla.credit`` credits to someone stops a clock, and that rep gets the credit."""
     # A touch the CRM dates in the future counts from when we heard of it.
     responded_at = min(event.occurred_at, batch.now)
     facts: list[Event] = []
@@ -231,8 +314,11 @@ def respond(batch: Batch, event: ActivityRecordedV1) -> list[Event]:
         clock = held.clock
         if not held.can_change or not counts_as_response(batch.agreement, clock.tier, event.activity, clock.milestone):
             continue
+        credited = credited_rep(batch.agreement, clock.rep_id, clock.team, event.rep_id)
+        if credited is None:
+            continue  # another rep's touch: recorded as accepted, the owner's clock runs on
         held.stopped = held.changed = True
-        held.responded_at = responded_at
+        held.responded_at, held.responded_by = responded_at, credited
         if held.decided_at is None:
             held.decided_at, held.decided_by = batch.now, event.event_id
         verdict = on_response(clock.status, clock.due_at, responded_at)
@@ -241,7 +327,7 @@ def respond(batch: Batch, event: ActivityRecordedV1) -> list[Event]:
         held.clock = replace(clock, status=verdict.status, responded=True)
         labels = (clock.tier.value, clock.team or "")
         if verdict.status is DeadlineStatus.met:
-            facts.append(met(held.clock, batch.now, responded_at, event.event_id))
+            facts.append(met(held.clock, batch.now, responded_at, event.event_id, credited))
             batch.metrics.met.labels(*labels).inc()
         else:
             facts.append(breached(held.clock, batch.now))
@@ -257,9 +343,9 @@ async def store(connection: AsyncConnection, batch: Batch) -> None:
         await connection.execute(
             text(
                 "INSERT INTO deadlines (deadline_id, assignment_id, lead_id, rep_id, milestone, tier, armed_at, "
-                "due_at, status, team, started_at, calendar, agreement_version, responded_at, decided_at, decided_by) "
-                "VALUES (:d, :a, :l, :r, :m, :t, :now, :due, :s, :team, :start, :cal, :v, :resp, :dec, :by) "
-                "ON CONFLICT DO NOTHING"
+                "due_at, status, team, started_at, calendar, agreement_version, responded_at, decided_at, decided_by, "
+                "responded_by, reassignments, paged) VALUES (:d, :a, :l, :r, :m, :t, :now, :due, :s, :team, :start, "
+                ":cal, :v, :resp, :dec, :by, :resp_by, :reassignments, :paged) ON CONFLICT DO NOTHING"
             ),
             [
                 {
@@ -279,6 +365,9 @@ async def store(connection: AsyncConnection, batch: Batch) -> None:
                     "resp": new.open.responded_at,
                     "dec": new.open.decided_at,
                     "by": new.open.decided_by,
+                    "resp_by": new.open.responded_by,
+                    "reassignments": new.open.clock.reassignments,
+                    "paged": new.open.clock.paged,
                 }
                 for new in batch.created
             ],
@@ -286,7 +375,8 @@ async def store(connection: AsyncConnection, batch: Batch) -> None:
         await connection.execute(
             text(
                 "INSERT INTO sla_timers (deadline_id, key, kind, due_at, status, fraction, step, step_index, target, "
-                "exclude_last, decided_at) VALUES (:d, :k, :kind, :due, :s, :f, :step, :i, :target, :x, :dec)"
+                "exclude_last, decided_at, carried) VALUES (:d, :k, :kind, :due, :s, :f, :step, :i, :target, :x, :dec, "
+                ":carried)"
             ),
             [
                 {
@@ -302,6 +392,7 @@ async def store(connection: AsyncConnection, batch: Batch) -> None:
                     "target": timer.target,
                     "x": timer.exclude_last,
                     "dec": now if new.open.stopped else None,
+                    "carried": timer.carried,
                 }
                 for new in batch.created
                 for timer in new.milestone.timers
@@ -312,8 +403,8 @@ async def store(connection: AsyncConnection, batch: Batch) -> None:
     if changed:
         await connection.execute(
             text(
-                "UPDATE deadlines SET status = :s, responded_at = :r, decided_at = :dec, decided_by = :by "
-                "WHERE deadline_id = :d"
+                "UPDATE deadlines SET status = :s, responded_at = :r, decided_at = :dec, decided_by = :by, "
+                "responded_by = :rb, superseded_by = :sup WHERE deadline_id = :d"
             ),
             [
                 {
@@ -321,6 +412,8 @@ async def store(connection: AsyncConnection, batch: Batch) -> None:
                     "r": held.responded_at,
                     "dec": held.decided_at,
                     "by": held.decided_by,
+                    "rb": held.responded_by,
+                    "sup": held.superseded_by,
                     "d": held.clock.deadline_id,
                 }
                 for held in changed
@@ -352,20 +445,26 @@ def make_batch_handler(
 
     async def handle(connection: AsyncConnection, events: Sequence[Event], now: datetime) -> list[list[Event]]:
         for event in events:
-            if not isinstance(event, (LeadRoutedV1, ActivityRecordedV1, LeadQualifiedV1)):
+            if not isinstance(event, (LeadRoutedV1, ActivityAcceptedV1, ActivityRefusedV1, LeadQualifiedV1)):
                 raise PermanentError(f"sla monitor does not handle {type(event).__name__}")
         batch = await load_batch(connection, events, agreement, now, counters)
         facts: list[list[Event]] = []
         for event in events:
             if isinstance(event, LeadRoutedV1):
                 facts.append(arm(batch, event))
-            elif isinstance(event, ActivityRecordedV1):
+            elif isinstance(event, ActivityAcceptedV1):
                 facts.append(respond(batch, event))
+            elif isinstance(event, ActivityRefusedV1):
+                facts.append([])
             else:
                 assert isinstance(event, LeadQualifiedV1)
                 batch.mqls.append(event)
                 facts.append([])
         await store(connection, batch)
+        # The raw activities these judgements answer are applied here now: a timer held for
+        # them (timers.AWAITING_RESPONSE, keyed by intake's event id) may fire or retire.
+        judged = [event for event in events if isinstance(event, (ActivityAcceptedV1, ActivityRefusedV1))]
+        await claim_many(connection, CONSUMER, [(event.caused_by, ActivityRecordedV1.topic) for event in judged], now)
         if alert_webhook:
             await alerts.enqueue(connection, [fact for each in facts for fact in each], now)
         return facts

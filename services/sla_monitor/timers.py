@@ -25,13 +25,14 @@ from typing import Any
 from sqlalchemy import Row, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from coxswain.core.agreement import Agreement
 from coxswain.core.sla import Clock, Timer, TimerKind, on_timer, timer_facts
 from coxswain.runtime import outbox
 from coxswain.runtime.consumer import is_connection_error
-from schemas.events import EscalationAction, Event
+from schemas.events import EscalationAction, Event, SlaEscalatedV1
 from services.sla_monitor import alerts
 from services.sla_monitor.metrics import SlaMetrics
-from services.sla_monitor.service import CLOCK_COLUMNS, CONSUMER, clock_of
+from services.sla_monitor.service import CLOCK_COLUMNS, CONSUMER, clock_of, timer_of
 
 log = logging.getLogger(__name__)
 
@@ -44,19 +45,6 @@ class Pass:
     fired: list[tuple[Clock, Timer]] = field(default_factory=list)
     retired: int = 0
     facts: list[Event] = field(default_factory=list)
-
-
-def timer_of(row: Row[Any]) -> Timer:
-    return Timer(
-        kind=TimerKind(row.kind),
-        key=row.key,
-        due_at=row.timer_due_at,
-        fraction=row.fraction,
-        step=EscalationAction(row.step) if row.step else None,
-        step_index=row.step_index,
-        target=row.target,
-        exclude_last=row.exclude_last,
-    )
 
 
 # A timer waits while an activity for its lead that intake acknowledged before the timer came due
@@ -78,7 +66,7 @@ async def claim(connection: AsyncConnection, now: datetime, limit: int) -> list[
     result = await connection.execute(
         text(
             f"SELECT {columns}, t.key, t.kind, t.due_at AS timer_due_at, t.fraction, t.step, t.step_index, "
-            "t.target, t.exclude_last FROM sla_timers t JOIN deadlines d ON d.deadline_id = t.deadline_id "
+            "t.target, t.exclude_last, t.carried FROM sla_timers t JOIN deadlines d ON d.deadline_id = t.deadline_id "
             f"WHERE t.status = 'pending' AND t.due_at <= :now AND NOT {AWAITING_RESPONSE} "
             "ORDER BY t.due_at LIMIT :n FOR UPDATE OF t, d SKIP LOCKED"
         ),
@@ -108,6 +96,7 @@ async def fire_due(
     instance: str,
     alert_webhook: bool = False,
     before_commit: Failpoint | None = None,
+    agreement: Agreement | None = None,
 ) -> Pass:
     """One pass: decide up to ``limit`` due timers, oldest first, in one transaction."""
     result = Pass()
@@ -120,6 +109,7 @@ async def fire_due(
         fired: list[tuple[uuid.UUID, str]] = []
         retired: list[tuple[uuid.UUID, str]] = []
         newly_breached: list[uuid.UUID] = []
+        paged: list[uuid.UUID] = []
         for row in rows:
             clock = clocks.get(row.deadline_id) or clock_of(row)
             timer = timer_of(row)
@@ -130,12 +120,19 @@ async def fire_due(
                 retired.append((clock.deadline_id, timer.key))
                 continue
             owners = await previous_owners(connection, clock.lead_id) if timer.step is EscalationAction.reassign else []
-            result.facts += timer_facts(clock, timer, now, owners)
+            cap = agreement.sla.policies[clock.tier].max_reassignments if agreement is not None else None
+            facts = timer_facts(clock, timer, now, owners, cap)
+            result.facts += facts
             result.fired.append((clock, timer))
             fired.append((clock.deadline_id, timer.key))
             if verdict.status is not clock.status:
                 newly_breached.append(clock.deadline_id)
                 clock = replace(clock, status=verdict.status)
+            if any(isinstance(fact, SlaEscalatedV1) and fact.step is EscalationAction.page_oncall for fact in facts):
+                # On-call is paged once per follow-up: a later page step (here, or carried on to
+                # the clock of a reassignment) retires instead of paging again.
+                paged.append(clock.deadline_id)
+                clock = replace(clock, paged=True)
             clocks[clock.deadline_id] = clock
         await _mark(connection, fired, "fired", now, instance)
         await _mark(connection, retired, "cancelled", now, None)
@@ -147,6 +144,10 @@ async def fire_due(
                     "WHERE deadline_id = ANY(:ids) AND status = 'armed'"
                 ),
                 {"now": now, "ids": newly_breached},
+            )
+        if paged:
+            await connection.execute(
+                text("UPDATE deadlines SET paged = true WHERE deadline_id = ANY(:ids)"), {"ids": paged}
             )
         await outbox.stage(connection, result.facts, now)
         if alert_webhook:
@@ -212,6 +213,7 @@ async def run_timer(
     max_sleep: timedelta,
     alert_webhook: bool = False,
     failpoint_pass: int = 0,
+    agreement: Callable[[], Agreement] | None = None,
 ) -> None:
     passes_with_facts = 0
 
@@ -228,7 +230,15 @@ async def run_timer(
         upcoming: datetime | None = None
         try:
             now = clock()
-            done = await fire_due(engine, now, batch, instance, alert_webhook, failpoint if failpoint_pass else None)
+            done = await fire_due(
+                engine,
+                now,
+                batch,
+                instance,
+                alert_webhook,
+                failpoint if failpoint_pass else None,
+                agreement() if agreement is not None else None,
+            )
             record(metrics, done, now)
             if done.fired:
                 log.info(

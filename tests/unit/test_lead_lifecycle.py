@@ -15,7 +15,9 @@ from coxswain.core.agreement import load_agreement
 from coxswain.core.lead import LeadState, Outcome, fact_id, on_activity, on_received
 from coxswain.core.lifecycle import ACTIVITY_TARGET, LEGAL_TRANSITIONS, IllegalTransition, transition
 from schemas.events import (
+    ActivityAcceptedV1,
     ActivityRecordedV1,
+    ActivityRefusedV1,
     ActivityType,
     EngagementType,
     Event,
@@ -229,7 +231,11 @@ def test_sal_accepted_moves_mql_to_sal() -> None:
     outcome = on_activity(mql_state(), event, AGREEMENT, event.occurred_at)
 
     assert outcome.state.stage is Stage.sal
-    (changed,) = outcome.facts
+    accepted, changed = outcome.facts
+    assert isinstance(accepted, ActivityAcceptedV1)
+    assert (accepted.from_stage, accepted.to_stage, accepted.skipped_stages) == (Stage.mql, Stage.sal, ())
+    assert (accepted.caused_by, accepted.rep_id, accepted.activity) == (event.event_id, event.rep_id, event.activity)
+    assert accepted.event_id == uuid.uuid5(event.event_id, "accepted")
     assert isinstance(changed, LeadStageChangedV1)
     assert (changed.from_stage, changed.to_stage, changed.reason) == (Stage.mql, Stage.sal, "sal_accepted")
     assert changed.event_id == uuid.uuid5(event.event_id, "stage_changed")
@@ -243,7 +249,8 @@ def test_sal_rejected_recycles_and_names_the_reason() -> None:
     outcome = on_activity(mql_state(), event, AGREEMENT, T0)
 
     assert outcome.state.stage is Stage.recycled
-    (changed,) = outcome.facts
+    accepted, changed = outcome.facts
+    assert isinstance(accepted, ActivityAcceptedV1) and accepted.reason == "no-budget"
     assert isinstance(changed, LeadStageChangedV1)
     assert changed.reason == "sal_rejected (no-budget)"
 
@@ -254,23 +261,35 @@ def test_activities_without_a_target_change_nothing(kind: ActivityType) -> None:
 
     outcome = on_activity(state, activity(kind), AGREEMENT, T0)
 
-    assert outcome == Outcome(state, ())
+    (accepted,) = outcome.facts
+    assert outcome.state is state
+    assert isinstance(accepted, ActivityAcceptedV1)
+    assert (accepted.from_stage, accepted.to_stage) == (Stage.mql, Stage.mql)
 
 
 def test_activity_asking_for_the_current_stage_changes_nothing() -> None:
     state = LeadState(lead_id=LEAD_ID, stage=Stage.sal)
 
-    assert on_activity(state, activity(ActivityType.sal_accepted), AGREEMENT, T0) == Outcome(state, ())
+    outcome = on_activity(state, activity(ActivityType.sal_accepted), AGREEMENT, T0)
+
+    assert outcome.state is state
+    assert [type(fact) for fact in outcome.facts] == [ActivityAcceptedV1]
 
 
-def test_won_on_a_fresh_lead_is_an_illegal_transition() -> None:
-    with pytest.raises(IllegalTransition) as caught:
-        on_activity(fresh(), activity(ActivityType.won), AGREEMENT, T0)
+def test_won_on_a_fresh_lead_is_refused_as_an_illegal_transition() -> None:
+    state = fresh()
+    event = activity(ActivityType.won)
 
-    message = str(caught.value)
-    assert "activity won asks to move the lead from lead to customer" in message
-    assert "from lead it may go to: disqualified, mql" in message
-    assert (caught.value.current, caught.value.target) == (Stage.lead, Stage.customer)
+    outcome = on_activity(state, event, AGREEMENT, T0)
+
+    assert outcome.state is state
+    (refused,) = outcome.facts
+    assert isinstance(refused, ActivityRefusedV1)
+    assert (refused.refusal, refused.stage, refused.caused_by) == ("illegal_transition", Stage.lead, event.event_id)
+    assert refused.event_id == uuid.uuid5(event.event_id, "refused")
+    assert "activity won asks to move the lead from lead to customer" in refused.reason
+    assert "from lead it may go to: disqualified, mql" in refused.reason
+    assert "it would skip mql, sal, sql, opportunity" in refused.reason
 
 
 def test_final_stage_says_it_allows_nothing() -> None:

@@ -24,11 +24,12 @@ from coxswain.core.lead import (
     on_timer,
     timer_id_for,
 )
-from coxswain.core.lifecycle import IllegalTransition, LifecycleRefused, UnknownRejectionReason
 from coxswain.core.playbooks import playbook_for
 from coxswain.core.scoring import Touch, falls_below_at, persona_for, priority_tier, score
 from schemas.events import (
+    ActivityAcceptedV1,
     ActivityRecordedV1,
+    ActivityRefusedV1,
     ActivityType,
     EngagementType,
     Event,
@@ -340,7 +341,19 @@ def test_an_activity_never_moves_a_lead_back() -> None:
 
     outcome = on_activity(state, activity(ActivityType.sal_accepted, n=3), AGREEMENT, T0)
 
-    assert outcome.state == state and outcome.facts == ()
+    assert outcome.state == state
+    (accepted,) = outcome.facts
+    assert isinstance(accepted, ActivityAcceptedV1) and accepted.from_stage == accepted.to_stage == Stage.sql
+
+
+def test_news_of_a_stage_already_passed_is_accepted_and_moves_nothing() -> None:
+    state = sal_state()
+    for n, kind in enumerate([ActivityType.sql_qualified, ActivityType.opportunity_created], start=2):
+        state = on_activity(state, activity(kind, n=n), AGREEMENT, T0).state
+
+    outcome = on_activity(state, activity(ActivityType.sal_accepted, n=9), AGREEMENT, T0)
+
+    assert outcome.state == state and [type(fact) for fact in outcome.facts] == [ActivityAcceptedV1]
 
 
 # --------------------------------------------------------------------------- rejection and recycling
@@ -400,12 +413,64 @@ def test_each_rejection_reason_has_its_outcome(reason: str, stage: Stage, cooldo
     ],
 )
 def test_rejection_without_a_known_reason_code_is_refused(reason: str | None, message: str) -> None:
-    with pytest.raises(UnknownRejectionReason) as caught:
-        on_activity(mql_state(), activity(ActivityType.sal_rejected, reason=reason), AGREEMENT, T0)
+    state = mql_state()
 
-    assert str(caught.value).startswith(message)
-    assert str(caught.value).endswith("allowed: no-budget, bad-timing, wrong-person, no-response, competitor, spam")
-    assert isinstance(caught.value, LifecycleRefused) and isinstance(caught.value, ValueError)
+    outcome = on_activity(state, activity(ActivityType.sal_rejected, reason=reason), AGREEMENT, T0)
+
+    assert outcome.state is state
+    (refused,) = outcome.facts
+    assert isinstance(refused, ActivityRefusedV1)
+    assert (refused.refusal, refused.reported_reason, refused.stage) == ("unknown_reason", reason, Stage.mql)
+    assert refused.reason.startswith(message)
+    assert refused.reason.endswith("allowed: no-budget, bad-timing, wrong-person, no-response, competitor, spam")
+
+
+def test_an_unknown_reason_code_maps_to_the_declared_fallback_when_the_agreement_says_so() -> None:
+    lenient = variant(
+        lambda d: d["lifecycle"].update(activities={"unknown_reason": "fallback", "fallback_reason": "no-response"})
+    )
+
+    outcome = on_activity(mql_state(), activity(ActivityType.sal_rejected, reason="meh"), lenient, T0)
+
+    accepted = only(outcome.facts, ActivityAcceptedV1)
+    assert (accepted.reason, accepted.reported_reason) == ("no-response", "meh")
+    assert outcome.state.stage is Stage.recycled
+    assert outcome.state.recycled_until == T0 + 30 * DAY  # no-response's cooldown
+    assert only(outcome.facts, LeadStageChangedV1).reason == "sal_rejected (no-response)"
+
+
+def test_won_for_an_mql_is_refused_by_default_and_accepted_with_skipped_stages_when_allowed() -> None:
+    won = activity(ActivityType.won, n=4)
+
+    refused = on_activity(mql_state(), won, AGREEMENT, T0)
+    assert only(refused.facts, ActivityRefusedV1).refusal == "illegal_transition"
+    assert "it would skip sal, sql, opportunity" in only(refused.facts, ActivityRefusedV1).reason
+
+    walking = variant(lambda d: d["lifecycle"].update(activities={"skipped_stages": "accept"}))
+    outcome = on_activity(mql_state(), won, walking, T0)
+
+    assert outcome.state.stage is Stage.customer
+    accepted, *changes = outcome.facts
+    assert isinstance(accepted, ActivityAcceptedV1)
+    assert accepted.skipped_stages == (Stage.sal, Stage.sql, Stage.opportunity)
+    assert (accepted.from_stage, accepted.to_stage) == (Stage.mql, Stage.customer)
+    assert [(c.from_stage, c.to_stage) for c in changes if isinstance(c, LeadStageChangedV1)] == [
+        (Stage.mql, Stage.sal),
+        (Stage.sal, Stage.sql),
+        (Stage.sql, Stage.opportunity),
+        (Stage.opportunity, Stage.customer),
+    ]
+    assert len({fact.event_id for fact in outcome.facts}) == 5, "each fact has its own id"
+
+
+def test_an_activity_by_a_rep_outside_the_roster_is_refused_unless_the_agreement_accepts_it() -> None:
+    stranger = activity(ActivityType.sal_accepted).model_copy(update={"rep_id": "mallory"})
+
+    refused = only(on_activity(mql_state(), stranger, AGREEMENT, T0).facts, ActivityRefusedV1)
+    assert refused.refusal == "unknown_rep" and "'mallory' is not in the roster" in refused.reason
+
+    trusting = variant(lambda d: d["lifecycle"].update(activities={"unknown_rep": "accept"}))
+    assert on_activity(mql_state(), stranger, trusting, T0).state.stage is Stage.sal
 
 
 def test_without_reason_codes_any_rejection_recycles() -> None:
@@ -425,8 +490,12 @@ def test_lost_deals_are_recycled_with_the_cooldown() -> None:
 
 
 def test_an_illegal_activity_is_still_an_illegal_transition() -> None:
-    with pytest.raises(IllegalTransition, match="from lead it may go to: disqualified, mql"):
-        on_activity(LeadState(lead_id=LEAD_ID), activity(ActivityType.sal_rejected, reason="no-budget"), AGREEMENT, T0)
+    outcome = on_activity(
+        LeadState(lead_id=LEAD_ID), activity(ActivityType.sal_rejected, reason="no-budget"), AGREEMENT, T0
+    )
+
+    refused = only(outcome.facts, ActivityRefusedV1)
+    assert refused.refusal == "illegal_transition" and "from lead it may go to: disqualified, mql" in refused.reason
 
 
 # --------------------------------------------------------------------------- evaluation time and identity

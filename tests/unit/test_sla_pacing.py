@@ -61,7 +61,7 @@ def test_weekly_target_is_pro_rated_over_business_time() -> None:
     assert result.elapsed_share == pytest.approx(19 / 40)
     assert result.expected == pytest.approx(19)
     assert result.behind
-    alert = pacing_alert(result, datetime(2026, 11, 25, 12, tzinfo=BERLIN), BERLIN)
+    alert = pacing_alert(result, datetime(2026, 11, 25, 12, tzinfo=BERLIN))
     assert alert is not None
     assert (alert.target_id, alert.actual, alert.target, alert.threshold) == ("emea-weekly", 10, 40, 0.75)
     assert alert.pacing == pytest.approx(10 / 19, abs=1e-4)
@@ -71,20 +71,49 @@ def test_weekly_target_is_pro_rated_over_business_time() -> None:
 def test_no_alert_early_in_the_period_or_when_on_track() -> None:
     early = pacing(MONTHLY, ALWAYS, datetime(2026, 11, 2, tzinfo=UTC), actual=0)
     assert early.elapsed_share < MONTHLY.alert_after and not early.behind
-    assert pacing_alert(early, datetime(2026, 11, 2, tzinfo=UTC), UTC) is None
+    assert pacing_alert(early, datetime(2026, 11, 2, tzinfo=UTC)) is None
 
     before_opening = pacing(WEEKLY, OFFICE, datetime(2026, 11, 23, 8, tzinfo=BERLIN), actual=0)
     assert before_opening.expected == 0 and before_opening.ratio is None and not before_opening.behind
 
 
-def test_one_alert_id_per_target_period_and_day() -> None:
-    now = datetime(2026, 11, 20, 9, tzinfo=UTC)
-    first = pacing_alert(pacing(MONTHLY, ALWAYS, now, 10), now, UTC)
-    later = pacing_alert(pacing(MONTHLY, ALWAYS, now + timedelta(hours=5), 11), now + timedelta(hours=5), UTC)
-    tomorrow = pacing_alert(pacing(MONTHLY, ALWAYS, now + timedelta(days=1), 12), now + timedelta(days=1), UTC)
+def test_one_alert_per_target_and_period_unless_the_shortfall_grows_by_a_step() -> None:
+    # 19 of 30 days gone: 190 expected; 140 is pacing 0.74, just below the 0.8 threshold (level 0).
+    now = datetime(2026, 11, 20, tzinfo=UTC)
+    first = pacing(MONTHLY, ALWAYS, now, 140)
+    alert = pacing_alert(first, now)
+    assert alert is not None and first.shortfall_level == 0
 
-    assert first is not None and later is not None and tomorrow is not None
-    assert first.event_id == later.event_id != tomorrow.event_id
+    # A week later, still behind but by no more than a further step: no new alert.
+    week_on = now + timedelta(days=7)
+    worse = pacing(MONTHLY, ALWAYS, week_on, 170)  # 170 of 270: 0.63, a further step below: level 1
+    assert worse.shortfall_level == 1
+    same = pacing(MONTHLY, ALWAYS, week_on, 200)  # 0.77: level 0 again
+    assert pacing_alert(same, week_on, alerted_level=0) is None
+    again = pacing_alert(worse, week_on, alerted_level=0)
+    assert again is not None and again.event_id != alert.event_id
+    assert pacing_alert(worse, week_on, alerted_level=1) is None
+    # The id names the target, period and level: two monitors raising it raise one alert.
+    assert pacing_alert(first, now + timedelta(hours=5)) == pacing_alert(first, now + timedelta(hours=5))
+    assert alert.event_id == pacing_alert(pacing(MONTHLY, ALWAYS, now + timedelta(hours=5), 141), now).event_id  # type: ignore[union-attr]
+
+
+def test_pacing_counts_only_from_when_the_target_was_first_watched() -> None:
+    # Coxswain starts on 20 November with nothing qualified yet: no alarm at start.
+    started = datetime(2026, 11, 20, tzinfo=UTC)
+    at_start = pacing(MONTHLY, ALWAYS, started, 0, watched_since=started)
+    assert (at_start.expected, at_start.behind) == (0, False)
+    assert pacing_alert(at_start, started) is None
+
+    # Two days in (2 of 30 days watched, 0.067 < alert_after 0.1): still quiet.
+    assert not pacing(MONTHLY, ALWAYS, started + timedelta(days=2), 0, watched_since=started).behind
+    # Four days in: 40 expected for the days watched, 10 qualified is behind.
+    later = pacing(MONTHLY, ALWAYS, started + timedelta(days=4), 10, watched_since=started)
+    assert later.expected == pytest.approx(40) and later.behind
+    # Watched since before the period: the whole period counts.
+    assert pacing(MONTHLY, ALWAYS, started, 0, watched_since=started - timedelta(days=60)).expected == pytest.approx(
+        190
+    )
 
 
 @settings(max_examples=200, deadline=None)
