@@ -289,7 +289,13 @@ class Run:
         topics = ["leads.routed.v1", "sla.breached.v1", "sla.met.v1"]
         dlq = [
             f"{topic}.dlq"
-            for topic in ("leads.received.v1", "crm.activities.v1", "leads.qualified.v1", "leads.routed.v1")
+            for topic in (
+                "leads.received.v1",
+                "crm.activities.v1",
+                "leads.activity_accepted.v1",
+                "leads.qualified.v1",
+                "leads.routed.v1",
+            )
         ]
         records = await read_all(self.infra.bootstrap_servers, topics + dlq)
 

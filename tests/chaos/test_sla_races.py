@@ -19,8 +19,19 @@ from coxswain.db.database import create_engine
 from coxswain.runtime.consumer import ConsumerService, Delivery
 from coxswain.settings import ConsumerConfig, DatabaseConfig, KafkaConfig
 from schemas.codec import encode
-from schemas.events import ActivityRecordedV1, ActivityType, Event, LeadRoutedV1, Tier
+from schemas.events import (
+    ActivityAcceptedV1,
+    ActivityRecordedV1,
+    ActivityType,
+    EngagementType,
+    Event,
+    LeadAttributes,
+    LeadReceivedV1,
+    LeadRoutedV1,
+    Tier,
+)
 from services.intake.app import store
+from services.scoring import service as scoring
 from services.sla_monitor.service import ACCEPTS, CONSUMER, make_batch_handler, make_handler
 from services.sla_monitor.timers import fire_due
 
@@ -92,6 +103,25 @@ async def acknowledge_touch(engine: AsyncEngine, lead_id: uuid.UUID, at: datetim
     return touch
 
 
+async def judge(engine: AsyncEngine, touch: ActivityRecordedV1) -> ActivityAcceptedV1:
+    """What scoring does with it: judge it once against the agreement (here: accept it) and record
+    the judgement with the lead's facts, in the transaction that publishes it."""
+    received = LeadReceivedV1(
+        event_id=uuid.uuid4(),
+        lead_id=touch.lead_id,
+        occurred_at=ROUTED_AT - timedelta(minutes=1),
+        source="webform",
+        webhook_id=f"msg_lead_{uuid.uuid4().hex}",
+        engagement=EngagementType.demo_request,
+        attributes=LeadAttributes(country="IS"),
+    )
+    async with engine.begin() as connection:
+        _, outcome = await scoring.apply_batch(connection, [received, touch], AGREEMENT, touch.occurred_at)
+    accepted = outcome.facts[0]
+    assert isinstance(accepted, ActivityAcceptedV1), outcome.facts
+    return accepted
+
+
 async def outcome(engine: AsyncEngine, lead_id: uuid.UUID) -> tuple[str, list[str]]:
     async with engine.connect() as connection:
         status = await connection.scalar(
@@ -106,7 +136,7 @@ async def outcome(engine: AsyncEngine, lead_id: uuid.UUID) -> tuple[str, list[st
 
 async def test_a_touch_consumed_before_its_routing_still_stops_the_clock(engine: AsyncEngine) -> None:
     lead_id = uuid.uuid4()
-    touch = await acknowledge_touch(engine, lead_id, ROUTED_AT + timedelta(seconds=1))
+    touch = await judge(engine, await acknowledge_touch(engine, lead_id, ROUTED_AT + timedelta(seconds=1)))
     # After a restart the monitor's batch may hold the touch before the routing it answers.
     await monitor(engine, DUE + timedelta(seconds=30)).process([delivery(touch, 0), delivery(routed(lead_id), 0)])
     await fire_due(engine, DUE + timedelta(seconds=31), 1000, "race-test")
@@ -118,7 +148,7 @@ async def test_the_timer_waits_for_a_touch_acknowledged_in_time_but_not_yet_appl
     await monitor(engine, ROUTED_AT).process([delivery(routed(lead_id), 0)])
     # Intake acknowledged the touch a second before the deadline; the broker is down, so the
     # monitor has not seen it when the deadline passes.
-    touch = await acknowledge_touch(engine, lead_id, DUE - timedelta(seconds=1))
+    touch = await judge(engine, await acknowledge_touch(engine, lead_id, DUE - timedelta(seconds=1)))
     await fire_due(engine, DUE + timedelta(seconds=10), 1000, "race-test")
     assert await outcome(engine, lead_id) == ("armed", [])
     await monitor(engine, DUE + timedelta(seconds=20)).process([delivery(touch, 0)])

@@ -28,6 +28,7 @@ from coxswain.core.agreement import Agreement, parse_agreement
 from coxswain.core.identity import lead_id_for
 from coxswain.runtime.consumer import BatchHandler, PermanentError, one_at_a_time
 from schemas.events import (
+    ActivityAcceptedV1,
     ActivityRecordedV1,
     ActivityType,
     EngagementType,
@@ -254,13 +255,8 @@ def router_stream(rng: random.Random, suffix: str) -> list[list[Event]]:
             if decided and roll < 0.12:
                 earlier = rng.choice(decided)
                 batch.append(
-                    ActivityRecordedV1(
-                        event_id=rid(rng),
-                        lead_id=earlier.lead_id,
-                        occurred_at=LATER,
-                        source="crm",
-                        webhook_id=f"{suffix}-{rid(rng).hex}",
-                        activity=rng.choice([ActivityType.sal_rejected, ActivityType.first_touch]),
+                    judged(
+                        earlier.lead_id, LATER, rng.choice([ActivityType.sal_rejected, ActivityType.first_touch]), rng
                     )
                 )
             elif decided and roll < 0.2:
@@ -372,11 +368,29 @@ def sla_agreement() -> Agreement:
     return parse_agreement(document)
 
 
-def sla_stream(rng: random.Random, run: str) -> tuple[list[list[Event]], list[ActivityRecordedV1]]:
+def judged(
+    lead_id: uuid.UUID, at: datetime, activity: ActivityType, rng: random.Random, rep_id: str | None = None
+) -> ActivityAcceptedV1:
+    """A CRM activity as scoring accepted it: what the router and the SLA monitor consume."""
+    return ActivityAcceptedV1(
+        event_id=rid(rng),
+        lead_id=lead_id,
+        occurred_at=at,
+        agreement_version="scoring-1",
+        caused_by=rid(rng),
+        source="crm",
+        activity=activity,
+        rep_id=rep_id,
+        from_stage=Stage.mql,
+        to_stage=Stage.mql,
+    )
+
+
+def sla_stream(rng: random.Random, run: str) -> tuple[list[list[Event]], list[ActivityAcceptedV1]]:
     """Routings (some leads routed again), touches in time and late, SAL decisions, MQLs; and the
     touches intake stored that the monitor consumed before the routing they answer."""
     batches: list[list[Event]] = []
-    early: list[ActivityRecordedV1] = []
+    early: list[ActivityAcceptedV1] = []
     routed: list[LeadRoutedV1] = []
     leads = [rid(rng) for _ in range(24)]
     for n in range(14):
@@ -388,13 +402,14 @@ def sla_stream(rng: random.Random, run: str) -> tuple[list[list[Event]], list[Ac
                 target = rng.choice(routed)
                 late = rng.random() < 0.3
                 batch.append(
-                    ActivityRecordedV1(
-                        event_id=rid(rng),
-                        lead_id=target.lead_id,
-                        occurred_at=target.routed_at + timedelta(minutes=15 if late else 2),
-                        source="crm",
-                        webhook_id=f"{run}-{rid(rng).hex}",
-                        activity=rng.choice([ActivityType.first_touch, ActivityType.sal_accepted]),
+                    judged(
+                        target.lead_id,
+                        target.routed_at + timedelta(minutes=15 if late else 2),
+                        rng.choice([ActivityType.first_touch, ActivityType.sal_accepted]),
+                        rng,
+                        # Mostly unattributed or the owner's; some by the other rep, which the
+                        # default sla.credit ignores.
+                        rng.choice([None, None, target.rep_id, "ava", "ben"]),
                     )
                 )
             elif roll < 0.45:
@@ -434,14 +449,7 @@ def sla_stream(rng: random.Random, run: str) -> tuple[list[list[Event]], list[Ac
                 )
                 if rng.random() < 0.15:
                     # Its first touch overtook it: consumed (and stored by intake) before the routing.
-                    touch = ActivityRecordedV1(
-                        event_id=rid(rng),
-                        lead_id=lead_id,
-                        occurred_at=routed_at + timedelta(minutes=1),
-                        source="crm",
-                        webhook_id=f"{run}-{rid(rng).hex}",
-                        activity=ActivityType.first_touch,
-                    )
+                    touch = judged(lead_id, routed_at + timedelta(minutes=1), ActivityType.first_touch, rng)
                     early.append(touch)
                     batch.append(touch)
                 routed.append(event)
@@ -457,20 +465,21 @@ async def test_sla_batches_leave_what_single_events_leave(engines: Engines) -> N
     for engine in engines:
         async with engine.begin() as connection:
             for touch in early:
-                # What intake and the monitor's inbox hold for a touch consumed before its routing.
+                # What intake, scoring and the monitor's inbox hold for a touch consumed before
+                # its routing: the raw activity, its judgement, and the judgement applied.
                 await connection.execute(
                     text(
                         "INSERT INTO intake_events (event_id, lead_id, source, webhook_id, kind, payload, received_at) "
-                        "VALUES (:e, :l, 'crm', :w, 'activity', CAST(:p AS jsonb), :at)"
+                        "VALUES (:e, :l, 'crm', :w, 'activity', '{}', :at)"
                     ),
                     {
-                        "e": touch.event_id,
+                        "e": touch.caused_by,
                         "l": touch.lead_id,
-                        "w": touch.webhook_id,
-                        "p": touch.model_dump_json(),
+                        "w": f"{run}-{touch.caused_by.hex}",
                         "at": touch.occurred_at,
                     },
                 )
+                await scoring.record_facts(connection, [touch], T0)
                 await connection.execute(
                     text("INSERT INTO inbox (consumer, event_id, topic, processed_at) VALUES (:c, :e, :t, :at)"),
                     {"c": sla_monitor.CONSUMER, "e": touch.event_id, "t": touch.topic, "at": T0},

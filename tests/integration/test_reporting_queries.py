@@ -18,7 +18,9 @@ from coxswain.core.agreement import load_agreement
 from coxswain.db.database import create_engine
 from coxswain.settings import DatabaseConfig
 from schemas.events import (
+    ActivityAcceptedV1,
     ActivityRecordedV1,
+    ActivityRefusedV1,
     ActivityType,
     EngagementType,
     Event,
@@ -33,7 +35,7 @@ from schemas.events import (
     Tier,
 )
 from services.reporting.app import create_reporting_app
-from services.reporting.consumer import make_handler
+from services.reporting.consumer import ACCEPTS, make_handler
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -122,16 +124,51 @@ class History:
         )
         return assignment
 
+    def raw(self, lead_id: uuid.UUID, kind: ActivityType, seconds: float, **extra: Any) -> ActivityRecordedV1:
+        """What the CRM reported; reporting never reads it (it is not in ``ACCEPTS``)."""
+        raw = ActivityRecordedV1(
+            event_id=uuid.uuid4(),
+            lead_id=lead_id,
+            occurred_at=at(seconds),
+            source="crm",
+            webhook_id=f"msg_{uuid.uuid4().hex}",
+            activity=kind,
+            **extra,
+        )
+        self.events.append(raw)
+        return raw
+
+    def refused(self, lead_id: uuid.UUID, kind: ActivityType, seconds: float, **extra: Any) -> None:
+        raw = self.raw(lead_id, kind, seconds, **extra)
+        self.events.append(
+            ActivityRefusedV1(
+                event_id=uuid.uuid4(),
+                lead_id=lead_id,
+                occurred_at=raw.occurred_at,
+                agreement_version="it-1",
+                caused_by=raw.event_id,
+                source="crm",
+                activity=kind,
+                reported_reason=raw.reason,
+                refusal="illegal_transition",
+                reason="the agreement does not allow it",
+            )
+        )
+
     def activity(self, lead_id: uuid.UUID, kind: ActivityType, seconds: float, **extra: Any) -> uuid.UUID:
         event_id = uuid.uuid4()
+        raw = self.raw(lead_id, kind, seconds, **extra)
         self.events.append(
-            ActivityRecordedV1(
+            ActivityAcceptedV1(
                 event_id=event_id,
                 lead_id=lead_id,
                 occurred_at=at(seconds),
+                agreement_version="it-1",
+                caused_by=raw.event_id,
                 source="crm",
-                webhook_id=f"msg_{event_id.hex}",
                 activity=kind,
+                from_stage=Stage.mql,
+                to_stage=Stage.mql,
                 **extra,
             )
         )
@@ -163,6 +200,10 @@ def history() -> History:
     a_job = h.qualified_and_routed(a, a_in, "rt-webform", "ava", "north-america", 2)
     h.activity(a, ActivityType.first_touch, 62)
     h.verdict(a, a_job, "ava", True, 62)
+    # Refused by scoring (a won for an MQL, a reason code nobody agreed): no figure may move.
+    h.refused(a, ActivityType.won, 70, amount=50000)
+    h.refused(a, ActivityType.sal_rejected, 71, reason="meh-not-a-code")
+    h.refused(a, ActivityType.first_touch, 5)
     # B: routed 3 s after receipt, never touched in time: breached, then rejected.
     b, b_in = h.received("rt-hubspot", "rt-paid", 10)
     b_job = h.qualified_and_routed(b, b_in, "rt-hubspot", "ben", "emea", 13)
@@ -191,7 +232,9 @@ async def reports(infrastructure: None, history: History) -> AsyncIterator[httpx
     handle = make_handler(agreement)
     # Topics are not ordered with each other: qualifications first, then everything, then all
     # of it again (a redelivery), as the consumer could see them.
-    ordered = [e for e in history.events if isinstance(e, LeadQualifiedV1)] + history.events + history.events
+    # The consumer hands the handler only the topics it subscribes to.
+    consumed = [e for e in history.events if type(e).topic in ACCEPTS]
+    ordered = [e for e in consumed if isinstance(e, LeadQualifiedV1)] + consumed + consumed
     async with engine.begin() as connection:
         for event in ordered:
             assert await handle(connection, event, T0) == []

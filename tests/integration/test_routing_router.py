@@ -28,7 +28,7 @@ from coxswain.runtime.kafka import connection_options
 from coxswain.settings import ConsumerConfig, DatabaseConfig, KafkaConfig
 from schemas.codec import encode
 from schemas.events import (
-    ActivityRecordedV1,
+    ActivityAcceptedV1,
     ActivityType,
     Event,
     LeadAttributes,
@@ -214,14 +214,17 @@ async def test_a_rep_at_capacity_is_skipped_until_sales_acts_on_a_lead(world: Wo
     ava = next(c for c in skipped.candidates if c.rep_id == world["ava"])
     assert ava.excluded_because == "at capacity (open load 3 + 1 would exceed 3)"
 
-    accepted = ActivityRecordedV1(
+    accepted = ActivityAcceptedV1(
         event_id=uuid.uuid4(),
         lead_id=first_event.lead_id,
         occurred_at=NOW,
+        agreement_version="scoring-1",
+        caused_by=uuid.uuid4(),
         source="crm",
-        webhook_id="w-1",
         activity=ActivityType.sal_accepted,
         rep_id=world["ava"],
+        from_stage=Stage.mql,
+        to_stage=Stage.sal,
     )
     assert await world.handle(accepted) == []
     assert await world.scalar("SELECT open_load FROM rep_counters WHERE rep_id = :r", r=world["ava"]) == 0

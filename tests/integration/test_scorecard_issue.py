@@ -26,7 +26,7 @@ from coxswain.runtime.kafka import Publisher, connection_options
 from coxswain.runtime.outbox import OutboxRelay
 from coxswain.settings import DatabaseConfig, KafkaConfig, ReportingConfig
 from schemas.events import (
-    ActivityRecordedV1,
+    ActivityAcceptedV1,
     ActivityType,
     EngagementType,
     Event,
@@ -37,6 +37,7 @@ from schemas.events import (
     ScorecardIssuedV1,
     SlaBreachedV1,
     SlaMetV1,
+    Stage,
     Tier,
 )
 from services.reporting.consumer import make_handler
@@ -135,14 +136,17 @@ class History:
     def activity(self, lead_id: uuid.UUID, kind: ActivityType, when: datetime, **extra: Any) -> None:
         event_id = uuid.uuid4()
         self.events.append(
-            ActivityRecordedV1(
+            ActivityAcceptedV1(
                 event_id=event_id,
                 lead_id=lead_id,
                 occurred_at=when,
+                agreement_version="it-1",
+                caused_by=uuid.uuid4(),
                 source="crm",
-                webhook_id=f"msg_{event_id.hex}",
                 activity=kind,
                 rep_id=extra.pop("rep", None),
+                from_stage=Stage.mql,
+                to_stage=Stage.mql,
                 **extra,
             )
         )
@@ -309,7 +313,7 @@ async def counted_from_the_database(engine: AsyncEngine) -> dict[str, Any]:
             for row in await connection.execute(
                 text(
                     "SELECT payload->>'activity' AS activity, count(*) AS n FROM report_facts "
-                    "WHERE kind = 'ActivityRecordedV1' AND occurred_at >= :s AND occurred_at < :e "
+                    "WHERE kind = 'ActivityAcceptedV1' AND occurred_at >= :s AND occurred_at < :e "
                     "AND payload->>'activity' IN ('sal_accepted', 'sal_rejected') GROUP BY 1"
                 ),
                 window,

@@ -25,7 +25,14 @@ from coxswain.cli import app as cli
 from coxswain.core.agreement import load_agreement, parse_agreement
 from coxswain.db.database import create_engine
 from coxswain.settings import DatabaseConfig
-from schemas.events import ActivityRecordedV1, ActivityType, EngagementType, LeadAttributes, LeadReceivedV1
+from schemas.events import (
+    ActivityRecordedV1,
+    ActivityRefusedV1,
+    ActivityType,
+    EngagementType,
+    LeadAttributes,
+    LeadReceivedV1,
+)
 from services.admin.agreements import AgreementSource, digest
 from services.admin.api import create_admin_router
 from services.scoring.service import apply
@@ -341,8 +348,11 @@ async def test_an_unknown_lead_is_404_and_a_malformed_id_422(admin: httpx.AsyncC
 
 
 @pytest.mark.asyncio(loop_scope="session")
-async def test_a_rejection_with_an_unknown_reason_code_is_refused_with_the_allowed_codes(engine: AsyncEngine) -> None:
+async def test_a_rejection_with_an_unknown_reason_code_is_refused_with_the_allowed_codes(
+    engine: AsyncEngine, admin: httpx.AsyncClient
+) -> None:
     lead_id, _ = await seed_lead(engine)
+    before = (await admin.get(f"/v1/leads/{lead_id}")).json()
     rejection = ActivityRecordedV1(
         event_id=uuid.uuid4(),
         lead_id=lead_id,
@@ -353,11 +363,18 @@ async def test_a_rejection_with_an_unknown_reason_code_is_refused_with_the_allow
         reason="too-expensive",
     )
 
-    with pytest.raises(ValueError, match="sal_rejected carries reason code 'too-expensive'") as caught:
-        async with engine.begin() as connection:
-            await apply(connection, rejection, AGREEMENT, NOW)
+    async with engine.begin() as connection:
+        outcome = await apply(connection, rejection, AGREEMENT, NOW)
 
-    assert "allowed: no-budget, bad-timing" in str(caught.value)
+    (refused,) = outcome.facts
+    assert isinstance(refused, ActivityRefusedV1) and refused.refusal == "unknown_reason"
+    explained = (await admin.get(f"/v1/leads/{lead_id}")).json()
+    assert explained["stage"] == before["stage"], "a refused activity moves nothing"
+    (shown,) = explained["refusals"]
+    assert shown["activity_id"] == str(rejection.event_id) and shown["refusal"] == "unknown_reason"
+    assert "sal_rejected carries reason code 'too-expensive'" in shown["reason"]
+    assert "allowed: no-budget, bad-timing" in shown["reason"]
+    assert any(entry["kind"] == "ActivityRefusedV1" for entry in explained["timeline"])
 
 
 # --------------------------------------------------------------------------- command line

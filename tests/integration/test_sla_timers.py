@@ -32,8 +32,9 @@ from coxswain.core.sla import FIRST_TOUCH, SAL_DECISION, deadline_id_for
 from coxswain.runtime.consumer import Handler
 from coxswain.settings import SlaConfig
 from schemas.events import (
-    ActivityRecordedV1,
+    ActivityAcceptedV1,
     ActivityType,
+    EscalationAction,
     Event,
     LeadAttributes,
     LeadQualifiedV1,
@@ -46,6 +47,7 @@ from schemas.events import (
     SlaEscalatedV1,
     SlaMetV1,
     SlaWarnedV1,
+    Stage,
     Tier,
 )
 from services.sla_monitor.alerts import AlertWebhook
@@ -119,15 +121,19 @@ def routed(
     )
 
 
-def activity(lead_id: uuid.UUID, kind: ActivityType, at: datetime) -> ActivityRecordedV1:
-    return ActivityRecordedV1(
+def activity(lead_id: uuid.UUID, kind: ActivityType, at: datetime, rep: str | None = "ava") -> ActivityAcceptedV1:
+    """A CRM activity as scoring accepted it: what the monitor consumes."""
+    return ActivityAcceptedV1(
         event_id=uuid.uuid4(),
         lead_id=lead_id,
         occurred_at=at,
+        agreement_version="it-1",
+        caused_by=uuid.uuid4(),
         source="crm",
-        webhook_id=f"msg_{uuid.uuid4().hex}",
         activity=kind,
-        rep_id="ava",
+        rep_id=rep,
+        from_stage=Stage.mql,
+        to_stage=Stage.mql,
     )
 
 
@@ -139,8 +145,10 @@ async def apply(engine: AsyncEngine, handler: Handler, events: Sequence[Event], 
     return facts
 
 
-async def fire(engine: AsyncEngine, now: datetime, instance: str = "it") -> list[Event]:
-    return (await fire_due(engine, now, 1000, instance)).facts
+async def fire(
+    engine: AsyncEngine, now: datetime, instance: str = "it", agreement: Agreement | None = None
+) -> list[Event]:
+    return (await fire_due(engine, now, 1000, instance, agreement=agreement)).facts
 
 
 async def status_of(engine: AsyncEngine, deadline_id: uuid.UUID) -> tuple[str, dict[str, str]]:
@@ -207,7 +215,7 @@ async def test_warning_breach_and_ladder_fire_in_order_until_the_response_stops_
     [request] = of(later, ReassignmentRequestedV1, lead)
     assert request.assignment_id == event.assignment_id and request.exclude_reps == ("ben",)
 
-    touch = activity(lead, ActivityType.first_touch, T0 + timedelta(minutes=21))
+    touch = activity(lead, ActivityType.first_touch, T0 + timedelta(minutes=21), rep="ben")
     assert of(await apply(engine, handler, [touch], T0 + timedelta(minutes=21)), SlaMetV1) == []
     assert [
         fact for fact in of(await fire(engine, T0 + timedelta(hours=2)), SlaEscalatedV1) if fact.deadline_id == deadline
@@ -216,6 +224,139 @@ async def test_warning_breach_and_ladder_fire_in_order_until_the_response_stops_
     assert status == "breached"
     assert timers["escalation:3:page_oncall"] == "cancelled"
     assert Counter(timers.values()) == {"fired": 5, "cancelled": 1}
+
+
+async def test_a_former_owners_touch_does_not_credit_the_new_owner(engine: AsyncEngine) -> None:
+    handler = make_handler(PLAIN_AGREEMENT)
+    lead = uuid.uuid4()
+    first = routed(lead, T0, rep="ava")
+    second = routed(lead, T0 + timedelta(minutes=1), rep="ben").model_copy(
+        update={"replaces_assignment_id": first.assignment_id}
+    )
+    await apply(engine, handler, [first, second], T0 + timedelta(minutes=1))
+    ben_clock = deadline_id_for(second.assignment_id, FIRST_TOUCH)
+
+    by_ava = activity(lead, ActivityType.first_touch, T0 + timedelta(minutes=2), rep="ava")
+    assert await apply(engine, handler, [by_ava], T0 + timedelta(minutes=2)) == []
+    assert (await status_of(engine, ben_clock))[0] == "armed", "ben's clock runs on"
+
+    by_ben = activity(lead, ActivityType.first_touch, T0 + timedelta(minutes=3), rep="ben")
+    [met] = of(await apply(engine, handler, [by_ben], T0 + timedelta(minutes=3)), SlaMetV1)
+    assert (met.deadline_id, met.rep_id, met.responded_by) == (ben_clock, "ben", "ben")
+
+
+async def test_under_credit_stop_another_reps_touch_stops_the_clock_and_credits_them(engine: AsyncEngine) -> None:
+    stop = make_agreement({"first_touch": "10m"})
+    stop = stop.model_copy(
+        update={"sla": stop.sla.model_copy(update={"credit": stop.sla.credit.model_copy(update={"other_rep": "stop"})})}
+    )
+    handler = make_handler(stop)
+    lead = uuid.uuid4()
+    event = routed(lead, T0, rep="ava")
+    await apply(engine, handler, [event], T0)
+
+    [met] = of(await apply(engine, handler, [activity(lead, ActivityType.first_touch, T0, rep="ben")], T0), SlaMetV1)
+
+    assert (met.rep_id, met.responded_by) == ("ava", "ben")
+    async with engine.connect() as connection:
+        credited = await connection.scalar(
+            text("SELECT responded_by FROM deadlines WHERE deadline_id = :d"), {"d": met.deadline_id}
+        )
+    assert credited == "ben"
+
+
+SPANNING = make_agreement(
+    {
+        "first_touch": "10m",
+        "escalation": [
+            {"step": "remind_rep"},
+            {"step": "reassign", "after": "10m"},
+            {"step": "page_oncall", "after": "30m"},
+        ],
+    }
+)
+
+
+async def reassign(
+    engine: AsyncEngine, handler: Handler, facts: Sequence[Event], rep: str, now: datetime
+) -> LeadRoutedV1:
+    """What the router does with a reassignment request: a new assignment that replaces the old one."""
+    [request] = of(facts, ReassignmentRequestedV1)
+    again = routed(request.lead_id, now, rep=rep).model_copy(update={"replaces_assignment_id": request.assignment_id})
+    await apply(engine, handler, [again], now)
+    return again
+
+
+async def pages(engine: AsyncEngine, lead: uuid.UUID) -> list[str]:
+    async with engine.connect() as connection:
+        rows = await connection.execute(
+            text(
+                "SELECT t.key FROM sla_timers t JOIN deadlines d USING (deadline_id) WHERE d.lead_id = :l "
+                "AND t.status = 'fired' AND t.kind = 'escalation' ORDER BY t.decided_at"
+            ),
+            {"l": lead},
+        )
+        return [row.key for row in rows]
+
+
+async def test_the_ladder_goes_on_across_a_reassignment_and_pages_on_call_once(engine: AsyncEngine) -> None:
+    handler = make_handler(SPANNING)
+    lead = uuid.uuid4()
+    first = routed(lead, T0, rep="ava")
+    await apply(engine, handler, [first], T0)
+
+    await fire(engine, T0 + timedelta(minutes=10), agreement=SPANNING)  # breach, remind ava
+    request_facts = await fire(engine, T0 + timedelta(minutes=20), agreement=SPANNING)
+    second = await reassign(engine, handler, request_facts, "ben", T0 + timedelta(minutes=20))
+
+    # Ben's own deadline passes: a breach for ben, but the ladder does not restart (no remind, no
+    # second reassignment).
+    at_bens_breach = await fire(engine, T0 + timedelta(minutes=30), agreement=SPANNING)
+    assert [fact.rep_id for fact in of(at_bens_breach, SlaBreachedV1, lead)] == ["ben"]
+    assert of(at_bens_breach, SlaEscalatedV1, lead) == []
+    # The page comes at the time the ladder states: 30 minutes after the first breach.
+    assert of(await fire(engine, T0 + timedelta(minutes=39), agreement=SPANNING), SlaEscalatedV1, lead) == []
+    [page] = of(await fire(engine, T0 + timedelta(minutes=40), agreement=SPANNING), SlaEscalatedV1, lead)
+    assert (page.step, page.target, page.rep_id) == (EscalationAction.page_oncall, "oncall", "ben")
+    assert of(await fire(engine, T0 + timedelta(hours=5), agreement=SPANNING), SlaEscalatedV1, lead) == []
+
+    assert await pages(engine, lead) == ["escalation:0:remind_rep", "escalation:1:reassign", "escalation:2:page_oncall"]
+    async with engine.connect() as connection:
+        old = (
+            await connection.execute(
+                text("SELECT status, superseded_by FROM deadlines WHERE deadline_id = :d"),
+                {"d": deadline_id_for(first.assignment_id, FIRST_TOUCH)},
+            )
+        ).one()
+    assert (old.status, old.superseded_by) == ("breached", second.assignment_id), "it says it was superseded"
+    _, old_timers = await status_of(engine, deadline_id_for(first.assignment_id, FIRST_TOUCH))
+    assert old_timers["escalation:2:page_oncall"] == "cancelled", "moved to ben's clock, not dropped"
+
+
+async def test_a_reassignment_past_the_cap_pages_instead_and_on_call_is_paged_once(engine: AsyncEngine) -> None:
+    capped = make_agreement(
+        {
+            "first_touch": "10m",
+            "max_reassignments": 1,
+            "escalation": [
+                {"step": "reassign", "after": "5m"},
+                {"step": "reassign", "after": "10m"},
+                {"step": "page_oncall", "after": "30m"},
+            ],
+        }
+    )
+    handler = make_handler(capped)
+    lead = uuid.uuid4()
+    await apply(engine, handler, [routed(lead, T0, rep="ava")], T0)
+    await fire(engine, T0 + timedelta(minutes=10), agreement=capped)
+    moved = await fire(engine, T0 + timedelta(minutes=15), agreement=capped)
+    await reassign(engine, handler, moved, "ben", T0 + timedelta(minutes=15))
+
+    at_cap = await fire(engine, T0 + timedelta(minutes=20), agreement=capped)
+    assert of(at_cap, ReassignmentRequestedV1, lead) == [], "not reassigned beyond the cap"
+    [page] = of(at_cap, SlaEscalatedV1, lead)
+    assert page.step is EscalationAction.page_oncall and page.reason is not None and "cap" in page.reason
+    assert of(await fire(engine, T0 + timedelta(hours=5), agreement=capped), SlaEscalatedV1, lead) == []
 
 
 async def test_a_response_in_time_is_met_and_cancels_every_timer(engine: AsyncEngine) -> None:
