@@ -359,7 +359,7 @@ def write_decisions(results: Results, path: Path) -> None:
     for n, a in enumerate(results.assignments):
         record = {"kind": "routed", "lead_id": str(a.lead_id), "at": a.at.isoformat(), "rep_id": a.rep_id}
         record |= {"pool_id": a.pool_id, "rule_id": a.rule_id, "tier": a.tier.value, "due": a.due.isoformat()}
-        lines.append((a.at, len(results.stage_changes) + n, record | {"sla": a.sla}))
+        lines.append((a.at, len(results.stage_changes) + n, record | {"sla": a.sla, "responded_by": a.responded_by}))
     with path.open("wb") as handle:
         for _, _, record in sorted(lines, key=lambda item: (item[0], item[1])):
             handle.write(orjson.dumps(record) + b"\n")

@@ -111,9 +111,23 @@ async def demo_run(stack: Stack, reporting: str, database: AsyncEngine) -> dict[
             if is_hot:
                 hot.append(response.json()["events"][0]["lead_id"])
         await wait_routed(database, hot)
+        async with database.connect() as connection:
+            owners = {
+                str(row.lead_id): row.rep_id
+                for row in await connection.execute(
+                    text("SELECT lead_id, rep_id FROM assignments WHERE lead_id = ANY(CAST(:ids AS uuid[]))"),
+                    {"ids": hot},
+                )
+            }
         for lead_id, play in zip(hot, PLAYS, strict=True):
+            # What the agreement refuses first (a rep outside the roster, a deal won by an MQL):
+            # no report figure may count it.
+            for refused in ({"activity": "first_touch", "rep_id": "crm"}, {"activity": "won", "amount": 99}):
+                body = {"lead_id": lead_id, "rep_id": owners[lead_id], **refused}
+                response = await post_signed(client, "/v1/webhooks/crm/activities", body)
+                assert response.status_code == 202, response.text
             for step in play:
-                body = {"lead_id": lead_id, "rep_id": "crm", **step}
+                body = {"lead_id": lead_id, "rep_id": owners[lead_id], **step}
                 response = await post_signed(client, "/v1/webhooks/crm/activities", body)
                 assert response.status_code == 202, response.text
     return {"since": since, "until": since + timedelta(hours=2), "hot": hot}
@@ -121,7 +135,8 @@ async def demo_run(stack: Stack, reporting: str, database: AsyncEngine) -> dict[
 
 async def expected_from_database(database: AsyncEngine) -> dict[str, Any]:
     leads = "SELECT DISTINCT lead_id FROM intake_events WHERE kind = 'lead' AND payload->'attributes'->>'campaign' = :c"
-    activities = f"SELECT payload, received_at FROM intake_events WHERE kind = 'activity' AND lead_id IN ({leads})"
+    # Reports count activities as scoring judged them: the accepted ones.
+    activities = f"SELECT payload FROM lead_facts WHERE kind = 'ActivityAcceptedV1' AND lead_id IN ({leads})"
     async with database.connect() as connection:
         stages = {
             row.stage: int(row.n)
@@ -141,8 +156,9 @@ async def expected_from_database(database: AsyncEngine) -> dict[str, Any]:
                     f" WHERE a.lead_id IN ({leads}) GROUP BY a.lead_id), "
                     "received AS (SELECT lead_id, min(received_at) AS received_at FROM intake_events "
                     " WHERE kind = 'lead' GROUP BY lead_id), "
-                    "touched AS (SELECT r.lead_id, (SELECT min(e.received_at) FROM intake_events e "
-                    "  WHERE e.kind = 'activity' AND e.lead_id = r.lead_id AND e.received_at >= r.routed_at) AS at "
+                    "touched AS (SELECT r.lead_id, (SELECT min(f.occurred_at) FROM lead_facts f "
+                    "  WHERE f.kind = 'ActivityAcceptedV1' AND f.lead_id = r.lead_id "
+                    "  AND f.payload->>'activity' <> 'automated_email' AND f.occurred_at >= r.routed_at) AS at "
                     " FROM routed r) "
                     "SELECT count(*) AS routed, "
                     "percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM r.routed_at - x.received_at)) AS s50, "
@@ -157,10 +173,12 @@ async def expected_from_database(database: AsyncEngine) -> dict[str, Any]:
         deadlines = (
             await connection.execute(
                 text(
-                    "SELECT rep_id, count(*) FILTER (WHERE status = 'met') AS met, "
+                    # A met clock is credited to the rep who responded, a breach to the owner.
+                    "SELECT CASE WHEN status = 'met' THEN coalesce(responded_by, rep_id) ELSE rep_id END AS rep_id, "
+                    "count(*) FILTER (WHERE status = 'met') AS met, "
                     "count(*) FILTER (WHERE status = 'breached') AS breached, "
                     "count(*) FILTER (WHERE status = 'armed') AS open FROM deadlines "
-                    f"WHERE lead_id IN ({leads}) GROUP BY rep_id"
+                    f"WHERE lead_id IN ({leads}) GROUP BY 1"
                 ),
                 {"c": CAMPAIGN},
             )

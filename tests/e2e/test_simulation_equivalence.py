@@ -108,11 +108,11 @@ async def dead_lettered(database: AsyncEngine) -> int:
 
 
 async def processed(database: AsyncEngine, event_ids: list[str], kind: str, dead_before: int) -> None:
-    """Wait until scoring (and, where it listens, the router) processed the events and the
-    router processed every stage change and qualification scoring derived from them.
+    """Wait until scoring processed the events, the router every stage change, qualification and
+    accepted activity scoring derived from them, and the SLA monitor every judgement of them.
 
-    Scoring dead-letters an activity the lifecycle refuses (sales accepting a lead that never
-    qualified): its inbox then holds the dead letter's id instead of the event's."""
+    Scoring refuses an activity the agreement does not allow (sales accepting a lead that never
+    qualified) with a fact, not a dead letter; nothing else acts on it."""
 
     async def done() -> bool:
         async with database.connect() as connection:
@@ -121,12 +121,16 @@ async def processed(database: AsyncEngine, event_ids: list[str], kind: str, dead
                     text(
                         "SELECT (SELECT count(*) FROM inbox WHERE consumer = 'scoring' AND event_id = ANY(:ids)) AS scored, "
                         f"({DEAD_LETTERED}) AS dead, "
-                        "(SELECT count(*) FROM inbox WHERE consumer = 'router' AND event_id = ANY(:ids)) AS routed, "
                         "(SELECT count(*) FROM lead_facts f WHERE f.caused_by = ANY(:ids) "
-                        " AND f.kind IN ('LeadStageChangedV1', 'LeadQualifiedV1')) AS derived, "
+                        " AND f.kind IN ('LeadStageChangedV1', 'LeadQualifiedV1', 'ActivityAcceptedV1')) AS derived, "
                         "(SELECT count(*) FROM lead_facts f JOIN inbox i ON i.event_id = f.event_id "
                         " AND i.consumer = 'router' WHERE f.caused_by = ANY(:ids) "
-                        " AND f.kind IN ('LeadStageChangedV1', 'LeadQualifiedV1')) AS derived_seen"
+                        " AND f.kind IN ('LeadStageChangedV1', 'LeadQualifiedV1', 'ActivityAcceptedV1')) AS derived_seen, "
+                        "(SELECT count(*) FROM lead_facts f WHERE f.caused_by = ANY(:ids) "
+                        " AND f.kind IN ('ActivityAcceptedV1', 'ActivityRefusedV1')) AS judged, "
+                        "(SELECT count(*) FROM lead_facts f JOIN inbox i ON i.event_id = f.event_id "
+                        " AND i.consumer = 'sla_monitor' WHERE f.caused_by = ANY(:ids) "
+                        " AND f.kind IN ('ActivityAcceptedV1', 'ActivityRefusedV1')) AS judged_seen"
                     ),
                     {"ids": [uuid.UUID(i) for i in event_ids]},
                 )
@@ -134,16 +138,35 @@ async def processed(database: AsyncEngine, event_ids: list[str], kind: str, dead
         wanted = len(event_ids)
         return bool(
             row.scored + (row.dead - dead_before) == wanted
-            and (kind == "lead" or row.routed == wanted)
+            and (kind == "lead" or row.judged == wanted)
             and row.derived == row.derived_seen
+            and row.judged == row.judged_seen
         )
 
     await wait_until(done, f"{kind} events {event_ids} to be processed")
 
 
 def stream(tag: str) -> list[dict[str, Any]]:
+    """The generated stream, with what real CRMs also send: a first touch by a rep who does not
+    own the lead (before every third touch; sla.credit decides whether it counts), and a deal
+    reported won while the lead is still early in the lifecycle (after every fourth activity;
+    the agreement refuses it). Rejections carry the generator's codes, one of which the
+    simulation agreement does not list (refused)."""
     spec = StreamSpec(leads=28, start=date(2026, 3, 2), days=2, seed=11, touch_share=0.8, domain=f"{tag}.example.com")
-    return list(generate(spec))
+    lines: list[dict[str, Any]] = []
+    touches = activities = 0
+    for line in generate(spec):
+        body = line["body"]
+        if line["kind"] == "activity" and body["activity"] == "first_touch":
+            touches += 1
+            if touches % 3 == 0:
+                lines.append({**line, "body": {**body, "rep_id": "sim-di"}})
+        lines.append(line)
+        if line["kind"] == "activity":
+            activities += 1
+            if activities % 4 == 0:
+                lines.append({**line, "body": {"lead_id": body["lead_id"], "activity": "won", "amount": 10}})
+    return lines
 
 
 async def test_simulator_replays_the_live_run_decision_by_decision(
@@ -197,16 +220,18 @@ async def test_simulator_replays_the_live_run_decision_by_decision(
     assert "leads/s on one core" in simulated.stdout
 
     sim_stages: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
-    sim_owners: dict[str, list[tuple[str, str, timedelta]]] = defaultdict(list)
+    sim_owners: dict[str, list[tuple[str, str, timedelta, str, str | None]]] = defaultdict(list)
     for record in map(orjson.loads, decisions.read_bytes().splitlines()):
         if record["kind"] == "stage_changed":
             sim_stages[record["lead_id"]].append((record["from_stage"], record["to_stage"], record["at"]))
         else:
             offset = datetime.fromisoformat(record["due"]) - datetime.fromisoformat(record["at"])
-            sim_owners[record["lead_id"]].append((record["rep_id"], record["pool_id"], offset))
+            sim_owners[record["lead_id"]].append(
+                (record["rep_id"], record["pool_id"], offset, record["sla"], record["responded_by"])
+            )
 
     live_stages: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
-    live_owners: dict[str, list[tuple[str, str, timedelta]]] = defaultdict(list)
+    live_owners: dict[str, list[tuple[str, str, timedelta, str, str | None]]] = defaultdict(list)
     async with database.connect() as connection:
         facts = await connection.execute(
             text(
@@ -220,14 +245,15 @@ async def test_simulator_replays_the_live_run_decision_by_decision(
             live_stages[str(row.lead_id)].append((row.payload["from_stage"], row.payload["to_stage"], at))
         routed = await connection.execute(
             text(
-                "SELECT a.lead_id, a.rep_id, a.pool_id, d.due_at - a.routed_at AS offset FROM assignments a "
+                "SELECT a.lead_id, a.rep_id, a.pool_id, d.due_at - a.routed_at AS offset, d.status, d.responded_by "
+                "FROM assignments a "
                 "JOIN deadlines d ON d.assignment_id = a.assignment_id AND d.milestone = 'first_touch' "
                 "WHERE a.lead_id = ANY(:leads) ORDER BY a.routed_at"
             ),
             {"leads": [uuid.UUID(lead) for lead in our_leads]},
         )
         for row in routed:
-            live_owners[str(row.lead_id)].append((row.rep_id, row.pool_id, row.offset))
+            live_owners[str(row.lead_id)].append((row.rep_id, row.pool_id, row.offset, row.status, row.responded_by))
 
     normalise = {
         lead: [(a, b, datetime.fromisoformat(at).astimezone(UTC).isoformat()) for a, b, at in changes]
@@ -236,6 +262,33 @@ async def test_simulator_replays_the_live_run_decision_by_decision(
     assert sum(len(v) for v in live_stages.values()) >= 20, "the stream should move a fair number of leads"
     assert len(live_owners) >= 10, "the stream should route a fair number of leads"
     assert any(to == "sal" for changes in live_stages.values() for _, to, _ in changes)
+    async with database.connect() as connection:
+        refusals = set(
+            (
+                await connection.scalars(
+                    text(
+                        "SELECT DISTINCT payload->>'refusal' FROM lead_facts WHERE kind = 'ActivityRefusedV1' "
+                        "AND lead_id = ANY(:leads)"
+                    ),
+                    {"leads": [uuid.UUID(lead) for lead in our_leads]},
+                )
+            ).all()
+        )
+    assert {"illegal_transition", "unknown_reason"} <= refusals, refusals
+    # Touches by a rep who does not own the lead were sent, and credited to nobody: every met
+    # clock is its owner's (sla.credit's default), in the live run and in the simulator alike.
+    credited = [(rep, by) for owners in live_owners.values() for rep, _, _, status, by in owners if status == "met"]
+    assert credited and all(rep == by for rep, by in credited), credited
+    async with database.connect() as connection:
+        strangers = await connection.scalar(
+            text(
+                "SELECT count(*) FROM lead_facts f JOIN assignments a ON a.lead_id = f.lead_id "
+                "WHERE f.kind = 'ActivityAcceptedV1' AND f.payload->>'rep_id' = 'sim-di' AND a.rep_id <> 'sim-di' "
+                "AND f.lead_id = ANY(:leads)"
+            ),
+            {"leads": [uuid.UUID(lead) for lead in our_leads]},
+        )
+    assert strangers, "the stream has touches by a rep who does not own the lead"
     for lead in sorted(our_leads):
         assert normalise.get(lead, []) == live_stages.get(lead, []), f"stage changes of lead {lead}"
         assert sim_owners.get(lead, []) == live_owners.get(lead, []), f"owners and deadlines of lead {lead}"

@@ -25,6 +25,8 @@ from coxswain.settings import KafkaConfig
 from services.intake.signatures import sign
 
 SECRET = "whsec_" + "c2VjcmV0LWZvci10ZXN0cy1vbmx5LTAxMjM0NTY3"
+# Opens intake's /v1/leads/{id} and /v1/admin/* in the end-to-end stack.
+ADMIN_TOKEN = "e2e-admin-token-" + "0123456789abcdef0123456789abcdef"
 READY_LINE = {
     "scoring": "partitions assigned",
     "router": "partitions assigned",
@@ -120,6 +122,7 @@ class Stack:
             "COXSWAIN_INTAKE_PORT": str(self.intake_port),
             "COXSWAIN_WEBHOOK_SECRETS": orjson.dumps({"webform": SECRET, "crm": SECRET}).decode(),
             "COXSWAIN_SLA_MAX_SLEEP_SECONDS": "0.2",
+            "COXSWAIN_ADMIN_TOKEN": ADMIN_TOKEN,
         }
 
     def start(self, names: Iterable[str] = ("intake", "scoring", "router", "sla-monitor")) -> None:
