@@ -34,7 +34,10 @@ SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", 
 
 
 def exported_metrics() -> set[str]:
-    """Every sample name the processes can expose: the shared runtime's and the SLA monitor's."""
+    """Every sample name the processes can expose: the shared runtime's (with scoring's, which
+    registers there on import) and the SLA monitor's."""
+    import services.scoring.metrics  # noqa: F401
+
     registries = [REGISTRY]
     try:
         from services.sla_monitor.metrics import SlaMetrics
