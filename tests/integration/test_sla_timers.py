@@ -513,7 +513,7 @@ async def test_metrics_count_what_was_decided(engine: AsyncEngine) -> None:
     )
 
 
-async def test_mql_pacing_alerts_once_per_day_whichever_monitor_checks(engine: AsyncEngine) -> None:
+async def test_mql_pacing_alerts_once_per_period_unless_the_shortfall_grows(engine: AsyncEngine) -> None:
     target = f"t{uuid.uuid4().hex[:8]}"
     agreement = make_agreement(
         {"first_touch": "10m"},
@@ -538,20 +538,74 @@ async def test_mql_pacing_alerts_once_per_day_whichever_monitor_checks(engine: A
     ]
     await apply(engine, handler, [*qualified, *qualified[:5]], now)
 
-    checks = await asyncio.gather(
-        *(check_pacing(engine, agreement, now, SlaMetrics(CollectorRegistry())) for _ in range(3))
-    )
-    again, raised_again = await check_pacing(
-        engine, agreement, now + timedelta(hours=2), SlaMetrics(CollectorRegistry())
-    )
+    def metrics() -> SlaMetrics:
+        return SlaMetrics(CollectorRegistry())
+
+    # The first check starts watching the target: nothing was seen before, nothing is expected.
+    watched = datetime(2031, 5, 1, 1, tzinfo=UTC)
+    early, raised_early = await check_pacing(engine, agreement, watched, metrics())
+    assert raised_early == [] and early[0].expected == 0
+    # A day later: behind, but less than alert_after (10%) of the period watched.
+    _, raised_day_two = await check_pacing(engine, agreement, watched + timedelta(days=1), metrics())
+    assert raised_day_two == []
+
+    checks = await asyncio.gather(*(check_pacing(engine, agreement, now, metrics()) for _ in range(3)))
+    again, raised_again = await check_pacing(engine, agreement, now + timedelta(days=1), metrics())
 
     alerts = [alert for _, raised in checks for alert in raised]
-    assert len(alerts) == 1 and raised_again == []
+    assert len(alerts) == 1 and raised_again == [], "once per target and period, whichever monitor checks"
     [alert] = alerts
     assert isinstance(alert, MqlPacingAlertV1)
     assert (alert.target_id, alert.actual, alert.target) == (target, 30, 3000)
     assert alert.pacing < 0.8
     assert again[0].actual == 30
+    # The shortfall cannot grow by a further step while pacing is already near zero: no alert for the
+    # rest of the month, however often it is checked.
+    for day in range(17, 31, 3):
+        _, raised = await check_pacing(engine, agreement, datetime(2031, 5, day, tzinfo=UTC), metrics())
+        assert raised == []
+    # A new period is a new alert.
+    _, june = await check_pacing(engine, agreement, datetime(2031, 6, 10, tzinfo=UTC), metrics())
+    assert len(june) == 1 and june[0].period_start == datetime(2031, 6, 1, tzinfo=UTC)
+
+
+async def test_a_pacing_shortfall_that_grows_by_a_step_alerts_again(engine: AsyncEngine) -> None:
+    target = f"t{uuid.uuid4().hex[:8]}"
+    agreement = make_agreement(
+        {"first_touch": "10m"},
+        marketing={"mql_targets": [{"id": target, "period": "month", "count": 300, "alert_below": 0.8}]},
+    )
+    handler = make_handler(agreement)
+    await check_pacing(engine, agreement, datetime(2032, 3, 1, tzinfo=UTC), SlaMetrics(CollectorRegistry()))
+
+    def mqls(count: int, at: datetime) -> list[Event]:
+        return [
+            LeadQualifiedV1(
+                event_id=uuid.uuid4(),
+                lead_id=uuid.uuid4(),
+                occurred_at=at,
+                agreement_version="it-1",
+                caused_by=uuid.uuid4(),
+                tier=Tier.warm,
+                score=70,
+                reason="test",
+                attributes=LeadAttributes(),
+                source="webform",
+            )
+            for _ in range(count)
+        ]
+
+    # 10 March: 96.8 expected, 75 qualified: pacing 0.77, just below 0.8.
+    tenth = datetime(2032, 3, 11, tzinfo=UTC)
+    await apply(engine, handler, mqls(75, tenth - timedelta(days=1)), tenth)
+    _, first = await check_pacing(engine, agreement, tenth, SlaMetrics(CollectorRegistry()))
+    # 16 March: 145 expected, still 75 (0.52): the shortfall grew by more than a step.
+    sixteenth = datetime(2032, 3, 16, tzinfo=UTC)
+    _, second = await check_pacing(engine, agreement, sixteenth, SlaMetrics(CollectorRegistry()))
+    _, third = await check_pacing(engine, agreement, sixteenth + timedelta(hours=6), SlaMetrics(CollectorRegistry()))
+
+    assert len(first) == 1 and len(second) == 1 and third == []
+    assert second[0].event_id != first[0].event_id and second[0].pacing < first[0].pacing - 0.1
 
 
 class Receiver:
@@ -656,3 +710,18 @@ async def test_an_unreachable_webhook_never_holds_up_the_clock(engine: AsyncEngi
 
     assert {fact.lead_id for fact in breaches} >= set(leads)
     assert {await deliveries(engine, fact.event_id) for fact in breaches if fact.lead_id in leads} == {("failed", 2)}
+
+
+async def test_a_target_first_watched_mid_period_does_not_cry_wolf(engine: AsyncEngine) -> None:
+    target = f"t{uuid.uuid4().hex[:8]}"
+    agreement = make_agreement(
+        {"first_touch": "10m"},
+        marketing={"mql_targets": [{"id": target, "period": "month", "count": 3000, "alert_below": 0.8}]},
+    )
+    started = datetime(2033, 7, 20, tzinfo=UTC)  # 61% of July gone, nothing seen yet
+
+    results, raised = await check_pacing(engine, agreement, started, SlaMetrics(CollectorRegistry()))
+    _, next_day = await check_pacing(engine, agreement, started + timedelta(days=1), SlaMetrics(CollectorRegistry()))
+
+    assert raised == [] and next_day == []
+    assert results[0].expected == 0 and results[0].watched_from == started
