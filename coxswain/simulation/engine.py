@@ -21,8 +21,11 @@ qualified it (live routing happens when the router processes that fact, a few mi
 later). Parked leads (nobody eligible) are retried once per simulated minute, as the live
 retry loop does on its interval. CRM activities are judged once (``on_activity``): a refused one
 is counted and changes nothing, an accepted one releases load and stops the owner's clock as
-``sla.credit`` says. Not modelled: SLA escalation ladders (and the reassignments they request)
-and roster overrides made through the roster API.
+``sla.credit`` says. Escalation ladders run as the SLA monitor runs them: the breach and each step
+at its time (``on_timer``, ``timer_facts``), a reassignment routed again excluding the last
+owners, the pending steps carried on to the new assignment, the cap, one page per follow-up.
+Not modelled: warnings (they change nothing), the ``sal_decision`` milestone and roster
+overrides made through the roster API.
 """
 
 from __future__ import annotations
@@ -51,16 +54,32 @@ from coxswain.core.lead import (
 from coxswain.core.lifecycle import LifecycleRefused
 from coxswain.core.roster import Roster, build_roster
 from coxswain.core.routing import Rotation, RoutingInput, Situation, route
-from coxswain.core.sla import counts_as_response, credited_rep, first_touch_due
+from coxswain.core.sla import (
+    FIRST_TOUCH,
+    Clock,
+    DeadlineStatus,
+    Timer,
+    TimerKind,
+    carry_ladder,
+    counts_as_response,
+    credited_rep,
+    first_touch_due,
+    plan,
+    timer_facts,
+)
+from coxswain.core.sla import on_timer as on_sla_timer
 from schemas.events import (
     ActivityAcceptedV1,
     ActivityRecordedV1,
     ActivityRefusedV1,
     ActivityType,
+    EscalationAction,
     Event,
     LeadQualifiedV1,
     LeadReceivedV1,
     LeadStageChangedV1,
+    ReassignmentRequestedV1,
+    SlaEscalatedV1,
     Stage,
     Tier,
 )
@@ -73,6 +92,9 @@ RELEASING_STAGES = frozenset(
     {Stage.sal, Stage.sql, Stage.opportunity, Stage.customer, Stage.recycled, Stage.disqualified}
 )
 RETRY_EVERY = timedelta(minutes=1)
+# Ties at one instant, as the live timer loop orders them: the breach before its ladder.
+_TIMER_RANK = {TimerKind.warning: 0, TimerKind.breach: 1, TimerKind.escalation: 2}
+_STATUS = {status.value: status for status in DeadlineStatus}
 
 
 @dataclass(frozen=True)
@@ -100,6 +122,38 @@ class Assignment:
     sla: str = "armed"  # armed, met, breached, cancelled
     responded_at: datetime | None = None
     responded_by: str | None = None  # the rep credited with the response (sla.credit)
+    # The follow-up's escalation (policies with a ladder only): its pending timers, reassignments
+    # made so far, whether on-call was paged, and whether a newer assignment superseded it.
+    pending: list[Timer] = field(default_factory=list)
+    reassignments: int = 0
+    paged: bool = False
+    superseded: bool = False
+
+    @property
+    def escalating(self) -> bool:
+        return self.sla == "breached" and self.responded_at is None and not self.superseded
+
+
+@dataclass(frozen=True)
+class Escalation:
+    """A ladder step that fired (``sla.escalated.v1``), with the step it became (a reassign
+    past the cap pages)."""
+
+    lead_id: uuid.UUID
+    at: datetime
+    rep_id: str
+    step: str
+    step_index: int
+
+
+@dataclass(frozen=True)
+class _Request:
+    """What routing is asked (the live ``RouteRequest``): a qualified lead, or a reassignment
+    that must skip some reps and replaces an assignment."""
+
+    fact: LeadQualifiedV1
+    exclude: tuple[str, ...] = ()
+    replaces: Assignment | None = None
 
 
 @dataclass
@@ -110,6 +164,7 @@ class _Holder:
     domain: str | None
     load: int
     open: bool = True
+    owners: tuple[str, ...] = ()
 
 
 @dataclass
@@ -119,6 +174,7 @@ class Results:
     assignments: list[Assignment] = field(default_factory=list)
     parked: int = 0
     rejected: list[str] = field(default_factory=list)
+    escalations: list[Escalation] = field(default_factory=list)
     inputs: int = 0
     leads: int = 0
     first_input: datetime | None = None
@@ -151,7 +207,11 @@ class Engine:
         self.holders: dict[uuid.UUID, _Holder] = {}
         # domain -> open leads of that domain, in the order they were opened
         self.open_by_domain: dict[str, dict[uuid.UUID, str]] = {}
-        self.parked: dict[uuid.UUID, LeadQualifiedV1] = {}
+        self.parked: dict[uuid.UUID, _Request] = {}
+        # SLA ladders: (due, rank, sequence, assignment, timer), fired in time order; a timer no
+        # longer in its assignment's ``pending`` was retired or carried on.
+        self._sla_heap: list[tuple[datetime, int, int, Assignment, Timer]] = []
+        self._qualified: dict[uuid.UUID, LeadQualifiedV1] = {}  # what a reassignment routes again
         self._last_retry: datetime | None = None
         self.clock: datetime | None = None
 
@@ -201,12 +261,18 @@ class Engine:
                 continue
             del self.timers[lead_id]
             self._fire(lead_id, due)
+        sla_heap = self._sla_heap
+        while sla_heap and sla_heap[0][0] <= now:
+            _, _, _, assignment, timer = heapq.heappop(sla_heap)
+            if timer in assignment.pending:
+                assignment.pending.remove(timer)
+                self._fire_sla(assignment, timer)
         if self.clock is None or now > self.clock:
             self.clock = now
         if self.parked and (self._last_retry is None or now - self._last_retry >= RETRY_EVERY):
             self._last_retry = now
-            for fact in list(self.parked.values()):
-                self._route(fact, now)
+            for request in list(self.parked.values()):
+                self._route(request, now)
 
     def finish(self, until: datetime | None = None) -> None:
         """Fire the timers due by ``until`` (default: the last input) and decide SLA clocks."""
@@ -313,11 +379,13 @@ class Engine:
                 if fact.to_stage in RELEASING_STAGES:
                     self._release(fact.lead_id, fact.occurred_at)
             elif isinstance(fact, LeadQualifiedV1):
-                self._route(fact, fact.occurred_at)
+                self._qualified[fact.lead_id] = fact
+                self._route(_Request(fact), fact.occurred_at)
 
     # ------------------------------------------------------------------ routing
 
-    def _route(self, fact: LeadQualifiedV1, now: datetime) -> None:
+    def _route(self, request: _Request, now: datetime) -> None:
+        fact = request.fact
         agreement = self.agreement
         routing = agreement.routing
         lead = RoutingInput(attributes=fact.attributes, tier=fact.tier, source=fact.source, persona=fact.persona)
@@ -333,22 +401,29 @@ class Engine:
             if open_leads:
                 open_owner = next((rep for lid, rep in reversed(open_leads.items()) if lid != fact.lead_id), None)
         situation = Situation(now, self.roster, self.rotations, self.loads, account_owner, account_domain, open_owner)
-        decision = route(lead, agreement, situation, explain=False)
+        decision = route(lead, agreement, situation, exclude=request.exclude, explain=False)
         if decision.rep_id is None:
-            if fact.lead_id not in self.parked:
-                self.parked[fact.lead_id] = fact
+            if fact.lead_id not in self.parked or request.replaces is not None:
+                self.parked[fact.lead_id] = request
             return
         self.parked.pop(fact.lead_id, None)
         self.rotations.update(decision.rotations_after)
         self.loads[decision.rep_id] = decision.load_after or RepLoad()
         lead_load = routing.load[fact.tier]
         previous = self.holders.get(fact.lead_id)
+        before: Assignment | None = None
+        carried = False
         if previous is not None:
             if previous.open:
                 # Qualified again while still open: the load moves to the new holder.
                 self._unload(previous)
-            if previous.assignment.sla == "armed":
-                previous.assignment.sla = "cancelled"
+            old = previous.assignment
+            if old.sla == "armed" or old.escalating:
+                before = old  # the follow-up goes on in the new assignment (services/sla_monitor)
+                carried = old.escalating
+            if old.sla == "armed":
+                old.sla = "cancelled"
+            old.superseded = True
         assignment = Assignment(
             lead_id=fact.lead_id,
             at=now,
@@ -360,13 +435,81 @@ class Engine:
             source=fact.source,
             due=first_touch_due(agreement, fact.tier, now, rep_id=decision.rep_id),
             decision_key=fact.event_id,
+            reassignments=(before.reassignments if before is not None else 0) + (request.replaces is not None),
+            paged=before.paged if before is not None else False,
         )
         self.results.assignments.append(assignment)
-        self.holders[fact.lead_id] = _Holder(assignment, decision.domain, lead_load)
+        owners = (*(previous.owners if previous is not None else ()), decision.rep_id)
+        self.holders[fact.lead_id] = _Holder(assignment, decision.domain, lead_load, owners=owners)
         if decision.domain is not None:
             open_leads = self.open_by_domain.setdefault(decision.domain, {})
             open_leads.pop(fact.lead_id, None)
             open_leads[fact.lead_id] = decision.rep_id
+        if agreement.sla.policies[fact.tier].escalation:
+            self._plan_ladder(assignment, before if carried else None)
+        elif before is not None:
+            before.pending.clear()
+
+    # ------------------------------------------------------------------ SLA ladders
+
+    def _plan_ladder(self, assignment: Assignment, before: Assignment | None) -> None:
+        """The breach and the ladder of a new assignment, as the live monitor arms them; ``before``,
+        the escalating clock it replaces, hands on its pending steps instead of a new ladder."""
+        (first_touch, *_) = plan(
+            self.agreement, assignment.tier, assignment.rep_id, assignment.pool_id, assignment.at, assignment.due
+        )
+        timers = [timer for timer in first_touch.timers if timer.kind is not TimerKind.warning]
+        if before is not None:
+            rep = self.agreement.rep(assignment.rep_id)
+            manager = rep.manager if rep is not None else None
+            timers = [timer for timer in timers if timer.kind is not TimerKind.escalation]
+            timers += carry_ladder(before.pending, assignment.rep_id, manager, assignment.pool_id)
+            before.pending.clear()
+        assignment.pending = timers
+        for timer in timers:
+            self._seq += 1
+            heapq.heappush(self._sla_heap, (timer.due_at, _TIMER_RANK[timer.kind], self._seq, assignment, timer))
+
+    def _fire_sla(self, assignment: Assignment, timer: Timer) -> None:
+        """A breach or ladder step at its time, decided by the core as the live timer loop does."""
+        status = _STATUS[assignment.sla]
+        clock = Clock(
+            deadline_id=assignment.decision_key,
+            lead_id=assignment.lead_id,
+            assignment_id=assignment.decision_key,
+            rep_id=assignment.rep_id,
+            team=assignment.pool_id,
+            milestone=FIRST_TOUCH,
+            tier=assignment.tier,
+            due_at=assignment.due,
+            status=status,
+            responded=assignment.responded_at is not None,
+            reassignments=assignment.reassignments,
+            paged=assignment.paged,
+        )
+        verdict = on_sla_timer(clock, timer, timer.due_at)
+        if verdict is None or not verdict.fire:
+            return
+        if timer.kind is TimerKind.breach:
+            assignment.sla = "breached"
+            return
+        holder = self.holders[assignment.lead_id]
+        previous = [a.rep_id for a in reversed(self.results.assignments) if a.lead_id == assignment.lead_id]
+        cap = self.agreement.sla.policies[assignment.tier].max_reassignments
+        for fact in timer_facts(clock, timer, timer.due_at, previous, cap):
+            if isinstance(fact, SlaEscalatedV1):
+                if fact.step is EscalationAction.page_oncall:
+                    assignment.paged = True
+                self.results.escalations.append(
+                    Escalation(assignment.lead_id, timer.due_at, assignment.rep_id, fact.step.value, fact.step_index)
+                )
+            elif isinstance(fact, ReassignmentRequestedV1) and holder.assignment is assignment:
+                k = self.agreement.routing.reassign_exclude_last
+                recent = holder.owners[-k:] if k else ()
+                qualified = self._qualified[assignment.lead_id]
+                again = qualified.model_copy(update={"event_id": fact.event_id, "tier": fact.tier})
+                exclude = tuple(sorted({*fact.exclude_reps, *recent}))
+                self._route(_Request(again, exclude, assignment), timer.due_at)
 
     def _unload(self, holder: _Holder) -> None:
         holder.open = False
@@ -390,10 +533,15 @@ class Engine:
         if holder is None:
             return
         assignment = holder.assignment
-        if assignment.sla != "armed" or not counts_as_response(self.agreement, assignment.tier, event.activity):
+        answerable = assignment.sla == "armed" or assignment.escalating
+        if not answerable or not counts_as_response(self.agreement, assignment.tier, event.activity):
             return
         credited = credited_rep(self.agreement, assignment.rep_id, assignment.pool_id, event.rep_id)
         if credited is None:
             return  # another rep's touch: the owner's clock runs on (sla.credit)
+        assignment.pending.clear()  # the response stops the clock and its ladder
+        if assignment.sla == "breached":
+            assignment.responded_at = min(event.occurred_at, self.clock or event.occurred_at)
+            return  # breached earlier: the response only stops the ladder
         assignment.responded_at, assignment.responded_by = event.occurred_at, credited
         assignment.sla = "met" if event.occurred_at <= assignment.due else "breached"

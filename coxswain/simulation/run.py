@@ -360,6 +360,10 @@ def write_decisions(results: Results, path: Path) -> None:
         record = {"kind": "routed", "lead_id": str(a.lead_id), "at": a.at.isoformat(), "rep_id": a.rep_id}
         record |= {"pool_id": a.pool_id, "rule_id": a.rule_id, "tier": a.tier.value, "due": a.due.isoformat()}
         lines.append((a.at, len(results.stage_changes) + n, record | {"sla": a.sla, "responded_by": a.responded_by}))
+    offset = len(results.stage_changes) + len(results.assignments)
+    for n, step in enumerate(results.escalations):
+        record = {"kind": "escalated", "lead_id": str(step.lead_id), "at": step.at.isoformat(), "rep_id": step.rep_id}
+        lines.append((step.at, offset + n, record | {"step": step.step, "step_index": step.step_index}))
     with path.open("wb") as handle:
         for _, _, record in sorted(lines, key=lambda item: (item[0], item[1])):
             handle.write(orjson.dumps(record) + b"\n")

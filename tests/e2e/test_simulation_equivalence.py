@@ -188,6 +188,32 @@ async def test_simulator_replays_the_live_run_decision_by_decision(
         our_leads |= {event["lead_id"] for event in accepted}
         await processed(database, [event["event_id"] for event in accepted], line["kind"], dead_before)
 
+    # A lead nobody answers under a ladder (the cold tier of this agreement): breached, reassigned
+    # once, on-call paged. Sent after the stream, so the reassignment meets the same rotation in
+    # the live run and in the replay; then one more input moves the replay's clock past the page.
+    ladder_body = {"type": "field_update", "contact": {"email": f"nobody-calls@{tag}-ladder.example.com"}}
+    response = await post_signed(client, "/v1/webhooks/webform/events", ladder_body)
+    assert response.status_code == 202, response.text
+    ladder_lead = response.json()["events"][0]["lead_id"]
+    our_leads.add(ladder_lead)
+
+    async def escalated() -> bool:
+        async with database.connect() as connection:
+            fired = await connection.scalar(
+                text(
+                    "SELECT count(*) FROM sla_timers t JOIN deadlines d USING (deadline_id) "
+                    "WHERE d.lead_id = :l AND t.kind = 'escalation' AND t.status = 'fired'"
+                ),
+                {"l": uuid.UUID(ladder_lead)},
+            )
+        return fired == 2
+
+    await wait_until(escalated, "the ladder to reassign the lead and page on-call", within=60)
+    filler = {"type": "page_view", "contact": {"email": f"filler@{tag}-filler.example.com"}}
+    response = await post_signed(client, "/v1/webhooks/webform/events", filler)
+    assert response.status_code == 202, response.text
+    await processed(database, [event["event_id"] for event in response.json()["events"]], "lead", 0)
+
     # The SLA monitor arms a deadline per assignment.
     async def armed() -> bool:
         async with database.connect() as connection:
@@ -221,8 +247,11 @@ async def test_simulator_replays_the_live_run_decision_by_decision(
 
     sim_stages: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
     sim_owners: dict[str, list[tuple[str, str, timedelta, str, str | None]]] = defaultdict(list)
+    sim_steps: dict[str, list[tuple[int, str]]] = defaultdict(list)
     for record in map(orjson.loads, decisions.read_bytes().splitlines()):
-        if record["kind"] == "stage_changed":
+        if record["kind"] == "escalated":
+            sim_steps[record["lead_id"]].append((record["step_index"], record["step"]))
+        elif record["kind"] == "stage_changed":
             sim_stages[record["lead_id"]].append((record["from_stage"], record["to_stage"], record["at"]))
         else:
             offset = datetime.fromisoformat(record["due"]) - datetime.fromisoformat(record["at"])
@@ -254,6 +283,16 @@ async def test_simulator_replays_the_live_run_decision_by_decision(
         )
         for row in routed:
             live_owners[str(row.lead_id)].append((row.rep_id, row.pool_id, row.offset, row.status, row.responded_by))
+        fired = await connection.execute(
+            text(
+                "SELECT d.lead_id, t.step_index, t.step FROM sla_timers t JOIN deadlines d USING (deadline_id) "
+                "WHERE d.lead_id = ANY(:leads) AND t.kind = 'escalation' AND t.status = 'fired' ORDER BY t.due_at"
+            ),
+            {"leads": [uuid.UUID(lead) for lead in our_leads]},
+        )
+        live_steps: dict[str, list[tuple[int, str]]] = defaultdict(list)
+        for row in fired:
+            live_steps[str(row.lead_id)].append((row.step_index, row.step))
 
     normalise = {
         lead: [(a, b, datetime.fromisoformat(at).astimezone(UTC).isoformat()) for a, b, at in changes]
@@ -292,6 +331,9 @@ async def test_simulator_replays_the_live_run_decision_by_decision(
     for lead in sorted(our_leads):
         assert normalise.get(lead, []) == live_stages.get(lead, []), f"stage changes of lead {lead}"
         assert sim_owners.get(lead, []) == live_owners.get(lead, []), f"owners and deadlines of lead {lead}"
+        assert sim_steps.get(lead, []) == live_steps.get(lead, []), f"escalations of lead {lead}"
+    assert live_steps[ladder_lead] == [(0, "reassign"), (1, "page_oncall")]
+    assert len(live_owners[ladder_lead]) == 2
     # Leads beyond ours come from other tests' traffic in the same window; the simulator may only
     # decide for leads that really came in, never invent one.
     extra = (set(normalise) | set(sim_owners)) - our_leads

@@ -176,7 +176,14 @@ def test_simulate_exit_codes_report_and_guards(tmp_path: Path) -> None:
     page = report.read_text()
     assert page.count("<svg") == 4 and "candidate" in page
     decisions = [orjson.loads(line) for line in (tmp_path / "d.jsonl").read_bytes().splitlines()]
-    assert {d["kind"] for d in decisions} == {"stage_changed", "routed"}
+    # The example's hot ladder runs in the replay too: untouched hot leads escalate.
+    assert {d["kind"] for d in decisions} == {"stage_changed", "routed", "escalated"}
+    assert {d["step"] for d in decisions if d["kind"] == "escalated"} <= {
+        "remind_rep",
+        "notify_manager",
+        "reassign",
+        "page_oncall",
+    }
 
     policy = tmp_path / "policy.yaml"
     policy.write_text("max_route_change_pct: 0.5\nmin_fairness: 0.5\n")
@@ -193,3 +200,60 @@ def test_simulate_exit_codes_report_and_guards(tmp_path: Path) -> None:
     broken = tmp_path / "broken.yaml"
     broken.write_text("version: 1\nscoring: nonsense\n")
     assert execute(Request(broken, EXAMPLE, stream)).code == 2
+
+
+def with_ladder(cap: int, *steps: tuple[str, str]) -> str:
+    """The e2e simulation agreement with a hot ladder of ``steps`` and ``max_reassignments``."""
+    ladder = ", ".join(f"{{ step: {step}, after: {after} }}" for step, after in steps)
+    return (
+        E2E.read_text()
+        .replace('version: "e2e-simulation-1"', 'version: "ladder"')
+        .replace(
+            "hot: { first_touch: 2h }",
+            f"hot: {{ first_touch: 10m, max_reassignments: {cap}, escalation: [{ladder}] }}",
+        )
+    )
+
+
+def test_the_simulated_ladder_goes_on_across_a_reassignment_and_pages_once() -> None:
+    agreement = load_agreement_text(with_ladder(2, ("remind_rep", "0s"), ("reassign", "10m"), ("page_oncall", "30m")))
+    results = Engine(agreement).run(
+        [
+            received("untouched@ladder.example.com", T0),
+            # Another lead, hours later, only to move the clock on.
+            received("later@elsewhere.example.com", T0 + timedelta(hours=3), EngagementType.page_view),
+        ]
+    )
+
+    first, second = [
+        a for a in results.assignments if a.lead_id == lead_id_for("untouched@ladder.example.com", "webform", None)
+    ]
+    assert second.at == T0 + timedelta(minutes=20), "reassigned 10 minutes after the breach"
+    assert second.rep_id != first.rep_id and (first.sla, second.sla) == ("breached", "breached")
+    assert second.reassignments == 1 and first.superseded
+    steps = [(e.step, e.rep_id, e.at - T0) for e in results.escalations]
+    assert steps == [
+        ("remind_rep", first.rep_id, timedelta(minutes=10)),
+        ("reassign", first.rep_id, timedelta(minutes=20)),
+        ("page_oncall", second.rep_id, timedelta(minutes=40)),  # 30 minutes after the first breach
+    ]
+
+
+def test_the_simulated_ladder_pages_instead_of_reassigning_past_the_cap_and_stops_at_a_response() -> None:
+    text = with_ladder(1, ("reassign", "5m"), ("reassign", "10m"), ("page_oncall", "30m"))
+    lead = "capped@ladder.example.com"
+    results = Engine(load_agreement_text(text)).run(
+        [received(lead, T0), received("later@elsewhere.example.com", T0 + timedelta(hours=3), EngagementType.page_view)]
+    )
+    ours = [a for a in results.assignments if a.lead_id == lead_id_for(lead, "webform", None)]
+    assert len(ours) == 2, "not reassigned beyond the cap"
+    assert [(e.step, e.step_index) for e in results.escalations] == [("reassign", 0), ("page_oncall", 1)]
+
+    answered = Engine(load_agreement_text(text)).run(
+        [
+            received(lead, T0),
+            activity(lead, ActivityType.first_touch, T0 + timedelta(minutes=12)),  # breached, then answered
+            received("later@elsewhere.example.com", T0 + timedelta(hours=3), EngagementType.page_view),
+        ]
+    )
+    assert [e.step for e in answered.escalations] == [], "the response stopped the ladder before its first step"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import heapq
 import os
 import pickle
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -122,8 +122,11 @@ def test_arming_at_bounds_decides_as_arming_at_the_exact_moment(
 def test_routing_without_explanations_decides_the_same(events: list[Input], monkeypatch: pytest.MonkeyPatch) -> None:
     compared: list[str] = []
 
-    def both(lead: RoutingInput, agreement: Agreement, situation: Situation, *, explain: bool) -> RoutingDecision:
-        explained, quiet = route(lead, agreement, situation), route(lead, agreement, situation, explain=False)
+    def both(
+        lead: RoutingInput, agreement: Agreement, situation: Situation, exclude: Collection[str] = (), *, explain: bool
+    ) -> RoutingDecision:
+        explained = route(lead, agreement, situation, exclude)
+        quiet = route(lead, agreement, situation, exclude, explain=False)
         assert not explain and quiet.candidates == ()
         assert explained.candidates
         assert replace(explained, candidates=()) == quiet
