@@ -24,8 +24,7 @@ from coxswain.runtime.kafka import connection_options
 from coxswain.settings import DatabaseConfig, KafkaConfig
 from schemas.codec import encode
 from schemas.events import ReassignmentRequestedV1, Tier
-from tests.e2e.test_scoring_decay import cli, count, in_force, wait_for_count
-from tests.support.stack import ADMIN_TOKEN, Stack, TopicWatcher, for_lead, post_signed
+from tests.support.stack import ADMIN_TOKEN, Stack, TopicWatcher, agreement_in_force, for_lead, post_signed
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -45,21 +44,8 @@ TOPICS = [
 @pytest_asyncio.fixture(loop_scope="session", scope="module")
 async def judgement_agreement(stack: Stack) -> AsyncIterator[None]:
     """Activate the judgement agreement with the CLI; afterwards the stack goes back to its file."""
-    before = {name: count(stack, name, in_force("e2e-judge-1")) for name in FOLLOWERS}
-    activated = await asyncio.to_thread(cli, "agreement", "activate", str(JUDGEMENT))
-    assert activated.returncode == 0, activated.stderr
-    for name in FOLLOWERS:
-        await wait_for_count(stack, name, in_force("e2e-judge-1"), before[name])
-    try:
+    async with agreement_in_force(stack, JUDGEMENT, "e2e-judge-1", FOLLOWERS):
         yield
-    finally:
-        restored = {name: count(stack, name, in_force("e2e-1")) for name in FOLLOWERS}
-        engine = create_async_engine(DatabaseConfig().database_url)
-        async with engine.begin() as connection:
-            await connection.execute(text("DELETE FROM agreements"))
-        await engine.dispose()
-        for name in FOLLOWERS:
-            await wait_for_count(stack, name, in_force("e2e-1"), restored[name])
 
 
 @pytest_asyncio.fixture(loop_scope="session", scope="module")

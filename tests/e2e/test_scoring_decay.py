@@ -4,12 +4,7 @@ the time the scorer computed, with the explanation in the facts."""
 
 from __future__ import annotations
 
-import asyncio
 import math
-import os
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -23,7 +18,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from coxswain.core.agreement import load_agreement
 from coxswain.settings import DatabaseConfig
-from tests.support.stack import Stack, TopicWatcher, for_lead, post_signed
+from tests.support.stack import Stack, TopicWatcher, agreement_in_force, for_lead, post_signed
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -32,46 +27,11 @@ TOPICS = ["leads.stage_changed.v1", "leads.scored.v1", "leads.qualified.v1", "le
 FOLLOWERS = ("scoring", "router")
 
 
-def in_force(version: str) -> str:
-    return f"agreement in force: version={version} "
-
-
-def count(stack: Stack, name: str, needle: str) -> int:
-    return stack.services[name].log_text().count(needle)
-
-
-async def wait_for_count(stack: Stack, name: str, needle: str, more_than: int, within: float = 30) -> None:
-    deadline = time.monotonic() + within
-    while count(stack, name, needle) <= more_than:
-        assert time.monotonic() < deadline, f"{name} did not log {needle!r}:\n{stack.services[name].log_text()[-3000:]}"
-        await asyncio.sleep(0.1)
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "coxswain", *args], env=dict(os.environ), capture_output=True, text=True, check=False
-    )
-
-
 @pytest_asyncio.fixture(loop_scope="session")
 async def decay_agreement(stack: Stack) -> AsyncIterator[None]:
     """Activate the decay agreement with the CLI; afterwards the stack goes back to its file."""
-    before = {name: count(stack, name, in_force("e2e-decay-1")) for name in FOLLOWERS}
-    activated = await asyncio.to_thread(cli, "agreement", "activate", str(DECAY))
-    assert activated.returncode == 0, activated.stderr
-    assert "agreement version e2e-decay-1" in activated.stdout
-    for name in FOLLOWERS:
-        await wait_for_count(stack, name, in_force("e2e-decay-1"), before[name])
-    try:
+    async with agreement_in_force(stack, DECAY, "e2e-decay-1", FOLLOWERS):
         yield
-    finally:
-        restored = {name: count(stack, name, in_force("e2e-1")) for name in FOLLOWERS}
-        engine = create_async_engine(DatabaseConfig().database_url)
-        async with engine.begin() as connection:
-            await connection.execute(text("DELETE FROM agreements"))
-        await engine.dispose()
-        for name in FOLLOWERS:
-            await wait_for_count(stack, name, in_force("e2e-1"), restored[name])
 
 
 async def test_a_decaying_lead_is_demoted_at_the_computed_time_and_explained(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -10,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,9 +20,11 @@ from typing import Any
 import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from coxswain.runtime.kafka import connection_options
-from coxswain.settings import KafkaConfig
+from coxswain.settings import DatabaseConfig, KafkaConfig
 from services.intake.signatures import sign
 
 SECRET = "whsec_" + "c2VjcmV0LWZvci10ZXN0cy1vbmx5LTAxMjM0NTY3"
@@ -230,3 +233,48 @@ class TopicWatcher:
 
 def for_lead(lead_id: str) -> Callable[[Seen], bool]:
     return lambda seen: seen.value.get("lead_id") == lead_id
+
+
+def _in_force(version: str) -> str:
+    return f"agreement in force: version={version} "
+
+
+def _logged(stack: Stack, name: str, needle: str) -> int:
+    return stack.services[name].log_text().count(needle)
+
+
+async def _wait_logged(stack: Stack, name: str, needle: str, more_than: int, within: float = 30) -> None:
+    deadline = time.monotonic() + within
+    while _logged(stack, name, needle) <= more_than:
+        assert time.monotonic() < deadline, f"{name} did not log {needle!r}:\n{stack.services[name].log_text()[-3000:]}"
+        await asyncio.sleep(0.1)
+
+
+def coxswain_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "coxswain", *args], env=dict(os.environ), capture_output=True, text=True, check=False
+    )
+
+
+@contextlib.asynccontextmanager
+async def agreement_in_force(
+    stack: Stack, path: Path, version: str, followers: Sequence[str], stack_version: str = "e2e-1"
+) -> AsyncIterator[None]:
+    """Activate an agreement with the CLI and wait until every follower runs under it; afterwards
+    the stack goes back to its file (``stack_version``)."""
+    before = {name: _logged(stack, name, _in_force(version)) for name in followers}
+    activated = await asyncio.to_thread(coxswain_cli, "agreement", "activate", str(path))
+    assert activated.returncode == 0, activated.stderr
+    assert f"agreement version {version}" in activated.stdout
+    for name in followers:
+        await _wait_logged(stack, name, _in_force(version), before[name])
+    try:
+        yield
+    finally:
+        restored = {name: _logged(stack, name, _in_force(stack_version)) for name in followers}
+        engine = create_async_engine(DatabaseConfig().database_url)
+        async with engine.begin() as connection:
+            await connection.execute(text("DELETE FROM agreements"))
+        await engine.dispose()
+        for name in followers:
+            await _wait_logged(stack, name, _in_force(stack_version), restored[name])
