@@ -210,9 +210,10 @@ async def test_simulator_replays_the_live_run_decision_by_decision(
 
     await wait_until(escalated, "the ladder to reassign the lead and page on-call", within=60)
     filler = {"type": "page_view", "contact": {"email": f"filler@{tag}-filler.example.com"}}
+    dead_before = await dead_lettered(database)
     response = await post_signed(client, "/v1/webhooks/webform/events", filler)
     assert response.status_code == 202, response.text
-    await processed(database, [event["event_id"] for event in response.json()["events"]], "lead", 0)
+    await processed(database, [event["event_id"] for event in response.json()["events"]], "lead", dead_before)
 
     # The SLA monitor arms a deadline per assignment.
     async def armed() -> bool:
