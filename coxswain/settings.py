@@ -30,6 +30,20 @@ class KafkaConfig(Slice):
     kafka_topic_replication: int = Field(default=1, ge=1)
 
 
+class OutboxConfig(Slice):
+    outbox_lease_seconds: float = Field(
+        default=3.0,
+        ge=1.0,
+        le=60.0,
+        description="How long a relay holds its outbox buckets without renewing; a stalled relay's share "
+        "is taken over after this (docs/event-path.md).",
+    )
+    outbox_failpoint: Literal["", "after_publish"] = Field(
+        default="",
+        description="Crash tests only: hang after publishing a batch, before deleting it, so a test can kill the relay there.",
+    )
+
+
 class DatabaseConfig(Slice):
     database_url: str = "postgresql+asyncpg://coxswain:coxswain@127.0.0.1:15432/coxswain"
     database_pool_size: int = Field(default=5, ge=1)

@@ -34,6 +34,7 @@ from coxswain.settings import (
     IntakeConfig,
     KafkaConfig,
     ObservabilityConfig,
+    OutboxConfig,
     ReportingConfig,
     RosterApiConfig,
     RouterConfig,
@@ -75,6 +76,11 @@ CONSUMERS: dict[str, ConsumerSpec] = {
     "sla_monitor": ConsumerSpec(sla_monitor.ACCEPTS, sla_monitor.make_handler, sla_monitor.make_batch_handler),
     "reporting": ConsumerSpec(reporting.ACCEPTS, reporting.make_handler),
 }
+
+
+def outbox_relay(engine: AsyncEngine, publisher: Publisher) -> OutboxRelay:
+    config = OutboxConfig()
+    return OutboxRelay(engine, publisher, lease_seconds=config.outbox_lease_seconds, failpoint=config.outbox_failpoint)
 
 
 def stop_on_signals() -> asyncio.Event:
@@ -198,7 +204,7 @@ async def run_consumer(name: str) -> None:
     await _open_database(engine, database, source)
     agreement = source.current
     publisher = await _start_publisher(kafka, stop)
-    relay = OutboxRelay(engine, publisher)
+    relay = outbox_relay(engine, publisher)
     sla_config = SlaConfig()
     monitor = (
         Monitor(lambda: source.current, sla_config, engine, utc_now, CollectorRegistry())
@@ -270,7 +276,7 @@ def intake_app() -> tuple[FastAPI, IntakeConfig]:
             # Webhooks are accepted while Kafka is away (they wait in the outbox): connect in the background.
             publisher = await _start_publisher(kafka, stop)
             publishers.append(publisher)
-            await OutboxRelay(engine, publisher).run(stop, metrics.outbox_published)
+            await outbox_relay(engine, publisher).run(stop, metrics.outbox_published)
 
         relay = asyncio.create_task(relay_when_connected())
         sampler = asyncio.create_task(metrics.sample_outbox(engine, stop))

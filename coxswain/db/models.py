@@ -66,6 +66,26 @@ class Outbox(SQLModel, table=True):
     value: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     headers: list[list[str]] = _jsonb()
     created_at: datetime = _utc()
+    # 0011_outbox_buckets: a stable hash of the key; one relay at a time publishes a bucket.
+    bucket: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+
+
+class OutboxLease(SQLModel, table=True):
+    """0011_outbox_buckets: which relay publishes a bucket until when; ``token`` grows on every takeover."""
+
+    __tablename__ = "outbox_leases"
+    bucket: int = Field(primary_key=True)
+    owner: str | None = Field(default=None, max_length=200)
+    token: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    expires_at: datetime = _utc()
+
+
+class OutboxRelayRow(SQLModel, table=True):
+    """0011_outbox_buckets: relays alive (seen within a lease), so each takes its fair share of buckets."""
+
+    __tablename__ = "outbox_relays"
+    owner: str = Field(primary_key=True, max_length=200)
+    seen_at: datetime = _utc()
 
 
 class Inbox(SQLModel, table=True):

@@ -64,6 +64,13 @@ DEAD_LETTERS = Counter(
 OUTBOX_BACKLOG = Gauge("coxswain_outbox_backlog", "Facts in the outbox waiting for the relay.")
 OUTBOX_OLDEST = Gauge("coxswain_outbox_oldest_age_seconds", "Age of the oldest fact waiting in the outbox (0 if none).")
 OUTBOX_PUBLISHED = Counter("coxswain_outbox_published", "Facts the relay published to Kafka.")
+OUTBOX_BUCKETS_OWNED = Gauge(
+    "coxswain_outbox_buckets_owned", "Outbox buckets this process's relay holds a lease on (of 32)."
+)
+OUTBOX_LEASES_LOST = Counter(
+    "coxswain_outbox_leases_lost",
+    "Bucket leases this relay lost while it still held them: it stalled past its lease (a pause, SIGSTOP).",
+)
 HTTP_REQUESTS = Counter("coxswain_http_requests", "HTTP requests by route and status.", ["route", "method", "status"])
 HTTP_SECONDS = Histogram(
     "coxswain_http_request_seconds", "HTTP request latency by route.", ["route"], buckets=LATENCY_BUCKETS

@@ -1,9 +1,19 @@
-"""The transactional outbox and its relay to Kafka.
+"""The transactional outbox and its relays to Kafka.
 
 A fact is written to ``outbox`` in the same transaction as the state change that caused it, so
-either both happen or neither. The relay publishes rows in id order and deletes them after Kafka
-acknowledged them: at least once, and consumers dedupe by event id. One relay at a time holds an
-advisory lock, which keeps the order of each lead's facts even with many service instances.
+either both happen or neither. Each row carries a bucket, a stable hash of its Kafka key (the lead
+id), so all of one lead's facts share a bucket. Every process runs a relay; relays share the
+buckets out between them with leases in ``outbox_leases`` and publish their own buckets in
+parallel, each bucket's rows in id order, deleting them after Kafka acknowledged them.
+
+Why each lead's facts stay in order: one bucket has one publisher at a time (its lease holder), it
+publishes a batch and deletes it before reading the next, and a row is deleted only after Kafka
+acknowledged it, so a newer row of the bucket is never sent before an older one is acknowledged.
+Why nothing is lost: a row leaves the outbox only after its acknowledgement; a relay that dies
+leaves its rows, and its buckets are taken over when its lease expires (or at once, when it
+stops cleanly and hands them back). A relay that hangs past its lease (a long pause, SIGSTOP) may
+have sent a batch the next holder sends again: a duplicate that consumers skip by event id, never
+a gap. It notices on waking, says so and stops publishing those buckets (docs/event-path.md).
 """
 
 from __future__ import annotations
@@ -11,7 +21,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import os
+import socket
+import time
 import uuid
+import zlib
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -20,6 +35,7 @@ import orjson
 from sqlalchemy import bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from coxswain.runtime import metrics
 from coxswain.runtime.kafka import Publisher
 from schemas.codec import WireRecord, encode
 from schemas.events import Event
@@ -27,8 +43,20 @@ from schemas.events import Event
 log = logging.getLogger(__name__)
 
 CHANNEL = "coxswain_outbox"
+# Held shared by every relay while it reads and deletes, exclusively by a test that needs the
+# outbox to stay put (tests/support/databases.py): relays never wait for it, they skip a pass.
 RELAY_LOCK = 0x636F78  # advisory lock key: "cox"
-LOCK_RETRY_SECONDS = 0.005
+# Fixed for good: the bucket of a key must not change while its rows wait in the outbox.
+BUCKETS = 32
+LEASE_SECONDS = 3.0
+# A relay stops publishing this long before its lease ends by its own clock, so that the next
+# holder, which goes by the database's clock, never starts while it still sends.
+LEASE_MARGIN_SECONDS = 0.5
+
+
+def bucket_of(key: bytes) -> int:
+    """The outbox bucket of a Kafka key: the same for every fact of a lead, in every process."""
+    return zlib.crc32(key) % BUCKETS
 
 
 # Delivered on commit, coalesced per transaction: wakes the relay without polling latency.
@@ -45,11 +73,11 @@ def staging(
     condition the rows are staged under, e.g. that the state change happened.
     """
     sql = (
-        "INSERT INTO outbox (event_id, topic, key, value, headers, created_at) "
-        "SELECT u.event_id, u.topic, u.key, u.value, u.headers, :outbox_now FROM unnest("
+        "INSERT INTO outbox (event_id, topic, key, value, headers, bucket, created_at) "
+        "SELECT u.event_id, u.topic, u.key, u.value, u.headers, u.bucket, :outbox_now FROM unnest("
         "CAST(:outbox_ids AS uuid[]), CAST(:outbox_topics AS text[]), CAST(:outbox_keys AS bytea[]), "
-        "CAST(:outbox_values AS bytea[]), CAST(:outbox_headers AS jsonb[])) "
-        "WITH ORDINALITY AS u(event_id, topic, key, value, headers, n) "
+        "CAST(:outbox_values AS bytea[]), CAST(:outbox_headers AS jsonb[]), CAST(:outbox_buckets AS smallint[])) "
+        "WITH ORDINALITY AS u(event_id, topic, key, value, headers, bucket, n) "
         f"{'WHERE ' + only_if if only_if else ''} ORDER BY u.n ON CONFLICT (event_id) DO NOTHING"
     )
     parameters = {
@@ -61,6 +89,7 @@ def staging(
         "outbox_headers": [
             orjson.dumps([[name, value.decode()] for name, value in record.headers]).decode() for _, record in records
         ],
+        "outbox_buckets": [bucket_of(record.key) for _, record in records],
     }
     return sql, parameters
 
@@ -81,79 +110,190 @@ async def stage(
     await stage_records(connection, [(event.event_id, encode(event, traceparent=traceparent)) for event in events], now)
 
 
+def relay_name() -> str:
+    """This relay's name in ``outbox_leases``: host, process and a random part (a restarted
+    process is a new relay)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
 class OutboxRelay:
+    """Publishes the outbox rows of the buckets this relay leases; takes its fair share of buckets
+    (all of them divided by the relays alive), renews its leases, and hands them back on stop."""
+
     def __init__(
-        self, engine: AsyncEngine, publisher: Publisher, batch: int = 1000, idle_poll_seconds: float = 0.5
+        self,
+        engine: AsyncEngine,
+        publisher: Publisher,
+        batch: int = 1000,
+        idle_poll_seconds: float = 0.5,
+        lease_seconds: float = LEASE_SECONDS,
+        name: str | None = None,
+        failpoint: str = "",
     ) -> None:
         self._engine = engine
         self._publisher = publisher
         self._batch = batch
         self._idle_poll = idle_poll_seconds
+        self._lease = lease_seconds
+        self.name = name or relay_name()
+        self._failpoint = failpoint
         self._wake = asyncio.Event()
+        self.owned: tuple[int, ...] = ()
+        self._valid_until = 0.0  # monotonic: publish only before this (our leases by our clock)
+        self._refreshed = -math.inf
 
     async def run(self, stop: asyncio.Event, on_published: Callable[[int], None] | None = None) -> None:
         listener = asyncio.create_task(self._listen(stop))
-        retry = LOCK_RETRY_SECONDS
         try:
             while not stop.is_set():
                 # Cleared before the read, never after: a notification that arrives while a batch is
                 # being published must wake the next pass, not wait for the idle poll.
                 self._wake.clear()
                 try:
+                    if time.monotonic() - self._refreshed >= self._lease / 3:
+                        await self.refresh_leases()
                     published = await self.relay_once()
                 except Exception:
-                    log.exception("outbox relay failed; retrying")
+                    log.exception("outbox relay failed; retrying: relay=%s", self.name)
                     await _sleep_or_stop(stop, 1.0)
                     continue
-                if published is None:
-                    # Every service's relay shares the outbox and the lock. The holder may have read
-                    # the outbox before our rows committed, and their notification is spent: try
-                    # again shortly instead of waiting for the idle poll (that wait was most of each
-                    # hop's latency), backing off while the lock stays taken.
-                    await _sleep_or_stop(stop, retry)
-                    retry = min(retry * 2, self._idle_poll)
-                    continue
-                retry = LOCK_RETRY_SECONDS
                 if published:
                     if on_published:
                         on_published(published)
-                    # Rows committed while this batch was being published: their notification may
-                    # have reached relays that found the lock taken. Look again at once.
-                    continue
-                await _first_of(stop, self._wake, self._idle_poll)
+                    continue  # more may wait: look again at once
+                next_refresh = self._refreshed + self._lease / 3 - time.monotonic()
+                await _first_of(stop, self._wake, max(min(self._idle_poll, next_refresh), 0.0))
         finally:
             listener.cancel()
+            with contextlib.suppress(Exception):
+                await self.release_leases()
+
+    async def refresh_leases(self) -> tuple[int, ...]:
+        """Say this relay is alive, renew its leases, and move towards its fair share: take
+        buckets nobody holds (or whose holder's lease ran out), hand back any beyond the share."""
+        started = time.monotonic()
+        async with self._engine.begin() as connection:
+            others = await connection.scalar(
+                text(
+                    "WITH me AS (INSERT INTO outbox_relays (owner, seen_at) VALUES (:me, now()) "
+                    "ON CONFLICT (owner) DO UPDATE SET seen_at = now()), "
+                    "seeded AS (INSERT INTO outbox_leases (bucket) SELECT generate_series(0, :n - 1) "
+                    "ON CONFLICT DO NOTHING) "
+                    "SELECT count(*) FROM outbox_relays WHERE owner <> :me "
+                    "AND seen_at > now() - make_interval(secs => :lease)"
+                ),
+                {"me": self.name, "n": BUCKETS, "lease": self._lease},
+            )
+            share = math.ceil(BUCKETS / (int(others or 0) + 1))
+            renewed = list(
+                (
+                    await connection.scalars(
+                        text(
+                            "UPDATE outbox_leases SET expires_at = now() + make_interval(secs => :lease) "
+                            "WHERE owner = :me AND expires_at > now() RETURNING bucket"
+                        ),
+                        {"me": self.name, "lease": self._lease},
+                    )
+                ).all()
+            )
+            lost = set(self.owned) - set(renewed)
+            if lost:
+                self._lost(lost, "its lease ran out before it was renewed")
+            renewed.sort()
+            if len(renewed) > share:
+                extra = renewed[share:]
+                await connection.execute(
+                    text("UPDATE outbox_leases SET expires_at = now() WHERE owner = :me AND bucket = ANY(:extra)"),
+                    {"me": self.name, "extra": extra},
+                )
+                renewed = renewed[:share]
+            elif len(renewed) < share:
+                taken = (
+                    await connection.scalars(
+                        text(
+                            "UPDATE outbox_leases SET owner = :me, token = token + 1, "
+                            "expires_at = now() + make_interval(secs => :lease) WHERE bucket IN ("
+                            "SELECT bucket FROM outbox_leases WHERE expires_at <= now() ORDER BY bucket "
+                            "LIMIT :k FOR UPDATE SKIP LOCKED) RETURNING bucket"
+                        ),
+                        {"me": self.name, "lease": self._lease, "k": share - len(renewed)},
+                    )
+                ).all()
+                renewed += taken
+            await connection.execute(
+                text("DELETE FROM outbox_relays WHERE seen_at < now() - interval '1 hour'"),
+            )
+        self.owned = tuple(sorted(renewed))
+        self._refreshed = started
+        self._valid_until = started + self._lease - LEASE_MARGIN_SECONDS
+        metrics.OUTBOX_BUCKETS_OWNED.set(len(self.owned))
+        return self.owned
 
     async def relay_once(self) -> int | None:
-        """Publish the oldest outbox rows; how many, or None when another relay holds the lock."""
+        """Publish the oldest rows of the buckets this relay holds; how many (None: paused)."""
+        if not self.owned:
+            return 0
+        if time.monotonic() >= self._valid_until:
+            self._lost(set(self.owned), "it was not renewed in time (the process stalled)")
+            return 0
         async with self._engine.begin() as connection:
-            leader = await connection.scalar(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": RELAY_LOCK})
-            if not leader:
+            if not await connection.scalar(text("SELECT pg_try_advisory_xact_lock_shared(:k)"), {"k": RELAY_LOCK}):
                 return None
             rows = (
                 await connection.execute(
-                    text("SELECT id, topic, key, value, headers FROM outbox ORDER BY id LIMIT :batch"),
-                    {"batch": self._batch},
+                    text(
+                        "SELECT id, topic, key, value, headers FROM outbox WHERE bucket = ANY(:mine) "
+                        "ORDER BY id LIMIT :batch"
+                    ),
+                    {"mine": list(self.owned), "batch": self._batch},
                 )
             ).all()
-            if not rows:
-                return 0
-            await self._publisher.publish(
-                [
-                    WireRecord(
-                        topic=row.topic,
-                        key=bytes(row.key),
-                        value=bytes(row.value),
-                        headers=tuple((name, value.encode()) for name, value in row.headers),
-                    )
-                    for row in rows
-                ]
-            )
+        if not rows:
+            return 0
+        # No transaction is open while Kafka acknowledges: nothing waits on this relay's pause.
+        await self._publisher.publish(
+            [
+                WireRecord(
+                    topic=row.topic,
+                    key=bytes(row.key),
+                    value=bytes(row.value),
+                    headers=tuple((name, value.encode()) for name, value in row.headers),
+                )
+                for row in rows
+            ]
+        )
+        if self._failpoint == "after_publish":
+            log.warning("failpoint reached: relay=%s published %s rows; hanging until killed", self.name, len(rows))
+            await asyncio.Event().wait()
+        if time.monotonic() >= self._valid_until:
+            # Stalled while Kafka acknowledged: the next holder may send these rows again.
+            self._lost(set(self.owned), "it stalled while publishing; the next holder may publish a batch again")
+        async with self._engine.begin() as connection:
             await connection.execute(
                 text("DELETE FROM outbox WHERE id = ANY(:ids)").bindparams(bindparam("ids")),
                 {"ids": [row.id for row in rows]},
             )
-            return len(rows)
+        return len(rows)
+
+    def _lost(self, buckets: set[int], why: str) -> None:
+        log.warning(
+            "outbox relay lost its buckets: relay=%s buckets=%s reason=%s",
+            self.name,
+            ",".join(map(str, sorted(buckets))),
+            why,
+        )
+        metrics.OUTBOX_LEASES_LOST.inc(len(buckets))
+        self.owned = tuple(bucket for bucket in self.owned if bucket not in buckets)
+        self._refreshed = -math.inf  # refresh at once: take a fair share again
+
+    async def release_leases(self) -> None:
+        """Hand the buckets back on a clean stop, so other relays take them at once."""
+        async with self._engine.begin() as connection:
+            await connection.execute(
+                text("UPDATE outbox_leases SET expires_at = now() WHERE owner = :me"), {"me": self.name}
+            )
+            await connection.execute(text("DELETE FROM outbox_relays WHERE owner = :me"), {"me": self.name})
+        self.owned = ()
 
     async def _listen(self, stop: asyncio.Event) -> None:
         """LISTEN on a dedicated connection; reconnect if the database goes away."""

@@ -1,0 +1,299 @@
+"""Outbox relays without a global lock, on real PostgreSQL and Kafka: relays share the buckets
+out, publish in parallel, keep each lead's facts in order, and a relay that is killed between
+publish and delete, or frozen past its lease, costs at most a duplicate and a few seconds of its
+own share, never a lost or reordered fact."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+import pytest
+import pytest_asyncio
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from chaos.topics import read_all
+from coxswain.db.database import create_engine
+from coxswain.runtime import metrics
+from coxswain.runtime.kafka import Publisher
+from coxswain.runtime.outbox import BUCKETS, OutboxRelay, bucket_of, stage_records
+from coxswain.settings import DatabaseConfig, KafkaConfig
+from schemas.codec import WireRecord
+from tests.support.databases import engine_without_relays
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+# A topic no service under test consumes; our records are told apart by their keys.
+TOPIC = "leads.scored.v1"
+NOW = datetime(2026, 12, 3, 10, 0, tzinfo=UTC)
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def engine(infrastructure: None) -> AsyncIterator[AsyncEngine]:
+    database = create_engine(DatabaseConfig())
+    # Leases of relays from earlier tests (in-process ones) must not linger into this one.
+    async with database.begin() as connection:
+        await connection.execute(text("UPDATE outbox_leases SET expires_at = now() - interval '1 hour'"))
+        await connection.execute(text("DELETE FROM outbox_relays"))
+    yield database
+    await database.dispose()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def publisher(infrastructure: None) -> AsyncIterator[Publisher]:
+    producer = Publisher(KafkaConfig())
+    await producer.start()
+    yield producer
+    await producer.stop()
+
+
+async def stage(engine: AsyncEngine, leads: int, facts: int) -> dict[str, list[int]]:
+    """``facts`` numbered facts for each of ``leads`` new leads, each lead's in order, in several
+    transactions interleaved across leads; returns lead -> the numbers staged."""
+    staged: dict[str, list[int]] = defaultdict(list)
+    keys = [str(uuid.uuid4()) for _ in range(leads)]
+    for n in range(facts):
+        records = []
+        for key in keys:
+            value = orjson.dumps({"lead": key, "n": n})
+            records.append((uuid.uuid4(), WireRecord(topic=TOPIC, key=key.encode(), value=value, headers=())))
+            staged[key].append(n)
+        async with engine.begin() as connection:
+            await stage_records(connection, records, NOW)
+    return staged
+
+
+async def pending(engine: AsyncEngine, keys: list[str]) -> int:
+    async with engine.connect() as connection:
+        count = await connection.scalar(
+            text("SELECT count(*) FROM outbox WHERE key = ANY(:keys)"), {"keys": [key.encode() for key in keys]}
+        )
+    return int(count or 0)
+
+
+async def wait_published(engine: AsyncEngine, keys: list[str], within: float = 60) -> None:
+    deadline = time.monotonic() + within
+    while await pending(engine, keys):
+        assert time.monotonic() < deadline, f"{await pending(engine, keys)} rows still in the outbox"
+        await asyncio.sleep(0.1)
+
+
+async def assert_in_order_and_complete(staged: dict[str, list[int]]) -> int:
+    """Every staged fact is on the topic, and each lead's facts first appear in the order staged;
+    returns how many duplicates (a relay killed between publish and delete sends a batch twice)."""
+    seen: dict[str, list[int]] = defaultdict(list)
+    for record in await read_all(KafkaConfig().kafka_bootstrap_servers, [TOPIC]):
+        lead = record.value.get("lead")
+        if lead in staged:
+            seen[lead].append(int(record.value["n"]))
+    duplicates = 0
+    for lead, numbers in staged.items():
+        first = list(dict.fromkeys(seen[lead]))
+        assert first == numbers, f"lead {lead}: {seen[lead]}"
+        duplicates += len(seen[lead]) - len(first)
+    return duplicates
+
+
+async def test_a_leads_facts_share_one_bucket() -> None:
+    key = str(uuid.uuid4()).encode()
+    assert bucket_of(key) == bucket_of(bytes(key)) and 0 <= bucket_of(key) < BUCKETS
+    assert len({bucket_of(str(uuid.uuid4()).encode()) for _ in range(2000)}) == BUCKETS
+
+
+async def test_relays_take_fair_disjoint_shares_and_hand_them_back(engine: AsyncEngine, publisher: Publisher) -> None:
+    first = OutboxRelay(engine, publisher, lease_seconds=2.0, name="share-a")
+    second = OutboxRelay(engine, publisher, lease_seconds=2.0, name="share-b")
+    try:
+        assert len(await first.refresh_leases()) == BUCKETS, "alone, a relay takes every bucket"
+        await second.refresh_leases()  # sees a second relay alive: takes nothing held
+        await first.refresh_leases()  # hands back what is beyond its share
+        await second.refresh_leases()
+        assert len(first.owned) == len(second.owned) == BUCKETS // 2
+        assert not set(first.owned) & set(second.owned)
+    finally:
+        await second.release_leases()
+        await first.release_leases()
+    async with engine.connect() as connection:
+        held = await connection.scalar(text("SELECT count(*) FROM outbox_leases WHERE expires_at > now()"))
+    assert held == 0, "a relay that stops hands its buckets back at once"
+
+
+async def test_two_relays_publish_in_parallel_and_keep_each_leads_order(
+    engine: AsyncEngine, publisher: Publisher
+) -> None:
+    staged = await stage(engine, leads=40, facts=15)
+    relays = [OutboxRelay(engine, publisher, lease_seconds=2.0, name=f"parallel-{n}", batch=50) for n in range(2)]
+    published = [0, 0]
+    stop = asyncio.Event()
+
+    def counter(n: int) -> Callable[[int], None]:
+        def add(count: int) -> None:
+            published[n] += count
+
+        return add
+
+    for relay in relays:
+        await relay.refresh_leases()
+    await relays[0].refresh_leases()
+    tasks = [asyncio.create_task(relay.run(stop, counter(n))) for n, relay in enumerate(relays)]
+    try:
+        await wait_published(engine, list(staged))
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+    assert all(published), f"both relays published: {published}"
+    assert await assert_in_order_and_complete(staged) == 0
+
+
+async def test_a_relay_stalled_past_its_lease_loses_its_buckets_and_says_so(
+    engine: AsyncEngine, publisher: Publisher, caplog: pytest.LogCaptureFixture
+) -> None:
+    stalled = OutboxRelay(engine, publisher, lease_seconds=1.0, name="stalled")
+    taker = OutboxRelay(engine, publisher, lease_seconds=1.0, name="taker")
+    try:
+        assert len(await stalled.refresh_leases()) == BUCKETS
+        staged = await stage(engine, leads=10, facts=3)
+        assert await taker.refresh_leases() == (), "held buckets are not taken while their lease runs"
+        await asyncio.sleep(1.1)  # the stalled relay does nothing for longer than its lease
+        assert len(await taker.refresh_leases()) == BUCKETS
+        while await taker.relay_once():
+            pass
+        before = metrics.OUTBOX_LEASES_LOST._value.get()
+        assert await stalled.relay_once() == 0, "a relay whose lease ran out publishes nothing"
+        assert metrics.OUTBOX_LEASES_LOST._value.get() - before == BUCKETS
+        assert "outbox relay lost its buckets: relay=stalled" in caplog.text
+        assert stalled.owned == ()
+        assert await assert_in_order_and_complete(staged) == 0
+    finally:
+        await taker.release_leases()
+        await stalled.release_leases()
+
+
+async def test_a_paused_outbox_is_left_alone(engine: AsyncEngine, publisher: Publisher) -> None:
+    relay = OutboxRelay(engine, publisher, name="paused")
+    try:
+        async with engine_without_relays() as paused:
+            staged = await stage(paused, leads=3, facts=2)
+            await relay.refresh_leases()
+            assert await relay.relay_once() is None
+            assert await pending(paused, list(staged)) == 6
+        assert await relay.relay_once() == 6
+    finally:
+        await relay.release_leases()
+
+
+# --------------------------------------------------------------------------- relays as processes
+
+
+class RelayProcess:
+    def __init__(self, name: str, log_dir: Path, **env: str) -> None:
+        self.name = name
+        self.log = log_dir / f"{name}.log"
+        environment = {**os.environ, "COXSWAIN_OUTBOX_LEASE_SECONDS": "1.5", **env}
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "tests.support.relay_process", name],
+                cwd=ROOT,
+                env=environment,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    async def wait_for(self, needle: str, within: float = 60) -> None:
+        deadline = time.monotonic() + within
+        while needle not in self.text():
+            assert self.process.poll() is None, self.text()[-2000:]
+            assert time.monotonic() < deadline, f"{self.name} did not log {needle!r}:\n{self.text()[-2000:]}"
+            await asyncio.sleep(0.05)
+
+    def signal(self, sig: int) -> None:
+        self.process.send_signal(sig)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture
+def relays(tmp_path: Path) -> Iterator[list[RelayProcess]]:
+    started: list[RelayProcess] = []
+    yield started
+    for relay in started:
+        relay.stop()
+
+
+async def holders(engine: AsyncEngine) -> dict[str, int]:
+    async with engine.connect() as connection:
+        rows = await connection.execute(
+            text("SELECT owner, count(*) AS n FROM outbox_leases WHERE expires_at > now() GROUP BY owner")
+        )
+        return {row.owner: int(row.n) for row in rows}
+
+
+async def wait_shared(engine: AsyncEngine, names: set[str], within: float = 30) -> None:
+    deadline = time.monotonic() + within
+    while set(await holders(engine)) != names:
+        assert time.monotonic() < deadline, await holders(engine)
+        await asyncio.sleep(0.1)
+
+
+async def test_a_relay_killed_between_publish_and_delete_loses_and_reorders_nothing(
+    engine: AsyncEngine, relays: list[RelayProcess], tmp_path: Path
+) -> None:
+    survivor = RelayProcess("survivor", tmp_path)
+    relays.append(survivor)
+    await survivor.wait_for("relay survivor started")
+    doomed = RelayProcess("doomed", tmp_path, COXSWAIN_OUTBOX_FAILPOINT="after_publish")
+    relays.append(doomed)
+    await wait_shared(engine, {"survivor", "doomed"})
+
+    staged = await stage(engine, leads=60, facts=8)
+    await doomed.wait_for("failpoint reached")
+    doomed.signal(signal.SIGKILL)
+    # The survivor takes the dead relay's buckets when their lease runs out and sends its batch again.
+    await wait_published(engine, list(staged))
+
+    duplicates = await assert_in_order_and_complete(staged)
+    assert duplicates > 0, "the killed relay's batch was published before it died, and again after"
+
+
+async def test_a_frozen_relay_delays_only_its_share_and_says_so_when_it_wakes(
+    engine: AsyncEngine, relays: list[RelayProcess], tmp_path: Path
+) -> None:
+    awake = RelayProcess("awake", tmp_path)
+    relays.append(awake)
+    await awake.wait_for("relay awake started")
+    frozen = RelayProcess("frozen", tmp_path)
+    relays.append(frozen)
+    await wait_shared(engine, {"awake", "frozen"})
+
+    frozen.signal(signal.SIGSTOP)
+    staged = await stage(engine, leads=60, facts=5)
+    # Published while the frozen relay is still frozen: its buckets were taken over.
+    await wait_published(engine, list(staged), within=30)
+    assert await holders(engine) == {"awake": BUCKETS}
+    frozen.signal(signal.SIGCONT)
+    await frozen.wait_for("outbox relay lost its buckets: relay=frozen")
+    assert await assert_in_order_and_complete(staged) == 0
+    await wait_shared(engine, {"awake", "frozen"})  # and it takes a fair share again
