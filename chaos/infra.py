@@ -85,6 +85,7 @@ class Infra:
         return {
             **os.environ,
             "COXSWAIN_KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers,
+            "COXSWAIN_KAFKA_SESSION_TIMEOUT_MS": "1500",
             "COXSWAIN_DATABASE_URL": self.database_url,
             "COXSWAIN_KAFKA_TOPIC_PARTITIONS": "3",
             "COXSWAIN_AGREEMENT_FILE": str(self.agreement),

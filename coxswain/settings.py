@@ -28,6 +28,14 @@ class KafkaConfig(Slice):
     kafka_ssl_cafile: Path | None = None
     kafka_topic_partitions: int = Field(default=6, ge=1)
     kafka_topic_replication: int = Field(default=1, ge=1)
+    kafka_session_timeout_ms: int = Field(
+        default=10_000,
+        ge=500,
+        le=300_000,
+        description="How soon a consumer that died (SIGKILL, lost host) loses its partitions to the others. "
+        "Below the broker's group.min.session.timeout.ms (6000 by default) the group refuses the consumer; "
+        "the local stack allows 1000 and runs with 1500 (docs/event-path.md).",
+    )
 
 
 class OutboxConfig(Slice):

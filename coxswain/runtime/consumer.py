@@ -17,6 +17,7 @@ topic and cannot spoil the others. Both ways commit the same rows.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -146,13 +147,15 @@ def is_connection_error(exc: BaseException) -> bool:
 
 
 class _WaitForInFlight(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Partitions are not handed over while a batch is being processed and committed."""
+    """Partitions are not handed over while a batch is being processed or its offsets committed."""
 
-    def __init__(self, lock: asyncio.Lock) -> None:
+    def __init__(self, lock: asyncio.Lock, committed: Callable[[], Awaitable[None]]) -> None:
         self._lock = lock
+        self._committed = committed
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         async with self._lock:
+            await self._committed()
             log.info("partitions revoked: %s", sorted(str(tp) for tp in revoked))
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
@@ -181,10 +184,11 @@ class ConsumerService:
         self._config = config
         self._clock = clock
         self._lock = asyncio.Lock()
+        self._committing: asyncio.Task[None] | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         consumer = make_consumer(self._kafka, self.name, (), self._config.consumer_max_batch)
-        consumer.subscribe(list(self._accepts), listener=_WaitForInFlight(self._lock))
+        consumer.subscribe(list(self._accepts), listener=_WaitForInFlight(self._lock, self._committed))
         await consumer.start()
         log.info("consumer %s started on %s", self.name, ", ".join(self._accepts))
         backoff = 0.5
@@ -209,12 +213,24 @@ class ConsumerService:
                         backoff = min(backoff * 2, 10.0)
                         continue
                     backoff = 0.5
-                    await self._commit(consumer, batch)
+                    # The offsets go to Kafka while the next batch is fetched and applied: the
+                    # database already holds the work (a lost commit means a redelivery the inbox
+                    # skips), and commits stay in order because each waits for the one before.
+                    await self._committed()
+                    self._committing = asyncio.create_task(self._commit(consumer, batch))
                     metrics.observe_batch(self.name, consumer, batch)
         finally:
+            with contextlib.suppress(Exception):
+                await self._committed()
             # Leaving the group promptly hands partitions over without waiting for a session timeout.
             await consumer.stop()
             log.info("consumer %s stopped", self.name)
+
+    async def _committed(self) -> None:
+        """Wait for the offset commit in flight, if any."""
+        if self._committing is not None:
+            await self._committing
+            self._committing = None
 
     async def _commit(self, consumer: Any, batch: Mapping[Any, list[Any]]) -> None:
         offsets = {TopicPartition(tp.topic, tp.partition): records[-1].offset + 1 for tp, records in batch.items()}

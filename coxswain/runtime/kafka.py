@@ -82,6 +82,9 @@ def make_consumer(config: KafkaConfig, group_id: str, topics: Iterable[str], max
         auto_offset_reset="earliest",
         max_poll_records=max_batch,
         isolation_level="read_committed",
+        session_timeout_ms=config.kafka_session_timeout_ms,
+        # A third of the session, as Kafka advises: three missed beats before the group gives up.
+        heartbeat_interval_ms=max(config.kafka_session_timeout_ms // 3, 100),
     )
 
 

@@ -30,6 +30,7 @@ case "${1:-}" in
     ;;
   env)
     echo "COXSWAIN_KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$KAFKA_PORT"
+    echo "COXSWAIN_KAFKA_SESSION_TIMEOUT_MS=1500"
     echo "COXSWAIN_DATABASE_URL=postgresql+asyncpg://coxswain:coxswain@127.0.0.1:$PG_PORT/coxswain"
     ;;
   *)

@@ -30,6 +30,8 @@ ENVIRONMENT = {
     "COXSWAIN_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{KAFKA_PORT}",
     "COXSWAIN_DATABASE_URL": f"postgresql+asyncpg://coxswain:coxswain@127.0.0.1:{PG_PORT}/coxswain",
     "COXSWAIN_KAFKA_TOPIC_PARTITIONS": "3",
+    # The local broker allows it (deploy/local/kafka.sh): a killed consumer's partitions move in ~2 s.
+    "COXSWAIN_KAFKA_SESSION_TIMEOUT_MS": "1500",
 }
 
 
