@@ -20,13 +20,14 @@ from pathlib import Path
 import orjson
 import pytest
 import pytest_asyncio
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chaos.topics import read_all
 from coxswain.db.database import create_engine
 from coxswain.runtime import metrics
-from coxswain.runtime.kafka import Publisher
+from coxswain.runtime.kafka import Publisher, connection_options
 from coxswain.runtime.outbox import BUCKETS, OutboxRelay, bucket_of, stage_records
 from coxswain.settings import DatabaseConfig, KafkaConfig
 from schemas.codec import WireRecord
@@ -34,14 +35,26 @@ from tests.support.databases import engine_without_relays
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-# A topic no service under test consumes; our records are told apart by their keys.
-TOPIC = "leads.scored.v1"
+# The test's own topic: no service reads it, and no other test sees these records.
+TOPIC = "test.outbox-relays.v1"
 NOW = datetime(2026, 12, 3, 10, 0, tzinfo=UTC)
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest_asyncio.fixture(loop_scope="session", scope="module")
+async def topic(infrastructure: None) -> str:
+    admin = AIOKafkaAdminClient(**connection_options(KafkaConfig()))
+    await admin.start()
+    try:
+        if TOPIC not in await admin.list_topics():
+            await admin.create_topics([NewTopic(TOPIC, num_partitions=3, replication_factor=1)])
+    finally:
+        await admin.close()
+    return TOPIC
+
+
 @pytest_asyncio.fixture(loop_scope="session")
-async def engine(infrastructure: None) -> AsyncIterator[AsyncEngine]:
+async def engine(topic: str) -> AsyncIterator[AsyncEngine]:
     database = create_engine(DatabaseConfig())
     # Leases of relays from earlier tests (in-process ones) must not linger into this one.
     async with database.begin() as connection:
