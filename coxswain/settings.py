@@ -55,6 +55,12 @@ class OutboxConfig(Slice):
 class DatabaseConfig(Slice):
     database_url: str = "postgresql+asyncpg://coxswain:coxswain@127.0.0.1:15432/coxswain"
     database_pool_size: int = Field(default=5, ge=1)
+    database_idle_in_transaction_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="PostgreSQL ends a session that sits this long inside a transaction (a frozen or "
+        "paused process), releasing its row and advisory locks so other instances carry on; 0: never.",
+    )
     database_pool_pre_ping: bool = Field(
         default=False,
         description="Test every pooled connection with a round trip before use. Off: a connection a "

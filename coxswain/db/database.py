@@ -32,6 +32,13 @@ def create_engine(config: DatabaseConfig) -> AsyncEngine:
         # JSONB parameters (lead attributes, facts, decisions) are encoded with orjson, not the
         # standard library's encoder, which showed up in the consumers' profiles.
         json_serializer=_json_text,
+        # A process frozen inside a transaction (a GC or VM pause, SIGSTOP) would hold its row and
+        # advisory locks, and stall every instance that needs them, for as long as it is frozen.
+        connect_args={
+            "server_settings": {
+                "idle_in_transaction_session_timeout": str(int(config.database_idle_in_transaction_seconds * 1000))
+            }
+        },
     )
 
 

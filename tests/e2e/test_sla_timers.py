@@ -233,7 +233,8 @@ async def test_ten_thousand_deadlines_fire_exactly_once_across_sigkill_and_resta
     start = datetime.now(UTC) + timedelta(seconds=8)
     planted = await plant(engine, [start + timedelta(seconds=30 * i / count) for i in range(count)])
     # The first monitor commits two passes, then hangs inside its third with the rows locked.
-    first = monitors.start("a", COXSWAIN_SLA_FAILPOINT_PASS="3")
+    # (Its session is kept while it hangs, as a process stuck in a database call would be.)
+    first = monitors.start("a", COXSWAIN_SLA_FAILPOINT_PASS="3", COXSWAIN_DATABASE_IDLE_IN_TRANSACTION_SECONDS="0")
     second = monitors.start("b")
     killed_instance = pid_instance(first)
 
