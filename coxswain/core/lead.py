@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from coxswain.core.agreement import Agreement, FastLane
 from coxswain.core.ids import uuid5
@@ -386,14 +386,7 @@ def _accepted(
     skipped: tuple[Stage, ...] = (),
 ) -> ActivityAcceptedV1:
     return ActivityAcceptedV1(
-        event_id=fact_id(event.event_id, "accepted"),
-        lead_id=state.lead_id,
-        occurred_at=now,
-        agreement_version=agreement.version,
-        caused_by=event.event_id,
-        source=event.source,
-        activity=event.activity,
-        rep_id=event.rep_id,
+        **_judgement(event, "accepted", state.lead_id, agreement, now),
         reason=reason,
         reported_reason=reported,
         amount=event.amount,
@@ -428,19 +421,28 @@ def refused(
     lead_id: uuid.UUID | None = None,
 ) -> ActivityRefusedV1:
     return ActivityRefusedV1(
-        event_id=fact_id(event.event_id, "refused"),
-        lead_id=lead_id or event.lead_id,
-        occurred_at=now,
-        agreement_version=agreement.version,
-        caused_by=event.event_id,
-        source=event.source,
-        activity=event.activity,
-        rep_id=event.rep_id,
+        **_judgement(event, "refused", lead_id or event.lead_id, agreement, now),
         reported_reason=event.reason,
         stage=stage,
         refusal=refusal,
         reason=reason,
     )
+
+
+def _judgement(
+    event: ActivityRecordedV1, verdict: str, lead_id: uuid.UUID, agreement: Agreement, now: datetime
+) -> dict[str, Any]:
+    """What an accepted and a refused activity both say: which input, judged when, under which agreement."""
+    return {
+        "event_id": fact_id(event.event_id, verdict),
+        "lead_id": lead_id,
+        "occurred_at": now,
+        "agreement_version": agreement.version,
+        "caused_by": event.event_id,
+        "source": event.source,
+        "activity": event.activity,
+        "rep_id": event.rep_id,
+    }
 
 
 def unknown_lead(event: ActivityRecordedV1, agreement: Agreement, now: datetime) -> ActivityRefusedV1:

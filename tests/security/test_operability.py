@@ -92,6 +92,32 @@ async def wait_until(predicate: Callable[[], Awaitable[bool]], within: float = 1
     raise AssertionError(f"condition not met within {within}s")
 
 
+async def publish_leads(count: int, tag: str) -> list[LeadReceivedV1]:
+    """``count`` new leads straight onto leads.received.v1 (one page view each), as intake would."""
+    events = [
+        LeadReceivedV1(
+            event_id=uuid.uuid4(),
+            lead_id=uuid.uuid4(),
+            occurred_at=datetime.now(UTC),
+            source="webform",
+            webhook_id=f"msg_{tag}_{n}",
+            engagement="page_view",
+            attributes=LeadAttributes(country="US"),
+        )
+        for n in range(count)
+    ]
+    producer = AIOKafkaProducer(**connection_options(KafkaConfig()), acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        for event in events:
+            record = encode(event)
+            await producer.send(record.topic, record.value, key=record.key, headers=list(record.headers))
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return events
+
+
 def scoring_process(log_dir: Path, health_port: int) -> ServiceProcess:
     env = {
         **os.environ,
@@ -115,28 +141,8 @@ async def test_sigterm_mid_stream_commits_what_was_processed_and_the_successor_r
     assert scoring.process is not None and scoring.process.returncode == 0, scoring.log_text()[-2000:]
     baseline = await committed(GROUP)
 
-    events = [
-        LeadReceivedV1(
-            event_id=uuid.uuid4(),
-            lead_id=uuid.uuid4(),
-            occurred_at=datetime.now(UTC),
-            source="webform",
-            webhook_id=f"msg_sigterm_{n}",
-            engagement="page_view",
-            attributes=LeadAttributes(country="US"),
-        )
-        for n in range(LEADS)
-    ]
+    events = await publish_leads(LEADS, "sigterm")
     ids = [event.event_id for event in events]
-    producer = AIOKafkaProducer(**connection_options(KafkaConfig()), acks="all", enable_idempotence=True)
-    await producer.start()
-    try:
-        for event in events:
-            record = encode(event)
-            await producer.send(record.topic, record.value, key=record.key, headers=list(record.headers))
-        await producer.flush()
-    finally:
-        await producer.stop()
 
     scoring.start()
     await asyncio.to_thread(scoring.wait_for_log, "partitions assigned", 90)

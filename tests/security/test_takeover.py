@@ -8,23 +8,18 @@ import asyncio
 import re
 import signal
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from aiokafka import AIOKafkaProducer
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coxswain.db.database import create_engine
-from coxswain.runtime.kafka import connection_options
-from coxswain.settings import DatabaseConfig, KafkaConfig
-from schemas.codec import encode
-from schemas.events import LeadAttributes, LeadReceivedV1
-from tests.security.test_operability import scoring_process
+from coxswain.settings import DatabaseConfig
+from schemas.events import LeadReceivedV1
+from tests.security.test_operability import publish_leads, scoring_process
 from tests.support.stack import ServiceProcess, free_port
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -71,28 +66,8 @@ async def test_a_killed_consumers_partitions_are_served_again_by_the_other(engin
 
         second.kill(signal.SIGKILL)
         killed_at = time.monotonic()
-        # One lead for each partition, so the dead instance's partitions get work at once.
-        events = [
-            LeadReceivedV1(
-                event_id=uuid.uuid4(),
-                lead_id=uuid.uuid4(),
-                occurred_at=datetime.now(UTC),
-                source="webform",
-                webhook_id=f"msg_takeover_{n}",
-                engagement="page_view",
-                attributes=LeadAttributes(country="US"),
-            )
-            for n in range(30)
-        ]
-        producer = AIOKafkaProducer(**connection_options(KafkaConfig()), acks="all", enable_idempotence=True)
-        await producer.start()
-        try:
-            for event in events:
-                record = encode(event)
-                await producer.send(record.topic, record.value, key=record.key, headers=list(record.headers))
-            await producer.flush()
-        finally:
-            await producer.stop()
+        # Leads on every partition, so the dead instance's partitions get work at once.
+        events = await publish_leads(30, "takeover")
 
         async def all_processed() -> bool:
             async with engine.connect() as connection:
