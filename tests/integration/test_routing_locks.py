@@ -24,6 +24,7 @@ from coxswain.db.database import create_engine
 from coxswain.runtime.consumer import BatchHandler
 from coxswain.settings import DatabaseConfig
 from schemas.events import Event, LeadAttributes, LeadQualifiedV1, LeadRoutedV1, Tier
+from services.router import locks
 from services.router import service as router
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -172,3 +173,50 @@ async def test_a_second_router_waits_only_for_the_pools_and_reps_the_first_holds
     for fact in (first_fact, second_fact):
         expected[fact.rep_id] = expected.get(fact.rep_id, 0) + 1
     assert counters == expected
+
+
+async def waiting(observer: AsyncConnection, pid: int) -> bool:
+    state = await observer.scalar(
+        text("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = :p"), {"p": pid}
+    )
+    return bool(state)
+
+
+async def test_a_lock_below_one_already_held_is_refused_rather_than_waited_for(engine: AsyncEngine) -> None:
+    """The order rule itself: waiting for a key below one already held could close a cycle with a
+    transaction holding the lower key and waiting for the higher one, so the batch is given back."""
+    low, high = 1_000_001, 1_000_002
+    async with engine.connect() as holder, engine.connect() as other, holder.begin():
+        await locks.acquire(holder, [low])
+        async with other.begin():
+            await locks.acquire(other, [high])
+            with pytest.raises(locks.RoutingLocksBusy):
+                await locks.acquire(other, [low])
+
+
+async def test_a_lock_above_every_one_held_is_waited_for_even_after_a_savepoint_gave_some_back(
+    engine: AsyncEngine,
+) -> None:
+    """Waiting in ascending order cannot deadlock, so it waits; and a savepoint rolled back gives
+    its locks back, which the next request must not count as held."""
+    low, middle, high = 1_000_011, 1_000_012, 1_000_013
+    async with engine.connect() as observer, engine.connect() as holder, engine.connect() as other:
+        await observer.execution_options(isolation_level="AUTOCOMMIT")
+        first = await holder.begin()
+        await locks.acquire(holder, [middle])
+        transaction = await other.begin()
+        pid = int(await other.scalar(text("SELECT pg_backend_pid()")) or 0)
+        nested = await other.begin_nested()
+        await locks.acquire(other, [high])
+        await nested.rollback()  # gives ``high`` back: now nothing is held above ``middle``
+        await locks.acquire(other, [low])
+        task = asyncio.create_task(locks.acquire(other, [middle]))
+        async with asyncio.timeout(120):  # a guard against a hang, not a measurement
+            while not task.done():
+                if await waiting(observer, pid):
+                    break
+                await asyncio.sleep(0.01)
+        assert not task.done(), "it must wait for the holder, not be refused"
+        await first.commit()
+        await task
+        await transaction.commit()
