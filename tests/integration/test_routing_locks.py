@@ -190,8 +190,9 @@ async def test_a_lock_below_one_already_held_is_refused_rather_than_waited_for(e
         await locks.acquire(holder, [low])
         async with other.begin():
             await locks.acquire(other, [high])
-            with pytest.raises(locks.RoutingLocksBusy):
-                await locks.acquire(other, [low])
+            async with asyncio.timeout(120):  # a guard against a hang, not a measurement
+                with pytest.raises(locks.RoutingLocksBusy):
+                    await locks.acquire(other, [low])
 
 
 async def test_a_lock_above_every_one_held_is_waited_for_even_after_a_savepoint_gave_some_back(
