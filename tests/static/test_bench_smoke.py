@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -12,6 +13,8 @@ import pytest
 from bench.loadgen import Requests, parse_response
 from bench.profile_summary import parse, summarise
 from bench.run import FULL, QUICK, Bench, Ports, cpu_per_item
+from bench.runs_summary import curve_table, scale_table
+from bench.runs_summary import hop_table as runs_hop_table
 from bench.stats import (
     CURVE_POINT_KEYS,
     RESULT_KEYS,
@@ -233,3 +236,16 @@ def test_prometheus_values_are_summed_over_the_matching_labels() -> None:
     assert prometheus_value(page, "coxswain_events_processed_total", topic="leads.qualified.v1") == 5.0
     assert prometheus_value(page, "coxswain_events_processed_total") == 7.0
     assert prometheus_value(page, "coxswain_missing_total") == 0.0
+
+
+def test_runs_summary_quotes_the_median_of_the_runs() -> None:
+    def run(p99: float) -> dict[str, Any]:
+        bench = finished((5, 100))
+        bench.notes["curve"]["5"]["p99_ms"] = p99
+        return {"results": bench.results, "notes": bench.notes}
+
+    runs = [run(10.0), run(30.0), run(2000.0)]
+    table_text = curve_table(runs)
+    assert "| 5 | 5 | 30 | 15 | 2 | n/a |" in table_text.splitlines()
+    assert runs_hop_table(runs, "5") == "(no --hops breakdown at 5/s)"
+    assert "| 1 | 500 | 600 | [60.0, 63.0] | [40.0, 60.0] |" in scale_table(runs)
