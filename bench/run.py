@@ -1060,7 +1060,7 @@ def machine() -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description="Coxswain benchmarks (docs/benchmarks.md).")
-    parser.add_argument("--quick", action="store_true", help="smaller numbers, under two minutes")
+    parser.add_argument("--quick", action="store_true", help="smaller numbers, about three minutes")
     parser.add_argument("--profile", action="store_true", help="sample every service with py-spy while measured")
     parser.add_argument("--keep-stack", action="store_true", help="leave the bench Kafka and PostgreSQL running")
     parser.add_argument("--sla-open", type=int, default=0, help="override the number of open deadlines")
