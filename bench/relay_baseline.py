@@ -7,6 +7,11 @@ business logic. The chain's rate is what Kafka and aiokafka alone allow on this 
 
     python -m bench.relay_baseline hop --src bench.hop0 --dst bench.hop1 --group hop1
     python -m bench.relay_baseline produce --topic bench.hop0 --count 100000
+    python -m bench.relay_baseline paced --topic bench.hop0 --rate 100 --duration 5 --out sent.json
+
+``paced`` is the chain's latency at an offered load: records start at a fixed rate whatever the
+acks do (no coordinated omission), each record's key and the time it was handed to the producer
+go to ``--out``; a watcher at the far end notes when each arrives.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ import argparse
 import asyncio
 import signal
 import sys
+import time
 import uuid
+from pathlib import Path
 
 import orjson
 import uvloop
@@ -69,6 +76,28 @@ async def produce(args: argparse.Namespace) -> None:
                 await future
     finally:
         await client.stop()
+
+
+async def paced(args: argparse.Namespace) -> None:
+    total = int(args.rate * args.duration)
+    records = [payload(index) for index in range(total)]
+    sent: list[tuple[str, float]] = []
+    client = producer(args.bootstrap)
+    await client.start()
+    try:
+        pending = []
+        start = time.time() + 0.05
+        for index, (key, value) in enumerate(records):
+            delay = start + index / args.rate - time.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            sent.append((key.decode(), time.time()))
+            pending.append(await client.send(args.topic, value=value, key=key, headers=HEADERS))
+        for future in pending:
+            await future
+    finally:
+        await client.stop()
+    await asyncio.to_thread(Path(args.out).write_bytes, orjson.dumps(sent))
 
 
 async def hop(args: argparse.Namespace) -> None:
@@ -125,8 +154,14 @@ def main() -> None:
     produce_parser = commands.add_parser("produce")
     produce_parser.add_argument("--topic", required=True)
     produce_parser.add_argument("--count", type=int, required=True)
+    paced_parser = commands.add_parser("paced")
+    paced_parser.add_argument("--topic", required=True)
+    paced_parser.add_argument("--rate", type=float, required=True)
+    paced_parser.add_argument("--duration", type=float, required=True)
+    paced_parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    uvloop.run(hop(args) if args.command == "hop" else produce(args))
+    commands_by_name = {"hop": hop, "produce": produce, "paced": paced}
+    uvloop.run(commands_by_name[args.command](args))
 
 
 if __name__ == "__main__":

@@ -6,10 +6,13 @@ are noisy, ratios much less so. Phases, each with only the processes it measures
 
 1. intake baseline: a bare FastAPI endpoint, same uvicorn settings, closed-loop load;
 2. intake: signed single-event webhooks, then batches, closed-loop load;
-3. end to end (every service its own process): latency at a fixed offered load, then sustained
-   throughput from webhook to armed deadline;
-4. relay baseline: bare aiokafka consume -> produce hops, as many as the pipeline has;
-5. SLA timer: N open deadlines bulk-inserted, a known slice falling due while the monitor runs.
+3. end to end (every service its own process): latency at a fixed offered load (with ``--hops``,
+   where each lead's time went, hop by hop), the latency curve at several offered loads, then
+   sustained throughput from webhook to armed deadline;
+4. scale out: two instances of each consumer service, the same throughput load, and who did what;
+5. relay baseline: bare aiokafka consume -> produce hops, as many as the pipeline has, for
+   throughput and for the latency curve;
+6. SLA timer: N open deadlines bulk-inserted, a known slice falling due while the monitor runs.
 """
 
 from __future__ import annotations
@@ -36,7 +39,18 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from bench.stats import cpu_seconds, percentile, ratio, result_line, sustained_rate, table
+from bench.stats import (
+    cpu_seconds,
+    curve_point,
+    hop_breakdown,
+    hop_table,
+    percentile,
+    prometheus_value,
+    ratio,
+    result_line,
+    sustained_rate,
+    table,
+)
 from coxswain.progress import progress
 from coxswain.runtime.kafka import all_topics
 
@@ -46,7 +60,11 @@ SECRET = "whsec_" + "YmVuY2gtc2VjcmV0LW5vdC1mb3ItcHJvZHVjdGlvbg=="
 SOURCE = "bench"
 HOPS = 3  # intake publishes, then scoring -> router -> sla monitor each consume and produce
 HOP_TOPICS = [f"bench.hop{index}" for index in range(HOPS + 1)]
+# The webhook's 202 -> leads.routed.v1 seen crosses three publishes (received, qualified, routed);
+# in the bare chain that is the producer's record arriving at bench.hop2.
+CURVE_TOPIC = HOP_TOPICS[2]
 PARTITIONS = 3
+CONSUMERS = ("scoring", "router", "sla-monitor")
 
 
 @dataclass(frozen=True)
@@ -68,6 +86,9 @@ class Plan:
     sla_steady_rate: int
     sla_steady_seconds: float
     sla_burst: int
+    curve_rates: tuple[float, ...]
+    curve_seconds: float
+    curve_min_leads: int  # a slow rate runs longer, so each point has enough leads for a p99
 
 
 FULL = Plan(
@@ -88,6 +109,9 @@ FULL = Plan(
     sla_steady_rate=500,
     sla_steady_seconds=20,
     sla_burst=20_000,
+    curve_rates=(5, 50, 100, 200, 400),
+    curve_seconds=10,
+    curve_min_leads=200,
 )
 QUICK = Plan(
     name="quick",
@@ -107,6 +131,9 @@ QUICK = Plan(
     sla_steady_rate=500,
     sla_steady_seconds=5,
     sla_burst=5_000,
+    curve_rates=(5, 50, 100, 200),
+    curve_seconds=4,
+    curve_min_leads=40,
 )
 
 
@@ -137,7 +164,9 @@ class Ports:
         return self.base + 181
 
     def metrics(self, service: str) -> int:
-        return self.base + 182 + ("intake", "scoring", "router", "sla-monitor").index(service)
+        """Each process's metrics port; ``router-2`` is the second router of the scale-out phase."""
+        names = ("intake", "scoring", "router", "sla-monitor", "scoring-2", "router-2", "sla-monitor-2")
+        return self.base + 182 + names.index(service)
 
 
 def port_base() -> int:
@@ -155,6 +184,7 @@ class Bench:
     ports: Ports
     work: Path
     profile: bool = False
+    hops: bool = False
     results: dict[str, Any] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)
     running: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -240,15 +270,20 @@ class Bench:
             self.wait_for_log(name, ready)
         return process
 
-    def service(self, name: str) -> subprocess.Popen[bytes]:
-        log = (self.work / f"{name}.log").open("ab")
+    def service(self, name: str, label: str = "") -> subprocess.Popen[bytes]:
+        """Start service ``name`` as process ``label`` (default: the name; ``router-2``: a second one)."""
+        label = label or name
+        log = (self.work / f"{label}.log").open("ab")
         # Each consumer serves its metrics on a port of the bench's own, never a default another stack uses.
-        env = {**self.env(), "COXSWAIN_METRICS_PORT": str(self.ports.metrics(name))}
+        env = {**self.env(), "COXSWAIN_METRICS_PORT": str(self.ports.metrics(label))}
         process = subprocess.Popen(
             [PYTHON, "-m", "coxswain", "run", name], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
         )
-        self.running[name] = process
+        self.running[label] = process
         return process
+
+    def scrape(self, label: str) -> str:
+        return httpx.get(f"http://127.0.0.1:{self.ports.metrics(label)}/metrics", timeout=5).text
 
     def wait_for_log(self, name: str, needle: str, timeout: float = 60) -> None:
         path, process = self.work / f"{name}.log", self.running[name]
@@ -464,55 +499,16 @@ class Bench:
         url = f"http://127.0.0.1:{self.ports.intake}/v1/webhooks/{SOURCE}/events"
 
         say("end to end latency: %s leads/s offered for %ss", plan.latency_rate, plan.latency_seconds)
-        expected = int(plan.latency_rate * plan.latency_seconds)
-        process, out = self.watcher(
-            "watch-latency",
-            ["leads.received.v1", "leads.qualified.v1", "leads.routed.v1"],
-            "--expect",
-            f"leads.routed.v1={expected}",
-            "--idle",
-            "60",
-            "--timeout",
-            "900",
-        )
-        accepted_file = self.work / "latency-accepted.json"
         with self.profiled("e2e-latency", ["intake", "scoring", "router", "sla-monitor"]):
-            load = self.loadgen(
-                "--url", url, "--mode", "open", "--rate", str(plan.latency_rate), "--duration", str(plan.latency_seconds),
-                "--connections", "32", "--out", str(accepted_file),
-            )  # fmt: skip
-            seen = self.collect("watch-latency", process, out, timeout=900)
-        accepted = {lead: (at, intended) for lead, at, intended in orjson.loads(accepted_file.read_bytes())}
-        first = min((intended for _, intended in accepted.values()), default=0.0)
-        routed = {key: at for key, at in seen["leads.routed.v1"]}
-        measured = {lead: value for lead, value in accepted.items() if value[1] >= first + plan.latency_skip_seconds}
-        latencies = [(routed[lead] - at) * 1000 for lead, (at, _) in measured.items() if lead in routed]
-        from_send = [(routed[lead] - intended) * 1000 for lead, (_, intended) in measured.items() if lead in routed]
-        missing = len(measured) - len(latencies)
-        if missing:
-            say("WARNING: %s accepted leads were not seen routed", missing)
-        self.results["e2e_p50_ms"] = percentile(latencies, 50) if latencies else float("nan")
-        self.results["e2e_p99_ms"] = percentile(latencies, 99) if latencies else float("nan")
-        received = {key: at for key, at in seen["leads.received.v1"]}
-        qualified = {key: at for key, at in seen["leads.qualified.v1"]}
-        hops = {
-            "intake_relay": [received[lead] - at for lead, (at, _) in measured.items() if lead in received],
-            "scoring": [
-                qualified[lead] - received[lead] for lead in measured if lead in qualified and lead in received
-            ],
-            "router": [routed[lead] - qualified[lead] for lead in measured if lead in routed and lead in qualified],
-        }
-        self.notes["latency_p50_ms_by_hop"] = {
-            hop: percentile([v * 1000 for v in values], 50) for hop, values in hops.items() if values
-        }
-        self.notes["latency"] = {
-            "offered_per_s": plan.latency_rate,
-            "measured_leads": len(latencies),
-            "not_routed": missing,
-            "from_send_p99_ms": percentile(from_send, 99) if from_send else float("nan"),
-            "max_ms": max(latencies, default=float("nan")),
-            "http_p99_ms": load["http_p99_ms"],
-        }
+            latency = self.measure_latency(url, plan.latency_rate, plan.latency_seconds, "latency", hops=self.hops)
+        self.results["e2e_p50_ms"] = latency["p50_ms"]
+        self.results["e2e_p99_ms"] = latency["p99_ms"]
+        self.notes["latency"] = latency
+        self.notes["curve"] = {}
+        for rate in plan.curve_rates:
+            seconds = max(plan.curve_seconds, plan.curve_min_leads / rate)
+            say("latency curve: %s leads/s offered for %ss", rate, seconds)
+            self.notes["curve"][str(rate)] = self.measure_latency(url, rate, seconds, f"curve-{rate:g}", self.hops)
 
         say("end to end throughput: %s leads in batches of %s, as fast as taken", plan.e2e_leads, plan.e2e_batch)
         process, out = self.watcher(
@@ -540,6 +536,152 @@ class Bench:
         }
         self.stop("intake", "scoring", "router", "sla-monitor")
 
+    def measure_latency(self, url: str, rate: float, seconds: float, name: str, hops: bool = False) -> dict[str, Any]:
+        """Webhook 202 -> leads.routed.v1 seen, at ``rate`` leads/s offered for ``seconds`` (open loop).
+
+        With ``hops``, also where each lead's time went: the watcher keeps each record's Kafka
+        timestamp and event id, and the database says when each consumer began its batch
+        (``inbox.processed_at``) and when the intake received the request (``intake_events``).
+        """
+        plan = self.plan
+        expected = int(rate * seconds)
+        topics = ["leads.received.v1", "leads.qualified.v1", "leads.routed.v1"]
+        extra = ["--record-time"]
+        for topic in topics[:2]:
+            extra += ["--fields", f"{topic}=event_id"]
+        process, out = self.watcher(
+            f"watch-{name}", topics, "--expect", f"leads.routed.v1={expected}", "--idle", "60", "--timeout", "900",
+            *(extra if hops else []),
+        )  # fmt: skip
+        accepted_file = self.work / f"{name}-accepted.json"
+        load = self.loadgen(
+            "--url", url, "--mode", "open", "--rate", str(rate), "--duration", str(seconds),
+            "--connections", "32", "--out", str(accepted_file),
+        )  # fmt: skip
+        seen = self.collect(f"watch-{name}", process, out, timeout=900)
+        accepted = {lead: (at, intended) for lead, at, intended in orjson.loads(accepted_file.read_bytes())}
+        first = min((intended for _, intended in accepted.values()), default=0.0)
+        routed = {row[0]: row[1] for row in seen["leads.routed.v1"]}
+        skip = min(plan.latency_skip_seconds, seconds / 4)
+        measured = {lead: value for lead, value in accepted.items() if value[1] >= first + skip}
+        latencies = [(routed[lead] - at) * 1000 for lead, (at, _) in measured.items() if lead in routed]
+        from_send = [(routed[lead] - intended) * 1000 for lead, (_, intended) in measured.items() if lead in routed]
+        missing = len(measured) - len(latencies)
+        if missing:
+            say("WARNING: %s accepted leads were not seen routed", missing)
+        received = {row[0]: row[1] for row in seen["leads.received.v1"]}
+        qualified = {row[0]: row[1] for row in seen["leads.qualified.v1"]}
+        by_hop = {
+            "intake_relay": [received[lead] - at for lead, (at, _) in measured.items() if lead in received],
+            "scoring": [
+                qualified[lead] - received[lead] for lead in measured if lead in qualified and lead in received
+            ],
+            "router": [routed[lead] - qualified[lead] for lead in measured if lead in routed and lead in qualified],
+        }
+        result: dict[str, Any] = {
+            "offered_per_s": rate,
+            **curve_point(latencies),
+            "measured_leads": len(latencies),
+            "not_routed": missing,
+            "from_send_p99_ms": percentile(from_send, 99) if from_send else float("nan"),
+            "http_p99_ms": load["http_p99_ms"],
+            "p50_ms_by_hop": {
+                hop: percentile([v * 1000 for v in values], 50) for hop, values in by_hop.items() if values
+            },
+        }
+        if hops:
+            result["hops"] = asyncio.run(self._hops(measured, seen))
+        return result
+
+    async def _hops(self, measured: dict[str, tuple[float, float]], seen: dict[str, Any]) -> dict[str, Any]:
+        """Per lead, the stamps along its way, joined by lead id and event id; then p50/p99 per hop."""
+        received = {row[0]: row for row in seen["leads.received.v1"]}  # key, seen, event_id, record time (last)
+        qualified = {row[0]: row for row in seen["leads.qualified.v1"]}
+        routed = {row[0]: row for row in seen["leads.routed.v1"]}
+        leads = [lead for lead in measured if lead in received and lead in qualified and lead in routed]
+        connection = await asyncpg.connect(self.dsn)
+        try:
+            began = {
+                (row["consumer"], str(row["event_id"])): row["at"]
+                for row in await connection.fetch(
+                    "SELECT consumer, event_id, extract(epoch FROM processed_at)::float8 AS at FROM inbox "
+                    "WHERE event_id = ANY($1::uuid[])",
+                    [received[lead][2] for lead in leads] + [qualified[lead][2] for lead in leads],
+                )
+            }
+            arrived = {
+                str(row["lead_id"]): row["at"]
+                for row in await connection.fetch(
+                    "SELECT lead_id, min(extract(epoch FROM received_at))::float8 AS at FROM intake_events "
+                    "WHERE lead_id = ANY($1::uuid[]) GROUP BY lead_id",
+                    leads,
+                )
+            }
+        finally:
+            await connection.close()
+        stamps = []
+        for lead in leads:
+            scoring = began.get(("scoring", received[lead][2]))
+            router = began.get(("router", qualified[lead][2]))
+            if scoring is None or router is None or lead not in arrived:
+                continue
+            stamps.append(
+                {
+                    "intake_received": arrived[lead],
+                    "accepted_202": measured[lead][0],
+                    "received_record": received[lead][-1],
+                    "scoring_began": scoring,
+                    "qualified_record": qualified[lead][-1],
+                    "router_began": router,
+                    "routed_record": routed[lead][-1],
+                    "routed_seen": routed[lead][1],
+                }
+            )
+        return hop_breakdown(stamps)
+
+    def phase_scale(self) -> None:
+        """Two instances of each consumer service in their groups: throughput, and each one's share."""
+        plan = self.plan
+        self.skip_backlog()
+        if "intake" not in self.running:
+            self.service("intake")
+            self.wait_http("intake", f"http://127.0.0.1:{self.ports.intake}/readyz")
+        labels = [label for name in CONSUMERS for label in (name, f"{name}-2")]
+        say("scale out: two instances of %s", ", ".join(CONSUMERS))
+        for name in CONSUMERS:
+            self.service(name)
+            self.service(name, f"{name}-2")
+        for label in labels:
+            self.wait_for_log(label, "partitions assigned")
+        url = f"http://127.0.0.1:{self.ports.intake}/v1/webhooks/{SOURCE}/events"
+        process, out = self.watcher(
+            "watch-scale", ["leads.routed.v1", "sla.armed.v1"],
+            "--expect", f"sla.armed.v1={plan.e2e_leads}", "--expect", f"leads.routed.v1={plan.e2e_leads}",
+            "--idle", "30", "--timeout", "900",
+        )  # fmt: skip
+        self.loadgen(
+            "--url", url, "--mode", "count", "--count", str(plan.e2e_leads), "--batch", str(plan.e2e_batch),
+            "--connections", str(plan.e2e_connections),
+        )  # fmt: skip
+        seen = self.collect("watch-scale", process, out, timeout=900)
+        armed = [at for _, at in seen["sla.armed.v1"]]
+        pages = {label: self.scrape(label) for label in labels}
+        published = {label: prometheus_value(page, "coxswain_outbox_published_total") for label, page in pages.items()}
+        decisions = {
+            label: prometheus_value(
+                pages[label], "coxswain_events_processed_total", consumer="router", topic="leads.qualified.v1"
+            )
+            for label in ("router", "router-2")
+        }
+        self.notes["scale"] = {
+            "leads": plan.e2e_leads,
+            "armed": len(armed),
+            "leads_per_s": sustained_rate(armed) if len(armed) > 1 else float("nan"),
+            "relay_published_by_process": published,
+            "decisions_by_process": decisions,
+        }
+        self.stop("intake", *labels)
+
     def phase_relay_baseline(self) -> None:
         records = self.plan.relay_records
         say("relay baseline: %s records through %s bare aiokafka hops", records, HOPS)
@@ -566,7 +708,85 @@ class Bench:
         arrivals = [at for _, at in seen[HOP_TOPICS[-1]]]
         self.results["relay_baseline_per_s"] = sustained_rate(arrivals) if len(arrivals) > 1 else float("nan")
         self.notes["relay"] = {"records": records, "arrived": len(arrivals)}
+        self.notes["relay_curve"] = {}
+        for rate in self.plan.curve_rates:
+            seconds = max(self.plan.curve_seconds, self.plan.curve_min_leads / rate)
+            say("relay baseline latency: %s records/s offered for %ss", rate, seconds)
+            self.notes["relay_curve"][str(rate)] = self.relay_latency(relay, rate, seconds)
         self.stop(*(f"hop{index}" for index in range(1, HOPS + 1)))
+
+    def relay_latency(self, relay: list[str], rate: float, seconds: float) -> dict[str, Any]:
+        """The bare chain's latency: record handed to the producer -> seen at the third topic."""
+        expected = int(rate * seconds)
+        name = f"watch-relay-{rate:g}"
+        process, out = self.watcher(
+            name, [CURVE_TOPIC], "--expect", f"{CURVE_TOPIC}={expected}", "--idle", "30", "--timeout", "600"
+        )
+        sent_file = self.work / f"relay-{rate:g}-sent.json"
+        subprocess.run(
+            [*relay, "paced", "--topic", HOP_TOPICS[0], "--rate", str(rate), "--duration", str(seconds),
+             "--out", str(sent_file)],
+            check=True, cwd=ROOT,
+        )  # fmt: skip
+        seen = {row[0]: row[1] for row in self.collect(name, process, out, timeout=600)[CURVE_TOPIC]}
+        sent = orjson.loads(sent_file.read_bytes())
+        first = min((at for _, at in sent), default=0.0)
+        skip = min(self.plan.latency_skip_seconds, seconds / 4)
+        latencies = [(seen[key] - at) * 1000 for key, at in sent if at >= first + skip and key in seen]
+        return {"offered_per_s": rate, **curve_point(latencies), "measured": len(latencies)}
+
+    def finish(self) -> None:
+        """The curve and scale-out figures of the last line, from what the phases noted."""
+        e2e, relay = self.notes.get("curve", {}), self.notes.get("relay_curve", {})
+        nan = float("nan")
+        if e2e or relay:
+            self.results["latency_curve"] = [
+                {
+                    "offered_per_s": rate,
+                    "p50_ms": e2e.get(str(rate), {}).get("p50_ms", nan),
+                    "p99_ms": e2e.get(str(rate), {}).get("p99_ms", nan),
+                    "max_ms": e2e.get(str(rate), {}).get("max_ms", nan),
+                    "baseline_p50_ms": relay.get(str(rate), {}).get("p50_ms", nan),
+                    "baseline_p99_ms": relay.get(str(rate), {}).get("p99_ms", nan),
+                }
+                for rate in self.plan.curve_rates
+            ]
+        scale = self.notes.get("scale")
+        if scale is not None:
+            published = scale["relay_published_by_process"]
+            self.results["scale_out"] = {
+                "instances": 2,
+                "leads_per_s": scale["leads_per_s"],
+                "leads_per_s_one_instance": self.results.get("e2e_leads_per_s", nan),
+                # Per instance: its scoring, router and sla-monitor together (the intake is one process).
+                "relay_published_by_instance": [
+                    sum(published[f"{name}{suffix}"] for name in CONSUMERS) for suffix in ("", "-2")
+                ],
+                "decisions_by_instance": [scale["decisions_by_process"][label] for label in ("router", "router-2")],
+            }
+
+    def curve_report(self) -> str:
+        rows: list[tuple[str, Any, str]] = []
+        for point in self.results.get("latency_curve", []):
+            rows.append(
+                (
+                    f"e2e p99 ms at {point['offered_per_s']:g}/s",
+                    point["p99_ms"],
+                    f"p50 {point['p50_ms']:.0f}, max {point['max_ms']:.0f}; bare chain p50 "
+                    f"{point['baseline_p50_ms']:.0f}, p99 {point['baseline_p99_ms']:.0f}",
+                )
+            )
+        scale = self.results.get("scale_out")
+        if scale:
+            rows.append(
+                (
+                    "leads per s, 2 instances",
+                    scale["leads_per_s"],
+                    f"one instance {scale['leads_per_s_one_instance']:.0f}/s; relayed by instance "
+                    f"{scale['relay_published_by_instance']}; decisions by instance {scale['decisions_by_instance']}",
+                )
+            )
+        return table(rows) if rows else ""
 
     def phase_sla(self) -> None:
         plan = self.plan
@@ -840,12 +1060,15 @@ def machine() -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description="Coxswain benchmarks (docs/benchmarks.md).")
-    parser.add_argument("--quick", action="store_true", help="smaller numbers, under two minutes")
+    parser.add_argument("--quick", action="store_true", help="smaller numbers, about three minutes")
     parser.add_argument("--profile", action="store_true", help="sample every service with py-spy while measured")
     parser.add_argument("--keep-stack", action="store_true", help="leave the bench Kafka and PostgreSQL running")
     parser.add_argument("--sla-open", type=int, default=0, help="override the number of open deadlines")
     parser.add_argument("--latency-rate", type=float, default=0, help="override the offered load of the latency phase")
-    parser.add_argument("--only", default="", help="comma-separated phases: intake,e2e,relay,sla (for development)")
+    parser.add_argument(
+        "--only", default="", help="comma-separated phases: intake,e2e,scale,relay,sla (for development)"
+    )
+    parser.add_argument("--hops", action="store_true", help="break the latency phase's time down hop by hop")
     return parser.parse_args(argv)
 
 
@@ -859,12 +1082,13 @@ def main(argv: list[str] | None = None) -> None:
     work = ROOT / ".local" / "bench" / "run"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    bench = Bench(plan=plan, ports=Ports(port_base()), work=work, profile=args.profile)
+    bench = Bench(plan=plan, ports=Ports(port_base()), work=work, profile=args.profile, hops=args.hops)
     began = time.monotonic()
     say("%s run on %s; logs in %s", plan.name, machine(), work)
     phases = {
         "intake": bench.phase_intake,
         "e2e": bench.phase_e2e,
+        "scale": bench.phase_scale,
         "relay": bench.phase_relay_baseline,
         "sla": bench.phase_sla,
     }
@@ -885,11 +1109,19 @@ def main(argv: list[str] | None = None) -> None:
         bench.stop()
         if not args.keep_stack:
             bench.stack("down")
+    bench.finish()
     (work / "notes.json").write_bytes(orjson.dumps({"results": bench.results, "notes": bench.notes}))
+    for rate, point in bench.notes.get("curve", {}).items():
+        if "hops" in point:
+            sys.stdout.write(f"where the time goes at {float(rate):g} leads/s offered (ms per lead)\n")
+            sys.stdout.write(hop_table(point["hops"]) + "\n\n")
     say("done in %.0fs", time.monotonic() - began)
     if set(chosen) != set(phases):
+        if bench.curve_report():
+            sys.stdout.write(bench.curve_report() + "\n\n")
         sys.stdout.write(orjson.dumps(bench.results).decode() + "\n")
         return
     sys.stdout.write(bench.cpu_report() + "\n\n")
+    sys.stdout.write(bench.curve_report() + "\n\n")
     sys.stdout.write(bench.report() + "\n")
     sys.stdout.write(result_line(bench.results) + "\n")

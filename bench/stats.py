@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,6 +23,28 @@ RESULT_KEYS: tuple[str, ...] = (
     "sla_open_deadlines",
     "sla_fire_lag_p99_ms",
     "sla_fire_rate_per_s",
+    "latency_curve",
+    "scale_out",
+)
+CURVE_POINT_KEYS = ("offered_per_s", "p50_ms", "p99_ms", "max_ms", "baseline_p50_ms", "baseline_p99_ms")
+SCALE_OUT_KEYS = (
+    "instances",
+    "leads_per_s",
+    "leads_per_s_one_instance",
+    "relay_published_by_instance",
+    "decisions_by_instance",
+)
+# A lead's stamps in the order it passes them; each hop is the time from one to the next, so the
+# hops from ``accepted_202`` on add up to the end-to-end latency.
+STAMPS = (
+    ("intake_received", "intake: request received -> 202 seen by the client (handler, group commit)"),
+    ("accepted_202", "intake relay: 202 -> leads.received record created (outbox pickup)"),
+    ("received_record", "scoring fetch: record created -> scoring batch began (Kafka, fetch timers)"),
+    ("scoring_began", "scoring: batch began -> leads.qualified record created (transaction, commit, relay)"),
+    ("qualified_record", "router fetch: record created -> router batch began (Kafka, fetch timers)"),
+    ("router_began", "router: batch began -> leads.routed record created (transaction, commit, relay)"),
+    ("routed_record", "watcher: record created -> seen by a consumer (Kafka, fetch)"),
+    ("routed_seen", ""),
 )
 
 
@@ -53,6 +77,59 @@ def sustained_rate(arrivals: Sequence[float], low: float = 0.1, high: float = 0.
     return (last - first) / span
 
 
+def curve_point(latencies_ms: Sequence[float]) -> dict[str, float]:
+    """p50, p99 and max of one offered load's latencies (NaN when nothing arrived)."""
+    if not latencies_ms:
+        return {"p50_ms": math.nan, "p99_ms": math.nan, "max_ms": math.nan}
+    return {
+        "p50_ms": percentile(latencies_ms, 50),
+        "p99_ms": percentile(latencies_ms, 99),
+        "max_ms": max(latencies_ms),
+    }
+
+
+def hop_breakdown(stamps: Sequence[Mapping[str, float]]) -> dict[str, Any]:
+    """Per hop (time between consecutive ``STAMPS``, in ms): p50, p99 and mean over the leads.
+
+    Means add up (to the mean end-to-end time); percentiles of hops do not, but show the tails.
+    """
+    names = [name for name, _ in STAMPS]
+    hops: dict[str, Any] = {}
+    for start, end in itertools.pairwise(names):
+        values = [(lead[end] - lead[start]) * 1000 for lead in stamps]
+        hops[f"{start}->{end}"] = {
+            "p50_ms": percentile(values, 50) if values else math.nan,
+            "p99_ms": percentile(values, 99) if values else math.nan,
+            "mean_ms": sum(values) / len(values) if values else math.nan,
+        }
+    total = [(lead["routed_seen"] - lead["accepted_202"]) * 1000 for lead in stamps]
+    return {"leads": len(stamps), "hops": hops, "e2e_mean_ms": sum(total) / len(total) if total else math.nan}
+
+
+def hop_table(breakdown: Mapping[str, Any]) -> str:
+    rows: list[tuple[str, Any, str]] = []
+    for (name, label), hop in zip(STAMPS, breakdown["hops"].values(), strict=False):
+        rows.append((name, hop["p50_ms"], f"p99 {hop['p99_ms']:.1f}, mean {hop['mean_ms']:.1f}: {label}"))
+    rows.append(("202 -> routed seen (mean)", breakdown["e2e_mean_ms"], f"{breakdown['leads']} leads"))
+    return table(rows)
+
+
+def prometheus_value(page: str, name: str, **labels: str) -> float:
+    """The sum of a metric's samples whose labels include ``labels``, from a Prometheus text page."""
+    total = 0.0
+    for line in page.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        head, _, value = line.rpartition(" ")
+        metric, _, rest = head.partition("{")
+        if metric != name:
+            continue
+        found = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', rest))
+        if all(found.get(key) == wanted for key, wanted in labels.items()):
+            total += float(value)
+    return total
+
+
 def cpu_seconds(stat: str, children: bool = False) -> float:
     """User + system CPU seconds from a ``/proc/<pid>/stat`` line (and of reaped children if asked)."""
     fields = stat[stat.rindex(")") + 2 :].split()
@@ -67,7 +144,7 @@ def ratio(value: float, baseline: float) -> float:
     return value / baseline if baseline > 0 else math.nan
 
 
-def result_line(results: Mapping[str, float | int]) -> str:
+def result_line(results: Mapping[str, Any]) -> str:
     """The machine-readable last line: exactly the documented keys, in their documented order."""
     missing = [key for key in RESULT_KEYS if key not in results]
     extra = sorted(set(results) - set(RESULT_KEYS))
@@ -76,7 +153,11 @@ def result_line(results: Mapping[str, float | int]) -> str:
     return orjson.dumps({key: _rounded(results[key]) for key in RESULT_KEYS}).decode()
 
 
-def _rounded(value: float | int) -> float | int | None:
+def _rounded(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {key: _rounded(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_rounded(item) for item in value]
     if isinstance(value, int):
         return value
     if math.isnan(value) or math.isinf(value):

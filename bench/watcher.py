@@ -2,7 +2,8 @@
 
 It starts at the end of each topic (only records produced after it said ``ready`` count), keeps
 the key (the lead id) and the arrival time of every record, and for the topics named in
-``--fields`` also those fields of the JSON value. It stops when every ``--expect`` count is
+``--fields`` also those fields of the JSON value (and, with ``--record-time``, the record's own
+Kafka timestamp in seconds, last: when the producer created it). It stops when every ``--expect`` count is
 reached, when nothing arrived for ``--idle`` seconds (counted from ``ready`` until the first
 record), or at ``--timeout``, then writes a JSON
 file: ``{topic: [[key, seen_at, field...], ...]}``.
@@ -30,6 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", required=True)
     parser.add_argument("--expect", action="append", default=[], help="TOPIC=COUNT, may repeat")
     parser.add_argument("--fields", action="append", default=[], help="TOPIC=FIELD,FIELD: JSON fields to keep")
+    parser.add_argument("--record-time", action="store_true", help="append each record's Kafka timestamp (s)")
     parser.add_argument("--idle", type=float, default=0.0, help="stop after this long without a record (0: never)")
     parser.add_argument("--timeout", type=float, default=120.0)
     return parser.parse_args(argv)
@@ -66,6 +68,8 @@ async def watch(args: argparse.Namespace) -> dict[str, list[list[Any]]]:
                     if keep:
                         value = orjson.loads(record.value)
                         row.extend(value.get(name) for name in keep)
+                    if args.record_time:
+                        row.append(record.timestamp / 1000)
                     rows.append(row)
             if batch:
                 last = time.monotonic()

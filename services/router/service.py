@@ -1,12 +1,12 @@
-"""Router shell: load what a run of decisions needs under a lock, ask the core for each decision
-in order against that state in memory, store the outcomes and the new rotations and counters in
-the same transaction (one statement each, whatever the run's length), return the facts.
+"""Router shell: load what a run of decisions needs under its locks, ask the core for each
+decision in order against that state in memory, store the outcomes and the new rotations and
+counters in the same transaction (one statement each, whatever the run's length), return the facts.
 
-Routing decisions are serialised across router instances by one transaction-scoped advisory
-lock: a decision reads several pools and reps (owner, matched pool, fallback pool, their loads)
-and a batch transaction makes several decisions, so row locks alone could be taken in opposite
-orders by two instances and deadlock. The lock is released by the commit (or by PostgreSQL when
-a killed process's connection drops), so a crash never leaves it held.
+Routing decisions are serialised only where they conflict: a run takes a transaction-scoped
+advisory lock on every lead, domain, pool and rep it may read (``services/router/locks.py`` says
+which and why no deadlock), so routers deciding for different pools and reps do not wait for each
+other. The locks are released by the commit (or by PostgreSQL when a killed process's connection
+drops), so a crash never leaves one held.
 
 Nobody eligible is not an error: the lead waits in ``unassigned_leads`` (with a
 ``leads.unassigned.v1`` fact) and ``run_retry`` routes it once someone becomes eligible.
@@ -54,10 +54,9 @@ from schemas.events import (
     Stage,
     Tier,
 )
+from services.router import locks
 
 log = logging.getLogger(__name__)
-
-ROUTING_LOCK = 0x726F757465  # advisory lock key: "route"
 
 ACCEPTS: dict[str, tuple[type[Event], ...]] = {
     LeadQualifiedV1.topic: (LeadQualifiedV1,),
@@ -120,15 +119,69 @@ async def load_overrides(connection: AsyncConnection, revision: int) -> RosterOv
 
 
 async def begin_routing(connection: AsyncConnection) -> int:
-    """Take the routing lock for the rest of the transaction; return the roster revision."""
-    # Each later statement takes a fresh snapshot, so it sees whatever the previous holder committed.
-    row = (
-        await connection.execute(
-            text("SELECT pg_advisory_xact_lock(:k), (SELECT revision FROM roster_revision WHERE id = 1) AS revision"),
-            {"k": ROUTING_LOCK},
-        )
-    ).one()
-    return int(row.revision or 0)
+    """The roster revision in force; the locks are taken per run by ``lock_for``."""
+    return int(await connection.scalar(text("SELECT revision FROM roster_revision WHERE id = 1")) or 0)
+
+
+def _domains(requests: Sequence[RouteRequest], agreement: Agreement) -> dict[str, int]:
+    """Per domain of the run, how many of its newest open leads a decision may look at: as many as
+    the run has leads from it, plus one (a lead never counts as its own domain's holder)."""
+    free_mail = agreement.routing.ownership.free_mail_domains
+    domains: dict[str, int] = {}
+    for request in requests:
+        domain = lead_domain(request.attributes, free_mail)
+        if domain:
+            domains[domain] = domains.get(domain, 1) + 1
+    return domains
+
+
+def _pools(requests: Sequence[RouteRequest], agreement: Agreement) -> set[str]:
+    """The pools the requests' rules match. Not the fallback pool: a decision reads it only when
+    nobody in its own pool is eligible, and locking it every time would serialise every decision
+    again; ``route_requests`` locks it when a decision turns out to need it."""
+    return {select_pool(request.routing_input(), agreement)[1] for request in requests}
+
+
+@dataclass
+class Held:
+    """The pools and reps whose routing locks this transaction holds for a run."""
+
+    pools: set[str]
+    reps: set[str]
+
+
+async def lock_for(
+    connection: AsyncConnection,
+    requests: Sequence[RouteRequest],
+    agreement: Agreement,
+    roster: Roster,
+    also_leads: Sequence[uuid.UUID] = (),
+) -> Held:
+    """Lock every lead, domain, pool and rep the requests (and releases of ``also_leads``) may
+    read; return the reps locked. Reps outside the pools (account owners, open-domain holders,
+    current holders) are found by a read without locks first; ``load_state`` checks afterwards
+    that the state it read names no other."""
+    domains = _domains(requests, agreement)
+    pools = _pools(requests, agreement)
+    leads = sorted({*(request.lead_id for request in requests), *also_leads})
+    found = await connection.execute(
+        text(
+            "SELECT owner_rep_id AS rep_id FROM accounts WHERE domain = ANY(:candidates) UNION "
+            "SELECT h.rep_id FROM unnest(CAST(:domains AS text[]), CAST(:limits AS int[])) AS d(domain, n), "
+            "LATERAL (SELECT rep_id FROM lead_routing WHERE open AND domain = d.domain "
+            "ORDER BY opened_at DESC LIMIT d.n) AS h UNION "
+            "SELECT rep_id FROM lead_routing WHERE lead_id = ANY(:leads)"
+        ),
+        {
+            "candidates": sorted({candidate for domain in domains for candidate in parent_domains(domain)}),
+            "domains": list(domains),
+            "limits": list(domains.values()),
+            "leads": leads,
+        },
+    )
+    reps = {member.rep for pool in pools for member in roster.pools.get(pool, ())} | {row.rep_id for row in found}
+    await locks.acquire(connection, locks.keys_for(leads, domains, pools, reps))
+    return Held(pools, reps)
 
 
 @dataclass
@@ -161,6 +214,14 @@ class RoutingState:
     settled: list[uuid.UUID] = field(default_factory=list)  # leads whose wait in unassigned_leads ends
     settled_keys: list[uuid.UUID] = field(default_factory=list)  # decisions whose wait ends
 
+    def named_reps(self) -> set[str]:
+        """Reps outside the pools whose counters this state read: owners, domain holders, holders."""
+        return (
+            set(self.accounts.values())
+            | {rep for held in self.open_by_domain.values() for _, rep in held}
+            | {holding.rep_id for holding in self.holdings.values()}
+        )
+
     def situation(self, now: datetime, roster: Roster, lead_id: uuid.UUID, domain: str | None) -> Situation:
         owner_domain = next((d for d in parent_domains(domain) if d in self.accounts), None) if domain else None
         holder = next((rep for lead, rep in self.open_by_domain.get(domain or "", []) if lead != lead_id), None)
@@ -176,22 +237,19 @@ class RoutingState:
 
 
 async def load_state(
-    connection: AsyncConnection, requests: Sequence[RouteRequest], agreement: Agreement, roster: Roster, now: datetime
+    connection: AsyncConnection,
+    requests: Sequence[RouteRequest],
+    agreement: Agreement,
+    roster: Roster,
+    now: datetime,
+    pools: set[str],
 ) -> RoutingState:
     """One round trip (two the first time a pool is seen) for everything a run of decisions reads:
     the pools' rotation rows (locked), the accounts owning the leads' domains, the newest open leads
     of those domains, the leads' current holders (locked), which decisions are already stored, and
-    the counters of every rep any of it names. The caller holds the routing lock, so this snapshot
-    includes everything the previous holder committed."""
-    free_mail = agreement.routing.ownership.free_mail_domains
-    pools: set[str] = set()
-    domains: dict[str, int] = {}
-    for request in requests:
-        _, pool_id = select_pool(request.routing_input(), agreement)
-        pools |= {pool_id, agreement.routing.fallback_pool}
-        domain = lead_domain(request.attributes, free_mail)
-        if domain:
-            domains[domain] = domains.get(domain, 1) + 1
+    the counters of every rep any of it names. The caller holds the run's locks (``lock_for``), so
+    this snapshot includes everything the previous holders committed. ``pools``: the locked ones."""
+    domains = _domains(requests, agreement)
     reps = {member.rep for pool in pools for member in roster.pools.get(pool, ())}
     query = text(
         "WITH rot AS MATERIALIZED (SELECT pool_id, current, assigned, away FROM pool_rotation "
@@ -273,28 +331,78 @@ async def route_requests(
     roster: Roster,
     requests: Sequence[RouteRequest],
     now: datetime,
+    locked: Held | None = None,
 ) -> list[tuple[RoutingDecision, list[Event]]]:
     """Decide requests in order, each seeing the ones before it, in a fixed number of statements
-    (plus one per parked lead). Each lead at most once: the caller splits runs on a repeat."""
+    (plus one per parked lead). Each lead at most once: the caller splits runs on a repeat.
+    ``locked``: what the caller already locked with ``lock_for`` for these requests."""
     assert len({request.lead_id for request in requests}) == len(requests), "a lead twice in one run"
     if not requests:
         return []
-    state = await load_state(connection, requests, agreement, roster, now)
+    held = locked or await lock_for(connection, requests, agreement, roster)
+    held = Held(set(held.pools), set(held.reps))
+    while True:
+        state = await load_state(connection, requests, agreement, roster, now, held.pools)
+        if unlocked := state.named_reps() - held.reps:
+            # The world moved between lock_for's look and the locks (an account changed owner, a
+            # holder's lead was released): lock those reps too, then read their counters again.
+            await locks.acquire(connection, locks.keys_for(reps=unlocked))
+            held.reps |= unlocked
+            continue
+        results, needed = decide(state, requests, agreement, roster, now, held.pools)
+        if not needed:
+            break
+        # A decision fell through to a pool not locked (the fallback): lock it and its reps, and
+        # decide the run again from a fresh read; nothing was written yet.
+        reps = {member.rep for pool in needed for member in roster.pools.get(pool, ())}
+        await locks.acquire(connection, locks.keys_for(pools=needed, reps=reps))
+        held.pools |= needed
+        held.reps |= reps
+    for index, (decision, facts) in enumerate(results):
+        if decision.rep_id is None:
+            results[index] = (decision, await park(connection, requests[index], decision, agreement, now))
+        for fact in facts:
+            if isinstance(fact, LeadRoutedV1):
+                log.info(
+                    "lead routed: lead_id=%s assignment_id=%s rep_id=%s pool_id=%s rule_id=%s matched_by=%s",
+                    fact.lead_id,
+                    fact.assignment_id,
+                    fact.rep_id,
+                    fact.pool_id,
+                    fact.rule_id,
+                    decision.matched_by,
+                )
+    await store(connection, state, now)
+    return results
+
+
+def decide(
+    state: RoutingState,
+    requests: Sequence[RouteRequest],
+    agreement: Agreement,
+    roster: Roster,
+    now: datetime,
+    pools: set[str],
+) -> tuple[list[tuple[RoutingDecision, list[Event]]], set[str]]:
+    """Every decision of the run in memory, each applied to ``state`` before the next; a parked
+    lead's facts come from ``park``, once the run's locks are known to cover what it read.
+    Stops at the first decision that read a pool outside ``pools`` and returns those pools."""
     results: list[tuple[RoutingDecision, list[Event]]] = []
     for request in requests:
         domain = lead_domain(request.attributes, agreement.routing.ownership.free_mail_domains)
         situation = state.situation(now, roster, request.lead_id, domain)
         decision = route(request.routing_input(), agreement, situation, exclude=request.exclude)
+        if needed := set(decision.rotations_after) - pools:
+            return results, needed
         if decision.rep_id is None:
-            results.append((decision, await park(connection, request, decision, agreement, now)))
+            results.append((decision, []))
         elif request.decision_key in state.decided:
             # Already decided (a redelivery past the inbox): nothing may wait for it any longer.
             state.settled_keys.append(request.decision_key)
             results.append((decision, []))
         else:
             results.append((decision, [assign(state, request, decision, agreement, roster.revision, now)]))
-    await store(connection, state, now)
-    return results
+    return results, set()
 
 
 def assign(
@@ -366,15 +474,6 @@ def assign(
         state.open_by_domain.setdefault(decision.domain, []).insert(0, (request.lead_id, rep_id))
         state.domain_of[request.lead_id] = decision.domain
     state.settled.append(request.lead_id)
-    log.info(
-        "lead routed: lead_id=%s assignment_id=%s rep_id=%s pool_id=%s rule_id=%s matched_by=%s",
-        request.lead_id,
-        assignment_id,
-        rep_id,
-        decision.pool_id,
-        decision.rule_id,
-        decision.matched_by,
-    )
     return LeadRoutedV1(
         event_id=uuid.uuid5(request.decision_key, "routed"),
         lead_id=request.lead_id,
@@ -557,7 +656,16 @@ async def _release_load(connection: AsyncConnection, rep_id: str, load: int, now
 
 async def release(connection: AsyncConnection, lead_id: uuid.UUID, happened_at: datetime, now: datetime) -> None:
     """The lead no longer counts against its rep; an older fact cannot release a newer assignment."""
-    await begin_routing(connection)
+    # The lead's lock keeps its holder from changing, the holder's lock orders this against
+    # decisions reading that rep's counters. The first look is without locks, so look again.
+    reps: set[str] = set()
+    while (
+        holder := await connection.scalar(text("SELECT rep_id FROM lead_routing WHERE lead_id = :l"), {"l": lead_id})
+    ) not in reps:
+        if holder is None:
+            return
+        reps.add(holder)
+        await locks.acquire(connection, locks.keys_for(leads=[lead_id], reps=[holder]))
     row = (
         await connection.execute(
             text(
@@ -639,12 +747,27 @@ def make_batch_handler(agreement: Agreement) -> BatchHandler:
         left by the events before it."""
         facts: list[list[Event]] = [[] for _ in events]
         run: list[tuple[int, RouteRequest]] = []
+        revision = await begin_routing(connection)
+        roster = await cache.get(connection, agreement, revision)
+        qualified = [qualified_request(event) for event in events if isinstance(event, LeadQualifiedV1)]
+        # What every decision of the batch may read, locked in one ordered statement up front, so
+        # the runs below seldom need another lock (and then never wait for it out of order).
+        locked = (
+            await lock_for(
+                connection,
+                qualified,
+                agreement,
+                roster,
+                also_leads=[event.lead_id for event in events if not isinstance(event, LeadQualifiedV1)],
+            )
+            if qualified
+            else None
+        )
 
         async def flush() -> None:
             if run:
-                revision = await begin_routing(connection)
-                roster = await cache.get(connection, agreement, revision)
-                results = await route_requests(connection, agreement, roster, [request for _, request in run], now)
+                requests = [request for _, request in run]
+                results = await route_requests(connection, agreement, roster, requests, now, locked)
                 for (index, _), (_, found) in zip(run, results, strict=True):
                     facts[index] = found
                 run.clear()
@@ -668,10 +791,11 @@ def make_batch_handler(agreement: Agreement) -> BatchHandler:
             if not isinstance(event, ReassignmentRequestedV1):
                 raise PermanentError(f"router does not handle {type(event).__name__}")
             await flush()
-            revision = await begin_routing(connection)
+            # Its lead first: reassignment_request locks the lead's row, and row locks are only
+            # taken under the routing lock of what they protect.
+            await locks.acquire(connection, locks.keys_for(leads=[event.lead_id]))
             request = await reassignment_request(connection, event, agreement.routing.reassign_exclude_last)
             if request is not None:
-                roster = await cache.get(connection, agreement, revision)
                 _, facts[index] = await route_request(connection, agreement, roster, request, now)
         await flush()
         return facts
@@ -693,12 +817,19 @@ async def retry_parked(
     async with engine.begin() as connection:
         now = clock()
         revision = await begin_routing(connection)
+        roster = await cache.get(connection, agreement, revision)
+        page = await connection.execute(
+            text("SELECT request FROM unassigned_leads ORDER BY parked_at LIMIT :n"), {"n": limit}
+        )
+        seen = [RouteRequest.model_validate(row.request) for row in page]
+        # Locks first, then the rows again: a router may have parked a newer request for one of
+        # these leads, or routed it, before the locks were ours.
+        await lock_for(connection, seen, agreement, roster)
         rows = await connection.execute(
-            text("SELECT request FROM unassigned_leads ORDER BY parked_at LIMIT :n FOR UPDATE SKIP LOCKED"),
-            {"n": limit},
+            text("SELECT request FROM unassigned_leads WHERE lead_id = ANY(:leads) ORDER BY parked_at FOR UPDATE"),
+            {"leads": [request.lead_id for request in seen]},
         )
         requests = [RouteRequest.model_validate(row.request) for row in rows]
-        roster = await cache.get(connection, agreement, revision)
         # unassigned_leads holds one request per lead, so the whole page is one run.
         results = await route_requests(connection, agreement, roster, requests, now)
         facts = [fact for _, found in results for fact in found]

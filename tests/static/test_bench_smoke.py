@@ -4,14 +4,32 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
 from bench.loadgen import Requests, parse_response
 from bench.profile_summary import parse, summarise
-from bench.run import FULL, QUICK, Ports, cpu_per_item
-from bench.stats import RESULT_KEYS, cpu_seconds, percentile, result_line, sustained_rate, table
+from bench.run import FULL, QUICK, Bench, Ports, cpu_per_item
+from bench.runs_summary import curve_table, scale_table
+from bench.runs_summary import hop_table as runs_hop_table
+from bench.stats import (
+    CURVE_POINT_KEYS,
+    RESULT_KEYS,
+    SCALE_OUT_KEYS,
+    STAMPS,
+    cpu_seconds,
+    curve_point,
+    hop_breakdown,
+    hop_table,
+    percentile,
+    prometheus_value,
+    result_line,
+    sustained_rate,
+    table,
+)
 from services.intake.signatures import verify
 
 SECRET = "whsec_" + "YmVuY2gtc2VjcmV0LW5vdC1mb3ItcHJvZHVjdGlvbg=="
@@ -41,7 +59,7 @@ def test_sustained_rate_leaves_out_ramp_up_and_stragglers() -> None:
 
 
 def test_result_line_has_exactly_the_documented_keys_in_order() -> None:
-    results = {key: float(index) + 0.123 for index, key in enumerate(RESULT_KEYS)}
+    results: dict[str, object] = {key: float(index) + 0.123 for index, key in enumerate(RESULT_KEYS)}
     results["sla_open_deadlines"] = 1_000_000
     results["e2e_p99_ms"] = math.nan
     line = result_line(results)
@@ -57,6 +75,8 @@ def test_result_line_has_exactly_the_documented_keys_in_order() -> None:
         "sla_open_deadlines",
         "sla_fire_lag_p99_ms",
         "sla_fire_rate_per_s",
+        "latency_curve",
+        "scale_out",
     ]
     assert decoded["intake_rps"] == 0.1
     assert decoded["sla_open_deadlines"] == 1_000_000
@@ -126,9 +146,106 @@ def test_plans_fit_their_slices_and_ports_do_not_meet_the_tests() -> None:
         assert plan.sla_open > plan.sla_steady_rate * plan.sla_steady_seconds + plan.sla_burst
     assert FULL.sla_open == 1_000_000
     assert FULL.latency_rate == 500
+    assert QUICK.curve_rates == (5, 50, 100, 200)
+    assert FULL.curve_rates == (5, 50, 100, 200, 400)
     ports = Ports(34000)
     test_ports = {34092, 34093, 34432}  # tests/support/infra.py on the same base
     ours = {ports.kafka, ports.controller, ports.postgres, ports.intake, ports.baseline}
     ours |= {ports.metrics(name) for name in ("intake", "scoring", "router", "sla-monitor")}
+    ours |= {ports.metrics(f"{name}-2") for name in ("scoring", "router", "sla-monitor")}
     assert not ours & test_ports
-    assert len(ours) == 9
+    assert len(ours) == 12
+
+
+def finished(rates: tuple[float, ...]) -> Bench:
+    """A bench whose phases noted what a real run notes, without running anything."""
+    bench = Bench(plan=QUICK, ports=Ports(34000), work=Path("/nonexistent"))
+    bench.results["e2e_leads_per_s"] = 500.0
+    bench.notes["curve"] = {str(rate): {"p50_ms": rate, "p99_ms": 2 * rate, "max_ms": 3 * rate} for rate in rates}
+    bench.notes["relay_curve"] = {str(rate): {"p50_ms": 1.5, "p99_ms": math.nan, "max_ms": 9.0} for rate in rates}
+    published = {"scoring": 10.0, "router": 20.0, "sla-monitor": 30.0}
+    bench.notes["scale"] = {
+        "leads_per_s": 600.0,
+        "relay_published_by_process": {**published, **{f"{name}-2": value + 1 for name, value in published.items()}},
+        "decisions_by_process": {"router": 40.0, "router-2": 60.0},
+    }
+    bench.finish()
+    return bench
+
+
+def test_the_last_line_carries_the_latency_curve_and_the_scale_out_in_their_documented_shape() -> None:
+    bench = finished(QUICK.curve_rates)
+    results = {key: 1.0 for key in RESULT_KEYS[:-2]} | bench.results
+    decoded = orjson.loads(result_line(results))
+
+    curve = decoded["latency_curve"]
+    assert [point["offered_per_s"] for point in curve] == [5, 50, 100, 200]
+    assert all(list(point) == list(CURVE_POINT_KEYS) for point in curve)
+    assert curve[1] == {
+        "offered_per_s": 50,
+        "p50_ms": 50.0,
+        "p99_ms": 100.0,
+        "max_ms": 150.0,
+        "baseline_p50_ms": 1.5,
+        "baseline_p99_ms": None,
+    }
+    scale = decoded["scale_out"]
+    assert list(scale) == list(SCALE_OUT_KEYS)
+    assert scale["instances"] == 2
+    assert scale["leads_per_s"] == 600.0 and scale["leads_per_s_one_instance"] == 500.0
+    assert scale["relay_published_by_instance"] == [60.0, 63.0]
+    assert scale["decisions_by_instance"] == [40.0, 60.0]
+    assert "bare chain p50 2" in bench.curve_report()
+
+
+def test_a_partial_run_without_the_curve_or_scale_phases_adds_neither_key() -> None:
+    bench = Bench(plan=QUICK, ports=Ports(34000), work=Path("/nonexistent"))
+    bench.finish()
+    assert "latency_curve" not in bench.results and "scale_out" not in bench.results
+
+
+def test_curve_points_and_the_hop_breakdown_add_up() -> None:
+    assert curve_point([3.0, 1.0, 2.0]) == {"p50_ms": 2.0, "p99_ms": 3.0, "max_ms": 3.0}
+    assert all(math.isnan(value) for value in curve_point([]).values())
+    # Each hop 10 ms longer than the one before it: 10, 20, ... 70 ms.
+    lead: dict[str, float] = {}
+    at = 100.0
+    for index, (name, _) in enumerate(STAMPS):
+        at += index * 0.010
+        lead[name] = at
+    breakdown = hop_breakdown([lead, lead])
+    means = [hop["mean_ms"] for hop in breakdown["hops"].values()]
+    assert means == pytest.approx([10, 20, 30, 40, 50, 60, 70])
+    # From the 202 on, the hops add up to the end-to-end time.
+    assert breakdown["e2e_mean_ms"] == pytest.approx(sum(means[1:]))
+    assert breakdown["leads"] == 2
+    assert "intake relay" in hop_table(breakdown)
+
+
+def test_prometheus_values_are_summed_over_the_matching_labels() -> None:
+    page = "\n".join(
+        [
+            "# TYPE coxswain_outbox_published_total counter",
+            "coxswain_outbox_published_total 12.0",
+            "coxswain_outbox_published_created 1.7e+09",
+            'coxswain_events_processed_total{consumer="router",topic="leads.qualified.v1"} 5.0',
+            'coxswain_events_processed_total{consumer="router",topic="crm.activities.v1"} 2.0',
+        ]
+    )
+    assert prometheus_value(page, "coxswain_outbox_published_total") == 12.0
+    assert prometheus_value(page, "coxswain_events_processed_total", topic="leads.qualified.v1") == 5.0
+    assert prometheus_value(page, "coxswain_events_processed_total") == 7.0
+    assert prometheus_value(page, "coxswain_missing_total") == 0.0
+
+
+def test_runs_summary_quotes_the_median_of_the_runs() -> None:
+    def run(p99: float) -> dict[str, Any]:
+        bench = finished((5, 100))
+        bench.notes["curve"]["5"]["p99_ms"] = p99
+        return {"results": bench.results, "notes": bench.notes}
+
+    runs = [run(10.0), run(30.0), run(2000.0)]
+    table_text = curve_table(runs)
+    assert "| 5 | 5 | 30 | 15 | 2 | n/a |" in table_text.splitlines()
+    assert runs_hop_table(runs, "5") == "(no --hops breakdown at 5/s)"
+    assert "| 1 | 500 | 600 | [60.0, 63.0] | [40.0, 60.0] |" in scale_table(runs)

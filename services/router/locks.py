@@ -1,0 +1,106 @@
+"""Routing locks: one transaction-scoped advisory lock per lead, domain, pool and rep a decision
+reads, so decisions that share none of them run at the same time on different router instances.
+
+What conflicts, and so what is locked: a pool's rotation row (two decisions in one pool must
+see each other's credits), a rep's counters (a rep can be in several pools, be an account owner
+or hold an open lead of a domain, and a release lowers the counters), a domain (a lead goes to
+the holder of its domain's newest open lead, so two leads of one domain are decided one after
+the other), a lead (its ``lead_routing`` row and its parked request).
+
+Why no deadlock: a transaction waits for routing locks only in one statement that takes, in
+ascending key order, keys all greater than every routing key it already holds. Any other time
+it needs more (a later run of decisions in the same batch, or a rep discovered only once the
+state is read), it asks without waiting (``pg_try_advisory_xact_lock``) and, when another
+transaction has one of them, gives the batch back with ``RoutingLocksBusy`` to be redelivered
+instead of waiting out of order. Two transactions can then never wait for each other in a cycle.
+Row locks are only taken on rows whose routing lock the transaction already holds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+# First half of the two-int advisory keys (pg_locks.classid): routing keys never meet another
+# subsystem's advisory locks. "ro".
+ROUTING_LOCK_CLASS = 0x726F
+_HELD = "coxswain.router.locks"
+
+
+class RoutingLocksBusy(TimeoutError):
+    """Locks a decision needs are held elsewhere and cannot be waited for in order.
+
+    A ``TimeoutError`` (an ``OSError``) because the consumer retries those by redelivering the
+    batch and never dead-letters them: nothing is wrong with the records, only with the moment.
+    """
+
+
+def lock_key(kind: str, name: object) -> int:
+    """A stable non-negative 31-bit key (pg_locks.objid is unsigned; keep both orders equal).
+
+    Two names sharing a key only serialise more than needed, never less.
+    """
+    digest = hashlib.blake2b(f"{kind}:{name}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big") & 0x7FFF_FFFF
+
+
+def keys_for(
+    leads: Iterable[object] = (),
+    domains: Iterable[str] = (),
+    pools: Iterable[str] = (),
+    reps: Iterable[str] = (),
+) -> set[int]:
+    return (
+        {lock_key("lead", lead) for lead in leads}
+        | {lock_key("domain", domain) for domain in domains}
+        | {lock_key("pool", pool) for pool in pools}
+        | {lock_key("rep", rep) for rep in reps}
+    )
+
+
+async def acquire(connection: AsyncConnection, keys: Iterable[int]) -> None:
+    """Hold ``keys`` until the transaction ends; wait only where the global order allows it."""
+    wanted = sorted(set(keys))
+    if not wanted:
+        return
+    root = connection.sync_connection.get_transaction() if connection.sync_connection is not None else None
+    known = connection.info.get(_HELD)
+    if known is None or known is not root:
+        # A transaction that has not asked yet holds no routing lock: no need to look.
+        connection.info[_HELD] = root
+        held: set[int] = set()
+    else:
+        # Asked before in this transaction: ask PostgreSQL, not a cache, because a savepoint
+        # rolled back releases the locks taken inside it.
+        held = set(
+            (
+                await connection.scalars(
+                    text(
+                        "SELECT objid::bigint FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2 "
+                        "AND classid = :c AND pid = pg_backend_pid() AND granted"
+                    ),
+                    {"c": ROUTING_LOCK_CLASS},
+                )
+            ).all()
+        )
+    missing = [key for key in wanted if key not in held]
+    if not missing:
+        return
+    if not held or missing[0] > max(held):
+        # In ascending order within one statement: unnest yields the array in order.
+        await connection.execute(
+            text("SELECT pg_advisory_xact_lock(:c, k) FROM unnest(CAST(:keys AS int[])) AS k"),
+            {"c": ROUTING_LOCK_CLASS, "keys": missing},
+        )
+        return
+    taken = (
+        await connection.scalars(
+            text("SELECT bool_and(pg_try_advisory_xact_lock(:c, k)) FROM unnest(CAST(:keys AS int[])) AS k"),
+            {"c": ROUTING_LOCK_CLASS, "keys": missing},
+        )
+    ).one()
+    if not taken:
+        raise RoutingLocksBusy(f"{len(missing)} routing locks busy and below ones already held")
