@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import os
 import platform
+import resource
 import shutil
 import signal
 import subprocess
@@ -40,10 +41,13 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench.stats import (
+    cpu_budget,
     cpu_seconds,
+    cpu_table,
     curve_point,
     hop_breakdown,
     hop_table,
+    machine_ticks,
     percentile,
     prometheus_value,
     ratio,
@@ -554,11 +558,22 @@ class Bench:
             *(extra if hops else []),
         )  # fmt: skip
         accepted_file = self.work / f"{name}-accepted.json"
+        cpu_before, machine_before, load_before = self.cpu(), _machine_ticks(), _reaped_children_cpu()
+        started = time.monotonic()
         load = self.loadgen(
             "--url", url, "--mode", "open", "--rate", str(rate), "--duration", str(seconds),
             "--connections", "32", "--out", str(accepted_file),
         )  # fmt: skip
         seen = self.collect(f"watch-{name}", process, out, timeout=900)
+        busy, total = (now - then for now, then in zip(_machine_ticks(), machine_before, strict=True))
+        budget = cpu_budget(
+            cpu_before,
+            self.cpu(),
+            _reaped_children_cpu() - load_before,
+            (busy, total),
+            time.monotonic() - started,
+            int(rate * seconds),
+        )
         accepted = {lead: (at, intended) for lead, at, intended in orjson.loads(accepted_file.read_bytes())}
         first = min((intended for _, intended in accepted.values()), default=0.0)
         routed = {row[0]: row[1] for row in seen["leads.routed.v1"]}
@@ -585,6 +600,7 @@ class Bench:
             "not_routed": missing,
             "from_send_p99_ms": percentile(from_send, 99) if from_send else float("nan"),
             "http_p99_ms": load["http_p99_ms"],
+            "cpu": budget,
             "p50_ms_by_hop": {
                 hop: percentile([v * 1000 for v in values], 50) for hop, values in by_hop.items() if values
             },
@@ -1028,6 +1044,16 @@ def _cpu_of(pid: int, children: bool = False) -> float:
         return 0.0
 
 
+def _machine_ticks() -> tuple[int, int]:
+    return machine_ticks(Path("/proc/stat").read_text())
+
+
+def _reaped_children_cpu() -> float:
+    """CPU seconds of this process's finished children (the load generator, the watchers)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _children(parent: int) -> list[int]:
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -1111,6 +1137,9 @@ def main(argv: list[str] | None = None) -> None:
             bench.stack("down")
     bench.finish()
     (work / "notes.json").write_bytes(orjson.dumps({"results": bench.results, "notes": bench.notes}))
+    if bench.notes.get("curve"):
+        sys.stdout.write("CPU while each offered load ran (until its last lead was routed)\n")
+        sys.stdout.write(cpu_table(bench.notes["curve"], os.cpu_count() or 1) + "\n\n")
     for rate, point in bench.notes.get("curve", {}).items():
         if "hops" in point:
             sys.stdout.write(f"where the time goes at {float(rate):g} leads/s offered (ms per lead)\n")

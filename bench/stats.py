@@ -140,6 +140,54 @@ def cpu_seconds(stat: str, children: bool = False) -> float:
     return ticks / CLOCK_TICKS
 
 
+def machine_ticks(proc_stat: str) -> tuple[int, int]:
+    """Busy and total clock ticks of all CPUs together, from the first line of ``/proc/stat``."""
+    fields = [int(value) for value in proc_stat.splitlines()[0].split()[1:9]]
+    # user nice system idle iowait irq softirq steal; guest time is already inside user.
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, sum(fields)
+
+
+def cpu_budget(
+    before: Mapping[str, float],
+    after: Mapping[str, float],
+    load_seconds: float,
+    machine: tuple[int, int],
+    wall_seconds: float,
+    leads: int,
+) -> dict[str, Any]:
+    """Where the CPU of a latency point went: our processes in cores and ms per lead, the load
+    generator and watcher, and how busy the whole machine was (other tenants included)."""
+    used = {name: after[name] - before.get(name, 0.0) for name in after}
+    busy, total = machine
+    return {
+        "wall_s": wall_seconds,
+        "pipeline_cores": sum(used.values()) / wall_seconds if wall_seconds > 0 else math.nan,
+        "load_cores": load_seconds / wall_seconds if wall_seconds > 0 else math.nan,
+        "machine_busy": busy / total if total > 0 else math.nan,
+        "ms_per_lead": {name: seconds * 1000 / leads for name, seconds in sorted(used.items())} if leads else {},
+    }
+
+
+def cpu_table(points: Mapping[str, Mapping[str, Any]], cores: int) -> str:
+    """One row per offered load: cores our processes used, and the biggest users per lead."""
+    rows: list[tuple[str, Any, str]] = []
+    for rate, point in points.items():
+        budget = point.get("cpu")
+        if not budget:
+            continue
+        biggest = sorted(budget["ms_per_lead"].items(), key=lambda item: -item[1])
+        rows.append(
+            (
+                f"pipeline cores at {float(rate):g}/s",
+                budget["pipeline_cores"],
+                f"load generator + watcher {budget['load_cores']:.2f}; machine {budget['machine_busy']:.0%} busy "
+                f"of {cores} cores; ms per lead: " + ", ".join(f"{name} {ms:.1f}" for name, ms in biggest),
+            )
+        )
+    return table(rows) if rows else ""
+
+
 def ratio(value: float, baseline: float) -> float:
     return value / baseline if baseline > 0 else math.nan
 

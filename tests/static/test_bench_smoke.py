@@ -20,10 +20,13 @@ from bench.stats import (
     RESULT_KEYS,
     SCALE_OUT_KEYS,
     STAMPS,
+    cpu_budget,
     cpu_seconds,
+    cpu_table,
     curve_point,
     hop_breakdown,
     hop_table,
+    machine_ticks,
     percentile,
     prometheus_value,
     result_line,
@@ -104,6 +107,27 @@ def test_cpu_seconds_reads_proc_stat_and_per_item_milliseconds() -> None:
     assert cpu_seconds(stat) == 2.0
     assert cpu_seconds(stat, children=True) == 2.1
     assert cpu_per_item({"a": 1.0}, {"a": 3.0, "b": 1.0}, 1000) == {"a": 2.0, "b": 1.0}
+
+
+def test_cpu_budget_says_how_many_cores_our_processes_used_and_how_busy_the_machine_was() -> None:
+    # user nice system idle iowait irq softirq steal guest guest_nice
+    assert machine_ticks("cpu  600 0 200 150 50 0 0 0 40 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n") == (800, 1000)
+    budget = cpu_budget(
+        {"router": 1.0, "postgres": 2.0},
+        {"router": 2.0, "postgres": 2.5, "kafka": 0.5},
+        load_seconds=0.4,
+        machine=(150, 200),
+        wall_seconds=2.0,
+        leads=100,
+    )
+    assert budget["pipeline_cores"] == 1.0  # 1 + 0.5 + 0.5 CPU seconds over 2 s
+    assert budget["load_cores"] == 0.2
+    assert budget["machine_busy"] == 0.75
+    assert budget["ms_per_lead"] == {"kafka": 5.0, "postgres": 5.0, "router": 10.0}
+    row = cpu_table({"100": {"cpu": budget}, "5": {}}, cores=2)
+    assert "pipeline cores at 100/s" in row and "machine 75% busy of 2 cores" in row
+    assert row.index("router 10.0") < row.index("kafka 5.0")  # biggest first
+    assert "at 5/s" not in row
 
 
 def test_parse_response_waits_for_the_whole_body() -> None:
