@@ -59,8 +59,24 @@ def bucket_of(key: bytes) -> int:
     return zlib.crc32(key) % BUCKETS
 
 
-# Delivered on commit, coalesced per transaction: wakes the relay without polling latency.
-NOTIFY_RELAY = f"pg_notify('{CHANNEL}', '')"
+# Delivered on commit: wakes the relays without polling latency. The payload names the buckets
+# that got rows, so only the relays that hold one of them wake (every commit of every service
+# used to wake every relay, each for a read that mostly found nothing).
+NOTIFY_RELAY = f"pg_notify('{CHANNEL}', :outbox_wake)"
+
+
+def wake_payload(buckets: Sequence[int]) -> str:
+    """The notification payload for rows staged in ``buckets``: the buckets, comma-separated."""
+    return ",".join(str(bucket) for bucket in sorted(set(buckets)))
+
+
+def woken_buckets(payload: str) -> frozenset[int] | None:
+    """The buckets a notification names; None (every relay should look) if it names none."""
+    try:
+        buckets = frozenset(int(part) for part in payload.split(",") if part)
+    except ValueError:
+        return None
+    return buckets or None
 
 
 def staging(
@@ -80,6 +96,7 @@ def staging(
         "WITH ORDINALITY AS u(event_id, topic, key, value, headers, bucket, n) "
         f"{'WHERE ' + only_if if only_if else ''} ORDER BY u.n ON CONFLICT (event_id) DO NOTHING"
     )
+    buckets = [bucket_of(record.key) for _, record in records]
     parameters = {
         "outbox_now": now,
         "outbox_ids": [event_id for event_id, _ in records],
@@ -89,7 +106,8 @@ def staging(
         "outbox_headers": [
             orjson.dumps([[name, value.decode()] for name, value in record.headers]).decode() for _, record in records
         ],
-        "outbox_buckets": [bucket_of(record.key) for _, record in records],
+        "outbox_buckets": buckets,
+        "outbox_wake": wake_payload(buckets),
     }
     return sql, parameters
 
@@ -157,10 +175,12 @@ class OutboxRelay:
                     log.exception("outbox relay failed; retrying: relay=%s", self.name)
                     await _sleep_or_stop(stop, 1.0)
                     continue
-                if published:
-                    if on_published:
-                        on_published(published)
-                    continue  # more may wait: look again at once
+                if published and on_published:
+                    on_published(published)
+                if published is not None and published >= self._batch:
+                    continue  # a full batch: more may wait, look again at once
+                # Otherwise wait for a notification: rows committed after this pass's read notify
+                # after the wake was cleared above, so they are never left for the idle poll.
                 next_refresh = self._refreshed + self._lease / 3 - time.monotonic()
                 await _first_of(stop, self._wake, max(min(self._idle_poll, next_refresh), 0.0))
         finally:
@@ -299,13 +319,18 @@ class OutboxRelay:
             await connection.execute(text("DELETE FROM outbox_relays WHERE owner = :me"), {"me": self.name})
         self.owned = ()
 
+    def _notified(self, _connection: object, _pid: int, _channel: str, payload: str) -> None:
+        buckets = woken_buckets(payload)
+        if buckets is None or not buckets.isdisjoint(self.owned):
+            self._wake.set()
+
     async def _listen(self, stop: asyncio.Event) -> None:
         """LISTEN on a dedicated connection; reconnect if the database goes away."""
         while not stop.is_set():
             try:
                 async with self._engine.connect() as connection:
                     raw: Any = (await connection.get_raw_connection()).driver_connection
-                    await raw.add_listener(CHANNEL, lambda *_: self._wake.set())
+                    await raw.add_listener(CHANNEL, self._notified)
                     while not stop.is_set() and not raw.is_closed():
                         await _sleep_or_stop(stop, 1.0)
             except Exception as exc:

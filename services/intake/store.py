@@ -74,11 +74,11 @@ STORE_MANY = (
     "SELECT u.event_id, u.lead_id, f.source, f.webhook_id, f.kind, u.payload, f.received_at FROM unnest("
     "CAST(:e_ids AS uuid[]), CAST(:e_leads AS uuid[]), CAST(:e_payloads AS jsonb[]), CAST(:e_hooks AS bigint[])) "
     "AS u(event_id, lead_id, payload, hook) JOIN fresh f ON f.n = u.hook), "
-    "staged AS (INSERT INTO outbox (event_id, topic, key, value, headers, created_at) "
-    "SELECT u.event_id, u.topic, u.key, u.value, u.headers, f.received_at FROM unnest("
+    "staged AS (INSERT INTO outbox (event_id, topic, key, value, headers, bucket, created_at) "
+    "SELECT u.event_id, u.topic, u.key, u.value, u.headers, u.bucket, f.received_at FROM unnest("
     "CAST(:e_ids AS uuid[]), CAST(:o_topics AS text[]), CAST(:o_keys AS bytea[]), CAST(:e_payloads_bytes AS bytea[]), "
-    "CAST(:o_headers AS jsonb[]), CAST(:e_hooks AS bigint[])) WITH ORDINALITY "
-    "AS u(event_id, topic, key, value, headers, hook, k) JOIN fresh f ON f.n = u.hook ORDER BY u.k "
+    "CAST(:o_headers AS jsonb[]), CAST(:o_buckets AS smallint[]), CAST(:e_hooks AS bigint[])) WITH ORDINALITY "
+    "AS u(event_id, topic, key, value, headers, bucket, hook, k) JOIN fresh f ON f.n = u.hook ORDER BY u.k "
     "ON CONFLICT (event_id) DO NOTHING) "
     "SELECT coalesce((SELECT array_agg(n) FROM fresh), '{}') AS fresh, "
     f"(SELECT count(*) FROM (SELECT {outbox.NOTIFY_RELAY} FROM (SELECT FROM fresh LIMIT 1) AS any_fresh) AS w) "
@@ -99,6 +99,7 @@ async def store_many(connection: AsyncConnection, webhooks: Sequence[Webhook]) -
         for n, webhook in enumerate(webhooks, start=1)
         for event in webhook.events
     ]
+    buckets = [outbox.bucket_of(record.key) for _, _, record in records]
     row = (
         await connection.execute(
             text(STORE_MANY),
@@ -117,6 +118,10 @@ async def store_many(connection: AsyncConnection, webhooks: Sequence[Webhook]) -
                 "e_hooks": [n for n, _, _ in records],
                 "o_topics": [record.topic for _, _, record in records],
                 "o_keys": [record.key for _, _, record in records],
+                # The lead's bucket, as every other service stages it: the intake's rows are
+                # spread over the relays, not all in one bucket.
+                "o_buckets": buckets,
+                "outbox_wake": outbox.wake_payload(buckets),
                 "o_headers": [
                     orjson.dumps([[name, value.decode()] for name, value in record.headers]).decode()
                     for _, _, record in records

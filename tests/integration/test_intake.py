@@ -14,6 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coxswain.db.database import create_engine
+from coxswain.runtime.outbox import bucket_of
 from coxswain.settings import DatabaseConfig, IntakeConfig
 from services.intake.app import create_app
 from services.intake.signatures import sign
@@ -94,6 +95,17 @@ async def test_batch_is_accepted_with_one_id_per_event(client: httpx.AsyncClient
     assert response.status_code == 202
     assert len({event["event_id"] for event in response.json()["events"]}) == 3
     assert await stored(engine, "msg_batch") == (1, 3, 3)
+    async with engine.connect() as connection:
+        rows = (
+            await connection.execute(
+                text(
+                    "SELECT o.key, o.bucket FROM outbox o JOIN intake_events e USING (event_id) "
+                    "WHERE e.webhook_id = 'msg_batch'"
+                )
+            )
+        ).all()
+    # Each lead's bucket, as the other services stage theirs: spread over the relays, not bucket 0.
+    assert [row.bucket for row in rows] == [bucket_of(bytes(row.key)) for row in rows]
 
 
 async def test_same_email_joins_the_same_lead_whatever_its_case(client: httpx.AsyncClient) -> None:

@@ -170,6 +170,56 @@ async def test_two_relays_publish_in_parallel_and_keep_each_leads_order(
     assert await assert_in_order_and_complete(staged) == 0
 
 
+class CountingRelay(OutboxRelay):
+    """A relay that counts its reads of the outbox."""
+
+    passes = 0
+
+    async def relay_once(self) -> int | None:
+        self.passes += 1
+        return await super().relay_once()
+
+
+async def test_a_commit_wakes_only_the_relay_that_holds_its_bucket_and_only_once(
+    engine: AsyncEngine, publisher: Publisher
+) -> None:
+    # Long idle polls and leases: any read during the test comes from a notification.
+    relays = [
+        CountingRelay(engine, publisher, lease_seconds=60.0, idle_poll_seconds=60.0, name=f"woken-{n}")
+        for n in range(2)
+    ]
+    for relay in relays:
+        await relay.refresh_leases()
+    await relays[0].refresh_leases()
+    holder, other = relays
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(relay.run(stop)) for relay in relays]
+    try:
+        await asyncio.sleep(0.5)  # each relay's first pass, right after it starts
+        before = (holder.passes, other.passes)
+        keys = []
+        while len(keys) < 5:
+            key = str(uuid.uuid4())
+            if bucket_of(key.encode()) in holder.owned:
+                keys.append(key)
+        records = [
+            (
+                uuid.uuid4(),
+                WireRecord(topic=TOPIC, key=key.encode(), value=orjson.dumps({"lead": key, "n": 0}), headers=()),
+            )
+            for key in keys
+        ]
+        async with engine.begin() as connection:
+            await stage_records(connection, records, NOW)
+        await wait_published(engine, keys, within=30)
+        await asyncio.sleep(0.5)  # a second pass or the other relay's would come now
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+    assert holder.passes - before[0] == 1, "one read for one commit: no empty second look after publishing"
+    assert other.passes == before[1], "a relay that holds none of the commit's buckets is not woken"
+
+
 async def test_a_relay_stalled_past_its_lease_loses_its_buckets_and_says_so(
     engine: AsyncEngine, publisher: Publisher, caplog: pytest.LogCaptureFixture
 ) -> None:
