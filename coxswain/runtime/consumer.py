@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -63,6 +64,12 @@ def utc_now() -> datetime:
 
 class PermanentError(Exception):
     """The record is wrong, not the world: retrying cannot help, so it goes to the DLQ."""
+
+
+class RetrySoon(Exception):
+    """The batch met a passing conflict (locks another instance holds and that cannot be waited
+    for in order): it is rolled back and applied again shortly. Not a fault: never dead-lettered,
+    never logged as a warning, counted in ``coxswain_batches_retried``."""
 
 
 PERMANENT = (PermanentError, DecodeError, ValidationError, ValueError, KeyError, LookupError)
@@ -191,7 +198,7 @@ class ConsumerService:
         consumer.subscribe(list(self._accepts), listener=_WaitForInFlight(self._lock, self._committed))
         await consumer.start()
         log.info("consumer %s started on %s", self.name, ", ".join(self._accepts))
-        backoff = 0.5
+        backoff, retried = 0.5, 0
         try:
             while not stop.is_set():
                 batch: dict[Any, list[Any]] = await consumer.getmany(timeout_ms=500)
@@ -200,6 +207,16 @@ class ConsumerService:
                 async with self._lock:
                     try:
                         await self.process([_delivery(record) for records in batch.values() for record in records])
+                    except RetrySoon as exc:
+                        metrics.BATCHES_RETRIED.labels(self.name, type(exc).__name__).inc()
+                        log.debug("batch given back, applying it again shortly: consumer=%s reason=%s", self.name, exc)
+                        for tp, records in batch.items():
+                            consumer.seek(tp, records[0].offset)
+                        # A conflicting transaction lasts milliseconds: come back after about as
+                        # long, a little longer each time in a row, never as long as a fault's backoff.
+                        retried = min(retried + 1, 6)
+                        await asyncio.sleep(random.uniform(0.5, 1.0) * 0.005 * 2**retried)
+                        continue
                     except Exception as exc:
                         log.warning(
                             "batch failed, will be redelivered: consumer=%s error=%s",
@@ -212,7 +229,7 @@ class ConsumerService:
                         await asyncio.sleep(backoff)
                         backoff = min(backoff * 2, 10.0)
                         continue
-                    backoff = 0.5
+                    backoff, retried = 0.5, 0
                     # The offsets go to Kafka while the next batch is fetched and applied: the
                     # database already holds the work (a lost commit means a redelivery the inbox
                     # skips), and commits stay in order because each waits for the one before.
@@ -299,7 +316,7 @@ class ConsumerService:
             else:
                 facts_per_event = [await self._handler(connection, event, now) for _, event in applied]
         except Exception as exc:
-            if is_connection_error(exc):
+            if is_connection_error(exc) or isinstance(exc, RetrySoon):
                 raise
             raise _RecordFailed(type(exc).__name__) from exc
         for (delivery, event), facts in zip(applied, facts_per_event, strict=True):
@@ -336,7 +353,7 @@ class ConsumerService:
                         await outbox.stage(connection, facts, now, traceparent=self._span(delivery, event, started))
                 return
             except Exception as exc:
-                if is_connection_error(exc):
+                if is_connection_error(exc) or isinstance(exc, RetrySoon):
                     raise
                 if isinstance(exc, PERMANENT) or attempt == attempts:
                     log.warning(

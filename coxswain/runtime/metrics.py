@@ -61,6 +61,12 @@ DEAD_LETTERS = Counter(
     "Records sent to the dead-letter topic, by the topic they came from.",
     ["consumer", "topic"],
 )
+BATCHES_RETRIED = Counter(
+    "coxswain_batches_retried",
+    "Batches given back to be applied again shortly because they met a passing conflict, not a fault "
+    "(for example routing locks another router holds); nothing is dead-lettered for it.",
+    ["consumer", "reason"],
+)
 OUTBOX_BACKLOG = Gauge("coxswain_outbox_backlog", "Facts in the outbox waiting for the relay.")
 OUTBOX_OLDEST = Gauge("coxswain_outbox_oldest_age_seconds", "Age of the oldest fact waiting in the outbox (0 if none).")
 OUTBOX_PUBLISHED = Counter("coxswain_outbox_published", "Facts the relay published to Kafka.")

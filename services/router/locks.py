@@ -24,17 +24,19 @@ from collections.abc import Iterable
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from coxswain.runtime.consumer import RetrySoon
+
 # First half of the two-int advisory keys (pg_locks.classid): routing keys never meet another
 # subsystem's advisory locks. "ro".
 ROUTING_LOCK_CLASS = 0x726F
 _HELD = "coxswain.router.locks"
 
 
-class RoutingLocksBusy(TimeoutError):
+class RoutingLocksBusy(RetrySoon):
     """Locks a decision needs are held elsewhere and cannot be waited for in order.
 
-    A ``TimeoutError`` (an ``OSError``) because the consumer retries those by redelivering the
-    batch and never dead-letters them: nothing is wrong with the records, only with the moment.
+    The consumer applies the batch again shortly and never dead-letters it: nothing is wrong with
+    the records, only with the moment.
     """
 
 

@@ -4,6 +4,8 @@ and a bad record goes to the dead-letter topic without spoiling the others."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
@@ -11,10 +13,13 @@ from datetime import UTC, datetime
 
 import pytest
 import pytest_asyncio
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from coxswain.runtime.consumer import ConsumerService, Delivery, PermanentError
+from coxswain.runtime.consumer import ConsumerService, Delivery, PermanentError, RetrySoon
+from coxswain.runtime.kafka import connection_options
 from coxswain.settings import ConsumerConfig, KafkaConfig
 from schemas.codec import encode
 from schemas.events import Event, LeadAttributes, LeadReceivedV1
@@ -36,11 +41,16 @@ class Recorder:
     """A handler whose effect is a row written in the batch's transaction, and one fact per event."""
 
     def __init__(
-        self, consumer: str, always: dict[uuid.UUID, Exception] | None = None, once: set[uuid.UUID] | None = None
+        self,
+        consumer: str,
+        always: dict[uuid.UUID, Exception] | None = None,
+        once: set[uuid.UUID] | None = None,
+        contended: Counter[uuid.UUID] | None = None,
     ) -> None:
         self.effects = f"{consumer}-effects"
         self.always = dict(always or {})
         self.once = set(once or ())
+        self.contended = Counter(contended or {})
         self.calls: Counter[uuid.UUID] = Counter()
 
     async def __call__(self, connection: AsyncConnection, event: Event, now: datetime) -> Sequence[Event]:
@@ -51,11 +61,18 @@ class Recorder:
         )
         if event.event_id in self.always:
             raise self.always[event.event_id]
+        if self.contended[event.event_id] > 0:
+            self.contended[event.event_id] -= 1
+            raise Contended("another instance holds a lock this batch needs")
         if event.event_id in self.once:
             self.once.discard(event.event_id)
             raise RuntimeError("serialization failure, try again")
         assert isinstance(event, LeadReceivedV1)
         return [event.model_copy(update={"event_id": fact_id(event.event_id)})]
+
+
+class Contended(RetrySoon):
+    """A passing conflict, as the router's busy routing locks are."""
 
 
 def fact_id(event_id: uuid.UUID) -> uuid.UUID:
@@ -162,3 +179,57 @@ async def test_a_handler_failing_once_is_retried_and_nothing_is_dead_lettered(en
 
     assert await effects(engine, recorder) == {flaky.event_id: 1, other.event_id: 1}
     assert await outbox_topics(engine, [flaky.event_id, other.event_id], name) == {TOPIC: 2}
+
+
+async def test_a_batch_that_meets_a_passing_conflict_is_applied_again_soon_and_quietly(
+    engine: AsyncEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Through a real Kafka consumer: a handler that raises ``RetrySoon`` (busy routing locks) gets
+    its batch again, is counted, and nothing is dead-lettered or logged as a warning."""
+    name = f"test-retry-{uuid.uuid4().hex[:8]}"
+    kafka = KafkaConfig()
+    start = AIOKafkaConsumer(**connection_options(kafka), group_id=name, enable_auto_commit=False)
+    await start.start()
+    try:
+        partitions = [TopicPartition(TOPIC, p) for p in range(kafka.kafka_topic_partitions)]
+        start.assign(partitions)
+        await start.commit(dict(await start.end_offsets(partitions)))  # begin after what earlier tests sent
+    finally:
+        await start.stop()
+    event = received()
+    recorder = Recorder(name, contended=Counter({event.event_id: 2}))
+    consumer = ConsumerService(
+        name=name,
+        accepts={TOPIC: (LeadReceivedV1,)},
+        handler=recorder,
+        engine=engine,
+        kafka=kafka,
+        config=ConsumerConfig(),
+        clock=lambda: NOW,
+    )
+    stop = asyncio.Event()
+    caplog.set_level(logging.INFO)
+    running = asyncio.create_task(consumer.run(stop))
+    producer = AIOKafkaProducer(**connection_options(kafka), acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        record = encode(event)
+        await producer.send_and_wait(TOPIC, record.value, key=record.key, headers=list(record.headers))
+        for _ in range(2400):  # a guard against a hang (2 minutes), not a measurement
+            if await effects(engine, recorder):
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await producer.stop()
+        await running
+
+    assert recorder.calls[event.event_id] == 3, "given back twice, applied the third time"
+    assert await effects(engine, recorder) == {event.event_id: 1}
+    assert await outbox_topics(engine, [event.event_id], name) == {TOPIC: 1}, "nothing dead-lettered"
+    retried = REGISTRY.get_sample_value("coxswain_batches_retried_total", {"consumer": name, "reason": "Contended"})
+    assert retried == 2
+    warnings = [
+        r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("coxswain")
+    ]
+    assert warnings == [], "a passing conflict is not a fault"
