@@ -19,9 +19,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coxswain.core.agreement import Agreement
 from coxswain.db.database import create_engine, require_current_schema
-from coxswain.runtime import health, metrics, tracing
-from coxswain.runtime.consumer import BatchHandler, ConsumerService, Handler, is_connection_error, utc_now
+from coxswain.runtime import health, metrics, outages, tracing
+from coxswain.runtime.consumer import BatchHandler, ConsumerService, Handler, utc_now
 from coxswain.runtime.kafka import Publisher
+from coxswain.runtime.outages import is_connection_error
 from coxswain.runtime.outbox import OutboxRelay
 from coxswain.security import InsecureConfiguration, require_safe_configuration
 from coxswain.settings import (
@@ -101,7 +102,9 @@ async def _retry(what: str, attempt: Callable[[], Awaitable[None]], stop: asynci
         except Exception as exc:
             if stop.is_set():
                 raise
-            log.warning("waiting for %s: %s; retrying in %.1fs", what, type(exc).__name__, delay)
+            log.warning(
+                "waiting for %s: %s; retrying in %.1fs", what, type(exc).__name__, delay, extra=outages.about(exc)
+            )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
 
@@ -135,7 +138,9 @@ async def _open_database(engine: AsyncEngine, database: DatabaseConfig, source: 
         except Exception as exc:
             if not is_connection_error(exc):
                 raise
-            log.warning("waiting for the database: %s; retrying in %.1fs", type(exc).__name__, delay)
+            log.warning(
+                "waiting for the database: %s; retrying in %.1fs", type(exc).__name__, delay, extra=outages.about(exc)
+            )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
 
@@ -238,6 +243,7 @@ async def run_consumer(name: str) -> None:
             if name == "router":
                 group.create_task(router.run_retry(engine, lambda: source.current, RouterConfig(), utc_now, stop))
             group.create_task(_retry("kafka consumer", lambda: service.run(stop), stop))
+            group.create_task(outages.watch({"kafka": publisher.ping, "postgres": health.database_check(engine)}, stop))
             probes = HealthConfig()
             if probes.health_port:
                 checks = {"database": health.database_check(engine), "kafka": publisher.ping}
@@ -279,6 +285,9 @@ def intake_app() -> tuple[FastAPI, IntakeConfig]:
             await outbox_relay(engine, publisher).run(stop, metrics.outbox_published)
 
         relay = asyncio.create_task(relay_when_connected())
+        watcher = asyncio.create_task(
+            outages.watch({"kafka": kafka_ready, "postgres": health.database_check(engine)}, stop)
+        )
         sampler = asyncio.create_task(metrics.sample_outbox(engine, stop))
         poll = asyncio.create_task(source.run(stop))
         try:
@@ -291,6 +300,8 @@ def intake_app() -> tuple[FastAPI, IntakeConfig]:
                 await relay
             with contextlib.suppress(Exception):
                 await sampler
+            with contextlib.suppress(Exception):
+                await watcher
             with contextlib.suppress(Exception):
                 await poll
             for publisher in publishers:
@@ -372,12 +383,15 @@ def roster_api_app() -> tuple[FastAPI, RosterApiConfig]:
         await _open_database(engine, database, source)
         stop = asyncio.Event()
         poll = asyncio.create_task(source.run(stop))
+        watcher = asyncio.create_task(outages.watch({"postgres": health.database_check(engine)}, stop))
         try:
             yield
         finally:
             stop.set()
             with contextlib.suppress(Exception):
                 await poll
+            with contextlib.suppress(Exception):
+                await watcher
             await engine.dispose()
 
     token = AdminConfig().admin_token

@@ -30,11 +30,11 @@ from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from pydantic import ValidationError
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from coxswain.runtime import metrics, outbox, tracing
+from coxswain.runtime import metrics, outages, outbox, tracing
 from coxswain.runtime.kafka import make_consumer
+from coxswain.runtime.outages import is_connection_error
 from coxswain.settings import ConsumerConfig, KafkaConfig
 from schemas.codec import DecodeError, Headers, WireRecord, decode, encode
 from schemas.events import Event, dead_letter_topic
@@ -133,26 +133,6 @@ async def claim(connection: AsyncConnection, consumer: str, event_id: uuid.UUID,
     return inserted is not None
 
 
-def is_connection_error(exc: BaseException) -> bool:
-    """The database or the way to it is away (refused, shutting down, dropped): retry, never dead-letter.
-
-    Walks the cause chain: asyncpg raises a refused connect as a bare OSError and a server
-    shutdown as SQLSTATE 57P01/57P03, which SQLAlchemy wraps as a generic DBAPIError.
-    """
-    seen: set[int] = set()
-    error: BaseException | None = exc
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, (OperationalError, InterfaceError, OSError)):
-            return True
-        if isinstance(error, DBAPIError) and error.connection_invalidated:
-            return True
-        if str(getattr(error, "sqlstate", "") or "").startswith(("08", "57P")):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
-
-
 class _WaitForInFlight(ConsumerRebalanceListener):  # type: ignore[misc]
     """Partitions are not handed over while a batch is being processed or its offsets committed."""
 
@@ -223,6 +203,7 @@ class ConsumerService:
                             self.name,
                             type(exc).__name__,
                             exc_info=not is_connection_error(exc),
+                            extra=outages.about(exc),
                         )
                         for tp, records in batch.items():
                             consumer.seek(tp, records[0].offset)

@@ -6,6 +6,7 @@ or reorder facts; every client here is built through these functions instead.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from collections.abc import Iterable, Sequence
@@ -69,8 +70,13 @@ class Publisher:
             await self._producer.send(record.topic, value=record.value, key=record.key, headers=list(record.headers))
             for record in records
         ]
-        for future in pending:
-            await future
+        # Every acknowledgement is awaited even after one fails: a send that failed with the broker
+        # away (OutOfOrderSequenceNumber after a restart) must not surface later as asyncio's
+        # "Future exception was never retrieved" ERROR; the first failure is raised.
+        outcomes = await asyncio.gather(*pending, return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
 
 
 def make_consumer(config: KafkaConfig, group_id: str, topics: Iterable[str], max_batch: int) -> Any:

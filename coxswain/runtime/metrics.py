@@ -31,6 +31,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from coxswain.runtime import outages
 from schemas.events import Event
 
 log = logging.getLogger(__name__)
@@ -174,7 +175,7 @@ async def sample_outbox(engine: AsyncEngine, stop: asyncio.Event, interval: floa
             OUTBOX_BACKLOG.set(row.backlog)
             OUTBOX_OLDEST.set(max(float(row.oldest), 0.0))
         except Exception as exc:
-            log.warning("outbox sample failed: error=%s", type(exc).__name__)
+            log.warning("outbox sample failed: error=%s", type(exc).__name__, extra=outages.about(exc))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=interval)
 

@@ -35,7 +35,7 @@ import orjson
 from sqlalchemy import bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from coxswain.runtime import metrics
+from coxswain.runtime import metrics, outages
 from coxswain.runtime.kafka import Publisher
 from schemas.codec import WireRecord, encode
 from schemas.events import Event
@@ -171,8 +171,13 @@ class OutboxRelay:
                     if time.monotonic() - self._refreshed >= self._lease / 3:
                         await self.refresh_leases()
                     published = await self.relay_once()
-                except Exception:
-                    log.exception("outbox relay failed; retrying: relay=%s", self.name)
+                except Exception as exc:
+                    if dependency := outages.about(exc):
+                        log.warning(
+                            "outbox relay failed; retrying: relay=%s error=%s", self.name, exc, extra=dependency
+                        )
+                    else:
+                        log.exception("outbox relay failed; retrying: relay=%s", self.name)
                     await _sleep_or_stop(stop, 1.0)
                     continue
                 if published and on_published:
@@ -334,7 +339,7 @@ class OutboxRelay:
                     while not stop.is_set() and not raw.is_closed():
                         await _sleep_or_stop(stop, 1.0)
             except Exception as exc:
-                log.warning("outbox listener lost its connection: %s", type(exc).__name__)
+                log.warning("outbox listener lost its connection: %s", type(exc).__name__, extra=outages.about(exc))
                 await _sleep_or_stop(stop, 1.0)
 
 

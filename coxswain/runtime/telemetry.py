@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from coxswain.runtime import tracing
+from coxswain.runtime import outages, tracing
 
 _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
 TEXT_FORMAT = "ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)r"
@@ -64,6 +64,7 @@ class JsonFormatter(logging.Formatter):
 def configure_logging(level: str = "INFO", log_format: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    outages.install(handler)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

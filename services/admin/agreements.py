@@ -23,6 +23,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coxswain.core.agreement import Agreement, AgreementError, load_agreement, parse_agreement
+from coxswain.runtime import outages
 
 log = logging.getLogger(__name__)
 
@@ -191,4 +192,4 @@ class AgreementSource:
             try:
                 await self.refresh()
             except Exception as exc:
-                log.warning("agreement poll failed, retrying: %s", type(exc).__name__)
+                log.warning("agreement poll failed, retrying: %s", type(exc).__name__, extra=outages.about(exc))

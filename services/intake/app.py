@@ -20,8 +20,9 @@ from pydantic.json_schema import models_json_schema
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coxswain.core.documents import NUL_REFUSED, holds_nul
-from coxswain.runtime.consumer import is_connection_error
+from coxswain.runtime import outages
 from coxswain.runtime.health import Check, add_probes, database_check
+from coxswain.runtime.outages import is_connection_error
 from coxswain.runtime.telemetry import child_traceparent
 from coxswain.settings import IntakeConfig
 from schemas.events import (
@@ -173,6 +174,7 @@ def create_app(
                 source,
                 webhook_id,
                 type(exc).__name__,
+                extra=outages.about(exc),
             )
             raise Problem(
                 503,

@@ -30,7 +30,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coxswain.runtime import outbox
-from coxswain.runtime.consumer import is_connection_error
+from coxswain.runtime.outages import is_connection_error
 from schemas.codec import encode
 from schemas.events import Event
 

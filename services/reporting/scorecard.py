@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coxswain.core.agreement import Agreement
 from coxswain.core.scorecard import Cadence, Figures, Latency, Period, periods_due, scorecard
-from coxswain.runtime import outbox
+from coxswain.runtime import outages, outbox
 from coxswain.settings import ReportingConfig
 from schemas.events import ScorecardIssuedV1
 from services.reporting import queries
@@ -164,7 +164,12 @@ async def run(
                 )
                 first = False
         except Exception as exc:
-            log.warning("scorecard pass failed; retrying: error=%s", type(exc).__name__, exc_info=True)
+            log.warning(
+                "scorecard pass failed; retrying: error=%s",
+                type(exc).__name__,
+                exc_info=not outages.about(exc),
+                extra=outages.about(exc),
+            )
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=config.scorecard_check_seconds)
 

@@ -38,7 +38,8 @@ from coxswain.core.routing import Rotation, RoutingDecision, RoutingInput, Situa
 from coxswain.core.sla import first_touch_due
 from coxswain.db.models import table
 from coxswain.runtime import outbox
-from coxswain.runtime.consumer import BatchHandler, Handler, PermanentError, is_connection_error, one_at_a_time
+from coxswain.runtime.consumer import BatchHandler, Handler, PermanentError, one_at_a_time
+from coxswain.runtime.outages import about, is_connection_error
 from coxswain.settings import RouterConfig
 from schemas.events import (
     ActivityAcceptedV1,
@@ -854,7 +855,10 @@ async def run_retry(
             tried, assigned = await retry_parked(engine, agreement(), cache, clock, config.router_retry_batch)
         except Exception as exc:
             log.warning(
-                "retrying parked leads failed: error=%s", type(exc).__name__, exc_info=not is_connection_error(exc)
+                "retrying parked leads failed: error=%s",
+                type(exc).__name__,
+                exc_info=not is_connection_error(exc),
+                extra=about(exc),
             )
             tried, assigned = 0, 0
         if tried and assigned == tried:

@@ -23,8 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coxswain.core.agreement import Agreement
 from coxswain.core.lead import on_timer
-from coxswain.runtime import outbox
-from coxswain.runtime.consumer import is_connection_error
+from coxswain.runtime import outages, outbox
+from coxswain.runtime.outages import is_connection_error
 from coxswain.settings import ScoringConfig
 from services.scoring.service import TIMER_CHANNEL, arm, load, record_facts, save
 
@@ -143,7 +143,7 @@ async def _listen(engine: AsyncEngine, wake: asyncio.Event, stop: asyncio.Event)
                 while not stop.is_set() and not raw.is_closed():
                     await _first_of(stop, asyncio.Event(), 1.0)
         except Exception as exc:
-            log.warning("timer listener lost its connection: %s", type(exc).__name__)
+            log.warning("timer listener lost its connection: %s", type(exc).__name__, extra=outages.about(exc))
             await _first_of(stop, asyncio.Event(), 1.0)
 
 

@@ -20,6 +20,7 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from coxswain.runtime import outages
 from coxswain.settings import SlaConfig
 from schemas.events import Event, MqlPacingAlertV1, SlaBreachedV1, SlaEscalatedV1, SlaWarnedV1, utc_iso
 from services.sla_monitor.metrics import SlaMetrics
@@ -117,7 +118,9 @@ class AlertWebhook:
                 try:
                     sent = await self.deliver_once(client)
                 except Exception as exc:
-                    log.warning("alert webhook pass failed, retrying: error=%s", type(exc).__name__)
+                    log.warning(
+                        "alert webhook pass failed, retrying: error=%s", type(exc).__name__, extra=outages.about(exc)
+                    )
                     sent = 0
                 if sent < self._batch:
                     with contextlib.suppress(TimeoutError):

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coxswain.core.agreement import Agreement
 from coxswain.runtime import metrics as runtime_metrics
+from coxswain.runtime import outages
 from coxswain.runtime.consumer import BatchHandler, Handler
 from coxswain.settings import SlaConfig
 from schemas.events import Event
@@ -124,6 +125,6 @@ class Monitor:
             try:
                 await job()
             except Exception as exc:
-                log.warning("periodic job failed: job=%s error=%s", what, type(exc).__name__)
+                log.warning("periodic job failed: job=%s error=%s", what, type(exc).__name__, extra=outages.about(exc))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=seconds)

@@ -27,8 +27,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coxswain.core.agreement import Agreement
 from coxswain.core.sla import Clock, Timer, TimerKind, on_timer, timer_facts
-from coxswain.runtime import outbox
-from coxswain.runtime.consumer import is_connection_error
+from coxswain.runtime import outages, outbox
+from coxswain.runtime.outages import is_connection_error
 from schemas.events import EscalationAction, Event, SlaEscalatedV1
 from services.sla_monitor import alerts
 from services.sla_monitor.metrics import SlaMetrics
@@ -253,7 +253,10 @@ async def run_timer(
             upcoming = await next_due(engine, now)
         except Exception as exc:
             log.warning(
-                "timer pass failed, retrying: error=%s", type(exc).__name__, exc_info=not is_connection_error(exc)
+                "timer pass failed, retrying: error=%s",
+                type(exc).__name__,
+                exc_info=not is_connection_error(exc),
+                extra=outages.about(exc),
             )
         pause = max_sleep if upcoming is None else min(max(upcoming - clock(), timedelta(0)), max_sleep)
         with contextlib.suppress(TimeoutError):

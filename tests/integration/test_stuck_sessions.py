@@ -15,7 +15,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coxswain.db.database import create_engine
-from coxswain.runtime.consumer import is_connection_error
+from coxswain.runtime.outages import is_connection_error
 from coxswain.settings import DatabaseConfig
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

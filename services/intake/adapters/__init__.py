@@ -18,7 +18,8 @@ import orjson
 from fastapi import FastAPI, Query, Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coxswain.runtime.consumer import is_connection_error
+from coxswain.runtime import outages
+from coxswain.runtime.outages import is_connection_error
 from coxswain.runtime.telemetry import child_traceparent
 from coxswain.settings import IntakeConfig, SendersConfig
 from services.intake.adapters import hubspot, marketo
@@ -151,7 +152,12 @@ def register(
         except Exception as exc:
             if not is_connection_error(exc):
                 raise
-            log.warning("webhook not stored, database unavailable: source=%s sender=%s", source, sender)
+            log.warning(
+                "webhook not stored, database unavailable: source=%s sender=%s",
+                source,
+                sender,
+                extra=outages.about(exc),
+            )
             raise Problem(
                 503,
                 "the database is unavailable and the webhook is not acknowledged; retry",
