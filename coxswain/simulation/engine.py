@@ -121,6 +121,7 @@ class Assignment:
     source: str
     due: datetime
     decision_key: uuid.UUID
+    reason: str = ""  # the decision's reason, as leads.routed.v1 carries it
     sla: str = "armed"  # armed, met, breached, cancelled
     responded_at: datetime | None = None
     responded_by: str | None = None  # the rep credited with the response (sla.credit)
@@ -403,6 +404,7 @@ class Engine:
         lead = RoutingInput(attributes=fact.attributes, tier=fact.tier, source=fact.source, persona=fact.persona)
         domain = lead_domain(fact.attributes, routing.ownership.free_mail_domains)
         account_owner = account_domain = open_owner = None
+        open_lead: uuid.UUID | None = None
         if domain is not None:
             # Longest first, as the router's query; a stream file has no accounts to look in.
             for candidate in parent_domains(domain) if self.accounts else ():
@@ -411,8 +413,12 @@ class Engine:
                     break
             open_leads = self.open_by_domain.get(domain)
             if open_leads:
-                open_owner = next((rep for lid, rep in reversed(open_leads.items()) if lid != fact.lead_id), None)
-        situation = Situation(now, self.roster, self.rotations, self.loads, account_owner, account_domain, open_owner)
+                held = next(((lid, rep) for lid, rep in reversed(open_leads.items()) if lid != fact.lead_id), None)
+                if held is not None:
+                    open_lead, open_owner = held
+        situation = Situation(
+            now, self.roster, self.rotations, self.loads, account_owner, account_domain, open_owner, open_lead
+        )
         decision = route(lead, agreement, situation, exclude=request.exclude, explain=False)
         if decision.rep_id is None:
             if request.replaces is not None:
@@ -446,6 +452,7 @@ class Engine:
             pool_id=decision.pool_id,
             rule_id=decision.rule_id,
             matched_by=decision.matched_by,
+            reason=decision.reason,
             tier=fact.tier,
             source=fact.source,
             due=first_touch_due(agreement, fact.tier, now, rep_id=decision.rep_id),

@@ -224,7 +224,7 @@ class RoutingState:
 
     def situation(self, now: datetime, roster: Roster, lead_id: uuid.UUID, domain: str | None) -> Situation:
         owner_domain = next((d for d in parent_domains(domain) if d in self.accounts), None) if domain else None
-        holder = next((rep for lead, rep in self.open_by_domain.get(domain or "", []) if lead != lead_id), None)
+        held = next(((lead, rep) for lead, rep in self.open_by_domain.get(domain or "", []) if lead != lead_id), None)
         return Situation(
             now,
             roster,
@@ -232,7 +232,8 @@ class RoutingState:
             self.loads,
             self.accounts.get(owner_domain) if owner_domain else None,
             owner_domain,
-            holder,
+            held[1] if held else None,
+            held[0] if held else None,
         )
 
 

@@ -69,6 +69,9 @@ def test_rotation_follows_the_weights_and_a_same_domain_lead_goes_to_the_open_ow
     assert sorted(reps[:8]).count("sim-ann") == 4  # weight 2 of 4
     assert results.assignments[8].matched_by == "open_domain_lead"
     assert reps[8] == reps[0]
+    # The same words as the live router's leads.routed.v1 (coxswain.core.routing.route).
+    first = results.assignments[0].lead_id
+    assert results.assignments[8].reason == f"same domain (c0.example.com) as open lead {first} held by {reps[0]}"
 
 
 def test_an_accepted_lead_releases_its_domain_and_a_response_meets_the_deadline() -> None:
