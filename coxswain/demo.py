@@ -293,12 +293,21 @@ async def tail(topics: list[str]) -> None:
     await consumer.start()
     try:
         async for record in consumer:
-            value = orjson.loads(record.value)
-            summary = {
-                k: value.get(k)
-                for k in ("lead_id", "rep_id", "pool_id", "tier", "due_at", "follow_up_due_at", "reason")
-                if k in value
-            }
-            print(f"{record.topic:18} {orjson.dumps(summary).decode()}", flush=True)
+            print(tail_line(record.topic, orjson.loads(record.value)), flush=True)
     finally:
         await consumer.stop()
+
+
+def tail_line(topic: str, value: dict[str, Any]) -> str:
+    """One line of ``coxswain demo tail``: the fact's key fields, then why in plain words.
+
+    The reason goes last and outside the JSON, so "same domain (acme.com) as open lead … held by
+    ava" reads as a sentence next to the lead it explains."""
+    summary = {
+        k: value.get(k)
+        for k in ("lead_id", "rep_id", "pool_id", "matched_by", "tier", "due_at", "follow_up_due_at")
+        if k in value
+    }
+    line = f"{topic:18} {orjson.dumps(summary).decode()}"
+    reason = value.get("reason")
+    return f"{line}  why: {reason}" if reason else line

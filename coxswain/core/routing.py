@@ -16,6 +16,7 @@ the colleagues who stayed (``min(credit, 0)``), so coming back never puts it ahe
 from __future__ import annotations
 
 import itertools
+import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -63,6 +64,7 @@ class Situation:
     account_owner: str | None = None
     account_domain: str | None = None
     open_lead_owner: str | None = None
+    open_lead_id: uuid.UUID | None = None  # the open lead of the same domain that ``open_lead_owner`` holds
 
 
 @dataclass(frozen=True)
@@ -331,13 +333,17 @@ def route(
     notes: list[str] = []
     owner: str | None = None
     matched_by: Literal["account_owner", "open_domain_lead"] | None = None
-    label = ""
+    takes = unavailable = ""
     if situation.account_owner is not None:
         owner, matched_by = situation.account_owner, "account_owner"
         label = f"account owner {owner} ({situation.account_domain or domain})"
+        takes, unavailable = f"{label} takes the lead", f"{label} is unavailable"
     elif routing.ownership.same_domain and situation.open_lead_owner is not None:
         owner, matched_by = situation.open_lead_owner, "open_domain_lead"
-        label = f"owner {owner} of an open lead from {domain}"
+        # Plain words: several people from one company all reaching one rep is this rule at work.
+        held = f"open lead {situation.open_lead_id}" if situation.open_lead_id else "an open lead"
+        takes = f"same domain ({domain}) as {held} held by {owner}"
+        unavailable = f"{owner}, who holds {held} of the same domain ({domain}), is unavailable"
     if owner is not None and matched_by is not None:
         because = why_not(owner)
         verdicts: tuple[CandidateVerdict, ...] = ()
@@ -357,7 +363,7 @@ def route(
                 owner,
                 OWNER_POOL,
                 matched_by.replace("_", "-"),
-                f"{label} takes the lead",
+                takes,
                 verdicts,
                 Rotation(),
                 matched_by,
@@ -374,7 +380,7 @@ def route(
                 None,
                 OWNER_POOL,
                 matched_by.replace("_", "-"),
-                f"{label} is unavailable ({because}); owner_unavailable=queue: the lead waits for the owner",
+                f"{unavailable} ({because}); owner_unavailable=queue: the lead waits for the owner",
                 verdicts,
                 Rotation(),
                 "none",
@@ -385,7 +391,7 @@ def route(
             )
         policy = routing.ownership.owner_unavailable
         notes.append(
-            f"{label} is unavailable ({because}); "
+            f"{unavailable} ({because}); "
             + ("owner_unavailable=rotate" if policy == "rotate" else "routed by the rules instead of waiting")
         )
         owner_verdicts = verdicts

@@ -121,6 +121,7 @@ class Assignment:
     source: str
     due: datetime
     decision_key: uuid.UUID
+    reason: str = ""  # the decision's reason, as leads.routed.v1 carries it
     sla: str = "armed"  # armed, met, breached, cancelled
     responded_at: datetime | None = None
     responded_by: str | None = None  # the rep credited with the response (sla.credit)
@@ -169,6 +170,25 @@ class _Holder:
     owners: tuple[str, ...] = ()
 
 
+def _newest_other(
+    open_leads: dict[uuid.UUID, tuple[str, datetime]], lead_id: uuid.UUID
+) -> tuple[uuid.UUID | None, str | None]:
+    """The domain's newest open lead other than ``lead_id`` and its holder, as the router reads them
+    (``ORDER BY opened_at DESC, lead_id DESC``): the last opened, and of several opened at that same
+    instant the highest id."""
+    newest: tuple[uuid.UUID, str, datetime] | None = None
+    for lead, (rep, opened) in reversed(open_leads.items()):
+        if lead == lead_id:
+            continue
+        if newest is None:
+            newest = (lead, rep, opened)
+        elif opened != newest[2]:
+            break
+        elif lead > newest[0]:
+            newest = (lead, rep, opened)
+    return (newest[0], newest[1]) if newest is not None else (None, None)
+
+
 @dataclass
 class Results:
     agreement_version: str
@@ -207,8 +227,8 @@ class Engine:
         self.rotations: dict[str, Rotation] = {}
         self.loads: dict[str, RepLoad] = {}
         self.holders: dict[uuid.UUID, _Holder] = {}
-        # domain -> open leads of that domain, in the order they were opened
-        self.open_by_domain: dict[str, dict[uuid.UUID, str]] = {}
+        # domain -> open leads of that domain, in the order they were opened: lead -> (rep, opened at)
+        self.open_by_domain: dict[str, dict[uuid.UUID, tuple[str, datetime]]] = {}
         self.parked: dict[uuid.UUID, _Request] = {}  # qualified leads nobody could take yet
         self.parked_reassignments: dict[uuid.UUID, _Request] = {}
         # SLA ladders: (due, rank, sequence, assignment, timer), fired in time order; a timer no
@@ -403,6 +423,7 @@ class Engine:
         lead = RoutingInput(attributes=fact.attributes, tier=fact.tier, source=fact.source, persona=fact.persona)
         domain = lead_domain(fact.attributes, routing.ownership.free_mail_domains)
         account_owner = account_domain = open_owner = None
+        open_lead: uuid.UUID | None = None
         if domain is not None:
             # Longest first, as the router's query; a stream file has no accounts to look in.
             for candidate in parent_domains(domain) if self.accounts else ():
@@ -411,8 +432,10 @@ class Engine:
                     break
             open_leads = self.open_by_domain.get(domain)
             if open_leads:
-                open_owner = next((rep for lid, rep in reversed(open_leads.items()) if lid != fact.lead_id), None)
-        situation = Situation(now, self.roster, self.rotations, self.loads, account_owner, account_domain, open_owner)
+                open_lead, open_owner = _newest_other(open_leads, fact.lead_id)
+        situation = Situation(
+            now, self.roster, self.rotations, self.loads, account_owner, account_domain, open_owner, open_lead
+        )
         decision = route(lead, agreement, situation, exclude=request.exclude, explain=False)
         if decision.rep_id is None:
             if request.replaces is not None:
@@ -446,6 +469,7 @@ class Engine:
             pool_id=decision.pool_id,
             rule_id=decision.rule_id,
             matched_by=decision.matched_by,
+            reason=decision.reason,
             tier=fact.tier,
             source=fact.source,
             due=first_touch_due(agreement, fact.tier, now, rep_id=decision.rep_id),
@@ -459,7 +483,7 @@ class Engine:
         if decision.domain is not None:
             open_leads = self.open_by_domain.setdefault(decision.domain, {})
             open_leads.pop(fact.lead_id, None)
-            open_leads[fact.lead_id] = decision.rep_id
+            open_leads[fact.lead_id] = (decision.rep_id, now)
         if agreement.sla.policies[fact.tier].escalation:
             self._plan_ladder(assignment, before if carried else None)
         elif before is not None:

@@ -359,6 +359,7 @@ def write_decisions(results: Results, path: Path) -> None:
     for n, a in enumerate(results.assignments):
         record = {"kind": "routed", "lead_id": str(a.lead_id), "at": a.at.isoformat(), "rep_id": a.rep_id}
         record |= {"pool_id": a.pool_id, "rule_id": a.rule_id, "tier": a.tier.value, "due": a.due.isoformat()}
+        record |= {"matched_by": a.matched_by, "reason": a.reason}
         lines.append((a.at, len(results.stage_changes) + n, record | {"sla": a.sla, "responded_by": a.responded_by}))
     offset = len(results.stage_changes) + len(results.assignments)
     for n, step in enumerate(results.escalations):

@@ -170,7 +170,7 @@ async def lock_for(
             "SELECT owner_rep_id AS rep_id FROM accounts WHERE domain = ANY(:candidates) UNION "
             "SELECT h.rep_id FROM unnest(CAST(:domains AS text[]), CAST(:limits AS int[])) AS d(domain, n), "
             "LATERAL (SELECT rep_id FROM lead_routing WHERE open AND domain = d.domain "
-            "ORDER BY opened_at DESC LIMIT d.n) AS h UNION "
+            "ORDER BY opened_at DESC, lead_id DESC LIMIT d.n) AS h UNION "
             "SELECT rep_id FROM lead_routing WHERE lead_id = ANY(:leads)"
         ),
         {
@@ -205,7 +205,8 @@ class RoutingState:
     rotations: dict[str, Rotation]
     loads: dict[str, RepLoad]
     accounts: dict[str, str]  # domain -> owning rep
-    open_by_domain: dict[str, list[tuple[uuid.UUID, str]]]  # newest first: (lead, rep)
+    # Newest first, ties (leads opened in one transaction) by the higher lead id: (lead, rep, opened at)
+    open_by_domain: dict[str, list[tuple[uuid.UUID, str, datetime]]]
     domain_of: dict[uuid.UUID, str]  # the open_by_domain list each listed lead is in
     holdings: dict[uuid.UUID, Holding]
     decided: set[uuid.UUID]  # decision keys already stored (a redelivery past the inbox)
@@ -219,13 +220,15 @@ class RoutingState:
         """Reps outside the pools whose counters this state read: owners, domain holders, holders."""
         return (
             set(self.accounts.values())
-            | {rep for held in self.open_by_domain.values() for _, rep in held}
+            | {rep for held in self.open_by_domain.values() for _, rep, _ in held}
             | {holding.rep_id for holding in self.holdings.values()}
         )
 
     def situation(self, now: datetime, roster: Roster, lead_id: uuid.UUID, domain: str | None) -> Situation:
         owner_domain = next((d for d in parent_domains(domain) if d in self.accounts), None) if domain else None
-        holder = next((rep for lead, rep in self.open_by_domain.get(domain or "", []) if lead != lead_id), None)
+        held = next(
+            ((lead, rep) for lead, rep, _ in self.open_by_domain.get(domain or "", []) if lead != lead_id), None
+        )
         return Situation(
             now,
             roster,
@@ -233,7 +236,8 @@ class RoutingState:
             self.loads,
             self.accounts.get(owner_domain) if owner_domain else None,
             owner_domain,
-            holder,
+            held[1] if held else None,
+            held[0] if held else None,
         )
 
 
@@ -260,13 +264,13 @@ async def load_state(
         # lead never counts as its own domain's holder, so each decision still finds the newest other.
         "held AS (SELECT d.domain, h.lead_id, h.rep_id, h.opened_at FROM unnest(CAST(:domains AS text[]), "
         "CAST(:limits AS int[])) AS d(domain, n), LATERAL (SELECT lead_id, rep_id, opened_at FROM lead_routing "
-        "WHERE open AND domain = d.domain ORDER BY opened_at DESC LIMIT d.n) AS h), "
+        "WHERE open AND domain = d.domain ORDER BY opened_at DESC, lead_id DESC LIMIT d.n) AS h), "
         "prev AS MATERIALIZED (SELECT lead_id, rep_id, load, open, owners FROM lead_routing "
         "WHERE lead_id = ANY(:leads) ORDER BY lead_id FOR UPDATE) "
         "SELECT (SELECT COALESCE(jsonb_agg(jsonb_build_array(pool_id, current, assigned, away)), '[]') FROM rot) "
         "AS rotations, (SELECT COALESCE(jsonb_agg(jsonb_build_array(domain, owner_rep_id)), '[]') FROM acct) "
-        "AS accounts, (SELECT COALESCE(jsonb_agg(jsonb_build_array(domain, lead_id, rep_id) "
-        "ORDER BY domain, opened_at DESC), '[]') FROM held) AS held, "
+        "AS accounts, (SELECT COALESCE(jsonb_agg(jsonb_build_array(domain, lead_id, rep_id, opened_at) "
+        "ORDER BY domain, opened_at DESC, lead_id DESC), '[]') FROM held) AS held, "
         "(SELECT COALESCE(jsonb_agg(jsonb_build_array(lead_id, rep_id, load, open, owners)), '[]') FROM prev) "
         "AS previous, (SELECT COALESCE(jsonb_agg(decision_key), '[]') FROM assignments "
         "WHERE decision_key = ANY(:keys)) AS decided, "
@@ -293,10 +297,10 @@ async def load_state(
             {"ids": sorted(pools), "now": now},
         )
         row = (await connection.execute(query, parameters)).one()
-    open_by_domain: dict[str, list[tuple[uuid.UUID, str]]] = {}
+    open_by_domain: dict[str, list[tuple[uuid.UUID, str, datetime]]] = {}
     domain_of: dict[uuid.UUID, str] = {}
-    for domain, lead_id, rep_id in row.held:
-        open_by_domain.setdefault(domain, []).append((uuid.UUID(lead_id), rep_id))
+    for domain, lead_id, rep_id, opened_at in row.held:
+        open_by_domain.setdefault(domain, []).append((uuid.UUID(lead_id), rep_id, datetime.fromisoformat(opened_at)))
         domain_of[uuid.UUID(lead_id)] = domain
     return RoutingState(
         rotations={
@@ -470,9 +474,13 @@ def assign(
     listed = state.domain_of.pop(request.lead_id, None)
     if listed is not None:
         holders = state.open_by_domain[listed]
-        holders[:] = [(lead, rep) for lead, rep in holders if lead != request.lead_id]
+        holders[:] = [held for held in holders if held[0] != request.lead_id]
     if decision.domain:
-        state.open_by_domain.setdefault(decision.domain, []).insert(0, (request.lead_id, rep_id))
+        # In the order load_state reads them (opened_at DESC, lead_id DESC): after the leads this
+        # run opened at the same instant with a higher id, so batched and single decisions agree.
+        holders = state.open_by_domain.setdefault(decision.domain, [])
+        at = next((i for i, (lead, _, opened) in enumerate(holders) if (opened, lead) < (now, request.lead_id)), None)
+        holders.insert(len(holders) if at is None else at, (request.lead_id, rep_id, now))
         state.domain_of[request.lead_id] = decision.domain
     state.settled.append(request.lead_id)
     return LeadRoutedV1(

@@ -188,6 +188,20 @@ async def test_simulator_replays_the_live_run_decision_by_decision(
         our_leads |= {event["lead_id"] for event in accepted}
         await processed(database, [event["event_id"] for event in accepted], line["kind"], dead_before)
 
+    # Two demo requests from one company: the second goes to the holder of the first, still open,
+    # and both sides must say so in the same words (domain stickiness, docs/routing.md).
+    company = f"{tag}-acme.example.com"
+    same_domain: list[str] = []
+    for person in ("first", "second"):
+        body = {"type": "demo_request", "contact": {"email": f"{person}@{company}", "country": "US"}}
+        dead_before = await dead_lettered(database)
+        response = await post_signed(client, "/v1/webhooks/webform/events", body)
+        assert response.status_code == 202, response.text
+        accepted = response.json()["events"]
+        same_domain.append(accepted[0]["lead_id"])
+        our_leads |= {event["lead_id"] for event in accepted}
+        await processed(database, [event["event_id"] for event in accepted], "lead", dead_before)
+
     # A lead nobody answers under a ladder (the cold tier of this agreement): breached, reassigned
     # once, on-call paged. Sent after the stream, so the reassignment meets the same rotation in
     # the live run and in the replay; then one more input moves the replay's clock past the page.
@@ -247,7 +261,7 @@ async def test_simulator_replays_the_live_run_decision_by_decision(
     assert "leads/s on one core" in simulated.stdout
 
     sim_stages: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
-    sim_owners: dict[str, list[tuple[str, str, timedelta, str, str | None]]] = defaultdict(list)
+    sim_owners: dict[str, list[tuple[str, str, timedelta, str, str | None, str]]] = defaultdict(list)
     sim_steps: dict[str, list[tuple[int, str]]] = defaultdict(list)
     for record in map(orjson.loads, decisions.read_bytes().splitlines()):
         if record["kind"] == "escalated":
@@ -257,11 +271,11 @@ async def test_simulator_replays_the_live_run_decision_by_decision(
         else:
             offset = datetime.fromisoformat(record["due"]) - datetime.fromisoformat(record["at"])
             sim_owners[record["lead_id"]].append(
-                (record["rep_id"], record["pool_id"], offset, record["sla"], record["responded_by"])
+                (record["rep_id"], record["pool_id"], offset, record["sla"], record["responded_by"], record["reason"])
             )
 
     live_stages: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
-    live_owners: dict[str, list[tuple[str, str, timedelta, str, str | None]]] = defaultdict(list)
+    live_owners: dict[str, list[tuple[str, str, timedelta, str, str | None, str]]] = defaultdict(list)
     async with database.connect() as connection:
         facts = await connection.execute(
             text(
@@ -275,15 +289,17 @@ async def test_simulator_replays_the_live_run_decision_by_decision(
             live_stages[str(row.lead_id)].append((row.payload["from_stage"], row.payload["to_stage"], at))
         routed = await connection.execute(
             text(
-                "SELECT a.lead_id, a.rep_id, a.pool_id, d.due_at - a.routed_at AS offset, d.status, d.responded_by "
-                "FROM assignments a "
+                "SELECT a.lead_id, a.rep_id, a.pool_id, d.due_at - a.routed_at AS offset, d.status, d.responded_by, "
+                "a.reason FROM assignments a "
                 "JOIN deadlines d ON d.assignment_id = a.assignment_id AND d.milestone = 'first_touch' "
                 "WHERE a.lead_id = ANY(:leads) ORDER BY a.routed_at"
             ),
             {"leads": [uuid.UUID(lead) for lead in our_leads]},
         )
         for row in routed:
-            live_owners[str(row.lead_id)].append((row.rep_id, row.pool_id, row.offset, row.status, row.responded_by))
+            live_owners[str(row.lead_id)].append(
+                (row.rep_id, row.pool_id, row.offset, row.status, row.responded_by, row.reason)
+            )
         fired = await connection.execute(
             text(
                 "SELECT d.lead_id, t.step_index, t.step FROM sla_timers t JOIN deadlines d USING (deadline_id) "
@@ -317,7 +333,7 @@ async def test_simulator_replays_the_live_run_decision_by_decision(
     assert {"illegal_transition", "unknown_reason"} <= refusals, refusals
     # Touches by a rep who does not own the lead were sent, and credited to nobody: every met
     # clock is its owner's (sla.credit's default), in the live run and in the simulator alike.
-    credited = [(rep, by) for owners in live_owners.values() for rep, _, _, status, by in owners if status == "met"]
+    credited = [(rep, by) for owners in live_owners.values() for rep, _, _, status, by, _ in owners if status == "met"]
     assert credited and all(rep == by for rep, by in credited), credited
     async with database.connect() as connection:
         strangers = await connection.scalar(
@@ -334,6 +350,11 @@ async def test_simulator_replays_the_live_run_decision_by_decision(
         assert sim_owners.get(lead, []) == live_owners.get(lead, []), f"owners and deadlines of lead {lead}"
         assert sim_steps.get(lead, []) == live_steps.get(lead, []), f"escalations of lead {lead}"
     assert live_steps[ladder_lead] == [(0, "reassign"), (1, "page_oncall")]
+    first, second = same_domain
+    [(holder, *_)] = live_owners[first]
+    [(rep, pool, *_, reason)] = live_owners[second]
+    assert (rep, pool) == (holder, "account-owner")
+    assert reason == f"same domain ({company}) as open lead {first} held by {holder}"
     assert len(live_owners[ladder_lead]) == 2
     # Leads beyond ours come from other tests' traffic in the same window; the simulator may only
     # decide for leads that really came in, never invent one.

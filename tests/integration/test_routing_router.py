@@ -274,6 +274,8 @@ async def test_account_owners_and_open_leads_of_the_same_domain_take_new_leads(w
     assert by_account.reason == f"account owner {world['eli']} (acme-corp.com) takes the lead"
     assert same_domain.rep_id == first.rep_id
     assert same_domain.matched_by == "open_domain_lead"
+    # Plain words for why several people of one company reach one rep: the open lead and its holder.
+    assert same_domain.reason == f"same domain (initech-labs.io) as open lead {first.lead_id} held by {first.rep_id}"
     # Owner routing moves no rotation: the pool's counters still match its assignments.
     [rotation] = await world.rows("SELECT assigned FROM pool_rotation WHERE pool_id = :p", p=world["na"])
     assert sum(rotation.assigned.values()) == 1

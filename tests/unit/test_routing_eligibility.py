@@ -4,6 +4,7 @@ account ownership, reassignment exclusions, and the fallback when nobody in the 
 from __future__ import annotations
 
 import copy
+import uuid
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -305,19 +306,49 @@ def test_an_owner_who_is_not_in_the_roster_is_never_waited_for() -> None:
     )
 
 
+OPEN_LEAD = uuid.UUID("0b6f3c1e-8a57-4d36-9d2a-3f1c2b7e9a10")
+
+
 def test_a_new_lead_from_a_domain_with_an_open_lead_goes_to_that_leads_owner() -> None:
     agreement = agreement_with()
 
-    decision = decide_now(agreement, lead(email="buyer@initech.io"), open_lead_owner="eli")
+    decision = decide_now(agreement, lead(email="buyer@initech.io"), open_lead_owner="eli", open_lead_id=OPEN_LEAD)
     ignored = decide_now(
         parse_agreement({**document(), "routing": {**document()["routing"], "ownership": {"same_domain": False}}}),
         lead(email="buyer@initech.io"),
         open_lead_owner="eli",
+        open_lead_id=OPEN_LEAD,
     )
 
     assert (decision.rep_id, decision.matched_by, decision.rule_id) == ("eli", "open_domain_lead", "open-domain-lead")
-    assert decision.reason == "owner eli of an open lead from initech.io takes the lead"
     assert ignored.matched_by == "rule"
+
+
+def test_the_reason_of_a_same_domain_routing_names_the_open_lead_and_its_holder() -> None:
+    """Eight people from one company all reaching one rep is domain stickiness: the reason says so."""
+    decision = decide_now(
+        agreement_with(), lead(email="buyer@initech.io"), open_lead_owner="eli", open_lead_id=OPEN_LEAD
+    )
+    from_company_domain = decide_now(
+        agreement_with(),
+        lead(email="buyer@gmail.com", company_domain="Initech.io"),
+        open_lead_owner="eli",
+        open_lead_id=OPEN_LEAD,
+    )
+    paused = decide_now(
+        agreement_with(eli={"paused": True}),
+        lead(email="buyer@initech.io"),
+        open_lead_owner="eli",
+        open_lead_id=OPEN_LEAD,
+    )
+
+    assert decision.reason == f"same domain (initech.io) as open lead {OPEN_LEAD} held by eli"
+    assert from_company_domain.reason == decision.reason
+    assert paused.rep_id != "eli"
+    assert paused.reason == (
+        f"eli, who holds open lead {OPEN_LEAD} of the same domain (initech.io), is unavailable (paused); "
+        "owner_unavailable=rotate; rule north-america -> pool na, weighted rotation"
+    )
 
 
 def test_a_reassignment_never_returns_the_lead_to_an_excluded_rep() -> None:

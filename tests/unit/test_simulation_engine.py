@@ -69,6 +69,26 @@ def test_rotation_follows_the_weights_and_a_same_domain_lead_goes_to_the_open_ow
     assert sorted(reps[:8]).count("sim-ann") == 4  # weight 2 of 4
     assert results.assignments[8].matched_by == "open_domain_lead"
     assert reps[8] == reps[0]
+    # The same words as the live router's leads.routed.v1 (coxswain.core.routing.route).
+    first = results.assignments[0].lead_id
+    assert results.assignments[8].reason == f"same domain (c0.example.com) as open lead {first} held by {reps[0]}"
+
+
+def test_of_open_leads_opened_at_one_instant_the_reason_names_the_highest_id_as_the_router_does() -> None:
+    # The router reads a domain's open leads ORDER BY opened_at DESC, lead_id DESC; the simulator
+    # must name the same lead when several were opened at the same instant.
+    engine = Engine(load_agreement(E2E))
+    results = engine.run(
+        [
+            received("b@tie.example.com", T0),
+            received("a@tie.example.com", T0),
+            received("c@tie.example.com", T0 + timedelta(minutes=1)),
+        ]
+    )
+    first, second, third = results.assignments
+    assert second.matched_by == third.matched_by == "open_domain_lead"
+    assert first.lead_id > second.lead_id  # so the last opened is not the one to name
+    assert third.reason == f"same domain (tie.example.com) as open lead {first.lead_id} held by {first.rep_id}"
 
 
 def test_an_accepted_lead_releases_its_domain_and_a_response_meets_the_deadline() -> None:
