@@ -855,12 +855,47 @@ def load_agreement_text(text: str, source: str = "<agreement>") -> Agreement:
     return parse_agreement(document, source)
 
 
+# The largest agreement a file or a request body may hold. Real ones are a few kilobytes; the
+# limit keeps a wrong file (a log, a database dump, /dev/zero) from being read whole.
+MAX_AGREEMENT_BYTES = 1_048_576
+
+
+def byte_position(data: bytes, offset: int) -> str:
+    """Where byte ``offset`` of ``data`` is, as an editor shows it (columns count bytes)."""
+    line, line_start = data.count(b"\n", 0, offset) + 1, data.rfind(b"\n", 0, offset) + 1
+    return f"line {line}, column {offset - line_start + 1} (byte {offset})"
+
+
+def agreement_text(data: bytes, source: str = "<agreement>") -> str:
+    """The text of an agreement file or body: UTF-8 (a leading BOM is dropped), no NUL byte, at
+    most ``MAX_AGREEMENT_BYTES``; anything else is an ``AgreementError`` saying where."""
+
+    def refuse(where: str, message: str) -> AgreementError:
+        return AgreementError(source, [AgreementProblem(where, message)])
+
+    if len(data) > MAX_AGREEMENT_BYTES:
+        raise refuse("(document)", f"larger than {MAX_AGREEMENT_BYTES:,} bytes, the most an agreement may hold")
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise refuse("(document)", "is UTF-16 text; save the agreement as UTF-8")
+    nul = data.find(b"\0")
+    if nul >= 0:
+        raise refuse(byte_position(data, nul), "a NUL byte: this is a binary file, not agreement YAML")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise refuse(
+            byte_position(data, exc.start),
+            f"byte 0x{data[exc.start]:02x} is not UTF-8 text; save the agreement as UTF-8",
+        ) from None
+
+
 def load_agreement(path: Path) -> Agreement:
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as handle:
+            data = handle.read(MAX_AGREEMENT_BYTES + 1)  # never more: the file may be huge or endless
     except OSError as exc:
         raise AgreementError(str(path), [AgreementProblem("(file)", f"cannot read: {exc.strerror}")]) from None
-    return load_agreement_text(text, str(path))
+    return load_agreement_text(agreement_text(data, str(path)), str(path))
 
 
 def _problem(error: Mapping[str, Any]) -> AgreementProblem:
