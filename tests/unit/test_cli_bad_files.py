@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tracemalloc
 from datetime import date
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from typer.testing import CliRunner
 from coxswain.cli import app
 from coxswain.core.agreement import MAX_AGREEMENT_BYTES
 from coxswain.simulation.generate import StreamSpec, write_stream
+from coxswain.simulation.inputs import MAX_LINE_BYTES, BadInput, read_stream, split_stream
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "agreement.yaml"
@@ -116,3 +118,71 @@ def test_simulate_locates_a_policy_that_is_not_utf8(tmp_path: Path, stream: Path
     assert done.returncode == 2, done.stderr
     assert done.stderr == f"policy {policy}: line 2, column 3 (byte 20): byte 0xab is not UTF-8 text\n"
     assert "Traceback" not in done.stdout + done.stderr
+
+
+def bad_stream(tmp_path: Path, stream: Path, kind: str, where: str) -> tuple[Path, str]:
+    """The good stream with one bad line first or last (last is past the share this process reads
+    on two cores, so a forked reader finds it), and what the message must say."""
+    lines = stream.read_bytes()
+    bad = {
+        "latin-1": b'{"at": "caf\xe9"}\n',
+        "binary": b"\x00\x01\x02\x03 PK\x03\x04\n",
+        "oversized": b'{"at": "' + b"x" * MAX_LINE_BYTES + b'"}\n',
+    }[kind]
+    path = tmp_path / f"{kind}-{where}.jsonl"
+    path.write_bytes(bad + lines if where == "first" else lines + bad)
+    number, offset = (1, 0) if where == "first" else (lines.count(b"\n") + 1, len(lines))
+    expected = {
+        "latin-1": f"byte 0xe9 at column 12 (byte {offset + 11} of the file) is not UTF-8 text",
+        "binary": f"a NUL byte at column 1 (byte {offset} of the file): this is a binary file, not a JSON Lines stream",
+        "oversized": f"the line starting at byte {offset} is longer than {MAX_LINE_BYTES:,} bytes",
+    }[kind]
+    return path, f"{path}:{number}: {expected}"
+
+
+@pytest.mark.parametrize("where", ["first", "last"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_simulate_locates_a_stream_line_that_is_no_json_text(
+    tmp_path: Path, stream: Path, kind: str, where: str
+) -> None:
+    path, expected = bad_stream(tmp_path, stream, kind, where)
+
+    done = coxswain("simulate", "--candidate", str(EXAMPLE), "--baseline", str(EXAMPLE), "--events", str(path))
+
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(expected), done.stderr
+    assert done.stderr.count("\n") == 1 and done.stdout == ""
+    assert "Traceback" not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_simulate_on_one_core_locates_the_same_line(tmp_path: Path, stream: Path, kind: str) -> None:
+    path, expected = bad_stream(tmp_path, stream, kind, "last")
+    candidate = tmp_path / "candidate.yaml"
+    candidate.write_text(EXAMPLE.read_text().replace("enter: 60", "enter: 65", 1))
+
+    done = coxswain(
+        "simulate", "--candidate", str(candidate), "--baseline", str(EXAMPLE), "--events", str(path), one_core=True
+    )
+
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(expected), done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_a_stream_line_is_never_read_whole_past_the_limit(tmp_path: Path) -> None:
+    """A file without a newline (a disk image, /dev/zero) costs one line's worth of memory."""
+    path = tmp_path / "no-newline.jsonl"
+    path.write_bytes(b"7" * (MAX_LINE_BYTES * 16))
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(BadInput, match=r"no-newline.jsonl:1: the line starting at byte 0 is longer"):
+            read_stream(path)
+        head, tail = split_stream(path, 0.03)  # where two cores cut it: the end, a MiB at a time
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert peak < 4 * MAX_LINE_BYTES
+    assert head.end == tail.start == path.stat().st_size
