@@ -62,6 +62,20 @@ def parse_duration(value: object) -> object:
     return value
 
 
+def spoken_duration(value: timedelta) -> str:
+    """A duration as a person says it, sign included: '-3 seconds', '2 hours', '1.5 days'.
+
+    ``str(timedelta(seconds=-3))`` is '-1 day, 23:59:57', which nobody wrote."""
+    seconds = value.total_seconds()
+    sign, size = ("-" if seconds < 0 else ""), abs(seconds)
+    for unit, length in (("week", 604800), ("day", 86400), ("hour", 3600), ("minute", 60)):
+        if size >= length and size % length == 0:
+            count = int(size // length)
+            return f"{sign}{count} {unit}{'' if count == 1 else 's'}"
+    text = f"{size:.6f}".rstrip("0").rstrip(".")  # microseconds at most, never 1.2e+06
+    return f"{sign}{text} second{'' if size == 1 else 's'}"
+
+
 Duration = Annotated[
     timedelta,
     BeforeValidator(parse_duration),
@@ -131,7 +145,7 @@ class WindowCap(Strict):
     @model_validator(mode="after")
     def _positive_window(self) -> WindowCap:
         if self.window <= timedelta(0):
-            raise ValueError(f"window must be positive, got {self.window}")
+            raise ValueError(f"window must be positive, got {spoken_duration(self.window)}")
         return self
 
 
@@ -147,7 +161,7 @@ class EngagementRule(Strict):
     @model_validator(mode="after")
     def _positive_half_life(self) -> EngagementRule:
         if self.half_life <= timedelta(0):
-            raise ValueError(f"half_life must be positive, got {self.half_life}")
+            raise ValueError(f"half_life must be positive, got {spoken_duration(self.half_life)}")
         return self
 
 
@@ -174,7 +188,7 @@ class FastLane(Strict):
     @model_validator(mode="after")
     def _positive_hold(self) -> FastLane:
         if self.hold is not None and self.hold <= timedelta(0):
-            raise ValueError(f"hold must be positive, got {self.hold}")
+            raise ValueError(f"hold must be positive, got {spoken_duration(self.hold)}")
         return self
 
 
@@ -355,7 +369,7 @@ class EscalationStep(Strict):
     @model_validator(mode="after")
     def _not_negative(self) -> EscalationStep:
         if self.after < timedelta(0):
-            raise ValueError(f"after must not be negative, got {self.after}")
+            raise ValueError(f"after must not be negative, got {spoken_duration(self.after)}")
         return self
 
 
@@ -382,9 +396,9 @@ class SlaPolicy(Strict):
     @model_validator(mode="after")
     def _positive(self) -> SlaPolicy:
         if self.first_touch <= timedelta(0):
-            raise ValueError(f"first_touch must be positive, got {self.first_touch}")
+            raise ValueError(f"first_touch must be positive, got {spoken_duration(self.first_touch)}")
         if self.sal_decision is not None and self.sal_decision <= timedelta(0):
-            raise ValueError(f"sal_decision must be positive, got {self.sal_decision}")
+            raise ValueError(f"sal_decision must be positive, got {spoken_duration(self.sal_decision)}")
         if ActivityType.automated_email in self.responses:
             raise ValueError("automated_email cannot count as a response: a person must follow up")
         if any(not 0 < fraction < 1 for fraction in self.warnings) or list(self.warnings) != sorted(set(self.warnings)):
@@ -469,7 +483,7 @@ class RejectionReason(Strict):
     @model_validator(mode="after")
     def _cooldown_not_negative(self) -> RejectionReason:
         if self.cooldown is not None and self.cooldown < timedelta(0):
-            raise ValueError(f"cooldown must not be negative, got {self.cooldown}")
+            raise ValueError(f"cooldown must not be negative, got {spoken_duration(self.cooldown)}")
         if self.cooldown is not None and self.outcome == "disqualify":
             raise ValueError("cooldown only applies to outcome recycle; a disqualified lead never re-qualifies")
         return self
@@ -512,7 +526,7 @@ class Lifecycle(Strict):
     @model_validator(mode="after")
     def _cooldown_not_negative(self) -> Lifecycle:
         if self.recycle_cooldown < timedelta(0):
-            raise ValueError(f"recycle_cooldown must not be negative, got {self.recycle_cooldown}")
+            raise ValueError(f"recycle_cooldown must not be negative, got {spoken_duration(self.recycle_cooldown)}")
         return self
 
     def rejection_reason(self, code: str | None) -> RejectionReason | None:
@@ -855,12 +869,47 @@ def load_agreement_text(text: str, source: str = "<agreement>") -> Agreement:
     return parse_agreement(document, source)
 
 
+# The largest agreement a file or a request body may hold. Real ones are a few kilobytes; the
+# limit keeps a wrong file (a log, a database dump, /dev/zero) from being read whole.
+MAX_AGREEMENT_BYTES = 1_048_576
+
+
+def byte_position(data: bytes, offset: int) -> str:
+    """Where byte ``offset`` of ``data`` is, as an editor shows it (columns count bytes)."""
+    line, line_start = data.count(b"\n", 0, offset) + 1, data.rfind(b"\n", 0, offset) + 1
+    return f"line {line}, column {offset - line_start + 1} (byte {offset})"
+
+
+def agreement_text(data: bytes, source: str = "<agreement>") -> str:
+    """The text of an agreement file or body: UTF-8 (a leading BOM is dropped), no NUL byte, at
+    most ``MAX_AGREEMENT_BYTES``; anything else is an ``AgreementError`` saying where."""
+
+    def refuse(where: str, message: str) -> AgreementError:
+        return AgreementError(source, [AgreementProblem(where, message)])
+
+    if len(data) > MAX_AGREEMENT_BYTES:
+        raise refuse("(document)", f"larger than {MAX_AGREEMENT_BYTES:,} bytes, the most an agreement may hold")
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise refuse("(document)", "is UTF-16 text; save the agreement as UTF-8")
+    nul = data.find(b"\0")
+    if nul >= 0:
+        raise refuse(byte_position(data, nul), "a NUL byte: this is a binary file, not agreement YAML")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise refuse(
+            byte_position(data, exc.start),
+            f"byte 0x{data[exc.start]:02x} is not UTF-8 text; save the agreement as UTF-8",
+        ) from None
+
+
 def load_agreement(path: Path) -> Agreement:
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as handle:
+            data = handle.read(MAX_AGREEMENT_BYTES + 1)  # never more: the file may be huge or endless
     except OSError as exc:
         raise AgreementError(str(path), [AgreementProblem("(file)", f"cannot read: {exc.strerror}")]) from None
-    return load_agreement_text(text, str(path))
+    return load_agreement_text(agreement_text(data, str(path)), str(path))
 
 
 def _problem(error: Mapping[str, Any]) -> AgreementProblem:

@@ -23,6 +23,11 @@ class BadInput(ValueError):
     """The input cannot be simulated; the message says where and why."""
 
 
+# One line is one webhook delivery, and intake takes a body of at most 1 MiB
+# (COXSWAIN_MAX_BODY_BYTES); a longer line is not an event, and is never read whole.
+MAX_LINE_BYTES = 1_048_576
+
+
 @dataclass(frozen=True)
 class Part:
     """The lines of a stream from byte ``start`` (the first byte of a line) up to byte ``end``;
@@ -48,14 +53,16 @@ def read_chunks(path: Path, part: Part | None = None, lines: int = 1 << 62) -> I
     position, end, number = (0, None, 0) if part is None else (part.start, part.end, part.lines_before)
     with path.open("rb") as handle:
         handle.seek(position)
-        for raw in handle:
-            if end is not None and position >= end:
+        while end is None or position < end:
+            raw = handle.readline(MAX_LINE_BYTES + 1)  # never a whole file without a newline
+            if not raw:
                 break
-            position += len(raw)
             number += 1
-            if not raw.strip():
-                continue
-            events.extend(_line(path, number, raw, contacts))
+            if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                raise BadInput(_unreadable(path, number, position, raw) or _too_long(path, number, position))
+            if raw.strip():
+                events.extend(_line(path, number, position, raw, contacts))
+            position += len(raw)
             if number % lines == 0:
                 yield events
                 events = []
@@ -67,7 +74,8 @@ def split_stream(path: Path, share: float) -> tuple[Part, Part]:
     size = path.stat().st_size
     with path.open("rb") as handle:
         handle.seek(min(size, int(size * share)))
-        handle.readline()
+        while (rest := handle.readline(1 << 20)) and not rest.endswith(b"\n"):
+            pass  # to the end of the line, a MiB at a time (a file without newlines is no stream)
         middle = handle.tell() if int(size * share) > 0 else 0
         handle.seek(0)
         lines, read = 0, 0
@@ -90,7 +98,33 @@ def _contact(body: Any, contacts: dict[bytes, LeadAttributes]) -> Any:
     return {**body, "contact": found}
 
 
-def _line(path: Path, number: int, raw: bytes, contacts: dict[bytes, LeadAttributes]) -> Sequence[Input]:
+def _too_long(path: Path, number: int, position: int) -> str:
+    return (
+        f"{path}:{number}: the line starting at byte {position} is longer than {MAX_LINE_BYTES:,} bytes, "
+        "the most one event may take"
+    )
+
+
+def _unreadable(path: Path, number: int, position: int, raw: bytes) -> str | None:
+    """What makes a line no text at all (a NUL byte, bytes that are not UTF-8), with its column
+    and its byte in the file; None for a text line."""
+    nul = raw.find(b"\0")
+    if nul >= 0:
+        return (
+            f"{path}:{number}: a NUL byte at column {nul + 1} (byte {position + nul} of the file): "
+            "this is a binary file, not a JSON Lines stream"
+        )
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return (
+            f"{path}:{number}: byte 0x{raw[exc.start]:02x} at column {exc.start + 1} "
+            f"(byte {position + exc.start} of the file) is not UTF-8 text; a stream is JSON Lines in UTF-8"
+        )
+    return None
+
+
+def _line(path: Path, number: int, position: int, raw: bytes, contacts: dict[bytes, LeadAttributes]) -> Sequence[Input]:
     where = f"{path}:{number}"
     try:
         line = orjson.loads(raw)
@@ -106,7 +140,7 @@ def _line(path: Path, number: int, raw: bytes, contacts: dict[bytes, LeadAttribu
             return build_activities(source, webhook_id, [ActivityIn.model_validate(body)], at)
         raise BadInput(f"{where}: kind must be 'lead' or 'activity', not {kind!r}")
     except orjson.JSONDecodeError as exc:
-        raise BadInput(f"{where}: not JSON ({exc})") from None
+        raise BadInput(_unreadable(path, number, position, raw) or f"{where}: not JSON ({exc})") from None
     except KeyError as exc:
         raise BadInput(f"{where}: missing field {exc}") from None
     except (ValidationError, Problem) as exc:

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import yaml
 
-from coxswain.core.agreement import Agreement, AgreementError, load_agreement
+from coxswain.core.agreement import MAX_AGREEMENT_BYTES, Agreement, AgreementError, byte_position, load_agreement
 from coxswain.simulation.engine import Engine, Input, Results
 from coxswain.simulation.inputs import (
     BadInput,
@@ -69,7 +69,19 @@ def load_policy(path: Path | None) -> dict[str, float]:
     if not path.is_file():
         raise BadInput(f"policy {path}: no such file")
     try:
-        document = yaml.safe_load(path.read_text()) or {}
+        with path.open("rb") as handle:
+            data = handle.read(MAX_AGREEMENT_BYTES + 1)
+    except OSError as exc:
+        raise BadInput(f"policy {path}: cannot read: {exc.strerror}") from None
+    if len(data) > MAX_AGREEMENT_BYTES:
+        raise BadInput(f"policy {path}: larger than {MAX_AGREEMENT_BYTES:,} bytes; a policy is a few guards")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        where = byte_position(data, exc.start)
+        raise BadInput(f"policy {path}: {where}: byte 0x{data[exc.start]:02x} is not UTF-8 text") from None
+    try:
+        document = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise BadInput(f"policy {path} is not YAML: {exc}") from None
     if not isinstance(document, dict):

@@ -19,14 +19,18 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coxswain.core.agreement import Agreement, AgreementError, load_agreement_text
+from coxswain.core.agreement import (
+    MAX_AGREEMENT_BYTES,
+    Agreement,
+    AgreementError,
+    agreement_text,
+    load_agreement_text,
+)
 from coxswain.core.agreement_checks import agreement_warnings
 from services.admin import agreements
 from services.admin.leads import explain
 
 log = logging.getLogger(__name__)
-
-MAX_AGREEMENT_BYTES = 1_048_576
 
 
 class StoredVersion(BaseModel):
@@ -98,7 +102,7 @@ def create_admin_router(
         if len(body) > MAX_AGREEMENT_BYTES:
             raise HTTPException(413, f"an agreement is at most {MAX_AGREEMENT_BYTES} bytes")
         try:
-            parsed = load_agreement_text(body.decode("utf-8", errors="replace"), source="request body")
+            parsed = load_agreement_text(agreement_text(body, "request body"), source="request body")
         except AgreementError as exc:
             return JSONResponse(
                 {

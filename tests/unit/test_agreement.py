@@ -21,6 +21,7 @@ from coxswain.core.agreement import (
     load_agreement_text,
     parse_agreement,
     parse_duration,
+    spoken_duration,
 )
 from coxswain.core.scoring import matches
 from schemas.events import ActivityType, EngagementType, Tier
@@ -241,7 +242,13 @@ MALFORMED: list[tuple[str, Callable[[Doc], None], str, str]] = [
         "zero half_life",
         _set("scoring", "engagement", 2, "half_life", value="0d"),
         "scoring.engagement.2",
-        "half_life must be positive, got 0:00:00",
+        "half_life must be positive, got 0 seconds",
+    ),
+    (
+        "negative half_life written as a bare number (seconds)",
+        _set("scoring", "engagement", 2, "half_life", value=-3),
+        "scoring.engagement.2",
+        "half_life must be positive, got -3 seconds",
     ),
     (
         "zero cap",
@@ -382,6 +389,24 @@ def test_malformed_cases_are_distinct() -> None:
     assert len(MALFORMED) >= 20
     assert len({(path, fragment) for _, _, path, fragment in MALFORMED}) == len(MALFORMED)
     assert len({name for name, *_ in MALFORMED}) == len(MALFORMED)
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        (timedelta(seconds=-3), "-3 seconds"),
+        (timedelta(0), "0 seconds"),
+        (timedelta(seconds=1), "1 second"),
+        (timedelta(seconds=-0.25), "-0.25 seconds"),
+        (timedelta(minutes=-90), "-90 minutes"),
+        (timedelta(hours=-2), "-2 hours"),
+        (timedelta(days=-1), "-1 day"),
+        (timedelta(weeks=2), "2 weeks"),
+        (timedelta(days=14, seconds=1), "1209601 seconds"),
+    ],
+)
+def test_durations_in_problems_are_said_in_the_units_people_write(value: timedelta, said: str) -> None:
+    assert spoken_duration(value) == said
 
 
 def test_every_problem_is_reported_not_only_the_first() -> None:

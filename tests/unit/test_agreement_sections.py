@@ -123,7 +123,7 @@ MALFORMED: list[tuple[str, Callable[[Doc], None], str, str]] = [
         "window cap of zero length",
         put("scoring", "engagement", PAGE_VIEW, "cap_per_window", "window", value="0s"),
         "scoring.engagement.6.cap_per_window",
-        "window must be positive, got 0:00:00",
+        "window must be positive, got 0 seconds",
     ),
     (
         "window cap of negative points",
@@ -160,7 +160,7 @@ MALFORMED: list[tuple[str, Callable[[Doc], None], str, str]] = [
         "fast lane hold of zero",
         put("scoring", "fast_lanes", 0, "hold", value="0m"),
         "scoring.fast_lanes.0",
-        "hold must be positive, got 0:00:00",
+        "hold must be positive, got 0 seconds",
     ),
     (
         "fast lane hold that is not a duration",
@@ -523,6 +523,18 @@ def test_validate_reports_errors_without_a_traceback(tmp_path: Path) -> None:
     assert f"{path}: playbooks.2.persona: playbook 'mql-revenue-leader' names persona 'cfo'" in result.output
     assert "Traceback" not in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_validate_says_a_negative_half_life_in_the_units_written(tmp_path: Path) -> None:
+    document = mutated(put("scoring", "engagement", 0, "half_life", value=-3))
+    path = tmp_path / "negative.yaml"
+    path.write_text(yaml.safe_dump(document), encoding="utf-8")
+
+    result = runner.invoke(app, ["agreement", "validate", str(path)])
+
+    assert result.exit_code == 1, result.output
+    assert result.stderr == f"{path}: scoring.engagement.0: half_life must be positive, got -3 seconds\n"
+    assert "day," not in result.output
 
 
 def test_diff_command_lists_changes_and_exits_1(tmp_path: Path) -> None:
