@@ -426,8 +426,8 @@ def generate_stream(
     from coxswain.progress import progress
 
     try:
-        with progress(f"generating {leads} leads over {days} days"):
-            written = write_stream(StreamSpec(leads=leads, start=first, days=days, seed=seed), out)
+        with progress("generating", total=leads, unit="leads") as made:
+            written = write_stream(StreamSpec(leads=leads, start=first, days=days, seed=seed), out, made)
     except OSError as exc:
         typer.echo(f"cannot write {out}: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -471,8 +471,9 @@ def simulate(
     from coxswain.progress import progress
 
     request = Request(candidate, baseline, events, from_db, from_kafka, policy, html, first, decisions, after)
-    with progress("simulating baseline and candidate"):
-        outcome = execute(request)
+    with progress("replaying", unit="inputs") as replayed:
+        outcome = execute(request, replayed)
+        replayed.finish()
     typer.echo(outcome.text, err=outcome.code == 2)
     raise typer.Exit(outcome.code)
 

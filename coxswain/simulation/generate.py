@@ -15,7 +15,7 @@ a rep after a delay drawn from that rep's habits.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from itertools import accumulate
@@ -199,8 +199,13 @@ def _sales_answer(rng: random.Random, spec: StreamSpec, lead_id: str, at: dateti
     return lines
 
 
-def generate(spec: StreamSpec) -> Iterator[dict[str, Any]]:
-    """Yield the stream's lines in time order."""
+# How many leads ``generate`` makes between two calls of its ``made`` callback.
+MADE_EVERY = 250
+
+
+def generate(spec: StreamSpec, made: Callable[[int], None] | None = None) -> Iterator[dict[str, Any]]:
+    """Yield the stream's lines in time order; ``made(n)``: n more leads were made (about 80% of
+    the work comes before the first line, so that is what a person watching is told about)."""
     rng = random.Random(spec.seed)
     days = Weighted(day_weights(spec))
     personas = Weighted((p, p.share) for p in PERSONAS)
@@ -208,6 +213,8 @@ def generate(spec: StreamSpec) -> Iterator[dict[str, Any]]:
     sources = Weighted(SOURCES)
     lines: list[dict[str, Any]] = []
     for index in range(spec.leads):
+        if made is not None and index and index % MADE_EVERY == 0:
+            made(MADE_EVERY)
         persona: Persona = personas.draw(rng)
         region: Region = regions.draw(rng)
         source: str = sources.draw(rng)
@@ -240,15 +247,17 @@ def generate(spec: StreamSpec) -> Iterator[dict[str, Any]]:
             touch = {"lead_id": lead_id, "activity": "first_touch", "occurred_at": at.isoformat()}
             lines.append({"at": at.isoformat(), "source": "crm", "kind": "activity", "body": touch})
             lines += _sales_answer(rng, spec, lead_id, at)
+    if made is not None and spec.leads:
+        made(spec.leads - (spec.leads - 1) // MADE_EVERY * MADE_EVERY)
     lines.sort(key=lambda line: line["at"])
     yield from lines
 
 
-def write_stream(spec: StreamSpec, path: Path) -> int:
+def write_stream(spec: StreamSpec, path: Path, made: Callable[[int], None] | None = None) -> int:
     """Write the stream as JSON Lines; the number of lines written."""
     count = 0
     with path.open("wb") as handle:
-        for line in generate(spec):
+        for line in generate(spec, made):
             handle.write(orjson.dumps(line) + b"\n")
             count += 1
     return count

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 import yaml
@@ -31,6 +31,47 @@ from coxswain.simulation.inputs import (
 )
 from coxswain.simulation.parallel import ChildFailed, Forked, Streamed, second_core
 from coxswain.simulation.report import Comparison, compare, guards, html, terminal
+
+
+class Watcher(Protocol):
+    """Someone watching the replay (``coxswain.progress.Meter``): told how many inputs there are
+    and how many the baseline's replay has taken, in this process only, never in a forked child
+    (the child's copy of a progress bar would draw over the parent's)."""
+
+    def __call__(self, n: float = 1) -> None: ...
+
+    def expect(self, total: float) -> None: ...
+
+
+class Unwatched:
+    def __call__(self, n: float = 1) -> None:
+        return None
+
+    def expect(self, total: float) -> None:
+        return None
+
+
+UNWATCHED = Unwatched()
+# Inputs a watched replay takes between two reports: a call per input would cost more than the
+# bar is worth.
+WATCH_EVERY = 2048
+
+
+def lines_in(path: Path) -> int:
+    """The lines of a file, counted in blocks (a stream of 100,000 leads in a few milliseconds)."""
+    count = 0
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            count += block.count(b"\n")
+    return count
+
+
+def feed_watched(engine: Engine, events: Sequence[Input], watch: Watcher) -> None:
+    for start in range(0, len(events), WATCH_EVERY):
+        chunk = events[start : start + WATCH_EVERY]
+        for event in chunk:
+            engine.feed(event)
+        watch(len(chunk))
 
 
 @dataclass(frozen=True)
@@ -144,8 +185,13 @@ def inputs(request: Request) -> tuple[list[Input], dict[str, str]]:
         raise BadInput(f"cannot read the history from {where}: {type(exc).__name__}: {exc}") from None
 
 
-def simulate(agreement: Agreement, events: Sequence[Input], accounts: dict[str, str]) -> Results:
-    return Engine(agreement, accounts=accounts).run(events)
+def simulate(
+    agreement: Agreement, events: Sequence[Input], accounts: dict[str, str], watch: Watcher = UNWATCHED
+) -> Results:
+    engine = Engine(agreement, accounts=accounts)
+    feed_watched(engine, events, watch)
+    engine.finish()
+    return engine.results
 
 
 @contextmanager
@@ -180,23 +226,27 @@ class Replayed:
     reading_cpu: float  # seconds, in every process that read
 
 
-def replay(request: Request, baseline: Agreement, candidate: Agreement) -> Replayed | None:
+def replay(request: Request, baseline: Agreement, candidate: Agreement, watch: Watcher = UNWATCHED) -> Replayed | None:
     """The inputs and both replays; None when there is no input."""
     one_input(request)
     if request.events is not None and second_core():
-        replayed = simulate_stream(request.events, baseline, candidate)
+        replayed = simulate_stream(request.events, baseline, candidate, watch)
         return replayed if replayed.events else None
     started = cpu_seconds()
     events, accounts = inputs(request)
     reading = cpu_seconds() - started
     if not events:
         return None
-    old, new = simulate_both(baseline, candidate, events, accounts)
+    old, new = simulate_both(baseline, candidate, events, accounts, watch)
     return Replayed(events, old, new, reading)
 
 
 def simulate_both(
-    baseline: Agreement, candidate: Agreement, events: Sequence[Input], accounts: dict[str, str]
+    baseline: Agreement,
+    candidate: Agreement,
+    events: Sequence[Input],
+    accounts: dict[str, str],
+    watch: Watcher = UNWATCHED,
 ) -> tuple[Results, Results]:
     """Both replays; the same agreement decides the same way, so it is simulated once.
 
@@ -204,13 +254,16 @@ def simulate_both(
     this process runs the baseline's. Each replay still runs on one core.
     """
     if candidate == baseline:
-        old = simulate(baseline, events, accounts)
+        watch.expect(len(events))
+        old = simulate(baseline, events, accounts, watch)
         return old, old
     if not second_core():
-        return simulate(baseline, events, accounts), simulate(candidate, events, accounts)
+        watch.expect(2 * len(events))
+        return simulate(baseline, events, accounts, watch), simulate(candidate, events, accounts, watch)
+    watch.expect(len(events))
     child = Forked(lambda: simulate(candidate, events, accounts))
     try:
-        old = simulate(baseline, events, accounts)
+        old = simulate(baseline, events, accounts, watch)
     except BaseException:
         child.cancel()
         raise
@@ -226,7 +279,7 @@ HEAD_SHARE = 0.03
 TAIL_CHUNK_LINES = 10_000
 
 
-def simulate_stream(path: Path, baseline: Agreement, candidate: Agreement) -> Replayed:
+def simulate_stream(path: Path, baseline: Agreement, candidate: Agreement, watch: Watcher = UNWATCHED) -> Replayed:
     """Read a stream file and replay it through both agreements (once when they are the same), on
     two cores (``replay`` reads and replays in one process when there is one core).
 
@@ -237,6 +290,7 @@ def simulate_stream(path: Path, baseline: Agreement, candidate: Agreement) -> Re
     """
     if not path.is_file():
         raise BadInput(f"{path}: no such file")
+    watch.expect(lines_in(path))  # about one input per line: close enough for a rate and time left
     both = candidate != baseline
     head_part, tail_part = split_stream(path, HEAD_SHARE)
     reader: Streamed[list[Input] | str] = Streamed(lambda: _read_chunks(path, tail_part), copies=2 if both else 1)
@@ -260,12 +314,14 @@ def simulate_stream(path: Path, baseline: Agreement, candidate: Agreement) -> Re
             candidate_replay = Forked(replay_candidate)
             reader.release(1)
         engine = Engine(baseline)
-        for event in head:
-            engine.feed(event)
+        feed_watched(engine, head, watch)
         rest: list[Input] = []
         before = children_cpu_seconds()
-        for event in _tail(reader, 0, path, tail_part, rest):
+        for number, event in enumerate(_tail(reader, 0, path, tail_part, rest), start=1):
             engine.feed(event)
+            if number % WATCH_EVERY == 0:
+                watch(WATCH_EVERY)
+        watch(len(rest) % WATCH_EVERY)
         reader.wait()
         read_cpu += children_cpu_seconds() - before
         engine.finish()
@@ -313,18 +369,18 @@ def _read_chunks(path: Path, part: Part) -> Iterator[list[Input] | str]:
         yield str(exc)
 
 
-def execute(request: Request) -> Outcome:
+def execute(request: Request, watch: Watcher = UNWATCHED) -> Outcome:
     with collector_paused():
-        return _execute(request)
+        return _execute(request, watch)
 
 
-def _execute(request: Request) -> Outcome:
+def _execute(request: Request, watch: Watcher) -> Outcome:
     try:
         candidate = load(request.candidate, "candidate")
         baseline = baseline_agreement(request.baseline)
         policy = load_policy(request.policy)
         started_cpu, started = cpu_seconds(), time.perf_counter()
-        replayed = replay(request, baseline, candidate)
+        replayed = replay(request, baseline, candidate, watch)
     except BadInput as exc:
         return Outcome(2, str(exc))
     if replayed is None:
