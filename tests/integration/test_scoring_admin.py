@@ -415,3 +415,22 @@ def test_the_cli_says_when_the_database_is_unreachable(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "cannot activate the agreement: the database is unreachable" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.asyncio(loop_scope="session")
+@pytest.mark.parametrize(
+    ("body", "where", "says"),
+    [
+        ("version: x\nname: Caf\xe9\n".encode("latin-1"), "line 2, column 10", "byte 0xe9 is not UTF-8 text"),
+        (b"version: x\n\x00\x01\x02", "line 2, column 1", "a NUL byte: this is a binary file"),
+        ("version: x\n".encode("utf-16"), "(document)", "is UTF-16 text"),
+    ],
+    ids=["latin-1", "binary", "utf-16"],
+)
+async def test_an_agreement_body_that_is_not_utf8_text_is_a_located_422(
+    admin: httpx.AsyncClient, body: bytes, where: str, says: str
+) -> None:
+    refused = await admin.post("/v1/admin/agreements", content=body, headers={"Content-Type": "application/yaml"})
+    assert refused.status_code == 422, refused.text
+    problems = refused.json()["problems"]
+    assert len(problems) == 1 and problems[0]["path"].startswith(where) and says in problems[0]["message"]
