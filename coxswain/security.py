@@ -13,6 +13,7 @@ import base64
 import binascii
 from collections.abc import Mapping, Sequence
 
+from coxswain.access import Token, TokenTable, TokenTableError, parse_tokens
 from coxswain.settings import AdminConfig, DatabaseConfig, DeploymentConfig, KafkaConfig
 
 PLACEHOLDERS = frozenset(
@@ -53,6 +54,32 @@ def _webhook_secret_reason(secret: str) -> str | None:
     return None
 
 
+def _token_reason(token: str) -> str | None:
+    short = len(token.strip()) < MIN_TOKEN_CHARS
+    return placeholder_reason(token) or (f"is too short (at least {MIN_TOKEN_CHARS} characters)" if short else None)
+
+
+def extra_tokens(admin: AdminConfig) -> tuple[Token, ...]:
+    """The named tokens of ``COXSWAIN_TOKENS`` and ``COXSWAIN_TOKENS_FILE`` (both may be set)."""
+    tokens: list[Token] = []
+    if admin.tokens is not None:
+        tokens += parse_tokens(admin.tokens.get_secret_value(), "COXSWAIN_TOKENS")
+    if admin.tokens_file is not None:
+        where = f"COXSWAIN_TOKENS_FILE {admin.tokens_file}"
+        try:
+            text = admin.tokens_file.read_bytes()
+        except OSError as exc:
+            raise TokenTableError(f"{where}: cannot read it ({exc.strerror})") from None
+        tokens += parse_tokens(text, where)
+    return tuple(tokens)
+
+
+def token_table(admin: AdminConfig) -> TokenTable:
+    """Every token the APIs accept; ``TokenTableError`` says what to fix before a service starts."""
+    admin_token = admin.admin_token.get_secret_value() if admin.admin_token is not None else None
+    return TokenTable.of(admin_token, extra_tokens(admin))
+
+
 def production_problems(
     database: DatabaseConfig,
     kafka: KafkaConfig,
@@ -64,12 +91,16 @@ def production_problems(
     if database.database_url == DatabaseConfig.model_fields["database_url"].default:
         problems.append("COXSWAIN_DATABASE_URL is the built-in development default; set the real one")
     if admin.admin_token is not None:
-        token = admin.admin_token.get_secret_value()
-        reason = placeholder_reason(token) or (
-            f"is too short (at least {MIN_TOKEN_CHARS} characters)" if len(token.strip()) < MIN_TOKEN_CHARS else None
-        )
+        reason = _token_reason(admin.admin_token.get_secret_value())
         if reason:
             problems.append(f"COXSWAIN_ADMIN_TOKEN {reason}")
+    try:
+        for token in extra_tokens(admin):
+            reason = _token_reason(token.secret.decode())
+            if reason:
+                problems.append(f"token {token.name!r} {reason}")
+    except TokenTableError as exc:
+        problems.append(str(exc))
     if kafka.kafka_sasl_mechanism is not None:
         if not kafka.kafka_sasl_username:
             problems.append("COXSWAIN_KAFKA_SASL_USERNAME is not set but a SASL mechanism is")

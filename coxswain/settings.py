@@ -83,8 +83,15 @@ class ScoringConfig(Slice):
 
 class AdminConfig(Slice):
     admin_token: SecretStr | None = Field(
-        default=None, description="Bearer token for /v1/admin/* and /v1/leads/*; unset: those endpoints refuse (403)."
+        default=None,
+        description="Bearer token named 'admin' with every scope (coxswain/access.py); with no token configured, "
+        "the admin, lead and roster endpoints refuse (403).",
     )
+    tokens: SecretStr | None = Field(
+        default=None,
+        description='More named tokens with scopes, JSON: {"name": {"token": "...", "scopes": ["roster:write"]}}.',
+    )
+    tokens_file: Path | None = Field(default=None, description="The same JSON table in a file (a mounted secret).")
 
 
 class ConsumerConfig(Slice):

@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from coxswain.access import TokenTableError
 from coxswain.core.agreement import Agreement
 from coxswain.db.database import create_engine, require_current_schema
 from coxswain.runtime import health, metrics, outages, tracing
@@ -24,7 +25,7 @@ from coxswain.runtime.consumer import BatchHandler, ConsumerService, Handler, ut
 from coxswain.runtime.kafka import Publisher
 from coxswain.runtime.outages import is_connection_error
 from coxswain.runtime.outbox import OutboxRelay
-from coxswain.security import InsecureConfiguration, require_safe_configuration
+from coxswain.security import InsecureConfiguration, require_safe_configuration, token_table
 from coxswain.settings import (
     AdminConfig,
     AgreementConfig,
@@ -261,7 +262,8 @@ def intake_app() -> tuple[FastAPI, IntakeConfig]:
     config, kafka, database = IntakeConfig(), KafkaConfig(), DatabaseConfig()
     try:
         require_safe_configuration(DeploymentConfig(), database, kafka, AdminConfig(), load_secrets(config))
-    except (InsecureConfiguration, SecretsError) as exc:
+        tokens = token_table(AdminConfig())
+    except (InsecureConfiguration, SecretsError, TokenTableError) as exc:
         raise SystemExit(f"intake refuses to start: {exc}") from None
     engine = create_engine(database)
     publishers: list[Publisher] = []
@@ -311,10 +313,7 @@ def intake_app() -> tuple[FastAPI, IntakeConfig]:
 
     app = create_app(config, engine, utc_now, lifespan=lifespan, readiness_checks={"kafka": kafka_ready})
     adapters.register(app, config, SendersConfig(), engine, utc_now)
-    token = AdminConfig().admin_token
-    app.include_router(
-        create_admin_router(engine, token.get_secret_value() if token else None, lambda: source.current, utc_now)
-    )
+    app.include_router(create_admin_router(engine, tokens, lambda: source.current, utc_now))
     metrics.instrument(app)
     if tracing.configure("intake"):
         app.add_middleware(tracing.WebhookSpans)
@@ -373,7 +372,8 @@ def roster_api_app() -> tuple[FastAPI, RosterApiConfig]:
     config, database = RosterApiConfig(), DatabaseConfig()
     try:
         require_safe_configuration(DeploymentConfig(), database, KafkaConfig(), AdminConfig())
-    except InsecureConfiguration as exc:
+        tokens = token_table(AdminConfig())
+    except (InsecureConfiguration, TokenTableError) as exc:
         raise SystemExit(f"roster-api refuses to start: {exc}") from None
     engine = create_engine(database)
     source = agreement_source(engine)
@@ -394,9 +394,7 @@ def roster_api_app() -> tuple[FastAPI, RosterApiConfig]:
                 await watcher
             await engine.dispose()
 
-    token = AdminConfig().admin_token
-    secret = token.get_secret_value() if token else None
-    app = create_roster_app(engine, secret, lambda: source.current, utc_now, lifespan=lifespan)
+    app = create_roster_app(engine, tokens, lambda: source.current, utc_now, lifespan=lifespan)
     metrics.instrument(app)
     return app, config
 

@@ -1,13 +1,13 @@
 """Admin HTTP API: store and activate agreement versions, explain a lead.
 
-Every endpoint needs ``Authorization: Bearer <COXSWAIN_ADMIN_TOKEN>``: a missing or malformed
-header is 401, a wrong token 403 (compared in constant time), and with no token configured the
-endpoints are disabled (403) rather than open.
+Every endpoint needs ``Authorization: Bearer <token>`` with a scope (``coxswain/access.py``):
+``agreements:write`` for agreements, ``leads:read`` for a lead's data. A missing or malformed
+header is 401; a wrong token (compared in constant time) or one without the scope is 403 naming
+the missing scope; with no token configured the endpoints are disabled (403) rather than open.
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 import uuid
 from collections.abc import Callable
@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from coxswain.access import SCOPES, TokenTable
 from coxswain.core.agreement import (
     MAX_AGREEMENT_BYTES,
     Agreement,
@@ -53,11 +54,12 @@ def _stored(row: agreements.StoredAgreement, created: bool = False, warnings: li
     )
 
 
-def bearer_guard(token: str | None) -> Callable[[Request], None]:
-    expected = token.encode() if token else None
+def scope_guard(tokens: TokenTable, scope: str) -> Callable[[Request], None]:
+    """A dependency that lets a request through when its bearer token holds ``scope``."""
+    assert scope in SCOPES, scope
 
     def guard(request: Request) -> None:
-        if expected is None:
+        if not tokens.tokens:
             raise HTTPException(403, "the admin API is disabled: set COXSWAIN_ADMIN_TOKEN to enable it")
         header = request.headers.get("authorization")
         challenge = {"WWW-Authenticate": 'Bearer realm="coxswain-admin"'}
@@ -66,25 +68,35 @@ def bearer_guard(token: str | None) -> Callable[[Request], None]:
         scheme, _, given = header.partition(" ")
         if scheme.lower() != "bearer" or not given.strip():
             raise HTTPException(401, "Authorization must be 'Bearer <token>'", challenge)
-        if not hmac.compare_digest(given.strip().encode(), expected):
+        holder = tokens.holder(given.strip())
+        if holder is None:
             log.info("admin request refused: reason=wrong_token path=%s", request.url.path)
             raise HTTPException(403, "the bearer token is not valid for the admin API")
+        if scope not in holder.scopes:
+            log.info(
+                "admin request refused: reason=scope token=%s scope=%s path=%s", holder.name, scope, request.url.path
+            )
+            raise HTTPException(403, f"token {holder.name!r} lacks scope {scope!r}")
+        request.state.token_name = holder.name  # who acted, for the logs of the action
 
     return guard
 
 
 def create_admin_router(
-    engine: AsyncEngine, token: str | None, agreement: Callable[[], Agreement], clock: Callable[[], datetime]
+    engine: AsyncEngine, tokens: TokenTable, agreement: Callable[[], Agreement], clock: Callable[[], datetime]
 ) -> APIRouter:
-    router = APIRouter(dependencies=[Depends(bearer_guard(token))])
+    router = APIRouter()
+    agreements_write = [Depends(scope_guard(tokens, "agreements:write"))]
+    leads_read = [Depends(scope_guard(tokens, "leads:read"))]
     auth_responses: dict[int | str, dict[str, Any]] = {
         401: {"description": "Missing or malformed bearer token"},
-        403: {"description": "Wrong token, or the admin API is disabled"},
+        403: {"description": "Wrong token, a token without the endpoint's scope, or the admin API is disabled"},
     }
 
     @router.post(
         "/v1/admin/agreements",
         status_code=201,
+        dependencies=agreements_write,
         response_model=StoredVersion,
         tags=["admin"],
         responses={
@@ -117,7 +129,7 @@ def create_admin_router(
         except agreements.VersionConflict as exc:
             raise HTTPException(409, str(exc)) from None
         warnings = [str(warning) for warning in agreement_warnings(parsed)]
-        log.info("agreement stored: version=%s created=%s", row.version, created)
+        log.info("agreement stored: version=%s created=%s token=%s", row.version, created, request.state.token_name)
         return JSONResponse(
             _stored(row, created, warnings).model_dump(mode="json"), status_code=201 if created else 200
         )
@@ -125,19 +137,26 @@ def create_admin_router(
     @router.post(
         "/v1/admin/agreements/{version}/activate",
         response_model=StoredVersion,
+        dependencies=agreements_write,
         tags=["admin"],
         responses={**auth_responses, 404: {"description": "No such version"}},
     )
-    async def activate_agreement(version: str) -> StoredVersion:
+    async def activate_agreement(version: str, request: Request) -> StoredVersion:
         """Put a stored version in force; every service picks it up within its poll interval."""
         async with engine.begin() as connection:
             row = await agreements.activate(connection, version, clock())
         if row is None:
             raise HTTPException(404, f"no agreement version {version!r} is stored; POST it to /v1/admin/agreements")
-        log.info("agreement activated: version=%s", version)
+        log.info("agreement activated: version=%s token=%s", version, request.state.token_name)
         return _stored(row)
 
-    @router.get("/v1/admin/agreements", response_model=list[StoredVersion], tags=["admin"], responses=auth_responses)
+    @router.get(
+        "/v1/admin/agreements",
+        response_model=list[StoredVersion],
+        tags=["admin"],
+        responses=auth_responses,
+        dependencies=agreements_write,
+    )
     async def list_agreements() -> list[StoredVersion]:
         """Every stored version; the one with the latest activated_at is in force."""
         async with engine.connect() as connection:
@@ -146,6 +165,7 @@ def create_admin_router(
     @router.get(
         "/v1/leads/{lead_id}",
         tags=["leads"],
+        dependencies=leads_read,
         responses={**auth_responses, 404: {"description": "Scoring has not seen this lead"}},
     )
     async def lead(lead_id: uuid.UUID) -> dict[str, Any]:

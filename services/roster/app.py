@@ -5,8 +5,8 @@ Every change is stored as an override layered over the agreement's roster and bu
 Nothing here touches rotation state: credits are kept per rep id, so pausing a rep, changing a
 weight or moving a rep between pools never resets anybody's place in the rotation.
 
-Every endpoint needs ``Authorization: Bearer <COXSWAIN_ADMIN_TOKEN>`` (401 missing or malformed,
-403 wrong or no token configured). Bad input is a 422 whose ``detail`` names each problem.
+Every endpoint needs a bearer token with scope ``roster:write`` (``coxswain/access.py``; 401
+missing or malformed, 403 wrong, without that scope, or no token configured). Bad input is a 422 whose ``detail`` names each problem.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from coxswain.access import TokenTable
 from coxswain.core.accounts import normalize_domain
 from coxswain.core.agreement import Agreement
 from coxswain.core.capacity import RepLoad, assigned_today
@@ -42,7 +43,7 @@ from coxswain.core.roster import (
     unavailable_because,
 )
 from coxswain.runtime.health import add_probes, database_check
-from services.admin.api import bearer_guard
+from services.admin.api import scope_guard
 
 log = logging.getLogger(__name__)
 
@@ -227,12 +228,12 @@ async def _loads(connection: AsyncConnection) -> dict[str, RepLoad]:
 
 
 def create_roster_router(
-    engine: AsyncEngine, token: str | None, agreement: Callable[[], Agreement], clock: Callable[[], datetime]
+    engine: AsyncEngine, tokens: TokenTable, agreement: Callable[[], Agreement], clock: Callable[[], datetime]
 ) -> APIRouter:
-    router = APIRouter(dependencies=[Depends(bearer_guard(token))], tags=["roster"])
+    router = APIRouter(dependencies=[Depends(scope_guard(tokens, "roster:write"))], tags=["roster"])
     problems: dict[int | str, dict[str, Any]] = {
         401: {"description": "Missing or malformed bearer token"},
-        403: {"description": "Wrong token, or no COXSWAIN_ADMIN_TOKEN configured"},
+        403: {"description": "Wrong token, a token without scope roster:write, or no token configured"},
         404: {"description": "No such rep, pool, account or lead"},
         422: {"description": "The request does not validate; `detail` names each problem"},
     }
@@ -571,7 +572,7 @@ async def _set_member(
 
 def create_roster_app(
     engine: AsyncEngine,
-    token: str | None,
+    tokens: TokenTable,
     agreement: Callable[[], Agreement],
     clock: Callable[[], datetime],
     lifespan: Callable[[FastAPI], Any] | None = None,
@@ -582,7 +583,7 @@ def create_roster_app(
         description="Reps, pools, out-of-office, pause and account owners at runtime; why each lead went where.",
         lifespan=lifespan,
     )
-    app.include_router(create_roster_router(engine, token, agreement, clock))
+    app.include_router(create_roster_router(engine, tokens, agreement, clock))
 
     add_probes(app, {"database": database_check(engine)})
 

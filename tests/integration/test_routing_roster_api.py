@@ -21,6 +21,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from coxswain.access import Token, TokenTable
 from coxswain.settings import DatabaseConfig
 from schemas.events import Tier
 from services.roster.app import create_roster_app
@@ -59,12 +60,29 @@ async def test_every_endpoint_needs_the_admin_token(
 
 
 async def test_without_a_configured_token_the_api_refuses_everyone(world: World) -> None:
-    app = create_roster_app(world.engine, None, lambda: world.agreement, lambda: NOW)
+    app = create_roster_app(world.engine, TokenTable.of(None), lambda: world.agreement, lambda: NOW)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://roster") as client:
         response = await client.get("/v1/roster", headers={"Authorization": "Bearer anything"})
 
     assert response.status_code == 403
     assert "COXSWAIN_ADMIN_TOKEN" in response.json()["detail"]
+
+
+async def test_the_roster_api_needs_scope_roster_write(world: World) -> None:
+    table = TokenTable.of(
+        None,
+        [
+            Token("revops", b"revops-token-for-agreements", frozenset({"agreements:write", "leads:read"})),
+            Token("roster-bot", b"roster-bot-token-for-reps", frozenset({"roster:write"})),
+        ],
+    )
+    app = create_roster_app(world.engine, table, lambda: world.agreement, lambda: NOW)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://roster") as client:
+        refused = await client.get("/v1/roster", headers={"Authorization": "Bearer revops-token-for-agreements"})
+        allowed = await client.get("/v1/roster", headers={"Authorization": "Bearer roster-bot-token-for-reps"})
+
+    assert (refused.status_code, refused.json()["detail"]) == (403, "token 'revops' lacks scope 'roster:write'")
+    assert allowed.status_code == 200, allowed.text
 
 
 @pytest.mark.parametrize(
@@ -293,7 +311,7 @@ async def test_no_generated_request_gets_a_server_error(world: World) -> None:
     the body, path or query, the answer is documented, below 500, and a 4xx says why."""
     # Schemathesis calls the app from its own event loop: connections must not be pooled across loops.
     own_engine = create_async_engine(DatabaseConfig().database_url, poolclass=NullPool)
-    app = create_roster_app(own_engine, TOKEN, lambda: world.agreement, lambda: FUZZ_CLOCK)
+    app = create_roster_app(own_engine, TokenTable.of(TOKEN), lambda: world.agreement, lambda: FUZZ_CLOCK)
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     checks = [CHECKS.get_by_names([n])[0] for n in ("not_a_server_error", "status_code_conformance")]
     failures: list[str] = []

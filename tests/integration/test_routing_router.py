@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from coxswain.access import TokenTable
 from coxswain.core.agreement import Agreement, parse_agreement
 from coxswain.db.database import create_engine
 from coxswain.runtime.consumer import ConsumerService, PermanentError
@@ -84,7 +85,7 @@ class World:
             }
         )
         self.handler = router.make_handler(self.agreement)
-        app = create_roster_app(engine, TOKEN, lambda: self.agreement, lambda: self.now)
+        app = create_roster_app(engine, TokenTable.of(TOKEN), lambda: self.agreement, lambda: self.now)
         self.api = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app),
             base_url="http://roster",

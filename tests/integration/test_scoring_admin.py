@@ -21,6 +21,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from typer.testing import CliRunner
 
+from coxswain.access import Token, TokenTable
 from coxswain.cli import app as cli
 from coxswain.core.agreement import load_agreement, parse_agreement
 from coxswain.db.database import create_engine
@@ -62,9 +63,13 @@ async def engine(infrastructure: None) -> AsyncIterator[AsyncEngine]:
     await database.dispose()
 
 
-def client_for(engine: AsyncEngine, token: str | None, source: AgreementSource | None = None) -> httpx.AsyncClient:
+def client_for(
+    engine: AsyncEngine, tokens: TokenTable | str | None, source: AgreementSource | None = None
+) -> httpx.AsyncClient:
+    """The admin API; a bare token (or None) is COXSWAIN_ADMIN_TOKEN alone."""
+    table = tokens if isinstance(tokens, TokenTable) else TokenTable.of(tokens)
     api = FastAPI()
-    api.include_router(create_admin_router(engine, token, lambda: source.current if source else AGREEMENT, lambda: NOW))
+    api.include_router(create_admin_router(engine, table, lambda: source.current if source else AGREEMENT, lambda: NOW))
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://admin")
 
 
@@ -434,3 +439,39 @@ async def test_an_agreement_body_that_is_not_utf8_text_is_a_located_422(
     assert refused.status_code == 422, refused.text
     problems = refused.json()["problems"]
     assert len(problems) == 1 and problems[0]["path"].startswith(where) and says in problems[0]["message"]
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_each_endpoint_needs_its_scope_and_says_which_is_missing(engine: AsyncEngine) -> None:
+    bots = {"roster-bot": ["roster:write"], "revops": ["agreements:write"], "support": ["leads:read"]}
+    table = TokenTable.of(
+        None, [Token(name, f"{name}-token".encode(), frozenset(scopes)) for name, scopes in bots.items()]
+    )
+    version = f"it-{uuid.uuid4().hex[:8]}"
+    lead = f"/v1/leads/{uuid.uuid4()}"
+    async with client_for(engine, table) as api:
+
+        async def call(token: str, method: str, path: str, content: str | None = None) -> httpx.Response:
+            return await api.request(method, path, content=content, headers={"Authorization": f"Bearer {token}-token"})
+
+        refused = await call("roster-bot", "POST", "/v1/admin/agreements", document(version))
+        assert (refused.status_code, refused.json()["detail"]) == (
+            403,
+            "token 'roster-bot' lacks scope 'agreements:write'",
+        )
+        refused = await call("revops", "GET", lead)
+        assert (refused.status_code, refused.json()["detail"]) == (403, "token 'revops' lacks scope 'leads:read'")
+        refused = await call("support", "POST", f"/v1/admin/agreements/{version}/activate")
+        assert (refused.status_code, refused.json()["detail"]) == (
+            403,
+            "token 'support' lacks scope 'agreements:write'",
+        )
+
+        assert (await call("revops", "POST", "/v1/admin/agreements", document(version))).status_code == 201
+        assert (await call("revops", "GET", "/v1/admin/agreements")).status_code == 200
+        assert (await call("support", "GET", lead)).status_code == 404  # let through: scoring has not seen it
+        unknown = await api.get(lead, headers={"Authorization": "Bearer nobody-token"})
+        assert (unknown.status_code, unknown.json()["detail"]) == (
+            403,
+            "the bearer token is not valid for the admin API",
+        )
