@@ -51,10 +51,13 @@ class TokenTable:
         admin = () if not admin_token else (Token(ADMIN, admin_token.encode(), frozenset(SCOPES)),)
         tokens = (*admin, *more)
         names = [token.name for token in tokens]
-        if len(set(names)) < len(names):
+        twice = next((name for name in names if names.count(name) > 1), None)
+        if twice == ADMIN:
             raise TokenTableError(
                 f"the token name {ADMIN!r} is COXSWAIN_ADMIN_TOKEN's; give the other one another name"
             )
+        if twice is not None:
+            raise TokenTableError(f"the token name {twice!r} is given twice (COXSWAIN_TOKENS and COXSWAIN_TOKENS_FILE)")
         _distinct(tokens)
         return cls(tokens)
 

@@ -412,6 +412,7 @@ def compare(
     ]
     # In the order the leads were first routed by either side: how a reader scans a period.
     differing.sort(key=lambda lead: (min(a.at for a in [*old.get(lead, none), *new.get(lead, none)]), str(lead)))
+    kind_of = {lead: change_kind(old.get(lead, none), new.get(lead, none)) for lead in differing}
     shown = differing[: max(first, LISTED)]
     people, coverage = known_leads(inputs, set(shown))
     changed = [
@@ -419,13 +420,13 @@ def compare(
             lead,
             route_text(old.get(lead, none)),
             route_text(new.get(lead, none)),
-            change_kind(old.get(lead, none), new.get(lead, none)),
+            kind_of[lead],
             people.get(lead, Lead()),
             first_rules(old.get(lead, none), new.get(lead, none)),
         )
         for lead in shown
     ]
-    kinds = Counter(change_kind(old.get(lead, none), new.get(lead, none)) for lead in differing)
+    kinds = Counter(kind_of.values())
     return Comparison(
         baseline=side(baseline[0], baseline[1], delays, coverage),
         candidate=side(candidate[0], candidate[1], delays, coverage),

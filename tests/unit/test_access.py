@@ -86,6 +86,14 @@ def test_tokens_come_from_a_mounted_file_as_well(tmp_path: Path) -> None:
     found = token_table(settings)
     assert [token.name for token in found.tokens] == ["revops", "roster-bot"]
 
+    twice = AdminConfig(
+        admin_token=None,
+        tokens=SecretStr(table(**{"roster-bot": {"token": REVOPS, "scopes": ["leads:read"]}})),
+        tokens_file=mounted,
+    )
+    with pytest.raises(TokenTableError, match="the token name 'roster-bot' is given twice"):
+        token_table(twice)
+
     missing = AdminConfig(admin_token=None, tokens=None, tokens_file=tmp_path / "absent.json")
     with pytest.raises(TokenTableError, match=r"COXSWAIN_TOKENS_FILE .*absent.json: cannot read it"):
         token_table(missing)
