@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, NodeNotReadyError, RequestTimedOutError
+from aiokafka.errors import KafkaError, KafkaTimeoutError, OutOfOrderSequenceNumber
 from prometheus_client import Counter, Gauge
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
@@ -137,7 +137,13 @@ def is_connection_error(exc: BaseException) -> bool:
 
 
 def _kafka_error(exc: BaseException) -> bool:
-    return isinstance(exc, KafkaConnectionError | KafkaTimeoutError | NodeNotReadyError | RequestTimedOutError)
+    """Kafka away, or just back: besides refused connections and timeouts, a restarted broker
+    answers with leaders not yet elected (retriable errors) and, to an idempotent producer whose
+    state it lost, out-of-order sequence numbers, until it settles. The relay retries all of them
+    (its rows stay in the outbox), so they belong to the outage, not to a traceback each."""
+    if isinstance(exc, KafkaTimeoutError | OutOfOrderSequenceNumber):
+        return True
+    return isinstance(exc, KafkaError) and bool(exc.retriable)
 
 
 def about(exc: BaseException) -> dict[str, Dependency]:

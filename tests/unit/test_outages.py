@@ -5,6 +5,14 @@ from __future__ import annotations
 import logging
 
 import pytest
+from aiokafka.errors import (
+    KafkaConnectionError,
+    LeaderNotAvailableError,
+    MessageSizeTooLargeError,
+    NotLeaderForPartitionError,
+    OutOfOrderSequenceNumber,
+    RequestTimedOutError,
+)
 from sqlalchemy.exc import DBAPIError
 
 from coxswain.runtime import outages
@@ -137,3 +145,20 @@ def test_an_outage_with_no_watch_is_forgotten_so_the_next_one_is_logged_again(
             clock.now += 0.5
         clock.now += outages.FORGET_SECONDS
     assert len(kept.records) == 2
+
+
+@pytest.mark.parametrize(
+    ("error", "dependency"),
+    [
+        (KafkaConnectionError("refused"), {"dependency": "kafka"}),
+        (RequestTimedOutError(), {"dependency": "kafka"}),
+        # What a restarted broker answers until it settles: part of the outage, not a traceback.
+        (LeaderNotAvailableError(), {"dependency": "kafka"}),
+        (NotLeaderForPartitionError(), {"dependency": "kafka"}),
+        (OutOfOrderSequenceNumber(), {"dependency": "kafka"}),
+        # A record Kafka will never take is no outage: it stays an error with its traceback.
+        (MessageSizeTooLargeError(), {}),
+    ],
+)
+def test_kafka_errors_of_a_restart_belong_to_the_outage(error: Exception, dependency: dict[str, str]) -> None:
+    assert outages.about(error) == dependency
