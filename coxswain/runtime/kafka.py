@@ -7,6 +7,7 @@ or reorder facts; every client here is built through these functions instead.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from collections.abc import Iterable, Sequence
@@ -14,7 +15,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import OutOfOrderSequenceNumber, TopicAlreadyExistsError
 
 from coxswain.settings import KafkaConfig
 from schemas.codec import WireRecord
@@ -46,8 +47,13 @@ class Publisher:
     """An idempotent producer that waits for all in-sync replicas before a send counts."""
 
     def __init__(self, config: KafkaConfig) -> None:
-        self._producer = AIOKafkaProducer(
-            **connection_options(config),
+        self._config = config
+        self._producer = self._new_producer()
+        self._started = False
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            **connection_options(self._config),
             acks="all",
             enable_idempotence=True,
             linger_ms=2,
@@ -56,16 +62,34 @@ class Publisher:
 
     async def start(self) -> None:
         await self._producer.start()
+        self._started = True
 
     async def stop(self) -> None:
         await self._producer.stop()
 
     async def ping(self) -> None:
         """Raise unless a broker answers a metadata request (readiness probes)."""
+        if not self._started:
+            await self.start()
         await self._producer.client.fetch_all_metadata()
+
+    async def _renew(self) -> None:
+        """A new producer in place of one whose sequence numbers the broker no longer accepts.
+
+        A restarted broker can lose an idempotent producer's state; from then on every send of
+        that producer fails with ``OutOfOrderSequenceNumber``, for good. A new producer gets a new
+        id and starts its sequences afresh; the caller sends the batch again (consumers dedupe
+        on event id)."""
+        old, self._producer, self._started = self._producer, self._new_producer(), False
+        with contextlib.suppress(Exception):
+            await old.stop()
+        with contextlib.suppress(Exception):
+            await self.start()  # else the next publish or ping starts it
 
     async def publish(self, records: Sequence[WireRecord]) -> None:
         """Send all records and return only once every one is acknowledged (or raise)."""
+        if not self._started:
+            await self.start()
         pending = [
             await self._producer.send(record.topic, value=record.value, key=record.key, headers=list(record.headers))
             for record in records
@@ -76,6 +100,8 @@ class Publisher:
         outcomes = await asyncio.gather(*pending, return_exceptions=True)
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
+                if isinstance(outcome, OutOfOrderSequenceNumber):
+                    await self._renew()
                 raise outcome
 
 
