@@ -115,11 +115,7 @@ async def _start_publisher(kafka: KafkaConfig, stop: asyncio.Event) -> Publisher
 
     async def start() -> None:
         publisher = Publisher(kafka)
-        try:
-            await publisher.start()
-        except Exception:
-            await publisher.stop()
-            raise
+        await publisher.start()  # a failed start cleans up after itself
         holder.append(publisher)
 
     await _retry("kafka", start, stop)

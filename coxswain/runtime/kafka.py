@@ -50,6 +50,9 @@ class Publisher:
         self._config = config
         self._producer = self._new_producer()
         self._started = False
+        # publish (the relay), ping (the outage watch, probes) and a renewal may all find the
+        # producer not started: exactly one of them starts it.
+        self._starting = asyncio.Lock()
 
     def _new_producer(self) -> AIOKafkaProducer:
         return AIOKafkaProducer(
@@ -61,16 +64,25 @@ class Publisher:
         )
 
     async def start(self) -> None:
-        await self._producer.start()
-        self._started = True
+        async with self._starting:
+            if self._started:
+                return
+            try:
+                await self._producer.start()
+            except BaseException:
+                # A producer that failed to start is not started again: the next try gets a new one.
+                with contextlib.suppress(Exception):
+                    await self._producer.stop()
+                self._producer = self._new_producer()
+                raise
+            self._started = True
 
     async def stop(self) -> None:
         await self._producer.stop()
 
     async def ping(self) -> None:
         """Raise unless a broker answers a metadata request (readiness probes)."""
-        if not self._started:
-            await self.start()
+        await self.start()
         await self._producer.client.fetch_all_metadata()
 
     async def _renew(self) -> None:
@@ -88,8 +100,7 @@ class Publisher:
 
     async def publish(self, records: Sequence[WireRecord]) -> None:
         """Send all records and return only once every one is acknowledged (or raise)."""
-        if not self._started:
-            await self.start()
+        await self.start()
         pending = [
             await self._producer.send(record.topic, value=record.value, key=record.key, headers=list(record.headers))
             for record in records
