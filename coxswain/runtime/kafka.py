@@ -48,8 +48,9 @@ class Publisher:
 
     def __init__(self, config: KafkaConfig) -> None:
         self._config = config
-        self._producer = self._new_producer()
-        self._started = False
+        # Made when it is about to start: a producer that failed to start, or whose sequences the
+        # broker no longer accepts, is stopped and dropped, and never left unclosed.
+        self._producer: AIOKafkaProducer | None = None
         # publish (the relay), ping (the outage watch, probes) and a renewal may all find the
         # producer not started: exactly one of them starts it.
         self._starting = asyncio.Lock()
@@ -63,57 +64,76 @@ class Publisher:
             request_timeout_ms=15000,
         )
 
-    async def start(self) -> None:
+    async def start(self) -> AIOKafkaProducer:
+        """The started producer: this one, or a new one started now."""
         async with self._starting:
-            if self._started:
-                return
+            if self._producer is not None:
+                return self._producer
+            producer = self._new_producer()
             try:
-                await self._producer.start()
+                await producer.start()
             except BaseException:
-                # A producer that failed to start is not started again: the next try gets a new one.
                 with contextlib.suppress(Exception):
-                    await self._producer.stop()
-                self._producer = self._new_producer()
+                    await producer.stop()
                 raise
-            self._started = True
+            self._producer = producer
+            return producer
 
     async def stop(self) -> None:
-        await self._producer.stop()
+        async with self._starting:
+            producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop()
 
     async def ping(self) -> None:
         """Raise unless a broker answers a metadata request (readiness probes)."""
-        await self.start()
-        await self._producer.client.fetch_all_metadata()
+        producer = await self.start()
+        await producer.client.fetch_all_metadata()
 
-    async def _renew(self) -> None:
+    async def _renew(self, spent: AIOKafkaProducer) -> None:
         """A new producer in place of one whose sequence numbers the broker no longer accepts.
 
         A restarted broker can lose an idempotent producer's state; from then on every send of
         that producer fails with ``OutOfOrderSequenceNumber``, for good. A new producer gets a new
         id and starts its sequences afresh; the caller sends the batch again (consumers dedupe
         on event id)."""
-        old, self._producer, self._started = self._producer, self._new_producer(), False
+        async with self._starting:
+            if self._producer is spent:
+                self._producer = None
         with contextlib.suppress(Exception):
-            await old.stop()
+            await spent.stop()
         with contextlib.suppress(Exception):
             await self.start()  # else the next publish or ping starts it
 
     async def publish(self, records: Sequence[WireRecord]) -> None:
         """Send all records and return only once every one is acknowledged (or raise)."""
-        await self.start()
-        pending = [
-            await self._producer.send(record.topic, value=record.value, key=record.key, headers=list(record.headers))
-            for record in records
-        ]
-        # Every acknowledgement is awaited even after one fails: a send that failed with the broker
-        # away (OutOfOrderSequenceNumber after a restart) must not surface later as asyncio's
-        # "Future exception was never retrieved" ERROR; the first failure is raised.
+        producer = await self.start()
+        pending: list[asyncio.Future[Any]] = []
+        try:
+            for record in records:
+                pending.append(
+                    await producer.send(record.topic, value=record.value, key=record.key, headers=list(record.headers))
+                )
+        except BaseException:
+            # The records already handed over still succeed or fail later (a broker away fails
+            # them all at once): their outcomes are collected, not left for asyncio to log as
+            # "Future exception was never retrieved"; the caller sends the batch again.
+            for future in pending:
+                future.add_done_callback(_collect)
+            raise
+        # Every acknowledgement is awaited even after one fails, for the same reason; the first
+        # failure is raised.
         outcomes = await asyncio.gather(*pending, return_exceptions=True)
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 if isinstance(outcome, OutOfOrderSequenceNumber):
-                    await self._renew()
+                    await self._renew(producer)
                 raise outcome
+
+
+def _collect(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def make_consumer(config: KafkaConfig, group_id: str, topics: Iterable[str], max_batch: int) -> Any:
