@@ -26,6 +26,7 @@ SCOPES: Mapping[str, str] = {
     "leads:read": "read a lead's personal data and its routing explanation (/v1/leads/{lead_id})",
     "reports:read": "reports, scorecards and the dashboard, when they require a token",
     "privacy:erase": "erase or export a person's data",
+    "audit:read": "read the audit trail of admin actions (/v1/admin/audit)",
 }
 ADMIN = "admin"  # the name COXSWAIN_ADMIN_TOKEN goes by, with every scope
 

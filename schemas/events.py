@@ -575,6 +575,31 @@ class ScorecardIssuedV1(Event):
     marketing: MarketingScorecard
 
 
+# The Kafka key of every audit fact (see AdminActionAuditedV1), named rather than random.
+AUDIT_KEY = uuid.uuid5(uuid.NAMESPACE_URL, "urn:coxswain:admin-audit")
+
+
+class AdminActionAuditedV1(Event):
+    """An admin action, or an admin request refused: who (the token's name), what, on what, and
+    how it ended. Written in the same transaction as the change it records.
+
+    Not about one lead: ``lead_id`` is the fixed ``AUDIT_KEY``, so the audit trail stays in order
+    on one partition; a lead an action was about is its ``target``. Carries no personal data.
+    """
+
+    topic: ClassVar[str] = "admin.audit.v1"
+    ce_type: ClassVar[str] = "io.coxswain.admin.action_audited.v1"
+    ce_source: ClassVar[str] = "/coxswain/admin"
+
+    token: str = Field(max_length=64, description="The name of the token that acted (`?` for an unknown token).")
+    action: str = Field(max_length=64, description="What was done or tried, e.g. `agreement.activate`, `rep.pause`.")
+    target: str = Field(max_length=256, description="What it was done to: a version, rep, pool, domain or lead id.")
+    outcome: Literal["done", "unchanged", "refused", "not_found", "conflict", "invalid"] = Field(
+        description="`refused`: the token was wrong or lacked the scope (`detail.scope`)."
+    )
+    detail: dict[str, str] = Field(default_factory=dict, description="A few words more, never personal data.")
+
+
 ALL_EVENTS: tuple[type[Event], ...] = (
     LeadReceivedV1,
     ActivityRecordedV1,
@@ -595,6 +620,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     LeadUnassignedV1,
     ShadowDecisionV1,
     ScorecardIssuedV1,
+    AdminActionAuditedV1,
 )
 
 EVENTS_BY_TOPIC: dict[str, type[Event]] = {event.topic: event for event in ALL_EVENTS}

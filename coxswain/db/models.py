@@ -419,6 +419,20 @@ class ScorecardPeriod(SQLModel, table=True):
     scorecard: dict[str, Any] = _jsonb()
 
 
+class AuditEntry(SQLModel, table=True):
+    """0012_audit_log: one admin action, or one refused admin request; also published on admin.audit.v1."""
+
+    __tablename__ = "audit_log"
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, Identity(always=True), primary_key=True))
+    event_id: uuid.UUID = Field(unique=True)
+    at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False, index=True))
+    token: str = Field(max_length=64)
+    action: str = Field(max_length=64)
+    target: str = Field(max_length=256)
+    outcome: str = Field(max_length=32)
+    detail: dict[str, Any] = _jsonb()
+
+
 def table(name: str) -> Table:
     """The SQLAlchemy table of a model, typed (SQLModel's ``__table__`` is not, to mypy)."""
     return SQLModel.metadata.tables[name]

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -28,7 +28,7 @@ from coxswain.core.agreement import (
     load_agreement_text,
 )
 from coxswain.core.agreement_checks import agreement_warnings
-from services.admin import agreements
+from services.admin import agreements, audit
 from services.admin.leads import explain
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,18 @@ class StoredVersion(BaseModel):
     warnings: list[str] = Field(default_factory=list, description="Rules that can never fire, and the like.")
 
 
+class AuditEntry(BaseModel):
+    at: datetime
+    token: str = Field(description="The name of the token that acted; `?` for a token that matched none.")
+    action: str = Field(
+        description="`agreement.store`, `agreement.activate`, `lead.read`, `rep.change`, ...; `request` for a refusal."
+    )
+    target: str
+    outcome: str = Field(description="done, unchanged, refused, not_found, conflict or invalid.")
+    detail: dict[str, Any]
+    event_id: uuid.UUID = Field(description="The id of the same fact on admin.audit.v1.")
+
+
 def _stored(row: agreements.StoredAgreement, created: bool = False, warnings: list[str] | None = None) -> StoredVersion:
     return StoredVersion(
         version=row.version,
@@ -54,11 +66,25 @@ def _stored(row: agreements.StoredAgreement, created: bool = False, warnings: li
     )
 
 
-def scope_guard(tokens: TokenTable, scope: str) -> Callable[[Request], None]:
-    """A dependency that lets a request through when its bearer token holds ``scope``."""
+def scope_guard(
+    tokens: TokenTable, scope: str, engine: AsyncEngine, clock: Callable[[], datetime]
+) -> Callable[[Request], Awaitable[None]]:
+    """A dependency that lets a request through when its bearer token holds ``scope``; a wrong
+    token or one without the scope is refused and the refusal goes into the audit trail."""
     assert scope in SCOPES, scope
 
-    def guard(request: Request) -> None:
+    async def refused(request: Request, token: str, reason: str) -> None:
+        await audit.record_alone(
+            engine,
+            token=token,
+            action="request",
+            target=f"{request.method} {request.url.path}",
+            outcome="refused",
+            at=clock(),
+            detail={"scope": scope, "reason": reason},
+        )
+
+    async def guard(request: Request) -> None:
         if not tokens.tokens:
             raise HTTPException(403, "the admin API is disabled: set COXSWAIN_ADMIN_TOKEN to enable it")
         header = request.headers.get("authorization")
@@ -71,11 +97,13 @@ def scope_guard(tokens: TokenTable, scope: str) -> Callable[[Request], None]:
         holder = tokens.holder(given.strip())
         if holder is None:
             log.info("admin request refused: reason=wrong_token path=%s", request.url.path)
+            await refused(request, audit.UNKNOWN_TOKEN, "wrong_token")
             raise HTTPException(403, "the bearer token is not valid for the admin API")
         if scope not in holder.scopes:
             log.info(
                 "admin request refused: reason=scope token=%s scope=%s path=%s", holder.name, scope, request.url.path
             )
+            await refused(request, holder.name, "missing_scope")
             raise HTTPException(403, f"token {holder.name!r} lacks scope {scope!r}")
         request.state.token_name = holder.name  # who acted, for the logs of the action
 
@@ -86,8 +114,9 @@ def create_admin_router(
     engine: AsyncEngine, tokens: TokenTable, agreement: Callable[[], Agreement], clock: Callable[[], datetime]
 ) -> APIRouter:
     router = APIRouter()
-    agreements_write = [Depends(scope_guard(tokens, "agreements:write"))]
-    leads_read = [Depends(scope_guard(tokens, "leads:read"))]
+    agreements_write = [Depends(scope_guard(tokens, "agreements:write", engine, clock))]
+    leads_read = [Depends(scope_guard(tokens, "leads:read", engine, clock))]
+    audit_read = [Depends(scope_guard(tokens, "audit:read", engine, clock))]
     auth_responses: dict[int | str, dict[str, Any]] = {
         401: {"description": "Missing or malformed bearer token"},
         403: {"description": "Wrong token, a token without the endpoint's scope, or the admin API is disabled"},
@@ -123,10 +152,18 @@ def create_admin_router(
                 },
                 status_code=422,
             )
+        token = request.state.token_name
         try:
             async with engine.begin() as connection:
                 row, created = await agreements.store(connection, parsed, clock())
+                outcome: audit.Outcome = "done" if created else "unchanged"
+                await audit.record(
+                    connection, token=token, action="agreement.store", target=row.version, outcome=outcome, at=clock()
+                )
         except agreements.VersionConflict as exc:
+            await audit.record_alone(
+                engine, token=token, action="agreement.store", target=parsed.version, outcome="conflict", at=clock()
+            )
             raise HTTPException(409, str(exc)) from None
         warnings = [str(warning) for warning in agreement_warnings(parsed)]
         log.info("agreement stored: version=%s created=%s token=%s", row.version, created, request.state.token_name)
@@ -143,8 +180,13 @@ def create_admin_router(
     )
     async def activate_agreement(version: str, request: Request) -> StoredVersion:
         """Put a stored version in force; every service picks it up within its poll interval."""
+        token = request.state.token_name
         async with engine.begin() as connection:
             row = await agreements.activate(connection, version, clock())
+            outcome: audit.Outcome = "done" if row is not None else "not_found"
+            await audit.record(
+                connection, token=token, action="agreement.activate", target=version, outcome=outcome, at=clock()
+            )
         if row is None:
             raise HTTPException(404, f"no agreement version {version!r} is stored; POST it to /v1/admin/agreements")
         log.info("agreement activated: version=%s token=%s", version, request.state.token_name)
@@ -168,12 +210,48 @@ def create_admin_router(
         dependencies=leads_read,
         responses={**auth_responses, 404: {"description": "Scoring has not seen this lead"}},
     )
-    async def lead(lead_id: uuid.UUID) -> dict[str, Any]:
+    async def lead(lead_id: uuid.UUID, request: Request) -> dict[str, Any]:
         """Stage, score with every rule's decayed value, tier, owner, SLA clocks and the timeline."""
-        async with engine.connect() as connection:
+        async with engine.begin() as connection:
             found = await explain(connection, lead_id, agreement(), clock())
+            # Reading a person's data is an action on it: recorded, in the same transaction.
+            await audit.record(
+                connection,
+                token=request.state.token_name,
+                action="lead.read",
+                target=str(lead_id),
+                outcome="done" if found is not None else "not_found",
+                at=clock(),
+            )
         if found is None:
             raise HTTPException(404, f"no lead {lead_id}: scoring has not seen it (yet)")
         return found
+
+    @router.get(
+        "/v1/admin/audit",
+        response_model=list[AuditEntry],
+        tags=["admin"],
+        dependencies=audit_read,
+        responses=auth_responses,
+    )
+    async def audit_trail(
+        since: Annotated[
+            datetime | None, Query(description="Entries at or after this time (ISO 8601, offset).")
+        ] = None,
+        until: Annotated[datetime | None, Query(description="Entries before this time.")] = None,
+        token: Annotated[str | None, Query(max_length=64, description="Only this token's (`?`: unknown ones).")] = None,
+        action: Annotated[str | None, Query(max_length=64, description="Only this action, e.g. `rep.pause`.")] = None,
+        target: Annotated[str | None, Query(max_length=256, description="Only actions on this target.")] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> list[AuditEntry]:
+        """Admin actions and refused admin requests, newest first."""
+        for name, moment in (("since", since), ("until", until)):
+            if moment is not None and moment.tzinfo is None:
+                raise HTTPException(422, f"{name} needs a UTC offset, e.g. 2026-12-04T09:00:00Z")
+        async with engine.connect() as connection:
+            found = await audit.entries(
+                connection, since=since, until=until, token=token, action=action, target=target, limit=limit
+            )
+        return [AuditEntry(**vars(entry)) for entry in found]
 
     return router

@@ -43,6 +43,7 @@ from coxswain.core.roster import (
     unavailable_because,
 )
 from coxswain.runtime.health import add_probes, database_check
+from services.admin import audit
 from services.admin.api import scope_guard
 
 log = logging.getLogger(__name__)
@@ -230,13 +231,20 @@ async def _loads(connection: AsyncConnection) -> dict[str, RepLoad]:
 def create_roster_router(
     engine: AsyncEngine, tokens: TokenTable, agreement: Callable[[], Agreement], clock: Callable[[], datetime]
 ) -> APIRouter:
-    router = APIRouter(dependencies=[Depends(scope_guard(tokens, "roster:write"))], tags=["roster"])
+    router = APIRouter(dependencies=[Depends(scope_guard(tokens, "roster:write", engine, clock))], tags=["roster"])
     problems: dict[int | str, dict[str, Any]] = {
         401: {"description": "Missing or malformed bearer token"},
         403: {"description": "Wrong token, a token without scope roster:write, or no token configured"},
         404: {"description": "No such rep, pool, account or lead"},
         422: {"description": "The request does not validate; `detail` names each problem"},
     }
+
+    async def audited(connection: AsyncConnection, request: Request, action: str, target: str, **detail: str) -> None:
+        """Record a change in its own transaction (services/admin/audit.py)."""
+        token = request.state.token_name
+        await audit.record(
+            connection, token=token, action=action, target=target, outcome="done", at=clock(), detail=detail
+        )
 
     async def roster_now(connection: AsyncConnection) -> tuple[Roster, RosterOverrides]:
         overrides = await _overrides(connection)
@@ -296,6 +304,7 @@ def create_roster_router(
             body = created.model_dump(exclude_unset=True, exclude={"id"})
             await _save_override(connection, agreement(), created.id, body, clock())
             view = await rep_view(connection, created.id)
+            await audited(connection, request, "rep.create", created.id)
         log.info("rep added: rep_id=%s", created.id)
         return view
 
@@ -312,16 +321,18 @@ def create_roster_router(
             body = {**await _stored_override(connection, rep_id), **change.model_dump(exclude_unset=True)}
             await _save_override(connection, agreement(), rep_id, body, clock())
             view = await rep_view(connection, rep_id)
+            await audited(connection, request, "rep.change", rep_id, fields=",".join(sorted(change.model_fields_set)))
         log.info("rep changed: rep_id=%s fields=%s", rep_id, ",".join(sorted(change.model_fields_set)))
         return view
 
-    async def set_paused(rep_id: str, paused: bool, reason: str | None) -> dict[str, Any]:
+    async def set_paused(request: Request, rep_id: str, paused: bool, reason: str | None) -> dict[str, Any]:
         async with engine.begin() as connection:
             await _bump(connection, clock())
             await known_rep(connection, rep_id)
             body = {**await _stored_override(connection, rep_id), "paused": paused, "pause_reason": reason}
             await _save_override(connection, agreement(), rep_id, body, clock())
             view = await rep_view(connection, rep_id)
+            await audited(connection, request, "rep.pause" if paused else "rep.unpause", rep_id)
         log.info("rep %s: rep_id=%s", "paused" if paused else "unpaused", rep_id)
         return view
 
@@ -330,11 +341,11 @@ def create_roster_router(
         """The rep takes no new leads until unpaused; their place in every rotation is kept."""
         body = await request.body()
         given = parse_body(PauseIn, body) if body.strip() else PauseIn()
-        return await set_paused(_rep_id(rep_id), True, given.reason)
+        return await set_paused(request, _rep_id(rep_id), True, given.reason)
 
     @router.post("/v1/reps/{rep_id}/unpause", responses=problems)
-    async def unpause(rep_id: str) -> dict[str, Any]:
-        return await set_paused(_rep_id(rep_id), False, None)
+    async def unpause(rep_id: str, request: Request) -> dict[str, Any]:
+        return await set_paused(request, _rep_id(rep_id), False, None)
 
     @router.post("/v1/reps/{rep_id}/out-of-office", status_code=201, responses=problems, openapi_extra=_body(AbsenceIn))
     async def add_absence(rep_id: str, request: Request) -> dict[str, Any]:
@@ -352,11 +363,12 @@ def create_roster_router(
                 raise HTTPException(422, f"rep {rep_id!r} has {len(kept)} out-of-office periods; delete some first")
             body["absences"] = [*kept, absence.model_dump(mode="json")]
             await _save_override(connection, agreement(), rep_id, body, now)
+            await audited(connection, request, "rep.out_of_office.add", rep_id, absence_id=str(absence.id))
         log.info("out of office added: rep_id=%s absence_id=%s", rep_id, absence.id)
         return absence.model_dump(mode="json")
 
     @router.delete("/v1/reps/{rep_id}/out-of-office/{absence_id}", status_code=204, responses=problems)
-    async def remove_absence(rep_id: str, absence_id: str) -> Response:
+    async def remove_absence(rep_id: str, absence_id: str, request: Request) -> Response:
         _rep_id(rep_id)
         async with engine.begin() as connection:
             await _bump(connection, clock())
@@ -366,6 +378,7 @@ def create_roster_router(
             if len(kept) == len(absences):
                 raise HTTPException(404, f"rep {rep_id!r} has no runtime out-of-office period {absence_id!r}")
             await _save_override(connection, agreement(), rep_id, {**body, "absences": kept}, clock())
+            await audited(connection, request, "rep.out_of_office.remove", rep_id, absence_id=absence_id)
         return Response(status_code=204)
 
     @router.get("/v1/pools", responses=problems)
@@ -401,11 +414,12 @@ def create_roster_router(
                 raise HTTPException(422, f"rep {rep_id!r} is not in the roster; add them first with POST /v1/reps")
             await _set_member(connection, pool_id, rep_id, member.weight, clock())
             roster, _ = await roster_now(connection)
+            await audited(connection, request, "pool.member.set", pool_id, rep_id=rep_id, weight=str(member.weight))
         log.info("pool member set: pool_id=%s rep_id=%s weight=%s", pool_id, rep_id, member.weight)
         return _pool_view(roster, pool_id, clock())
 
     @router.delete("/v1/pools/{pool_id}/members/{rep_id}", responses=problems)
-    async def remove_member(pool_id: str, rep_id: str) -> dict[str, Any]:
+    async def remove_member(pool_id: str, rep_id: str, request: Request) -> dict[str, Any]:
         """Take the rep out of the pool; their credit is kept should they come back."""
         known_pool(pool_id)
         _rep_id(rep_id)
@@ -416,6 +430,7 @@ def create_roster_router(
                 raise HTTPException(404, f"rep {rep_id!r} is not a member of pool {pool_id!r}")
             await _set_member(connection, pool_id, rep_id, None, clock())
             roster, _ = await roster_now(connection)
+            await audited(connection, request, "pool.member.remove", pool_id, rep_id=rep_id)
         log.info("pool member removed: pool_id=%s rep_id=%s", pool_id, rep_id)
         return _pool_view(roster, pool_id, clock())
 
@@ -457,6 +472,9 @@ def create_roster_router(
             if removed:
                 await connection.execute(text("DELETE FROM accounts WHERE domain = ANY(:d)"), {"d": removed})
             roster, _ = await roster_now(connection)
+            await audited(
+                connection, request, "accounts.sync", "accounts", upserted=str(len(owned)), removed=str(len(removed))
+            )
         unknown = sorted({a.owner_rep_id for _, a in owned if a.owner_rep_id and a.owner_rep_id not in roster.reps})
         log.info("accounts synced: upserted=%s removed=%s unknown_owners=%s", len(owned), len(removed), len(unknown))
         return {
@@ -485,12 +503,14 @@ def create_roster_router(
         return {**row._asdict(), "updated_at": row.updated_at.isoformat()}
 
     @router.delete("/v1/accounts/{domain}", status_code=204, responses=problems)
-    async def delete_account(domain: str) -> Response:
+    async def delete_account(domain: str, request: Request) -> Response:
         normal = normalize_domain(domain)
         if normal is None:
             raise HTTPException(422, f"{domain!r} is not a domain name")
         async with engine.begin() as connection:
             deleted = await connection.scalar(text("DELETE FROM accounts WHERE domain = :d RETURNING 1"), {"d": normal})
+            if deleted is not None:
+                await audited(connection, request, "account.delete", normal)
         if deleted is None:
             raise HTTPException(404, f"no account for domain {normal!r}")
         return Response(status_code=204)

@@ -14,11 +14,13 @@ from hypothesis import strategies as st
 from schemas.codec import MAX_RECORD_BYTES, DecodeError, Headers, decode, encode, header
 from schemas.events import (
     ALL_EVENTS,
+    AUDIT_KEY,
     EVENTS_BY_TOPIC,
     ActivityAcceptedV1,
     ActivityRecordedV1,
     ActivityRefusedV1,
     ActivityType,
+    AdminActionAuditedV1,
     Attainment,
     CandidateVerdict,
     EngagementType,
@@ -347,6 +349,16 @@ SAMPLES: tuple[Event, ...] = (
             ),
             by_source=(SourceFigures(source="webform", leads=10, mqls=4),),
         ),
+    ),
+    AdminActionAuditedV1(
+        event_id=eid("audit"),
+        lead_id=AUDIT_KEY,
+        occurred_at=AT,
+        token="roster-bot",
+        action="rep.change",
+        target="ava",
+        outcome="done",
+        detail={"fields": "capacity"},
     ),
 )
 RECEIVED = SAMPLES[0]
