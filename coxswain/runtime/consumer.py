@@ -19,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -41,6 +43,8 @@ from schemas.events import Event, dead_letter_topic
 
 log = logging.getLogger(__name__)
 
+# How often applied offsets go to Kafka at most while batches keep coming (see ConsumerService).
+COMMIT_EVERY_SECONDS = 0.1
 DEAD_LETTER_NAMESPACE = uuid.UUID("5b0f9a36-3f57-4f0e-9f1c-4a1c8f6d2b10")
 
 Clock = Callable[[], datetime]
@@ -172,10 +176,17 @@ class ConsumerService:
         self._clock = clock
         self._lock = asyncio.Lock()
         self._committing: asyncio.Task[None] | None = None
+        # Offsets of batches applied but not yet committed to Kafka; committed at most every
+        # COMMIT_EVERY_SECONDS, when the topics go quiet, before partitions are handed over and
+        # on stop. The database holds the work already: an offset not committed in a crash only
+        # means a redelivery the inbox skips. One commit per batch was a Kafka request per batch
+        # per consumer, most of the broker's work at a few leads per second.
+        self._pending: dict[TopicPartition, int] = {}
+        self._last_commit = -math.inf
 
     async def run(self, stop: asyncio.Event) -> None:
         consumer = make_consumer(self._kafka, self.name, (), self._config.consumer_max_batch)
-        consumer.subscribe(list(self._accepts), listener=_WaitForInFlight(self._lock, self._committed))
+        consumer.subscribe(list(self._accepts), listener=_WaitForInFlight(self._lock, lambda: self._flush(consumer)))
         await consumer.start()
         log.info("consumer %s started on %s", self.name, ", ".join(self._accepts))
         backoff, retried = 0.5, 0
@@ -183,6 +194,9 @@ class ConsumerService:
             while not stop.is_set():
                 batch: dict[Any, list[Any]] = await consumer.getmany(timeout_ms=500)
                 if not batch:
+                    if self._pending:
+                        async with self._lock:
+                            await self._flush(consumer)  # quiet: commit what was applied
                     continue
                 async with self._lock:
                     try:
@@ -211,15 +225,19 @@ class ConsumerService:
                         backoff = min(backoff * 2, 10.0)
                         continue
                     backoff, retried = 0.5, 0
-                    # The offsets go to Kafka while the next batch is fetched and applied: the
-                    # database already holds the work (a lost commit means a redelivery the inbox
-                    # skips), and commits stay in order because each waits for the one before.
-                    await self._committed()
-                    self._committing = asyncio.create_task(self._commit(consumer, batch))
+                    for tp, records in batch.items():
+                        self._pending[TopicPartition(tp.topic, tp.partition)] = records[-1].offset + 1
+                    if time.monotonic() - self._last_commit >= COMMIT_EVERY_SECONDS:
+                        # The offsets go to Kafka while the next batch is fetched and applied;
+                        # commits stay in order because each waits for the one before.
+                        await self._committed()
+                        offsets, self._pending = self._pending, {}
+                        self._last_commit = time.monotonic()
+                        self._committing = asyncio.create_task(self._commit(consumer, offsets))
                     metrics.observe_batch(self.name, consumer, batch)
         finally:
             with contextlib.suppress(Exception):
-                await self._committed()
+                await self._flush(consumer)
             # Leaving the group promptly hands partitions over without waiting for a session timeout.
             await consumer.stop()
             log.info("consumer %s stopped", self.name)
@@ -230,8 +248,15 @@ class ConsumerService:
             await self._committing
             self._committing = None
 
-    async def _commit(self, consumer: Any, batch: Mapping[Any, list[Any]]) -> None:
-        offsets = {TopicPartition(tp.topic, tp.partition): records[-1].offset + 1 for tp, records in batch.items()}
+    async def _flush(self, consumer: Any) -> None:
+        """Wait for the commit in flight, then commit what is pending (quiet, hand-over, stop)."""
+        await self._committed()
+        if self._pending:
+            offsets, self._pending = self._pending, {}
+            self._last_commit = time.monotonic()
+            await self._commit(consumer, offsets)
+
+    async def _commit(self, consumer: Any, offsets: Mapping[TopicPartition, int]) -> None:
         try:
             await consumer.commit(offsets)
         except (CommitFailedError, IllegalStateError, KafkaError) as exc:
