@@ -13,6 +13,8 @@ come from ``COXSWAIN_TOKENS`` or a mounted file (``COXSWAIN_TOKENS_FILE``), e.g.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -29,6 +31,24 @@ SCOPES: Mapping[str, str] = {
     "audit:read": "read the audit trail of admin actions (/v1/admin/audit)",
 }
 ADMIN = "admin"  # the name COXSWAIN_ADMIN_TOKEN goes by, with every scope
+
+
+def presented_token(authorization: str | None, basic: bool = False) -> str | None:
+    """The token an ``Authorization`` header presents: ``Bearer <token>``, or with ``basic`` also
+    HTTP Basic with the token as the password (a browser asks for it; the user name is ignored).
+    None when there is no header or it is malformed."""
+    scheme, _, given = (authorization or "").partition(" ")
+    given = given.strip()
+    if scheme.lower() == "bearer" and given:
+        return given
+    if basic and scheme.lower() == "basic" and given:
+        try:
+            decoded = base64.b64decode(given, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        password = decoded.partition(":")[2]
+        return password or None
+    return None
 
 
 class TokenTableError(ValueError):

@@ -184,6 +184,11 @@ class ReportingConfig(Slice):
     reporting_host: str = "127.0.0.1"
     reporting_port: int = Field(default=8090, ge=1, le=65535)
     reporting_timezone: str = Field(default="UTC", description="Periods (day, week, month) start at midnight here.")
+    reports_require_token: bool = Field(
+        default=False,
+        description="Reports API, scorecards and dashboard only for a token with scope reports:read "
+        "(Bearer, or the token as the HTTP Basic password in a browser); /healthz and /readyz stay open.",
+    )
     scorecard_cadence: Literal["day", "week", "month"] = Field(
         default="week", description="One scorecard per period; weeks start on Monday at midnight in the time zone."
     )

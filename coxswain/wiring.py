@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from coxswain.access import TokenTableError
+from coxswain.access import TokenTable, TokenTableError
 from coxswain.core.agreement import Agreement
 from coxswain.db.database import create_engine, require_current_schema
 from coxswain.runtime import health, metrics, outages, tracing
@@ -198,6 +198,7 @@ async def run_consumer(name: str) -> None:
         require_safe_configuration(DeploymentConfig(), database, kafka, AdminConfig())
     except InsecureConfiguration as exc:
         raise SystemExit(f"{name} refuses to start: {exc}") from None
+    report_tokens = _report_tokens(ReportingConfig()) if name == "reporting" else None
     stop = stop_on_signals()
     tracing.configure(name.replace("_", "-"))
     engine = create_engine(database)
@@ -236,7 +237,7 @@ async def run_consumer(name: str) -> None:
                 timers = scoring_timers.run_timer(engine, lambda: source.current, ScoringConfig(), utc_now, stop)
                 group.create_task(timers)
             if name == "reporting":
-                group.create_task(_serve_reporting(engine, lambda: source.current, stop))
+                group.create_task(_serve_reporting(engine, lambda: source.current, report_tokens, stop))
             if name == "router":
                 group.create_task(router.run_retry(engine, lambda: source.current, RouterConfig(), utc_now, stop))
             group.create_task(_retry("kafka consumer", lambda: service.run(stop), stop))
@@ -332,10 +333,30 @@ def http_server(app: FastAPI, host: str, port: int, lifespan: Literal["on", "off
     )
 
 
-async def _serve_reporting(engine: AsyncEngine, agreement: Callable[[], Agreement], stop: asyncio.Event) -> None:
+def _report_tokens(config: ReportingConfig) -> TokenTable | None:
+    """The tokens that may read reports, when reports need one; refuses to start when none could."""
+    if not config.reports_require_token:
+        return None
+    try:
+        tokens = token_table(AdminConfig())
+    except TokenTableError as exc:
+        raise SystemExit(f"reporting refuses to start: {exc}") from None
+    if not any("reports:read" in token.scopes for token in tokens.tokens):
+        raise SystemExit(
+            "reporting refuses to start: COXSWAIN_REPORTS_REQUIRE_TOKEN is on but no token has scope "
+            "'reports:read'; add one to COXSWAIN_TOKENS or set COXSWAIN_ADMIN_TOKEN"
+        )
+    return tokens
+
+
+async def _serve_reporting(
+    engine: AsyncEngine, agreement: Callable[[], Agreement], tokens: TokenTable | None, stop: asyncio.Event
+) -> None:
     """The reporting API, dashboard and scorecards share the process (and the engine) of the reporting consumer."""
     config = ReportingConfig()
-    app = create_reporting_app(engine, agreement, utc_now, config.reporting_timezone, cadence=config.scorecard_cadence)
+    app = create_reporting_app(
+        engine, agreement, utc_now, config.reporting_timezone, cadence=config.scorecard_cadence, tokens=tokens
+    )
     scorecards = asyncio.create_task(reporting_scorecard.run(engine, agreement, config, utc_now, stop))
     metrics.instrument(app)
     server = http_server(app, config.reporting_host, config.reporting_port, lifespan="off")

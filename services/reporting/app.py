@@ -13,6 +13,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from pydantic import AwareDatetime
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from coxswain.access import TokenTable, presented_token
 from coxswain.core.agreement import Agreement
 from coxswain.core.scorecard import Cadence, period_containing
 from coxswain.runtime.health import add_probes, database_check
@@ -81,6 +82,35 @@ def versioned_window(window: Window, agreement_version: Filter = None) -> Scope:
 VersionedWindow = Annotated[Scope, Depends(versioned_window)]
 
 
+# Probes answer whatever the token setting: an orchestrator has no token.
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+CHALLENGE = {"WWW-Authenticate": 'Basic realm="coxswain-reports", charset="UTF-8"'}
+
+
+def reports_guard(tokens: TokenTable) -> Callable[[Request], None]:
+    """Every page and report needs a token with ``reports:read``: as a Bearer token, or as the
+    password of HTTP Basic, which a browser asks for (the dashboard's own requests then carry it).
+    A missing or wrong token is 401 with the Basic challenge, so a browser asks again; a token
+    without the scope is 403 naming it."""
+
+    def guard(request: Request) -> None:
+        if request.url.path in OPEN_PATHS:
+            return
+        given = presented_token(request.headers.get("authorization"), basic=True)
+        holder = tokens.holder(given) if given is not None else None
+        if holder is None:
+            raise HTTPException(
+                401,
+                "reports need a token with scope 'reports:read': send 'Authorization: Bearer <token>', "
+                "or give the token as the password when the browser asks",
+                CHALLENGE,
+            )
+        if "reports:read" not in holder.scopes:
+            raise HTTPException(403, f"token {holder.name!r} lacks scope 'reports:read'")
+
+    return guard
+
+
 def create_reporting_app(
     engine: AsyncEngine,
     agreement_in_force: Callable[[], Agreement],
@@ -88,12 +118,15 @@ def create_reporting_app(
     timezone: str = "UTC",
     lifespan: Callable[[FastAPI], Any] | None = None,
     cadence: Cadence = "week",
+    tokens: TokenTable | None = None,
 ) -> FastAPI:
+    """The reports, scorecards and dashboard; with ``tokens``, only for holders of reports:read."""
     app = FastAPI(
         title="Coxswain reporting",
         version="1",
         description="Funnel, speed to lead, SLA attainment, pacing, SAL rejections and closed loop, from stored facts.",
         lifespan=lifespan,
+        dependencies=[Depends(reports_guard(tokens))] if tokens is not None else None,
     )
 
     app.state.reporting = _Reporting(clock, timezone)

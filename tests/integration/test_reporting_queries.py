@@ -3,6 +3,7 @@ PostgreSQL: a hand-made history with known answers, in a time range no other tes
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -14,6 +15,7 @@ import pytest
 import pytest_asyncio
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from coxswain.access import Token, TokenTable
 from coxswain.core.agreement import load_agreement
 from coxswain.db.database import create_engine
 from coxswain.settings import DatabaseConfig
@@ -328,3 +330,41 @@ async def test_the_same_range_always_gives_the_same_figures(reports: httpx.Async
     assert backwards.status_code == 422
     assert "must be before" in backwards.json()["detail"]
     assert (await reports.get("/dashboard")).headers["content-type"].startswith("text/html")
+
+
+async def test_with_reports_behind_a_token_each_page_needs_scope_reports_read(reports: httpx.AsyncClient) -> None:
+    # (reports: the module's facts are stored, so the funnel has stages to show)
+    engine: AsyncEngine = create_engine(DatabaseConfig())
+    agreement = load_agreement(AGREEMENT)
+    tokens = TokenTable.of(
+        None,
+        [
+            Token("sales-lead", b"sales-lead-reads-reports", frozenset({"reports:read"})),
+            Token("roster-bot", b"roster-bot-changes-reps", frozenset({"roster:write"})),
+        ],
+    )
+    app = create_reporting_app(engine, lambda: agreement, lambda: T0 + timedelta(days=1), tokens=tokens)
+    basic = "Basic " + base64.b64encode(b"anyone:sales-lead-reads-reports").decode()
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://reporting") as client:
+            for path in ("/v1/reports/funnel", "/v1/scorecards", "/dashboard", "/scorecard/current"):
+                anonymous = await client.get(path, params=RANGE if "reports" in path else None)
+                assert anonymous.status_code == 401, path
+                assert anonymous.headers["www-authenticate"].startswith('Basic realm="coxswain-reports"'), path
+                wrong = await client.get(path, headers={"Authorization": "Bearer not-a-token"})
+                assert wrong.status_code == 401, path
+                lacking = await client.get(path, headers={"Authorization": "Bearer roster-bot-changes-reps"})
+                assert (lacking.status_code, lacking.json()["detail"]) == (
+                    403,
+                    "token 'roster-bot' lacks scope 'reports:read'",
+                ), path
+            bearer = {"Authorization": "Bearer sales-lead-reads-reports"}
+            funnel = await client.get("/v1/reports/funnel", params=RANGE, headers=bearer)
+            page = await client.get("/dashboard", headers={"Authorization": basic})
+            # Probes stay open: an orchestrator has no token.
+            probe = await client.get("/healthz")
+    finally:
+        await engine.dispose()
+    assert funnel.status_code == 200 and funnel.json()["stages"]
+    assert page.status_code == 200 and "<html" in page.text.lower()
+    assert probe.status_code == 200

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import orjson
 import pytest
 from pydantic import SecretStr
 
-from coxswain.access import SCOPES, TokenTable, TokenTableError, parse_tokens
+from coxswain.access import SCOPES, TokenTable, TokenTableError, parse_tokens, presented_token
 from coxswain.security import production_problems, token_table
 from coxswain.settings import AdminConfig, DatabaseConfig, KafkaConfig
 
@@ -110,3 +111,23 @@ def test_production_refuses_a_weak_named_token() -> None:
     )
     problems = production_problems(DatabaseConfig(), KafkaConfig(), settings)
     assert "token 'bot' is a placeholder" in problems
+
+
+@pytest.mark.parametrize(
+    ("header", "basic", "token"),
+    [
+        ("Bearer s3cret", False, "s3cret"),
+        ("bearer   s3cret  ", False, "s3cret"),
+        ("Basic " + base64.b64encode(b"anyone:s3cret").decode(), True, "s3cret"),
+        ("Basic " + base64.b64encode(b"anyone:pa:ss").decode(), True, "pa:ss"),
+        ("Basic " + base64.b64encode(b"anyone:s3cret").decode(), False, None),
+        ("Basic " + base64.b64encode(b"no-password:").decode(), True, None),
+        ("Basic not*base64", True, None),
+        ("Basic " + base64.b64encode(b"\xff\xfe:x").decode(), True, None),
+        ("Bearer", False, None),
+        ("Token s3cret", True, None),
+        (None, True, None),
+    ],
+)
+def test_the_token_a_header_presents(header: str | None, basic: bool, token: str | None) -> None:
+    assert presented_token(header, basic=basic) == token
