@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -22,6 +23,7 @@ agreement_app = typer.Typer(help="The sales-marketing agreement file.", no_args_
 schemas_app = typer.Typer(help="Event contracts: JSON Schema and AsyncAPI documents.", no_args_is_help=True)
 demo_app = typer.Typer(help="Demo traffic and a live view of the topics.", no_args_is_help=True)
 shadow_app = typer.Typer(help="A candidate agreement deciding beside the one in force.", no_args_is_help=True)
+privacy_app = typer.Typer(help="Erase or export what is stored about a person.", no_args_is_help=True)
 for sub, name in (
     (run_app, "run"),
     (db_app, "db"),
@@ -30,6 +32,7 @@ for sub, name in (
     (schemas_app, "schemas"),
     (demo_app, "demo"),
     (shadow_app, "shadow"),
+    (privacy_app, "privacy"),
 ):
     app.add_typer(sub, name=name)
 
@@ -281,7 +284,7 @@ def agreement_activate(file: Annotated[Path, typer.Argument(help="Agreement YAML
     """Store the agreement in the database (its version must be new, or identical) and put it in
     force; running services pick it up within COXSWAIN_AGREEMENT_POLL_SECONDS."""
     from coxswain.runtime.consumer import utc_now
-    from services.admin import agreements
+    from services.admin import agreements, audit
 
     agreement = _load_or_exit(file)
 
@@ -289,6 +292,11 @@ def agreement_activate(file: Annotated[Path, typer.Argument(help="Agreement YAML
         async with engine.begin() as connection:
             stored, created = await agreements.store(connection, agreement, utc_now())
             await agreements.activate(connection, agreement.version, utc_now())
+            stored_outcome: audit.Outcome = "done" if created else "unchanged"
+            for action, outcome in (("agreement.store", stored_outcome), ("agreement.activate", "done")):
+                await audit.record(
+                    connection, token=CLI_ACTOR, action=action, target=stored.version, outcome=outcome, at=utc_now()
+                )
         typer.echo(
             f"agreement version {stored.version} {'stored and ' if created else ''}activated (sha256 {stored.sha256[:12]})"
         )
@@ -298,6 +306,103 @@ def agreement_activate(file: Annotated[Path, typer.Argument(help="Agreement YAML
     except agreements.VersionConflict as exc:
         typer.echo(f"{file}: {exc}", err=True)
         raise typer.Exit(1) from None
+
+
+# Who the audit trail names for an action taken with the CLI: it needs database access, not a token.
+CLI_ACTOR = "cli"
+
+Email = Annotated[str | None, typer.Option("--email", help="The person's email address.")]
+LeadId = Annotated[str | None, typer.Option("--lead-id", help="Any of the person's lead ids (aliases included).")]
+
+
+def _person_query(email: str | None, lead_id: str | None) -> tuple[str | None, uuid.UUID | None]:
+    """Exactly one of --email and --lead-id, checked; exit code 2 otherwise, as for any usage error."""
+    if (email is None) == (lead_id is None):
+        typer.echo("give exactly one of --email and --lead-id", err=True)
+        raise typer.Exit(2)
+    if lead_id is None:
+        return email, None
+    try:
+        return None, uuid.UUID(lead_id)
+    except ValueError:
+        typer.echo(f"--lead-id {lead_id!r} is not a UUID", err=True)
+        raise typer.Exit(2) from None
+
+
+@privacy_app.command("erase")
+def privacy_erase(email: Email = None, lead_id: LeadId = None) -> None:
+    """Erase the person's personal data from every table (counts, stages, owners and SLA figures
+    stay) and publish leads.erased.v1. Exit code 3 when nobody is stored under that email or id."""
+    from coxswain.runtime.consumer import utc_now
+    from services.admin import audit, privacy
+
+    by_email, by_id = _person_query(email, lead_id)
+
+    async def work(engine: AsyncEngine) -> None:
+        async with engine.begin() as connection:
+            found = await privacy.find(connection, email=by_email, lead_id=by_id)
+            if found is None:
+                raise _NotFound()
+            erased = await privacy.erase(connection, found, by_email, utc_now())
+            await audit.record(
+                connection,
+                token=CLI_ACTOR,
+                action="lead.erase",
+                target=str(found.lead_id),
+                outcome="done",
+                at=utc_now(),
+                detail={"rows_changed": str(erased.rows_changed)},
+            )
+        typer.echo(f"lead {found.lead_id} erased: {erased.rows_changed} stored rows changed; leads.erased.v1 staged")
+
+    try:
+        _database("erase", work)
+    except _NotFound:
+        typer.echo("nobody is stored under that " + ("email" if by_email else "lead id"), err=True)
+        raise typer.Exit(3) from None
+
+
+@privacy_app.command("export")
+def privacy_export(
+    email: Email = None,
+    lead_id: LeadId = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
+) -> None:
+    """Everything stored about the person, as JSON. Exit code 3 when nobody is stored under it."""
+    from coxswain.runtime.consumer import utc_now
+    from services.admin import audit, privacy
+
+    by_email, by_id = _person_query(email, lead_id)
+
+    async def work(engine: AsyncEngine) -> None:
+        async with engine.begin() as connection:
+            found = await privacy.find(connection, email=by_email, lead_id=by_id)
+            if found is None:
+                raise _NotFound()
+            document = privacy.as_json(await privacy.export(connection, found))
+            await audit.record(
+                connection,
+                token=CLI_ACTOR,
+                action="lead.export",
+                target=str(found.lead_id),
+                outcome="done",
+                at=utc_now(),
+            )
+        if output is None:
+            typer.echo(document.decode())
+        else:
+            output.write_bytes(document + b"\n")
+            typer.echo(f"lead {found.lead_id} exported to {output}", err=True)
+
+    try:
+        _database("export", work)
+    except _NotFound:
+        typer.echo("nobody is stored under that " + ("email" if by_email else "lead id"), err=True)
+        raise typer.Exit(3) from None
+
+
+class _NotFound(Exception):
+    pass
 
 
 @agreement_app.command("list")

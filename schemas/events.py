@@ -575,6 +575,20 @@ class ScorecardIssuedV1(Event):
     marketing: MarketingScorecard
 
 
+class LeadErasedV1(Event):
+    """A person's data was erased on request: every stored value that identified them is gone
+    from Coxswain's tables (counts, stages, owners and SLA figures stay). Downstream systems (CRM
+    connectors, warehouses) should erase the lead too. Copies of earlier facts stay on the topics
+    until topic retention removes them (docs/operations.md)."""
+
+    topic: ClassVar[str] = "leads.erased.v1"
+    ce_type: ClassVar[str] = "io.coxswain.lead.erased.v1"
+    ce_source: ClassVar[str] = "/coxswain/admin"
+
+    aliases: tuple[uuid.UUID, ...] = Field(default=(), description="Other ids the same person's events carried.")
+    rows_changed: int = Field(ge=0, description="Stored rows that held a personal value.")
+
+
 # The Kafka key of every audit fact (see AdminActionAuditedV1), named rather than random.
 AUDIT_KEY = uuid.uuid5(uuid.NAMESPACE_URL, "urn:coxswain:admin-audit")
 
@@ -621,6 +635,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     ShadowDecisionV1,
     ScorecardIssuedV1,
     AdminActionAuditedV1,
+    LeadErasedV1,
 )
 
 EVENTS_BY_TOPIC: dict[str, type[Event]] = {event.topic: event for event in ALL_EVENTS}

@@ -1,7 +1,9 @@
-"""Admin HTTP API: store and activate agreement versions, explain a lead.
+"""Admin HTTP API: store and activate agreement versions, explain a lead, export or erase a
+person's data, read the audit trail.
 
 Every endpoint needs ``Authorization: Bearer <token>`` with a scope (``coxswain/access.py``):
-``agreements:write`` for agreements, ``leads:read`` for a lead's data. A missing or malformed
+``agreements:write`` for agreements, ``leads:read`` for a lead's data, ``privacy:erase`` for
+export and erasure, ``audit:read`` for the trail. Every action is audited. A missing or malformed
 header is 401; a wrong token (compared in constant time) or one without the scope is 403 naming
 the missing scope; with no token configured the endpoints are disabled (403) rather than open.
 """
@@ -15,11 +17,11 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
-from sqlalchemy.ext.asyncio import AsyncEngine
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from coxswain.access import SCOPES, TokenTable
+from coxswain.access import SCOPES, TokenTable, presented_token
 from coxswain.core.agreement import (
     MAX_AGREEMENT_BYTES,
     Agreement,
@@ -28,7 +30,7 @@ from coxswain.core.agreement import (
     load_agreement_text,
 )
 from coxswain.core.agreement_checks import agreement_warnings
-from services.admin import agreements, audit
+from services.admin import agreements, audit, privacy
 from services.admin.leads import explain
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,28 @@ class StoredVersion(BaseModel):
     activated_at: datetime | None
     created: bool = Field(default=False, description="False when this exact version was already stored.")
     warnings: list[str] = Field(default_factory=list, description="Rules that can never fire, and the like.")
+
+
+class PersonQuery(BaseModel):
+    """Exactly one of the two."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    email: str | None = Field(default=None, min_length=3, max_length=320)
+    lead_id: uuid.UUID | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> PersonQuery:
+        if (self.email is None) == (self.lead_id is None):
+            raise ValueError("give exactly one of email and lead_id")
+        return self
+
+
+class ErasureDone(BaseModel):
+    lead_id: uuid.UUID
+    aliases: list[uuid.UUID]
+    rows_changed: int = Field(description="Stored rows that held one of the person's values.")
+    event_id: uuid.UUID = Field(description="The LeadErasedV1 fact staged for leads.erased.v1.")
 
 
 class AuditEntry(BaseModel):
@@ -91,10 +115,10 @@ def scope_guard(
         challenge = {"WWW-Authenticate": 'Bearer realm="coxswain-admin"'}
         if not header:
             raise HTTPException(401, "missing Authorization header; send 'Authorization: Bearer <token>'", challenge)
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not given.strip():
+        given = presented_token(header)
+        if given is None:
             raise HTTPException(401, "Authorization must be 'Bearer <token>'", challenge)
-        holder = tokens.holder(given.strip())
+        holder = tokens.holder(given)
         if holder is None:
             log.info("admin request refused: reason=wrong_token path=%s", request.url.path)
             await refused(request, audit.UNKNOWN_TOKEN, "wrong_token")
@@ -117,6 +141,7 @@ def create_admin_router(
     agreements_write = [Depends(scope_guard(tokens, "agreements:write", engine, clock))]
     leads_read = [Depends(scope_guard(tokens, "leads:read", engine, clock))]
     audit_read = [Depends(scope_guard(tokens, "audit:read", engine, clock))]
+    privacy_erase = [Depends(scope_guard(tokens, "privacy:erase", engine, clock))]
     auth_responses: dict[int | str, dict[str, Any]] = {
         401: {"description": "Missing or malformed bearer token"},
         403: {"description": "Wrong token, a token without the endpoint's scope, or the admin API is disabled"},
@@ -226,6 +251,62 @@ def create_admin_router(
         if found is None:
             raise HTTPException(404, f"no lead {lead_id}: scoring has not seen it (yet)")
         return found
+
+    async def person(connection: AsyncConnection, wanted: PersonQuery) -> privacy.Found:
+        found = await privacy.find(connection, email=wanted.email, lead_id=wanted.lead_id)
+        if found is None:
+            raise HTTPException(404, "nobody is stored under that " + ("email" if wanted.email else "lead id"))
+        return found
+
+    @router.post(
+        "/v1/admin/privacy/erase",
+        response_model=ErasureDone,
+        tags=["privacy"],
+        dependencies=privacy_erase,
+        responses={**auth_responses, 404: {"description": "Nobody is stored under that email or lead id"}},
+    )
+    async def erase_person(wanted: PersonQuery, request: Request) -> ErasureDone:
+        """Erase the person's personal data from every table and publish leads.erased.v1 (docs/operations.md)."""
+        async with engine.begin() as connection:
+            found = await person(connection, wanted)
+            erased = await privacy.erase(connection, found, wanted.email, clock())
+            await audit.record(
+                connection,
+                token=request.state.token_name,
+                action="lead.erase",
+                target=str(found.lead_id),
+                outcome="done",
+                at=clock(),
+                detail={"rows_changed": str(erased.rows_changed)},
+            )
+        log.info("lead erased: lead_id=%s token=%s", found.lead_id, request.state.token_name)
+        return ErasureDone(
+            lead_id=found.lead_id,
+            aliases=list(found.aliases),
+            rows_changed=erased.rows_changed,
+            event_id=erased.fact.event_id,
+        )
+
+    @router.post(
+        "/v1/admin/privacy/export",
+        tags=["privacy"],
+        dependencies=privacy_erase,
+        responses={**auth_responses, 404: {"description": "Nobody is stored under that email or lead id"}},
+    )
+    async def export_person(wanted: PersonQuery, request: Request) -> Response:
+        """Everything stored about the person, table by table, as JSON."""
+        async with engine.begin() as connection:
+            found = await person(connection, wanted)
+            document = privacy.as_json(await privacy.export(connection, found))
+            await audit.record(
+                connection,
+                token=request.state.token_name,
+                action="lead.export",
+                target=str(found.lead_id),
+                outcome="done",
+                at=clock(),
+            )
+        return Response(document, media_type="application/json")
 
     @router.get(
         "/v1/admin/audit",

@@ -28,6 +28,7 @@ from schemas.events import (
     Event,
     LatencyPercentiles,
     LeadAttributes,
+    LeadErasedV1,
     LeadQualifiedV1,
     LeadReceivedV1,
     LeadRoutedV1,
@@ -360,6 +361,7 @@ SAMPLES: tuple[Event, ...] = (
         outcome="done",
         detail={"fields": "capacity"},
     ),
+    LeadErasedV1(event_id=eid("erased"), lead_id=LEAD, occurred_at=AT, aliases=(eid("alias"),), rows_changed=7),
 )
 RECEIVED = SAMPLES[0]
 

@@ -1,0 +1,85 @@
+"""Erasing a person: which of their values are personal, and stored data with those values gone.
+
+Pure: the shell (``services/admin/privacy.py``) loads every stored value that belongs to the
+person's leads, passes it through ``scrub`` and writes back what changed. A value is erased when
+it sits under a personal key (``email``, ``first_name``, ...) anywhere in a document (it becomes
+null, which every model reading it back accepts), or when it is, or contains, one of the person's
+own values (their email inside a reason text, their name in an alert: replaced by ``[erased]``). Everything else stays as it was, so counts, stages, scores, owners, SLA clocks and
+timestamps, and with them every report, read the same after an erasure.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+ERASED = "[erased]"
+# Keys whose values identify a person, wherever they appear (lead attributes, webhook payloads,
+# facts, routing requests, alerts). Company, domain, country, seniority and the like describe
+# the account, not the person, and stay: reports slice by them.
+PERSONAL_KEYS = frozenset({"email", "first_name", "last_name", "title", "phone", "mobile_phone", "full_name"})
+# Shorter values are not searched for inside other text: "Al" would erase half of every document.
+MIN_SEARCHED_LENGTH = 4
+
+
+@dataclass(frozen=True)
+class Person:
+    """The values that identify one person, as stored (compared without regard to case)."""
+
+    values: frozenset[str]
+
+    @classmethod
+    def of(cls, documents: Iterable[Mapping[str, Any]]) -> Person:
+        """The personal values found in ``documents`` (a lead's attributes, its webhook payloads)."""
+        found: set[str] = set()
+        for document in documents:
+            found.update(_personal_values(document))
+        return cls(frozenset(value for value in found if value.strip()))
+
+    def pattern(self) -> re.Pattern[str] | None:
+        searched = sorted((v for v in self.values if len(v) >= MIN_SEARCHED_LENGTH), key=len, reverse=True)
+        if not searched:
+            return None
+        return re.compile("|".join(re.escape(value) for value in searched), re.IGNORECASE)
+
+
+def _personal_values(document: Any) -> Iterable[str]:
+    if isinstance(document, Mapping):
+        for key, value in document.items():
+            if key in PERSONAL_KEYS and isinstance(value, str):
+                yield value
+            else:
+                yield from _personal_values(value)
+    elif isinstance(document, list):
+        for item in document:
+            yield from _personal_values(item)
+
+
+def scrub(document: Any, person: Person) -> Any:
+    """``document`` with the person's values erased; the same object when nothing changed."""
+    return _scrub(document, person, {value.casefold() for value in person.values}, person.pattern())
+
+
+def _scrub(document: Any, person: Person, exact: set[str], pattern: re.Pattern[str] | None) -> Any:
+    if isinstance(document, Mapping):
+        changed = False
+        out: dict[str, Any] = {}
+        for key, value in document.items():
+            if key in PERSONAL_KEYS and isinstance(value, str):
+                new: Any = None
+            else:
+                new = _scrub(value, person, exact, pattern)
+            changed = changed or new is not value
+            out[key] = new
+        return out if changed else document
+    if isinstance(document, list):
+        items = [_scrub(item, person, exact, pattern) for item in document]
+        return items if any(new is not old for new, old in zip(items, document, strict=True)) else document
+    if isinstance(document, str):
+        if document.casefold() in exact:
+            return ERASED
+        if pattern is not None and pattern.search(document):
+            return pattern.sub(ERASED, document)
+    return document
