@@ -23,6 +23,7 @@ agreement_app = typer.Typer(help="The sales-marketing agreement file.", no_args_
 schemas_app = typer.Typer(help="Event contracts: JSON Schema and AsyncAPI documents.", no_args_is_help=True)
 demo_app = typer.Typer(help="Demo traffic and a live view of the topics.", no_args_is_help=True)
 shadow_app = typer.Typer(help="A candidate agreement deciding beside the one in force.", no_args_is_help=True)
+maintenance_app = typer.Typer(help="Retention: prune what no longer needs keeping.", no_args_is_help=True)
 privacy_app = typer.Typer(help="Erase or export what is stored about a person.", no_args_is_help=True)
 for sub, name in (
     (run_app, "run"),
@@ -33,6 +34,7 @@ for sub, name in (
     (demo_app, "demo"),
     (shadow_app, "shadow"),
     (privacy_app, "privacy"),
+    (maintenance_app, "maintenance"),
 ):
     app.add_typer(sub, name=name)
 
@@ -399,6 +401,42 @@ def privacy_export(
     except _NotFound:
         typer.echo("nobody is stored under that " + ("email" if by_email else "lead id"), err=True)
         raise typer.Exit(3) from None
+
+
+@maintenance_app.command("prune")
+def maintenance_prune() -> None:
+    """One retention pass now (every service also runs one each COXSWAIN_PRUNE_EVERY_SECONDS):
+    dedupe records older than COXSWAIN_INBOX_RETENTION_DAYS, which must outlive the topics'
+    retention.ms by a day (exit code 1 otherwise), and delivered SLA alerts."""
+    from aiokafka.errors import KafkaError
+
+    from coxswain.core.retention import RetentionTooShort
+    from coxswain.runtime import retention
+    from coxswain.runtime.consumer import utc_now
+    from coxswain.settings import KafkaConfig, RetentionConfig
+
+    config = RetentionConfig()
+
+    async def work(engine: AsyncEngine) -> None:
+        kept = await retention.topic_retention(KafkaConfig())
+        pruned = await retention.prune(engine, config, kept, utc_now())
+        if pruned is None:
+            typer.echo("another process is pruning right now; nothing done")
+            return
+        if pruned.window is None:
+            typer.echo("a topic keeps events for ever (retention.ms -1): dedupe records are kept for ever too")
+        for table, count in pruned.rows.items():
+            typer.echo(f"{table}: {count} rows pruned")
+
+    try:
+        _database("prune", work)
+    except RetentionTooShort as exc:
+        typer.echo(f"cannot prune: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except KafkaError as exc:
+        # The window is checked against the topics' real retention: without Kafka, no pass.
+        typer.echo(f"cannot prune: Kafka is unreachable ({type(exc).__name__}: {exc})", err=True)
+        raise typer.Exit(1) from None
 
 
 class _NotFound(Exception):

@@ -38,6 +38,19 @@ class KafkaConfig(Slice):
     )
 
 
+class RetentionConfig(Slice):
+    inbox_retention_days: float = Field(
+        default=14,
+        gt=0,
+        description="Dedupe records (inbox, webhook ids) older than this are pruned; refused unless longer than "
+        "the consumed topics' retention.ms plus a day (coxswain/core/retention.py).",
+    )
+    alert_retention_days: float = Field(default=30, gt=0, description="Delivered or failed SLA alerts kept this long.")
+    prune_every_seconds: float = Field(
+        default=3600, gt=0, description="How often a running service prunes (one process at a time)."
+    )
+
+
 class OutboxConfig(Slice):
     outbox_lease_seconds: float = Field(
         default=3.0,

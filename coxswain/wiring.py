@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from coxswain.access import TokenTable, TokenTableError
 from coxswain.core.agreement import Agreement
 from coxswain.db.database import create_engine, require_current_schema
-from coxswain.runtime import health, metrics, outages, tracing
+from coxswain.runtime import health, metrics, outages, retention, tracing
 from coxswain.runtime.consumer import BatchHandler, ConsumerService, Handler, utc_now
 from coxswain.runtime.kafka import Publisher
 from coxswain.runtime.outages import is_connection_error
@@ -38,6 +38,7 @@ from coxswain.settings import (
     ObservabilityConfig,
     OutboxConfig,
     ReportingConfig,
+    RetentionConfig,
     RosterApiConfig,
     RouterConfig,
     ScoringConfig,
@@ -233,6 +234,7 @@ async def run_consumer(name: str) -> None:
             group.create_task(relay.run(stop, metrics.outbox_published))
             group.create_task(metrics.sample_outbox(engine, stop))
             group.create_task(source.run(stop))
+            group.create_task(retention.run(engine, kafka, RetentionConfig(), utc_now, stop))
             if name == "scoring":
                 timers = scoring_timers.run_timer(engine, lambda: source.current, ScoringConfig(), utc_now, stop)
                 group.create_task(timers)

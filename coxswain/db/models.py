@@ -39,7 +39,7 @@ class WebhookInbox(SQLModel, table=True):
     kind: str = Field(max_length=16)
     event_ids: list[str] = _jsonb()
     lead_ids: list[str] = _jsonb()
-    received_at: datetime = _utc()
+    received_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False, index=True))
 
 
 class IntakeEvent(SQLModel, table=True):
@@ -95,7 +95,8 @@ class Inbox(SQLModel, table=True):
     consumer: str = Field(primary_key=True, max_length=64)
     event_id: uuid.UUID = Field(primary_key=True)
     topic: str = Field(max_length=255)
-    processed_at: datetime = _utc()
+    # 0013_retention_indexes: pruned by age (coxswain/runtime/retention.py).
+    processed_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False, index=True))
 
 
 class Lead(SQLModel, table=True):
@@ -204,7 +205,7 @@ class SlaAlertDelivery(SQLModel, table=True):
     status: str = Field(max_length=16)
     attempts: int = Field(default=0)
     next_attempt_at: datetime = _utc()
-    created_at: datetime = _utc()
+    created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False, index=True))
     delivered_at: datetime | None = _utc(nullable=True)
     last_error: str | None = Field(default=None, max_length=500)
 

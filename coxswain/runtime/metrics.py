@@ -78,6 +78,9 @@ OUTBOX_LEASES_LOST = Counter(
     "coxswain_outbox_leases_lost",
     "Bucket leases this relay lost while it still held them: it stalled past its lease (a pause, SIGSTOP).",
 )
+PRUNED_ROWS = Counter("coxswain_pruned_rows", "Rows the retention pass deleted, by table.", ["table"])
+TABLE_ROWS = Gauge("coxswain_table_rows", "Rows in each table, as PostgreSQL estimates them (pg_class).", ["table"])
+TABLE_BYTES = Gauge("coxswain_table_bytes", "Size of each table with its indexes and TOAST.", ["table"])
 HTTP_REQUESTS = Counter("coxswain_http_requests", "HTTP requests by route and status.", ["route", "method", "status"])
 HTTP_SECONDS = Histogram(
     "coxswain_http_request_seconds", "HTTP request latency by route.", ["route"], buckets=LATENCY_BUCKETS

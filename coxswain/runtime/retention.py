@@ -1,0 +1,157 @@
+"""Retention: dedupe records, delivered alerts and lapsed relay rows pruned on a schedule, table
+sizes exported, without ever letting a redelivered event through twice.
+
+Every service runs ``run``; a pass takes an advisory lock and is skipped by the others while one
+runs, so one process prunes at a time whatever the number of instances. ``coxswain maintenance
+prune`` runs one pass now. The window comes from ``coxswain/core/retention.py``: it is checked
+against the retention the consumed topics really have (read from Kafka), not a setting that
+could drift from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from coxswain.core.retention import RetentionTooShort, inbox_window, longest_retention
+from coxswain.runtime import metrics, outages
+from coxswain.runtime.kafka import connection_options
+from coxswain.settings import KafkaConfig, RetentionConfig
+from schemas.events import ALL_EVENTS
+
+log = logging.getLogger(__name__)
+
+PRUNE_LOCK = 0x636F7870  # advisory lock key: "coxp"
+BATCH = 10_000  # rows per delete statement: short transactions, no long lock on a busy table
+WATCHED_TABLES = (
+    "inbox",
+    "webhook_inbox",
+    "outbox",
+    "sla_alert_deliveries",
+    "sla_timers",
+    "deadlines",
+    "lead_facts",
+    "report_facts",
+    "intake_events",
+    "leads",
+    "audit_log",
+)
+
+
+async def topic_retention(kafka: KafkaConfig) -> timedelta | None:
+    """The longest retention of the topics consumers read (and so may redeliver from)."""
+    admin = AIOKafkaAdminClient(**connection_options(kafka))
+    await admin.start()
+    try:
+        topics = sorted({event.topic for event in ALL_EVENTS})
+        responses = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic, {"retention.ms": None}) for topic in topics]
+        )
+    finally:
+        await admin.close()
+    values: list[int] = []
+    for response in responses:
+        for resource in response.to_object()["resources"]:
+            if resource["error_code"] != 0:
+                continue  # a topic not created yet holds nothing to redeliver
+            values.extend(
+                int(entry["config_value"])
+                for entry in resource["config_entries"]
+                if entry["config_names"] == "retention.ms"
+            )
+    return longest_retention(values)
+
+
+@dataclass(frozen=True)
+class Pruned:
+    window: timedelta | None  # None: inbox kept for ever (a topic keeps records for ever)
+    rows: dict[str, int]
+
+
+async def prune(
+    engine: AsyncEngine, config: RetentionConfig, retention: timedelta | None, now: datetime
+) -> Pruned | None:
+    """One pass; None when another process is pruning. Raises ``RetentionTooShort``."""
+    window = inbox_window(timedelta(days=config.inbox_retention_days), retention)
+    async with engine.connect() as holder:
+        if not await holder.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": PRUNE_LOCK}):
+            return None
+        try:
+            rows: dict[str, int] = {}
+            if window is not None:
+                before = now - window
+                rows["inbox"] = await _delete(engine, "inbox", "ctid", "processed_at < :before", before)
+                # A sender's retry of a webhook is seen by its id for as long as any event it carried.
+                rows["webhook_inbox"] = await _delete(engine, "webhook_inbox", "ctid", "received_at < :before", before)
+            alerts_before = now - timedelta(days=config.alert_retention_days)
+            rows["sla_alert_deliveries"] = await _delete(
+                engine, "sla_alert_deliveries", "id", "status <> 'pending' AND created_at < :before", alerts_before
+            )
+        finally:
+            await holder.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": PRUNE_LOCK})
+            await holder.commit()
+    for table, count in rows.items():
+        metrics.PRUNED_ROWS.labels(table).inc(count)
+    return Pruned(window, rows)
+
+
+async def _delete(engine: AsyncEngine, table: str, key: str, condition: str, before: datetime) -> int:
+    total = 0
+    while True:
+        async with engine.begin() as connection:
+            deleted = (
+                await connection.execute(
+                    text(
+                        f"DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {table} WHERE {condition} LIMIT :batch)"
+                    ),
+                    {"before": before, "batch": BATCH},
+                )
+            ).rowcount
+        total += deleted
+        if deleted < BATCH:
+            return total
+
+
+async def sample_tables(engine: AsyncEngine) -> None:
+    async with engine.connect() as connection:
+        rows = await connection.execute(
+            text(
+                "SELECT relname, greatest(reltuples, 0)::bigint AS estimate, pg_total_relation_size(oid) AS bytes "
+                "FROM pg_class WHERE relkind IN ('r', 'p') AND relname = ANY(:tables)"
+            ),
+            {"tables": list(WATCHED_TABLES)},
+        )
+        for row in rows:
+            metrics.TABLE_ROWS.labels(row.relname).set(row.estimate)
+            metrics.TABLE_BYTES.labels(row.relname).set(row.bytes)
+
+
+async def run(
+    engine: AsyncEngine, kafka: KafkaConfig, config: RetentionConfig, clock: Callable[[], datetime], stop: asyncio.Event
+) -> None:
+    """Prune every ``prune_every_seconds`` while the service runs; a window too short for the
+    topics is logged as an error each pass (and nothing is pruned) rather than stopping routing."""
+    while not stop.is_set():
+        try:
+            await sample_tables(engine)
+            pruned = await prune(engine, config, await topic_retention(kafka), clock())
+            if pruned is not None and any(pruned.rows.values()):
+                log.info(
+                    "retention pass: %s",
+                    " ".join(f"{table}={count}" for table, count in pruned.rows.items()),
+                )
+        except RetentionTooShort as exc:
+            log.error("retention pass refused: %s", exc)
+        except Exception as exc:
+            log.warning("retention pass failed: error=%s", type(exc).__name__, extra=outages.about(exc))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=config.prune_every_seconds)

@@ -1,0 +1,115 @@
+"""Retention on real PostgreSQL and Kafka: the window is checked against the retention the topics
+really have, and a pass deletes only dedupe records older than it, so a redelivery inside the
+window is still skipped."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import text
+
+from coxswain.core.retention import RetentionTooShort
+from coxswain.runtime.consumer import claim_many
+from coxswain.runtime.kafka import create_topics
+from coxswain.runtime.retention import PRUNE_LOCK, prune, topic_retention
+from coxswain.settings import KafkaConfig, RetentionConfig
+from tests.support.databases import fresh_database
+from tests.support.infra import ENVIRONMENT
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+TOPIC = "leads.received.v1"
+
+
+async def test_the_retention_is_read_from_the_topics(infrastructure: None) -> None:
+    await create_topics(KafkaConfig())  # as every service does when it starts
+    # The test broker keeps every topic for a day (deploy/local/kafka.sh: log.retention.hours=24);
+    # a topic created a moment ago may answer "unknown" at first (and holds nothing yet).
+    for _ in range(50):
+        if (kept := await topic_retention(KafkaConfig())) == timedelta(days=1):
+            break
+        await asyncio.sleep(0.1)
+    assert kept == timedelta(days=1)
+
+
+async def test_a_pass_keeps_every_dedupe_record_inside_the_window(infrastructure: None) -> None:
+    config = RetentionConfig(inbox_retention_days=3, alert_retention_days=30)
+    ages = {uuid.uuid4(): timedelta(days=days) for days in (0, 1, 2.9, 3.1, 10)}
+    async with fresh_database("retention") as engine:
+        for event_id, age in ages.items():
+            async with engine.begin() as connection:
+                assert await claim_many(connection, "scoring", [(event_id, TOPIC)], NOW - age) == {event_id}
+        async with engine.begin() as connection:
+            await connection.execute(
+                text(
+                    "INSERT INTO sla_alert_deliveries (event_id, alert, status, attempts, next_attempt_at, created_at) "
+                    "VALUES (:a, '{}', 'delivered', 1, :old, :old), (:b, '{}', 'pending', 3, :old, :old), "
+                    "(:c, '{}', 'delivered', 1, :new, :new)"
+                ),
+                {"a": uuid.uuid4(), "b": uuid.uuid4(), "c": uuid.uuid4(), "old": NOW - timedelta(days=40), "new": NOW},
+            )
+
+        pruned = await prune(engine, config, timedelta(days=1), NOW)
+
+        assert pruned is not None
+        assert pruned.window == timedelta(days=3)
+        assert pruned.rows == {"inbox": 2, "webhook_inbox": 0, "sla_alert_deliveries": 1}
+        async with engine.begin() as connection:
+            kept = set(await connection.scalars(text("SELECT event_id FROM inbox")))
+            # Every event inside the window redelivered now is still seen as a repeat.
+            again = await claim_many(
+                connection, "scoring", [(e, TOPIC) for e, age in ages.items() if age < 3 * timedelta(days=1)], NOW
+            )
+            pending = await connection.scalar(
+                text("SELECT count(*) FROM sla_alert_deliveries WHERE status = 'pending'")
+            )
+        assert kept == {e for e, age in ages.items() if age < timedelta(days=3)}
+        assert again == set()
+        assert pending == 1  # an alert still being delivered is never pruned, however old
+
+
+async def test_a_window_inside_the_topics_retention_prunes_nothing(infrastructure: None) -> None:
+    async with fresh_database("retention") as engine:
+        async with engine.begin() as connection:
+            await claim_many(connection, "router", [(uuid.uuid4(), TOPIC)], NOW - timedelta(days=30))
+        with pytest.raises(RetentionTooShort):
+            await prune(engine, RetentionConfig(inbox_retention_days=7), timedelta(days=7), NOW)
+        async with engine.connect() as connection:
+            assert await connection.scalar(text("SELECT count(*) FROM inbox")) == 1
+
+
+async def test_one_process_prunes_at_a_time(infrastructure: None) -> None:
+    async with fresh_database("retention") as engine:
+        async with engine.connect() as other:
+            await other.execute(text("SELECT pg_advisory_lock(:k)"), {"k": PRUNE_LOCK})
+            assert await prune(engine, RetentionConfig(), timedelta(days=1), NOW) is None
+            await other.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": PRUNE_LOCK})
+        assert await prune(engine, RetentionConfig(), timedelta(days=1), NOW) is not None
+
+
+def prune_command(environment: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "coxswain", "maintenance", "prune"]
+    return subprocess.run(command, env=environment, capture_output=True, text=True, check=False)
+
+
+async def test_the_cli_refuses_a_window_inside_the_topics_retention(infrastructure: None) -> None:
+    environment = {**os.environ, **ENVIRONMENT, "COXSWAIN_INBOX_RETENTION_DAYS": "1.5"}
+    refused = await asyncio.to_thread(prune_command, environment)
+    assert (refused.returncode, refused.stderr.strip()) == (
+        1,
+        "cannot prune: COXSWAIN_INBOX_RETENTION_DAYS is 1.5 days, but the topics keep events for 1 day: dedupe "
+        "records must outlive them by 1 day, so set it to at least 2 days (or shorten the topics' retention.ms)",
+    )
+    async with fresh_database("retention") as engine:  # not the shared one: other tests' records stay
+        url = engine.url.render_as_string(hide_password=False).replace("postgresql://", "postgresql+asyncpg://")
+        window = {"COXSWAIN_INBOX_RETENTION_DAYS": "2", "COXSWAIN_DATABASE_URL": url}
+        done = await asyncio.to_thread(prune_command, {**environment, **window})
+    assert done.returncode == 0, done.stderr
+    assert "inbox: " in done.stdout and "sla_alert_deliveries: " in done.stdout
