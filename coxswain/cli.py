@@ -331,37 +331,35 @@ def _person_query(email: str | None, lead_id: str | None) -> tuple[str | None, u
         raise typer.Exit(2) from None
 
 
+def _privacy(action: str, by_email: str | None, work: Callable[[AsyncEngine], Awaitable[None]]) -> None:
+    try:
+        _database(action, work)
+    except _NotFound:
+        typer.echo("nobody is stored under that " + ("email" if by_email else "lead id"), err=True)
+        raise typer.Exit(3) from None
+
+
 @privacy_app.command("erase")
 def privacy_erase(email: Email = None, lead_id: LeadId = None) -> None:
     """Erase the person's personal data from every table (counts, stages, owners and SLA figures
     stay) and publish leads.erased.v1. Exit code 3 when nobody is stored under that email or id."""
     from coxswain.runtime.consumer import utc_now
-    from services.admin import audit, privacy
+    from services.admin import privacy
 
     by_email, by_id = _person_query(email, lead_id)
 
     async def work(engine: AsyncEngine) -> None:
         async with engine.begin() as connection:
-            found = await privacy.find(connection, email=by_email, lead_id=by_id)
-            if found is None:
-                raise _NotFound()
-            erased = await privacy.erase(connection, found, by_email, utc_now())
-            await audit.record(
-                connection,
-                token=CLI_ACTOR,
-                action="lead.erase",
-                target=str(found.lead_id),
-                outcome="done",
-                at=utc_now(),
-                detail={"rows_changed": str(erased.rows_changed)},
+            erased = await privacy.erase_audited(
+                connection, email=by_email, lead_id=by_id, token=CLI_ACTOR, now=utc_now()
             )
-        typer.echo(f"lead {found.lead_id} erased: {erased.rows_changed} stored rows changed; leads.erased.v1 staged")
+        if erased is None:
+            raise _NotFound()
+        typer.echo(
+            f"lead {erased.found.lead_id} erased: {erased.rows_changed} stored rows changed; leads.erased.v1 staged"
+        )
 
-    try:
-        _database("erase", work)
-    except _NotFound:
-        typer.echo("nobody is stored under that " + ("email" if by_email else "lead id"), err=True)
-        raise typer.Exit(3) from None
+    _privacy("erase", by_email, work)
 
 
 @privacy_app.command("export")
@@ -372,35 +370,25 @@ def privacy_export(
 ) -> None:
     """Everything stored about the person, as JSON. Exit code 3 when nobody is stored under it."""
     from coxswain.runtime.consumer import utc_now
-    from services.admin import audit, privacy
+    from services.admin import privacy
 
     by_email, by_id = _person_query(email, lead_id)
 
     async def work(engine: AsyncEngine) -> None:
         async with engine.begin() as connection:
-            found = await privacy.find(connection, email=by_email, lead_id=by_id)
-            if found is None:
-                raise _NotFound()
-            document = privacy.as_json(await privacy.export(connection, found))
-            await audit.record(
-                connection,
-                token=CLI_ACTOR,
-                action="lead.export",
-                target=str(found.lead_id),
-                outcome="done",
-                at=utc_now(),
+            exported = await privacy.export_audited(
+                connection, email=by_email, lead_id=by_id, token=CLI_ACTOR, now=utc_now()
             )
+        if exported is None:
+            raise _NotFound()
+        found, document = exported
         if output is None:
             typer.echo(document.decode())
         else:
             output.write_bytes(document + b"\n")
             typer.echo(f"lead {found.lead_id} exported to {output}", err=True)
 
-    try:
-        _database("export", work)
-    except _NotFound:
-        typer.echo("nobody is stored under that " + ("email" if by_email else "lead id"), err=True)
-        raise typer.Exit(3) from None
+    _privacy("export", by_email, work)
 
 
 @maintenance_app.command("prune")

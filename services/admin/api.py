@@ -19,7 +19,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coxswain.access import SCOPES, TokenTable, presented_token
 from coxswain.core.agreement import (
@@ -252,11 +252,8 @@ def create_admin_router(
             raise HTTPException(404, f"no lead {lead_id}: scoring has not seen it (yet)")
         return found
 
-    async def person(connection: AsyncConnection, wanted: PersonQuery) -> privacy.Found:
-        found = await privacy.find(connection, email=wanted.email, lead_id=wanted.lead_id)
-        if found is None:
-            raise HTTPException(404, "nobody is stored under that " + ("email" if wanted.email else "lead id"))
-        return found
+    def unknown(wanted: PersonQuery) -> HTTPException:
+        return HTTPException(404, "nobody is stored under that " + ("email" if wanted.email else "lead id"))
 
     @router.post(
         "/v1/admin/privacy/erase",
@@ -267,22 +264,17 @@ def create_admin_router(
     )
     async def erase_person(wanted: PersonQuery, request: Request) -> ErasureDone:
         """Erase the person's personal data from every table and publish leads.erased.v1 (docs/operations.md)."""
+        token = request.state.token_name
         async with engine.begin() as connection:
-            found = await person(connection, wanted)
-            erased = await privacy.erase(connection, found, wanted.email, clock())
-            await audit.record(
-                connection,
-                token=request.state.token_name,
-                action="lead.erase",
-                target=str(found.lead_id),
-                outcome="done",
-                at=clock(),
-                detail={"rows_changed": str(erased.rows_changed)},
+            erased = await privacy.erase_audited(
+                connection, email=wanted.email, lead_id=wanted.lead_id, token=token, now=clock()
             )
-        log.info("lead erased: lead_id=%s token=%s", found.lead_id, request.state.token_name)
+        if erased is None:
+            raise unknown(wanted)
+        log.info("lead erased: lead_id=%s token=%s", erased.found.lead_id, token)
         return ErasureDone(
-            lead_id=found.lead_id,
-            aliases=list(found.aliases),
+            lead_id=erased.found.lead_id,
+            aliases=list(erased.found.aliases),
             rows_changed=erased.rows_changed,
             event_id=erased.fact.event_id,
         )
@@ -296,17 +288,12 @@ def create_admin_router(
     async def export_person(wanted: PersonQuery, request: Request) -> Response:
         """Everything stored about the person, table by table, as JSON."""
         async with engine.begin() as connection:
-            found = await person(connection, wanted)
-            document = privacy.as_json(await privacy.export(connection, found))
-            await audit.record(
-                connection,
-                token=request.state.token_name,
-                action="lead.export",
-                target=str(found.lead_id),
-                outcome="done",
-                at=clock(),
+            exported = await privacy.export_audited(
+                connection, email=wanted.email, lead_id=wanted.lead_id, token=request.state.token_name, now=clock()
             )
-        return Response(document, media_type="application/json")
+        if exported is None:
+            raise unknown(wanted)
+        return Response(exported[1], media_type="application/json")
 
     @router.get(
         "/v1/admin/audit",

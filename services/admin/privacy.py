@@ -22,6 +22,7 @@ from coxswain.core.identity import alias_key, email_key
 from coxswain.core.privacy import Person, scrub
 from coxswain.runtime import outbox
 from schemas.events import LeadErasedV1
+from services.admin import audit
 
 
 @dataclass(frozen=True)
@@ -217,6 +218,35 @@ async def export(connection: AsyncConnection, found: Found) -> dict[str, Any]:
         {"topic": row.topic, "fact": orjson.loads(bytes(row.value)), "created_at": row.created_at} for row in pending
     ]
     return {"lead_id": found.lead_id, "aliases": list(found.aliases), "tables": tables}
+
+
+async def erase_audited(
+    connection: AsyncConnection, *, email: str | None, lead_id: uuid.UUID | None, token: str, now: datetime
+) -> Erased | None:
+    """Find the person, erase them and record it in the audit trail, in the caller's transaction;
+    None when nobody is stored under that email or id."""
+    found = await find(connection, email=email, lead_id=lead_id)
+    if found is None:
+        return None
+    erased = await erase(connection, found, email, now)
+    detail = {"rows_changed": str(erased.rows_changed)}
+    target = str(found.lead_id)
+    await audit.record(
+        connection, token=token, action="lead.erase", target=target, outcome="done", at=now, detail=detail
+    )
+    return erased
+
+
+async def export_audited(
+    connection: AsyncConnection, *, email: str | None, lead_id: uuid.UUID | None, token: str, now: datetime
+) -> tuple[Found, bytes] | None:
+    """Find the person and export them as JSON, recorded in the audit trail; None when unknown."""
+    found = await find(connection, email=email, lead_id=lead_id)
+    if found is None:
+        return None
+    document = as_json(await export(connection, found))
+    await audit.record(connection, token=token, action="lead.export", target=str(found.lead_id), outcome="done", at=now)
+    return found, document
 
 
 def as_json(document: dict[str, Any]) -> bytes:
