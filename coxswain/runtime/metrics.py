@@ -9,7 +9,6 @@ endpoint through ``serve(port, registry)`` or ``include(registry)``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -32,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from coxswain.runtime import outages
+from coxswain.runtime.waiting import sleep_or_stop
 from schemas.events import Event
 
 log = logging.getLogger(__name__)
@@ -179,8 +179,7 @@ async def sample_outbox(engine: AsyncEngine, stop: asyncio.Event, interval: floa
             OUTBOX_OLDEST.set(max(float(row.oldest), 0.0))
         except Exception as exc:
             log.warning("outbox sample failed: error=%s", type(exc).__name__, extra=outages.about(exc))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=interval)
+        await sleep_or_stop(stop, interval)
 
 
 def instrument(app: FastAPI) -> None:

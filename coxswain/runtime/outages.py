@@ -21,7 +21,6 @@ errors, so a later outage is announced again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import time
@@ -32,6 +31,8 @@ from typing import Literal
 from aiokafka.errors import KafkaError, KafkaTimeoutError, OutOfOrderSequenceNumber
 from prometheus_client import Counter, Gauge
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+from coxswain.runtime.waiting import sleep_or_stop
 
 log = logging.getLogger(__name__)
 
@@ -224,5 +225,4 @@ async def watch(checks: Mapping[Dependency, Check], stop: asyncio.Event) -> None
                     seconds,
                     errors,
                 )
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), CHECK_EVERY_SECONDS)
+        await sleep_or_stop(stop, CHECK_EVERY_SECONDS)

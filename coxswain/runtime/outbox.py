@@ -37,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coxswain.runtime import metrics, outages
 from coxswain.runtime.kafka import Publisher
+from coxswain.runtime.waiting import first_of, sleep_or_stop
 from schemas.codec import WireRecord, encode
 from schemas.events import Event
 
@@ -200,7 +201,7 @@ class OutboxRelay:
                         )
                     else:
                         log.exception("outbox relay failed; retrying: relay=%s", self.name)
-                    await _sleep_or_stop(stop, 1.0)
+                    await sleep_or_stop(stop, 1.0)
                     continue
                 if published and on_published:
                     on_published(published)
@@ -209,7 +210,7 @@ class OutboxRelay:
                 # Otherwise wait for a notification: rows committed after this pass's read notify
                 # after the wake was cleared above, so they are never left for the idle poll.
                 next_refresh = self._refreshed + self._lease / 3 - time.monotonic()
-                await _first_of(stop, self._wake, max(min(self._idle_poll, next_refresh), 0.0))
+                await first_of(stop, self._wake, max(min(self._idle_poll, next_refresh), 0.0))
         finally:
             listener.cancel()
             with contextlib.suppress(Exception):
@@ -349,21 +350,7 @@ class OutboxRelay:
                     raw: Any = (await connection.get_raw_connection()).driver_connection
                     await raw.add_listener(CHANNEL, self._notified)
                     while not stop.is_set() and not raw.is_closed():
-                        await _sleep_or_stop(stop, 1.0)
+                        await sleep_or_stop(stop, 1.0)
             except Exception as exc:
                 log.warning("outbox listener lost its connection: %s", type(exc).__name__, extra=outages.about(exc))
-                await _sleep_or_stop(stop, 1.0)
-
-
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
-
-
-async def _first_of(stop: asyncio.Event, wake: asyncio.Event, seconds: float) -> None:
-    waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(wake.wait())]
-    try:
-        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
+                await sleep_or_stop(stop, 1.0)

@@ -11,7 +11,6 @@ could drift from it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from coxswain.core.retention import RetentionTooShort, inbox_window, longest_retention
 from coxswain.runtime import metrics, outages
 from coxswain.runtime.kafka import connection_options
+from coxswain.runtime.waiting import sleep_or_stop
 from coxswain.settings import KafkaConfig, RetentionConfig
 from schemas.events import ALL_EVENTS
 
@@ -153,5 +153,4 @@ async def run(
             log.error("retention pass refused: %s", exc)
         except Exception as exc:
             log.warning("retention pass failed: error=%s", type(exc).__name__, extra=outages.about(exc))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=config.prune_every_seconds)
+        await sleep_or_stop(stop, config.prune_every_seconds)

@@ -10,7 +10,6 @@ COXSWAIN_AGREEMENT_FILE.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coxswain.core.agreement import Agreement, AgreementError, load_agreement, parse_agreement
 from coxswain.runtime import outages
+from coxswain.runtime.waiting import sleep_or_stop
 
 log = logging.getLogger(__name__)
 
@@ -185,8 +185,7 @@ class AgreementSource:
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self._poll)
+            await sleep_or_stop(stop, self._poll)
             if stop.is_set():
                 return
             try:

@@ -9,7 +9,6 @@ A period missed while nothing ran is found on the next pass and issued late, onc
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -23,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from coxswain.core.agreement import Agreement
 from coxswain.core.scorecard import Cadence, Figures, Latency, Period, periods_due, scorecard
 from coxswain.runtime import outages, outbox
+from coxswain.runtime.waiting import sleep_or_stop
 from coxswain.settings import ReportingConfig
 from schemas.events import ScorecardIssuedV1
 from services.reporting import queries
@@ -170,8 +170,7 @@ async def run(
                 exc_info=not outages.about(exc),
                 extra=outages.about(exc),
             )
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=config.scorecard_check_seconds)
+        await sleep_or_stop(stop, config.scorecard_check_seconds)
 
 
 async def stored(connection: AsyncConnection, label: str | None) -> dict[str, Any] | None:

@@ -15,7 +15,6 @@ Nobody eligible is not an error: the lead waits in ``unassigned_leads`` (with a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import uuid
@@ -40,6 +39,7 @@ from coxswain.db.models import table
 from coxswain.runtime import outbox
 from coxswain.runtime.consumer import BatchHandler, Handler, PermanentError, one_at_a_time
 from coxswain.runtime.outages import about, is_connection_error
+from coxswain.runtime.waiting import sleep_or_stop
 from coxswain.settings import RouterConfig
 from schemas.events import (
     ActivityAcceptedV1,
@@ -871,8 +871,7 @@ async def run_retry(
             tried, assigned = 0, 0
         if tried and assigned == tried:
             continue
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=config.router_retry_seconds)
+        await sleep_or_stop(stop, config.router_retry_seconds)
 
 
 def _rotation_json(rotation: Rotation) -> dict[str, Any]:

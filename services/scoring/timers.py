@@ -25,6 +25,7 @@ from coxswain.core.agreement import Agreement
 from coxswain.core.lead import on_timer
 from coxswain.runtime import outages, outbox
 from coxswain.runtime.outages import is_connection_error
+from coxswain.runtime.waiting import first_of
 from coxswain.settings import ScoringConfig
 from services.scoring.service import TIMER_CHANNEL, arm, load, record_facts, save
 
@@ -126,7 +127,7 @@ async def run_timer(
             if skipped:
                 # Busy leads are retried shortly, not in a hot loop.
                 pause = max(pause, timedelta(milliseconds=50))
-            await _first_of(stop, wake, max(pause.total_seconds(), 0.001))
+            await first_of(stop, wake, max(pause.total_seconds(), 0.001))
     finally:
         listener.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -141,16 +142,7 @@ async def _listen(engine: AsyncEngine, wake: asyncio.Event, stop: asyncio.Event)
                 raw: Any = (await connection.get_raw_connection()).driver_connection
                 await raw.add_listener(TIMER_CHANNEL, lambda *_: wake.set())
                 while not stop.is_set() and not raw.is_closed():
-                    await _first_of(stop, asyncio.Event(), 1.0)
+                    await first_of(stop, asyncio.Event(), 1.0)
         except Exception as exc:
             log.warning("timer listener lost its connection: %s", type(exc).__name__, extra=outages.about(exc))
-            await _first_of(stop, asyncio.Event(), 1.0)
-
-
-async def _first_of(stop: asyncio.Event, wake: asyncio.Event, seconds: float) -> None:
-    waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(wake.wait())]
-    try:
-        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
+            await first_of(stop, asyncio.Event(), 1.0)
