@@ -406,8 +406,7 @@ def maintenance_prune() -> None:
     config = RetentionConfig()
 
     async def work(engine: AsyncEngine) -> None:
-        kept = await retention.topic_retention(KafkaConfig())
-        pruned = await retention.prune(engine, config, kept, utc_now())
+        pruned = await retention.prune(engine, config, lambda: retention.topic_retention(KafkaConfig()), utc_now())
         if pruned is None:
             typer.echo("another process is pruning right now; nothing done")
             return

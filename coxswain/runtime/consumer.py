@@ -231,9 +231,7 @@ class ConsumerService:
                         # The offsets go to Kafka while the next batch is fetched and applied;
                         # commits stay in order because each waits for the one before.
                         await self._committed()
-                        offsets, self._pending = self._pending, {}
-                        self._last_commit = time.monotonic()
-                        self._committing = asyncio.create_task(self._commit(consumer, offsets))
+                        self._committing = asyncio.create_task(self._commit(consumer, self._take_pending()))
                     metrics.observe_batch(self.name, consumer, batch)
         finally:
             with contextlib.suppress(Exception):
@@ -252,9 +250,13 @@ class ConsumerService:
         """Wait for the commit in flight, then commit what is pending (quiet, hand-over, stop)."""
         await self._committed()
         if self._pending:
-            offsets, self._pending = self._pending, {}
-            self._last_commit = time.monotonic()
-            await self._commit(consumer, offsets)
+            await self._commit(consumer, self._take_pending())
+
+    def _take_pending(self) -> dict[TopicPartition, int]:
+        """The offsets to commit now; the clock of the next commit starts."""
+        offsets, self._pending = self._pending, {}
+        self._last_commit = time.monotonic()
+        return offsets
 
     async def _commit(self, consumer: Any, offsets: Mapping[TopicPartition, int]) -> None:
         try:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -78,14 +78,20 @@ class Pruned:
 
 
 async def prune(
-    engine: AsyncEngine, config: RetentionConfig, retention: timedelta | None, now: datetime
+    engine: AsyncEngine,
+    config: RetentionConfig,
+    retention: Callable[[], Awaitable[timedelta | None]],
+    now: datetime,
 ) -> Pruned | None:
-    """One pass; None when another process is pruning. Raises ``RetentionTooShort``."""
-    window = inbox_window(timedelta(days=config.inbox_retention_days), retention)
+    """One pass; None when another process is pruning. Raises ``RetentionTooShort``.
+
+    ``retention`` (the topics' longest, e.g. ``topic_retention``) is asked only by the process
+    that holds the lock: the others skip the pass without asking Kafka."""
     async with engine.connect() as holder:
         if not await holder.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": PRUNE_LOCK}):
             return None
         try:
+            window = inbox_window(timedelta(days=config.inbox_retention_days), await retention())
             rows: dict[str, int] = {}
             if window is not None:
                 before = now - window
@@ -143,7 +149,7 @@ async def run(
     while not stop.is_set():
         try:
             await sample_tables(engine)
-            pruned = await prune(engine, config, await topic_retention(kafka), clock())
+            pruned = await prune(engine, config, lambda: topic_retention(kafka), clock())
             if pruned is not None and any(pruned.rows.values()):
                 log.info(
                     "retention pass: %s",

@@ -16,6 +16,14 @@ from coxswain.core.scoring import score
 from services.scoring.service import canonical_lead_id, load
 
 
+async def aliases_of(connection: AsyncConnection, lead_id: uuid.UUID) -> list[uuid.UUID]:
+    """The provisional ids identity resolution folded into the lead (``id:`` keys), in order."""
+    keys = await connection.scalars(
+        text("SELECT key FROM lead_identities WHERE lead_id = :l AND key LIKE 'id:%' ORDER BY key"), {"l": lead_id}
+    )
+    return [uuid.UUID(key.removeprefix("id:")) for key in keys]
+
+
 async def explain(
     connection: AsyncConnection, requested: uuid.UUID, agreement: Agreement, now: datetime
 ) -> dict[str, Any] | None:
@@ -23,13 +31,9 @@ async def explain(
     state = await load(connection, lead_id, lock="none")
     if state is None:
         return None
-    aliases = [
-        row.key.removeprefix("id:")
-        for row in await connection.execute(
-            text("SELECT key FROM lead_identities WHERE lead_id = :l AND key LIKE 'id:%' ORDER BY key"), {"l": lead_id}
-        )
-    ]
-    ids = [lead_id, *(uuid.UUID(alias) for alias in aliases)]
+    folded = await aliases_of(connection, lead_id)
+    aliases = [str(alias) for alias in folded]
+    ids = [lead_id, *folded]
     current = score(state.attributes, state.touches, agreement, now)
     definition = agreement.lifecycle.stages.get(state.stage)
     playbook = playbook_for(agreement, state.persona, state.stage, state.tier)

@@ -23,6 +23,7 @@ from coxswain.core.privacy import Person, scrub
 from coxswain.runtime import outbox
 from schemas.events import LeadErasedV1
 from services.admin import audit
+from services.admin.leads import aliases_of
 
 
 @dataclass(frozen=True)
@@ -89,12 +90,7 @@ async def find(
         raise ValueError("give an email or a lead id")
     if not isinstance(found, uuid.UUID):
         return None
-    aliases = [
-        uuid.UUID(key.removeprefix("id:"))
-        for key in await connection.scalars(
-            text("SELECT key FROM lead_identities WHERE lead_id = :l AND key LIKE 'id:%' ORDER BY key"), {"l": found}
-        )
-    ]
+    aliases = await aliases_of(connection, found)
     return Found(found, tuple(alias for alias in aliases if alias != found))
 
 

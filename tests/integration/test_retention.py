@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -26,6 +27,15 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
 TOPIC = "leads.received.v1"
+
+
+def kept_for(span: timedelta) -> Callable[[], Awaitable[timedelta]]:
+    """What ``topic_retention`` would answer for topics that keep events ``span`` long."""
+
+    async def read() -> timedelta:
+        return span
+
+    return read
 
 
 async def test_the_retention_is_read_from_the_topics(infrastructure: None) -> None:
@@ -56,7 +66,7 @@ async def test_a_pass_keeps_every_dedupe_record_inside_the_window(infrastructure
                 {"a": uuid.uuid4(), "b": uuid.uuid4(), "c": uuid.uuid4(), "old": NOW - timedelta(days=40), "new": NOW},
             )
 
-        pruned = await prune(engine, config, timedelta(days=1), NOW)
+        pruned = await prune(engine, config, kept_for(timedelta(days=1)), NOW)
 
         assert pruned is not None
         assert pruned.window == timedelta(days=3)
@@ -80,18 +90,26 @@ async def test_a_window_inside_the_topics_retention_prunes_nothing(infrastructur
         async with engine.begin() as connection:
             await claim_many(connection, "router", [(uuid.uuid4(), TOPIC)], NOW - timedelta(days=30))
         with pytest.raises(RetentionTooShort):
-            await prune(engine, RetentionConfig(inbox_retention_days=7), timedelta(days=7), NOW)
+            await prune(engine, RetentionConfig(inbox_retention_days=7), kept_for(timedelta(days=7)), NOW)
         async with engine.connect() as connection:
             assert await connection.scalar(text("SELECT count(*) FROM inbox")) == 1
 
 
-async def test_one_process_prunes_at_a_time(infrastructure: None) -> None:
+async def test_one_process_prunes_at_a_time_and_only_it_asks_kafka(infrastructure: None) -> None:
+    asked: list[datetime] = []
+
+    async def retention() -> timedelta:
+        asked.append(datetime.now(UTC))
+        return timedelta(days=1)
+
     async with fresh_database("retention") as engine:
         async with engine.connect() as other:
             await other.execute(text("SELECT pg_advisory_lock(:k)"), {"k": PRUNE_LOCK})
-            assert await prune(engine, RetentionConfig(), timedelta(days=1), NOW) is None
+            assert await prune(engine, RetentionConfig(), retention, NOW) is None
+            assert asked == []  # the process that skips the pass does not ask Kafka either
             await other.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": PRUNE_LOCK})
-        assert await prune(engine, RetentionConfig(), timedelta(days=1), NOW) is not None
+        assert await prune(engine, RetentionConfig(), retention, NOW) is not None
+        assert len(asked) == 1
 
 
 def prune_command(environment: dict[str, str]) -> subprocess.CompletedProcess[str]:
