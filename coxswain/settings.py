@@ -45,6 +45,12 @@ class RetentionConfig(Slice):
         description="Dedupe records (inbox, webhook ids) older than this are pruned; refused unless longer than "
         "the consumed topics' retention.ms plus a day (coxswain/core/retention.py).",
     )
+    retention_margin_hours: float = Field(
+        default=24,
+        gt=0,
+        description="How much longer than the topics' retention dedupe records are kept (clock skew, a broker "
+        "deleting segments late). Lower it only for a test stack whose topics keep minutes.",
+    )
     alert_retention_days: float = Field(default=30, gt=0, description="Delivered or failed SLA alerts kept this long.")
     prune_every_seconds: float = Field(
         default=3600, gt=0, description="How often a running service prunes (one process at a time)."

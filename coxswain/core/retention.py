@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import timedelta
 
-MARGIN = timedelta(days=1)
+MARGIN = timedelta(days=1)  # the default; a test stack with minutes-long topics may set less
 
 
 class RetentionTooShort(ValueError):
@@ -30,23 +30,25 @@ def longest_retention(retention_ms: Iterable[int]) -> timedelta | None:
     return longest
 
 
-def inbox_window(configured: timedelta, topic_retention: timedelta | None) -> timedelta | None:
+def inbox_window(
+    configured: timedelta, topic_retention: timedelta | None, margin: timedelta = MARGIN
+) -> timedelta | None:
     """How old an inbox row must be before it may go; None: never (a topic keeps records for ever).
 
     Raises ``RetentionTooShort`` when ``configured`` is not longer than the retention plus the
     margin: pruning inside it could let a redelivery be applied a second time."""
     if topic_retention is None:
         return None
-    floor = topic_retention + MARGIN
+    floor = topic_retention + margin
     if configured < floor:
         raise RetentionTooShort(
             f"COXSWAIN_INBOX_RETENTION_DAYS is {_days(configured)}, but the topics keep events for "
-            f"{_days(topic_retention)}: dedupe records must outlive them by {_days(MARGIN)}, "
+            f"{_days(topic_retention)}: dedupe records must outlive them by {_days(margin)}, "
             f"so set it to at least {_days(floor)} (or shorten the topics' retention.ms)"
         )
     return configured
 
 
 def _days(span: timedelta) -> str:
-    days = span / timedelta(days=1)
+    days = round(span / timedelta(days=1), 6)
     return f"{days:g} day" + ("" if days == 1 else "s")

@@ -91,7 +91,11 @@ async def prune(
         if not await holder.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": PRUNE_LOCK}):
             return None
         try:
-            window = inbox_window(timedelta(days=config.inbox_retention_days), await retention())
+            window = inbox_window(
+                timedelta(days=config.inbox_retention_days),
+                await retention(),
+                timedelta(hours=config.retention_margin_hours),
+            )
             rows: dict[str, int] = {}
             if window is not None:
                 before = now - window

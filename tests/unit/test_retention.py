@@ -30,3 +30,10 @@ def test_the_window_must_be_longer_than_the_retention_plus_a_margin() -> None:
 
 def test_topics_that_keep_events_for_ever_keep_dedupe_records_for_ever() -> None:
     assert inbox_window(DAY, None) is None
+
+
+def test_a_smaller_margin_moves_the_floor_for_a_stack_whose_topics_keep_minutes() -> None:
+    minutes = timedelta(minutes=1)
+    assert inbox_window(15 * minutes, 10 * minutes, 5 * minutes) == 15 * minutes
+    with pytest.raises(RetentionTooShort):
+        inbox_window(14 * minutes, 10 * minutes, 5 * minutes)
