@@ -177,7 +177,8 @@ class ServiceProcess:
         with self.log_path(self.starts).open("wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "coxswain", "run", self.name],
-                env=self.env,
+                # Restarted under the same name, as a StatefulSet pod is: the group's static member.
+                env={**self.env, "COXSWAIN_KAFKA_INSTANCE_ID": f"chaos-{self.name}"},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=ROOT,

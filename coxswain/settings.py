@@ -36,6 +36,14 @@ class KafkaConfig(Slice):
         "Below the broker's group.min.session.timeout.ms (6000 by default) the group refuses the consumer; "
         "the local stack allows 1000 and runs with 1500 (docs/event-path.md).",
     )
+    kafka_instance_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="A name stable across restarts of this instance (a StatefulSet pod's name): its consumers "
+        "join as static members and get their partitions back on restart without a rebalance. Unique per "
+        "instance; a stopped static member keeps its partitions until the session timeout.",
+    )
 
 
 class RetentionConfig(Slice):

@@ -148,6 +148,9 @@ def make_consumer(config: KafkaConfig, group_id: str, topics: Iterable[str], max
         session_timeout_ms=config.kafka_session_timeout_ms,
         # A third of the session, as Kafka advises: three missed beats before the group gives up.
         heartbeat_interval_ms=max(config.kafka_session_timeout_ms // 3, 100),
+        # Static membership (KIP-345): a restarted instance with the same id takes its old place
+        # in the group at once, where a new member would wait for the dead one's session to expire.
+        group_instance_id=config.kafka_instance_id,
     )
 
 

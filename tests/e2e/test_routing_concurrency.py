@@ -203,3 +203,46 @@ async def test_two_routers_one_killed_mid_way_assign_every_lead_exactly_once(
     assert victim.starts == 2
     assert survivor.process is not None and survivor.process.poll() is None
     assert survivor.log_text().count("lead routed") > 0, "both routers took part"
+
+
+STATIC_SESSION_S = 30
+
+
+async def test_a_killed_router_restarted_under_its_instance_id_takes_its_partitions_back_at_once(
+    routers: tuple[ServiceProcess, ServiceProcess],
+) -> None:
+    """Static membership: the restarted router is the same member of the group, so it serves its
+    partitions as soon as it is up. A new member would wait for the killed one's session (30 s
+    here) to expire before the group could rebalance."""
+    victim, survivor = routers
+    session = {"COXSWAIN_KAFKA_SESSION_TIMEOUT_MS": str(STATIC_SESSION_S * 1000)}
+    identities = {id(victim): f"router-a-{RUN}", id(survivor): f"router-b-{RUN}"}
+    try:
+        for router in routers:
+            router.start({**session, "COXSWAIN_KAFKA_INSTANCE_ID": identities[id(router)]})
+            await asyncio.to_thread(router.wait_for_log, f"router running under agreement concurrency-{RUN}", 90)
+        # Both members of one generation: each holds some of the partitions.
+        for router in routers:
+            await asyncio.to_thread(router.wait_for_log, 'partitions assigned: ["', 90)
+
+        victim.kill(signal.SIGKILL)
+        killed_at = time.monotonic()
+        victim.start({**session, "COXSWAIN_KAFKA_INSTANCE_ID": identities[id(victim)]})
+        await asyncio.to_thread(victim.wait_for_log, 'partitions assigned: ["', STATIC_SESSION_S)
+        assert time.monotonic() - killed_at < STATIC_SESSION_S / 2, "the restart waited for the old session"
+
+        # Every partition is served: leads of all keys are routed with the survivor untouched.
+        events = [lead_event(n) for n in range(60)]
+        lead_ids = [event.lead_id for event in events]
+        engine = create_async_engine(DatabaseConfig().database_url)
+        try:
+            await produce(events)
+            assert await wait_until(engine, lead_ids, len(events), within=STATIC_SESSION_S / 2) == len(events)
+        finally:
+            await engine.dispose()
+        assert survivor.log_text().count("partitions assigned") == 1, "no rebalance: the survivor kept its share"
+    finally:
+        for router in routers:
+            router.stop()
+        # Static members do not leave on stop: the next test's router would wait for their sessions.
+        await asyncio.sleep(STATIC_SESSION_S + 2)

@@ -129,18 +129,18 @@ def test_the_observability_profile_mounts_files_that_exist() -> None:
     assert "reporting" in services and services["reporting"]["command"] == ["run", "reporting"]
 
 
-def containers(kind: str) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
-    found = []
+def containers(*kinds: str) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    found: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
     for documents in K8S.values():
         for doc in documents:
-            if doc["kind"] == kind:
+            if doc["kind"] in kinds:
                 spec = doc["spec"]["template"]["spec"]
                 found.extend((doc["metadata"]["name"], container, doc) for container in spec["containers"])
     return found
 
 
 def test_every_kubernetes_container_runs_an_existing_cli_command() -> None:
-    deployments = containers("Deployment")
+    deployments = containers("Deployment", "StatefulSet")
     names = {name for name, _, _ in deployments}
     assert {f"coxswain-{s}" for s in ("intake", "scoring", "router", "sla-monitor", "reporting")} <= names
     for name, container, _ in [*deployments, *containers("Job")]:
@@ -157,13 +157,13 @@ def test_every_kubernetes_setting_is_read_by_the_code() -> None:
                 data = doc.get("data") or doc.get("stringData") or {}
                 if doc["metadata"]["name"] != "coxswain-agreement":
                     assert set(data) <= known, f"{doc['metadata']['name']}: {sorted(set(data) - known)}"
-    for name, container, _ in containers("Deployment"):
+    for name, container, _ in containers("Deployment", "StatefulSet"):
         variables = {entry["name"] for entry in container.get("env", [])}
         assert variables <= known, f"{name}: {sorted(variables - known)}"
 
 
 def test_every_deployment_has_probes_resources_and_a_scrape_port_it_serves() -> None:
-    for name, container, deployment in containers("Deployment"):
+    for name, container, deployment in containers("Deployment", "StatefulSet"):
         ports = {port["name"]: port["containerPort"] for port in container["ports"]}
         for probe in ("readinessProbe", "livenessProbe"):
             assert container[probe]["httpGet"]["port"] in ports, f"{name}: {probe} names an unknown port"
@@ -171,7 +171,7 @@ def test_every_deployment_has_probes_resources_and_a_scrape_port_it_serves() -> 
         annotations = deployment["spec"]["template"]["metadata"]["annotations"]
         if annotations["prometheus.io/scrape"] != "true":
             continue
-        env = {entry["name"]: entry["value"] for entry in container.get("env", [])}
+        env = {entry["name"]: entry.get("value") for entry in container.get("env", [])}
         served = {env.get(var) for var in ("COXSWAIN_METRICS_PORT", "COXSWAIN_INTAKE_PORT", "COXSWAIN_REPORTING_PORT")}
         assert annotations["prometheus.io/port"] in served, f"{name}: scrapes a port nothing serves"
         assert int(annotations["prometheus.io/port"]) in ports.values(), name
@@ -195,3 +195,18 @@ def test_the_kustomization_lists_files_that_exist() -> None:
     [kustomization] = K8S["kustomization.yaml"]
     for resource in kustomization["resources"]:
         assert resource in K8S, resource
+
+
+def test_every_kafka_consumer_runs_as_a_statefulset_named_for_its_static_membership() -> None:
+    """A pod's name survives its restarts only in a StatefulSet; as the static member id it lets a
+    restarted consumer take its partitions back without waiting for the old session to expire."""
+    consumers = {"coxswain-scoring", "coxswain-router", "coxswain-sla-monitor"}
+    services = {doc["metadata"]["name"]: doc for docs in K8S.values() for doc in docs if doc["kind"] == "Service"}
+    stateful = {name: (container, doc) for name, container, doc in containers("StatefulSet")}
+    assert set(stateful) == consumers
+    for name, (container, doc) in stateful.items():
+        instance = [entry for entry in container["env"] if entry["name"] == "COXSWAIN_KAFKA_INSTANCE_ID"]
+        assert instance == [
+            {"name": "COXSWAIN_KAFKA_INSTANCE_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+        ], name
+        assert services[doc["spec"]["serviceName"]]["spec"]["clusterIP"] == "None", name
