@@ -60,6 +60,18 @@ class RetentionConfig(Slice):
         "deleting segments late). Lower it only for a test stack whose topics keep minutes.",
     )
     alert_retention_days: float = Field(default=30, gt=0, description="Delivered or failed SLA alerts kept this long.")
+    fact_retention_months: int = Field(
+        default=13,
+        ge=1,
+        description="Months of lead_facts (lead timelines) and intake_events kept; older months are dropped whole "
+        "(monthly partitions, coxswain/core/partitions.py).",
+    )
+    report_retention_months: int = Field(
+        default=25,
+        ge=1,
+        description="Months of report_facts kept; a dropped month's counts stay in report_history "
+        "(GET /v1/reports/history).",
+    )
     prune_every_seconds: float = Field(
         default=3600, gt=0, description="How often a running service prunes (one process at a time)."
     )

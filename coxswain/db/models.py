@@ -46,13 +46,15 @@ class IntakeEvent(SQLModel, table=True):
     """Every acknowledged event, as accepted: the ledger that proves nothing acknowledged is lost."""
 
     __tablename__ = "intake_events"
+    # 0014_monthly_partitions: partitioned by month of received_at (coxswain/core/partitions.py).
+    __table_args__ = {"postgresql_partition_by": "RANGE (received_at)"}
     event_id: uuid.UUID = Field(primary_key=True)
     lead_id: uuid.UUID = Field(index=True)
     source: str = Field(max_length=64)
     webhook_id: str = Field(max_length=256)
     kind: str = Field(max_length=16)
     payload: dict[str, Any] = _jsonb()
-    received_at: datetime = _utc()
+    received_at: datetime = Field(sa_column=Column(DateTime(timezone=True), primary_key=True))
 
 
 class Outbox(SQLModel, table=True):
@@ -265,10 +267,12 @@ class LeadFact(SQLModel, table=True):
     """Every fact scoring emitted about a lead, written with it: the lead's explainable timeline."""
 
     __tablename__ = "lead_facts"
+    # 0014_monthly_partitions: partitioned by month of occurred_at (coxswain/core/partitions.py).
+    __table_args__ = {"postgresql_partition_by": "RANGE (occurred_at)"}
     event_id: uuid.UUID = Field(primary_key=True)
     lead_id: uuid.UUID = Field(index=True)
     kind: str = Field(max_length=64)
-    occurred_at: datetime = _utc()
+    occurred_at: datetime = Field(sa_column=Column(DateTime(timezone=True), primary_key=True))
     agreement_version: str | None = Field(default=None, max_length=64)
     caused_by: uuid.UUID | None = Field(default=None, index=True)
     payload: dict[str, Any] = _jsonb()
@@ -295,13 +299,32 @@ class ReportFact(SQLModel, table=True):
             text("(payload->>'assignment_id')"),
             postgresql_where=text("kind = 'LeadRoutedV1'"),
         ),
+        # 0014_monthly_partitions: partitioned by month of occurred_at (coxswain/core/partitions.py).
+        {"postgresql_partition_by": "RANGE (occurred_at)"},
     )
     event_id: uuid.UUID = Field(primary_key=True)
     kind: str = Field(max_length=64)
     lead_id: uuid.UUID = Field(index=True)
-    occurred_at: datetime = _utc()
+    occurred_at: datetime = Field(sa_column=Column(DateTime(timezone=True), primary_key=True))
     agreement_version: str | None = Field(default=None, max_length=64)
     payload: dict[str, Any] = _jsonb()
+    recorded_at: datetime = _utc()
+
+
+class ReportHistory(SQLModel, table=True):
+    """0014_monthly_partitions: per month and slice, the counts a dropped month of ``report_facts``
+    held. '' stands for "none" so that each slice is one primary key."""
+
+    __tablename__ = "report_history"
+    month: date = Field(primary_key=True)
+    kind: str = Field(primary_key=True, max_length=64)
+    stage: str = Field(primary_key=True, max_length=64)
+    source: str = Field(primary_key=True, max_length=64)
+    campaign: str = Field(primary_key=True, max_length=256)
+    persona: str = Field(primary_key=True, max_length=64)
+    agreement_version: str = Field(primary_key=True, max_length=64)
+    facts: int = Field(sa_column=Column(BigInteger, nullable=False))
+    leads: int = Field(sa_column=Column(BigInteger, nullable=False))
     recorded_at: datetime = _utc()
 
 

@@ -22,7 +22,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coxswain.core.retention import RetentionTooShort, inbox_window, longest_retention
-from coxswain.runtime import metrics, outages
+from coxswain.runtime import metrics, outages, partitions
 from coxswain.runtime.kafka import connection_options
 from coxswain.runtime.waiting import sleep_or_stop
 from coxswain.settings import KafkaConfig, RetentionConfig
@@ -44,6 +44,7 @@ WATCHED_TABLES = (
     "intake_events",
     "leads",
     "audit_log",
+    "report_history",
 )
 
 
@@ -91,12 +92,13 @@ async def prune(
         if not await holder.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": PRUNE_LOCK}):
             return None
         try:
+            # First: a month must exist before its rows arrive, whatever else fails this pass.
+            rows: dict[str, int] = await partitions.maintain(engine, config, now)
             window = inbox_window(
                 timedelta(days=config.inbox_retention_days),
                 await retention(),
                 timedelta(hours=config.retention_margin_hours),
             )
-            rows: dict[str, int] = {}
             if window is not None:
                 before = now - window
                 rows["inbox"] = await _delete(engine, "inbox", "ctid", "processed_at < :before", before)
@@ -135,8 +137,11 @@ async def sample_tables(engine: AsyncEngine) -> None:
     async with engine.connect() as connection:
         rows = await connection.execute(
             text(
-                "SELECT relname, greatest(reltuples, 0)::bigint AS estimate, pg_total_relation_size(oid) AS bytes "
-                "FROM pg_class WHERE relkind IN ('r', 'p') AND relname = ANY(:tables)"
+                # A partitioned table's rows and bytes are its partitions'.
+                "SELECT t.relname, sum(greatest(c.reltuples, 0))::bigint AS estimate, "
+                "sum(pg_total_relation_size(c.oid))::bigint AS bytes FROM pg_class t "
+                "CROSS JOIN LATERAL pg_partition_tree(t.oid) AS p JOIN pg_class c ON c.oid = p.relid "
+                "WHERE t.relkind IN ('r', 'p') AND t.relname = ANY(:tables) GROUP BY t.relname"
             ),
             {"tables": list(WATCHED_TABLES)},
         )

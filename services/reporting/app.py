@@ -178,6 +178,13 @@ def create_reporting_app(
         async with engine.connect() as connection:
             return envelope(window, await queries.closed_loop(connection, window))
 
+    @app.get("/v1/reports/history")
+    async def history(window: VersionedWindow) -> dict[str, Any]:
+        """Monthly fact and lead counts per kind and stage for months past report retention
+        (COXSWAIN_REPORT_RETENTION_MONTHS), whose detail has been dropped."""
+        async with engine.connect() as connection:
+            return envelope(window, await queries.history(connection, window))
+
     @app.get("/v1/reports/summary")
     async def summary(window: Window, period: Period = "day") -> dict[str, Any]:
         """Every report for one range, as the dashboard shows it."""

@@ -46,7 +46,7 @@ async def record(connection: AsyncConnection, event: Event, now: datetime) -> No
             payload=event.model_dump(mode="json"),
             recorded_at=now,
         )
-        .on_conflict_do_nothing(index_elements=["event_id"])
+        .on_conflict_do_nothing(index_elements=["event_id", "occurred_at"])
     )
     if isinstance(event, (LeadReceivedV1, LeadQualifiedV1)):
         await remember_lead(connection, event)

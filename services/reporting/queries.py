@@ -418,3 +418,30 @@ async def closed_loop(connection: AsyncConnection, scope: Scope) -> dict[str, An
 
 def default_range(now: datetime, days: int = 7) -> tuple[datetime, datetime]:
     return now - timedelta(days=days), now
+
+
+async def history(connection: AsyncConnection, scope: Scope) -> dict[str, Any]:
+    """Monthly counts kept after a month of facts passed retention (``report_history``): facts and
+    distinct leads per kind and stage. Months still held in detail are in the other reports."""
+    rows = (
+        await connection.execute(
+            text(
+                "SELECT h.month, h.kind, h.stage, sum(h.facts) AS facts, sum(h.leads) AS leads FROM report_history h "
+                "WHERE h.month >= CAST(date_trunc('month', CAST(:since AS timestamptz) AT TIME ZONE 'UTC') AS date) "
+                "AND h.month < :until "
+                "AND (CAST(:source AS text) IS NULL OR h.source = :source) "
+                "AND (CAST(:campaign AS text) IS NULL OR h.campaign = :campaign) "
+                "AND (CAST(:persona AS text) IS NULL OR h.persona = :persona) "
+                "AND (CAST(:version AS text) IS NULL OR h.agreement_version = :version) "
+                "GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+            ),
+            scope.params(),
+        )
+    ).all()
+    months: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        entry: dict[str, Any] = {"kind": row.kind, "facts": int(row.facts), "leads": int(row.leads)}
+        if row.stage:
+            entry["stage"] = row.stage
+        months[row.month.strftime("%Y-%m")].append(entry)
+    return {"months": [{"month": month, "counts": counts} for month, counts in months.items()]}

@@ -151,7 +151,7 @@ async def record_facts(connection: AsyncConnection, facts: Sequence[Event], now:
         text(
             "INSERT INTO lead_facts (event_id, lead_id, kind, occurred_at, agreement_version, caused_by, payload, "
             "recorded_at) VALUES (:event_id, :lead_id, :kind, :occurred_at, :agreement_version, :caused_by, "
-            "CAST(:payload AS jsonb), :recorded_at) ON CONFLICT (event_id) DO NOTHING"
+            "CAST(:payload AS jsonb), :recorded_at) ON CONFLICT (event_id, occurred_at) DO NOTHING"
         ),
         [
             {
