@@ -1,5 +1,5 @@
 # The two commands: `make run` (whole stack + demo traffic) and `make test` (whole suite).
-.PHONY: run test unit lint typecheck schemas stop clean chaos bench bench-quick
+.PHONY: run test unit lint typecheck schemas stop clean chaos chaos-restore bench bench-quick
 
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -11,11 +11,13 @@ run: $(VENV)/.installed
 	scripts/run-stack.sh
 
 # Tests start their own Kafka and PostgreSQL (separate ports and state dir from `make run`); then
-# the CI-sized chaos run (its own stack again) must report zero lost, duplicated or missed.
+# the CI-sized chaos run (its own stack again) must report zero lost, duplicated or missed, and so
+# must the restore run.
 test: $(VENV)/.installed
 	$(MAKE) --no-print-directory lint typecheck schemas
 	$(PY) -m pytest -p no:cacheprovider
 	$(MAKE) --no-print-directory chaos
+	$(MAKE) --no-print-directory chaos-restore
 
 unit: $(VENV)/.installed
 	$(PY) -m pytest -p no:cacheprovider tests/unit
@@ -35,6 +37,12 @@ schemas: $(VENV)/.installed
 # CHAOS_LEADS=100000 make chaos is the full run (docs/chaos.md).
 chaos: $(VENV)/.installed
 	$(PY) -m chaos
+
+# The database lost while leads flow and restored from a base backup taken during the load plus the
+# WAL streamed since (deploy/local/pitr.sh); the same ledger must read zero. Own stack under
+# .local/chaos-restore (docs/operations.md#backup-and-restore).
+chaos-restore: $(VENV)/.installed
+	$(PY) -m chaos --scenario restore --leads $${CHAOS_RESTORE_LEADS:-1500}
 
 # Throughput, latency and timer lag against baselines measured in the same run; the last line of
 # output is one JSON object (docs/benchmarks.md). Own stack under .local/bench (ports from

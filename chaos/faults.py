@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from chaos.infra import SERVICES, Infra, ServiceProcess
-from chaos.ledger import REQUIRED_FAULTS
+from chaos.ledger import REQUIRED_FAULTS, RESTORE_FAULTS
 
 log = logging.getLogger("chaos")
 
@@ -31,6 +31,17 @@ def plan_faults(rng: random.Random, extra_kills: int) -> list[Planned]:
     rng.shuffle(faults)
     moments = sorted(rng.uniform(0.05, 0.9) for _ in faults)
     return [Planned(moment, fault) for moment, fault in zip(moments, faults, strict=True)]
+
+
+def plan_restore(rng: random.Random) -> list[Planned]:
+    """A base backup early in the load, the database lost and restored from it later, and one
+    service killed in between so the restore meets a consumer group in motion too."""
+    backup, restore = RESTORE_FAULTS
+    return [
+        Planned(rng.uniform(0.1, 0.25), backup),
+        Planned(rng.uniform(0.3, 0.45), f"kill:{rng.choice(SERVICES)}"),
+        Planned(rng.uniform(0.55, 0.75), restore),
+    ]
 
 
 @dataclass
@@ -62,6 +73,14 @@ class Injector:
             await asyncio.to_thread(service.kill)
             await asyncio.sleep(self.rng.uniform(0.2, 2.0))
             service.start()
+        elif fault == "backup:postgres":
+            await self.infra.script("pitr.sh", "base")
+        elif fault == "restore:postgres":
+            # The disaster: the server and its data directory gone. What comes back is the last
+            # base backup plus every WAL record streamed since (nothing acknowledged is missing).
+            await self.infra.script("pitr.sh", "lose")
+            await asyncio.sleep(self.rng.uniform(1.0, 3.0))
+            await self.infra.script("pitr.sh", "restore")
         elif target == "kafka":
             await self.infra.kill_kafka()
             await asyncio.sleep(self.rng.uniform(1.0, 3.0))

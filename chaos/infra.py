@@ -115,6 +115,7 @@ class Infra:
         await self.script("stack.sh", "down")
         shutil.rmtree(self.state_dir / "kafka" / "data", ignore_errors=True)
         shutil.rmtree(self.state_dir / "postgres", ignore_errors=True)
+        shutil.rmtree(self.state_dir / "pitr", ignore_errors=True)  # WAL of a cluster that is gone
         shutil.rmtree(self.log_dir, ignore_errors=True)
         await self.script("stack.sh", "up")
         await self.cli("db", "upgrade")

@@ -19,6 +19,9 @@ REQUIRED_FAULTS = (
     "restart:kafka",
     "restart:postgres",
 )
+# The restore scenario: a base backup while leads flow, then the database lost and restored from
+# it and the streamed WAL (deploy/local/pitr.sh).
+RESTORE_FAULTS = ("backup:postgres", "restore:postgres")
 
 # The keys of the last line, in this order; the acceptance criteria name them.
 HEADLINE = (
@@ -88,12 +91,13 @@ class Observed:
 class Report:
     counts: dict[str, int]
     faults: list[str] = field(default_factory=list)
+    required: Sequence[str] = REQUIRED_FAULTS
 
     @property
     def passed(self) -> bool:
         injected = set(self.faults)
         return all(self.counts.get(key, 0) == 0 for key in MUST_BE_ZERO) and all(
-            fault in injected for fault in REQUIRED_FAULTS
+            fault in injected for fault in self.required
         )
 
     def headline(self) -> dict[str, int]:
@@ -111,7 +115,11 @@ def _ids_by_lead(facts: Iterable[Fact]) -> dict[str, set[str]]:
 
 
 def compute(
-    leads: Sequence[SentLead], touches: Sequence[SentTouch], observed: Observed, faults: Sequence[str]
+    leads: Sequence[SentLead],
+    touches: Sequence[SentTouch],
+    observed: Observed,
+    faults: Sequence[str],
+    required: Sequence[str] = REQUIRED_FAULTS,
 ) -> Report:
     stored = observed.stored_webhooks
     webhooks: list[SentLead | SentTouch] = [*leads, *touches]
@@ -170,7 +178,7 @@ def compute(
         "refused": sum(1 for w in webhooks if w.refused),
         "dead_letters": observed.dead_letters,
     }
-    return Report(counts=counts, faults=list(faults))
+    return Report(counts=counts, faults=list(faults), required=tuple(required))
 
 
 def table(report: Report, notes: Mapping[str, str]) -> str:

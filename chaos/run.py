@@ -33,9 +33,9 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from chaos.faults import Injector, plan_faults
+from chaos.faults import Injector, plan_faults, plan_restore
 from chaos.infra import ROOT, SERVICES, Infra, Ports, ServiceProcess
-from chaos.ledger import Fact, Observed, Report, SentLead, SentTouch, compute, table
+from chaos.ledger import REQUIRED_FAULTS, RESTORE_FAULTS, Fact, Observed, Report, SentLead, SentTouch, compute, table
 from chaos.load import PII_EMAIL_DOMAIN, PII_LAST_NAME, LeadPlan, Sender, Webhook, plan_leads, run_pool, touch_webhook
 from chaos.topics import Follower, Record, group_lag, read_all
 
@@ -58,6 +58,7 @@ class Options:
     quiesce_timeout: float
     keep: bool
     state_dir: Path
+    scenario: str
 
 
 def options(argv: list[str]) -> Options:
@@ -73,8 +74,16 @@ def options(argv: list[str]) -> Options:
     parser.add_argument("--touch-every", type=int, default=6, help="lead i % N == 0 early touch, N/2 late touch")
     parser.add_argument("--quiesce-timeout", type=float, default=float(env.get("CHAOS_QUIESCE_TIMEOUT", "300")))
     parser.add_argument("--keep", action="store_true", help="leave Kafka and PostgreSQL running afterwards")
-    parser.add_argument("--state-dir", type=Path, default=ROOT / ".local" / "chaos")
+    parser.add_argument("--state-dir", type=Path, default=None, help="default .local/chaos (restore: chaos-restore)")
+    parser.add_argument(
+        "--scenario",
+        choices=("faults", "restore"),
+        default=env.get("CHAOS_SCENARIO", "faults"),
+        help="faults: kill every service, restart Kafka and PostgreSQL; restore: lose the database "
+        "and restore it from a base backup taken while leads flowed, plus the streamed WAL",
+    )
     args = parser.parse_args(argv)
+    state_dir = args.state_dir or ROOT / ".local" / ("chaos" if args.scenario == "faults" else "chaos-restore")
     return Options(
         leads=args.leads,
         port_base=args.port_base,
@@ -86,7 +95,8 @@ def options(argv: list[str]) -> Options:
         touch_every=args.touch_every,
         quiesce_timeout=args.quiesce_timeout,
         keep=args.keep,
-        state_dir=args.state_dir,
+        state_dir=state_dir,
+        scenario=args.scenario,
     )
 
 
@@ -116,6 +126,8 @@ class Run:
             self.opts.state_dir,
         )
         await self.infra.fresh()
+        if self.opts.scenario == "restore":
+            await self.infra.script("pitr.sh", "stream")
         log.info(
             "%s stack up (kafka %s, postgres %s)",
             self.elapsed(),
@@ -130,6 +142,7 @@ class Run:
                 service.terminate()
             await engine.dispose()
             if not self.opts.keep:
+                await self.infra.script("pitr.sh", "stop")
                 await self.infra.down()
 
     async def _drive(self, engine: AsyncEngine) -> int:
@@ -145,7 +158,10 @@ class Run:
             sender = Sender(client, WEBHOOK_SECRET)
             await self._wait_ready(client)
             injector = Injector(self.infra, self.services, self.rng, started=self.started)
-            fault_plan = plan_faults(self.rng, self.opts.extra_kills)
+            if self.opts.scenario == "restore":
+                fault_plan = plan_restore(self.rng)
+            else:
+                fault_plan = plan_faults(self.rng, self.opts.extra_kills)
             follower = Follower(self.infra.bootstrap_servers, ["leads.routed.v1"], lambda r: self._on_routed(r, sender))
             background = [
                 asyncio.create_task(follower.run(stop)),
@@ -336,7 +352,8 @@ class Run:
             SentTouch(lead, w.webhook_id, w.acknowledged, w.refused_status is not None)
             for lead, w in self.touches.items()
         ]
-        report = compute(leads, touches, observed, injector.injected)
+        required = RESTORE_FAULTS if self.opts.scenario == "restore" else REQUIRED_FAULTS
+        report = compute(leads, touches, observed, injector.injected, required)
         report.counts["unexpected_exits"] = len(self.unexpected_exits)
         report.counts["pii_log_lines"] = self._pii_log_lines()
         shutdown = {name: service.terminate() for name, service in self.services.items()}
@@ -346,7 +363,8 @@ class Run:
         )
         records_per_topic = Counter(r.topic for r in records)
         notes = {
-            "run": f"{self.run_id} seed={self.opts.seed} leads={self.opts.leads} batch={self.opts.batch} "
+            "run": f"{self.run_id} scenario={self.opts.scenario} seed={self.opts.seed} leads={self.opts.leads} "
+            f"batch={self.opts.batch} "
             f"concurrency={self.opts.concurrency}",
             "load": f"{load_seconds:.1f}s ({self.opts.leads / max(load_seconds, 0.001):.0f} leads/s acknowledged)",
             "quiescent": str(quiet),

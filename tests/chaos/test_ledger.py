@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from chaos.ledger import HEADLINE, REQUIRED_FAULTS, Fact, Observed, SentLead, SentTouch, compute
+from chaos.ledger import HEADLINE, REQUIRED_FAULTS, RESTORE_FAULTS, Fact, Observed, SentLead, SentTouch, compute
 
 DUE = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
 
@@ -91,3 +91,10 @@ def test_a_run_without_every_kind_of_fault_does_not_pass() -> None:
     report = compute(LEADS, TOUCHES, observed(), [f for f in REQUIRED_FAULTS if f != "restart:postgres"])
     assert all(report.counts[key] == 0 for key in ("lost", "duplicate_assignments", "missed_breaches"))
     assert not report.passed
+
+
+def test_the_restore_scenario_passes_only_once_the_database_was_backed_up_and_restored() -> None:
+    assert compute(LEADS, TOUCHES, observed(), RESTORE_FAULTS, RESTORE_FAULTS).passed
+    assert not compute(LEADS, TOUCHES, observed(), ["backup:postgres"], RESTORE_FAULTS).passed
+    # The faults run's own list does not stand in for it.
+    assert not compute(LEADS, TOUCHES, observed(), REQUIRED_FAULTS, RESTORE_FAULTS).passed
