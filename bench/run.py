@@ -9,6 +9,8 @@ are noisy, ratios much less so. Phases, each with only the processes it measures
 3. end to end (every service its own process): latency at a fixed offered load (with ``--hops``,
    where each lead's time went, hop by hop), the latency curve at several offered loads, then
    sustained throughput from webhook to armed deadline;
+   and takeover: the router killed (SIGKILL) mid-load and restarted at once under its static
+   membership id, and how long the leads sent meanwhile took;
 4. scale out: two instances of each consumer service, the same throughput load, and who did what;
 5. relay baseline: bare aiokafka consume -> produce hops, as many as the pipeline has, for
    throughput and for the latency curve;
@@ -26,6 +28,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -41,6 +44,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench.stats import (
+    TAKEOVER_KEYS,
     cpu_budget,
     cpu_seconds,
     cpu_table,
@@ -69,6 +73,9 @@ HOP_TOPICS = [f"bench.hop{index}" for index in range(HOPS + 1)]
 CURVE_TOPIC = HOP_TOPICS[2]
 PARTITIONS = 3
 CONSUMERS = ("scoring", "router", "sla-monitor")
+TAKEOVER_RATE = 20  # leads/s offered while the router is killed and restarted
+TAKEOVER_SECONDS = 20
+TAKEOVER_KILL_AT = 8  # seconds into the load
 
 
 @dataclass(frozen=True)
@@ -278,8 +285,13 @@ class Bench:
         """Start service ``name`` as process ``label`` (default: the name; ``router-2``: a second one)."""
         label = label or name
         log = (self.work / f"{label}.log").open("ab")
-        # Each consumer serves its metrics on a port of the bench's own, never a default another stack uses.
-        env = {**self.env(), "COXSWAIN_METRICS_PORT": str(self.ports.metrics(label))}
+        # Each consumer serves its metrics on a port of the bench's own, never a default another stack
+        # uses; its static membership id is its label, as a StatefulSet pod's is its name.
+        env = {
+            **self.env(),
+            "COXSWAIN_METRICS_PORT": str(self.ports.metrics(label)),
+            "COXSWAIN_KAFKA_INSTANCE_ID": f"bench-{label}",
+        }
         process = subprocess.Popen(
             [PYTHON, "-m", "coxswain", "run", name], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
         )
@@ -514,6 +526,14 @@ class Bench:
             say("latency curve: %s leads/s offered for %ss", rate, seconds)
             self.notes["curve"][str(rate)] = self.measure_latency(url, rate, seconds, f"curve-{rate:g}", self.hops)
 
+        say("takeover: router SIGKILLed after %ss of %s leads/s and restarted at once", TAKEOVER_KILL_AT, TAKEOVER_RATE)
+        killer = threading.Thread(target=self.kill_and_restart, args=("router", TAKEOVER_KILL_AT))
+        killer.start()
+        takeover = self.measure_latency(url, TAKEOVER_RATE, TAKEOVER_SECONDS, "takeover")
+        killer.join()
+        # The worst lead of the run is one sent just after the kill: it waited for the restart.
+        self.notes["takeover"] = {**takeover, **self.notes.get("takeover", {})}
+
         say("end to end throughput: %s leads in batches of %s, as fast as taken", plan.e2e_leads, plan.e2e_batch)
         process, out = self.watcher(
             "watch-e2e", ["leads.routed.v1", "sla.armed.v1"],
@@ -539,6 +559,23 @@ class Bench:
             "drain_seconds": max(armed) - load["ended_at"] if armed else float("nan"),
         }
         self.stop("intake", "scoring", "router", "sla-monitor")
+
+    def kill_and_restart(self, label: str, after: float) -> None:
+        """SIGKILL ``label`` after ``after`` seconds and start it again at once, as a supervisor
+        would; notes how long the new process took to hold partitions again."""
+        time.sleep(after)
+        process = self.running[label]
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        killed = time.monotonic()
+        log = self.work / f"{label}.log"
+        seen = log.read_text(errors="replace").count('partitions assigned: ["')
+        self.service(label.split("-")[0] if label.endswith("-2") else label, label)
+        while log.read_text(errors="replace").count('partitions assigned: ["') <= seen:
+            if time.monotonic() - killed > 60:
+                break
+            time.sleep(0.02)
+        self.notes["takeover"] = {"kill_to_partitions_s": round(time.monotonic() - killed, 2)}
 
     def measure_latency(self, url: str, rate: float, seconds: float, name: str, hops: bool = False) -> dict[str, Any]:
         """Webhook 202 -> leads.routed.v1 seen, at ``rate`` leads/s offered for ``seconds`` (open loop).
@@ -767,6 +804,8 @@ class Bench:
                 }
                 for rate in self.plan.curve_rates
             ]
+        if "takeover" in self.notes:
+            self.results["takeover"] = {key: self.notes["takeover"].get(key, nan) for key in TAKEOVER_KEYS}
         scale = self.notes.get("scale")
         if scale is not None:
             published = scale["relay_published_by_process"]
@@ -783,6 +822,16 @@ class Bench:
 
     def curve_report(self) -> str:
         rows: list[tuple[str, Any, str]] = []
+        takeover = self.results.get("takeover")
+        if takeover:
+            rows.append(
+                (
+                    "takeover s (router SIGKILL)",
+                    takeover["kill_to_partitions_s"],
+                    f"restarted at once under its instance id, partitions held again; leads meanwhile at "
+                    f"{TAKEOVER_RATE}/s: p99 {takeover['p99_ms']:.0f} ms, max {takeover['max_ms']:.0f} ms",
+                )
+            )
         for point in self.results.get("latency_curve", []):
             rows.append(
                 (

@@ -25,8 +25,10 @@ RESULT_KEYS: tuple[str, ...] = (
     "sla_fire_rate_per_s",
     "latency_curve",
     "scale_out",
+    "takeover",
 )
 CURVE_POINT_KEYS = ("offered_per_s", "p50_ms", "p99_ms", "max_ms", "baseline_p50_ms", "baseline_p99_ms")
+TAKEOVER_KEYS = ("kill_to_partitions_s", "p99_ms", "max_ms")
 SCALE_OUT_KEYS = (
     "instances",
     "leads_per_s",

@@ -10,10 +10,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
-import uvicorn
-from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -47,18 +45,19 @@ from coxswain.settings import (
 )
 from schemas.events import Event
 from services.admin.agreements import AgreementSource
-from services.admin.api import create_admin_router
-from services.intake import adapters
-from services.intake.app import create_app
-from services.intake.signatures import SecretsError, load_secrets
 from services.reporting import consumer as reporting
-from services.reporting import scorecard as reporting_scorecard
-from services.reporting.app import create_reporting_app
 from services.router import service as router
 from services.scoring import service as scoring
 from services.scoring import timers as scoring_timers
 from services.sla_monitor import service as sla_monitor
 from services.sla_monitor.monitor import Monitor
+
+# The HTTP apps' modules (FastAPI, uvicorn, the intake, admin and reporting apps) are imported
+# by the functions that build them: a consumer process never loads them, and a restarted
+# consumer is back in its group (and routing) that much sooner (docs/operations.md).
+if TYPE_CHECKING:
+    import uvicorn
+    from fastapi import FastAPI
 
 log = logging.getLogger(__name__)
 
@@ -258,6 +257,11 @@ async def run_consumer(name: str) -> None:
 
 
 def intake_app() -> tuple[FastAPI, IntakeConfig]:
+    from services.admin.api import create_admin_router
+    from services.intake import adapters
+    from services.intake.app import create_app
+    from services.intake.signatures import SecretsError, load_secrets
+
     config, kafka, database = IntakeConfig(), KafkaConfig(), DatabaseConfig()
     try:
         require_safe_configuration(DeploymentConfig(), database, kafka, AdminConfig(), load_secrets(config))
@@ -321,6 +325,8 @@ def intake_app() -> tuple[FastAPI, IntakeConfig]:
 
 def http_server(app: FastAPI, host: str, port: int, lifespan: Literal["on", "off"] = "on") -> uvicorn.Server:
     """Every HTTP app runs with the same server settings: uvloop, httptools, no access log."""
+    import uvicorn
+
     return uvicorn.Server(
         uvicorn.Config(
             app,
@@ -355,6 +361,9 @@ async def _serve_reporting(
     engine: AsyncEngine, agreement: Callable[[], Agreement], tokens: TokenTable | None, stop: asyncio.Event
 ) -> None:
     """The reporting API, dashboard and scorecards share the process (and the engine) of the reporting consumer."""
+    from services.reporting import scorecard as reporting_scorecard
+    from services.reporting.app import create_reporting_app
+
     config = ReportingConfig()
     app = create_reporting_app(
         engine, agreement, utc_now, config.reporting_timezone, cadence=config.scorecard_cadence, tokens=tokens

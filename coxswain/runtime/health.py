@@ -12,12 +12,14 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING
 
 import orjson
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+if TYPE_CHECKING:  # only the HTTP apps add probes; a consumer never loads FastAPI
+    from fastapi import FastAPI
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,7 @@ async def readiness(checks: Mapping[str, Check]) -> tuple[bool, dict[str, str]]:
 
 def add_probes(app: FastAPI, checks: Mapping[str, Check]) -> None:
     """``/healthz`` (the process answers) and ``/readyz`` (every dependency in ``checks`` answers)."""
+    from fastapi.responses import JSONResponse
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

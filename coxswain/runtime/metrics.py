@@ -13,9 +13,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, Request, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -33,6 +32,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from coxswain.runtime import outages
 from coxswain.runtime.waiting import sleep_or_stop
 from schemas.events import Event
+
+if TYPE_CHECKING:  # only the HTTP apps are instrumented; a consumer never loads FastAPI
+    from fastapi import FastAPI, Request, Response
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +186,7 @@ async def sample_outbox(engine: AsyncEngine, stop: asyncio.Event, interval: floa
 
 def instrument(app: FastAPI) -> None:
     """Mount /metrics on an ASGI app and count and time its requests by route template."""
+    from fastapi import Response
 
     async def exposition(_: Request) -> Response:
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

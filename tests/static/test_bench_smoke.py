@@ -80,6 +80,7 @@ def test_result_line_has_exactly_the_documented_keys_in_order() -> None:
         "sla_fire_rate_per_s",
         "latency_curve",
         "scale_out",
+        "takeover",
     ]
     assert decoded["intake_rps"] == 0.1
     assert decoded["sla_open_deadlines"] == 1_000_000
@@ -193,14 +194,16 @@ def finished(rates: tuple[float, ...]) -> Bench:
         "relay_published_by_process": {**published, **{f"{name}-2": value + 1 for name, value in published.items()}},
         "decisions_by_process": {"router": 40.0, "router-2": 60.0},
     }
+    bench.notes["takeover"] = {"kill_to_partitions_s": 1.4, "p50_ms": 40.0, "p99_ms": 900.0, "max_ms": 1500.0}
     bench.finish()
     return bench
 
 
 def test_the_last_line_carries_the_latency_curve_and_the_scale_out_in_their_documented_shape() -> None:
     bench = finished(QUICK.curve_rates)
-    results = {key: 1.0 for key in RESULT_KEYS[:-2]} | bench.results
+    results = {key: 1.0 for key in RESULT_KEYS[:-3]} | bench.results
     decoded = orjson.loads(result_line(results))
+    assert decoded["takeover"] == {"kill_to_partitions_s": 1.4, "p99_ms": 900.0, "max_ms": 1500.0}
 
     curve = decoded["latency_curve"]
     assert [point["offered_per_s"] for point in curve] == [5, 50, 100, 200]
