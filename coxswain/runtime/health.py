@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 if TYPE_CHECKING:  # only the HTTP apps add probes; a consumer never loads FastAPI
     from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ def add_probes(app: FastAPI, checks: Mapping[str, Check]) -> None:
 
     @app.get(
         "/readyz",
+        response_model=None,  # the annotation names a class imported here, not at module level
         responses={503: {"description": "A dependency does not answer; the body names it and its error type"}},
     )
     async def readyz() -> JSONResponse:
