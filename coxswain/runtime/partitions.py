@@ -30,12 +30,12 @@ from coxswain.core.partitions import (
     retention_cutoff,
 )
 from coxswain.db import partitions as ddl
+from coxswain.runtime.batches import delete_in_batches
 from coxswain.settings import RetentionConfig
 
 log = logging.getLogger(__name__)
 
 LOCK_TIMEOUT = "2s"
-BATCH = 10_000
 
 ROLL_UP = (
     "INSERT INTO report_history (month, kind, stage, source, campaign, persona, agreement_version, facts, leads, "
@@ -102,39 +102,17 @@ async def _drop(engine: AsyncEngine, table: PartitionedTable, month: Month, now:
 
 
 async def _drop_stray(engine: AsyncEngine, table: PartitionedTable, cutoff: date, now: datetime) -> int:
-    """Rows past retention that landed in the default partition (no month of theirs existed)."""
+    """Rows past retention that landed in the default partition (no month of theirs existed):
+    counted into the history of their month first, like a dropped month, then deleted."""
     before = datetime.combine(cutoff, time(), UTC)
-    total = 0
-    while True:
+    if table is REPORT_FACTS:
         async with engine.begin() as connection:
-            if table is REPORT_FACTS:
-                # Counted into the history of their month before they go, like a dropped month.
-                months = await connection.scalars(
-                    text(
-                        f"SELECT DISTINCT date_trunc('month', {table.column} AT TIME ZONE 'UTC')::date "
-                        f"FROM {table.default_partition} WHERE {table.column} < :cutoff"
-                    ),
-                    {"cutoff": before},
-                )
-                for start in months.all():
-                    await connection.execute(
-                        text(
-                            ROLL_UP.format(
-                                partition=f"(SELECT * FROM {table.default_partition} WHERE "
-                                f"date_trunc('month', {table.column} AT TIME ZONE 'UTC')::date = CAST(:month AS date))"
-                            )
-                        ),
-                        {"month": start, "now": now},
-                    )
-            deleted = (
-                await connection.execute(
-                    text(
-                        f"DELETE FROM {table.default_partition} WHERE ctid IN (SELECT ctid FROM "
-                        f"{table.default_partition} WHERE {table.column} < :cutoff LIMIT :batch)"
-                    ),
-                    {"cutoff": before, "batch": BATCH},
-                )
-            ).rowcount
-        total += deleted
-        if deleted < BATCH:
-            return total
+            month_of = f"CAST(date_trunc('month', {table.column} AT TIME ZONE 'UTC') AS date)"
+            months = await connection.scalars(
+                text(f"SELECT DISTINCT {month_of} FROM {table.default_partition} WHERE {table.column} < :before"),
+                {"before": before},
+            )
+            for start in months.all():
+                rows = f"(SELECT * FROM {table.default_partition} WHERE {month_of} = CAST(:month AS date))"
+                await connection.execute(text(ROLL_UP.format(partition=rows)), {"month": start, "now": now})
+    return await delete_in_batches(engine, table.default_partition, "ctid", f"{table.column} < :before", before)

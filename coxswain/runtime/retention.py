@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coxswain.core.retention import RetentionTooShort, inbox_window, longest_retention
 from coxswain.runtime import metrics, outages, partitions
+from coxswain.runtime.batches import delete_in_batches
 from coxswain.runtime.kafka import connection_options
 from coxswain.runtime.waiting import sleep_or_stop
 from coxswain.settings import KafkaConfig, RetentionConfig
@@ -31,7 +32,6 @@ from schemas.events import ALL_EVENTS
 log = logging.getLogger(__name__)
 
 PRUNE_LOCK = 0x636F7870  # advisory lock key: "coxp"
-BATCH = 10_000  # rows per delete statement: short transactions, no long lock on a busy table
 WATCHED_TABLES = (
     "inbox",
     "webhook_inbox",
@@ -101,11 +101,13 @@ async def prune(
             )
             if window is not None:
                 before = now - window
-                rows["inbox"] = await _delete(engine, "inbox", "ctid", "processed_at < :before", before)
+                rows["inbox"] = await delete_in_batches(engine, "inbox", "ctid", "processed_at < :before", before)
                 # A sender's retry of a webhook is seen by its id for as long as any event it carried.
-                rows["webhook_inbox"] = await _delete(engine, "webhook_inbox", "ctid", "received_at < :before", before)
+                rows["webhook_inbox"] = await delete_in_batches(
+                    engine, "webhook_inbox", "ctid", "received_at < :before", before
+                )
             alerts_before = now - timedelta(days=config.alert_retention_days)
-            rows["sla_alert_deliveries"] = await _delete(
+            rows["sla_alert_deliveries"] = await delete_in_batches(
                 engine, "sla_alert_deliveries", "id", "status <> 'pending' AND created_at < :before", alerts_before
             )
         finally:
@@ -114,23 +116,6 @@ async def prune(
     for table, count in rows.items():
         metrics.PRUNED_ROWS.labels(table).inc(count)
     return Pruned(window, rows)
-
-
-async def _delete(engine: AsyncEngine, table: str, key: str, condition: str, before: datetime) -> int:
-    total = 0
-    while True:
-        async with engine.begin() as connection:
-            deleted = (
-                await connection.execute(
-                    text(
-                        f"DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {table} WHERE {condition} LIMIT :batch)"
-                    ),
-                    {"before": before, "batch": BATCH},
-                )
-            ).rowcount
-        total += deleted
-        if deleted < BATCH:
-            return total
 
 
 async def sample_tables(engine: AsyncEngine) -> None:
