@@ -281,3 +281,25 @@ async def test_a_contact_created_meanwhile_is_reused_from_the_409() -> None:
     fake = Fake(error(409, message="Contact already exists. Existing ID: 4711"))
 
     assert await fake.client().create_contact("jane@acme.com", "101") == ("4711", False)
+
+
+# --------------------------------------------------------------------------- refusing to start
+
+
+def test_crm_sync_refuses_to_start_naming_every_rep_without_an_owner_id() -> None:
+    from coxswain.wiring import require_crm_owners
+
+    with pytest.raises(SystemExit, match=r"rep\(s\) chloe, dan, eli have no hubspot owner id"):
+        require_crm_owners(agreement_with(OWNERS), "hubspot")
+    require_crm_owners(agreement_with({rep["id"]: "1" for rep in EXAMPLE["roster"]}), "hubspot")
+
+
+def test_the_token_comes_from_the_environment_or_a_file_and_none_refuses_to_start(tmp_path: Path) -> None:
+    from coxswain.wiring import crm_token
+
+    secret = tmp_path / "token"
+    secret.write_text("pat-from-file\n")
+    assert crm_token(CrmSyncConfig(crm_token="pat-env", crm_token_file=secret)) == "pat-env"
+    assert crm_token(CrmSyncConfig(crm_token_file=secret)) == "pat-from-file"
+    with pytest.raises(SystemExit, match="no CRM token"):
+        crm_token(CrmSyncConfig())
