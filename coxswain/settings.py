@@ -290,6 +290,12 @@ class CrmSyncConfig(Slice):
         "and redelivered, and nothing is sent to the CRM before Retry-After expires.",
     )
     crm_request_timeout_seconds: float = Field(default=10.0, gt=0, le=120, description="Per HTTP request.")
+    crm_max_batch: int = Field(
+        default=20,
+        ge=1,
+        le=500,
+        description="Most records per consumer batch (one transaction, held while the CRM is called for each).",
+    )
 
 
 ALL_SLICES: tuple[type[Slice], ...] = (

@@ -219,6 +219,13 @@ def require_crm_owners(agreement: Agreement, kind: CrmKind) -> None:
         )
 
 
+def crm_consumer_config(consumer: ConsumerConfig, crm: CrmSyncConfig) -> ConsumerConfig:
+    """A batch is one transaction held open while the CRM is called for each of its records (and
+    a poll must come back within Kafka's max.poll.interval): crm-sync takes at most
+    COXSWAIN_CRM_MAX_BATCH records at a time."""
+    return consumer.model_copy(update={"consumer_max_batch": min(consumer.consumer_max_batch, crm.crm_max_batch)})
+
+
 async def run_crm_sync() -> None:
     """``coxswain run crm-sync``: the consumer loop with a HubSpot client (docs/integrators.md#hubspot)."""
     from services.crm_sync import service as crm_sync
@@ -240,6 +247,7 @@ async def run_crm_sync() -> None:
             spec=spec,
             database=database.model_copy(update={"database_idle_in_transaction_seconds": idle}),
             check=lambda agreement: require_crm_owners(agreement, config.crm_kind),
+            consumer=crm_consumer_config(ConsumerConfig(), config),
         )
     finally:
         await client.aclose()
@@ -251,6 +259,7 @@ async def run_consumer(
     spec: ConsumerSpec | None = None,
     database: DatabaseConfig | None = None,
     check: Callable[[Agreement], None] | None = None,
+    consumer: ConsumerConfig | None = None,
 ) -> None:
     spec = spec or CONSUMERS[name]
     kafka, database = KafkaConfig(), database or DatabaseConfig()
@@ -288,7 +297,7 @@ async def run_consumer(
         ),
         engine=engine,
         kafka=kafka,
-        config=ConsumerConfig(),
+        config=consumer or ConsumerConfig(),
         clock=utc_now,
         batch_handler=_batch_handler(name, spec, source, monitor),
     )

@@ -19,6 +19,7 @@ import orjson
 import pytest
 import pytest_asyncio
 from aiokafka import AIOKafkaProducer
+from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -135,6 +136,10 @@ def task_posts(hubspot: FakeHubSpot) -> list[Any]:
 
 def tasks_for(hubspot: FakeHubSpot, assignment_id: uuid.UUID) -> list[dict[str, Any]]:
     return [t for t in hubspot.tasks.values() if t["properties"].get("coxswain_assignment_id") == str(assignment_id)]
+
+
+def counted(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, {"crm": "hubspot", **labels}) or 0.0
 
 
 async def scalar(engine: AsyncEngine, sql: str, **params: Any) -> Any:
@@ -311,8 +316,13 @@ async def test_a_429_is_honoured_until_its_retry_after_expires_and_nothing_is_lo
     fact = routed(lead_id, "ava")
     hubspot.inject(429, {"Retry-After": "1"}, path="/crm/v3/objects/tasks")
     seen_before = len(hubspot.seen)
+    retries = counted("coxswain_crm_retries_total", reason="429")
+    created = counted("coxswain_crm_writes_total", write="task_created")
 
     await connector.deliver(fact)
+
+    assert counted("coxswain_crm_retries_total", reason="429") == retries + 1
+    assert counted("coxswain_crm_writes_total", write="task_created") == created + 1
 
     during = hubspot.seen[seen_before:]
     [limited] = [i for i, seen in enumerate(during) if seen.status == 429]
@@ -331,6 +341,7 @@ async def test_a_hubspot_failing_every_attempt_sends_the_record_to_the_dead_lett
     fact = routed(lead_id, "ava")
     hubspot.inject(503, path="/crm/v3/objects/tasks", times=100)
     seen_before = len(hubspot.seen)
+    errors = counted("coxswain_crm_errors_total", status="503")
     try:
         await connector.deliver(fact)
     finally:
@@ -340,6 +351,7 @@ async def test_a_hubspot_failing_every_attempt_sends_the_record_to_the_dead_lett
     failed = [s for s in hubspot.seen[seen_before:] if s.path.startswith("/crm/v3/objects/tasks")]
     # Three tries while the batch was applied whole; dead-lettered at once when applied record by record.
     assert [s.status for s in failed] == [503, 503, 503]
+    assert counted("coxswain_crm_errors_total", status="503") == errors + 3
     async with engine.connect() as connection:
         [row] = await connection.execute(
             text("SELECT topic, headers FROM outbox WHERE topic = 'leads.routed.v1.dlq' AND key = :k"),

@@ -303,3 +303,12 @@ def test_the_token_comes_from_the_environment_or_a_file_and_none_refuses_to_star
     assert crm_token(CrmSyncConfig(crm_token_file=secret)) == "pat-from-file"
     with pytest.raises(SystemExit, match="no CRM token"):
         crm_token(CrmSyncConfig())
+
+
+def test_crm_sync_takes_small_batches_whatever_the_consumer_setting() -> None:
+    from coxswain.settings import ConsumerConfig
+    from coxswain.wiring import crm_consumer_config
+
+    crm = CrmSyncConfig(crm_max_batch=20)
+    assert crm_consumer_config(ConsumerConfig(consumer_max_batch=500), crm).consumer_max_batch == 20
+    assert crm_consumer_config(ConsumerConfig(consumer_max_batch=5), crm).consumer_max_batch == 5
