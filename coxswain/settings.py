@@ -268,6 +268,12 @@ class CrmSyncConfig(Slice):
     """``coxswain run crm-sync``: one process per CRM connection (docs/integrators.md#hubspot)."""
 
     crm_kind: Literal["hubspot"] = Field(default="hubspot", description="The CRM this connector writes to.")
+    crm_connection: str = Field(
+        default="hubspot",
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$",
+        description="Names this CRM connection (one process per CRM account): its consumer group and inbox are "
+        "crm_sync.<name> and its rows in crm_writes carry it.",
+    )
     crm_base_url: str = Field(default="https://api.hubapi.com", description="The CRM's API root.")
     crm_token: SecretStr | None = Field(default=None, description="HubSpot private app access token (Bearer).")
     crm_token_file: Path | None = Field(

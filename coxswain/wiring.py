@@ -233,7 +233,7 @@ async def run_crm_sync() -> None:
 
     config = CrmSyncConfig()
     client = HubSpotClient(config, crm_token(config))
-    sync = crm_sync.HubSpotSync(client)
+    sync = crm_sync.HubSpotSync(client, config.crm_connection)
     database = DatabaseConfig()
     idle = database.database_idle_in_transaction_seconds
     if idle:
@@ -243,7 +243,7 @@ async def run_crm_sync() -> None:
     spec = ConsumerSpec(crm_sync.ACCEPTS, lambda agreement: crm_sync.make_handler(agreement, sync))
     try:
         await run_consumer(
-            crm_sync.CONSUMER,
+            crm_sync.consumer_name(config.crm_connection),
             spec=spec,
             database=database.model_copy(update={"database_idle_in_transaction_seconds": idle}),
             check=lambda agreement: require_crm_owners(agreement, config.crm_kind),

@@ -469,7 +469,8 @@ class CrmWrite(SQLModel, table=True):
     reassignment or a release."""
 
     __tablename__ = "crm_writes"
-    crm: str = Field(primary_key=True, max_length=16)
+    # COXSWAIN_CRM_CONNECTION: one CRM account's writes.
+    connection: str = Field(primary_key=True, max_length=64)
     assignment_id: uuid.UUID = Field(primary_key=True)
     lead_id: uuid.UUID = Field(index=True)
     rep_id: str = Field(max_length=64)

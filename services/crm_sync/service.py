@@ -43,12 +43,16 @@ from services.crm_sync.hubspot import CRM, CrmGaveUp, HubSpotClient, Keepalive
 
 log = logging.getLogger(__name__)
 
-CONSUMER = "crm_sync"  # its consumer group and inbox name
 ACCEPTS: dict[str, tuple[type[Event], ...]] = {
     LeadRoutedV1.topic: (LeadRoutedV1,),
     LeadStageChangedV1.topic: (LeadStageChangedV1,),
 }
 REMEMBERED = 10_000
+
+
+def consumer_name(connection: str) -> str:
+    """The consumer group and inbox name of one CRM connection."""
+    return f"crm_sync.{connection}"
 
 
 class NoEmail(PermanentError):
@@ -66,8 +70,9 @@ class HubSpotSync:
     """The connector's state beyond one event: the client (and its Retry-After), the tasks this
     process created, and the events whose requests already failed every attempt."""
 
-    def __init__(self, client: HubSpotClient) -> None:
+    def __init__(self, client: HubSpotClient, connection: str = "hubspot") -> None:
         self.client = client
+        self.connection = connection
         self._created = _Bounded()
         # A record that failed every attempt while its batch was applied whole is dead-lettered at
         # once when the batch is applied again record by record (not tried as often again).
@@ -79,8 +84,8 @@ class HubSpotSync:
         if fact.event_id in self._gave_up:
             raise CrmGaveUp(self._gave_up[fact.event_id])
         done = await connection.scalar(
-            text("SELECT 1 FROM crm_writes WHERE crm = :crm AND assignment_id = :a"),
-            {"crm": CRM, "a": fact.assignment_id},
+            text("SELECT 1 FROM crm_writes WHERE connection = :connection AND assignment_id = :a"),
+            {"connection": self.connection, "a": fact.assignment_id},
         )
         if done:
             log.info("assignment already written to the crm: assignment_id=%s", fact.assignment_id)
@@ -105,11 +110,11 @@ class HubSpotSync:
             raise
         await connection.execute(
             text(
-                "INSERT INTO crm_writes (crm, assignment_id, lead_id, rep_id, owner_id, contact_id, task_id, written_at) "
-                "VALUES (:crm, :a, :l, :rep, :owner, :contact, :task, :now) ON CONFLICT DO NOTHING"
+                "INSERT INTO crm_writes (connection, assignment_id, lead_id, rep_id, owner_id, contact_id, task_id, written_at) "
+                "VALUES (:connection, :a, :l, :rep, :owner, :contact, :task, :now) ON CONFLICT DO NOTHING"
             ),
             {
-                "crm": CRM,
+                "connection": self.connection,
                 "a": fact.assignment_id,
                 "l": fact.lead_id,
                 "rep": fact.rep_id,
@@ -126,9 +131,9 @@ class HubSpotSync:
             if isinstance(write, CloseOpenTask):
                 rows = await connection.execute(
                     text(
-                        "SELECT assignment_id FROM crm_writes WHERE crm = :crm AND lead_id = :l AND closed_at IS NULL"
+                        "SELECT assignment_id FROM crm_writes WHERE connection = :connection AND lead_id = :l AND closed_at IS NULL"
                     ),
-                    {"crm": CRM, "l": write.lead_id},
+                    {"connection": self.connection, "l": write.lead_id},
                 )
                 for row in list(rows):
                     await self._close(connection, row.assignment_id, write.reason, now, _keepalive(connection))
@@ -139,8 +144,10 @@ class HubSpotSync:
         """Complete the assignment's task: the one recorded, else one found by its assignment id."""
         row = (
             await connection.execute(
-                text("SELECT task_id, closed_at FROM crm_writes WHERE crm = :crm AND assignment_id = :a FOR UPDATE"),
-                {"crm": CRM, "a": assignment_id},
+                text(
+                    "SELECT task_id, closed_at FROM crm_writes WHERE connection = :connection AND assignment_id = :a FOR UPDATE"
+                ),
+                {"connection": self.connection, "a": assignment_id},
             )
         ).first()
         if row is not None and row.closed_at is not None:
@@ -157,9 +164,9 @@ class HubSpotSync:
             await connection.execute(
                 text(
                     "UPDATE crm_writes SET closed_at = :now, closed_reason = :why "
-                    "WHERE crm = :crm AND assignment_id = :a"
+                    "WHERE connection = :connection AND assignment_id = :a"
                 ),
-                {"now": now, "why": reason[:500], "crm": CRM, "a": assignment_id},
+                {"now": now, "why": reason[:500], "connection": self.connection, "a": assignment_id},
             )
 
     async def _set_owner(self, write: SetOwner, keepalive: Keepalive) -> str:

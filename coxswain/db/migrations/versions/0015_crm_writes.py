@@ -3,7 +3,8 @@
 ``coxswain run crm-sync`` inserts a row in the transaction that claims the routed fact in the
 inbox, after the owner and the task are written: a redelivery finds the task here (or, after a
 crash before the commit, in the CRM by its assignment id) and creates no second one. The row
-keeps the task id, so a reassignment or a release closes that task.
+keeps the task id, so a reassignment or a release closes that task. ``connection`` is the
+CRM connection (COXSWAIN_CRM_CONNECTION): two HubSpot accounts keep separate rows.
 
 Revision ID: 0015_crm_writes
 Revises: 0014_monthly_partitions
@@ -24,7 +25,7 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     op.create_table(
         "crm_writes",
-        sa.Column("crm", sa.String(length=16), nullable=False),
+        sa.Column("connection", sa.String(length=64), nullable=False),
         sa.Column("assignment_id", sa.Uuid(), nullable=False),
         sa.Column("lead_id", sa.Uuid(), nullable=False),
         sa.Column("rep_id", sa.String(length=64), nullable=False),
@@ -34,7 +35,7 @@ def upgrade() -> None:
         sa.Column("written_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("closed_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("closed_reason", sa.String(), nullable=True),
-        sa.PrimaryKeyConstraint("crm", "assignment_id", name=op.f("pk_crm_writes")),
+        sa.PrimaryKeyConstraint("connection", "assignment_id", name=op.f("pk_crm_writes")),
     )
     op.create_index(op.f("ix_crm_writes_lead_id"), "crm_writes", ["lead_id"], unique=False)
 
