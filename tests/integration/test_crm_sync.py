@@ -418,3 +418,27 @@ async def test_an_assignment_already_written_is_not_sent_to_hubspot_again_under_
 
     assert hubspot.seen[seen_before:] == []
     assert len(tasks_for(hubspot, fact.assignment_id)) == 1
+
+
+async def test_a_routed_lead_for_a_rep_without_an_owner_id_is_dead_lettered_naming_the_rep(
+    connector: Connector, hubspot: FakeHubSpot, engine: AsyncEngine
+) -> None:
+    # An agreement activated after the connector started, whose roster lost ben's owner id.
+    document = agreement().model_dump(mode="json", by_alias=True, exclude_defaults=True)
+    document["roster"][1].pop("crm")
+    connector.handler = crm_sync.make_handler(parse_agreement(document), connector.sync)
+    lead_id, _ = await new_lead(engine)
+    fact = routed(lead_id, "ben")
+    seen_before = len(hubspot.seen)
+
+    await connector.deliver(fact)
+
+    assert hubspot.seen[seen_before:] == []
+    async with engine.connect() as connection:
+        [row] = await connection.execute(
+            text("SELECT headers FROM outbox WHERE topic = 'leads.routed.v1.dlq' AND key = :k"),
+            {"k": str(lead_id).encode()},
+        )
+    headers = dict(row.headers)
+    assert headers["dlq_error_type"] == "UnmappedRep"
+    assert headers["dlq_reason"] == "rep 'ben' has no hubspot owner id (roster: crm.hubspot_owner_id)"
