@@ -75,6 +75,15 @@ def run_scoring() -> None:
     _consumer("scoring")
 
 
+@run_app.command("crm-sync")
+def run_crm_sync() -> None:
+    """CRM write-back: leads.routed.v1 -> HubSpot contact owner + one task per assignment."""
+    from coxswain.wiring import run_crm_sync as serve
+
+    _logging()
+    _run(serve())
+
+
 @run_app.command("router")
 def run_router() -> None:
     """Router: leads.qualified.v1 -> leads.routed.v1."""

@@ -264,6 +264,46 @@ class RosterApiConfig(Slice):
     roster_api_port: int = Field(default=8081, ge=1, le=65535)
 
 
+class CrmSyncConfig(Slice):
+    """``coxswain run crm-sync``: one process per CRM connection (docs/integrators.md#hubspot)."""
+
+    crm_kind: Literal["hubspot"] = Field(default="hubspot", description="The CRM this connector writes to.")
+    crm_connection: str = Field(
+        default="hubspot",
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$",
+        description="Names this CRM connection (one process per CRM account): its consumer group and inbox are "
+        "crm_sync.<name> and its rows in crm_writes carry it.",
+    )
+    crm_base_url: str = Field(default="https://api.hubapi.com", description="The CRM's API root.")
+    crm_token: SecretStr | None = Field(default=None, description="HubSpot private app access token (Bearer).")
+    crm_token_file: Path | None = Field(
+        default=None, description="The token in a file (a mounted secret); used when COXSWAIN_CRM_TOKEN is unset."
+    )
+    crm_max_attempts: int = Field(
+        default=5,
+        ge=1,
+        le=50,
+        description="Tries per request (429, 5xx, connection errors), then the record is dead-lettered.",
+    )
+    crm_backoff_seconds: float = Field(
+        default=0.5, gt=0, description="First wait after a 5xx or connection error; doubles."
+    )
+    crm_max_backoff_seconds: float = Field(default=20.0, gt=0, description="Longest wait between two tries.")
+    crm_max_wait_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="A Retry-After longer than this is not waited out inside the batch: the batch is given back "
+        "and redelivered, and nothing is sent to the CRM before Retry-After expires.",
+    )
+    crm_request_timeout_seconds: float = Field(default=10.0, gt=0, le=120, description="Per HTTP request.")
+    crm_max_batch: int = Field(
+        default=20,
+        ge=1,
+        le=500,
+        description="Most records per consumer batch (one transaction, held while the CRM is called for each).",
+    )
+
+
 ALL_SLICES: tuple[type[Slice], ...] = (
     KafkaConfig,
     DatabaseConfig,
@@ -280,6 +320,7 @@ ALL_SLICES: tuple[type[Slice], ...] = (
     ReportingConfig,
     RouterConfig,
     RosterApiConfig,
+    CrmSyncConfig,
 )
 
 

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coxswain.access import TokenTable, TokenTableError
 from coxswain.core.agreement import Agreement
+from coxswain.core.crm_sync import CrmKind, unmapped_reps
 from coxswain.db.database import create_engine, require_current_schema
 from coxswain.runtime import health, metrics, outages, retention, tracing
 from coxswain.runtime.consumer import BatchHandler, ConsumerService, Handler, utc_now
@@ -28,6 +29,7 @@ from coxswain.settings import (
     AdminConfig,
     AgreementConfig,
     ConsumerConfig,
+    CrmSyncConfig,
     DatabaseConfig,
     DeploymentConfig,
     HealthConfig,
@@ -191,9 +193,76 @@ def _batch_handler(
     return metrics.timed_batch(name, versioned_batch_handler(source, spec.make_batch_handler))
 
 
-async def run_consumer(name: str) -> None:
-    spec = CONSUMERS[name]
-    kafka, database = KafkaConfig(), DatabaseConfig()
+def crm_token(config: CrmSyncConfig) -> str:
+    """The CRM token from COXSWAIN_CRM_TOKEN, else from COXSWAIN_CRM_TOKEN_FILE; refuses to start without one."""
+    if config.crm_token is not None and config.crm_token.get_secret_value().strip():
+        return config.crm_token.get_secret_value().strip()
+    if config.crm_token_file is not None:
+        try:
+            token = config.crm_token_file.read_text().strip()
+        except OSError as exc:
+            raise SystemExit(
+                f"crm-sync refuses to start: cannot read COXSWAIN_CRM_TOKEN_FILE: {exc.strerror}"
+            ) from None
+        if token:
+            return token
+    raise SystemExit("crm-sync refuses to start: no CRM token; set COXSWAIN_CRM_TOKEN or COXSWAIN_CRM_TOKEN_FILE")
+
+
+def require_crm_owners(agreement: Agreement, kind: CrmKind) -> None:
+    """Every rep who can get a lead must have an owner id in the CRM, or nothing starts."""
+    missing = unmapped_reps(agreement, kind)
+    if missing:
+        raise SystemExit(
+            f"crm-sync refuses to start: agreement {agreement.version}: rep(s) {', '.join(missing)} have no "
+            f"{kind} owner id; set roster[].crm.{kind}_owner_id for each"
+        )
+
+
+def crm_consumer_config(consumer: ConsumerConfig, crm: CrmSyncConfig) -> ConsumerConfig:
+    """A batch is one transaction held open while the CRM is called for each of its records (and
+    a poll must come back within Kafka's max.poll.interval): crm-sync takes at most
+    COXSWAIN_CRM_MAX_BATCH records at a time."""
+    return consumer.model_copy(update={"consumer_max_batch": min(consumer.consumer_max_batch, crm.crm_max_batch)})
+
+
+async def run_crm_sync() -> None:
+    """``coxswain run crm-sync``: the consumer loop with a HubSpot client (docs/integrators.md#hubspot)."""
+    from services.crm_sync import service as crm_sync
+    from services.crm_sync.hubspot import HubSpotClient
+
+    config = CrmSyncConfig()
+    client = HubSpotClient(config, crm_token(config))
+    sync = crm_sync.HubSpotSync(client, config.crm_connection)
+    database = DatabaseConfig()
+    idle = database.database_idle_in_transaction_seconds
+    if idle:
+        # HTTP requests run inside the consumer's transaction, with a statement before each one:
+        # the longest idle stretch is one request (or one second of a wait).
+        idle = max(idle, config.crm_request_timeout_seconds + 5)
+    spec = ConsumerSpec(crm_sync.ACCEPTS, lambda agreement: crm_sync.make_handler(agreement, sync))
+    try:
+        await run_consumer(
+            crm_sync.consumer_name(config.crm_connection),
+            spec=spec,
+            database=database.model_copy(update={"database_idle_in_transaction_seconds": idle}),
+            check=lambda agreement: require_crm_owners(agreement, config.crm_kind),
+            consumer=crm_consumer_config(ConsumerConfig(), config),
+        )
+    finally:
+        await client.aclose()
+
+
+async def run_consumer(
+    name: str,
+    *,
+    spec: ConsumerSpec | None = None,
+    database: DatabaseConfig | None = None,
+    check: Callable[[Agreement], None] | None = None,
+    consumer: ConsumerConfig | None = None,
+) -> None:
+    spec = spec or CONSUMERS[name]
+    kafka, database = KafkaConfig(), database or DatabaseConfig()
     try:
         require_safe_configuration(DeploymentConfig(), database, kafka, AdminConfig())
     except InsecureConfiguration as exc:
@@ -206,6 +275,12 @@ async def run_consumer(name: str) -> None:
     source = agreement_source(engine)
     await _open_database(engine, database, source)
     agreement = source.current
+    if check is not None:
+        try:
+            check(agreement)
+        except SystemExit:
+            await engine.dispose()
+            raise
     publisher = await _start_publisher(kafka, stop)
     relay = outbox_relay(engine, publisher)
     sla_config = SlaConfig()
@@ -222,7 +297,7 @@ async def run_consumer(name: str) -> None:
         ),
         engine=engine,
         kafka=kafka,
-        config=ConsumerConfig(),
+        config=consumer or ConsumerConfig(),
         clock=utc_now,
         batch_handler=_batch_handler(name, spec, source, monitor),
     )

@@ -227,6 +227,19 @@ class OutOfOffice(Strict):
         return self
 
 
+class CrmIds(Strict):
+    """Who the rep is in each CRM the connectors write to (``coxswain run crm-sync``,
+    docs/integrators.md). Checked when a connector starts: it refuses to start while a rep it may
+    have to write as an owner has no id for its CRM."""
+
+    hubspot_owner_id: str | None = Field(
+        default=None,
+        pattern=r"^[0-9]{1,20}$",
+        description="The rep's HubSpot owner id (Settings > Users, or GET /crm/v3/owners): the value "
+        "written to hubspot_owner_id on the contact and the task.",
+    )
+
+
 class Rep(Strict):
     id: Identifier
     name: str = Field(min_length=1, max_length=128)
@@ -240,6 +253,9 @@ class Rep(Strict):
     started_on: date | None = Field(default=None, description="First working day; the ramp counts from here.")
     ramp_weeks: int | None = Field(default=None, ge=0, le=52, description="Overrides routing.ramp_weeks.")
     paused: bool = Field(default=False, description="Takes no new leads until unpaused.")
+    crm: CrmIds = Field(
+        default_factory=CrmIds, description="The rep's user / owner ids in the CRMs Coxswain writes to."
+    )
 
 
 class PoolMember(Strict):

@@ -460,3 +460,23 @@ class AuditEntry(SQLModel, table=True):
 def table(name: str) -> Table:
     """The SQLAlchemy table of a model, typed (SQLModel's ``__table__`` is not, to mypy)."""
     return SQLModel.metadata.tables[name]
+
+
+class CrmWrite(SQLModel, table=True):
+    """One row per assignment a CRM connector wrote (0015_crm_writes): committed in the same
+    transaction as the connector's inbox claim of the routed fact. A task is looked up here
+    (then in the CRM by its assignment id) before one is created, and closed from here on a
+    reassignment or a release."""
+
+    __tablename__ = "crm_writes"
+    # COXSWAIN_CRM_CONNECTION: one CRM account's writes.
+    connection: str = Field(primary_key=True, max_length=64)
+    assignment_id: uuid.UUID = Field(primary_key=True)
+    lead_id: uuid.UUID = Field(index=True)
+    rep_id: str = Field(max_length=64)
+    owner_id: str = Field(max_length=64)
+    contact_id: str = Field(max_length=64)
+    task_id: str = Field(max_length=64)
+    written_at: datetime = _utc()
+    closed_at: datetime | None = _utc(nullable=True)
+    closed_reason: str | None = Field(default=None)

@@ -76,6 +76,12 @@ class RetrySoon(Exception):
     never logged as a warning, counted in ``coxswain_batches_retried``."""
 
 
+class Unavailable(Exception):
+    """A service the handler calls (a CRM) cannot take the record now, through no fault of the
+    record: a refused token, a rate limit longer than a batch may wait. The batch is rolled back
+    and redelivered with backoff, like a database outage; never dead-lettered."""
+
+
 PERMANENT = (PermanentError, DecodeError, ValidationError, ValueError, KeyError, LookupError)
 
 
@@ -216,7 +222,7 @@ class ConsumerService:
                             "batch failed, will be redelivered: consumer=%s error=%s",
                             self.name,
                             type(exc).__name__,
-                            exc_info=not is_connection_error(exc),
+                            exc_info=not (is_connection_error(exc) or isinstance(exc, Unavailable)),
                             extra=outages.about(exc),
                         )
                         for tp, records in batch.items():
@@ -324,7 +330,7 @@ class ConsumerService:
             else:
                 facts_per_event = [await self._handler(connection, event, now) for _, event in applied]
         except Exception as exc:
-            if is_connection_error(exc) or isinstance(exc, RetrySoon):
+            if is_connection_error(exc) or isinstance(exc, RetrySoon | Unavailable):
                 raise
             raise _RecordFailed(type(exc).__name__) from exc
         for (delivery, event), facts in zip(applied, facts_per_event, strict=True):
@@ -361,7 +367,7 @@ class ConsumerService:
                         await outbox.stage(connection, facts, now, traceparent=self._span(delivery, event, started))
                 return
             except Exception as exc:
-                if is_connection_error(exc) or isinstance(exc, RetrySoon):
+                if is_connection_error(exc) or isinstance(exc, RetrySoon | Unavailable):
                     raise
                 if isinstance(exc, PERMANENT) or attempt == attempts:
                     log.warning(

@@ -70,6 +70,20 @@ BATCHES_RETRIED = Counter(
     "(for example routing locks another router holds); nothing is dead-lettered for it.",
     ["consumer", "reason"],
 )
+CRM_WRITES = Counter(
+    "coxswain_crm_writes",
+    "Writes a CRM connector made (contact_created, owner_set, task_created, task_closed), and writes it "
+    "found already made (task_found: a task for the assignment existed, so none was created).",
+    ["crm", "write"],
+)
+CRM_ERRORS = Counter(
+    "coxswain_crm_errors",
+    "Failed CRM requests by status (429, 5xx, 4xx, connection), retried or not.",
+    ["crm", "status"],
+)
+CRM_RETRIES = Counter(
+    "coxswain_crm_retries", "CRM requests sent again after a 429, a 5xx or a connection error.", ["crm", "reason"]
+)
 OUTBOX_BACKLOG = Gauge("coxswain_outbox_backlog", "Facts in the outbox waiting for the relay.")
 OUTBOX_OLDEST = Gauge("coxswain_outbox_oldest_age_seconds", "Age of the oldest fact waiting in the outbox (0 if none).")
 OUTBOX_PUBLISHED = Counter("coxswain_outbox_published", "Facts the relay published to Kafka.")

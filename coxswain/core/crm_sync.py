@@ -1,0 +1,136 @@
+"""CRM write-back decided as data: which writes a routing fact asks of a CRM (no I/O).
+
+``coxswain run crm-sync`` (services/crm_sync) consumes the facts that set or change a lead's
+owner and carries out the writes this module decides, one connection per CRM:
+
+- ``leads.routed.v1``: the contact gets the rep's CRM owner id (:class:`SetOwner`) and the rep
+  gets a task due at the first-touch deadline with the playbook and the routing reason
+  (:class:`CreateTask`). The task's idempotency key is the assignment id: one task per
+  assignment, however often the fact is delivered.
+- a routed fact with ``replaces_assignment_id`` (a reassignment) first closes the task of the
+  assignment it replaces (:class:`CloseTask`), so the lead keeps exactly one open task.
+- ``leads.stage_changed.v1`` to ``recycled`` or ``disqualified``: the lead is released, its open
+  task is closed (:class:`CloseOpenTask`; the shell knows which task is open).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from coxswain.core.agreement import Agreement
+from schemas.events import LeadRoutedV1, LeadStageChangedV1, Stage
+
+CrmKind = Literal["hubspot"]
+
+# Stages that end a rep's work on a lead without a hand-over to another rep.
+RELEASING_STAGES = frozenset({Stage.recycled, Stage.disqualified})
+SUBJECT_MAX = 256
+BODY_MAX = 60_000
+
+
+class UnmappedRep(LookupError):
+    """A rep has no owner id in the CRM: the write cannot name an owner (the record is dead-lettered)."""
+
+
+@dataclass(frozen=True)
+class CloseTask:
+    """Close the task created for ``assignment_id`` (if any is still open)."""
+
+    assignment_id: uuid.UUID
+    reason: str
+
+
+@dataclass(frozen=True)
+class CloseOpenTask:
+    """Close whatever task of the lead is still open (the shell looks it up)."""
+
+    lead_id: uuid.UUID
+    reason: str
+
+
+@dataclass(frozen=True)
+class SetOwner:
+    """Find or create the contact by email and set its owner."""
+
+    email: str
+    owner_id: str
+
+
+@dataclass(frozen=True)
+class CreateTask:
+    """One task per assignment: looked up by ``assignment_id`` before it is created."""
+
+    assignment_id: uuid.UUID
+    owner_id: str
+    due_at: datetime
+    subject: str
+    body: str
+
+
+CrmWrite = CloseTask | CloseOpenTask | SetOwner | CreateTask
+
+
+def owner_ids(agreement: Agreement, kind: CrmKind) -> dict[str, str]:
+    """rep id -> the rep's owner id in ``kind``, for every rep that has one."""
+    ids: dict[str, str] = {}
+    for rep in agreement.roster:
+        owner = rep.crm.hubspot_owner_id if kind == "hubspot" else None
+        if owner is not None:
+            ids[rep.id] = owner
+    return ids
+
+
+def unmapped_reps(agreement: Agreement, kind: CrmKind) -> list[str]:
+    """Reps who can be routed to but have no owner id in ``kind``.
+
+    Every rep of the roster counts: pools name reps, and the roster API can make any rep of the
+    roster an account's owner, who then gets that account's leads."""
+    mapped = owner_ids(agreement, kind)
+    return [rep.id for rep in agreement.roster if rep.id not in mapped]
+
+
+def plan_routed(fact: LeadRoutedV1, owners: Mapping[str, str], email: str, kind: CrmKind) -> tuple[CrmWrite, ...]:
+    """The writes a routed fact asks for, in order: close the replaced task, set the owner, add the task."""
+    owner = owners.get(fact.rep_id)
+    if owner is None:
+        raise UnmappedRep(f"rep {fact.rep_id!r} has no {kind} owner id (roster: crm.{kind}_owner_id)")
+    writes: list[CrmWrite] = []
+    if fact.replaces_assignment_id is not None:
+        writes.append(CloseTask(fact.replaces_assignment_id, f"reassigned to {fact.rep_id}: {fact.reason}"))
+    writes.append(SetOwner(email, owner))
+    writes.append(
+        CreateTask(
+            assignment_id=fact.assignment_id,
+            owner_id=owner,
+            due_at=fact.follow_up_due_at,
+            subject=task_subject(fact),
+            body=task_body(fact),
+        )
+    )
+    return tuple(writes)
+
+
+def plan_stage_changed(fact: LeadStageChangedV1) -> tuple[CrmWrite, ...]:
+    """A lead recycled or disqualified is released: its open task is closed. Other stages: nothing."""
+    if fact.to_stage not in RELEASING_STAGES:
+        return ()
+    return (CloseOpenTask(fact.lead_id, f"{fact.to_stage.value}: {fact.reason}"),)
+
+
+def task_subject(fact: LeadRoutedV1) -> str:
+    playbook = f" ({fact.playbook.id})" if fact.playbook is not None else ""
+    return f"Follow up: {fact.tier.value} lead{playbook}"[:SUBJECT_MAX]
+
+
+def task_body(fact: LeadRoutedV1) -> str:
+    """What the rep needs in the task: why they got the lead, and what to send and say."""
+    lines = [f"Routed by Coxswain: {fact.reason}", f"Follow up by {fact.follow_up_due_at.isoformat()}."]
+    if fact.playbook is not None:
+        lines += ["", f"Playbook {fact.playbook.id}", f"Talk track: {fact.playbook.talk_track}"]
+        lines += [f"- {item.title}: {item.url}" for item in fact.playbook.content]
+    lines += ["", f"Assignment {fact.assignment_id}"]
+    return "\n".join(lines)[:BODY_MAX]

@@ -1,0 +1,217 @@
+"""CRM sync shell: carries out the writes ``coxswain.core.crm_sync`` decides, against HubSpot.
+
+Exactly one effect per assignment, in three layers:
+
+1. the consumer's inbox: a redelivered fact (same event id) is skipped before the handler runs;
+2. ``crm_writes``: the row of a completed assignment is committed with the inbox claim; an
+   assignment found there is not written again (the same assignment in another fact);
+3. the CRM itself: before a task is created it is looked up by its assignment id (the custom
+   task property ``coxswain_assignment_id``), so a crash between the CRM's write and our commit,
+   or a batch rolled back and applied again record by record, finds the task instead of adding
+   one. Tasks created by this process are also remembered in memory, because HubSpot's search
+   index lags its writes by a few seconds.
+
+The HTTP requests run inside the consumer's transaction (the handler gets its connection);
+``keepalive`` statements keep the transaction from looking idle while a request or a wait runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from coxswain.core.agreement import Agreement
+from coxswain.core.crm_sync import (
+    CloseOpenTask,
+    CloseTask,
+    CreateTask,
+    SetOwner,
+    owner_ids,
+    plan_routed,
+    plan_stage_changed,
+)
+from coxswain.runtime import metrics
+from coxswain.runtime.consumer import Handler, PermanentError
+from schemas.events import Event, LeadRoutedV1, LeadStageChangedV1
+from services.crm_sync.hubspot import CRM, CrmGaveUp, HubSpotClient, Keepalive
+
+log = logging.getLogger(__name__)
+
+ACCEPTS: dict[str, tuple[type[Event], ...]] = {
+    LeadRoutedV1.topic: (LeadRoutedV1,),
+    LeadStageChangedV1.topic: (LeadStageChangedV1,),
+}
+REMEMBERED = 10_000
+
+
+def consumer_name(connection: str) -> str:
+    """The consumer group and inbox name of one CRM connection."""
+    return f"crm_sync.{connection}"
+
+
+class NoEmail(PermanentError):
+    """The lead has no email to find its contact by (never given, or erased)."""
+
+
+class _Bounded(OrderedDict[uuid.UUID, str]):
+    def remember(self, key: uuid.UUID, value: str) -> None:
+        self[key] = value
+        while len(self) > REMEMBERED:
+            self.popitem(last=False)
+
+
+class HubSpotSync:
+    """The connector's state beyond one event: the client (and its Retry-After), the tasks this
+    process created, and the events whose requests already failed every attempt."""
+
+    def __init__(self, client: HubSpotClient, connection: str = "hubspot") -> None:
+        self.client = client
+        self.connection = connection
+        self._created = _Bounded()
+        # A record that failed every attempt while its batch was applied whole is dead-lettered at
+        # once when the batch is applied again record by record (not tried as often again).
+        self._gave_up = _Bounded()
+
+    async def routed(
+        self, connection: AsyncConnection, fact: LeadRoutedV1, owners: Mapping[str, str], now: datetime
+    ) -> None:
+        if fact.event_id in self._gave_up:
+            raise CrmGaveUp(self._gave_up[fact.event_id])
+        done = await connection.scalar(
+            text("SELECT 1 FROM crm_writes WHERE connection = :connection AND assignment_id = :a"),
+            {"connection": self.connection, "a": fact.assignment_id},
+        )
+        if done:
+            log.info("assignment already written to the crm: assignment_id=%s", fact.assignment_id)
+            return
+        email = await connection.scalar(
+            text("SELECT attributes->>'email' FROM leads WHERE lead_id = :l"), {"l": fact.lead_id}
+        )
+        if not email:
+            raise NoEmail(f"lead {fact.lead_id} has no email: HubSpot contacts are found by email")
+        keepalive = _keepalive(connection)
+        contact_id = task_id = ""
+        try:
+            for write in plan_routed(fact, owners, email, CRM):
+                if isinstance(write, CloseTask):
+                    await self._close(connection, write.assignment_id, write.reason, now, keepalive)
+                elif isinstance(write, SetOwner):
+                    contact_id = await self._set_owner(write, keepalive)
+                elif isinstance(write, CreateTask):
+                    task_id = await self._task(write, contact_id, keepalive)
+        except CrmGaveUp as exc:
+            self._gave_up.remember(fact.event_id, str(exc))
+            raise
+        await connection.execute(
+            text(
+                "INSERT INTO crm_writes (connection, assignment_id, lead_id, rep_id, owner_id, contact_id, task_id, written_at) "
+                "VALUES (:connection, :a, :l, :rep, :owner, :contact, :task, :now) ON CONFLICT DO NOTHING"
+            ),
+            {
+                "connection": self.connection,
+                "a": fact.assignment_id,
+                "l": fact.lead_id,
+                "rep": fact.rep_id,
+                "owner": owners[fact.rep_id],
+                "contact": contact_id,
+                "task": task_id,
+                "now": now,
+            },
+        )
+        log.info("crm written: crm=%s assignment_id=%s task_id=%s", CRM, fact.assignment_id, task_id)
+
+    async def stage_changed(self, connection: AsyncConnection, fact: LeadStageChangedV1, now: datetime) -> None:
+        for write in plan_stage_changed(fact):
+            if isinstance(write, CloseOpenTask):
+                rows = await connection.execute(
+                    text(
+                        "SELECT assignment_id FROM crm_writes WHERE connection = :connection AND lead_id = :l AND closed_at IS NULL"
+                    ),
+                    {"connection": self.connection, "l": write.lead_id},
+                )
+                for row in list(rows):
+                    await self._close(connection, row.assignment_id, write.reason, now, _keepalive(connection))
+
+    async def _close(
+        self, connection: AsyncConnection, assignment_id: uuid.UUID, reason: str, now: datetime, keepalive: Keepalive
+    ) -> None:
+        """Complete the assignment's task: the one recorded, else one found by its assignment id."""
+        row = (
+            await connection.execute(
+                text(
+                    "SELECT task_id, closed_at FROM crm_writes WHERE connection = :connection AND assignment_id = :a FOR UPDATE"
+                ),
+                {"connection": self.connection, "a": assignment_id},
+            )
+        ).first()
+        if row is not None and row.closed_at is not None:
+            return
+        task_id = row.task_id if row is not None else self._created.get(assignment_id)
+        if task_id is None:
+            task_id = await self.client.find_task(str(assignment_id), keepalive)
+        if task_id is None:
+            log.info("no task to close: assignment_id=%s", assignment_id)
+            return
+        await self.client.complete_task(task_id, keepalive)
+        metrics.CRM_WRITES.labels(CRM, "task_closed").inc()
+        if row is not None:
+            await connection.execute(
+                text(
+                    "UPDATE crm_writes SET closed_at = :now, closed_reason = :why "
+                    "WHERE connection = :connection AND assignment_id = :a"
+                ),
+                {"now": now, "why": reason[:500], "connection": self.connection, "a": assignment_id},
+            )
+
+    async def _set_owner(self, write: SetOwner, keepalive: Keepalive) -> str:
+        found = await self.client.find_contact(write.email, keepalive)
+        if found is None:
+            contact_id, created = await self.client.create_contact(write.email, write.owner_id, keepalive)
+            if created:
+                metrics.CRM_WRITES.labels(CRM, "contact_created").inc()
+                return contact_id
+            owner = None  # created by someone else meanwhile: its owner is unknown, set it
+        else:
+            contact_id, owner = found
+        if owner != write.owner_id:
+            await self.client.set_contact_owner(contact_id, write.owner_id, keepalive)
+            metrics.CRM_WRITES.labels(CRM, "owner_set").inc()
+        return contact_id
+
+    async def _task(self, write: CreateTask, contact_id: str, keepalive: Keepalive) -> str:
+        task_id = self._created.get(write.assignment_id) or await self.client.find_task(
+            str(write.assignment_id), keepalive
+        )
+        if task_id is not None:
+            metrics.CRM_WRITES.labels(CRM, "task_found").inc()
+            return task_id
+        task_id = await self.client.create_task(write, contact_id, keepalive)
+        self._created.remember(write.assignment_id, task_id)
+        metrics.CRM_WRITES.labels(CRM, "task_created").inc()
+        return task_id
+
+
+def _keepalive(connection: AsyncConnection) -> Keepalive:
+    async def keepalive() -> None:
+        await connection.execute(text("SELECT 1"))
+
+    return keepalive
+
+
+def make_handler(agreement: Agreement, sync: HubSpotSync) -> Handler:
+    owners = owner_ids(agreement, CRM)
+
+    async def handle(connection: AsyncConnection, event: Event, now: datetime) -> Sequence[Event]:
+        if isinstance(event, LeadRoutedV1):
+            await sync.routed(connection, event, owners, now)
+        elif isinstance(event, LeadStageChangedV1):
+            await sync.stage_changed(connection, event, now)
+        return ()
+
+    return handle

@@ -1,0 +1,444 @@
+"""crm-sync against real PostgreSQL and Kafka and a local HubSpot (tests/support/fake_hubspot.py):
+one owner update and one task per assignment, also across a redelivery and a crash before our
+commit; a reassignment moves the owner and leaves one open task; a 429's Retry-After is waited
+out; a HubSpot that keeps failing sends the record to the dead-letter topic with the reason; a
+refused token dead-letters nothing.
+
+Every test makes its own leads, emails and consumer name, so tests never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+import pytest_asyncio
+from aiokafka import AIOKafkaProducer
+from prometheus_client import REGISTRY
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from coxswain.core.agreement import Agreement, parse_agreement
+from coxswain.db.database import create_engine
+from coxswain.runtime.consumer import ConsumerService, Delivery, Unavailable
+from coxswain.runtime.kafka import connection_options
+from coxswain.settings import ConsumerConfig, CrmSyncConfig, DatabaseConfig, KafkaConfig
+from schemas.codec import encode
+from schemas.events import Event, LeadRoutedV1, LeadStageChangedV1, Stage, Tier
+from services.crm_sync import service as crm_sync
+from services.crm_sync.hubspot import HubSpotClient
+from tests.integration.test_routing_router import start_group_at_end
+from tests.support import fake_hubspot
+from tests.support.fake_hubspot import TOKEN, FakeHubSpot
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+NOW = datetime(2026, 11, 25, 15, 0, tzinfo=UTC)
+OWNERS = {"ava": "201", "ben": "202"}
+
+
+def agreement() -> Agreement:
+    return parse_agreement(
+        {
+            "version": "crm-it",
+            "name": "crm-sync integration tests",
+            "scoring": {"mql": {"enter": 60, "exit": 45}, "tiers": {"hot": 80, "warm": 60}},
+            "roster": [
+                {"id": rep, "name": rep.title(), "crm": {"hubspot_owner_id": owner}} for rep, owner in OWNERS.items()
+            ],
+            "routing": {"fallback_pool": "all", "pools": [{"id": "all", "members": [{"rep": "ava"}, {"rep": "ben"}]}]},
+            "sla": {"policies": {t: {"first_touch": "1h"} for t in ("hot", "warm", "cold")}},
+        }
+    )
+
+
+class Connector:
+    """crm-sync's handler in a ConsumerService of its own, pointed at the fake HubSpot."""
+
+    def __init__(self, engine: AsyncEngine, hubspot: FakeHubSpot, token: str = TOKEN, **settings: Any) -> None:
+        self.engine = engine
+        self.hubspot = hubspot
+        config = CrmSyncConfig(
+            **{"crm_base_url": hubspot.url, "crm_backoff_seconds": 0.05, "crm_max_attempts": 4} | settings
+        )
+        self.client = HubSpotClient(config, token)
+        self.sync = crm_sync.HubSpotSync(self.client)
+        self.handler = crm_sync.make_handler(agreement(), self.sync)
+        self.name = f"crm-it-{uuid.uuid4().hex[:8]}"
+        self.offsets = 0
+
+    def service(self) -> ConsumerService:
+        return ConsumerService(
+            name=self.name,
+            accepts=crm_sync.ACCEPTS,
+            handler=self.handler,
+            engine=self.engine,
+            kafka=KafkaConfig(),
+            config=ConsumerConfig(),
+            clock=lambda: NOW,
+        )
+
+    async def deliver(self, *events: Event) -> None:
+        """Through the consumer runtime (inbox, whole batch then record by record, DLQ), without Kafka."""
+        deliveries = []
+        for event in events:
+            record = encode(event)
+            self.offsets += 1
+            deliveries.append(Delivery(record.topic, 0, self.offsets, record.key, record.value, record.headers))
+        await self.service().process(deliveries)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+async def new_lead(engine: AsyncEngine) -> tuple[uuid.UUID, str]:
+    lead_id = uuid.uuid4()
+    email = f"lead-{lead_id.hex[:10]}@acme.example"
+    async with engine.begin() as connection:
+        await connection.execute(
+            text(
+                "INSERT INTO leads (lead_id, stage, source, attributes, touches, score_total, tier, agreement_version, "
+                "updated_at) VALUES (:l, 'mql', 'webform', CAST(:a AS jsonb), '[]', 80, 'hot', 'crm-it', :now)"
+            ),
+            {"l": lead_id, "a": orjson.dumps({"email": email, "company": "Acme"}).decode(), "now": NOW},
+        )
+    return lead_id, email
+
+
+def routed(lead_id: uuid.UUID, rep_id: str, replaces: uuid.UUID | None = None) -> LeadRoutedV1:
+    return LeadRoutedV1(
+        event_id=uuid.uuid4(),
+        lead_id=lead_id,
+        occurred_at=NOW,
+        agreement_version="crm-it",
+        caused_by=uuid.uuid4(),
+        assignment_id=uuid.uuid4(),
+        rep_id=rep_id,
+        pool_id="all",
+        rule_id="fallback",
+        reason="fallback pool all",
+        tier=Tier.hot,
+        routed_at=NOW,
+        follow_up_due_at=NOW + timedelta(hours=1),
+        candidates=(),
+        replaces_assignment_id=replaces,
+    )
+
+
+def task_posts(hubspot: FakeHubSpot) -> list[Any]:
+    return [seen for seen in hubspot.writes("POST", "/crm/v3/objects/tasks") if not seen.path.endswith("/search")]
+
+
+def tasks_for(hubspot: FakeHubSpot, assignment_id: uuid.UUID) -> list[dict[str, Any]]:
+    return [t for t in hubspot.tasks.values() if t["properties"].get("coxswain_assignment_id") == str(assignment_id)]
+
+
+def counted(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, {"crm": "hubspot", **labels}) or 0.0
+
+
+async def scalar(engine: AsyncEngine, sql: str, **params: Any) -> Any:
+    async with engine.connect() as connection:
+        return await connection.scalar(text(sql), params)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def engine(infrastructure: None) -> AsyncIterator[AsyncEngine]:
+    database = create_engine(DatabaseConfig())
+    yield database
+    await database.dispose()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def hubspot() -> AsyncIterator[FakeHubSpot]:
+    async with fake_hubspot.serving(set(OWNERS.values())) as fake:
+        yield fake
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def connector(engine: AsyncEngine, hubspot: FakeHubSpot) -> AsyncIterator[Connector]:
+    made = Connector(engine, hubspot)
+    yield made
+    await made.aclose()
+
+
+async def test_through_kafka_a_routed_lead_gives_one_owner_update_and_one_task_and_a_redelivery_none_more(
+    connector: Connector, hubspot: FakeHubSpot, engine: AsyncEngine
+) -> None:
+    lead_id, email = await new_lead(engine)
+    # The contact exists already (marketing automation made it): the owner is a PATCH.
+    contact = hubspot.contacts.setdefault(
+        "900001",
+        {
+            "id": "900001",
+            "properties": {"email": email},
+            "createdAt": "",
+            "updatedAt": "",
+            "archived": False,
+            "contacts": [],
+        },
+    )
+    fact = routed(lead_id, "ava")
+    marker_lead, _ = await new_lead(engine)
+    marker = routed(marker_lead, "ben")
+    await start_group_at_end(connector.name, list(crm_sync.ACCEPTS))
+    stop = asyncio.Event()
+    running = asyncio.create_task(connector.service().run(stop))
+    producer = AIOKafkaProducer(**connection_options(KafkaConfig()), acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        for event in (fact, fact, marker):  # the second copy: a redelivery (same event id)
+            record = encode(event)
+            await producer.send_and_wait(record.topic, record.value, key=record.key, headers=list(record.headers))
+        for _ in range(600):
+            if await scalar(engine, "SELECT count(*) FROM crm_writes WHERE lead_id = :l", l=marker_lead):
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await producer.stop()
+        await running
+
+    owner_patches = hubspot.writes("PATCH", f"/crm/v3/objects/contacts/{contact['id']}")
+    assert [seen.body for seen in owner_patches] == [{"properties": {"hubspot_owner_id": "201"}}]
+    assert hubspot.contacts["900001"]["properties"]["hubspot_owner_id"] == "201"
+    [task] = tasks_for(hubspot, fact.assignment_id)
+    assert hubspot.tasks_of("900001") == [task]
+    assert task["properties"]["hubspot_owner_id"] == "201"
+    assert task["properties"]["hs_task_status"] == "NOT_STARTED"
+    assert task["properties"]["hs_timestamp"] == "2026-11-25T16:00:00Z"
+    assert "fallback pool all" in task["properties"]["hs_task_body"]
+    assert [seen.body["properties"]["coxswain_assignment_id"] for seen in task_posts(hubspot)].count(
+        str(fact.assignment_id)
+    ) == 1
+    async with engine.connect() as connection:
+        row = (
+            await connection.execute(
+                text("SELECT contact_id, task_id, owner_id FROM crm_writes WHERE assignment_id = :a"),
+                {"a": fact.assignment_id},
+            )
+        ).one()
+    assert (row.contact_id, row.task_id, row.owner_id) == ("900001", task["id"], "201")
+
+
+async def test_a_crash_between_the_crm_write_and_our_commit_creates_no_second_task(
+    engine: AsyncEngine, hubspot: FakeHubSpot
+) -> None:
+    lead_id, email = await new_lead(engine)
+    fact = routed(lead_id, "ben")
+    first = Connector(engine, hubspot)
+
+    class Crash(Exception):
+        pass
+
+    with pytest.raises(Crash):
+        async with engine.begin() as connection:
+            await first.handler(connection, fact, NOW)
+            raise Crash  # the process dies: HubSpot has the task, our transaction never commits
+    await first.aclose()
+    assert len(tasks_for(hubspot, fact.assignment_id)) == 1
+    assert not await scalar(engine, "SELECT count(*) FROM crm_writes WHERE assignment_id = :a", a=fact.assignment_id)
+
+    restarted = Connector(engine, hubspot)  # a new process: nothing remembered in memory
+    try:
+        await restarted.deliver(fact)
+    finally:
+        await restarted.aclose()
+
+    [task] = tasks_for(hubspot, fact.assignment_id)
+    assert (
+        await scalar(engine, "SELECT task_id FROM crm_writes WHERE assignment_id = :a", a=fact.assignment_id)
+        == (task["id"])
+    )
+    contact = hubspot.contact_by_email(email)
+    assert contact is not None and contact["properties"]["hubspot_owner_id"] == "202"
+    created = [
+        s.body["properties"]["email"]
+        for s in hubspot.writes("POST", "/crm/v3/objects/contacts")
+        if s.path.endswith("contacts")
+    ]
+    assert created.count(email) == 1
+
+
+async def test_a_reassignment_moves_the_owner_and_leaves_exactly_one_open_task(
+    connector: Connector, hubspot: FakeHubSpot, engine: AsyncEngine
+) -> None:
+    lead_id, email = await new_lead(engine)
+    first = routed(lead_id, "ava")
+    second = routed(lead_id, "ben", replaces=first.assignment_id)
+
+    await connector.deliver(first)
+    await connector.deliver(second)
+
+    contact = hubspot.contact_by_email(email)
+    assert contact is not None
+    assert contact["properties"]["hubspot_owner_id"] == "202"
+    statuses = {
+        t["properties"]["coxswain_assignment_id"]: (
+            t["properties"]["hs_task_status"],
+            t["properties"]["hubspot_owner_id"],
+        )
+        for t in hubspot.tasks_of(contact["id"])
+    }
+    assert statuses == {
+        str(first.assignment_id): ("COMPLETED", "201"),
+        str(second.assignment_id): ("NOT_STARTED", "202"),
+    }
+    closed = await scalar(
+        engine, "SELECT closed_reason FROM crm_writes WHERE assignment_id = :a", a=first.assignment_id
+    )
+    assert closed == "reassigned to ben: fallback pool all"
+
+    # Recycling the lead releases it: its one open task is closed too.
+    recycled = LeadStageChangedV1(
+        event_id=uuid.uuid4(),
+        lead_id=lead_id,
+        occurred_at=NOW,
+        agreement_version="crm-it",
+        caused_by=uuid.uuid4(),
+        from_stage=Stage.mql,
+        to_stage=Stage.recycled,
+        reason="no budget",
+    )
+    await connector.deliver(recycled)
+    assert {t["properties"]["hs_task_status"] for t in hubspot.tasks_of(contact["id"])} == {"COMPLETED"}
+
+
+async def test_a_429_is_honoured_until_its_retry_after_expires_and_nothing_is_lost(
+    connector: Connector, hubspot: FakeHubSpot, engine: AsyncEngine
+) -> None:
+    lead_id, _ = await new_lead(engine)
+    fact = routed(lead_id, "ava")
+    hubspot.inject(429, {"Retry-After": "1"}, path="/crm/v3/objects/tasks")
+    seen_before = len(hubspot.seen)
+    retries = counted("coxswain_crm_retries_total", reason="429")
+    created = counted("coxswain_crm_writes_total", write="task_created")
+
+    await connector.deliver(fact)
+
+    assert counted("coxswain_crm_retries_total", reason="429") == retries + 1
+    assert counted("coxswain_crm_writes_total", write="task_created") == created + 1
+
+    during = hubspot.seen[seen_before:]
+    [limited] = [i for i, seen in enumerate(during) if seen.status == 429]
+    throttled_at = during[limited].at
+    assert during[limited + 1 :], "the request was never sent again"
+    assert all(seen.at >= throttled_at + 1.0 for seen in during[limited + 1 :])
+    assert len(tasks_for(hubspot, fact.assignment_id)) == 1
+    assert await scalar(engine, "SELECT count(*) FROM crm_writes WHERE assignment_id = :a", a=fact.assignment_id) == 1
+
+
+async def test_a_hubspot_failing_every_attempt_sends_the_record_to_the_dead_letter_topic_with_the_reason(
+    engine: AsyncEngine, hubspot: FakeHubSpot
+) -> None:
+    connector = Connector(engine, hubspot, crm_max_attempts=3)
+    lead_id, _ = await new_lead(engine)
+    fact = routed(lead_id, "ava")
+    hubspot.inject(503, path="/crm/v3/objects/tasks", times=100)
+    seen_before = len(hubspot.seen)
+    errors = counted("coxswain_crm_errors_total", status="503")
+    try:
+        await connector.deliver(fact)
+    finally:
+        hubspot.faults.clear()
+        await connector.aclose()
+
+    failed = [s for s in hubspot.seen[seen_before:] if s.path.startswith("/crm/v3/objects/tasks")]
+    # Three tries while the batch was applied whole; dead-lettered at once when applied record by record.
+    assert [s.status for s in failed] == [503, 503, 503]
+    assert counted("coxswain_crm_errors_total", status="503") == errors + 3
+    async with engine.connect() as connection:
+        [row] = await connection.execute(
+            text("SELECT topic, headers FROM outbox WHERE topic = 'leads.routed.v1.dlq' AND key = :k"),
+            {"k": str(lead_id).encode()},
+        )
+    headers = dict(row.headers)
+    assert headers["dlq_consumer"] == connector.name
+    assert headers["dlq_error_type"] == "CrmGaveUp"
+    assert "failed 3 times; last: 503" in headers["dlq_reason"]
+    assert not await scalar(engine, "SELECT count(*) FROM crm_writes WHERE assignment_id = :a", a=fact.assignment_id)
+
+
+async def test_a_refused_token_dead_letters_nothing_and_the_batch_comes_back(
+    engine: AsyncEngine, hubspot: FakeHubSpot
+) -> None:
+    connector = Connector(engine, hubspot, token="pat-wrong")
+    lead_id, _ = await new_lead(engine)
+    fact = routed(lead_id, "ava")
+    try:
+        with pytest.raises(Unavailable):
+            await connector.deliver(fact)
+    finally:
+        await connector.aclose()
+
+    assert not await scalar(engine, "SELECT count(*) FROM outbox WHERE key = :k", k=str(lead_id).encode())
+    assert not await scalar(engine, "SELECT count(*) FROM inbox WHERE event_id = :e", e=fact.event_id)
+    assert not tasks_for(hubspot, fact.assignment_id)
+
+
+async def test_a_batch_applied_again_record_by_record_creates_no_second_task_while_search_lags(
+    connector: Connector, hubspot: FakeHubSpot, engine: AsyncEngine
+) -> None:
+    lead_id, _ = await new_lead(engine)
+    good = routed(lead_id, "ava")
+    no_email = routed(uuid.uuid4(), "ben")  # no lead row: no email, a permanent error
+    hubspot.index_lag = True
+    try:
+        # Whole batch: the good record's task is created, then the bad record fails and the batch is
+        # rolled back; record by record: the good record again, while search does not see its task.
+        await connector.deliver(good, no_email)
+    finally:
+        hubspot.index_lag = False
+        hubspot.index()
+
+    assert len(tasks_for(hubspot, good.assignment_id)) == 1
+    assert await scalar(engine, "SELECT count(*) FROM crm_writes WHERE assignment_id = :a", a=good.assignment_id) == 1
+    async with engine.connect() as connection:
+        [row] = await connection.execute(
+            text("SELECT headers FROM outbox WHERE topic = 'leads.routed.v1.dlq' AND key = :k"),
+            {"k": str(no_email.lead_id).encode()},
+        )
+    assert dict(row.headers)["dlq_error_type"] == "NoEmail"
+
+
+async def test_an_assignment_already_written_is_not_sent_to_hubspot_again_under_another_event_id(
+    connector: Connector, hubspot: FakeHubSpot, engine: AsyncEngine
+) -> None:
+    lead_id, _ = await new_lead(engine)
+    fact = routed(lead_id, "ben")
+    await connector.deliver(fact)
+    seen_before = len(hubspot.seen)
+
+    await connector.deliver(fact.model_copy(update={"event_id": uuid.uuid4()}))
+
+    assert hubspot.seen[seen_before:] == []
+    assert len(tasks_for(hubspot, fact.assignment_id)) == 1
+
+
+async def test_a_routed_lead_for_a_rep_without_an_owner_id_is_dead_lettered_naming_the_rep(
+    connector: Connector, hubspot: FakeHubSpot, engine: AsyncEngine
+) -> None:
+    # An agreement activated after the connector started, whose roster lost ben's owner id.
+    document = agreement().model_dump(mode="json", by_alias=True, exclude_defaults=True)
+    document["roster"][1].pop("crm")
+    connector.handler = crm_sync.make_handler(parse_agreement(document), connector.sync)
+    lead_id, _ = await new_lead(engine)
+    fact = routed(lead_id, "ben")
+    seen_before = len(hubspot.seen)
+
+    await connector.deliver(fact)
+
+    assert hubspot.seen[seen_before:] == []
+    async with engine.connect() as connection:
+        [row] = await connection.execute(
+            text("SELECT headers FROM outbox WHERE topic = 'leads.routed.v1.dlq' AND key = :k"),
+            {"k": str(lead_id).encode()},
+        )
+    headers = dict(row.headers)
+    assert headers["dlq_error_type"] == "UnmappedRep"
+    assert headers["dlq_reason"] == "rep 'ben' has no hubspot owner id (roster: crm.hubspot_owner_id)"

@@ -1,0 +1,271 @@
+"""A local HubSpot for the connector's tests: the CRM v3 endpoints crm-sync calls, with HubSpot's
+documented request and response shapes, served over real HTTP (uvicorn on a free port) so the
+real client code runs against it.
+
+Served: ``POST /crm/v3/objects/{contacts,tasks}/search`` (``filterGroups`` of ``EQ`` filters,
+``limit`` and ``after`` paging, ``{"total", "results", "paging"}``), ``POST`` and ``PATCH`` of
+contacts and tasks (``{"id", "properties", "createdAt", "updatedAt", "archived"}``), Bearer
+tokens (``401`` ``INVALID_AUTHENTICATION``), a contact's email being unique (``409`` with
+``Existing ID``), unknown owners and undefined properties (``400``), unknown ids (``404``).
+Faults are injected per request: a status with headers (``429`` with ``Retry-After``, ``5xx``),
+for the next n requests matching a path.
+
+Every request is logged with its arrival time (``time.monotonic``), so a test can show that
+nothing arrived before a ``Retry-After`` expired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+TOKEN = "pat-na1-test-token"
+TASK_PROPERTIES = frozenset(
+    {
+        "hs_task_subject",
+        "hs_task_body",
+        "hs_timestamp",
+        "hubspot_owner_id",
+        "hs_task_status",
+        "hs_task_type",
+        "hs_task_priority",
+    }
+)
+CONTACT_PROPERTIES = frozenset({"email", "firstname", "lastname", "hubspot_owner_id", "lifecyclestage"})
+
+
+@dataclass
+class Fault:
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    path: str = ""  # only requests whose path starts with this
+    times: int = 1
+
+
+@dataclass(frozen=True)
+class Seen:
+    at: float  # time.monotonic() on arrival
+    method: str
+    path: str
+    body: Any
+    status: int
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _error(status: int, message: str, category: str) -> JSONResponse:
+    body = {"status": "error", "message": message, "correlationId": str(uuid.uuid4()), "category": category}
+    return JSONResponse(body, status_code=status)
+
+
+class FakeHubSpot:
+    def __init__(self, owners: set[str]) -> None:
+        self.owners = owners
+        self.contacts: dict[str, dict[str, Any]] = {}
+        self.tasks: dict[str, dict[str, Any]] = {}
+        self.faults: list[Fault] = []
+        self.seen: list[Seen] = []
+        # The connector's idempotency property exists until a test removes it.
+        self.task_properties = set(TASK_PROPERTIES | {"coxswain_assignment_id"})
+        self._ids = itertools.count(1001)
+        # HubSpot's search index lags its writes by seconds: while on, created objects stay out of
+        # search results until ``index()`` (reads and updates by id see them at once).
+        self.index_lag = False
+        self.unindexed: set[str] = set()
+        self.app = self._build()
+        self.port = 0
+
+    # ----------------------------------------------------------------- what tests read
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def writes(self, method: str, prefix: str) -> list[Seen]:
+        return [s for s in self.seen if s.method == method and s.path.startswith(prefix) and s.status < 300]
+
+    def contact_by_email(self, email: str) -> dict[str, Any] | None:
+        return next((c for c in self.contacts.values() if c["properties"].get("email") == email), None)
+
+    def tasks_of(self, contact_id: str) -> list[dict[str, Any]]:
+        return [t for t in self.tasks.values() if contact_id in t["contacts"]]
+
+    def index(self) -> None:
+        self.unindexed.clear()
+
+    def inject(self, status: int, headers: dict[str, str] | None = None, path: str = "", times: int = 1) -> None:
+        self.faults.append(Fault(status, headers or {}, path, times))
+
+    # ----------------------------------------------------------------- the app
+
+    def _fault(self, path: str) -> Fault | None:
+        for fault in self.faults:
+            if path.startswith(fault.path):
+                fault.times -= 1
+                if fault.times <= 0:
+                    self.faults.remove(fault)
+                return fault
+        return None
+
+    def _build(self) -> FastAPI:
+        app = FastAPI()
+        objects = {"contacts": self.contacts, "tasks": self.tasks}
+
+        @app.middleware("http")
+        async def gate(request: Request, call_next: Any) -> Any:
+            body = await request.body()
+            arrived = time.monotonic()
+            response: Any
+            if request.headers.get("authorization") != f"Bearer {TOKEN}":
+                response = _error(
+                    401,
+                    "Authentication credentials not found. This API supports OAuth 2.0 authentication.",
+                    "INVALID_AUTHENTICATION",
+                )
+            elif (fault := self._fault(request.url.path)) is not None:
+                category = "RATE_LIMITS" if fault.status == 429 else "INTERNAL_ERROR"
+                response = _error(fault.status, f"injected {fault.status}", category)
+                response.headers.update(fault.headers)
+            else:
+                response = await call_next(request)
+            parsed = None
+            with contextlib.suppress(orjson.JSONDecodeError):
+                parsed = orjson.loads(body) if body else None
+            self.seen.append(Seen(arrived, request.method, request.url.path, parsed, response.status_code))
+            return response
+
+        @app.post("/crm/v3/objects/{kind}/search")
+        async def search(kind: str, request: Request) -> Any:
+            if kind not in objects:
+                return _error(404, f"unknown object type {kind}", "OBJECT_NOT_FOUND")
+            query = await request.json()
+            known = CONTACT_PROPERTIES if kind == "contacts" else self.task_properties
+            groups = query.get("filterGroups") or []
+            for group in groups:
+                for f in group["filters"]:
+                    if f["propertyName"] not in known:
+                        return _error(
+                            400, f"There was a problem with the request: {f['propertyName']}", "VALIDATION_ERROR"
+                        )
+                    if f.get("operator") != "EQ":
+                        return _error(400, "only EQ is served by the fake", "VALIDATION_ERROR")
+
+            def matches(item: dict[str, Any]) -> bool:
+                if not groups:
+                    return True
+                return any(
+                    all(str(item["properties"].get(f["propertyName"])) == str(f["value"]) for f in group["filters"])
+                    for group in groups
+                )
+
+            found = [item for item in objects[kind].values() if item["id"] not in self.unindexed and matches(item)]
+            limit, after = int(query.get("limit") or 10), int(query.get("after") or 0)
+            page = found[after : after + limit]
+            body: dict[str, Any] = {"total": len(found), "results": [_public(item) for item in page]}
+            if after + limit < len(found):
+                body["paging"] = {"next": {"after": str(after + limit), "link": f"?after={after + limit}"}}
+            return body
+
+        @app.post("/crm/v3/objects/{kind}", status_code=201)
+        async def create(kind: str, request: Request) -> Any:
+            if kind not in objects:
+                return _error(404, f"unknown object type {kind}", "OBJECT_NOT_FOUND")
+            payload = await request.json()
+            properties = {k: str(v) for k, v in (payload.get("properties") or {}).items()}
+            if (problem := self._invalid(kind, properties)) is not None:
+                return problem
+            if kind == "contacts" and (existing := self.contact_by_email(properties.get("email", ""))) is not None:
+                return _error(409, f"Contact already exists. Existing ID: {existing['id']}", "CONFLICT")
+            if kind == "tasks" and "hs_timestamp" not in properties:
+                return _error(400, "Property values were not valid: hs_timestamp is required", "VALIDATION_ERROR")
+            contacts: list[str] = []
+            for association in payload.get("associations") or []:
+                target = str(association["to"]["id"])
+                types = association.get("types") or []
+                if target not in self.contacts or not any(t.get("associationTypeId") == 204 for t in types):
+                    return _error(400, f"invalid association to {target}", "VALIDATION_ERROR")
+                contacts.append(target)
+            item = {
+                "id": str(next(self._ids)),
+                "properties": properties,
+                "createdAt": _now(),
+                "updatedAt": _now(),
+                "archived": False,
+                "contacts": contacts,
+            }
+            objects[kind][item["id"]] = item
+            if self.index_lag:
+                self.unindexed.add(item["id"])
+            return _public(item)
+
+        @app.patch("/crm/v3/objects/{kind}/{object_id}")
+        async def update(kind: str, object_id: str, request: Request) -> Any:
+            item = objects.get(kind, {}).get(object_id)
+            if item is None:
+                return _error(404, "resource not found", "OBJECT_NOT_FOUND")
+            properties = {k: str(v) for k, v in ((await request.json()).get("properties") or {}).items()}
+            if (problem := self._invalid(kind, properties)) is not None:
+                return problem
+            item["properties"].update(properties)
+            item["updatedAt"] = _now()
+            return _public(item)
+
+        return app
+
+    def _invalid(self, kind: str, properties: dict[str, str]) -> JSONResponse | None:
+        known = CONTACT_PROPERTIES if kind == "contacts" else self.task_properties
+        unknown = sorted(set(properties) - known)
+        if unknown:
+            return _error(400, f"Property values were not valid: {unknown[0]} does not exist", "VALIDATION_ERROR")
+        owner = properties.get("hubspot_owner_id")
+        if owner is not None and owner not in self.owners:
+            return _error(400, f"Property values were not valid: {owner} is not a valid owner id", "VALIDATION_ERROR")
+        return None
+
+
+def _public(item: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in item.items() if k != "contacts"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextlib.asynccontextmanager
+async def serving(owners: set[str]) -> AsyncIterator[FakeHubSpot]:
+    """A fake HubSpot on a free port of 127.0.0.1 for the duration of the block."""
+    fake = FakeHubSpot(owners)
+    fake.port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            fake.app, host="127.0.0.1", port=fake.port, log_level="warning", access_log=False, lifespan="off"
+        )
+    )
+    running = asyncio.create_task(server.serve())
+    while not server.started:
+        if running.done():
+            running.result()
+        await asyncio.sleep(0.01)
+    try:
+        yield fake
+    finally:
+        server.should_exit = True
+        await running
