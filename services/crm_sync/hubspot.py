@@ -8,12 +8,15 @@ retries we control is simpler than wrapping the SDK (docs/integrators.md#hubspot
 Retries, per request: a ``429`` waits out ``Retry-After`` (seconds or an HTTP date; without it,
 the backoff), and no request of this client is sent before it expires, whichever record sends
 it; a ``5xx`` or a connection error backs off exponentially with jitter. After
-``COXSWAIN_CRM_MAX_ATTEMPTS`` tries the request fails with :class:`CrmGaveUp`, a permanent error:
-the record goes to the dead-letter topic with the reason. ``401`` / ``403`` (a wrong token or a
-missing scope) and a ``Retry-After`` longer than ``COXSWAIN_CRM_MAX_WAIT_SECONDS`` are not the
-record's fault: they raise :class:`~coxswain.runtime.consumer.Unavailable`, and the batch is
-rolled back and redelivered, never dead-lettered. Any other ``4xx`` is :class:`CrmRejected`
-(permanent).
+``COXSWAIN_CRM_MAX_ATTEMPTS`` tries, what happens depends on the last failure. HubSpot out of
+reach (a connection error, ``429``, ``502``, ``503``, ``504``) is not the record's fault: the
+request fails with :class:`CrmDown`, and the batch is rolled back and redelivered with backoff
+until HubSpot is back, so an outage of any length delays writes and loses none. Any other
+``5xx`` is :class:`CrmGaveUp`, a permanent error: that record goes to the dead-letter topic with
+the reason, instead of holding up its partition. ``401`` / ``403`` (a wrong token or a missing
+scope) and a ``Retry-After`` longer than ``COXSWAIN_CRM_MAX_WAIT_SECONDS`` are not the record's
+fault either: they raise :class:`~coxswain.runtime.consumer.Unavailable` at once. Any other
+``4xx`` is :class:`CrmRejected` (permanent).
 
 Every wait and every request is preceded by ``keepalive`` (the consumer passes a ``SELECT 1`` on
 its transaction's connection), so a long wait never leaves the transaction idle past
@@ -67,7 +70,15 @@ class CrmRejected(PermanentError):
 
 
 class CrmGaveUp(PermanentError):
-    """Every attempt failed with a 429, a 5xx or a connection error."""
+    """Every attempt failed, the last with a 5xx that is not an outage (a 500 for this request)."""
+
+
+class CrmDown(Unavailable):
+    """Every attempt failed, the last because HubSpot was out of reach: the batch comes back later."""
+
+
+# Failures that say HubSpot (or the way to it) is down, not that the request is bad.
+OUTAGE_STATUSES = frozenset({429, 502, 503, 504})
 
 
 class CrmUnauthorized(Unavailable):
@@ -211,13 +222,13 @@ class HubSpotClient:
         self, method: str, path: str, body: dict[str, Any], keepalive: Keepalive = _no_keepalive
     ) -> dict[str, Any]:
         attempts = self._config.crm_max_attempts
-        last = ""
+        last, outage = "", False
         for attempt in range(1, attempts + 1):
             await self._wait(keepalive)
             await keepalive()
             outcome = await self._send(method, path, body)
             if isinstance(outcome, str):
-                reason, last = "connection", outcome
+                reason, last, outage = "connection", outcome, True
                 self._back_off(attempt)
             elif outcome.status_code < 300:
                 if not outcome.content:
@@ -230,6 +241,7 @@ class HubSpotClient:
                 if status in (401, 403):
                     log.warning("hubspot refused the token: status=%s message=%s", status, message)
                     raise CrmUnauthorized(f"HubSpot answered {status} to {method} {path}: {message}")
+                outage = status in OUTAGE_STATUSES
                 if status == 429:
                     reason, last = "429", f"429 {message}"
                     delay = retry_after_seconds(outcome.headers.get("Retry-After"), self._wall_clock())
@@ -245,6 +257,8 @@ class HubSpotClient:
             if attempt < attempts:
                 metrics.CRM_RETRIES.labels(CRM, reason).inc()
                 log.info("hubspot request retried: %s %s reason=%s attempt=%s", method, path, reason, attempt)
+        if outage:
+            raise CrmDown(f"HubSpot {method} {path} failed {attempts} times; last: {last}; the batch comes back")
         raise CrmGaveUp(f"HubSpot {method} {path} failed {attempts} times; last: {last}")
 
     async def _send(self, method: str, path: str, body: dict[str, Any]) -> httpx.Response | str:

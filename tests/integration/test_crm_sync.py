@@ -333,15 +333,15 @@ async def test_a_429_is_honoured_until_its_retry_after_expires_and_nothing_is_lo
     assert await scalar(engine, "SELECT count(*) FROM crm_writes WHERE assignment_id = :a", a=fact.assignment_id) == 1
 
 
-async def test_a_hubspot_failing_every_attempt_sends_the_record_to_the_dead_letter_topic_with_the_reason(
+async def test_a_request_hubspot_fails_on_every_attempt_sends_the_record_to_the_dead_letter_topic_with_the_reason(
     engine: AsyncEngine, hubspot: FakeHubSpot
 ) -> None:
     connector = Connector(engine, hubspot, crm_max_attempts=3)
     lead_id, _ = await new_lead(engine)
     fact = routed(lead_id, "ava")
-    hubspot.inject(503, path="/crm/v3/objects/tasks", times=100)
+    hubspot.inject(500, path="/crm/v3/objects/tasks", times=100)
     seen_before = len(hubspot.seen)
-    errors = counted("coxswain_crm_errors_total", status="503")
+    errors = counted("coxswain_crm_errors_total", status="500")
     try:
         await connector.deliver(fact)
     finally:
@@ -350,8 +350,8 @@ async def test_a_hubspot_failing_every_attempt_sends_the_record_to_the_dead_lett
 
     failed = [s for s in hubspot.seen[seen_before:] if s.path.startswith("/crm/v3/objects/tasks")]
     # Three tries while the batch was applied whole; dead-lettered at once when applied record by record.
-    assert [s.status for s in failed] == [503, 503, 503]
-    assert counted("coxswain_crm_errors_total", status="503") == errors + 3
+    assert [s.status for s in failed] == [500, 500, 500]
+    assert counted("coxswain_crm_errors_total", status="500") == errors + 3
     async with engine.connect() as connection:
         [row] = await connection.execute(
             text("SELECT topic, headers FROM outbox WHERE topic = 'leads.routed.v1.dlq' AND key = :k"),
@@ -360,8 +360,31 @@ async def test_a_hubspot_failing_every_attempt_sends_the_record_to_the_dead_lett
     headers = dict(row.headers)
     assert headers["dlq_consumer"] == connector.name
     assert headers["dlq_error_type"] == "CrmGaveUp"
-    assert "failed 3 times; last: 503" in headers["dlq_reason"]
+    assert "failed 3 times; last: 500" in headers["dlq_reason"]
     assert not await scalar(engine, "SELECT count(*) FROM crm_writes WHERE assignment_id = :a", a=fact.assignment_id)
+
+
+async def test_hubspot_down_longer_than_the_retries_delays_the_write_and_loses_nothing(
+    engine: AsyncEngine, hubspot: FakeHubSpot
+) -> None:
+    connector = Connector(engine, hubspot, crm_max_attempts=3)
+    lead_id, _ = await new_lead(engine)
+    fact = routed(lead_id, "ava")
+    hubspot.inject(503, path="/crm/v3/objects/tasks", times=100)
+    try:
+        # The batch is given back: the consumer redelivers it with backoff, as for a database outage.
+        with pytest.raises(Unavailable):
+            await connector.deliver(fact)
+        assert not await scalar(engine, "SELECT count(*) FROM outbox WHERE key = :k", k=str(lead_id).encode())
+        assert not await scalar(engine, "SELECT count(*) FROM inbox WHERE event_id = :e", e=fact.event_id)
+        hubspot.faults.clear()  # HubSpot is back
+        await connector.deliver(fact)
+    finally:
+        hubspot.faults.clear()
+        await connector.aclose()
+
+    assert len(tasks_for(hubspot, fact.assignment_id)) == 1
+    assert await scalar(engine, "SELECT count(*) FROM crm_writes WHERE assignment_id = :a", a=fact.assignment_id) == 1
 
 
 async def test_a_refused_token_dead_letters_nothing_and_the_batch_comes_back(

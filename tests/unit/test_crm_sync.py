@@ -34,6 +34,7 @@ from coxswain.settings import CrmSyncConfig
 from schemas.events import LeadRoutedV1, LeadStageChangedV1, Playbook, PlaybookContent, Stage, Tier
 from services.crm_sync.hubspot import (
     CrmBusy,
+    CrmDown,
     CrmGaveUp,
     CrmRejected,
     CrmUnauthorized,
@@ -232,15 +233,29 @@ async def test_5xx_and_connection_errors_back_off_exponentially_then_succeed() -
     assert [at for at, _, _ in fake.sent] == [0.0, 0.5, 1.5, 3.5]
 
 
-async def test_every_attempt_failing_is_a_permanent_error_with_the_reason_and_no_connection_error_inside() -> None:
-    fake = Fake(httpx.ConnectError("refused"), error(503, message="down for maintenance"))
+async def test_a_500_on_every_attempt_is_a_permanent_error_with_the_reason_and_no_connection_error_inside() -> None:
+    fake = Fake(httpx.ConnectError("refused"), error(500, message="internal error"))
 
-    with pytest.raises(CrmGaveUp, match="failed 4 times; last: 503 down for maintenance") as raised:
+    with pytest.raises(CrmGaveUp, match="failed 4 times; last: 500 internal error") as raised:
         await fake.client().request("POST", "/crm/v3/objects/tasks", {})
 
     assert len(fake.sent) == 4
     assert isinstance(raised.value, PermanentError)
     # The consumer would take an OSError in the chain for a database outage and never dead-letter.
+    assert not is_connection_error(raised.value)
+
+
+@pytest.mark.parametrize("outage", [httpx.ConnectError("refused"), error(503, message="down"), error(504)])
+async def test_hubspot_out_of_reach_on_every_attempt_gives_the_batch_back_instead_of_dead_lettering(
+    outage: Any,
+) -> None:
+    fake = Fake(error(500), outage)
+
+    with pytest.raises(CrmDown, match=r"failed 4 times; last: .*the batch comes back") as raised:
+        await fake.client().request("POST", "/crm/v3/objects/tasks", {})
+
+    assert len(fake.sent) == 4
+    assert isinstance(raised.value, Unavailable) and not isinstance(raised.value, PermanentError)
     assert not is_connection_error(raised.value)
 
 
