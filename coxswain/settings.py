@@ -60,6 +60,12 @@ class RetentionConfig(Slice):
         "deleting segments late). Lower it only for a test stack whose topics keep minutes.",
     )
     alert_retention_days: float = Field(default=30, gt=0, description="Delivered or failed SLA alerts kept this long.")
+    clock_retention_days: float = Field(
+        default=30,
+        gt=0,
+        description="Decided SLA deadlines (met, breached, cancelled) and their fired or cancelled timers kept this "
+        "long; reports read the facts, not these rows.",
+    )
     fact_retention_months: int = Field(
         default=13,
         ge=1,

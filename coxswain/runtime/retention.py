@@ -110,6 +110,20 @@ async def prune(
             rows["sla_alert_deliveries"] = await delete_in_batches(
                 engine, "sla_alert_deliveries", "id", "status <> 'pending' AND created_at < :before", alerts_before
             )
+            clocks_before = now - timedelta(days=config.clock_retention_days)
+            # A timer goes once it has fired or been cancelled; a deadline once it is decided and
+            # none of its timers (an escalation ladder after a breach) is still to come.
+            rows["sla_timers"] = await delete_in_batches(
+                engine, "sla_timers", "ctid", "status <> 'pending' AND decided_at < :before", clocks_before
+            )
+            rows["deadlines"] = await delete_in_batches(
+                engine,
+                "deadlines",
+                "deadline_id",
+                "status <> 'armed' AND decided_at < :before AND NOT EXISTS (SELECT 1 FROM sla_timers t "
+                "WHERE t.deadline_id = deadlines.deadline_id AND t.status = 'pending')",
+                clocks_before,
+            )
         finally:
             await holder.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": PRUNE_LOCK})
             await holder.commit()

@@ -10,10 +10,12 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coxswain.core.retention import RetentionTooShort
 from coxswain.runtime.consumer import claim_many
@@ -66,6 +68,8 @@ async def test_a_pass_keeps_every_dedupe_record_inside_the_window(infrastructure
                 {"a": uuid.uuid4(), "b": uuid.uuid4(), "c": uuid.uuid4(), "old": NOW - timedelta(days=40), "new": NOW},
             )
 
+        clocks = await decided_clocks(engine)
+
         pruned = await prune(engine, config, kept_for(timedelta(days=1)), NOW)
 
         assert pruned is not None
@@ -74,6 +78,8 @@ async def test_a_pass_keeps_every_dedupe_record_inside_the_window(infrastructure
             "inbox": 2,
             "webhook_inbox": 0,
             "sla_alert_deliveries": 1,
+            "sla_timers": 2,
+            "deadlines": 1,
             # No month of facts is past its retention yet (tests/integration/test_partitions.py).
             "lead_facts": 0,
             "report_facts": 0,
@@ -91,6 +97,60 @@ async def test_a_pass_keeps_every_dedupe_record_inside_the_window(infrastructure
         assert kept == {e for e, age in ages.items() if age < timedelta(days=3)}
         assert again == set()
         assert pending == 1  # an alert still being delivered is never pruned, however old
+        async with engine.connect() as connection:
+            deadlines = set(await connection.scalars(text("SELECT deadline_id FROM deadlines")))
+            timers = set(await connection.execute(text("SELECT deadline_id, key FROM sla_timers")))
+        # Only the old, decided deadline whose timers are all done went, with its timers; an old
+        # breach still escalating, an armed one and a recent one stay.
+        assert deadlines == clocks.keep
+        assert {deadline for deadline, _ in timers} == clocks.keep - {clocks.armed_without_timers}
+
+
+@dataclass(frozen=True)
+class Clocks:
+    keep: set[uuid.UUID]
+    armed_without_timers: uuid.UUID
+
+
+async def decided_clocks(engine: AsyncEngine) -> Clocks:
+    """Four deadlines: decided long ago with every timer done (goes), decided long ago with an
+    escalation still pending (stays, and so does the pending timer; its fired one goes), still
+    armed (stays), decided yesterday (stays, with its timer)."""
+    gone, escalating, armed, recent = (uuid.uuid4() for _ in range(4))
+    old, new = NOW - timedelta(days=40), NOW - timedelta(days=1)
+    deadlines = [(gone, "met", old), (escalating, "breached", old), (armed, "armed", None), (recent, "met", new)]
+    timers = [
+        (gone, "breach", "cancelled", old),
+        (escalating, "breach", "fired", old),
+        (escalating, "step-1", "pending", None),
+        (recent, "breach", "cancelled", new),
+    ]
+    async with engine.begin() as connection:
+        for deadline_id, status, decided in deadlines:
+            await connection.execute(
+                text(
+                    "INSERT INTO deadlines (deadline_id, assignment_id, lead_id, rep_id, milestone, tier, armed_at, "
+                    "due_at, status, decided_at) VALUES (:d, :a, :l, 'ava', 'first_touch', 'hot', :armed, :armed, "
+                    ":status, :decided)"
+                ),
+                {
+                    "d": deadline_id,
+                    "a": uuid.uuid4(),
+                    "l": uuid.uuid4(),
+                    "armed": NOW - timedelta(days=50),
+                    "status": status,
+                    "decided": decided,
+                },
+            )
+        for deadline_id, key, status, decided in timers:
+            await connection.execute(
+                text(
+                    "INSERT INTO sla_timers (deadline_id, key, kind, due_at, status, decided_at) "
+                    "VALUES (:d, :k, 'breach', :due, :status, :decided)"
+                ),
+                {"d": deadline_id, "k": key, "due": NOW - timedelta(days=45), "status": status, "decided": decided},
+            )
+    return Clocks(keep={escalating, armed, recent}, armed_without_timers=armed)
 
 
 async def test_a_window_inside_the_topics_retention_prunes_nothing(infrastructure: None) -> None:
