@@ -272,12 +272,12 @@ def pss(smaps_rollup: str) -> int | None:
     return _kib_field(smaps_rollup, "Pss:")
 
 
-def private(smaps_rollup: str) -> int | None:
-    """Bytes mapped by this process alone (Private_Clean + Private_Dirty of ``smaps_rollup``): for
-    PostgreSQL, each backend's own memory without the shared buffers, which are a cache of fixed
-    size (``shared_buffers``) that fills up with the data."""
-    clean, dirty = _kib_field(smaps_rollup, "Private_Clean:"), _kib_field(smaps_rollup, "Private_Dirty:")
-    return None if clean is None or dirty is None else clean + dirty
+def rss_anon(status: str) -> int | None:
+    """Resident anonymous bytes (``RssAnon`` of ``/proc/<pid>/status``): a process's own heap and
+    stacks, without mapped files and shared memory. For PostgreSQL that is each backend's own
+    memory without the shared buffers, a cache of fixed size (``shared_buffers``) that fills up
+    with the data and that every backend's RSS counts again."""
+    return _kib_field(status, "RssAnon:")
 
 
 def _kib_field(text: str, name: str) -> int | None:

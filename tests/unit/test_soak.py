@@ -21,8 +21,8 @@ from chaos.soak.stats import (
     memory_checks,
     parent_pid,
     percentile,
-    private,
     pss,
+    rss_anon,
     summary_tables,
     trend_mib_per_hour,
     vm_rss,
@@ -212,16 +212,12 @@ def test_the_trend_is_a_least_squares_slope_after_the_warm_up() -> None:
 
 
 def test_proc_files_are_read_in_bytes() -> None:
-    status = "Name:\tpython\nVmPeak:\t  300000 kB\nVmRSS:\t  123456 kB\nRssAnon:\t 1 kB\n"
+    status = "Name:\tpython\nVmPeak:\t  300000 kB\nVmRSS:\t  123456 kB\nRssAnon:\t 2345 kB\nRssShmem:\t 9 kB\n"
     assert vm_rss(status) == 123456 * 1024
+    assert rss_anon(status) == 2345 * 1024
     assert vm_rss("Name:\tkthreadd\nState:\tS (sleeping)\n") is None
-    rollup = (
-        "55d0-7ffd ---p 00000000 00:00 0 [rollup]\nRss:   2048 kB\nPss:   1024 kB\nPss_Anon: 512 kB\n"
-        "Shared_Clean:   1000 kB\nShared_Dirty:  800 kB\nPrivate_Clean:  48 kB\nPrivate_Dirty:  200 kB\n"
-    )
+    rollup = "55d0-7ffd ---p 00000000 00:00 0 [rollup]\nRss:   2048 kB\nPss:   1024 kB\nPss_Anon: 512 kB\n"
     assert pss(rollup) == 1024 * 1024
-    assert private(rollup) == (48 + 200) * 1024
-    assert private("Rss:   2048 kB\n") is None
     assert parent_pid("4242 (postgres: wal (writer)) S 4200 4242 4242 0 -1") == 4200
 
 
