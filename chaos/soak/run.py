@@ -22,6 +22,7 @@ import asyncio
 import logging
 import os
 import re
+import signal
 import sys
 import time
 import uuid
@@ -55,6 +56,7 @@ from chaos.soak.stats import (
     memory_checks,
     parent_pid,
     pss,
+    rate_check,
     rss_anon,
     summary_tables,
     trend_mib_per_hour,
@@ -91,7 +93,10 @@ TABLES = (
 )
 BOUNDED = ("inbox", "webhook_inbox", "outbox", "sla_alert_deliveries")
 LATE_TOUCH_AFTER_DUE = 2.0
-IN_FLIGHT = 256  # webhooks being delivered at once; the rate falls behind (and shows) beyond it
+# Webhooks being delivered at once; beyond it the rate falls behind (and the windows show it). At
+# 20 leads/s a few are in flight: more only queue in httpx's pool, whose every request then scans
+# all the queued ones, and that starved this process on a loaded machine.
+IN_FLIGHT = 64
 
 
 @dataclass(frozen=True)
@@ -220,6 +225,7 @@ class Soak:
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     receiver: AlertReceiver = field(default_factory=AlertReceiver)
     started: float = 0.0  # monotonic time the load started
+    stopping: bool = False
 
     def __post_init__(self) -> None:
         self.infra = Infra(
@@ -336,7 +342,8 @@ class Soak:
             except Exception as exc:
                 log.warning("table sample failed: %s", type(exc).__name__)
                 tables = {}
-            self.samples.append(Sample(at, self.memory(), tables))
+            # /proc is read in a thread: on a loaded machine it took up to a second, the event loop's.
+            self.samples.append(Sample(at, await asyncio.to_thread(self.memory), tables))
             next_at += self.opts.sample_seconds
             await _sleep_until(stop, self.started + next_at)
 
@@ -371,13 +378,14 @@ class Soak:
     # -- the load ------------------------------------------------------------------------------
 
     async def send(self, sender: Sender, until: float) -> None:
-        """One lead every 1/rate seconds on a fixed schedule; behind it (the stack or this process
-        stalled), the next leads go at once until it is caught up."""
+        """One lead every 1/rate seconds on a fixed schedule until ``until``; behind it (the stack or
+        this process stalled), the next leads go at once to catch up. Leads still due at ``until``
+        are not sent: a window that fell short shows it in its count."""
         slots = asyncio.Semaphore(IN_FLIGHT)
         index = 0
         while True:
             due = index / self.opts.rate
-            if due >= until:
+            if due >= until or self.now() >= until:
                 break
             await asyncio.sleep(max(0.0, due - self.now()))
             await slots.acquire()
@@ -428,6 +436,9 @@ class Soak:
         self.touches["acknowledged" if webhook.acknowledged else "not acknowledged"] += 1
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        if self.stopping:  # the follower may still hand over a routed lead while the run winds down
+            work.close()
+            return
         task: asyncio.Task[None] = asyncio.create_task(work)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -505,7 +516,7 @@ class Soak:
             self.services[name] = ServiceProcess(name, self.service_env(index), self.infra.log_dir)
             self.services[name].start()
         stop = asyncio.Event()
-        limits = httpx.Limits(max_connections=96, max_keepalive_connections=64)
+        limits = httpx.Limits(max_connections=IN_FLIGHT, max_keepalive_connections=IN_FLIGHT)
         async with httpx.AsyncClient(base_url=self.infra.intake_url, timeout=10, limits=limits) as client:
             await self.wait_ready(client)
             sender = Sender(client, WEBHOOK_SECRET)
@@ -519,18 +530,20 @@ class Soak:
                 asyncio.create_task(self.sample_outbox(engine, stop)),
                 asyncio.create_task(self.report_windows(stop, grace=min(20.0, self.opts.window_minutes * 30))),
             ]
-            duration = self.opts.minutes * 60
-            await self.send(sender, duration)
-            await asyncio.sleep(max(0.0, duration - self.now()))
-            log.info(
-                "load done at %.0fs: %s leads sent; waiting for the last to be routed", self.now(), len(self.leads)
-            )
-            await self.drain(120)
-            stop.set()
-            await asyncio.gather(*background, return_exceptions=True)
-            for task in list(self.tasks):
-                task.cancel()
-            await asyncio.gather(*self.tasks, return_exceptions=True)
+            try:
+                duration = self.opts.minutes * 60
+                await self.send(sender, duration)
+                await asyncio.sleep(max(0.0, duration - self.now()))
+                log.info(
+                    "load done at %.0fs: %s leads sent; waiting for the last to be routed", self.now(), len(self.leads)
+                )
+                await self.drain(120)
+            finally:  # also when a signal cancelled the run: nothing may post once the client is closed
+                stop.set()
+                self.stopping = True
+                for task in list(self.tasks):
+                    task.cancel()
+                await asyncio.gather(*background, *self.tasks, return_exceptions=True)
         load_at_end = _loadavg()
         # In threads: this loop keeps answering the alert webhook while the monitor shuts down.
         codes = await asyncio.gather(*(asyncio.to_thread(service.terminate) for service in self.services.values()))
@@ -556,6 +569,7 @@ class Soak:
         checks: list[Check] = [
             *memory_checks(windows, GATED, tolerance),
             *bounded_checks(windows, BOUNDED, self.opts.settled_after, tolerance),
+            rate_check(windows, self.opts.rate),
             delivery_check(windows, self.duplicates),
             Check(
                 "no service exited on its own",
@@ -661,6 +675,10 @@ def _postmaster_pid(state_dir: Path) -> int | None:
 
 
 def _children(parent: int) -> list[int]:
+    """The children of a single-threaded process (the postmaster), by its own list if the kernel has one."""
+    listed = _read(f"/proc/{parent}/task/{parent}/children")
+    if listed is not None:
+        return [int(pid) for pid in listed.split()]
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         content = _read(str(stat))
@@ -686,4 +704,20 @@ def main(argv: list[str] | None = None) -> int:
     opts = options(sys.argv[1:] if argv is None else argv)
     import uvloop
 
-    return uvloop.run(Soak(opts).main())
+    try:
+        return uvloop.run(_stoppable(Soak(opts)))
+    except asyncio.CancelledError:
+        log.warning("stopped by a signal; services and the stack were stopped")
+        return 1
+
+
+async def _stoppable(soak: Soak) -> int:
+    """SIGTERM or SIGINT cancels the run, whose clean-up then stops the services and the stack.
+    Set here because a shell starting the run in the background (``make soak &``) makes it ignore
+    SIGINT, and SIGTERM's default would leave five services, Kafka and PostgreSQL behind."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    return await soak.main()

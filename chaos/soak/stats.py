@@ -247,6 +247,20 @@ def delivery_check(windows: Sequence[Window], duplicates: int) -> Check:
     )
 
 
+def rate_check(windows: Sequence[Window], rate: float, held: float = 0.9) -> Check:
+    """The load was what it claims: every window sent at least ``held`` of ``rate`` times its
+    length. A window that fell short (the machine or the stack could not keep up) makes bounded
+    tables and flat memory weaker evidence, so the verdict does not pass on it."""
+    short = [w for w in windows if w.sent < held * rate * (w.end - w.start)]
+    sent = ", ".join(f"{w.sent:,}" for w in windows)
+    return Check(
+        f"rate held ({held:.0%} of {rate:g}/s in every window)",
+        bool(windows) and not short,
+        f"sent per window: {sent}"
+        + "".join(f"; window {w.index + 1} short: {w.sent / (w.end - w.start):.1f}/s" for w in short),
+    )
+
+
 def trend_mib_per_hour(samples: Sequence[Sample], process: str, after: float) -> float | None:
     """Least-squares slope of a process's memory over the samples taken after ``after``."""
     points = [(s.at, s.rss[process]) for s in samples if s.at >= after and process in s.rss]

@@ -22,6 +22,7 @@ from chaos.soak.stats import (
     parent_pid,
     percentile,
     pss,
+    rate_check,
     rss_anon,
     summary_tables,
     trend_mib_per_hour,
@@ -199,6 +200,17 @@ def test_delivery_fails_on_an_unacknowledged_an_unrouted_or_a_duplicated_lead() 
     assert not delivery_check(fine, duplicates=1).passed
     assert not delivery_check([window(0, sent=10, acknowledged=9)], duplicates=0).passed
     assert not delivery_check([window(0, sent=10, acknowledged=10, unrouted=1)], duplicates=0).passed
+
+
+def test_the_rate_is_held_when_every_window_sent_nine_tenths_of_what_was_offered() -> None:
+    held = [window(0, sent=6000), window(1, sent=5400)]  # 20/s for 300 s offers 6,000
+    assert rate_check(held, rate=20).passed
+
+    short = [window(0, sent=6000), window(1, sent=5399), window(2, sent=6000)]
+    check = rate_check(short, rate=20)
+    assert not check.passed
+    assert "window 2 short: 18.0/s" in check.detail
+    assert not rate_check([], rate=20).passed
 
 
 def test_the_trend_is_a_least_squares_slope_after_the_warm_up() -> None:
