@@ -41,7 +41,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from chaos.infra import ROOT, SERVICES, Infra, Ports, ServiceProcess
-from chaos.load import LeadPlan, Sender, Webhook, plan_lead, touch_webhook
+from chaos.load import LeadPlan, Webhook, plan_lead, touch_webhook
+from chaos.soak.sender import RawSender
 from chaos.soak.stats import (
     MIB,
     Check,
@@ -93,9 +94,7 @@ TABLES = (
 )
 BOUNDED = ("inbox", "webhook_inbox", "outbox", "sla_alert_deliveries")
 LATE_TOUCH_AFTER_DUE = 2.0
-# Webhooks being delivered at once; beyond it the rate falls behind (and the windows show it). At
-# 20 leads/s a few are in flight: more only queue in httpx's pool, whose every request then scans
-# all the queued ones, and that starved this process on a loaded machine.
+# Leads being delivered at once; beyond it the rate falls behind (and the windows show it).
 IN_FLIGHT = 64
 
 
@@ -377,7 +376,7 @@ class Soak:
 
     # -- the load ------------------------------------------------------------------------------
 
-    async def send(self, sender: Sender, until: float) -> None:
+    async def send(self, sender: RawSender, until: float) -> None:
         """One lead every 1/rate seconds on a fixed schedule until ``until``; behind it (the stack or
         this process stalled), the next leads go at once to catch up. Leads still due at ``until``
         are not sent: a window that fell short shows it in its count."""
@@ -396,7 +395,7 @@ class Soak:
             self._spawn(self._deliver(sender, index, plan.webhook, slots))
             index += 1
 
-    async def _deliver(self, sender: Sender, index: int, webhook: Webhook, slots: asyncio.Semaphore) -> None:
+    async def _deliver(self, sender: RawSender, index: int, webhook: Webhook, slots: asyncio.Semaphore) -> None:
         try:
             await sender.deliver(webhook)
         finally:
@@ -404,7 +403,7 @@ class Soak:
         if webhook.acknowledged and webhook.acknowledged_at is not None:
             self.leads[index].acknowledged_at = webhook.acknowledged_at
 
-    def on_routed(self, record: Record, sender: Sender) -> None:
+    def on_routed(self, record: Record, sender: RawSender) -> None:
         seen = time.time()
         lead_id = record.value.get("lead_id")
         if not isinstance(lead_id, str):
@@ -430,7 +429,7 @@ class Soak:
             delay = max((due - datetime.now(UTC)).total_seconds() + LATE_TOUCH_AFTER_DUE, 0.0)
         self._spawn(self._touch(sender, touch_webhook(plan, self.run_id, str(record.value.get("rep_id"))), delay))
 
-    async def _touch(self, sender: Sender, webhook: Webhook, delay: float) -> None:
+    async def _touch(self, sender: RawSender, webhook: Webhook, delay: float) -> None:
         await asyncio.sleep(delay)
         await sender.deliver(webhook)
         self.touches["acknowledged" if webhook.acknowledged else "not acknowledged"] += 1
@@ -516,10 +515,9 @@ class Soak:
             self.services[name] = ServiceProcess(name, self.service_env(index), self.infra.log_dir)
             self.services[name].start()
         stop = asyncio.Event()
-        limits = httpx.Limits(max_connections=IN_FLIGHT, max_keepalive_connections=IN_FLIGHT)
-        async with httpx.AsyncClient(base_url=self.infra.intake_url, timeout=10, limits=limits) as client:
+        async with httpx.AsyncClient(timeout=5) as client:
             await self.wait_ready(client)
-            sender = Sender(client, WEBHOOK_SECRET)
+            sender = RawSender("127.0.0.1", self.infra.ports.intake, WEBHOOK_SECRET)
             follower = Follower(self.infra.bootstrap_servers, ["leads.routed.v1"], lambda r: self.on_routed(r, sender))
             self.started = time.monotonic()
             log.info("services ready; load starts")
@@ -538,12 +536,13 @@ class Soak:
                     "load done at %.0fs: %s leads sent; waiting for the last to be routed", self.now(), len(self.leads)
                 )
                 await self.drain(120)
-            finally:  # also when a signal cancelled the run: nothing may post once the client is closed
+            finally:  # also when a signal cancelled the run: nothing may post once the stack is going
                 stop.set()
                 self.stopping = True
                 for task in list(self.tasks):
                     task.cancel()
                 await asyncio.gather(*background, *self.tasks, return_exceptions=True)
+                sender.close()
         load_at_end = _loadavg()
         # In threads: this loop keeps answering the alert webhook while the monitor shuts down.
         codes = await asyncio.gather(*(asyncio.to_thread(service.terminate) for service in self.services.values()))
@@ -563,7 +562,7 @@ class Soak:
         print(orjson.dumps(result.headline()).decode(), flush=True)
         return 0 if result.passed else 1
 
-    def result(self, sender: Sender, exits: dict[str, int | None], load_at_start: str, load_at_end: str) -> Result:
+    def result(self, sender: RawSender, exits: dict[str, int | None], load_at_start: str, load_at_end: str) -> Result:
         windows = aggregate(self.bounds, self.samples, self.outbox, self.snapshot())
         tolerance = Tolerance()
         checks: list[Check] = [

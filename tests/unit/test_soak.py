@@ -3,9 +3,13 @@ its windows, percentiles, /proc parsing and verdict are checked here."""
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 import pytest
 
+from chaos.load import Webhook
+from chaos.soak.sender import RawSender
 from chaos.soak.stats import (
     MIB,
     Check,
@@ -260,3 +264,47 @@ def test_the_result_passes_only_when_every_check_does_and_its_headline_is_json()
     assert headline["failed"] == ["b"]
     assert headline["windows"][0]["rss_mib"] == {"router": 100.0}
     assert headline["windows"][0]["rows"] == {"inbox": 5}
+
+
+async def test_the_raw_sender_retries_an_overloaded_intake_with_the_same_id_and_stops_on_a_refusal() -> None:
+    answers = iter([503, 429, 202, 400])
+    seen: list[tuple[bytes, bytes]] = []
+    connections: list[asyncio.Future[None]] = []
+
+    async def intake(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        ended = asyncio.get_running_loop().create_future()
+        connections.append(ended)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                fields = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:] if b": " in line)
+                body = await reader.readexactly(int(fields[b"content-length"]))
+                seen.append((fields[b"webhook-id"], body))
+                status = next(answers)
+                writer.write(f"HTTP/1.1 {status} X\r\ncontent-length: 2\r\n\r\n{{}}".encode())
+                await writer.drain()
+        except asyncio.IncompleteReadError:
+            writer.close()
+            await writer.wait_closed()
+        finally:
+            ended.set_result(None)
+
+    server = await asyncio.start_server(intake, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    sender = RawSender("127.0.0.1", port, "whsec_" + "c29hay10ZXN0LXNlY3JldC0wMTIzNDU2Nzg5YWI=", connections=2)
+    try:
+        accepted = Webhook("soak-1", "/v1/webhooks/webform/events", {"type": "page_view"})
+        await sender.deliver(accepted)
+        refused = Webhook("soak-2", "/v1/webhooks/webform/events", {"type": "page_view"})
+        await sender.deliver(refused)
+    finally:
+        sender.close()
+        await asyncio.gather(*connections)  # each ends when the sender's side closes
+        server.close()
+        await server.wait_closed()
+
+    assert accepted.acknowledged and accepted.acknowledged_at is not None and accepted.attempts == 3
+    assert [webhook_id for webhook_id, _ in seen] == [b"soak-1", b"soak-1", b"soak-1", b"soak-2"]
+    assert {body for _, body in seen[:3]} == {b'{"type":"page_view"}'}
+    assert not refused.acknowledged and refused.refused_status == 400 and refused.attempts == 1
+    assert sender.statuses == {"503": 1, "429": 1, "202": 1, "400": 1}
