@@ -344,7 +344,14 @@ def summary_tables(windows: Sequence[Window], processes: Sequence[str], tables: 
             for w in windows
         ],
     )
-    return f"RSS MiB, highest sample per window\n{memory}\n\nrows, highest sample per window\n{rows}"
+    sizes = _grid(
+        ["window", *tables],
+        [[_label(w), *(_mib(_bytes(w.tables_last.get(name))) for name in tables)] for w in windows],
+    )
+    return (
+        f"RSS MiB, highest sample per window\n{memory}\n\nrows, highest sample per window\n{rows}\n\n"
+        f"MiB on disk (table, indexes, TOAST), last sample of each window\n{sizes}"
+    )
 
 
 def verdict_lines(checks: Sequence[Check]) -> str:

@@ -250,6 +250,8 @@ def test_reports_name_every_process_and_table() -> None:
     tables = summary_tables(windows, ["router"], ["inbox"])
     assert "1 (0:00-5:00)" in tables and "2 (5:00-10:00)" in tables
     assert "2,345" in tables and "101.0" in tables
+    on_disk = tables.split("MiB on disk")[1]
+    assert "0.1" in on_disk and "0.2" in on_disk  # 1,234 and 2,345 rows of 100 bytes each
 
 
 def test_the_result_passes_only_when_every_check_does_and_its_headline_is_json() -> None:
