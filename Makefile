@@ -1,5 +1,5 @@
 # The two commands: `make run` (whole stack + demo traffic) and `make test` (whole suite).
-.PHONY: run test unit lint typecheck schemas stop clean chaos chaos-restore bench bench-quick
+.PHONY: run test unit lint typecheck schemas stop clean chaos chaos-restore bench bench-quick soak
 
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -52,6 +52,14 @@ bench: $(VENV)/.installed
 
 bench-quick: $(VENV)/.installed
 	$(PY) -m bench --quick
+
+# A steady rate (SOAK_RATE leads/s, default 20) for SOAK_MINUTES (default 30) with retention on at
+# a scale of minutes; per 5-minute window the memory of every process, table sizes, the outbox
+# backlog and webhook -> routed p99, then a verdict (memory flat, tables bounded) and one JSON
+# line. Own stack under .local/soak (ports from SOAK_PORT_BASE, default 37500); result in
+# .local/soak/result.json (docs/operations.md). Never part of `make test`.
+soak: $(VENV)/.installed
+	$(PY) -m chaos.soak
 
 stop:
 	deploy/local/stack.sh down

@@ -51,51 +51,66 @@ class LeadPlan:
     webhook: Webhook
 
 
+def plan_lead(index: int, run_id: str, touch_every: int) -> LeadPlan:
+    """Lead ``index`` with a webhook of its own: qualifies unless index % 10 == 9; index %
+    touch_every == 0 gets an early first touch, index % touch_every == touch_every // 2 a late one
+    (after its deadline). Deterministic, so the soak run makes each lead as it sends it."""
+    email, qualifies, touch, body = _lead(index, run_id, touch_every)
+    return LeadPlan(
+        index=index,
+        lead_id=str(lead_id_for(email, SOURCE, f"chaos-{index}")),
+        qualifies=qualifies,
+        touch=touch,
+        webhook=Webhook(f"chaos-{run_id}-lead-{index}", f"/v1/webhooks/{SOURCE}/events", body),
+    )
+
+
 def plan_leads(count: int, run_id: str, touch_every: int, batch: int = 1) -> list[LeadPlan]:
-    """Deterministic: lead i qualifies unless i % 10 == 9; i % touch_every == 0 gets an early first
-    touch, i % touch_every == touch_every // 2 a late one (after its deadline). With ``batch`` > 1,
-    consecutive leads share one webhook (``{"events": [...]}``)."""
+    """Leads 0 to ``count`` - 1 as ``plan_lead`` makes them. With ``batch`` > 1, consecutive leads
+    share one webhook (``{"events": [...]}``)."""
+    if batch <= 1:
+        return [plan_lead(index, run_id, touch_every) for index in range(count)]
     plans: list[LeadPlan] = []
     shared: Webhook | None = None
     for index in range(count):
-        qualifies = index % 10 != 9
-        email = f"lead{index}.{run_id}@{PII_EMAIL_DOMAIN}"
-        contact: dict[str, Any] = {
-            "email": email,
-            "first_name": "Chaosfirstname",
-            "last_name": f"{PII_LAST_NAME}{index}",
-            "country": COUNTRIES[index % len(COUNTRIES)],
-        }
-        if qualifies:
-            contact |= {"title": "VP Marketing", "company_size": 300}
-            body = {"type": "demo_request", "external_id": f"chaos-{index}", "contact": contact}
-        else:
-            contact |= {"title": "Student"}
-            body = {"type": "page_view", "external_id": f"chaos-{index}", "contact": contact}
-        touch = None
-        if qualifies and index % touch_every == 0:
-            touch = "early"
-        elif qualifies and index % touch_every == touch_every // 2:
-            touch = "late"
-        if batch <= 1:
-            webhook = Webhook(f"chaos-{run_id}-lead-{index}", f"/v1/webhooks/{SOURCE}/events", body)
-        else:
-            if shared is None or index % batch == 0:
-                shared = Webhook(
-                    f"chaos-{run_id}-batch-{index // batch}", f"/v1/webhooks/{SOURCE}/events", {"events": []}
-                )
-            shared.body["events"].append(body)
-            webhook = shared
+        email, qualifies, touch, body = _lead(index, run_id, touch_every)
+        if shared is None or index % batch == 0:
+            shared = Webhook(f"chaos-{run_id}-batch-{index // batch}", f"/v1/webhooks/{SOURCE}/events", {"events": []})
+        shared.body["events"].append(body)
         plans.append(
             LeadPlan(
                 index=index,
                 lead_id=str(lead_id_for(email, SOURCE, f"chaos-{index}")),
                 qualifies=qualifies,
                 touch=touch,
-                webhook=webhook,
+                webhook=shared,
             )
         )
     return plans
+
+
+def _lead(index: int, run_id: str, touch_every: int) -> tuple[str, bool, str | None, dict[str, Any]]:
+    """Email, whether the lead qualifies, its first touch ("early", "late" or None) and its event."""
+    qualifies = index % 10 != 9
+    email = f"lead{index}.{run_id}@{PII_EMAIL_DOMAIN}"
+    contact: dict[str, Any] = {
+        "email": email,
+        "first_name": "Chaosfirstname",
+        "last_name": f"{PII_LAST_NAME}{index}",
+        "country": COUNTRIES[index % len(COUNTRIES)],
+    }
+    if qualifies:
+        contact |= {"title": "VP Marketing", "company_size": 300}
+        body = {"type": "demo_request", "external_id": f"chaos-{index}", "contact": contact}
+    else:
+        contact |= {"title": "Student"}
+        body = {"type": "page_view", "external_id": f"chaos-{index}", "contact": contact}
+    touch = None
+    if qualifies and index % touch_every == 0:
+        touch = "early"
+    elif qualifies and index % touch_every == touch_every // 2:
+        touch = "late"
+    return email, qualifies, touch, body
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""``make soak``: a steady rate for a long time with retention on; memory and tables per window (docs/operations.md)."""

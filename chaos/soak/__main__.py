@@ -1,0 +1,5 @@
+import sys
+
+from chaos.soak.run import main
+
+sys.exit(main())
