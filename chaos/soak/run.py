@@ -69,7 +69,7 @@ from chaos.soak.stats import (
 from chaos.topics import Follower, Record
 from coxswain.core.retention import RetentionTooShort, inbox_window
 from coxswain.runtime.kafka import all_topics
-from coxswain.runtime.retention import topic_retention
+from coxswain.runtime.retention import WATCHED_TABLES, topic_retention
 from coxswain.runtime.waiting import sleep_or_stop
 from coxswain.settings import KafkaConfig
 
@@ -80,18 +80,8 @@ SOAK_SERVICES = (*SERVICES, "reporting")
 INFRA = ("kafka", "postgres", "postgres_pss", "postgres_anon")
 # Judged for flat memory: PostgreSQL by its processes' anonymous memory (see ``Soak.memory``).
 GATED = (*SOAK_SERVICES, "kafka", "postgres_anon")
-TABLES = (
-    "inbox",
-    "webhook_inbox",
-    "outbox",
-    "sla_alert_deliveries",
-    "sla_timers",
-    "deadlines",
-    "lead_facts",
-    "report_facts",
-    "intake_events",
-    "leads",
-)
+# The tables the retention pass watches, less those a soak never writes to.
+TABLES = tuple(name for name in WATCHED_TABLES if name not in ("audit_log", "report_history"))
 BOUNDED = ("inbox", "webhook_inbox", "outbox", "sla_alert_deliveries")
 LATE_TOUCH_AFTER_DUE = 2.0
 # Leads being delivered at once; beyond it the rate falls behind (and the windows show it).
