@@ -13,7 +13,7 @@ import os
 import signal
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +28,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from coxswain.runtime.kafka import connection_options
 from coxswain.settings import KafkaConfig
 from schemas.codec import encode
-from schemas.events import LeadRoutedV1, Tier
 from services.crm_sync import service as crm_sync
 from tests.integration.test_routing_router import start_group_at_end
 from tests.support import fake_hubspot
 from tests.support.databases import fresh_database
+from tests.support.facts import routed_fact
 from tests.support.fake_hubspot import TOKEN, FakeHubSpot
 from tests.support.stack import ServiceProcess
 
@@ -97,22 +97,7 @@ async def test_killed_between_the_crm_write_and_its_commit_the_restarted_connect
             ),
             {"l": lead_id, "a": orjson.dumps({"email": email}).decode(), "now": now},
         )
-    fact = LeadRoutedV1(
-        event_id=uuid.uuid4(),
-        lead_id=lead_id,
-        occurred_at=now,
-        agreement_version="e2e",
-        caused_by=uuid.uuid4(),
-        assignment_id=uuid.uuid4(),
-        rep_id="ben",
-        pool_id="all",
-        rule_id="fallback",
-        reason="crash test",
-        tier=Tier.hot,
-        routed_at=now,
-        follow_up_due_at=now + timedelta(hours=1),
-        candidates=(),
-    )
+    fact = routed_fact("ben", now, lead_id=lead_id, agreement_version="e2e")
     await start_group_at_end(crm_sync.consumer_name(CONNECTION), list(crm_sync.ACCEPTS))
     record = encode(fact)
     producer = AIOKafkaProducer(**connection_options(KafkaConfig()), acks="all", enable_idempotence=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -29,11 +29,12 @@ from coxswain.runtime.consumer import ConsumerService, Delivery, Unavailable
 from coxswain.runtime.kafka import connection_options
 from coxswain.settings import ConsumerConfig, CrmSyncConfig, DatabaseConfig, KafkaConfig
 from schemas.codec import encode
-from schemas.events import Event, LeadRoutedV1, LeadStageChangedV1, Stage, Tier
+from schemas.events import Event, LeadRoutedV1, LeadStageChangedV1, Stage
 from services.crm_sync import service as crm_sync
 from services.crm_sync.hubspot import HubSpotClient
 from tests.integration.test_routing_router import start_group_at_end
 from tests.support import fake_hubspot
+from tests.support.facts import routed_fact
 from tests.support.fake_hubspot import TOKEN, FakeHubSpot
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -111,22 +112,8 @@ async def new_lead(engine: AsyncEngine) -> tuple[uuid.UUID, str]:
 
 
 def routed(lead_id: uuid.UUID, rep_id: str, replaces: uuid.UUID | None = None) -> LeadRoutedV1:
-    return LeadRoutedV1(
-        event_id=uuid.uuid4(),
-        lead_id=lead_id,
-        occurred_at=NOW,
-        agreement_version="crm-it",
-        caused_by=uuid.uuid4(),
-        assignment_id=uuid.uuid4(),
-        rep_id=rep_id,
-        pool_id="all",
-        rule_id="fallback",
-        reason="fallback pool all",
-        tier=Tier.hot,
-        routed_at=NOW,
-        follow_up_due_at=NOW + timedelta(hours=1),
-        candidates=(),
-        replaces_assignment_id=replaces,
+    return routed_fact(
+        rep_id, NOW, lead_id=lead_id, replaces=replaces, agreement_version="crm-it", reason="fallback pool all"
     )
 
 

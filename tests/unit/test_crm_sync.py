@@ -31,7 +31,7 @@ from coxswain.core.crm_sync import (
 from coxswain.runtime.consumer import PermanentError, Unavailable
 from coxswain.runtime.outages import is_connection_error
 from coxswain.settings import CrmSyncConfig
-from schemas.events import LeadRoutedV1, LeadStageChangedV1, Playbook, PlaybookContent, Stage, Tier
+from schemas.events import LeadRoutedV1, LeadStageChangedV1, Playbook, PlaybookContent, Stage
 from services.crm_sync.hubspot import (
     CrmBusy,
     CrmDown,
@@ -41,6 +41,7 @@ from services.crm_sync.hubspot import (
     HubSpotClient,
     retry_after_seconds,
 )
+from tests.support.facts import routed_fact
 
 EXAMPLE = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" / "agreement.yaml").read_text())
 NOW = datetime(2026, 11, 25, 15, 0, tzinfo=UTC)
@@ -55,31 +56,24 @@ def agreement_with(owners: dict[str, str]) -> Any:
     return parse_agreement(document)
 
 
+PLAYBOOK = Playbook(
+    id="hot-vp",
+    stage=Stage.mql,
+    talk_track="Ask about the migration deadline.",
+    content=(PlaybookContent(title="ROI calculator", url="https://example.com/roi"),),
+)
+
+
 def routed(rep_id: str = "ava", replaces: uuid.UUID | None = None, playbook: bool = True) -> LeadRoutedV1:
-    return LeadRoutedV1(
-        event_id=uuid.uuid4(),
-        lead_id=uuid.uuid4(),
-        occurred_at=NOW,
-        agreement_version="v1",
-        caused_by=uuid.uuid4(),
-        assignment_id=uuid.uuid4(),
-        rep_id=rep_id,
+    return routed_fact(
+        rep_id,
+        NOW,
         pool_id="na",
         rule_id="north-america",
-        reason="rule north-america -> pool na",
-        tier=Tier.hot,
-        routed_at=NOW,
-        follow_up_due_at=NOW + timedelta(minutes=30),
-        candidates=(),
-        playbook=Playbook(
-            id="hot-vp",
-            stage=Stage.mql,
-            talk_track="Ask about the migration deadline.",
-            content=(PlaybookContent(title="ROI calculator", url="https://example.com/roi"),),
-        )
-        if playbook
-        else None,
-        replaces_assignment_id=replaces,
+        due_in=timedelta(minutes=30),
+        replaces=replaces,
+        playbook=PLAYBOOK if playbook else None,
+        agreement_version="v1",
     )
 
 
