@@ -42,6 +42,7 @@ import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import CommitFailedError
 
 from bench.stats import (
     TAKEOVER_KEYS,
@@ -492,15 +493,26 @@ class Bench:
 
         async def commit_ends() -> None:
             for group, topics in (("scoring", ["leads.received.v1", "crm.activities.v1"]),):
-                consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=group, enable_auto_commit=False)
-                await consumer.start()
-                try:
-                    partitions = [TopicPartition(topic, p) for topic in topics for p in range(PARTITIONS)]
-                    consumer.assign(partitions)
-                    await consumer.seek_to_end(*partitions)
-                    await consumer.commit({tp: await consumer.position(tp) for tp in partitions})
-                finally:
-                    await consumer.stop()
+                # A stopped static member (the services run with an instance id) stays in its group
+                # until its session expires, and the group refuses outside commits until then.
+                deadline = time.monotonic() + 60
+                while True:
+                    consumer = AIOKafkaConsumer(
+                        bootstrap_servers=self.bootstrap, group_id=group, enable_auto_commit=False
+                    )
+                    await consumer.start()
+                    try:
+                        partitions = [TopicPartition(topic, p) for topic in topics for p in range(PARTITIONS)]
+                        consumer.assign(partitions)
+                        await consumer.seek_to_end(*partitions)
+                        await consumer.commit({tp: await consumer.position(tp) for tp in partitions})
+                        break
+                    except CommitFailedError:
+                        if time.monotonic() > deadline:
+                            raise
+                        await asyncio.sleep(1)
+                    finally:
+                        await consumer.stop()
 
         asyncio.run(commit_ends())
 
