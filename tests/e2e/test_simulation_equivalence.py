@@ -213,7 +213,7 @@ async def test_simulator_replays_the_live_run_decision_by_decision(
 
     async def escalated() -> bool:
         async with database.connect() as connection:
-            fired = await connection.scalar(
+            fired: int | None = await connection.scalar(
                 text(
                     "SELECT count(*) FROM sla_timers t JOIN deadlines d USING (deadline_id) "
                     "WHERE d.lead_id = :l AND t.kind = 'escalation' AND t.status = 'fired'"

@@ -15,7 +15,7 @@ import socket
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,6 +34,7 @@ from coxswain.runtime.kafka import connection_options
 from coxswain.runtime.outbox import bucket_of
 from coxswain.settings import DatabaseConfig, KafkaConfig
 from tests.support.stack import ServiceProcess, Stack, TopicWatcher, free_port
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -171,15 +172,6 @@ async def timer_counts(engine: AsyncEngine, team: str) -> dict[str, int]:
         return {row.status: row.n for row in rows}
 
 
-async def wait_until(condition: Callable[[], Awaitable[bool]], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if await condition():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{what} did not happen within {within}s")
-
-
 def pid_instance(process: ServiceProcess) -> str:
     assert process.process is not None
     return f"{socket.gethostname()}:{process.process.pid}"
@@ -242,11 +234,11 @@ async def test_ten_thousand_deadlines_fire_exactly_once_across_sigkill_and_resta
         return (await timer_counts(engine, planted.team)).get("fired", 0) >= at_least
 
     await asyncio.to_thread(first.wait_for_log, "failpoint reached", 90)
-    await wait_until(lambda: fired(6_000), 90, "6,000 breaches while the first monitor hangs")
+    await wait_until(lambda: fired(6_000), "6,000 breaches while the first monitor hangs", within=90)
     held = await held_back(engine, planted.team)
     first.kill(signal.SIGKILL)
     restarted = monitors.start("a")
-    await wait_until(lambda: fired(count), 120, "every breach")
+    await wait_until(lambda: fired(count), "every breach", within=120)
 
     async with engine.connect() as connection:
         decided = (
@@ -305,7 +297,7 @@ async def test_a_monitor_down_for_ten_minutes_fires_everything_on_start_in_due_o
 
     started = time.monotonic()
     monitor = monitors.start("solo")
-    await wait_until(lambda: _all_fired(engine, planted.team, timers), 60, "the backlog")
+    await wait_until(lambda: _all_fired(engine, planted.team, timers), "the backlog", within=60)
     caught_up = time.monotonic() - started
 
     async with engine.connect() as connection:

@@ -64,9 +64,8 @@ class Connector:
     def __init__(self, engine: AsyncEngine, hubspot: FakeHubSpot, token: str = TOKEN, **settings: Any) -> None:
         self.engine = engine
         self.hubspot = hubspot
-        config = CrmSyncConfig(
-            **{"crm_base_url": hubspot.url, "crm_backoff_seconds": 0.05, "crm_max_attempts": 4} | settings
-        )
+        defaults: dict[str, Any] = {"crm_base_url": hubspot.url, "crm_backoff_seconds": 0.05, "crm_max_attempts": 4}
+        config = CrmSyncConfig(**(defaults | settings))
         self.client = HubSpotClient(config, token)
         self.sync = crm_sync.HubSpotSync(self.client)
         self.handler = crm_sync.make_handler(agreement(), self.sync)

@@ -197,7 +197,7 @@ async def test_a_commit_wakes_only_the_relay_that_holds_its_bucket_and_only_once
     try:
         await asyncio.sleep(0.5)  # each relay's first pass, right after it starts
         before = (holder.passes, other.passes)
-        keys = []
+        keys: list[str] = []
         while len(keys) < 5:
             key = str(uuid.uuid4())
             if bucket_of(key.encode()) in holder.owned:

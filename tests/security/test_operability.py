@@ -7,7 +7,7 @@ import asyncio
 import os
 import signal
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from coxswain.settings import DatabaseConfig, KafkaConfig
 from schemas.codec import encode
 from schemas.events import LeadAttributes, LeadReceivedV1
 from tests.support.stack import ServiceProcess, free_port
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -83,15 +84,6 @@ async def processed(engine: AsyncEngine, ids: list[uuid.UUID]) -> int:
     return int(count or 0)
 
 
-async def wait_until(predicate: Callable[[], Awaitable[bool]], within: float = 120) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while asyncio.get_running_loop().time() < deadline:
-        if await predicate():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"condition not met within {within}s")
-
-
 async def publish_leads(count: int, tag: str) -> list[LeadReceivedV1]:
     """``count`` new leads straight onto leads.received.v1 (one page view each), as intake would."""
     events = [
@@ -136,7 +128,7 @@ async def test_sigterm_mid_stream_commits_what_was_processed_and_the_successor_r
     # Drain whatever earlier tests left, so the group's offsets account only for our records below.
     scoring.start()
     await asyncio.to_thread(scoring.wait_for_log, "partitions assigned", 90)
-    await wait_until(lambda: _caught_up())
+    await wait_until(_caught_up, "the consumer to catch up", within=120)
     await asyncio.to_thread(scoring.kill, signal.SIGTERM)
     assert scoring.process is not None and scoring.process.returncode == 0, scoring.log_text()[-2000:]
     baseline = await committed(GROUP)
@@ -146,7 +138,7 @@ async def test_sigterm_mid_stream_commits_what_was_processed_and_the_successor_r
 
     scoring.start()
     await asyncio.to_thread(scoring.wait_for_log, "partitions assigned", 90)
-    await wait_until(lambda: _processed_some(engine, ids))
+    await wait_until(lambda: _processed_some(engine, ids), "some leads processed", within=120)
     await asyncio.to_thread(scoring.kill, signal.SIGTERM)
     assert scoring.process is not None and scoring.process.returncode == 0, scoring.log_text()[-2000:]
     assert "consumer scoring stopped" in scoring.log_text()
@@ -158,9 +150,9 @@ async def test_sigterm_mid_stream_commits_what_was_processed_and_the_successor_r
     assert await members(GROUP) == 0
 
     scoring.start()
-    await wait_until(lambda: _processed_all(engine, ids))
+    await wait_until(lambda: _processed_all(engine, ids), "every lead processed", within=120)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{health_port}", timeout=5) as client:
-        await wait_until(lambda: _ready(client), within=30)
+        await wait_until(lambda: _ready(client), "readiness", within=30)
         live = await client.get("/healthz")
         ready = await client.get("/readyz")
     await asyncio.to_thread(scoring.kill, signal.SIGTERM)

@@ -8,7 +8,7 @@ import asyncio
 import re
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,7 @@ from coxswain.settings import DatabaseConfig
 from schemas.events import LeadReceivedV1
 from tests.security.test_operability import publish_leads, scoring_process
 from tests.support.stack import ServiceProcess, free_port
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -44,13 +45,6 @@ def assigned(process: ServiceProcess) -> set[tuple[str, int]]:
     return {(topic, int(n)) for topic, n in PARTITION.findall(found[-1]) if topic == LeadReceivedV1.topic}
 
 
-async def wait_for(predicate: Callable[[], bool], within: float = 60) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met"
-        await asyncio.sleep(0.05)
-
-
 async def test_a_killed_consumers_partitions_are_served_again_by_the_other(engine: AsyncEngine, tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
@@ -61,7 +55,7 @@ async def test_a_killed_consumers_partitions_are_served_again_by_the_other(engin
         await asyncio.to_thread(first.wait_for_log, "partitions assigned", 90)
         second.start()
         # Both hold a share of leads.received.v1 once the group has rebalanced.
-        await wait_for(lambda: bool(assigned(second)) and bool(assigned(first)), within=90)
+        await wait_until(lambda: bool(assigned(second)) and bool(assigned(first)), "both consumers assigned", within=90)
         orphaned = assigned(second)
 
         second.kill(signal.SIGKILL)
@@ -71,7 +65,7 @@ async def test_a_killed_consumers_partitions_are_served_again_by_the_other(engin
 
         async def all_processed() -> bool:
             async with engine.connect() as connection:
-                count = await connection.scalar(
+                count: int | None = await connection.scalar(
                     text("SELECT count(*) FROM inbox WHERE consumer = 'scoring' AND event_id = ANY(:ids)"),
                     {"ids": [event.event_id for event in events]},
                 )

@@ -163,7 +163,7 @@ async def test_a_source_over_its_rate_limit_gets_429_with_retry_after_and_others
 
         burst = [await post() for _ in range(3)]
         limited = await post()
-        touch = {"lead_id": str(uuid.uuid4()), "activity": "first_touch"}
+        touch: dict[str, object] = {"lead_id": str(uuid.uuid4()), "activity": "first_touch"}
         other_source = await post("/v1/webhooks/crm/activities", touch)
         clock.now += timedelta(seconds=1)
         refilled = [await post() for _ in range(2)]

@@ -200,7 +200,7 @@ class FakeHubSpot:
                 if target not in self.contacts or not any(t.get("associationTypeId") == 204 for t in types):
                     return _error(400, f"invalid association to {target}", "VALIDATION_ERROR")
                 contacts.append(target)
-            item = {
+            item: dict[str, Any] = {
                 "id": str(next(self._ids)),
                 "properties": properties,
                 "createdAt": _now(),

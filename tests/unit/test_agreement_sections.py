@@ -79,7 +79,7 @@ def drop(*path: str | int) -> Callable[[Doc], None]:
 PAGE_VIEW = 6  # index of the page_view engagement rule in the example
 HOT_PLAYBOOK = {"id": "hot-again", "stage": "mql", "tier": "hot", "talk_track": "Call."}
 
-MALFORMED: list[tuple[str, Callable[[Doc], None], str, str]] = [
+MALFORMED: list[tuple[str, Callable[[Doc], object], str, str]] = [
     (
         "persona tests an attribute personas cannot use",
         put("personas", 0, "match", "industry", value={"equals": "software"}),
@@ -254,7 +254,7 @@ MALFORMED: list[tuple[str, Callable[[Doc], None], str, str]] = [
     ("mutate", "path", "fragment"),
     [pytest.param(mutate, path, fragment, id=name) for name, mutate, path, fragment in MALFORMED],
 )
-def test_malformed_section_names_path_and_problem(mutate: Callable[[Doc], None], path: str, fragment: str) -> None:
+def test_malformed_section_names_path_and_problem(mutate: Callable[[Doc], object], path: str, fragment: str) -> None:
     problems = problems_of(mutated(mutate))
 
     located = [problem for problem in problems if problem.path == path]

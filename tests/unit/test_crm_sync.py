@@ -184,7 +184,8 @@ class Fake:
         self.keepalives += 1
 
     def client(self, **settings: Any) -> HubSpotClient:
-        config = CrmSyncConfig(**({"crm_base_url": "http://hubspot.test", "crm_max_attempts": 4} | settings))
+        defaults: dict[str, Any] = {"crm_base_url": "http://hubspot.test", "crm_max_attempts": 4}
+        config = CrmSyncConfig(**(defaults | settings))
         return HubSpotClient(
             config,
             "pat-test",

@@ -37,8 +37,8 @@ EXAMPLE = load_agreement(Path(__file__).resolve().parents[2] / "examples" / "agr
 NO_GRACE = timedelta(0)
 
 
-def local(*args: int) -> datetime:
-    return datetime(*args, tzinfo=NEW_YORK).astimezone(UTC)  # type: ignore[misc]
+def local(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=NEW_YORK).astimezone(UTC)
 
 
 def test_a_week_runs_monday_to_monday_at_local_midnight_and_is_named_by_its_iso_week() -> None:
