@@ -294,8 +294,8 @@ def _database(action: str, work: Callable[[AsyncEngine], Awaitable[None]]) -> No
 def agreement_activate(file: Annotated[Path, typer.Argument(help="Agreement YAML file")]) -> None:
     """Store the agreement in the database (its version must be new, or identical) and put it in
     force; running services pick it up within COXSWAIN_AGREEMENT_POLL_SECONDS."""
+    from coxswain.runtime import agreements, audit
     from coxswain.runtime.consumer import utc_now
-    from services.admin import agreements, audit
 
     agreement = _load_or_exit(file)
 
@@ -442,7 +442,7 @@ class _NotFound(Exception):
 @agreement_app.command("list")
 def agreement_list() -> None:
     """Every stored version; the one activated last is in force."""
-    from services.admin import agreements
+    from coxswain.runtime import agreements
 
     async def work(engine: AsyncEngine) -> None:
         async with engine.connect() as connection:
@@ -466,7 +466,7 @@ def schemas_generate(
     check: Annotated[bool, typer.Option(help="Fail instead of writing when the files differ")] = False,
 ) -> None:
     """Write schemas/jsonschema/*.json and schemas/asyncapi.yaml from the event models."""
-    from schemas.generate import write_documents
+    from coxswain.contracts import write_documents
 
     stale = write_documents(check=check)
     if check and stale:

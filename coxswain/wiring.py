@@ -20,6 +20,7 @@ from coxswain.core.agreement import Agreement
 from coxswain.core.crm_sync import CrmKind, unmapped_reps
 from coxswain.db.database import create_engine, require_current_schema
 from coxswain.runtime import health, metrics, outages, retention, tracing
+from coxswain.runtime.agreements import AgreementSource
 from coxswain.runtime.consumer import BatchHandler, ConsumerService, Handler, utc_now
 from coxswain.runtime.kafka import Publisher
 from coxswain.runtime.outages import is_connection_error
@@ -46,7 +47,6 @@ from coxswain.settings import (
     SlaConfig,
 )
 from schemas.events import Event
-from services.admin.agreements import AgreementSource
 from services.reporting import consumer as reporting
 from services.router import service as router
 from services.scoring import service as scoring

@@ -78,38 +78,12 @@ def asyncapi() -> dict[str, Any]:
     }
 
 
-def agreement_schema() -> dict[str, Any]:
-    """The agreement document as editors and CI can check it (what the loader accepts as input)."""
-    # Imported here: the agreement model depends on the event models, not the other way round.
-    from coxswain.core.agreement import Agreement
-
-    schema = Agreement.model_json_schema(mode="validation", by_alias=True)
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["$id"] = "https://coxswain.dev/schemas/agreement.schema.json"
-    schema["description"] = (
-        "The sales-marketing agreement (YAML or JSON). Cross-references (pools, reps, personas) and "
-        "threshold order are checked by `coxswain agreement validate`, beyond this schema."
-    )
-    return schema
-
-
 def documents() -> dict[Path, str]:
+    """The event documents: one JSON Schema per event and the AsyncAPI document. The agreement's
+    schema is added by ``coxswain.contracts``: the agreement model stands on the event models."""
     files = {
         JSONSCHEMA_DIR / f"{event.ce_type}.json": json.dumps(json_schema(event), indent=2, sort_keys=True) + "\n"
         for event in ALL_EVENTS
     }
     files[ASYNCAPI_FILE] = yaml.safe_dump(asyncapi(), sort_keys=False, width=120)
-    files[AGREEMENT_SCHEMA_FILE] = json.dumps(agreement_schema(), indent=2, sort_keys=True) + "\n"
     return files
-
-
-def write_documents(check: bool = False) -> list[str]:
-    """Return the files whose content differs; write them unless ``check``."""
-    stale = []
-    for path, content in documents().items():
-        if not path.exists() or path.read_text(encoding="utf-8") != content:
-            stale.append(str(path.relative_to(HERE.parent)))
-            if not check:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(content, encoding="utf-8")
-    return stale

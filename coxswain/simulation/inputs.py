@@ -14,9 +14,9 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+from coxswain.core.intake import ActivityIn, LeadEventIn, Unacceptable, build_activities, build_lead_events
 from coxswain.simulation.engine import Input
 from schemas.events import ActivityRecordedV1, LeadAttributes, LeadReceivedV1
-from services.intake.events import ActivityIn, LeadEventIn, Problem, build_activities, build_lead_events
 
 
 class BadInput(ValueError):
@@ -143,7 +143,7 @@ def _line(path: Path, number: int, position: int, raw: bytes, contacts: dict[byt
         raise BadInput(_unreadable(path, number, position, raw) or f"{where}: not JSON ({exc})") from None
     except KeyError as exc:
         raise BadInput(f"{where}: missing field {exc}") from None
-    except (ValidationError, Problem) as exc:
+    except (ValidationError, Unacceptable) as exc:
         raise BadInput(f"{where}: body does not validate: {_brief(exc)}") from None
     except (TypeError, ValueError) as exc:
         if isinstance(exc, BadInput):

@@ -138,8 +138,8 @@ async def active_agreement() -> Agreement | None:
     from sqlalchemy.ext.asyncio import create_async_engine
 
     from coxswain.core.agreement import parse_agreement
+    from coxswain.runtime.agreements import active
     from coxswain.settings import DatabaseConfig
-    from services.admin.agreements import active
 
     engine = create_async_engine(DatabaseConfig().database_url, connect_args={"timeout": 3})
     try:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coxswain.access import SCOPES, TokenTable, presented_token
+from coxswain.access import TokenTable
 from coxswain.core.agreement import (
     MAX_AGREEMENT_BYTES,
     Agreement,
@@ -30,7 +30,9 @@ from coxswain.core.agreement import (
     load_agreement_text,
 )
 from coxswain.core.agreement_checks import agreement_warnings
-from services.admin import agreements, audit, privacy
+from coxswain.runtime import agreements, audit
+from coxswain.runtime.guard import scope_guard
+from services.admin import privacy
 from services.admin.leads import explain
 
 log = logging.getLogger(__name__)
@@ -88,50 +90,6 @@ def _stored(row: agreements.StoredAgreement, created: bool = False, warnings: li
         created=created,
         warnings=warnings or [],
     )
-
-
-def scope_guard(
-    tokens: TokenTable, scope: str, engine: AsyncEngine, clock: Callable[[], datetime]
-) -> Callable[[Request], Awaitable[None]]:
-    """A dependency that lets a request through when its bearer token holds ``scope``; a wrong
-    token or one without the scope is refused and the refusal goes into the audit trail."""
-    assert scope in SCOPES, scope
-
-    async def refused(request: Request, token: str, reason: str) -> None:
-        await audit.record_alone(
-            engine,
-            token=token,
-            action="request",
-            target=f"{request.method} {request.url.path}",
-            outcome="refused",
-            at=clock(),
-            detail={"scope": scope, "reason": reason},
-        )
-
-    async def guard(request: Request) -> None:
-        if not tokens.tokens:
-            raise HTTPException(403, "the admin API is disabled: set COXSWAIN_ADMIN_TOKEN to enable it")
-        header = request.headers.get("authorization")
-        challenge = {"WWW-Authenticate": 'Bearer realm="coxswain-admin"'}
-        if not header:
-            raise HTTPException(401, "missing Authorization header; send 'Authorization: Bearer <token>'", challenge)
-        given = presented_token(header)
-        if given is None:
-            raise HTTPException(401, "Authorization must be 'Bearer <token>'", challenge)
-        holder = tokens.holder(given)
-        if holder is None:
-            log.info("admin request refused: reason=wrong_token path=%s", request.url.path)
-            await refused(request, audit.UNKNOWN_TOKEN, "wrong_token")
-            raise HTTPException(403, "the bearer token is not valid for the admin API")
-        if scope not in holder.scopes:
-            log.info(
-                "admin request refused: reason=scope token=%s scope=%s path=%s", holder.name, scope, request.url.path
-            )
-            await refused(request, holder.name, "missing_scope")
-            raise HTTPException(403, f"token {holder.name!r} lacks scope {scope!r}")
-        request.state.token_name = holder.name  # who acted, for the logs of the action
-
-    return guard
 
 
 def create_admin_router(

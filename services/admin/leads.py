@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from coxswain.core.agreement import Agreement
 from coxswain.core.playbooks import playbook_for
 from coxswain.core.scoring import score
-from services.scoring.service import canonical_lead_id, load
+from coxswain.db.leads import canonical_lead_id, load
 
 
 async def aliases_of(connection: AsyncConnection, lead_id: uuid.UUID) -> list[uuid.UUID]:

@@ -20,9 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coxswain.core.identity import alias_key, email_key
 from coxswain.core.privacy import Person, scrub
-from coxswain.runtime import outbox
+from coxswain.runtime import audit, outbox
 from schemas.events import LeadErasedV1
-from services.admin import audit
 from services.admin.leads import aliases_of
 
 

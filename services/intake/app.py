@@ -20,6 +20,14 @@ from pydantic.json_schema import models_json_schema
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coxswain.core.documents import NUL_REFUSED, holds_nul
+from coxswain.core.intake import (
+    ActivityIn,
+    LeadEventIn,
+    Unacceptable,
+    build_activities,
+    build_lead_events,
+    validation_errors,
+)
 from coxswain.runtime import outages
 from coxswain.runtime.health import Check, add_probes, database_check
 from coxswain.runtime.outages import is_connection_error
@@ -28,16 +36,7 @@ from coxswain.settings import IntakeConfig
 from schemas.events import (
     Event,
 )
-from services.intake.events import (
-    ActivityBatchIn,
-    ActivityIn,
-    LeadBatchIn,
-    LeadEventIn,
-    Problem,
-    build_activities,
-    build_lead_events,
-    validation_errors,
-)
+from services.intake.events import ActivityBatchIn, LeadBatchIn, Problem
 from services.intake.limits import SourceRateLimiter
 from services.intake.signatures import SignatureRejected, load_secrets, verify
 from services.intake.store import Accepted, GroupCommit, Kind, Webhook, store_many
@@ -128,6 +127,10 @@ def create_app(
     @app.exception_handler(Problem)
     async def _problem(_: Request, problem: Problem) -> JSONResponse:
         return _problem_response(problem)
+
+    @app.exception_handler(Unacceptable)
+    async def _unacceptable(_: Request, refused: Unacceptable) -> JSONResponse:
+        return _problem_response(Problem(422, refused.message, refused.errors))
 
     async def accept(request: Request, source: str, kind: Kind) -> Accepted:
         if source not in secrets:

@@ -42,9 +42,9 @@ from coxswain.core.roster import (
     effective_weight,
     unavailable_because,
 )
+from coxswain.runtime import audit
+from coxswain.runtime.guard import scope_guard
 from coxswain.runtime.health import add_probes, database_check
-from services.admin import audit
-from services.admin.api import scope_guard
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +240,7 @@ def create_roster_router(
     }
 
     async def audited(connection: AsyncConnection, request: Request, action: str, target: str, **detail: str) -> None:
-        """Record a change in its own transaction (services/admin/audit.py)."""
+        """Record a change in its own transaction (coxswain/runtime/audit.py)."""
         token = request.state.token_name
         await audit.record(
             connection, token=token, action=action, target=target, outcome="done", at=clock(), detail=detail

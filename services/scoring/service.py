@@ -9,9 +9,8 @@ import functools
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, Literal
 
-from sqlalchemy import Row, text
+from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import Insert, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -27,17 +26,13 @@ from coxswain.core.lead import (
     timer_id_for,
     unknown_lead,
 )
-from coxswain.core.scoring import Touch
+from coxswain.db.leads import load_many
 from coxswain.db.models import table
 from coxswain.runtime.consumer import BatchHandler, Handler, PermanentError, one_at_a_time
 from schemas.events import (
     ActivityRecordedV1,
-    EngagementType,
     Event,
-    LeadAttributes,
     LeadReceivedV1,
-    Stage,
-    Tier,
 )
 from services.scoring.metrics import count_refusals
 
@@ -48,50 +43,6 @@ ACCEPTS: dict[str, tuple[type[Event], ...]] = {
 
 TIMER_CHANNEL = "coxswain_scoring_timers"
 IDENTITY_LOCK_CLASS = 0x1D
-
-
-LOCKS = {"wait": " FOR UPDATE", "skip": " FOR UPDATE SKIP LOCKED", "none": ""}
-
-
-STATE_COLUMNS = (
-    "lead_id, stage, source, attributes, touches, score_total, tier, persona, pinned, held_until, recycled_until"
-)
-
-
-async def load(
-    connection: AsyncConnection, lead_id: uuid.UUID, lock: Literal["wait", "skip", "none"] = "wait"
-) -> LeadState | None:
-    row = (
-        await connection.execute(
-            text(f"SELECT {STATE_COLUMNS} FROM leads WHERE lead_id = :id" + LOCKS[lock]), {"id": lead_id}
-        )
-    ).one_or_none()
-    return None if row is None else _state_of(row)
-
-
-async def load_many(connection: AsyncConnection, lead_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, LeadState]:
-    """The stored leads among ``lead_ids``, locked in id order (a fixed order cannot deadlock)."""
-    rows = await connection.execute(
-        text(f"SELECT {STATE_COLUMNS} FROM leads WHERE lead_id = ANY(:ids) ORDER BY lead_id FOR UPDATE"),
-        {"ids": sorted(set(lead_ids))},
-    )
-    return {row.lead_id: _state_of(row) for row in rows}
-
-
-def _state_of(row: Row[Any]) -> LeadState:
-    return LeadState(
-        lead_id=row.lead_id,
-        stage=Stage(row.stage),
-        source=row.source,
-        attributes=LeadAttributes.model_validate(row.attributes),
-        touches=tuple(Touch(EngagementType(kind), datetime.fromisoformat(at)) for kind, at in row.touches),
-        score_total=row.score_total,
-        tier=Tier(row.tier) if row.tier else None,
-        persona=row.persona,
-        pinned=row.pinned,
-        held_until=row.held_until,
-        recycled_until=row.recycled_until,
-    )
 
 
 async def save(connection: AsyncConnection, state: LeadState, agreement_version: str, now: datetime) -> None:
@@ -133,14 +84,6 @@ def _upsert(table_name: str, columns: tuple[str, ...]) -> Insert:
         index_elements=["lead_id"],
         set_={column: statement.excluded[column] for column in columns if column != "lead_id"},
     )
-
-
-async def canonical_lead_id(connection: AsyncConnection, lead_id: uuid.UUID) -> uuid.UUID:
-    """A provisional id that identity resolution folded into another lead names that lead."""
-    found = await connection.scalar(
-        text("SELECT lead_id FROM lead_identities WHERE key = :k"), {"k": alias_key(lead_id)}
-    )
-    return found if isinstance(found, uuid.UUID) else lead_id
 
 
 async def record_facts(connection: AsyncConnection, facts: Sequence[Event], now: datetime) -> None:

@@ -23,11 +23,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coxswain.core.agreement import Agreement
 from coxswain.core.lead import on_timer
+from coxswain.db.leads import load
 from coxswain.runtime import outages, outbox
 from coxswain.runtime.outages import is_connection_error
 from coxswain.runtime.waiting import first_of
 from coxswain.settings import ScoringConfig
-from services.scoring.service import TIMER_CHANNEL, arm, load, record_facts, save
+from services.scoring.service import TIMER_CHANNEL, arm, record_facts, save
 
 log = logging.getLogger(__name__)
 

@@ -25,6 +25,7 @@ from coxswain.access import Token, TokenTable
 from coxswain.cli import app as cli
 from coxswain.core.agreement import load_agreement, parse_agreement
 from coxswain.db.database import create_engine
+from coxswain.runtime.agreements import AgreementSource, digest
 from coxswain.settings import DatabaseConfig
 from schemas.events import (
     ActivityRecordedV1,
@@ -34,7 +35,6 @@ from schemas.events import (
     LeadAttributes,
     LeadReceivedV1,
 )
-from services.admin.agreements import AgreementSource, digest
 from services.admin.api import create_admin_router
 from services.scoring.service import apply
 

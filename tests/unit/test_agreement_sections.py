@@ -17,6 +17,7 @@ import yaml
 from typer.testing import CliRunner
 
 from coxswain.cli import app
+from coxswain.contracts import agreement_schema
 from coxswain.core.agreement import AgreementError, AgreementProblem, parse_agreement
 from coxswain.core.agreement_checks import (
     Change,
@@ -25,9 +26,9 @@ from coxswain.core.agreement_checks import (
     human_duration,
     max_possible_score,
 )
+from coxswain.runtime.agreements import digest, normalised
 from schemas.events import Stage, Tier
-from schemas.generate import AGREEMENT_SCHEMA_FILE, agreement_schema
-from services.admin.agreements import digest, normalised
+from schemas.generate import AGREEMENT_SCHEMA_FILE
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_PATH = ROOT / "examples" / "agreement.yaml"

@@ -18,6 +18,7 @@ import orjson
 from fastapi import FastAPI, Query, Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from coxswain.core.intake import LeadEventIn, build_lead_events
 from coxswain.runtime import outages
 from coxswain.runtime.outages import is_connection_error
 from coxswain.runtime.telemetry import child_traceparent
@@ -25,7 +26,7 @@ from coxswain.settings import IntakeConfig, SendersConfig
 from services.intake.adapters import hubspot, marketo
 from services.intake.adapters.mapping import MappingError, SenderMapping, apply, load_senders, records
 from services.intake.app import store
-from services.intake.events import LeadEventIn, Problem, build_lead_events
+from services.intake.events import Problem
 from services.intake.limits import SourceRateLimiter
 from services.intake.signatures import SignatureRejected, load_secrets, verify
 from services.intake.store import Accepted

@@ -1,0 +1,68 @@
+"""Reading the ``leads`` table: a lead's state as the core knows it, and the lead a provisional id
+was folded into. Scoring owns the table (it saves); the admin API reads it through these too."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Literal
+
+from sqlalchemy import Row, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from coxswain.core.identity import alias_key
+from coxswain.core.lead import LeadState
+from coxswain.core.scoring import Touch
+from schemas.events import EngagementType, LeadAttributes, Stage, Tier
+
+LOCKS = {"wait": " FOR UPDATE", "skip": " FOR UPDATE SKIP LOCKED", "none": ""}
+
+
+STATE_COLUMNS = (
+    "lead_id, stage, source, attributes, touches, score_total, tier, persona, pinned, held_until, recycled_until"
+)
+
+
+async def load(
+    connection: AsyncConnection, lead_id: uuid.UUID, lock: Literal["wait", "skip", "none"] = "wait"
+) -> LeadState | None:
+    row = (
+        await connection.execute(
+            text(f"SELECT {STATE_COLUMNS} FROM leads WHERE lead_id = :id" + LOCKS[lock]), {"id": lead_id}
+        )
+    ).one_or_none()
+    return None if row is None else _state_of(row)
+
+
+async def load_many(connection: AsyncConnection, lead_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, LeadState]:
+    """The stored leads among ``lead_ids``, locked in id order (a fixed order cannot deadlock)."""
+    rows = await connection.execute(
+        text(f"SELECT {STATE_COLUMNS} FROM leads WHERE lead_id = ANY(:ids) ORDER BY lead_id FOR UPDATE"),
+        {"ids": sorted(set(lead_ids))},
+    )
+    return {row.lead_id: _state_of(row) for row in rows}
+
+
+def _state_of(row: Row[Any]) -> LeadState:
+    return LeadState(
+        lead_id=row.lead_id,
+        stage=Stage(row.stage),
+        source=row.source,
+        attributes=LeadAttributes.model_validate(row.attributes),
+        touches=tuple(Touch(EngagementType(kind), datetime.fromisoformat(at)) for kind, at in row.touches),
+        score_total=row.score_total,
+        tier=Tier(row.tier) if row.tier else None,
+        persona=row.persona,
+        pinned=row.pinned,
+        held_until=row.held_until,
+        recycled_until=row.recycled_until,
+    )
+
+
+async def canonical_lead_id(connection: AsyncConnection, lead_id: uuid.UUID) -> uuid.UUID:
+    """A provisional id that identity resolution folded into another lead names that lead."""
+    found = await connection.scalar(
+        text("SELECT lead_id FROM lead_identities WHERE key = :k"), {"k": alias_key(lead_id)}
+    )
+    return found if isinstance(found, uuid.UUID) else lead_id
