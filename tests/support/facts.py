@@ -5,7 +5,16 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta
 
-from schemas.events import LeadRoutedV1, Playbook, Tier
+from schemas.events import (
+    ActivityRecordedV1,
+    ActivityType,
+    EngagementType,
+    LeadAttributes,
+    LeadReceivedV1,
+    LeadRoutedV1,
+    Playbook,
+    Tier,
+)
 
 
 def routed_fact(
@@ -39,4 +48,48 @@ def routed_fact(
         candidates=(),
         replaces_assignment_id=replaces,
         playbook=playbook,
+    )
+
+
+def received(
+    engagement: EngagementType,
+    at: datetime,
+    attributes: LeadAttributes,
+    *,
+    lead_id: uuid.UUID,
+    n: int = 0,
+    source: str = "hubspot",
+) -> LeadReceivedV1:
+    """A marketing event about ``lead_id``; its id follows from ``n``, the kind and the time, so
+    building the same event twice gives the same event (a redelivery)."""
+    return LeadReceivedV1(
+        event_id=uuid.uuid5(lead_id, f"received-{n}-{engagement.value}-{at.isoformat()}"),
+        lead_id=lead_id,
+        occurred_at=at,
+        source=source,
+        webhook_id=f"wh-{n}",
+        engagement=engagement,
+        attributes=attributes,
+    )
+
+
+def activity(
+    kind: ActivityType,
+    at: datetime,
+    *,
+    lead_id: uuid.UUID,
+    n: int = 0,
+    reason: str | None = None,
+    rep_id: str | None = "ava",
+) -> ActivityRecordedV1:
+    """A CRM activity about ``lead_id`` as intake records it (identified like ``received``)."""
+    return ActivityRecordedV1(
+        event_id=uuid.uuid5(lead_id, f"activity-{n}-{kind.value}-{at.isoformat()}"),
+        lead_id=lead_id,
+        occurred_at=at,
+        source="salesforce",
+        webhook_id=f"crm-{n}",
+        activity=kind,
+        rep_id=rep_id,
+        reason=reason,
     )

@@ -29,6 +29,7 @@ from schemas.events import (
     Stage,
     Tier,
 )
+from tests.support import facts
 
 AGREEMENT = load_agreement(Path(__file__).resolve().parents[2] / "examples" / "agreement.yaml")
 VERSION = "2026.11-1"
@@ -49,28 +50,11 @@ def received(
     n: int = 0,
     source: str = "hubspot",
 ) -> LeadReceivedV1:
-    return LeadReceivedV1(
-        event_id=uuid.uuid5(LEAD_ID, f"received-{n}-{engagement.value}-{at.isoformat()}"),
-        lead_id=LEAD_ID,
-        occurred_at=at,
-        source=source,
-        webhook_id=f"wh-{n}",
-        engagement=engagement,
-        attributes=attributes,
-    )
+    return facts.received(engagement, at, attributes, lead_id=LEAD_ID, n=n, source=source)
 
 
 def activity(kind: ActivityType, at: datetime = T0, *, n: int = 0, reason: str | None = None) -> ActivityRecordedV1:
-    return ActivityRecordedV1(
-        event_id=uuid.uuid5(LEAD_ID, f"activity-{n}-{kind.value}"),
-        lead_id=LEAD_ID,
-        occurred_at=at,
-        source="salesforce",
-        webhook_id=f"crm-{n}",
-        activity=kind,
-        rep_id="ava",
-        reason=reason,
-    )
+    return facts.activity(kind, at, lead_id=LEAD_ID, n=n, reason=reason)
 
 
 def receive(state: LeadState, event: LeadReceivedV1) -> Outcome:

@@ -41,6 +41,7 @@ from schemas.events import (
     Stage,
     Tier,
 )
+from tests.support import facts
 
 EXAMPLE_PATH = Path(__file__).resolve().parents[2] / "examples" / "agreement.yaml"
 AGREEMENT = load_agreement(EXAMPLE_PATH)
@@ -66,28 +67,11 @@ def variant(change: Any) -> Agreement:
 def received(
     engagement: EngagementType, at: datetime = T0, attributes: LeadAttributes = FIT_40, n: int = 0
 ) -> LeadReceivedV1:
-    return LeadReceivedV1(
-        event_id=uuid.uuid5(LEAD_ID, f"received-{n}"),
-        lead_id=LEAD_ID,
-        occurred_at=at,
-        source="hubspot",
-        webhook_id=f"wh-{n}",
-        engagement=engagement,
-        attributes=attributes,
-    )
+    return facts.received(engagement, at, attributes, lead_id=LEAD_ID, n=n)
 
 
 def activity(kind: ActivityType, at: datetime = T0, reason: str | None = None, n: int = 0) -> ActivityRecordedV1:
-    return ActivityRecordedV1(
-        event_id=uuid.uuid5(LEAD_ID, f"activity-{n}-{kind.value}"),
-        lead_id=LEAD_ID,
-        occurred_at=at,
-        source="salesforce",
-        webhook_id=f"crm-{n}",
-        activity=kind,
-        rep_id="ava",
-        reason=reason,
-    )
+    return facts.activity(kind, at, lead_id=LEAD_ID, n=n, reason=reason)
 
 
 def run(

@@ -32,6 +32,7 @@ from schemas.events import (
     LeadStageChangedV1,
     Stage,
 )
+from tests.support import facts
 
 AGREEMENT = load_agreement(Path(__file__).resolve().parents[2] / "examples" / "agreement.yaml")
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
@@ -106,28 +107,11 @@ def test_engagement_is_the_sum_of_each_award_decayed(touches: list[Touch], at: i
 
 
 def received(kind: EngagementType, at: datetime, attributes: LeadAttributes, n: int) -> LeadReceivedV1:
-    return LeadReceivedV1(
-        event_id=uuid.uuid5(LEAD_ID, f"received-{n}"),
-        lead_id=LEAD_ID,
-        occurred_at=at,
-        source="hubspot",
-        webhook_id=f"wh-{n}",
-        engagement=kind,
-        attributes=attributes,
-    )
+    return facts.received(kind, at, attributes, lead_id=LEAD_ID, n=n)
 
 
 def activity(kind: ActivityType, at: datetime, reason: str | None, n: int) -> ActivityRecordedV1:
-    return ActivityRecordedV1(
-        event_id=uuid.uuid5(LEAD_ID, f"activity-{n}"),
-        lead_id=LEAD_ID,
-        occurred_at=at,
-        source="salesforce",
-        webhook_id=f"crm-{n}",
-        activity=kind,
-        rep_id="ava",
-        reason=reason,
-    )
+    return facts.activity(kind, at, lead_id=LEAD_ID, n=n, reason=reason)
 
 
 # Engagement types the example agreement gives no points: events that leave the score unchanged.
