@@ -25,6 +25,7 @@ from coxswain.settings import DatabaseConfig, KafkaConfig
 from schemas.codec import encode
 from schemas.events import ReassignmentRequestedV1, Tier
 from tests.support.stack import ADMIN_TOKEN, Stack, TopicWatcher, agreement_in_force, for_lead, post_signed
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -95,6 +96,28 @@ async def one(database: AsyncEngine, sql: str, **params: Any) -> Any:
         return (await connection.execute(text(sql), params)).one()
 
 
+async def judged_by(consumer: str, event_id: str, database: AsyncEngine) -> bool:
+    """Whether ``consumer`` has committed its handling of the event (its inbox holds it)."""
+    async with database.connect() as connection:
+        found = await connection.scalar(
+            text("SELECT 1 FROM inbox WHERE consumer = :consumer AND event_id = :event_id"),
+            {"consumer": consumer, "event_id": uuid.UUID(event_id)},
+        )
+    return found is not None
+
+
+async def no_pending_timers(lead_id: str, database: AsyncEngine) -> bool:
+    async with database.connect() as connection:
+        pending: int | None = await connection.scalar(
+            text(
+                "SELECT count(*) FROM sla_timers t JOIN deadlines d USING (deadline_id) "
+                "WHERE d.lead_id = :lead_id AND t.status = 'pending'"
+            ),
+            {"lead_id": uuid.UUID(lead_id)},
+        )
+    return pending == 0
+
+
 async def figures(reports: httpx.AsyncClient, campaign: str) -> dict[str, Any]:
     """The report figures an activity can move, for this test's campaign only."""
     window = {"campaign": campaign, "since": (datetime.now(UTC) - timedelta(hours=1)).isoformat()}
@@ -129,7 +152,7 @@ async def test_a_refused_activity_changes_nothing_and_an_accepted_one_changes_ev
             await report({"lead_id": lead_id, **activity}, client)
         refusals = await watcher.wait_for("leads.activity_refused.v1", for_lead(lead_id), count=3)
         assert sorted(r.value["refusal"] for r in refusals) == ["illegal_transition", "unknown_reason", "unknown_rep"]
-        await asyncio.sleep(2)  # every consumer has had every chance to act on them
+        await watcher.wait_until_settled()  # whatever any service made of them is published and read
 
         assert watcher.matching("leads.activity_accepted.v1", for_lead(lead_id)) == []
         assert watcher.matching("sla.met.v1", for_lead(lead_id)) == []
@@ -206,8 +229,9 @@ async def test_a_former_owners_touch_does_not_credit_the_new_owner(
         assert owner in ("ava", "ben")
 
         await report({"lead_id": lead_id, "activity": "first_touch", "rep_id": "iris"}, client)
-        await watcher.wait_for("leads.activity_accepted.v1", for_lead(lead_id))
-        await asyncio.sleep(1.5)
+        [accepted] = await watcher.wait_for("leads.activity_accepted.v1", for_lead(lead_id))
+        await wait_until(lambda: judged_by("sla_monitor", accepted.value["event_id"], database), "the monitor's turn")
+        await watcher.wait_until_settled()
         assert watcher.matching("sla.met.v1", for_lead(lead_id)) == [], "iris's touch stops nobody's clock"
 
         await report({"lead_id": lead_id, "activity": "first_touch", "rep_id": owner}, client)
@@ -237,7 +261,10 @@ async def test_a_lead_nobody_answers_pages_on_call_once_and_is_not_reassigned_be
         )
         routed_at = datetime.fromisoformat(first.value["routed_at"])
         assert datetime.fromisoformat(page.value["escalate_at"]) <= routed_at + timedelta(seconds=3 + 8)
-        await asyncio.sleep(8)
+        # Every timer of the lead's clocks decided (the page step at 11 s fired or cancelled), and
+        # whatever came of them published and read.
+        await wait_until(lambda: no_pending_timers(lead_id, database), "every timer of the lead decided", within=60)
+        await watcher.wait_until_settled()
 
         pages = [s for s in watcher.matching("sla.escalated.v1", for_lead(lead_id)) if s.value["step"] == "page_oncall"]
         assert len(pages) == 1, [p.value for p in pages]

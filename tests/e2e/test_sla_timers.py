@@ -274,7 +274,7 @@ async def test_ten_thousand_deadlines_fire_exactly_once_across_sigkill_and_resta
         # Other tests put undecodable records on this topic (dead-letter tests): they are not ours.
         mine = lambda seen: str(seen.value.get("deadline_id")) in planted_ids  # noqa: E731
         await watcher.wait_for("sla.breached.v1", mine, count=count, within=120)
-        await asyncio.sleep(2)  # any duplicate the relay publishes after a crash has time to show
+        await watcher.wait_until_settled()  # a duplicate a relay publishes after a crash is read by now
         records = watcher.matching("sla.breached.v1", mine)
     ids_per_deadline: dict[str, set[str]] = defaultdict(set)
     for record in records:

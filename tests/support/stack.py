@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from coxswain.runtime.kafka import connection_options
 from coxswain.settings import DatabaseConfig, KafkaConfig
 from services.intake.signatures import sign
+from tests.support.waiting import wait_until
 
 SECRET = "whsec_" + "c2VjcmV0LWZvci10ZXN0cy1vbmx5LTAxMjM0NTY3"
 # Opens intake's /v1/leads/{id} and /v1/admin/* in the end-to-end stack.
@@ -186,6 +187,7 @@ class TopicWatcher:
         self.records: list[Seen] = []
         self._task: asyncio.Task[None] | None = None
         self._consumer: Any = None
+        self._next: dict[tuple[str, int], int] = {}  # per partition: the offset after the last record seen
 
     async def __aenter__(self) -> TopicWatcher:
         self._consumer = AIOKafkaConsumer(
@@ -213,6 +215,33 @@ class TopicWatcher:
                 value = {"_raw": record.value.decode(errors="replace")}
             headers = {name: bytes(raw).decode(errors="replace") for name, raw in (record.headers or ())}
             self.records.append(Seen(record.topic, (record.key or b"").decode(), value, headers))
+            self._next[(record.topic, record.partition)] = record.offset + 1
+
+    async def wait_until_settled(self, within: float = 60) -> None:
+        """The positive signal a "nothing doubled" check waits for, instead of a fixed sleep: no fact
+        of the watched topics is left in any service's outbox (so no relay can publish one again:
+        a row is deleted only after Kafka acknowledged it), and this watcher has read every topic
+        to the end offsets taken after that."""
+        engine = create_async_engine(DatabaseConfig().database_url)
+        try:
+
+            async def outbox_drained() -> bool:
+                async with engine.connect() as connection:
+                    left: int | None = await connection.scalar(
+                        text("SELECT count(*) FROM outbox WHERE topic = ANY(:topics)"), {"topics": self.topics}
+                    )
+                return left == 0
+
+            await wait_until(outbox_drained, f"the outbox to drain of {self.topics}", within=within)
+        finally:
+            await engine.dispose()
+        partitions = self._consumer.assignment()
+        ends: dict[Any, int] = await self._consumer.end_offsets(list(partitions))
+
+        def read_to_the_end() -> bool:
+            return all(self._next.get((tp.topic, tp.partition), 0) >= end for tp, end in ends.items())
+
+        await wait_until(read_to_the_end, f"the watcher to read {self.topics} to their end", within=within)
 
     def matching(self, topic: str, where: Callable[[Seen], bool] = lambda _: True) -> list[Seen]:
         return [seen for seen in self.records if seen.topic == topic and where(seen)]
