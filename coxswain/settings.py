@@ -5,6 +5,7 @@ Slices are built in the entry point and passed down; nothing reads the environme
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -332,3 +333,82 @@ ALL_SLICES: tuple[type[Slice], ...] = (
 
 def environment_variable_names() -> frozenset[str]:
     return frozenset(PREFIX + name.upper() for config in ALL_SLICES for name in config.model_fields)
+
+
+class Settings:
+    """Every slice one process uses, each read from the environment once, when first asked for.
+
+    The entry point builds one and passes it down, so a process does not read the environment
+    again halfway through (and a test can hand a process settings of its own)."""
+
+    @cached_property
+    def kafka(self) -> KafkaConfig:
+        return KafkaConfig()
+
+    @cached_property
+    def database(self) -> DatabaseConfig:
+        return DatabaseConfig()
+
+    @cached_property
+    def agreement(self) -> AgreementConfig:
+        return AgreementConfig()
+
+    @cached_property
+    def scoring(self) -> ScoringConfig:
+        return ScoringConfig()
+
+    @cached_property
+    def admin(self) -> AdminConfig:
+        return AdminConfig()
+
+    @cached_property
+    def consumer(self) -> ConsumerConfig:
+        return ConsumerConfig()
+
+    @cached_property
+    def intake(self) -> IntakeConfig:
+        return IntakeConfig()
+
+    @cached_property
+    def sla(self) -> SlaConfig:
+        return SlaConfig()
+
+    @cached_property
+    def senders(self) -> SendersConfig:
+        return SendersConfig()
+
+    @cached_property
+    def observability(self) -> ObservabilityConfig:
+        return ObservabilityConfig()
+
+    @cached_property
+    def reporting(self) -> ReportingConfig:
+        return ReportingConfig()
+
+    @cached_property
+    def deployment(self) -> DeploymentConfig:
+        return DeploymentConfig()
+
+    @cached_property
+    def health(self) -> HealthConfig:
+        return HealthConfig()
+
+    @cached_property
+    def router(self) -> RouterConfig:
+        return RouterConfig()
+
+    @cached_property
+    def roster_api(self) -> RosterApiConfig:
+        return RosterApiConfig()
+
+    @cached_property
+    def crm_sync(self) -> CrmSyncConfig:
+        return CrmSyncConfig()
+
+    @cached_property
+    def retention(self) -> RetentionConfig:
+        return RetentionConfig()
+
+    @cached_property
+    def outbox(self) -> OutboxConfig:
+        return OutboxConfig()
