@@ -200,7 +200,7 @@ def test_the_kustomization_lists_files_that_exist() -> None:
 def test_every_kafka_consumer_runs_as_a_statefulset_named_for_its_static_membership() -> None:
     """A pod's name survives its restarts only in a StatefulSet; as the static member id it lets a
     restarted consumer take its partitions back without waiting for the old session to expire."""
-    consumers = {"coxswain-scoring", "coxswain-router", "coxswain-sla-monitor"}
+    consumers = {"coxswain-scoring", "coxswain-router", "coxswain-sla-monitor", "coxswain-crm-sync-hubspot"}
     services = {doc["metadata"]["name"]: doc for docs in K8S.values() for doc in docs if doc["kind"] == "Service"}
     stateful = {name: (container, doc) for name, container, doc in containers("StatefulSet")}
     assert set(stateful) == consumers
