@@ -67,6 +67,12 @@ class RetentionConfig(Slice):
         description="Decided SLA deadlines (met, breached, cancelled) and their fired or cancelled timers kept this "
         "long; reports read the facts, not these rows.",
     )
+    crm_write_retention_days: float = Field(
+        default=30,
+        gt=0,
+        description="crm_writes rows whose task was closed (reassigned, released) kept this long; an open task's row "
+        "stays while the lead keeps its owner.",
+    )
     fact_retention_months: int = Field(
         default=13,
         ge=1,

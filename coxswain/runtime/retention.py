@@ -124,6 +124,16 @@ async def prune(
                 "WHERE t.deadline_id = deadlines.deadline_id AND t.status = 'pending')",
                 clocks_before,
             )
+            # A closed task's row no longer guards anything a redelivery could repeat (the fact
+            # is long past the topics' retention); an open task's row is how a reassignment
+            # finds the task to close, so it stays.
+            rows["crm_writes"] = await delete_in_batches(
+                engine,
+                "crm_writes",
+                "ctid",
+                "closed_at < :before",
+                now - timedelta(days=config.crm_write_retention_days),
+            )
         finally:
             await holder.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": PRUNE_LOCK})
             await holder.commit()

@@ -69,6 +69,7 @@ async def test_a_pass_keeps_every_dedupe_record_inside_the_window(infrastructure
             )
 
         clocks = await decided_clocks(engine)
+        open_task, recently_closed = await crm_writes(engine)
 
         pruned = await prune(engine, config, kept_for(timedelta(days=1)), NOW)
 
@@ -80,6 +81,7 @@ async def test_a_pass_keeps_every_dedupe_record_inside_the_window(infrastructure
             "sla_alert_deliveries": 1,
             "sla_timers": 2,
             "deadlines": 1,
+            "crm_writes": 1,
             # No month of facts is past its retention yet (tests/integration/test_partitions.py).
             "lead_facts": 0,
             "report_facts": 0,
@@ -104,6 +106,33 @@ async def test_a_pass_keeps_every_dedupe_record_inside_the_window(infrastructure
         # breach still escalating, an armed one and a recent one stay.
         assert deadlines == clocks.keep
         assert {deadline for deadline, _ in timers} == clocks.keep - {clocks.armed_without_timers}
+        async with engine.connect() as connection:
+            writes = set(await connection.scalars(text("SELECT assignment_id FROM crm_writes")))
+        # The task closed long ago went; an old task still open (the lead keeps its owner) and one
+        # closed yesterday stay.
+        assert writes == {open_task, recently_closed}
+
+
+async def crm_writes(engine: AsyncEngine) -> tuple[uuid.UUID, uuid.UUID]:
+    """Three CRM write records, all written 40 days ago: closed then (goes), still open (stays),
+    closed yesterday (stays). Returns the two that stay."""
+    closed_long_ago, still_open, closed_yesterday = (uuid.uuid4() for _ in range(3))
+    old = NOW - timedelta(days=40)
+    async with engine.begin() as connection:
+        for assignment_id, closed_at in (
+            (closed_long_ago, old),
+            (still_open, None),
+            (closed_yesterday, NOW - timedelta(days=1)),
+        ):
+            await connection.execute(
+                text(
+                    "INSERT INTO crm_writes (connection, assignment_id, lead_id, rep_id, owner_id, contact_id, "
+                    "task_id, written_at, closed_at) VALUES ('hubspot', :assignment_id, :lead_id, 'ava', '51', "
+                    "'101', '201', :written_at, :closed_at)"
+                ),
+                {"assignment_id": assignment_id, "lead_id": uuid.uuid4(), "written_at": old, "closed_at": closed_at},
+            )
+    return still_open, closed_yesterday
 
 
 @dataclass(frozen=True)
