@@ -17,10 +17,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coxswain.access import TokenTable, TokenTableError
 from coxswain.core.agreement import Agreement
-from coxswain.core.crm_sync import CrmKind, unmapped_reps
+from coxswain.core.crm_sync import ID_NAME, ROSTER_FIELD, CrmKind, unmapped_reps
 from coxswain.db.database import create_engine, require_current_schema
 from coxswain.runtime import health, metrics, outages, retention, tracing
-from coxswain.runtime.consumer import BatchHandler, ConsumerService, Handler, utc_now
+from coxswain.runtime.consumer import BatchHandler, ConsumerService, Handler, Unavailable, utc_now
 from coxswain.runtime.kafka import Publisher
 from coxswain.runtime.outages import is_connection_error
 from coxswain.runtime.outbox import OutboxRelay
@@ -193,8 +193,23 @@ def _batch_handler(
     return metrics.timed_batch(name, versioned_batch_handler(source, spec.make_batch_handler))
 
 
-def crm_token(config: CrmSyncConfig) -> str:
-    """The CRM token from COXSWAIN_CRM_TOKEN, else from COXSWAIN_CRM_TOKEN_FILE; refuses to start without one."""
+def crm_token(config: CrmSyncConfig) -> str | None:
+    """The CRM token from COXSWAIN_CRM_TOKEN, else from COXSWAIN_CRM_TOKEN_FILE; refuses to start without one.
+
+    None for Salesforce with a connected app's client id and secret: the token comes from the
+    client-credentials flow."""
+    if config.crm_kind == "salesforce" and (config.crm_salesforce_client_id or config.crm_salesforce_client_secret):
+        if not (config.crm_salesforce_client_id and config.crm_salesforce_client_secret):
+            raise SystemExit(
+                "crm-sync refuses to start: set both COXSWAIN_CRM_SALESFORCE_CLIENT_ID and "
+                "COXSWAIN_CRM_SALESFORCE_CLIENT_SECRET for the client-credentials flow"
+            )
+        return None
+    if config.crm_kind == "salesforce" and "hubapi.com" in config.crm_base_url:
+        raise SystemExit(
+            "crm-sync refuses to start: COXSWAIN_CRM_BASE_URL must be the Salesforce org's instance URL "
+            "(https://<my-domain>.my.salesforce.com)"
+        )
     if config.crm_token is not None and config.crm_token.get_secret_value().strip():
         return config.crm_token.get_secret_value().strip()
     if config.crm_token_file is not None:
@@ -215,8 +230,13 @@ def require_crm_owners(agreement: Agreement, kind: CrmKind) -> None:
     if missing:
         raise SystemExit(
             f"crm-sync refuses to start: agreement {agreement.version}: rep(s) {', '.join(missing)} have no "
-            f"{kind} owner id; set roster[].crm.{kind}_owner_id for each"
+            f"{kind} {ID_NAME[kind]}; set roster[].crm.{ROSTER_FIELD[kind]} for each"
         )
+
+
+def crm_connection(config: CrmSyncConfig) -> str:
+    """COXSWAIN_CRM_CONNECTION, else the CRM's kind (``hubspot``, ``salesforce``)."""
+    return config.crm_connection if "crm_connection" in config.model_fields_set else config.crm_kind
 
 
 def crm_consumer_config(consumer: ConsumerConfig, crm: CrmSyncConfig) -> ConsumerConfig:
@@ -227,13 +247,28 @@ def crm_consumer_config(consumer: ConsumerConfig, crm: CrmSyncConfig) -> Consume
 
 
 async def run_crm_sync() -> None:
-    """``coxswain run crm-sync``: the consumer loop with a HubSpot client (docs/integrators.md#hubspot)."""
+    """``coxswain run crm-sync``: the consumer loop with the client of COXSWAIN_CRM_KIND
+    (docs/integrators.md#hubspot, docs/integrators.md#salesforce)."""
     from services.crm_sync import service as crm_sync
     from services.crm_sync.hubspot import HubSpotClient
+    from services.crm_sync.salesforce import SalesforceClient
 
     config = CrmSyncConfig()
-    client = HubSpotClient(config, crm_token(config))
-    sync = crm_sync.HubSpotSync(client, config.crm_connection)
+    token = crm_token(config)
+    client: crm_sync.CrmClient
+    if config.crm_kind == "salesforce":
+        salesforce = SalesforceClient(config, token)
+        if token is None:
+            try:
+                await salesforce.renew()
+            except Unavailable as exc:
+                await salesforce.aclose()
+                raise SystemExit(f"crm-sync refuses to start: {exc}") from None
+        client = salesforce
+    else:
+        assert token is not None
+        client = HubSpotClient(config, token)
+    sync = crm_sync.CrmSync(client, crm_connection(config))
     database = DatabaseConfig()
     idle = database.database_idle_in_transaction_seconds
     if idle:
@@ -243,7 +278,7 @@ async def run_crm_sync() -> None:
     spec = ConsumerSpec(crm_sync.ACCEPTS, lambda agreement: crm_sync.make_handler(agreement, sync))
     try:
         await run_consumer(
-            crm_sync.consumer_name(config.crm_connection),
+            crm_sync.consumer_name(crm_connection(config)),
             spec=spec,
             database=database.model_copy(update={"database_idle_in_transaction_seconds": idle}),
             check=lambda agreement: require_crm_owners(agreement, config.crm_kind),

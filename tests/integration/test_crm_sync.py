@@ -67,7 +67,7 @@ class Connector:
         defaults: dict[str, Any] = {"crm_base_url": hubspot.url, "crm_backoff_seconds": 0.05, "crm_max_attempts": 4}
         config = CrmSyncConfig(**(defaults | settings))
         self.client = HubSpotClient(config, token)
-        self.sync = crm_sync.HubSpotSync(self.client)
+        self.sync = crm_sync.CrmSync(self.client)
         self.handler = crm_sync.make_handler(agreement(), self.sync)
         self.name = f"crm-it-{uuid.uuid4().hex[:8]}"
         self.offsets = 0

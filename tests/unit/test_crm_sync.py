@@ -85,7 +85,7 @@ def test_a_routed_lead_sets_the_owner_then_creates_one_task_keyed_by_the_assignm
 
     writes = plan_routed(fact, OWNERS, "jane@acme.com", "hubspot")
 
-    assert writes[0] == SetOwner("jane@acme.com", "101")
+    assert writes[0] == SetOwner("jane@acme.com", "101", lead_id=fact.lead_id)
     [task] = writes[1:]
     assert isinstance(task, CreateTask)
     assert (task.assignment_id, task.owner_id, task.due_at) == (fact.assignment_id, "101", fact.follow_up_due_at)
@@ -98,12 +98,13 @@ def test_a_routed_lead_sets_the_owner_then_creates_one_task_keyed_by_the_assignm
 def test_a_reassignment_closes_the_replaced_task_first() -> None:
     replaced = uuid.uuid4()
 
-    writes = plan_routed(routed("ben", replaces=replaced), OWNERS, "jane@acme.com", "hubspot")
+    fact = routed("ben", replaces=replaced)
+    writes = plan_routed(fact, OWNERS, "jane@acme.com", "hubspot")
 
     assert isinstance(writes[0], CloseTask)
     assert writes[0].assignment_id == replaced
     assert writes[0].reason.startswith("reassigned to ben")
-    assert writes[1] == SetOwner("jane@acme.com", "102")
+    assert writes[1] == SetOwner("jane@acme.com", "102", lead_id=fact.lead_id)
     assert isinstance(writes[2], CreateTask) and writes[2].owner_id == "102"
 
 
