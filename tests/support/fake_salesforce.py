@@ -33,6 +33,7 @@ import itertools
 import re
 import secrets
 import time
+import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -267,7 +268,7 @@ class FakeSalesforce:
 
         @app.post("/services/oauth2/token")
         async def token(request: Request) -> Any:
-            form = await request.form()
+            form = {k: v[0] for k, v in urllib.parse.parse_qs((await request.body()).decode()).items()}
             if form.get("grant_type") != "client_credentials":
                 return JSONResponse(
                     {"error": "unsupported_grant_type", "error_description": "grant type not supported"}, 400

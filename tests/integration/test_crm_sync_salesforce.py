@@ -1,0 +1,402 @@
+"""crm-sync for Salesforce against real PostgreSQL and Kafka and a local Salesforce
+(tests/support/fake_salesforce.py): one OwnerId update and one Task per assignment, also across a
+redelivery and a crash before our commit; a reassignment moves the owner and leaves one open Task;
+a 429's Retry-After and a 403 REQUEST_LIMIT_EXCEEDED are waited out; an outage delays the write
+and loses nothing; Leads upserted on an external-id field; a token renewed by the
+client-credentials flow.
+
+Every test makes its own leads, emails and consumer name, so tests never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from aiokafka import AIOKafkaProducer
+from prometheus_client import REGISTRY
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from coxswain.core.agreement import Agreement, parse_agreement
+from coxswain.db.database import create_engine
+from coxswain.runtime.consumer import ConsumerService, Delivery, Unavailable
+from coxswain.runtime.kafka import connection_options
+from coxswain.settings import ConsumerConfig, CrmSyncConfig, DatabaseConfig, KafkaConfig
+from schemas.codec import encode
+from schemas.events import Event, LeadStageChangedV1, Stage
+from services.crm_sync import service as crm_sync
+from services.crm_sync.salesforce import SalesforceClient
+from tests.integration.test_crm_sync import NOW, new_lead, routed, scalar
+from tests.integration.test_routing_router import start_group_at_end
+from tests.support import fake_salesforce
+from tests.support.fake_salesforce import CLIENT_ID, CLIENT_SECRET, TOKEN, FakeSalesforce
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+USERS = {"ava": "005000000000001AAA", "ben": "005000000000002AAA"}
+TASKS = "/sobjects/Task"
+
+
+def agreement() -> Agreement:
+    return parse_agreement(
+        {
+            "version": "crm-it",
+            "name": "crm-sync salesforce integration tests",
+            "scoring": {"mql": {"enter": 60, "exit": 45}, "tiers": {"hot": 80, "warm": 60}},
+            "roster": [
+                {"id": rep, "name": rep.title(), "crm": {"salesforce_user_id": user}} for rep, user in USERS.items()
+            ],
+            "routing": {"fallback_pool": "all", "pools": [{"id": "all", "members": [{"rep": "ava"}, {"rep": "ben"}]}]},
+            "sla": {"policies": {t: {"first_touch": "1h"} for t in ("hot", "warm", "cold")}},
+        }
+    )
+
+
+class Connector:
+    """crm-sync's handler with a Salesforce client, in a ConsumerService of its own."""
+
+    def __init__(self, engine: AsyncEngine, salesforce: FakeSalesforce, token: str | None = TOKEN, **settings: Any):
+        self.engine = engine
+        defaults: dict[str, Any] = {
+            "crm_kind": "salesforce",
+            "crm_base_url": salesforce.url,
+            "crm_backoff_seconds": 0.05,
+            "crm_max_attempts": 4,
+        }
+        self.client = SalesforceClient(CrmSyncConfig(**(defaults | settings)), token)
+        self.sync = crm_sync.CrmSync(self.client)
+        self.handler = crm_sync.make_handler(agreement(), self.sync)
+        self.name = f"crm-sf-it-{uuid.uuid4().hex[:8]}"
+        self.offsets = 0
+
+    def service(self) -> ConsumerService:
+        return ConsumerService(
+            name=self.name,
+            accepts=crm_sync.ACCEPTS,
+            handler=self.handler,
+            engine=self.engine,
+            kafka=KafkaConfig(),
+            config=ConsumerConfig(),
+            clock=lambda: NOW,
+        )
+
+    async def deliver(self, *events: Event) -> None:
+        deliveries = []
+        for event in events:
+            record = encode(event)
+            self.offsets += 1
+            deliveries.append(Delivery(record.topic, 0, self.offsets, record.key, record.value, record.headers))
+        await self.service().process(deliveries)
+
+    async def through_kafka(self, *events: Event, until: uuid.UUID) -> None:
+        """Publish ``events`` and run the consumer until the assignment ``until`` is written."""
+        await start_group_at_end(self.name, list(crm_sync.ACCEPTS))
+        stop = asyncio.Event()
+        running = asyncio.create_task(self.service().run(stop))
+        producer = AIOKafkaProducer(**connection_options(KafkaConfig()), acks="all", enable_idempotence=True)
+        await producer.start()
+        try:
+            for event in events:
+                record = encode(event)
+                await producer.send_and_wait(record.topic, record.value, key=record.key, headers=list(record.headers))
+            for _ in range(900):
+                if await scalar(self.engine, "SELECT count(*) FROM crm_writes WHERE assignment_id = :a", a=until):
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            stop.set()
+            await producer.stop()
+            await running
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+def tasks_for(salesforce: FakeSalesforce, assignment_id: uuid.UUID) -> list[dict[str, Any]]:
+    return [t for t in salesforce.records["Task"].values() if t["Coxswain_Assignment_Id__c"] == str(assignment_id)]
+
+
+def task_creates(salesforce: FakeSalesforce, assignment_id: uuid.UUID) -> int:
+    return sum(
+        1
+        for seen in salesforce.writes("POST", TASKS)
+        if seen.body.get("Coxswain_Assignment_Id__c") == str(assignment_id)
+    )
+
+
+def gauge(name: str) -> float | None:
+    return REGISTRY.get_sample_value(name, {"crm": "salesforce"})
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def engine(infrastructure: None) -> AsyncIterator[AsyncEngine]:
+    database = create_engine(DatabaseConfig())
+    yield database
+    await database.dispose()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def salesforce() -> AsyncIterator[FakeSalesforce]:
+    async with fake_salesforce.serving(set(USERS.values())) as fake:
+        yield fake
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def connector(engine: AsyncEngine, salesforce: FakeSalesforce) -> AsyncIterator[Connector]:
+    made = Connector(engine, salesforce)
+    yield made
+    await made.aclose()
+
+
+async def test_through_kafka_a_routed_lead_gives_one_owner_update_and_one_task_and_a_redelivery_none_more(
+    connector: Connector, salesforce: FakeSalesforce, engine: AsyncEngine
+) -> None:
+    lead_id, email = await new_lead(engine)
+    # The Lead exists already (marketing automation made it): the owner is a PATCH.
+    lead = salesforce.insert("Lead", {"Email": email, "LastName": "Doe", "Company": "Acme"})
+    fact = routed(lead_id, "ava")
+    marker_lead, _ = await new_lead(engine)
+    marker = routed(marker_lead, "ben")
+
+    await connector.through_kafka(fact, fact, marker, until=marker.assignment_id)  # the second copy: a redelivery
+
+    owner_patches = salesforce.writes("PATCH", f"/sobjects/Lead/{lead['Id']}")
+    assert [seen.body for seen in owner_patches] == [{"OwnerId": USERS["ava"]}]
+    assert lead["OwnerId"] == USERS["ava"]
+    [task] = tasks_for(salesforce, fact.assignment_id)
+    assert salesforce.tasks_of(lead["Id"]) == [task]
+    assert (task["OwnerId"], task["Status"], task["ActivityDate"]) == (USERS["ava"], "Not Started", "2026-11-25")
+    assert task["ReminderDateTime"] == "2026-11-25T16:00:00Z"
+    assert task["Subject"] == "Follow up: hot lead"
+    assert "fallback pool all" in task["Description"]
+    assert task_creates(salesforce, fact.assignment_id) == 1
+    async with engine.connect() as connection:
+        row = (
+            await connection.execute(
+                text("SELECT connection, contact_id, task_id, owner_id FROM crm_writes WHERE assignment_id = :a"),
+                {"a": fact.assignment_id},
+            )
+        ).one()
+    assert (row.connection, row.contact_id, row.task_id, row.owner_id) == (
+        "salesforce",
+        lead["Id"],
+        task["Id"],
+        USERS["ava"],
+    )
+    # The daily API usage Salesforce reports on every answer is exposed.
+    assert gauge("coxswain_crm_api_calls_used") == salesforce.api_used
+    assert gauge("coxswain_crm_api_calls_limit") == salesforce.api_limit
+
+
+async def test_a_crash_between_the_crm_write_and_our_commit_creates_no_second_task_or_lead(
+    engine: AsyncEngine, salesforce: FakeSalesforce
+) -> None:
+    lead_id, email = await new_lead(engine)
+    fact = routed(lead_id, "ben")
+    first = Connector(engine, salesforce)
+
+    class Crash(Exception):
+        pass
+
+    with pytest.raises(Crash):
+        async with engine.begin() as connection:
+            await first.handler(connection, fact, NOW)
+            raise Crash  # the process dies: Salesforce has the Lead and the Task, our transaction is lost
+    await first.aclose()
+    assert len(tasks_for(salesforce, fact.assignment_id)) == 1
+
+    restarted = Connector(engine, salesforce)  # a new process: nothing remembered in memory
+    try:
+        await restarted.deliver(fact)
+    finally:
+        await restarted.aclose()
+
+    [task] = tasks_for(salesforce, fact.assignment_id)
+    assert (
+        await scalar(engine, "SELECT task_id FROM crm_writes WHERE assignment_id = :a", a=fact.assignment_id)
+        == (task["Id"])
+    )
+    assert task_creates(salesforce, fact.assignment_id) == 1
+    [lead] = [r for r in salesforce.records["Lead"].values() if r["Email"] == email]
+    assert (lead["OwnerId"], lead["LastName"], lead["Company"]) == (USERS["ben"], "[not provided]", "Acme")
+    assert task["WhoId"] == lead["Id"]
+
+
+async def test_a_reassignment_moves_the_owner_and_leaves_exactly_one_open_task(
+    connector: Connector, salesforce: FakeSalesforce, engine: AsyncEngine
+) -> None:
+    lead_id, email = await new_lead(engine)
+    first = routed(lead_id, "ava")
+    second = routed(lead_id, "ben", replaces=first.assignment_id)
+
+    await connector.deliver(first)
+    await connector.deliver(second)
+
+    lead = salesforce.lead_by_email(email)
+    assert lead is not None and lead["OwnerId"] == USERS["ben"]
+    statuses = {
+        t["Coxswain_Assignment_Id__c"]: (t["Status"], t["OwnerId"], t["IsClosed"])
+        for t in salesforce.tasks_of(lead["Id"])
+    }
+    assert statuses == {
+        str(first.assignment_id): ("Completed", USERS["ava"], True),
+        str(second.assignment_id): ("Not Started", USERS["ben"], False),
+    }
+
+    recycled = LeadStageChangedV1(
+        event_id=uuid.uuid4(),
+        lead_id=lead_id,
+        occurred_at=NOW,
+        agreement_version="crm-it",
+        caused_by=uuid.uuid4(),
+        from_stage=Stage.mql,
+        to_stage=Stage.recycled,
+        reason="no budget",
+    )
+    await connector.deliver(recycled)
+    assert {t["Status"] for t in salesforce.tasks_of(lead["Id"])} == {"Completed"}
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "headers"),
+    [(429, "", {"Retry-After": "1"}), (403, "REQUEST_LIMIT_EXCEEDED", {"Retry-After": "1"})],
+)
+async def test_a_rate_limit_is_honoured_until_its_retry_after_expires_and_nothing_is_lost(
+    connector: Connector,
+    salesforce: FakeSalesforce,
+    engine: AsyncEngine,
+    status: int,
+    code: str,
+    headers: dict[str, str],
+) -> None:
+    lead_id, _ = await new_lead(engine)
+    fact = routed(lead_id, "ava")
+    salesforce.inject(status, headers, path=TASKS, code=code)
+    seen_before = len(salesforce.seen)
+
+    await connector.deliver(fact)
+
+    during = salesforce.seen[seen_before:]
+    [limited] = [i for i, seen in enumerate(during) if seen.status == status]
+    throttled_at = during[limited].at
+    assert during[limited + 1 :], "the request was never sent again"
+    assert all(seen.at >= throttled_at + 1.0 for seen in during[limited + 1 :])
+    assert len(tasks_for(salesforce, fact.assignment_id)) == 1
+    assert await scalar(engine, "SELECT count(*) FROM crm_writes WHERE assignment_id = :a", a=fact.assignment_id) == 1
+
+
+async def test_salesforce_down_for_a_while_delays_the_write_through_kafka_and_loses_nothing(
+    engine: AsyncEngine, salesforce: FakeSalesforce
+) -> None:
+    # A shortened outage: longer than every attempt of a batch (3 tries from 0.05 s), so the batch
+    # is given back and redelivered by the consumer, several times.
+    connector = Connector(engine, salesforce, crm_max_attempts=3)
+    lead_id, _ = await new_lead(engine)
+    fact = routed(lead_id, "ben")
+    salesforce.down_for(4.0)
+    seen_before = len(salesforce.seen)
+    try:
+        await connector.through_kafka(fact, until=fact.assignment_id)
+    finally:
+        await connector.aclose()
+
+    during = salesforce.seen[seen_before:]
+    refused = [seen for seen in during if seen.status == 503]
+    assert len(refused) > 3, "the outage did not outlast one batch's attempts"
+    assert len(tasks_for(salesforce, fact.assignment_id)) == 1
+    assert task_creates(salesforce, fact.assignment_id) == 1
+    assert await scalar(engine, "SELECT count(*) FROM crm_writes WHERE assignment_id = :a", a=fact.assignment_id) == 1
+    assert not await scalar(engine, "SELECT count(*) FROM outbox WHERE key = :k", k=str(lead_id).encode())
+
+
+async def test_with_an_external_id_field_the_lead_is_upserted_on_the_coxswain_lead_id(
+    engine: AsyncEngine, salesforce: FakeSalesforce
+) -> None:
+    connector = Connector(engine, salesforce, crm_salesforce_lead_external_id_field="Coxswain_Lead_Id__c")
+    lead_id, email = await new_lead(engine)
+    first = routed(lead_id, "ava")
+    second = routed(lead_id, "ben", replaces=first.assignment_id)
+    try:
+        await connector.deliver(first)
+        await connector.deliver(second)
+    finally:
+        await connector.aclose()
+
+    [lead] = [r for r in salesforce.records["Lead"].values() if r["Coxswain_Lead_Id__c"] == str(lead_id)]
+    assert (lead["Email"], lead["OwnerId"]) == (email, USERS["ben"])
+    upserts = salesforce.writes("PATCH", f"/sobjects/Lead/Coxswain_Lead_Id__c/{lead_id}")
+    assert len(upserts) == 1  # the second assignment found it by external id and set the owner by id
+    assert [s.body for s in salesforce.writes("PATCH", f"/sobjects/Lead/{lead['Id']}")] == [{"OwnerId": USERS["ben"]}]
+    assert {t["Status"] for t in salesforce.tasks_of(lead["Id"])} == {"Completed", "Not Started"}
+
+
+async def test_an_expired_token_is_renewed_by_the_client_credentials_flow_and_nothing_is_lost(
+    engine: AsyncEngine, salesforce: FakeSalesforce
+) -> None:
+    connector = Connector(
+        engine,
+        salesforce,
+        token=None,
+        crm_salesforce_client_id=CLIENT_ID,
+        crm_salesforce_client_secret=CLIENT_SECRET,
+    )
+    try:
+        await connector.client.renew()
+        lead_id, _ = await new_lead(engine)
+        fact = routed(lead_id, "ava")
+        salesforce.token = "00Dxx!rotated-by-an-admin"  # the session ends: the next request is a 401
+        seen_before = len(salesforce.seen)
+        await connector.deliver(fact)
+    finally:
+        await connector.aclose()
+
+    during = salesforce.seen[seen_before:]
+    assert [s.status for s in during[:2]] == [401, 200]
+    assert during[1].path == "/services/oauth2/token"
+    assert len(tasks_for(salesforce, fact.assignment_id)) == 1
+
+
+async def test_a_refused_token_without_client_credentials_dead_letters_nothing(
+    engine: AsyncEngine, salesforce: FakeSalesforce
+) -> None:
+    connector = Connector(engine, salesforce, token="00Dxx!wrong")
+    lead_id, _ = await new_lead(engine)
+    fact = routed(lead_id, "ava")
+    try:
+        with pytest.raises(Unavailable):
+            await connector.deliver(fact)
+    finally:
+        await connector.aclose()
+
+    assert not await scalar(engine, "SELECT count(*) FROM outbox WHERE key = :k", k=str(lead_id).encode())
+    assert not tasks_for(salesforce, fact.assignment_id)
+
+
+async def test_a_routed_lead_for_a_rep_without_a_user_id_is_dead_lettered_naming_the_rep(
+    connector: Connector, salesforce: FakeSalesforce, engine: AsyncEngine
+) -> None:
+    document = agreement().model_dump(mode="json", by_alias=True, exclude_defaults=True)
+    document["roster"][1].pop("crm")
+    connector.handler = crm_sync.make_handler(parse_agreement(document), connector.sync)
+    lead_id, _ = await new_lead(engine)
+    fact = routed(lead_id, "ben")
+    seen_before = len(salesforce.seen)
+    try:
+        await connector.deliver(fact)
+    finally:
+        connector.handler = crm_sync.make_handler(agreement(), connector.sync)
+
+    assert salesforce.seen[seen_before:] == []
+    async with engine.connect() as connection:
+        [row] = await connection.execute(
+            text("SELECT headers FROM outbox WHERE topic = 'leads.routed.v1.dlq' AND key = :k"),
+            {"k": str(lead_id).encode()},
+        )
+    headers = dict(row.headers)
+    assert headers["dlq_error_type"] == "UnmappedRep"
+    assert headers["dlq_reason"] == "rep 'ben' has no salesforce user id (roster: crm.salesforce_user_id)"
