@@ -343,6 +343,45 @@ class CrmSyncConfig(Slice):
         "client-credentials flow (and renews it after a 401) instead of COXSWAIN_CRM_TOKEN.",
     )
     crm_salesforce_client_secret: SecretStr | None = Field(default=None, description="Connected app consumer secret.")
+    crm_salesforce_poll_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="How often crm-sync polls Salesforce for Task, Event, Lead and Opportunity changes and "
+        "publishes them to crm.activities.v1; 0: no polling.",
+    )
+    crm_salesforce_poll_lookback_seconds: float = Field(
+        default=3600.0, ge=0, description="Where a connection's first poll starts: this long before it starts."
+    )
+    crm_salesforce_poll_overlap_seconds: float = Field(
+        default=120.0,
+        ge=0,
+        description="Each poll reads again this far behind its cursor (a change committed late keeps an earlier "
+        "SystemModstamp); activities already published are recognised by their keys.",
+    )
+    crm_salesforce_first_touch_task_subtypes: list[str] = Field(
+        default=["Call", "Email"], description="Closed Tasks of these TaskSubtype values are a first touch."
+    )
+    crm_salesforce_automated_email_task_subtypes: list[str] = Field(
+        default=["ListEmail"],
+        description="Closed Tasks of these TaskSubtype values are automated_email (a response only if the "
+        "agreement's SLA policy counts it).",
+    )
+    crm_salesforce_events_are_first_touch: bool = Field(
+        default=True, description="An Event (a meeting booked) by a rep is a first touch."
+    )
+    crm_salesforce_sal_accepted_statuses: list[str] = Field(
+        default=["Working - Contacted"], description="Lead Status values that mean sales accepted the lead (SAL)."
+    )
+    crm_salesforce_sal_rejected_statuses: dict[str, str] = Field(
+        default_factory=dict,
+        description="Lead Status values that mean sales rejected the lead, each with its rejection reason code "
+        '(JSON, e.g. {"Closed - Not Converted": "no-response"}); codes from the agreement\'s rejection_reasons.',
+    )
+    crm_salesforce_rejection_reason_field: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z][A-Za-z0-9_]{0,36}(__c)?$",
+        description="A Lead field holding the rejection reason code; when filled it overrides the status's code.",
+    )
     crm_salesforce_login_url: str | None = Field(
         default=None,
         description="Where the client-credentials token is asked for (POST <url>/services/oauth2/token): the org's "

@@ -6,11 +6,11 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -234,6 +234,10 @@ def require_crm_owners(agreement: Agreement, kind: CrmKind) -> None:
         )
 
 
+# A task a consumer process runs beside its consumer: given the engine, the agreement in force and the stop event.
+SideTask = Callable[[AsyncEngine, Callable[[], Agreement], asyncio.Event], Coroutine[Any, Any, None]]
+
+
 def crm_connection(config: CrmSyncConfig) -> str:
     """COXSWAIN_CRM_CONNECTION, else the CRM's kind (``hubspot``, ``salesforce``)."""
     return config.crm_connection if "crm_connection" in config.model_fields_set else config.crm_kind
@@ -268,7 +272,18 @@ async def run_crm_sync() -> None:
     else:
         assert token is not None
         client = HubSpotClient(config, token)
-    sync = crm_sync.CrmSync(client, crm_connection(config))
+    connection = crm_connection(config)
+    sync = crm_sync.CrmSync(client, connection)
+    side: list[SideTask] = []
+    if isinstance(client, SalesforceClient) and config.crm_salesforce_poll_seconds > 0:
+        from services.crm_sync.poller import SalesforcePoller
+
+        salesforce_client = client
+
+        async def poll(engine: AsyncEngine, agreement: Callable[[], Agreement], stop: asyncio.Event) -> None:
+            await SalesforcePoller(salesforce_client, engine, config, connection, agreement).run(stop)
+
+        side.append(poll)
     database = DatabaseConfig()
     idle = database.database_idle_in_transaction_seconds
     if idle:
@@ -278,11 +293,12 @@ async def run_crm_sync() -> None:
     spec = ConsumerSpec(crm_sync.ACCEPTS, lambda agreement: crm_sync.make_handler(agreement, sync))
     try:
         await run_consumer(
-            crm_sync.consumer_name(crm_connection(config)),
+            crm_sync.consumer_name(connection),
             spec=spec,
             database=database.model_copy(update={"database_idle_in_transaction_seconds": idle}),
             check=lambda agreement: require_crm_owners(agreement, config.crm_kind),
             consumer=crm_consumer_config(ConsumerConfig(), config),
+            tasks=side,
         )
     finally:
         await client.aclose()
@@ -295,7 +311,9 @@ async def run_consumer(
     database: DatabaseConfig | None = None,
     check: Callable[[Agreement], None] | None = None,
     consumer: ConsumerConfig | None = None,
+    tasks: Sequence[SideTask] = (),
 ) -> None:
+    """One consumer process; ``tasks`` run beside the consumer (crm-sync's Salesforce poller)."""
     spec = spec or CONSUMERS[name]
     kafka, database = KafkaConfig(), database or DatabaseConfig()
     try:
@@ -352,6 +370,8 @@ async def run_consumer(
             if name == "router":
                 group.create_task(router.run_retry(engine, lambda: source.current, RouterConfig(), utc_now, stop))
             group.create_task(_retry("kafka consumer", lambda: service.run(stop), stop))
+            for task in tasks:
+                group.create_task(task(engine, lambda: source.current, stop))
             group.create_task(outages.watch({"kafka": publisher.ping, "postgres": health.database_check(engine)}, stop))
             probes = HealthConfig()
             if probes.health_port:

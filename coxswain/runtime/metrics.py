@@ -84,6 +84,11 @@ CRM_ERRORS = Counter(
 CRM_RETRIES = Counter(
     "coxswain_crm_retries", "CRM requests sent again after a 429, a 5xx or a connection error.", ["crm", "reason"]
 )
+CRM_ACTIVITIES = Counter(
+    "coxswain_crm_activities",
+    "Activities a CRM connector read back and published to crm.activities.v1, by activity.",
+    ["crm", "activity"],
+)
 CRM_API_USED = Gauge(
     "coxswain_crm_api_calls_used",
     "API calls the CRM org has used of its daily limit, as its last answer said (Salesforce: Sforce-Limit-Info).",

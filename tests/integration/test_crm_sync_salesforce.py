@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -28,8 +29,9 @@ from coxswain.runtime.consumer import ConsumerService, Delivery, Unavailable
 from coxswain.runtime.kafka import connection_options
 from coxswain.settings import ConsumerConfig, CrmSyncConfig, DatabaseConfig, KafkaConfig
 from schemas.codec import encode
-from schemas.events import Event, LeadStageChangedV1, Stage
+from schemas.events import ActivityRecordedV1, Event, LeadStageChangedV1, Stage
 from services.crm_sync import service as crm_sync
+from services.crm_sync.poller import SalesforcePoller
 from services.crm_sync.salesforce import SalesforceClient
 from tests.integration.test_crm_sync import NOW, new_lead, routed, scalar
 from tests.integration.test_routing_router import start_group_at_end
@@ -60,7 +62,14 @@ def agreement() -> Agreement:
 class Connector:
     """crm-sync's handler with a Salesforce client, in a ConsumerService of its own."""
 
-    def __init__(self, engine: AsyncEngine, salesforce: FakeSalesforce, token: str | None = TOKEN, **settings: Any):
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        salesforce: FakeSalesforce,
+        token: str | None = TOKEN,
+        connection: str | None = None,
+        **settings: Any,
+    ):
         self.engine = engine
         defaults: dict[str, Any] = {
             "crm_kind": "salesforce",
@@ -68,8 +77,9 @@ class Connector:
             "crm_backoff_seconds": 0.05,
             "crm_max_attempts": 4,
         }
-        self.client = SalesforceClient(CrmSyncConfig(**(defaults | settings)), token)
-        self.sync = crm_sync.CrmSync(self.client)
+        self.config = CrmSyncConfig(**(defaults | settings))
+        self.client = SalesforceClient(self.config, token)
+        self.sync = crm_sync.CrmSync(self.client, connection)
         self.handler = crm_sync.make_handler(agreement(), self.sync)
         self.name = f"crm-sf-it-{uuid.uuid4().hex[:8]}"
         self.offsets = 0
@@ -400,3 +410,108 @@ async def test_a_routed_lead_for_a_rep_without_a_user_id_is_dead_lettered_naming
     headers = dict(row.headers)
     assert headers["dlq_error_type"] == "UnmappedRep"
     assert headers["dlq_reason"] == "rep 'ben' has no salesforce user id (roster: crm.salesforce_user_id)"
+
+
+# --------------------------------------------------------------------------- activities polled back
+
+
+async def published_activities(engine: AsyncEngine, lead_id: uuid.UUID) -> list[ActivityRecordedV1]:
+    async with engine.connect() as connection:
+        rows = await connection.execute(
+            text("SELECT value FROM outbox WHERE topic = 'crm.activities.v1' AND key = :k ORDER BY id"),
+            {"k": str(lead_id).encode()},
+        )
+        return [ActivityRecordedV1.model_validate_json(row.value) for row in rows]
+
+
+def poller(connector: Connector, connection: str) -> SalesforcePoller:
+    return SalesforcePoller(connector.client, connector.engine, connector.config, connection, agreement)
+
+
+async def test_a_salesforce_task_change_yields_one_activity_across_two_polls_and_a_restart(
+    engine: AsyncEngine, salesforce: FakeSalesforce
+) -> None:
+    connection = f"sf-poll-{uuid.uuid4().hex[:8]}"
+    settings: dict[str, Any] = {
+        "crm_salesforce_sal_rejected_statuses": {"Closed - Not Converted": "no-budget"},
+        "connection": connection,
+    }
+    connector = Connector(engine, salesforce, **settings)
+    lead_id, email = await new_lead(engine)
+    fact = routed(lead_id, "ava")
+    try:
+        await connector.deliver(fact)
+        lead = salesforce.lead_by_email(email)
+        assert lead is not None
+        # Ava logs a call on the Lead, an admin logs one too, a mass email goes out, and sales
+        # rejects the lead; a call on a Lead Coxswain never wrote is not Coxswain's.
+        call = salesforce.insert(
+            "Task",
+            {"WhoId": lead["Id"], "OwnerId": USERS["ava"], "TaskSubtype": "Call", "Status": "Completed"},
+        )
+        salesforce.insert(
+            "Task", {"WhoId": lead["Id"], "OwnerId": "005000000000999AAA", "TaskSubtype": "Call", "Status": "Completed"}
+        )
+        salesforce.insert(
+            "Task", {"WhoId": lead["Id"], "OwnerId": USERS["ava"], "TaskSubtype": "ListEmail", "Status": "Completed"}
+        )
+        stranger = salesforce.insert("Lead", {"Email": "x@y.example", "LastName": "X", "Company": "Y"})
+        salesforce.insert(
+            "Task", {"WhoId": stranger["Id"], "OwnerId": USERS["ava"], "TaskSubtype": "Call", "Status": "Completed"}
+        )
+        salesforce.change("Lead", lead["Id"], Status="Closed - Not Converted")
+
+        first = poller(connector, connection)
+        assert await first.poll() == 3
+        assert await first.poll() == 0  # the overlap reads every change again: nothing new
+        salesforce.change("Task", call["Id"], Description="left a voicemail too")  # edited again later
+        restarted = poller(connector, connection)  # a new process: only the database remembers
+        assert await restarted.poll() == 0
+    finally:
+        await connector.aclose()
+
+    activities = await published_activities(engine, lead_id)
+    assert sorted((a.activity.value, a.rep_id, a.reason) for a in activities) == [
+        ("automated_email", "ava", None),
+        ("first_touch", "ava", None),
+        ("sal_rejected", "ava", "no-budget"),
+    ]
+    [touch] = [a for a in activities if a.activity.value == "first_touch"]
+    assert (touch.lead_id, touch.source, touch.webhook_id) == (
+        lead_id,
+        "salesforce",
+        f"{connection}/Task/{call['Id']}/first_touch",
+    )
+    assert not await published_activities(engine, uuid.UUID(int=0))
+    cursor = await scalar(
+        engine, "SELECT cursor FROM crm_cursors WHERE connection = :c AND sobject = 'Task'", c=connection
+    )
+    assert cursor is not None
+
+
+async def test_an_opportunity_converted_from_the_lead_yields_created_then_won_with_its_amount(
+    engine: AsyncEngine, salesforce: FakeSalesforce
+) -> None:
+    connection = f"sf-poll-{uuid.uuid4().hex[:8]}"
+    connector = Connector(
+        engine, salesforce, connection=connection, crm_salesforce_lead_external_id_field="Coxswain_Lead_Id__c"
+    )
+    lead_id, _ = await new_lead(engine)
+    # A lead Coxswain knows only by the external-id field (written by another connection).
+    lead = salesforce.insert("Lead", {"LastName": "Doe", "Company": "Acme", "Coxswain_Lead_Id__c": str(lead_id)})
+    opportunity = salesforce.insert(
+        "Opportunity", {"Name": "Acme", "StageName": "Prospecting", "CloseDate": "2026-12-31", "Amount": 12000.0}
+    )
+    salesforce.change("Lead", lead["Id"], IsConverted=True, ConvertedOpportunityId=opportunity["Id"])
+    try:
+        assert await poller(connector, connection).poll() == 1
+        salesforce.change("Opportunity", opportunity["Id"], StageName="Closed Won", IsClosed=True, IsWon=True)
+        assert await poller(connector, connection).poll() == 1
+    finally:
+        await connector.aclose()
+
+    activities = await published_activities(engine, lead_id)
+    assert [(a.activity.value, a.amount) for a in activities] == [
+        ("opportunity_created", Decimal("12000.0")),
+        ("won", Decimal("12000.0")),
+    ]

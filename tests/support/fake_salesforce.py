@@ -489,6 +489,14 @@ def parse_soql(text: str) -> Soql:
             return inner
         name = take("word")
         where_fields.add(name)
+        if peek("IN"):
+            i += 1
+            if take("op") != "(":
+                raise SoqlError("expected ( after IN")
+            values = [take("value")]
+            while take("op") == ",":
+                values.append(take("value"))
+            return lambda record: record.get(name) in values
         op = take("op")
         value = take("value")
         return lambda record: _compare(record.get(name), op, value)
