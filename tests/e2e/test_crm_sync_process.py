@@ -221,6 +221,18 @@ async def test_salesforce_killed_between_the_crm_write_and_its_commit_the_restar
             )
         return int(found or 0)
 
+    async def activity_published(key: str) -> bool:
+        """The activity's key recorded and its fact relayed from the outbox to Kafka."""
+        async with database.connect() as connection:
+            recorded = await connection.scalar(
+                text(
+                    "SELECT count(*) FROM crm_activity_keys k WHERE k.connection = :c AND k.key = :k "
+                    "AND k.lead_id = :l AND NOT EXISTS (SELECT FROM outbox o WHERE o.event_id = k.event_id)"
+                ),
+                {"c": connection_name, "k": key, "l": lead_id},
+            )
+        return bool(recorded)
+
     env = {
         **os.environ,
         "COXSWAIN_DATABASE_URL": database.url.render_as_string(hide_password=False),
@@ -238,15 +250,27 @@ async def test_salesforce_killed_between_the_crm_write_and_its_commit_the_restar
         assert await written() == 0  # Salesforce has the task, our transaction is not committed
         process.kill(signal.SIGKILL)
 
-        process.start()
+        process.start({"COXSWAIN_CRM_SALESFORCE_POLL_SECONDS": "0.5"})
         for _ in range(900):
             if await written():
+                break
+            await asyncio.sleep(0.1)
+        # Ben calls the lead: the running connector's poller publishes one first touch.
+        lead = salesforce.lead_by_email(email)
+        assert lead is not None
+        call = salesforce.insert(
+            "Task", {"WhoId": lead["Id"], "OwnerId": USERS["ben"], "TaskSubtype": "Call", "Status": "Completed"}
+        )
+        key = f"Task/{call['Id']}/first_touch"
+        for _ in range(900):
+            if await activity_published(key):
                 break
             await asyncio.sleep(0.1)
     finally:
         process.stop()
 
     assert await written() == 1
+    assert await activity_published(key)
     [task] = tasks()
     assert task["OwnerId"] == USERS["ben"]
     creates = [s for s in salesforce.writes("POST", "/sobjects/Task") if s.path.endswith("/Task")]
