@@ -13,14 +13,10 @@ endpoints carry each write.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
 import re
-import time
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC
+from typing import Any, Unpack
 
 import httpx
 
@@ -36,6 +32,7 @@ from services.crm_sync.retrying import (
     CrmUnauthorized,
     Dialect,
     Failure,
+    HttpOptions,
     Keepalive,
     RetryingHttp,
     no_keepalive,
@@ -78,28 +75,8 @@ def _failure(response: httpx.Response) -> Failure:
 class HubSpotClient:
     crm: CrmKind = CRM
 
-    def __init__(
-        self,
-        config: CrmSyncConfig,
-        token: str,
-        *,
-        transport: httpx.AsyncBaseTransport | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        jitter: Callable[[], float] = random.random,
-    ) -> None:
-        self._http = RetryingHttp(
-            Dialect(CRM, "HubSpot", _failure),
-            config,
-            config.crm_base_url,
-            token,
-            transport=transport,
-            clock=clock,
-            wall_clock=wall_clock,
-            sleep=sleep,
-            jitter=jitter,
-        )
+    def __init__(self, config: CrmSyncConfig, token: str, **options: Unpack[HttpOptions]) -> None:
+        self._http = RetryingHttp(Dialect(CRM, "HubSpot", _failure), config, config.crm_base_url, token, **options)
 
     async def aclose(self) -> None:
         await self._http.aclose()

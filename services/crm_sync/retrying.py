@@ -35,7 +35,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import httpx
 
@@ -127,21 +127,25 @@ class Dialect:
     renew: Callable[[], Awaitable[str]] | None = None
 
 
+class HttpOptions(TypedDict, total=False):
+    """What a test replaces in a CRM client: the transport, the clocks, sleeping and jitter."""
+
+    transport: httpx.AsyncBaseTransport | None
+    clock: Callable[[], float]  # monotonic seconds
+    wall_clock: Callable[[], datetime]
+    sleep: Callable[[float], Awaitable[None]]
+    jitter: Callable[[], float]
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
 class RetryingHttp:
     """An ``httpx.AsyncClient`` whose ``request`` retries as the module says."""
 
     def __init__(
-        self,
-        dialect: Dialect,
-        config: CrmSyncConfig,
-        base_url: str,
-        token: str,
-        *,
-        transport: httpx.AsyncBaseTransport | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        jitter: Callable[[], float] = random.random,
+        self, dialect: Dialect, config: CrmSyncConfig, base_url: str, token: str, **options: Unpack[HttpOptions]
     ) -> None:
         self.dialect = dialect
         self._config = config
@@ -149,12 +153,12 @@ class RetryingHttp:
             base_url=base_url,
             headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
             timeout=config.crm_request_timeout_seconds,
-            transport=transport,
+            transport=options.get("transport"),
         )
-        self._clock = clock
-        self._wall_clock = wall_clock
-        self._sleep = sleep
-        self._jitter = jitter
+        self._clock = options.get("clock", time.monotonic)
+        self._wall_clock = options.get("wall_clock", _utc_now)
+        self._sleep = options.get("sleep", asyncio.sleep)
+        self._jitter = options.get("jitter", random.random)
         # Nothing is sent before this (monotonic) moment: the last Retry-After or backoff.
         self._not_before = -math.inf
 

@@ -23,14 +23,10 @@ REQUEST_LIMIT_EXCEEDED`` (the daily or the concurrent-request limit) is rate lim
 
 from __future__ import annotations
 
-import asyncio
-import random
 import re
-import time
 import uuid
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC
+from typing import Any, Unpack
 
 import httpx
 
@@ -43,6 +39,7 @@ from services.crm_sync.retrying import (
     CrmUnauthorized,
     Dialect,
     Failure,
+    HttpOptions,
     Keepalive,
     RetryingHttp,
     no_keepalive,
@@ -92,22 +89,14 @@ def observe_usage(response: httpx.Response) -> None:
 class SalesforceClient:
     crm: CrmKind = CRM
 
-    def __init__(
-        self,
-        config: CrmSyncConfig,
-        token: str | None,
-        *,
-        transport: httpx.AsyncBaseTransport | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        jitter: Callable[[], float] = random.random,
-    ) -> None:
+    def __init__(self, config: CrmSyncConfig, token: str | None, **options: Unpack[HttpOptions]) -> None:
         self._config = config
         self._base = f"/services/data/{config.crm_salesforce_api_version}"
         flow = config.crm_salesforce_client_id is not None and config.crm_salesforce_client_secret is not None
         self._oauth = (
-            httpx.AsyncClient(timeout=config.crm_request_timeout_seconds, transport=transport) if flow else None
+            httpx.AsyncClient(timeout=config.crm_request_timeout_seconds, transport=options.get("transport"))
+            if flow
+            else None
         )
         dialect = Dialect(
             CRM,
@@ -117,17 +106,7 @@ class SalesforceClient:
             observe=observe_usage,
             renew=self.renew if flow else None,
         )
-        self._http = RetryingHttp(
-            dialect,
-            config,
-            config.crm_base_url,
-            token or "",
-            transport=transport,
-            clock=clock,
-            wall_clock=wall_clock,
-            sleep=sleep,
-            jitter=jitter,
-        )
+        self._http = RetryingHttp(dialect, config, config.crm_base_url, token or "", **options)
         self._task_field = config.crm_salesforce_task_assignment_field
         self._lead_field = config.crm_salesforce_lead_external_id_field
 

@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from coxswain.runtime.kafka import connection_options
 from coxswain.settings import KafkaConfig
 from schemas.codec import encode
+from schemas.events import Event
 from services.crm_sync import service as crm_sync
 from tests.integration.test_routing_router import start_group_at_end
 from tests.support import fake_hubspot, fake_salesforce
@@ -83,6 +84,27 @@ def connector(database: AsyncEngine, hubspot: FakeHubSpot, agreement: Path, log_
     return ServiceProcess("crm-sync", env, log_dir)
 
 
+async def insert_lead(database: AsyncEngine, lead_id: uuid.UUID, attributes: dict[str, str], now: datetime) -> None:
+    async with database.begin() as connection:
+        await connection.execute(
+            text(
+                "INSERT INTO leads (lead_id, stage, source, attributes, touches, score_total, tier, agreement_version, "
+                "updated_at) VALUES (:l, 'mql', 'webform', CAST(:a AS jsonb), '[]', 80, 'hot', 'e2e', :now)"
+            ),
+            {"l": lead_id, "a": orjson.dumps(attributes).decode(), "now": now},
+        )
+
+
+async def publish(event: Event) -> None:
+    record = encode(event)
+    producer = AIOKafkaProducer(**connection_options(KafkaConfig()), acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        await producer.send_and_wait(record.topic, record.value, key=record.key, headers=list(record.headers))
+    finally:
+        await producer.stop()
+
+
 async def test_killed_between_the_crm_write_and_its_commit_the_restarted_connector_leaves_one_task(
     database: AsyncEngine, hubspot: FakeHubSpot, tmp_path: Path
 ) -> None:
@@ -91,23 +113,10 @@ async def test_killed_between_the_crm_write_and_its_commit_the_restarted_connect
     lead_id = uuid.uuid4()
     email = f"e2e-{lead_id.hex[:10]}@acme.example"
     now = datetime.now(UTC)
-    async with database.begin() as connection:
-        await connection.execute(
-            text(
-                "INSERT INTO leads (lead_id, stage, source, attributes, touches, score_total, tier, agreement_version, "
-                "updated_at) VALUES (:l, 'mql', 'webform', CAST(:a AS jsonb), '[]', 80, 'hot', 'e2e', :now)"
-            ),
-            {"l": lead_id, "a": orjson.dumps({"email": email}).decode(), "now": now},
-        )
+    await insert_lead(database, lead_id, {"email": email}, now)
     fact = routed_fact("ben", now, lead_id=lead_id, agreement_version="e2e")
     await start_group_at_end(crm_sync.consumer_name(CONNECTION), list(crm_sync.ACCEPTS))
-    record = encode(fact)
-    producer = AIOKafkaProducer(**connection_options(KafkaConfig()), acks="all", enable_idempotence=True)
-    await producer.start()
-    try:
-        await producer.send_and_wait(record.topic, record.value, key=record.key, headers=list(record.headers))
-    finally:
-        await producer.stop()
+    await publish(fact)
 
     def tasks() -> list[dict[str, Any]]:
         return [
@@ -190,23 +199,10 @@ async def test_salesforce_killed_between_the_crm_write_and_its_commit_the_restar
     lead_id = uuid.uuid4()
     email = f"e2e-sf-{lead_id.hex[:10]}@acme.example"
     now = datetime.now(UTC)
-    async with database.begin() as connection:
-        await connection.execute(
-            text(
-                "INSERT INTO leads (lead_id, stage, source, attributes, touches, score_total, tier, agreement_version, "
-                "updated_at) VALUES (:l, 'mql', 'webform', CAST(:a AS jsonb), '[]', 80, 'hot', 'e2e', :now)"
-            ),
-            {"l": lead_id, "a": orjson.dumps({"email": email, "last_name": "Doe"}).decode(), "now": now},
-        )
+    await insert_lead(database, lead_id, {"email": email, "last_name": "Doe"}, now)
     fact = routed_fact("ben", now, lead_id=lead_id, agreement_version="e2e")
     await start_group_at_end(crm_sync.consumer_name(connection_name), list(crm_sync.ACCEPTS))
-    record = encode(fact)
-    producer = AIOKafkaProducer(**connection_options(KafkaConfig()), acks="all", enable_idempotence=True)
-    await producer.start()
-    try:
-        await producer.send_and_wait(record.topic, record.value, key=record.key, headers=list(record.headers))
-    finally:
-        await producer.stop()
+    await publish(fact)
 
     def tasks() -> list[dict[str, Any]]:
         return [

@@ -10,7 +10,6 @@ Every test makes its own leads, emails and consumer name, so tests never see eac
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -18,24 +17,20 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from aiokafka import AIOKafkaProducer
 from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coxswain.core.agreement import Agreement, parse_agreement
 from coxswain.db.database import create_engine
-from coxswain.runtime.consumer import ConsumerService, Delivery, Unavailable
-from coxswain.runtime.kafka import connection_options
-from coxswain.settings import ConsumerConfig, CrmSyncConfig, DatabaseConfig, KafkaConfig
-from schemas.codec import encode
-from schemas.events import ActivityRecordedV1, Event, LeadStageChangedV1, Stage
+from coxswain.runtime.consumer import Unavailable
+from coxswain.settings import CrmSyncConfig, DatabaseConfig
+from schemas.events import ActivityRecordedV1, LeadStageChangedV1, Stage
 from services.crm_sync import service as crm_sync
 from services.crm_sync.poller import SalesforcePoller
 from services.crm_sync.salesforce import SalesforceClient
 from tests.integration.test_crm_sync import NOW, new_lead, routed, scalar
-from tests.integration.test_routing_router import start_group_at_end
-from tests.support import fake_salesforce
+from tests.support import crm_connector, fake_salesforce
 from tests.support.fake_salesforce import CLIENT_ID, CLIENT_SECRET, TOKEN, FakeSalesforce
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -59,7 +54,7 @@ def agreement() -> Agreement:
     )
 
 
-class Connector:
+class Connector(crm_connector.Connector):
     """crm-sync's handler with a Salesforce client, in a ConsumerService of its own."""
 
     def __init__(
@@ -69,8 +64,7 @@ class Connector:
         token: str | None = TOKEN,
         connection: str | None = None,
         **settings: Any,
-    ):
-        self.engine = engine
+    ) -> None:
         defaults: dict[str, Any] = {
             "crm_kind": "salesforce",
             "crm_base_url": salesforce.url,
@@ -78,53 +72,8 @@ class Connector:
             "crm_max_attempts": 4,
         }
         self.config = CrmSyncConfig(**(defaults | settings))
-        self.client = SalesforceClient(self.config, token)
-        self.sync = crm_sync.CrmSync(self.client, connection)
-        self.handler = crm_sync.make_handler(agreement(), self.sync)
-        self.name = f"crm-sf-it-{uuid.uuid4().hex[:8]}"
-        self.offsets = 0
-
-    def service(self) -> ConsumerService:
-        return ConsumerService(
-            name=self.name,
-            accepts=crm_sync.ACCEPTS,
-            handler=self.handler,
-            engine=self.engine,
-            kafka=KafkaConfig(),
-            config=ConsumerConfig(),
-            clock=lambda: NOW,
-        )
-
-    async def deliver(self, *events: Event) -> None:
-        deliveries = []
-        for event in events:
-            record = encode(event)
-            self.offsets += 1
-            deliveries.append(Delivery(record.topic, 0, self.offsets, record.key, record.value, record.headers))
-        await self.service().process(deliveries)
-
-    async def through_kafka(self, *events: Event, until: uuid.UUID) -> None:
-        """Publish ``events`` and run the consumer until the assignment ``until`` is written."""
-        await start_group_at_end(self.name, list(crm_sync.ACCEPTS))
-        stop = asyncio.Event()
-        running = asyncio.create_task(self.service().run(stop))
-        producer = AIOKafkaProducer(**connection_options(KafkaConfig()), acks="all", enable_idempotence=True)
-        await producer.start()
-        try:
-            for event in events:
-                record = encode(event)
-                await producer.send_and_wait(record.topic, record.value, key=record.key, headers=list(record.headers))
-            for _ in range(900):
-                if await scalar(self.engine, "SELECT count(*) FROM crm_writes WHERE assignment_id = :a", a=until):
-                    break
-                await asyncio.sleep(0.1)
-        finally:
-            stop.set()
-            await producer.stop()
-            await running
-
-    async def aclose(self) -> None:
-        await self.client.aclose()
+        self.salesforce = SalesforceClient(self.config, token)
+        super().__init__(engine, self.salesforce, agreement(), NOW, connection)
 
 
 def tasks_for(salesforce: FakeSalesforce, assignment_id: uuid.UUID) -> list[dict[str, Any]]:
@@ -356,7 +305,7 @@ async def test_an_expired_token_is_renewed_by_the_client_credentials_flow_and_no
         crm_salesforce_client_secret=CLIENT_SECRET,
     )
     try:
-        await connector.client.renew()
+        await connector.salesforce.renew()
         lead_id, _ = await new_lead(engine)
         fact = routed(lead_id, "ava")
         salesforce.token = "00Dxx!rotated-by-an-admin"  # the session ends: the next request is a 401
@@ -425,7 +374,7 @@ async def published_activities(engine: AsyncEngine, lead_id: uuid.UUID) -> list[
 
 
 def poller(connector: Connector, connection: str) -> SalesforcePoller:
-    return SalesforcePoller(connector.client, connector.engine, connector.config, connection, agreement)
+    return SalesforcePoller(connector.salesforce, connector.engine, connector.config, connection, agreement)
 
 
 async def test_a_salesforce_task_change_yields_one_activity_across_two_polls_and_a_restart(
