@@ -24,6 +24,7 @@ with a warning; the next pass starts from the same cursor.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -114,7 +115,7 @@ class SalesforcePoller:
         self.mapping = mapping_of(config)
         self._lead_field = config.crm_salesforce_lead_external_id_field
 
-    async def run(self, stop: Any) -> None:
+    async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
                 await self.poll()

@@ -418,3 +418,19 @@ async def test_a_salesforce_query_follows_next_records_url_until_done() -> None:
 
     assert [r["Id"] for r in records] == ["1", "2", "3"]
     assert [path for _, _, path in fake.sent] == ["/services/data/v60.0/query", "/q/01g-2"]
+
+
+def test_a_salesforce_connector_needs_an_instance_url_and_both_client_credentials_or_a_token() -> None:
+    from coxswain.wiring import crm_connection, crm_token
+
+    with pytest.raises(SystemExit, match="instance URL"):
+        crm_token(CrmSyncConfig(crm_kind="salesforce", crm_token="00D!x"))
+    org: dict[str, Any] = {"crm_kind": "salesforce", "crm_base_url": "https://acme.my.salesforce.com"}
+    assert crm_token(CrmSyncConfig(**org, crm_token="00D!x")) == "00D!x"
+    assert crm_token(CrmSyncConfig(**org, crm_salesforce_client_id="k", crm_salesforce_client_secret="s")) is None
+    with pytest.raises(SystemExit, match="both COXSWAIN_CRM_SALESFORCE_CLIENT_ID and"):
+        crm_token(CrmSyncConfig(**org, crm_salesforce_client_id="k"))
+    # The connection is named after the CRM unless named.
+    assert crm_connection(CrmSyncConfig(**org)) == "salesforce"
+    assert crm_connection(CrmSyncConfig()) == "hubspot"
+    assert crm_connection(CrmSyncConfig(**org, crm_connection="emea")) == "emea"
