@@ -84,3 +84,9 @@ def test_an_opportunity_is_created_then_won_or_lost_with_its_amount() -> None:
     assert open_one[0].key == lost[0].key == "Opportunity/006A/opportunity_created"
     assert activity_event(open_one[0], "sf").event_id == activity_event(lost[0], "sf").event_id
     assert activity_event(open_one[0], "sf").event_id != activity_event(open_one[0], "other").event_id
+
+
+def test_a_meeting_booked_by_a_rep_is_a_first_touch_unless_switched_off() -> None:
+    assert decided("Event", CreatedDate=STAMP) == [("first_touch", "ava", None)]
+    assert decided("Event", Mapping(events_are_first_touch=False), CreatedDate=STAMP) == []
+    assert decided("Event", OwnerId="005000000000999AAA") == []
