@@ -278,17 +278,26 @@ class RosterApiConfig(Slice):
 
 
 class CrmSyncConfig(Slice):
-    """``coxswain run crm-sync``: one process per CRM connection (docs/integrators.md#hubspot)."""
+    """``coxswain run crm-sync``: one process per CRM connection (docs/integrators.md#hubspot,
+    docs/integrators.md#salesforce)."""
 
-    crm_kind: Literal["hubspot"] = Field(default="hubspot", description="The CRM this connector writes to.")
+    crm_kind: Literal["hubspot", "salesforce"] = Field(
+        default="hubspot", description="The CRM this connector writes to."
+    )
     crm_connection: str = Field(
         default="hubspot",
         pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$",
         description="Names this CRM connection (one process per CRM account): its consumer group and inbox are "
         "crm_sync.<name> and its rows in crm_writes carry it.",
     )
-    crm_base_url: str = Field(default="https://api.hubapi.com", description="The CRM's API root.")
-    crm_token: SecretStr | None = Field(default=None, description="HubSpot private app access token (Bearer).")
+    crm_base_url: str = Field(
+        default="https://api.hubapi.com",
+        description="The CRM's API root; for Salesforce the org's instance URL (https://<my-domain>.my.salesforce.com), "
+        "unless the client-credentials flow supplies it.",
+    )
+    crm_token: SecretStr | None = Field(
+        default=None, description="HubSpot private app access token, or a Salesforce OAuth 2.0 access token (Bearer)."
+    )
     crm_token_file: Path | None = Field(
         default=None, description="The token in a file (a mounted secret); used when COXSWAIN_CRM_TOKEN is unset."
     )
@@ -314,6 +323,76 @@ class CrmSyncConfig(Slice):
         ge=1,
         le=500,
         description="Most records per consumer batch (one transaction, held while the CRM is called for each).",
+    )
+    crm_salesforce_api_version: str = Field(
+        default="v60.0", pattern=r"^v[0-9]{2,3}\.0$", description="Salesforce REST API version in request paths."
+    )
+    crm_salesforce_lead_external_id_field: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z][A-Za-z0-9_]{0,36}__c$",
+        description="A Lead external-id field holding the Coxswain lead id: Leads are upserted on it. Unset: Leads "
+        "are found by Email (SOQL) and created when none matches.",
+    )
+    crm_salesforce_task_assignment_field: str = Field(
+        default="Coxswain_Assignment_Id__c",
+        pattern=r"^[A-Za-z][A-Za-z0-9_]{0,36}__c$",
+        description="The Task custom field holding the assignment id: the task's idempotency key.",
+    )
+    crm_salesforce_task_open_status: str = Field(
+        default="Not Started", min_length=1, description="Task Status of a new task (a value of the org's picklist)."
+    )
+    crm_salesforce_task_closed_status: str = Field(
+        default="Completed", min_length=1, description="Task Status a reassignment or a release sets (a closed value)."
+    )
+    crm_salesforce_client_id: str | None = Field(
+        default=None,
+        description="Connected app consumer key: with the secret, crm-sync gets its token by the OAuth 2.0 "
+        "client-credentials flow (and renews it after a 401) instead of COXSWAIN_CRM_TOKEN.",
+    )
+    crm_salesforce_client_secret: SecretStr | None = Field(default=None, description="Connected app consumer secret.")
+    crm_salesforce_poll_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="How often crm-sync polls Salesforce for Task, Event, Lead and Opportunity changes and "
+        "publishes them to crm.activities.v1; 0: no polling.",
+    )
+    crm_salesforce_poll_lookback_seconds: float = Field(
+        default=3600.0, ge=0, description="Where a connection's first poll starts: this long before it starts."
+    )
+    crm_salesforce_poll_overlap_seconds: float = Field(
+        default=120.0,
+        ge=0,
+        description="Each poll reads again this far behind its cursor (a change committed late keeps an earlier "
+        "SystemModstamp); activities already published are recognised by their keys.",
+    )
+    crm_salesforce_first_touch_task_subtypes: list[str] = Field(
+        default=["Call", "Email"], description="Closed Tasks of these TaskSubtype values are a first touch."
+    )
+    crm_salesforce_automated_email_task_subtypes: list[str] = Field(
+        default=["ListEmail"],
+        description="Closed Tasks of these TaskSubtype values are automated_email (a response only if the "
+        "agreement's SLA policy counts it).",
+    )
+    crm_salesforce_events_are_first_touch: bool = Field(
+        default=True, description="An Event (a meeting booked) by a rep is a first touch."
+    )
+    crm_salesforce_sal_accepted_statuses: list[str] = Field(
+        default=["Working - Contacted"], description="Lead Status values that mean sales accepted the lead (SAL)."
+    )
+    crm_salesforce_sal_rejected_statuses: dict[str, str] = Field(
+        default_factory=dict,
+        description="Lead Status values that mean sales rejected the lead, each with its rejection reason code "
+        '(JSON, e.g. {"Closed - Not Converted": "no-response"}); codes from the agreement\'s rejection_reasons.',
+    )
+    crm_salesforce_rejection_reason_field: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z][A-Za-z0-9_]{0,36}(__c)?$",
+        description="A Lead field holding the rejection reason code; when filled it overrides the status's code.",
+    )
+    crm_salesforce_login_url: str | None = Field(
+        default=None,
+        description="Where the client-credentials token is asked for (POST <url>/services/oauth2/token): the org's "
+        "My Domain URL. Unset: COXSWAIN_CRM_BASE_URL.",
     )
 
 

@@ -14,16 +14,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coxswain.access import TokenTableError
 from coxswain.core.agreement import Agreement
-from coxswain.core.crm_sync import CrmKind, unmapped_reps
+from coxswain.core.crm_sync import ID_NAME, ROSTER_FIELD, CrmKind, unmapped_reps
 from coxswain.db.database import create_engine, require_current_schema
 from coxswain.runtime import health, metrics, outages, retention, tracing
 from coxswain.runtime.agreements import AgreementSource
-from coxswain.runtime.consumer import ConsumerService, utc_now
+from coxswain.runtime.consumer import ConsumerService, Unavailable, utc_now
 from coxswain.runtime.http import http_server
 from coxswain.runtime.kafka import Publisher
 from coxswain.runtime.outages import is_connection_error
 from coxswain.runtime.outbox import OutboxRelay
-from coxswain.runtime.service import ConsumerSpec, Process, Task, per_agreement
+from coxswain.runtime.service import ConsumerSpec, Process, Task, Wired, versioned_handler
 from coxswain.security import InsecureConfiguration, require_safe_configuration, token_table
 from coxswain.settings import (
     AgreementConfig,
@@ -127,8 +127,23 @@ def agreement_source(engine: AsyncEngine, config: AgreementConfig | None = None)
     return AgreementSource(engine, config.agreement_file, config.agreement_poll_seconds)
 
 
-def crm_token(config: CrmSyncConfig) -> str:
-    """The CRM token from COXSWAIN_CRM_TOKEN, else from COXSWAIN_CRM_TOKEN_FILE; refuses to start without one."""
+def crm_token(config: CrmSyncConfig) -> str | None:
+    """The CRM token from COXSWAIN_CRM_TOKEN, else from COXSWAIN_CRM_TOKEN_FILE; refuses to start without one.
+
+    None for Salesforce with a connected app's client id and secret: the token comes from the
+    client-credentials flow."""
+    if config.crm_kind == "salesforce" and (config.crm_salesforce_client_id or config.crm_salesforce_client_secret):
+        if not (config.crm_salesforce_client_id and config.crm_salesforce_client_secret):
+            raise SystemExit(
+                "crm-sync refuses to start: set both COXSWAIN_CRM_SALESFORCE_CLIENT_ID and "
+                "COXSWAIN_CRM_SALESFORCE_CLIENT_SECRET for the client-credentials flow"
+            )
+        return None
+    if config.crm_kind == "salesforce" and "hubapi.com" in config.crm_base_url:
+        raise SystemExit(
+            "crm-sync refuses to start: COXSWAIN_CRM_BASE_URL must be the Salesforce org's instance URL "
+            "(https://<my-domain>.my.salesforce.com)"
+        )
     if config.crm_token is not None and config.crm_token.get_secret_value().strip():
         return config.crm_token.get_secret_value().strip()
     if config.crm_token_file is not None:
@@ -149,8 +164,13 @@ def require_crm_owners(agreement: Agreement, kind: CrmKind) -> None:
     if missing:
         raise SystemExit(
             f"crm-sync refuses to start: agreement {agreement.version}: rep(s) {', '.join(missing)} have no "
-            f"{kind} owner id; set roster[].crm.{kind}_owner_id for each"
+            f"{kind} {ID_NAME[kind]}; set roster[].crm.{ROSTER_FIELD[kind]} for each"
         )
+
+
+def crm_connection(config: CrmSyncConfig) -> str:
+    """COXSWAIN_CRM_CONNECTION, else the CRM's kind (``hubspot``, ``salesforce``)."""
+    return config.crm_connection if "crm_connection" in config.model_fields_set else config.crm_kind
 
 
 def crm_consumer_config(consumer: ConsumerConfig, crm: CrmSyncConfig) -> ConsumerConfig:
@@ -161,14 +181,41 @@ def crm_consumer_config(consumer: ConsumerConfig, crm: CrmSyncConfig) -> Consume
 
 
 async def run_crm_sync(settings: Settings | None = None) -> None:
-    """``coxswain run crm-sync``: the consumer loop with a HubSpot client (docs/integrators.md#hubspot)."""
+    """``coxswain run crm-sync``: the consumer loop with the client of COXSWAIN_CRM_KIND
+    (docs/integrators.md#hubspot, docs/integrators.md#salesforce)."""
     from services.crm_sync import service as crm_sync
     from services.crm_sync.hubspot import HubSpotClient
+    from services.crm_sync.salesforce import SalesforceClient
 
     settings = settings or Settings()
     config = settings.crm_sync
-    client = HubSpotClient(config, crm_token(config))
-    sync = crm_sync.HubSpotSync(client, config.crm_connection)
+    token = crm_token(config)
+    client: crm_sync.CrmClient
+    if config.crm_kind == "salesforce":
+        salesforce = SalesforceClient(config, token)
+        if token is None:
+            try:
+                await salesforce.renew()
+            except Unavailable as exc:
+                await salesforce.aclose()
+                raise SystemExit(f"crm-sync refuses to start: {exc}") from None
+        client = salesforce
+    else:
+        assert token is not None
+        client = HubSpotClient(config, token)
+    connection = crm_connection(config)
+    sync = crm_sync.CrmSync(client, connection)
+
+    def wire(process: Process) -> Wired:
+        tasks: tuple[Task, ...] = ()
+        if isinstance(client, SalesforceClient) and config.crm_salesforce_poll_seconds > 0:
+            from services.crm_sync.poller import SalesforcePoller
+
+            poller = SalesforcePoller(client, process.engine, config, connection, process.agreement)
+            tasks = (poller.run,)
+        handler = versioned_handler(process.agreement, lambda agreement: crm_sync.make_handler(agreement, sync))
+        return Wired(handler, None, tasks)
+
     idle = settings.database.database_idle_in_transaction_seconds
     if idle:
         # HTTP requests run inside the consumer's transaction, with a statement before each one:
@@ -177,11 +224,10 @@ async def run_crm_sync(settings: Settings | None = None) -> None:
     # The connector's own slices: a longer idle-in-transaction limit and smaller batches.
     settings.database = settings.database.model_copy(update={"database_idle_in_transaction_seconds": idle})
     settings.consumer = crm_consumer_config(settings.consumer, config)
-    spec = ConsumerSpec(crm_sync.ACCEPTS, per_agreement(lambda agreement: crm_sync.make_handler(agreement, sync)))
     try:
         await run_consumer(
-            crm_sync.consumer_name(config.crm_connection),
-            spec=spec,
+            crm_sync.consumer_name(connection),
+            spec=ConsumerSpec(crm_sync.ACCEPTS, wire),
             settings=settings,
             check=lambda agreement: require_crm_owners(agreement, config.crm_kind),
         )

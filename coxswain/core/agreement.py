@@ -238,6 +238,12 @@ class CrmIds(Strict):
         description="The rep's HubSpot owner id (Settings > Users, or GET /crm/v3/owners): the value "
         "written to hubspot_owner_id on the contact and the task.",
     )
+    salesforce_user_id: str | None = Field(
+        default=None,
+        pattern=r"^005[A-Za-z0-9]{12}(?:[A-Za-z0-9]{3})?$",
+        description="The rep's Salesforce user id (15 or 18 characters, starting 005; Setup > Users, or "
+        "SELECT Id FROM User): the OwnerId written on the Lead and the Task.",
+    )
 
 
 class Rep(Strict):

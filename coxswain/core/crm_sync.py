@@ -24,7 +24,13 @@ from typing import Literal
 from coxswain.core.agreement import Agreement
 from schemas.events import LeadRoutedV1, LeadStageChangedV1, Stage
 
-CrmKind = Literal["hubspot"]
+CrmKind = Literal["hubspot", "salesforce"]
+
+# Where the roster keeps a rep's id in each CRM (``roster[].crm.<field>``), and what that CRM calls it.
+ROSTER_FIELD: dict[CrmKind, str] = {"hubspot": "hubspot_owner_id", "salesforce": "salesforce_user_id"}
+ID_NAME: dict[CrmKind, str] = {"hubspot": "owner id", "salesforce": "user id"}
+# Salesforce requires LastName and Company on a Lead; web-to-lead fills a missing one with this.
+NOT_PROVIDED = "[not provided]"
 
 # Stages that end a rep's work on a lead without a hand-over to another rep.
 RELEASING_STAGES = frozenset({Stage.recycled, Stage.disqualified})
@@ -54,10 +60,17 @@ class CloseOpenTask:
 
 @dataclass(frozen=True)
 class SetOwner:
-    """Find or create the contact by email and set its owner."""
+    """Find or create the contact (HubSpot) or Lead (Salesforce) and set its owner.
+
+    HubSpot finds the contact by email. Salesforce finds the Lead by email, or by the Coxswain
+    lead id in an external-id field when one is configured; a Lead it creates needs a last name
+    and a company (``[not provided]`` when the lead has none, as Salesforce's web-to-lead does)."""
 
     email: str
     owner_id: str
+    lead_id: uuid.UUID | None = None
+    last_name: str = NOT_PROVIDED
+    company: str = NOT_PROVIDED
 
 
 @dataclass(frozen=True)
@@ -78,7 +91,7 @@ def owner_ids(agreement: Agreement, kind: CrmKind) -> dict[str, str]:
     """rep id -> the rep's owner id in ``kind``, for every rep that has one."""
     ids: dict[str, str] = {}
     for rep in agreement.roster:
-        owner = rep.crm.hubspot_owner_id if kind == "hubspot" else None
+        owner = getattr(rep.crm, ROSTER_FIELD[kind])
         if owner is not None:
             ids[rep.id] = owner
     return ids
@@ -93,15 +106,37 @@ def unmapped_reps(agreement: Agreement, kind: CrmKind) -> list[str]:
     return [rep.id for rep in agreement.roster if rep.id not in mapped]
 
 
-def plan_routed(fact: LeadRoutedV1, owners: Mapping[str, str], email: str, kind: CrmKind) -> tuple[CrmWrite, ...]:
-    """The writes a routed fact asks for, in order: close the replaced task, set the owner, add the task."""
+def unmapped_message(rep_id: str, kind: CrmKind) -> str:
+    return f"rep {rep_id!r} has no {kind} {ID_NAME[kind]} (roster: crm.{ROSTER_FIELD[kind]})"
+
+
+def plan_routed(
+    fact: LeadRoutedV1,
+    owners: Mapping[str, str],
+    email: str,
+    kind: CrmKind,
+    attributes: Mapping[str, object] | None = None,
+) -> tuple[CrmWrite, ...]:
+    """The writes a routed fact asks for, in order: close the replaced task, set the owner, add the task.
+
+    ``attributes`` are the lead's (``leads.attributes``): the name and company a new Salesforce
+    Lead is created with."""
     owner = owners.get(fact.rep_id)
     if owner is None:
-        raise UnmappedRep(f"rep {fact.rep_id!r} has no {kind} owner id (roster: crm.{kind}_owner_id)")
+        raise UnmappedRep(unmapped_message(fact.rep_id, kind))
     writes: list[CrmWrite] = []
     if fact.replaces_assignment_id is not None:
         writes.append(CloseTask(fact.replaces_assignment_id, f"reassigned to {fact.rep_id}: {fact.reason}"))
-    writes.append(SetOwner(email, owner))
+    attributes = attributes or {}
+    writes.append(
+        SetOwner(
+            email,
+            owner,
+            lead_id=fact.lead_id,
+            last_name=_text(attributes.get("last_name")) or _text(attributes.get("first_name")) or NOT_PROVIDED,
+            company=_text(attributes.get("company")) or NOT_PROVIDED,
+        )
+    )
     writes.append(
         CreateTask(
             assignment_id=fact.assignment_id,
@@ -119,6 +154,10 @@ def plan_stage_changed(fact: LeadStageChangedV1) -> tuple[CrmWrite, ...]:
     if fact.to_stage not in RELEASING_STAGES:
         return ()
     return (CloseOpenTask(fact.lead_id, f"{fact.to_stage.value}: {fact.reason}"),)
+
+
+def _text(value: object) -> str | None:
+    return value.strip()[:80] or None if isinstance(value, str) else None
 
 
 def task_subject(fact: LeadRoutedV1) -> str:

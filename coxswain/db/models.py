@@ -480,3 +480,25 @@ class CrmWrite(SQLModel, table=True):
     written_at: datetime = _utc()
     closed_at: datetime | None = _utc(nullable=True)
     closed_reason: str | None = Field(default=None)
+
+
+class CrmCursor(SQLModel, table=True):
+    """How far a CRM connection has polled one object's changes (0017_crm_cursors)."""
+
+    __tablename__ = "crm_cursors"
+    connection: str = Field(primary_key=True, max_length=64)
+    sobject: str = Field(primary_key=True, max_length=64)
+    cursor: datetime = _utc()
+    updated_at: datetime = _utc()
+
+
+class CrmActivityKey(SQLModel, table=True):
+    """An activity a CRM connection published (0017_crm_cursors): recorded with the outbox row and
+    the cursor, so a change polled again is not published twice."""
+
+    __tablename__ = "crm_activity_keys"
+    connection: str = Field(primary_key=True, max_length=64)
+    key: str = Field(primary_key=True, max_length=256)
+    event_id: uuid.UUID
+    lead_id: uuid.UUID
+    published_at: datetime = _utc()

@@ -72,7 +72,7 @@ BATCHES_RETRIED = Counter(
 )
 CRM_WRITES = Counter(
     "coxswain_crm_writes",
-    "Writes a CRM connector made (contact_created, owner_set, task_created, task_closed), and writes it "
+    "Writes a CRM connector made (contact_created, lead_created, owner_set, task_created, task_closed), and writes it "
     "found already made (task_found: a task for the assignment existed, so none was created).",
     ["crm", "write"],
 )
@@ -83,6 +83,19 @@ CRM_ERRORS = Counter(
 )
 CRM_RETRIES = Counter(
     "coxswain_crm_retries", "CRM requests sent again after a 429, a 5xx or a connection error.", ["crm", "reason"]
+)
+CRM_ACTIVITIES = Counter(
+    "coxswain_crm_activities",
+    "Activities a CRM connector read back and published to crm.activities.v1, by activity.",
+    ["crm", "activity"],
+)
+CRM_API_USED = Gauge(
+    "coxswain_crm_api_calls_used",
+    "API calls the CRM org has used of its daily limit, as its last answer said (Salesforce: Sforce-Limit-Info).",
+    ["crm"],
+)
+CRM_API_LIMIT = Gauge(
+    "coxswain_crm_api_calls_limit", "The CRM org's daily API call limit, as its last answer said.", ["crm"]
 )
 OUTBOX_BACKLOG = Gauge("coxswain_outbox_backlog", "Facts in the outbox waiting for the relay.")
 OUTBOX_OLDEST = Gauge("coxswain_outbox_oldest_age_seconds", "Age of the oldest fact waiting in the outbox (0 if none).")

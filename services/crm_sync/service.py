@@ -1,15 +1,17 @@
-"""CRM sync shell: carries out the writes ``coxswain.core.crm_sync`` decides, against HubSpot.
+"""CRM sync shell: carries out the writes ``coxswain.core.crm_sync`` decides, against one CRM
+(a :class:`CrmClient`: HubSpot or Salesforce).
 
 Exactly one effect per assignment, in three layers:
 
 1. the consumer's inbox: a redelivered fact (same event id) is skipped before the handler runs;
 2. ``crm_writes``: the row of a completed assignment is committed with the inbox claim; an
    assignment found there is not written again (the same assignment in another fact);
-3. the CRM itself: before a task is created it is looked up by its assignment id (the custom
-   task property ``coxswain_assignment_id``), so a crash between the CRM's write and our commit,
-   or a batch rolled back and applied again record by record, finds the task instead of adding
-   one. Tasks created by this process are also remembered in memory, because HubSpot's search
-   index lags its writes by a few seconds.
+3. the CRM itself: before a task is created it is looked up by its assignment id (HubSpot's
+   custom task property ``coxswain_assignment_id``, Salesforce's Task field
+   ``Coxswain_Assignment_Id__c``), so a crash between the CRM's write and our commit, or a batch
+   rolled back and applied again record by record, finds the task instead of adding one. Tasks
+   created by this process are also remembered in memory, because HubSpot's search index lags its
+   writes by a few seconds.
 
 The HTTP requests run inside the consumer's transaction (the handler gets its connection);
 ``keepalive`` statements keep the transaction from looking idle while a request or a wait runs.
@@ -22,7 +24,9 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import Any, Protocol
 
+import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -31,6 +35,7 @@ from coxswain.core.crm_sync import (
     CloseOpenTask,
     CloseTask,
     CreateTask,
+    CrmKind,
     SetOwner,
     owner_ids,
     plan_routed,
@@ -39,7 +44,7 @@ from coxswain.core.crm_sync import (
 from coxswain.runtime import metrics
 from coxswain.runtime.consumer import Handler, PermanentError
 from schemas.events import Event, LeadRoutedV1, LeadStageChangedV1
-from services.crm_sync.hubspot import CRM, CrmGaveUp, HubSpotClient, Keepalive
+from services.crm_sync.retrying import CrmGaveUp, Keepalive
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +61,26 @@ def consumer_name(connection: str) -> str:
 
 
 class NoEmail(PermanentError):
-    """The lead has no email to find its contact by (never given, or erased)."""
+    """The lead has no email to find its contact or Lead by (never given, or erased)."""
+
+
+class CrmClient(Protocol):
+    """What the connector asks of a CRM (services/crm_sync/hubspot.py, salesforce.py); every
+    request honours ``keepalive`` and the shared retry policy (services/crm_sync/retrying.py)."""
+
+    crm: CrmKind
+
+    async def set_owner(self, write: SetOwner, keepalive: Keepalive) -> str:
+        """Find or create the person's record (contact, Lead), set its owner; its id."""
+        ...
+
+    async def find_task(self, assignment_id: str, keepalive: Keepalive) -> str | None: ...
+
+    async def create_task(self, task: CreateTask, record_id: str, keepalive: Keepalive) -> str: ...
+
+    async def complete_task(self, task_id: str, keepalive: Keepalive) -> None: ...
+
+    async def aclose(self) -> None: ...
 
 
 class _Bounded(OrderedDict[uuid.UUID, str]):
@@ -66,13 +90,14 @@ class _Bounded(OrderedDict[uuid.UUID, str]):
             self.popitem(last=False)
 
 
-class HubSpotSync:
+class CrmSync:
     """The connector's state beyond one event: the client (and its Retry-After), the tasks this
     process created, and the events whose requests already failed every attempt."""
 
-    def __init__(self, client: HubSpotClient, connection: str = "hubspot") -> None:
+    def __init__(self, client: CrmClient, connection: str | None = None) -> None:
         self.client = client
-        self.connection = connection
+        self.crm: CrmKind = client.crm
+        self.connection = connection or client.crm
         self._created = _Bounded()
         # A record that failed every attempt while its batch was applied whole is dead-lettered at
         # once when the batch is applied again record by record (not tried as often again).
@@ -90,19 +115,20 @@ class HubSpotSync:
         if done:
             log.info("assignment already written to the crm: assignment_id=%s", fact.assignment_id)
             return
-        email = await connection.scalar(
-            text("SELECT attributes->>'email' FROM leads WHERE lead_id = :l"), {"l": fact.lead_id}
+        attributes = _attributes(
+            await connection.scalar(text("SELECT attributes FROM leads WHERE lead_id = :l"), {"l": fact.lead_id})
         )
-        if not email:
-            raise NoEmail(f"lead {fact.lead_id} has no email: HubSpot contacts are found by email")
+        email = attributes.get("email")
+        if not isinstance(email, str) or not email:
+            raise NoEmail(f"lead {fact.lead_id} has no email: {self.crm} records are found by email")
         keepalive = _keepalive(connection)
         contact_id = task_id = ""
         try:
-            for write in plan_routed(fact, owners, email, CRM):
+            for write in plan_routed(fact, owners, email, self.crm, attributes):
                 if isinstance(write, CloseTask):
                     await self._close(connection, write.assignment_id, write.reason, now, keepalive)
                 elif isinstance(write, SetOwner):
-                    contact_id = await self._set_owner(write, keepalive)
+                    contact_id = await self.client.set_owner(write, keepalive)
                 elif isinstance(write, CreateTask):
                     task_id = await self._task(write, contact_id, keepalive)
         except CrmGaveUp as exc:
@@ -124,7 +150,7 @@ class HubSpotSync:
                 "now": now,
             },
         )
-        log.info("crm written: crm=%s assignment_id=%s task_id=%s", CRM, fact.assignment_id, task_id)
+        log.info("crm written: crm=%s assignment_id=%s task_id=%s", self.crm, fact.assignment_id, task_id)
 
     async def stage_changed(self, connection: AsyncConnection, fact: LeadStageChangedV1, now: datetime) -> None:
         for write in plan_stage_changed(fact):
@@ -159,7 +185,7 @@ class HubSpotSync:
             log.info("no task to close: assignment_id=%s", assignment_id)
             return
         await self.client.complete_task(task_id, keepalive)
-        metrics.CRM_WRITES.labels(CRM, "task_closed").inc()
+        metrics.CRM_WRITES.labels(self.crm, "task_closed").inc()
         if row is not None:
             await connection.execute(
                 text(
@@ -169,32 +195,24 @@ class HubSpotSync:
                 {"now": now, "why": reason[:500], "connection": self.connection, "a": assignment_id},
             )
 
-    async def _set_owner(self, write: SetOwner, keepalive: Keepalive) -> str:
-        found = await self.client.find_contact(write.email, keepalive)
-        if found is None:
-            contact_id, created = await self.client.create_contact(write.email, write.owner_id, keepalive)
-            if created:
-                metrics.CRM_WRITES.labels(CRM, "contact_created").inc()
-                return contact_id
-            owner = None  # created by someone else meanwhile: its owner is unknown, set it
-        else:
-            contact_id, owner = found
-        if owner != write.owner_id:
-            await self.client.set_contact_owner(contact_id, write.owner_id, keepalive)
-            metrics.CRM_WRITES.labels(CRM, "owner_set").inc()
-        return contact_id
-
     async def _task(self, write: CreateTask, contact_id: str, keepalive: Keepalive) -> str:
         task_id = self._created.get(write.assignment_id) or await self.client.find_task(
             str(write.assignment_id), keepalive
         )
         if task_id is not None:
-            metrics.CRM_WRITES.labels(CRM, "task_found").inc()
+            metrics.CRM_WRITES.labels(self.crm, "task_found").inc()
             return task_id
         task_id = await self.client.create_task(write, contact_id, keepalive)
         self._created.remember(write.assignment_id, task_id)
-        metrics.CRM_WRITES.labels(CRM, "task_created").inc()
+        metrics.CRM_WRITES.labels(self.crm, "task_created").inc()
         return task_id
+
+
+def _attributes(value: Any) -> dict[str, Any]:
+    """``leads.attributes`` as a mapping (the driver may hand jsonb back as text)."""
+    if isinstance(value, str | bytes):
+        value = orjson.loads(value)
+    return value if isinstance(value, dict) else {}
 
 
 def _keepalive(connection: AsyncConnection) -> Keepalive:
@@ -204,8 +222,8 @@ def _keepalive(connection: AsyncConnection) -> Keepalive:
     return keepalive
 
 
-def make_handler(agreement: Agreement, sync: HubSpotSync) -> Handler:
-    owners = owner_ids(agreement, CRM)
+def make_handler(agreement: Agreement, sync: CrmSync) -> Handler:
+    owners = owner_ids(agreement, sync.crm)
 
     async def handle(connection: AsyncConnection, event: Event, now: datetime) -> Sequence[Event]:
         if isinstance(event, LeadRoutedV1):

@@ -9,7 +9,6 @@ Every test makes its own leads, emails and consumer name, so tests never see eac
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -18,22 +17,18 @@ from typing import Any
 import orjson
 import pytest
 import pytest_asyncio
-from aiokafka import AIOKafkaProducer
 from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coxswain.core.agreement import Agreement, parse_agreement
 from coxswain.db.database import create_engine
-from coxswain.runtime.consumer import ConsumerService, Delivery, Unavailable
-from coxswain.runtime.kafka import connection_options
-from coxswain.settings import ConsumerConfig, CrmSyncConfig, DatabaseConfig, KafkaConfig
-from schemas.codec import encode
-from schemas.events import Event, LeadRoutedV1, LeadStageChangedV1, Stage
+from coxswain.runtime.consumer import Unavailable
+from coxswain.settings import CrmSyncConfig, DatabaseConfig
+from schemas.events import LeadRoutedV1, LeadStageChangedV1, Stage
 from services.crm_sync import service as crm_sync
 from services.crm_sync.hubspot import HubSpotClient
-from tests.integration.test_routing_router import start_group_at_end
-from tests.support import fake_hubspot
+from tests.support import crm_connector, fake_hubspot
 from tests.support.facts import routed_fact
 from tests.support.fake_hubspot import TOKEN, FakeHubSpot
 
@@ -58,42 +53,13 @@ def agreement() -> Agreement:
     )
 
 
-class Connector:
+class Connector(crm_connector.Connector):
     """crm-sync's handler in a ConsumerService of its own, pointed at the fake HubSpot."""
 
     def __init__(self, engine: AsyncEngine, hubspot: FakeHubSpot, token: str = TOKEN, **settings: Any) -> None:
-        self.engine = engine
-        self.hubspot = hubspot
         defaults: dict[str, Any] = {"crm_base_url": hubspot.url, "crm_backoff_seconds": 0.05, "crm_max_attempts": 4}
-        config = CrmSyncConfig(**(defaults | settings))
-        self.client = HubSpotClient(config, token)
-        self.sync = crm_sync.HubSpotSync(self.client)
-        self.handler = crm_sync.make_handler(agreement(), self.sync)
-        self.name = f"crm-it-{uuid.uuid4().hex[:8]}"
-        self.offsets = 0
-
-    def service(self) -> ConsumerService:
-        return ConsumerService(
-            name=self.name,
-            accepts=crm_sync.ACCEPTS,
-            handler=self.handler,
-            engine=self.engine,
-            kafka=KafkaConfig(),
-            config=ConsumerConfig(),
-            clock=lambda: NOW,
-        )
-
-    async def deliver(self, *events: Event) -> None:
-        """Through the consumer runtime (inbox, whole batch then record by record, DLQ), without Kafka."""
-        deliveries = []
-        for event in events:
-            record = encode(event)
-            self.offsets += 1
-            deliveries.append(Delivery(record.topic, 0, self.offsets, record.key, record.value, record.headers))
-        await self.service().process(deliveries)
-
-    async def aclose(self) -> None:
-        await self.client.aclose()
+        super().__init__(engine, HubSpotClient(CrmSyncConfig(**(defaults | settings)), token), agreement(), NOW)
+        self.hubspot = hubspot
 
 
 async def new_lead(engine: AsyncEngine) -> tuple[uuid.UUID, str]:
@@ -172,23 +138,8 @@ async def test_through_kafka_a_routed_lead_gives_one_owner_update_and_one_task_a
     fact = routed(lead_id, "ava")
     marker_lead, _ = await new_lead(engine)
     marker = routed(marker_lead, "ben")
-    await start_group_at_end(connector.name, list(crm_sync.ACCEPTS))
-    stop = asyncio.Event()
-    running = asyncio.create_task(connector.service().run(stop))
-    producer = AIOKafkaProducer(**connection_options(KafkaConfig()), acks="all", enable_idempotence=True)
-    await producer.start()
-    try:
-        for event in (fact, fact, marker):  # the second copy: a redelivery (same event id)
-            record = encode(event)
-            await producer.send_and_wait(record.topic, record.value, key=record.key, headers=list(record.headers))
-        for _ in range(600):
-            if await scalar(engine, "SELECT count(*) FROM crm_writes WHERE lead_id = :l", l=marker_lead):
-                break
-            await asyncio.sleep(0.1)
-    finally:
-        stop.set()
-        await producer.stop()
-        await running
+
+    await connector.through_kafka(fact, fact, marker, until=marker.assignment_id)  # the second copy: a redelivery
 
     owner_patches = hubspot.writes("PATCH", f"/crm/v3/objects/contacts/{contact['id']}")
     assert [seen.body for seen in owner_patches] == [{"properties": {"hubspot_owner_id": "201"}}]

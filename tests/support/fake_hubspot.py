@@ -250,14 +250,11 @@ def free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def serving(owners: set[str]) -> AsyncIterator[FakeHubSpot]:
-    """A fake HubSpot on a free port of 127.0.0.1 for the duration of the block."""
-    fake = FakeHubSpot(owners)
-    fake.port = free_port()
+async def served(app: FastAPI) -> AsyncIterator[int]:
+    """``app`` served by uvicorn on a free port of 127.0.0.1 (the port) for the duration of the block."""
+    port = free_port()
     server = uvicorn.Server(
-        uvicorn.Config(
-            fake.app, host="127.0.0.1", port=fake.port, log_level="warning", access_log=False, lifespan="off"
-        )
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off")
     )
     running = asyncio.create_task(server.serve())
     while not server.started:
@@ -265,7 +262,15 @@ async def serving(owners: set[str]) -> AsyncIterator[FakeHubSpot]:
             running.result()
         await asyncio.sleep(0.01)
     try:
-        yield fake
+        yield port
     finally:
         server.should_exit = True
         await running
+
+
+@contextlib.asynccontextmanager
+async def serving(owners: set[str]) -> AsyncIterator[FakeHubSpot]:
+    """A fake HubSpot on a free port of 127.0.0.1 for the duration of the block."""
+    fake = FakeHubSpot(owners)
+    async with served(fake.app) as fake.port:
+        yield fake

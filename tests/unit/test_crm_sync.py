@@ -85,7 +85,7 @@ def test_a_routed_lead_sets_the_owner_then_creates_one_task_keyed_by_the_assignm
 
     writes = plan_routed(fact, OWNERS, "jane@acme.com", "hubspot")
 
-    assert writes[0] == SetOwner("jane@acme.com", "101")
+    assert writes[0] == SetOwner("jane@acme.com", "101", lead_id=fact.lead_id)
     [task] = writes[1:]
     assert isinstance(task, CreateTask)
     assert (task.assignment_id, task.owner_id, task.due_at) == (fact.assignment_id, "101", fact.follow_up_due_at)
@@ -98,12 +98,13 @@ def test_a_routed_lead_sets_the_owner_then_creates_one_task_keyed_by_the_assignm
 def test_a_reassignment_closes_the_replaced_task_first() -> None:
     replaced = uuid.uuid4()
 
-    writes = plan_routed(routed("ben", replaces=replaced), OWNERS, "jane@acme.com", "hubspot")
+    fact = routed("ben", replaces=replaced)
+    writes = plan_routed(fact, OWNERS, "jane@acme.com", "hubspot")
 
     assert isinstance(writes[0], CloseTask)
     assert writes[0].assignment_id == replaced
     assert writes[0].reason.startswith("reassigned to ben")
-    assert writes[1] == SetOwner("jane@acme.com", "102")
+    assert writes[1] == SetOwner("jane@acme.com", "102", lead_id=fact.lead_id)
     assert isinstance(writes[2], CreateTask) and writes[2].owner_id == "102"
 
 
@@ -322,3 +323,114 @@ def test_crm_sync_takes_small_batches_whatever_the_consumer_setting() -> None:
     crm = CrmSyncConfig(crm_max_batch=20)
     assert crm_consumer_config(ConsumerConfig(consumer_max_batch=500), crm).consumer_max_batch == 20
     assert crm_consumer_config(ConsumerConfig(consumer_max_batch=5), crm).consumer_max_batch == 5
+
+
+# --------------------------------------------------------------------------- Salesforce
+
+
+def test_a_salesforce_lead_is_created_with_the_leads_name_and_company_or_salesforces_placeholder() -> None:
+    fact = routed()
+    users = {"ava": "005000000000001AAA"}
+
+    [owner, _] = plan_routed(fact, users, "jane@acme.com", "salesforce", {"last_name": "Doe", "company": "Acme"})
+    assert owner == SetOwner("jane@acme.com", "005000000000001AAA", fact.lead_id, "Doe", "Acme")
+    [bare, _] = plan_routed(fact, users, "jane@acme.com", "salesforce", {"company": "  "})
+    assert isinstance(bare, SetOwner) and (bare.last_name, bare.company) == ("[not provided]", "[not provided]")
+    with pytest.raises(UnmappedRep, match=r"rep 'ava' has no salesforce user id \(roster: crm.salesforce_user_id\)"):
+        plan_routed(fact, {}, "jane@acme.com", "salesforce")
+
+
+def test_the_roster_carries_salesforce_user_ids_and_refuses_malformed_ones() -> None:
+    from coxswain.wiring import require_crm_owners
+
+    document = copy.deepcopy(EXAMPLE)
+    document["roster"][0]["crm"] = {"salesforce_user_id": "005000000000001AAA", "hubspot_owner_id": "7"}
+    agreement = parse_agreement(document)
+    assert owner_ids(agreement, "salesforce") == {document["roster"][0]["id"]: "005000000000001AAA"}
+    with pytest.raises(SystemExit, match=r"have no salesforce user id; set roster\[\]\.crm\.salesforce_user_id"):
+        require_crm_owners(agreement, "salesforce")
+    document["roster"][0]["crm"] = {"salesforce_user_id": "00Q000000000001AAA"}  # a Lead id, not a user
+    with pytest.raises(AgreementError, match=r"roster\.0\.crm"):
+        parse_agreement(document)
+
+
+def test_a_soql_string_literal_cannot_be_ended_by_the_value() -> None:
+    from services.crm_sync.salesforce import soql_literal
+
+    assert soql_literal("jane@acme.com") == "'jane@acme.com'"
+    assert soql_literal("o'brien@acme.com") == "'o\\'brien@acme.com'"
+    assert soql_literal("a\\' OR Id != null") == "'a\\\\\\' OR Id != null'"
+
+
+def salesforce_client(fake: Fake, **settings: Any) -> Any:
+    from services.crm_sync.salesforce import SalesforceClient
+
+    defaults: dict[str, Any] = {"crm_kind": "salesforce", "crm_base_url": "http://sf.test", "crm_max_attempts": 4}
+    return SalesforceClient(
+        CrmSyncConfig(**(defaults | settings)),
+        "00D!token",
+        transport=httpx.MockTransport(fake.handle),
+        clock=lambda: fake.now,
+        wall_clock=lambda: NOW,
+        sleep=fake.sleep,
+        jitter=lambda: 1.0,
+    )
+
+
+def sf_error(status: int, code: str, headers: dict[str, str] | None = None) -> httpx.Response:
+    body = [{"message": f"{code} happened", "errorCode": code, "fields": []}]
+    return httpx.Response(status, headers=headers or {}, content=orjson.dumps(body))
+
+
+async def test_salesforce_request_limit_exceeded_is_rate_limiting_and_other_403s_are_a_refused_token() -> None:
+    usage = {"Sforce-Limit-Info": "api-usage=4990/5000"}
+    fake = Fake(sf_error(403, "REQUEST_LIMIT_EXCEEDED"), httpx.Response(200, headers=usage, content=b'{"done": true}'))
+    client = salesforce_client(fake, crm_backoff_seconds=2)
+
+    assert await client.query("SELECT Id FROM Lead") == []
+    assert [at for at, _, _ in fake.sent] == [0.0, 2.0]
+    from prometheus_client import REGISTRY
+
+    assert REGISTRY.get_sample_value("coxswain_crm_api_calls_used", {"crm": "salesforce"}) == 4990
+    assert REGISTRY.get_sample_value("coxswain_crm_api_calls_limit", {"crm": "salesforce"}) == 5000
+
+    fake = Fake(sf_error(403, "REQUEST_LIMIT_EXCEEDED"))
+    with pytest.raises(CrmDown, match="REQUEST_LIMIT_EXCEEDED"):
+        await salesforce_client(fake).query("SELECT Id FROM Lead")
+    assert len(fake.sent) == 4
+
+    fake = Fake(sf_error(403, "INSUFFICIENT_ACCESS"))
+    with pytest.raises(CrmUnauthorized):
+        await salesforce_client(fake).query("SELECT Id FROM Lead")
+    fake = Fake(sf_error(400, "MALFORMED_QUERY"))
+    with pytest.raises(CrmRejected, match="400: MALFORMED_QUERY"):
+        await salesforce_client(fake).query("SELECT Id FROM Lead")
+
+
+async def test_a_salesforce_query_follows_next_records_url_until_done() -> None:
+    pages = [
+        {"totalSize": 3, "done": False, "records": [{"Id": "1"}, {"Id": "2"}], "nextRecordsUrl": "/q/01g-2"},
+        {"totalSize": 3, "done": True, "records": [{"Id": "3"}]},
+    ]
+    fake = Fake(ok(pages[0]), ok(pages[1]))
+
+    records = await salesforce_client(fake).query("SELECT Id FROM Task")
+
+    assert [r["Id"] for r in records] == ["1", "2", "3"]
+    assert [path for _, _, path in fake.sent] == ["/services/data/v60.0/query", "/q/01g-2"]
+
+
+def test_a_salesforce_connector_needs_an_instance_url_and_both_client_credentials_or_a_token() -> None:
+    from coxswain.wiring import crm_connection, crm_token
+
+    with pytest.raises(SystemExit, match="instance URL"):
+        crm_token(CrmSyncConfig(crm_kind="salesforce", crm_token="00D!x"))
+    org: dict[str, Any] = {"crm_kind": "salesforce", "crm_base_url": "https://acme.my.salesforce.com"}
+    assert crm_token(CrmSyncConfig(**org, crm_token="00D!x")) == "00D!x"
+    assert crm_token(CrmSyncConfig(**org, crm_salesforce_client_id="k", crm_salesforce_client_secret="s")) is None
+    with pytest.raises(SystemExit, match="both COXSWAIN_CRM_SALESFORCE_CLIENT_ID and"):
+        crm_token(CrmSyncConfig(**org, crm_salesforce_client_id="k"))
+    # The connection is named after the CRM unless named.
+    assert crm_connection(CrmSyncConfig(**org)) == "salesforce"
+    assert crm_connection(CrmSyncConfig()) == "hubspot"
+    assert crm_connection(CrmSyncConfig(**org, crm_connection="emea")) == "emea"

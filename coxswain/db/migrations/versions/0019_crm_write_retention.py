@@ -1,7 +1,7 @@
 """Retention: the index the pruning pass reads closed crm_writes rows by
 
 Revision ID: 0019_crm_write_retention
-Revises: 0016_decided_clock_indexes
+Revises: 0017_crm_cursors
 Create Date: 2026-12-04 10:30:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0019_crm_write_retention"
-down_revision: str | Sequence[str] | None = "0016_decided_clock_indexes"
+down_revision: str | Sequence[str] | None = "0017_crm_cursors"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
