@@ -14,13 +14,14 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from coxswain.core.partitions import retention_cutoff
 from coxswain.core.retention import RetentionTooShort, inbox_window, longest_retention
 from coxswain.runtime import metrics, outages, partitions
 from coxswain.runtime.batches import delete_in_batches
@@ -133,6 +134,15 @@ async def prune(
                 "ctid",
                 "closed_at < :before",
                 now - timedelta(days=config.crm_write_retention_days),
+            )
+            # A CRM change read again after its key is gone would be published again (with the same
+            # event id, past the inbox's window): keys live as long as the lead timelines do.
+            rows["crm_activity_keys"] = await delete_in_batches(
+                engine,
+                "crm_activity_keys",
+                "ctid",
+                "published_at < :before",
+                datetime.combine(retention_cutoff(now, config.fact_retention_months), time(), UTC),
             )
         finally:
             await holder.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": PRUNE_LOCK})

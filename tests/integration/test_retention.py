@@ -70,6 +70,22 @@ async def test_a_pass_keeps_every_dedupe_record_inside_the_window(infrastructure
 
         clocks = await decided_clocks(engine)
         open_task, recently_closed = await crm_writes(engine)
+        async with engine.begin() as connection:
+            # A key published 14 months ago goes (lead timelines keep 13); one from last month stays.
+            await connection.execute(
+                text(
+                    "INSERT INTO crm_activity_keys (connection, key, event_id, lead_id, published_at) VALUES "
+                    "('salesforce', 'Task:00T1:first_touch', :a, :lead, :old), "
+                    "('salesforce', 'Task:00T2:first_touch', :b, :lead, :recent)"
+                ),
+                {
+                    "a": uuid.uuid4(),
+                    "b": uuid.uuid4(),
+                    "lead": uuid.uuid4(),
+                    "old": NOW - timedelta(days=430),
+                    "recent": NOW - timedelta(days=30),
+                },
+            )
 
         pruned = await prune(engine, config, kept_for(timedelta(days=1)), NOW)
 
@@ -82,6 +98,7 @@ async def test_a_pass_keeps_every_dedupe_record_inside_the_window(infrastructure
             "sla_timers": 2,
             "deadlines": 1,
             "crm_writes": 1,
+            "crm_activity_keys": 1,
             # No month of facts is past its retention yet (tests/integration/test_partitions.py).
             "lead_facts": 0,
             "report_facts": 0,
@@ -111,6 +128,9 @@ async def test_a_pass_keeps_every_dedupe_record_inside_the_window(infrastructure
         # The task closed long ago went; an old task still open (the lead keeps its owner) and one
         # closed yesterday stay.
         assert writes == {open_task, recently_closed}
+        async with engine.connect() as connection:
+            keys = set(await connection.scalars(text("SELECT key FROM crm_activity_keys")))
+        assert keys == {"Task:00T2:first_touch"}
 
 
 async def crm_writes(engine: AsyncEngine) -> tuple[uuid.UUID, uuid.UUID]:

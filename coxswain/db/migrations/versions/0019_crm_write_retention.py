@@ -1,4 +1,4 @@
-"""Retention: the index the pruning pass reads closed crm_writes rows by
+"""Retention: the indexes the pruning pass reads closed crm_writes rows and old CRM activity keys by
 
 Revision ID: 0019_crm_write_retention
 Revises: 0017_crm_cursors
@@ -28,8 +28,22 @@ def upgrade() -> None:
             postgresql_concurrently=True,
             if_not_exists=True,
         )
+        op.create_index(
+            "ix_crm_activity_keys_published_at",
+            "crm_activity_keys",
+            ["published_at"],
+            unique=False,
+            postgresql_concurrently=True,
+            if_not_exists=True,
+        )
 
 
 def downgrade() -> None:
     with op.get_context().autocommit_block():
+        op.drop_index(
+            "ix_crm_activity_keys_published_at",
+            table_name="crm_activity_keys",
+            postgresql_concurrently=True,
+            if_exists=True,
+        )
         op.drop_index("ix_crm_writes_closed_at", table_name="crm_writes", postgresql_concurrently=True, if_exists=True)
