@@ -33,6 +33,7 @@ from coxswain.settings import (
     DatabaseConfig,
     DeploymentConfig,
     HealthConfig,
+    HubSpotActivitiesConfig,
     IntakeConfig,
     KafkaConfig,
     ObservabilityConfig,
@@ -333,7 +334,7 @@ async def run_consumer(
 
 def intake_app() -> tuple[FastAPI, IntakeConfig]:
     from services.admin.api import create_admin_router
-    from services.intake import adapters
+    from services.intake import adapters, hubspot_activities
     from services.intake.app import create_app
     from services.intake.signatures import SecretsError, load_secrets
 
@@ -390,7 +391,14 @@ def intake_app() -> tuple[FastAPI, IntakeConfig]:
             tracing.shutdown()
 
     app = create_app(config, engine, utc_now, lifespan=lifespan, readiness_checks={"kafka": kafka_ready})
-    adapters.register(app, config, SendersConfig(), engine, utc_now)
+    senders = SendersConfig()
+    adapters.register(app, config, senders, engine, utc_now)
+    try:
+        hubspot_activities.register(
+            app, config, senders, HubSpotActivitiesConfig(), engine, utc_now, lambda: source.current
+        )
+    except ValueError as exc:
+        raise SystemExit(f"intake refuses to start: {exc}") from None
     app.include_router(create_admin_router(engine, tokens, lambda: source.current, utc_now))
     metrics.instrument(app)
     if tracing.configure("intake"):
