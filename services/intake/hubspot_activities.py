@@ -260,10 +260,13 @@ def register(
         try:
             found, ignored = await read_all(source, events)
             leads = await leads_of(source, {c for f in found for c in f.activity.contact_ids}) if found else {}
-        except HubSpotUnavailable as exc:
-            log.warning("hubspot events not read: source=%s reason=%s", source, exc)
+        except Exception as exc:
+            if not isinstance(exc, HubSpotUnavailable) and not is_connection_error(exc):
+                raise
+            why = str(exc) if isinstance(exc, HubSpotUnavailable) else "the database is unavailable"
+            log.warning("hubspot events not read: source=%s reason=%s", source, why, extra=outages.about(exc))
             raise Problem(
-                503, f"{exc}; nothing was stored, HubSpot will deliver the events again", headers={"Retry-After": "60"}
+                503, f"{why}; nothing was stored, HubSpot will deliver the events again", headers={"Retry-After": "60"}
             ) from None
         webhooks: list[Webhook] = []
         traceparent = child_traceparent(request.headers)
