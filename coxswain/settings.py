@@ -225,6 +225,37 @@ class SendersConfig(Slice):
         return value
 
 
+class HubSpotActivitiesConfig(Slice):
+    """HubSpot webhook subscriptions read back as CRM activities (docs/integrators.md, "HubSpot activities")."""
+
+    hubspot_api_url: str = Field(default="https://api.hubapi.com", description="HubSpot's API root (reads only).")
+    hubspot_api_token: SecretStr | None = Field(
+        default=None,
+        description="Private app token with crm.objects.contacts.read and crm.objects.deals.read: intake reads "
+        "the engagement or deal a webhook event names. Unset: engagement and deal events are answered 503.",
+    )
+    hubspot_api_token_file: Path | None = Field(
+        default=None, description="A file holding the token (a mounted secret)."
+    )
+    hubspot_api_timeout_seconds: float = Field(
+        default=3.0, gt=0, le=30, description="Per read; HubSpot waits 5 s for the webhook's answer."
+    )
+    hubspot_activity_mapping_file: Path | None = Field(
+        default=None,
+        description="YAML or JSON: which lead statuses, lifecycle stages, deal stages and engagements report which "
+        "activity; unset: the defaults of docs/integrators.md.",
+    )
+    hubspot_crm_connection: str = Field(
+        default="hubspot",
+        description="The crm-sync connection (COXSWAIN_CRM_CONNECTION) whose crm_writes name the contacts' leads.",
+    )
+    hubspot_lead_sources: list[str] = Field(
+        default_factory=list,
+        description="Lead sources whose external_id is the HubSpot contact id (the HubSpot sender's sources); "
+        "empty: the webhook's own source.",
+    )
+
+
 class ObservabilityConfig(Slice):
     metrics_port: int | None = Field(
         default=None, ge=1, le=65535, description="Serve Prometheus /metrics on this port (consumer services)."
@@ -453,6 +484,10 @@ class Settings:
     @cached_property
     def intake(self) -> IntakeConfig:
         return IntakeConfig()
+
+    @cached_property
+    def hubspot_activities(self) -> HubSpotActivitiesConfig:
+        return HubSpotActivitiesConfig()
 
     @cached_property
     def sla(self) -> SlaConfig:

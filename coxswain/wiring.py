@@ -303,7 +303,7 @@ async def _run_task(task: Task, stop: asyncio.Event) -> None:
 
 def intake_app(settings: Settings | None = None) -> tuple[FastAPI, IntakeConfig]:
     from services.admin.api import create_admin_router
-    from services.intake import adapters
+    from services.intake import adapters, hubspot_activities
     from services.intake.app import create_app
     from services.intake.signatures import SecretsError, load_secrets
 
@@ -362,6 +362,12 @@ def intake_app(settings: Settings | None = None) -> tuple[FastAPI, IntakeConfig]
 
     app = create_app(config, engine, utc_now, lifespan=lifespan, readiness_checks={"kafka": kafka_ready})
     adapters.register(app, config, settings.senders, engine, utc_now)
+    try:
+        hubspot_activities.register(
+            app, config, settings.senders, settings.hubspot_activities, engine, utc_now, lambda: source.current
+        )
+    except ValueError as exc:
+        raise SystemExit(f"intake refuses to start: {exc}") from None
     app.include_router(create_admin_router(engine, tokens, lambda: source.current, utc_now))
     metrics.instrument(app)
     if tracing.configure("intake"):

@@ -589,6 +589,31 @@ class LeadErasedV1(Event):
     rows_changed: int = Field(ge=0, description="Stored rows that held a personal value.")
 
 
+class LeadMergedV1(Event):
+    """Identity resolution found that a provisional lead id (the one intake answered a webhook
+    with) names a lead already known under another id: from now on the alias is the canonical
+    lead. Published once per alias, keyed by the canonical ``lead_id``, so it is ordered with that
+    lead's facts. A CRM connector that wrote a record for the alias (keyed by the 202's lead id,
+    or a contact made for the alias's email) follows the canonical lead from here on."""
+
+    topic: ClassVar[str] = "leads.merged.v1"
+    ce_type: ClassVar[str] = "io.coxswain.lead.merged.v1"
+    ce_source: ClassVar[str] = "/coxswain/scoring"
+
+    caused_by: uuid.UUID = Field(description="Event id of the leads.received.v1 event that revealed the alias.")
+    alias_lead_id: uuid.UUID = Field(description="The provisional id intake answered with; now an alias of lead_id.")
+    rule: Literal["email already known", "source id already known"] = Field(
+        description="Which of the event's identity keys named the canonical lead (coxswain/core/identity.py)."
+    )
+    source: Code = Field(description="The sender of the event that carried the alias.")
+    external_id: ShortText | None = Field(default=None, description="The sender's contact id on that event, if any.")
+    email: EmailStr | None = Field(
+        default=None,
+        description="The email that event carried (the provisional id is derived from it when there is one), so "
+        "a connector can find a CRM record made for the alias. Personal data: erased with the lead.",
+    )
+
+
 # The Kafka key of every audit fact (see AdminActionAuditedV1), named rather than random.
 AUDIT_KEY = uuid.uuid5(uuid.NAMESPACE_URL, "urn:coxswain:admin-audit")
 
@@ -636,6 +661,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     ScorecardIssuedV1,
     AdminActionAuditedV1,
     LeadErasedV1,
+    LeadMergedV1,
 )
 
 EVENTS_BY_TOPIC: dict[str, type[Event]] = {event.topic: event for event in ALL_EVENTS}

@@ -19,7 +19,9 @@ Every key the event carries that is not yet known is then recorded for the chose
 never moves: when an email and a source key already name two different leads, the email wins
 and the two leads are not merged. When the chosen lead differs from the provisional id, the
 provisional id is recorded as an alias (``id:<uuid>``), so a CRM activity or an API call
-naming the provisional id reaches the same lead.
+naming the provisional id reaches the same lead, and the event that recorded the alias announces
+it once with ``leads.merged.v1`` (``merged``): whoever keyed a record on the provisional id (intake
+answered the webhook with it) learns the canonical id.
 """
 
 from __future__ import annotations
@@ -27,11 +29,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal, cast
 
 from coxswain.core.ids import uuid5
+from schemas.events import LeadMergedV1, LeadReceivedV1
 
 LEAD_NAMESPACE = uuid.UUID("0c9b3b8e-5d0c-4c57-9a59-3c1f1f7a6b01")
 EVENT_NAMESPACE = uuid.UUID("8a6f2d4e-1b7c-4e8a-9d3f-6c2b5a4e7f12")
+MERGE_NAMESPACE = uuid.UUID("3f1d7c52-8e0b-4a96-b2d4-5c7e9a1f0b63")
 
 
 class UnidentifiableLead(ValueError):
@@ -92,6 +97,28 @@ def resolve(keys: Sequence[str], known: Mapping[str, uuid.UUID], provisional: uu
     if lead_id != provisional and alias_key(provisional) not in known:
         record.append(alias_key(provisional))
     return Resolution(lead_id, tuple(record), rule)
+
+
+def merged(event: LeadReceivedV1, resolution: Resolution) -> LeadMergedV1 | None:
+    """The announcement of a new alias, when resolving ``event`` recorded one.
+
+    Its id is derived from the alias alone: an alias is recorded once (its key never moves), and
+    should the announcement be made again it is the same fact, which consumers dedupe.
+    """
+    alias = alias_key(event.lead_id)
+    if alias not in resolution.record:
+        return None
+    return LeadMergedV1(
+        event_id=uuid5(MERGE_NAMESPACE, alias),
+        lead_id=resolution.lead_id,
+        occurred_at=event.occurred_at,
+        caused_by=event.event_id,
+        alias_lead_id=event.lead_id,
+        rule=cast(Literal["email already known", "source id already known"], resolution.rule),
+        source=event.source,
+        external_id=event.external_id,
+        email=event.attributes.email,
+    )
 
 
 def intake_event_id(source: str, webhook_id: str, index: int) -> uuid.UUID:

@@ -1,5 +1,5 @@
 """Salesforce activities polled back into ``crm.activities.v1`` (the shell of
-``coxswain.core.crm_activities``).
+``coxswain.core.salesforce_activities``).
 
 Runs inside ``coxswain run crm-sync`` for a Salesforce connection, every
 ``COXSWAIN_CRM_SALESFORCE_POLL_SECONDS``. Per object (Task, Event, Lead, Opportunity):
@@ -12,7 +12,7 @@ Runs inside ``coxswain run crm-sync`` for a Salesforce connection, every
    Lead crm-sync wrote the owner on) or by the external-id field holding the Coxswain lead id; a
    Task or Event by its ``WhoId`` (that Lead); an Opportunity by the Lead converted into it
    (``Lead.ConvertedOpportunityId``). Records of leads Coxswain does not know are skipped;
-4. decide the activities (pure, :func:`coxswain.core.crm_activities.activities_of`);
+4. decide the activities (pure, :func:`coxswain.core.salesforce_activities.activities_of`);
 5. in one transaction: record their keys in ``crm_activity_keys`` (those already there are
    dropped), stage the new ones in the outbox, move the cursor forward to the newest
    ``SystemModstamp`` read. A crash before the commit publishes nothing and leaves the cursor;
@@ -35,7 +35,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coxswain.core.agreement import Agreement
-from coxswain.core.crm_activities import (
+from coxswain.core.crm_sync import owner_ids
+from coxswain.core.salesforce_activities import (
     Activity,
     Change,
     Mapping,
@@ -44,7 +45,6 @@ from coxswain.core.crm_activities import (
     activity_event,
     parse_datetime,
 )
-from coxswain.core.crm_sync import owner_ids
 from coxswain.runtime import metrics
 from coxswain.runtime.outbox import stage
 from coxswain.runtime.waiting import sleep_or_stop

@@ -42,6 +42,11 @@ Kind = Literal["lead", "activity"]
 class AcceptedEvent(BaseModel):
     event_id: str
     lead_id: str
+    lead_id_provisional: bool = Field(
+        description="True when intake derived the lead id itself (marketing events; docs/integrators.md, "
+        "Provisional lead ids): it is the lead's id unless a leads.merged.v1 fact later names it as "
+        "alias_lead_id of another lead. False when the caller named the lead (CRM activities)."
+    )
 
 
 class Accepted(BaseModel):
@@ -137,7 +142,12 @@ async def store_many(connection: AsyncConnection, webhooks: Sequence[Webhook]) -
                 Accepted(
                     webhook_id=webhook.webhook_id,
                     duplicate=False,
-                    events=[AcceptedEvent(event_id=str(e.event_id), lead_id=str(e.lead_id)) for e in webhook.events],
+                    events=[
+                        AcceptedEvent(
+                            event_id=str(e.event_id), lead_id=str(e.lead_id), lead_id_provisional=webhook.kind == "lead"
+                        )
+                        for e in webhook.events
+                    ],
                 )
             )
         else:
@@ -148,7 +158,7 @@ async def store_many(connection: AsyncConnection, webhooks: Sequence[Webhook]) -
 async def _answered_before(connection: AsyncConnection, webhook: Webhook) -> Accepted:
     row = (
         await connection.execute(
-            text("SELECT event_ids, lead_ids FROM webhook_inbox WHERE source = :s AND webhook_id = :w"),
+            text("SELECT kind, event_ids, lead_ids FROM webhook_inbox WHERE source = :s AND webhook_id = :w"),
             {"s": webhook.source, "w": webhook.webhook_id},
         )
     ).one()
@@ -156,7 +166,8 @@ async def _answered_before(connection: AsyncConnection, webhook: Webhook) -> Acc
         webhook_id=webhook.webhook_id,
         duplicate=True,
         events=[
-            AcceptedEvent(event_id=event, lead_id=lead) for event, lead in zip(row.event_ids, row.lead_ids, strict=True)
+            AcceptedEvent(event_id=event, lead_id=lead, lead_id_provisional=row.kind == "lead")
+            for event, lead in zip(row.event_ids, row.lead_ids, strict=True)
         ],
     )
 

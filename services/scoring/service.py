@@ -15,7 +15,7 @@ from sqlalchemy.dialects.postgresql import Insert, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coxswain.core.agreement import Agreement
-from coxswain.core.identity import alias_key, identity_keys, resolve
+from coxswain.core.identity import alias_key, identity_keys, merged, resolve
 from coxswain.core.lead import (
     LeadState,
     Outcome,
@@ -169,7 +169,9 @@ async def apply_batch(
     known = await _lock_and_read_identities(connection, events)
     lead_ids: list[uuid.UUID] = []
     recorded: dict[str, uuid.UUID] = {}
-    for event in events:
+    # An alias is recorded once, under the identity locks, so it is announced once.
+    merges: dict[int, Event] = {}
+    for index, event in enumerate(events):
         if isinstance(event, LeadReceivedV1):
             keys = identity_keys(event.attributes.email, event.source, event.external_id)
             if not keys:
@@ -178,6 +180,9 @@ async def apply_batch(
             resolution = resolve(keys, known, event.lead_id)
             for key in resolution.record:
                 known[key] = recorded[key] = resolution.lead_id
+            announced = merged(event, resolution)
+            if announced is not None:
+                merges[index] = announced
             lead_ids.append(resolution.lead_id)
         else:
             lead_ids.append(known.get(alias_key(event.lead_id), event.lead_id))
@@ -210,6 +215,8 @@ async def apply_batch(
         states[lead_id] = outcome.state
         evaluated_at[lead_id] = at
         outcomes.append(outcome)
+    for index, merge in merges.items():
+        outcomes[index] = Outcome(outcomes[index].state, (merge, *outcomes[index].facts))
     changed = [states[lead_id] for lead_id in evaluated_at]
     await save_many(connection, changed, agreement.version, now)
     await record_facts(connection, [fact for outcome in outcomes for fact in outcome.facts], now)

@@ -74,6 +74,8 @@ async def test_signed_event_is_accepted_stored_and_staged_for_publishing(
     accepted = response.json()
     assert accepted["duplicate"] is False
     assert len(accepted["events"]) == 1
+    # Derived by intake without a lookup: leads.merged.v1 announces it if it turns out an alias.
+    assert accepted["events"][0]["lead_id_provisional"] is True
     assert await stored(engine, "msg_single") == (1, 1, 1)
 
 
@@ -86,6 +88,7 @@ async def test_repeated_webhook_id_is_answered_again_and_stored_once(
     assert first.status_code == second.status_code == 202
     assert second.json()["duplicate"] is True
     assert second.json()["events"] == first.json()["events"]
+    assert second.json()["events"][0]["lead_id_provisional"] is True
     assert await stored(engine, "msg_repeat") == (1, 1, 1)
 
 

@@ -7,7 +7,11 @@ Served: ``POST /crm/v3/objects/{contacts,tasks}/search`` (``filterGroups`` of ``
 contacts and tasks (``{"id", "properties", "createdAt", "updatedAt", "archived"}``), Bearer
 tokens (``401`` ``INVALID_AUTHENTICATION``), a contact's email being unique (``409`` with
 ``Existing ID``), unknown owners and undefined properties (``400``), unknown ids (``404``).
-Faults are injected per request: a status with headers (``429`` with ``Retry-After``, ``5xx``),
+``GET /crm/v3/objects/{kind}/{id}`` reads a contact, task, call, email, meeting or deal by id
+(``properties`` and ``associations=contacts`` query parameters; the answer's ``associations``
+holds ``{"contacts": {"results": [{"id", "type"}]}}`` and is left out when there are none), for
+intake's reading of HubSpot webhook events; tests log engagements and deals with ``log``, as a rep
+would in HubSpot. Faults are injected per request: a status with headers (``429`` with ``Retry-After``, ``5xx``),
 for the next n requests matching a path.
 
 Every request is logged with its arrival time (``time.monotonic``), so a test can show that
@@ -78,6 +82,8 @@ class FakeHubSpot:
         self.owners = owners
         self.contacts: dict[str, dict[str, Any]] = {}
         self.tasks: dict[str, dict[str, Any]] = {}
+        # Engagements and deals, created by tests (``log``) as a rep would in HubSpot.
+        self.logged: dict[str, dict[str, dict[str, Any]]] = {"calls": {}, "emails": {}, "meetings": {}, "deals": {}}
         self.faults: list[Fault] = []
         self.seen: list[Seen] = []
         # The connector's idempotency property exists until a test removes it.
@@ -107,6 +113,19 @@ class FakeHubSpot:
 
     def index(self) -> None:
         self.unindexed.clear()
+
+    def log(self, kind: str, properties: dict[str, str], contacts: list[str]) -> str:
+        """A call, email, meeting or deal as HubSpot stores it once a rep logs it; returns its id."""
+        item: dict[str, Any] = {
+            "id": str(next(self._ids)),
+            "properties": dict(properties),
+            "createdAt": _now(),
+            "updatedAt": _now(),
+            "archived": False,
+            "contacts": list(contacts),
+        }
+        self.logged[kind][item["id"]] = item
+        return str(item["id"])
 
     def inject(self, status: int, headers: dict[str, str] | None = None, path: str = "", times: int = 1) -> None:
         self.faults.append(Fault(status, headers or {}, path, times))
@@ -212,6 +231,22 @@ class FakeHubSpot:
             if self.index_lag:
                 self.unindexed.add(item["id"])
             return _public(item)
+
+        @app.get("/crm/v3/objects/{kind}/{object_id}")
+        async def read(kind: str, object_id: str, request: Request) -> Any:
+            item = (objects.get(kind) or self.logged.get(kind) or {}).get(object_id)
+            if item is None:
+                return _error(404, "resource not found", "OBJECT_NOT_FOUND")
+            wanted = [name for name in request.query_params.get("properties", "").split(",") if name]
+            # HubSpot answers a few default properties whatever was asked, and only the asked ones that exist.
+            properties = {"hs_object_id": item["id"], "hs_createdate": item["createdAt"]}
+            properties |= {name: item["properties"][name] for name in wanted if name in item["properties"]}
+            body = _public(item) | {"properties": properties}
+            if "contacts" in request.query_params.get("associations", "").split(",") and item["contacts"]:
+                singular = kind[:-1] if kind != "contacts" else "contact"
+                results = [{"id": contact, "type": f"{singular}_to_contact"} for contact in item["contacts"]]
+                body["associations"] = {"contacts": {"results": results}}
+            return body
 
         @app.patch("/crm/v3/objects/{kind}/{object_id}")
         async def update(kind: str, object_id: str, request: Request) -> Any:

@@ -29,6 +29,7 @@ from schemas.events import (
     LatencyPercentiles,
     LeadAttributes,
     LeadErasedV1,
+    LeadMergedV1,
     LeadQualifiedV1,
     LeadReceivedV1,
     LeadRoutedV1,
@@ -362,6 +363,17 @@ SAMPLES: tuple[Event, ...] = (
         detail={"fields": "capacity"},
     ),
     LeadErasedV1(event_id=eid("erased"), lead_id=LEAD, occurred_at=AT, aliases=(eid("alias"),), rows_changed=7),
+    LeadMergedV1(
+        event_id=eid("merged"),
+        lead_id=LEAD,
+        occurred_at=AT,
+        caused_by=eid("received"),
+        alias_lead_id=eid("alias"),
+        rule="source id already known",
+        source="hubspot",
+        external_id="hs-1",
+        email="ana@example.com",
+    ),
 )
 RECEIVED = SAMPLES[0]
 

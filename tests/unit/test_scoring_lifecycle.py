@@ -13,7 +13,15 @@ import pytest
 import yaml
 
 from coxswain.core.agreement import Agreement, load_agreement, parse_agreement
-from coxswain.core.identity import alias_key, email_key, identity_keys, lead_id_for, resolve, source_key
+from coxswain.core.identity import (
+    alias_key,
+    email_key,
+    identity_keys,
+    lead_id_for,
+    merged,
+    resolve,
+    source_key,
+)
 from coxswain.core.lead import (
     LeadState,
     evaluation_time,
@@ -520,6 +528,51 @@ def test_the_email_wins_and_keys_never_move() -> None:
 
     assert resolution.lead_id == by_email
     assert resolution.record == (alias_key(provisional),)  # the source key stays with its own lead
+
+
+def _received_by(email: str | None, external_id: str | None) -> LeadReceivedV1:
+    return LeadReceivedV1(
+        event_id=uuid.uuid4(),
+        lead_id=lead_id_for(email, "hubspot", external_id),
+        occurred_at=T0,
+        source="hubspot",
+        webhook_id="w-1",
+        external_id=external_id,
+        engagement=EngagementType.form_submit,
+        attributes=LeadAttributes(email=email),
+    )
+
+
+def test_the_event_that_records_an_alias_announces_the_merge() -> None:
+    first = lead_id_for(None, "hubspot", "42")
+    event = _received_by("jane@acme.io", "42")
+    keys = identity_keys("jane@acme.io", "hubspot", "42")
+
+    announced = merged(event, resolve(keys, {source_key("hubspot", "42"): first}, event.lead_id))
+
+    assert announced is not None
+    assert (announced.lead_id, announced.alias_lead_id, announced.caused_by) == (first, event.lead_id, event.event_id)
+    assert (announced.rule, announced.source, announced.external_id, announced.email) == (
+        "source id already known",
+        "hubspot",
+        "42",
+        "jane@acme.io",
+    )
+    assert announced.occurred_at == T0
+    # Derived from the alias alone: announcing it again is the same fact.
+    again = merged(_received_by("jane@acme.io", "42"), resolve(keys, {keys[1]: first}, event.lead_id))
+    assert again is not None and again.event_id == announced.event_id
+
+
+def test_no_merge_is_announced_for_a_new_lead_or_an_alias_already_known() -> None:
+    event = _received_by("jane@acme.io", "42")
+    keys = identity_keys("jane@acme.io", "hubspot", "42")
+    first = uuid.uuid4()
+
+    assert merged(event, resolve(keys, {}, event.lead_id)) is None
+    known = {keys[1]: first, alias_key(event.lead_id): first}
+    assert merged(event, resolve(keys, known, event.lead_id)) is None
+    assert merged(event, resolve(keys, {keys[0]: event.lead_id}, event.lead_id)) is None
 
 
 def test_an_unknown_person_starts_a_lead_with_the_provisional_id() -> None:

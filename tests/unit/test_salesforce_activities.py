@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from coxswain.core.crm_activities import Change, Mapping, SObject, activities_of, activity_event, parse_datetime
+from coxswain.core.salesforce_activities import Change, Mapping, SObject, activities_of, activity_event, parse_datetime
 from schemas.events import ActivityType
 
 LEAD = uuid.UUID("00000000-0000-0000-0000-00000000abcd")

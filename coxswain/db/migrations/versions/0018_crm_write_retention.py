@@ -1,6 +1,6 @@
 """Retention: the indexes the pruning pass reads closed crm_writes rows and old CRM activity keys by
 
-Revision ID: 0019_crm_write_retention
+Revision ID: 0018_crm_write_retention
 Revises: 0017_crm_cursors
 Create Date: 2026-12-04 10:30:00
 """
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0019_crm_write_retention"
+revision: str = "0018_crm_write_retention"
 down_revision: str | Sequence[str] | None = "0017_crm_cursors"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
