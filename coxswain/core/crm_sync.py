@@ -11,18 +11,24 @@ owner and carries out the writes this module decides, one connection per CRM:
   assignment it replaces (:class:`CloseTask`), so the lead keeps exactly one open task.
 - ``leads.stage_changed.v1`` to ``recycled`` or ``disqualified``: the lead is released, its open
   task is closed (:class:`CloseOpenTask`; the shell knows which task is open).
+- ``leads.merged.v1``: a provisional id (and the email it came with) turned out to be this
+  lead. A record the CRM holds for that email gets the lead's owner (:class:`SetAliasOwner`),
+  at once if the lead has one here, else with its routed fact, which covers every email the
+  lead is known by. So a lead first known by its provisional id ends with the canonical lead's
+  owner, in whichever order the two facts arrive.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
 from coxswain.core.agreement import Agreement
-from schemas.events import LeadRoutedV1, LeadStageChangedV1, Stage
+from coxswain.core.identity import normalise_email
+from schemas.events import LeadMergedV1, LeadRoutedV1, LeadStageChangedV1, Stage
 
 CrmKind = Literal["hubspot", "salesforce"]
 
@@ -84,7 +90,17 @@ class CreateTask:
     body: str
 
 
-CrmWrite = CloseTask | CloseOpenTask | SetOwner | CreateTask
+@dataclass(frozen=True)
+class SetAliasOwner:
+    """Give the record found by an alias's email (a contact or Lead made for an identity that
+    turned out to be this lead, ``leads.merged.v1``) the lead's owner. Only a record that exists
+    is changed: nothing is created for an alias."""
+
+    email: str
+    owner_id: str
+
+
+CrmWrite = CloseTask | CloseOpenTask | SetOwner | SetAliasOwner | CreateTask
 
 
 def owner_ids(agreement: Agreement, kind: CrmKind) -> dict[str, str]:
@@ -116,11 +132,13 @@ def plan_routed(
     email: str,
     kind: CrmKind,
     attributes: Mapping[str, object] | None = None,
+    alias_emails: Sequence[str] = (),
 ) -> tuple[CrmWrite, ...]:
-    """The writes a routed fact asks for, in order: close the replaced task, set the owner, add the task.
+    """The writes a routed fact asks for, in order: close the replaced task, set the owner (of the
+    lead's record and of any record made for one of its aliases), add the task.
 
     ``attributes`` are the lead's (``leads.attributes``): the name and company a new Salesforce
-    Lead is created with."""
+    Lead is created with. ``alias_emails`` are the other emails the lead is known by."""
     owner = owners.get(fact.rep_id)
     if owner is None:
         raise UnmappedRep(unmapped_message(fact.rep_id, kind))
@@ -137,6 +155,7 @@ def plan_routed(
             company=_text(attributes.get("company")) or NOT_PROVIDED,
         )
     )
+    writes.extend(SetAliasOwner(alias, owner) for alias in other_emails(email, alias_emails))
     writes.append(
         CreateTask(
             assignment_id=fact.assignment_id,
@@ -147,6 +166,27 @@ def plan_routed(
         )
     )
     return tuple(writes)
+
+
+def plan_merged(fact: LeadMergedV1, owner_id: str | None, email: str | None) -> tuple[CrmWrite, ...]:
+    """An alias merged into a lead that already has an owner here (``owner_id``, from the
+    assignment last written): the record made for the alias's email gets that owner. A lead not
+    written yet needs nothing now: its routed fact covers every email it is known by then."""
+    if owner_id is None or fact.email is None:
+        return ()
+    return tuple(SetAliasOwner(alias, owner_id) for alias in other_emails(email, [fact.email]))
+
+
+def other_emails(email: str | None, emails: Sequence[str]) -> list[str]:
+    """``emails`` but ``email``, each once, compared as identity resolution compares them."""
+    seen = {normalise_email(email)} if email else set()
+    found = []
+    for candidate in emails:
+        key = normalise_email(candidate)
+        if key and key not in seen:
+            seen.add(key)
+            found.append(candidate)
+    return found
 
 
 def plan_stage_changed(fact: LeadStageChangedV1) -> tuple[CrmWrite, ...]:

@@ -105,6 +105,17 @@ class HubSpotClient:
             metrics.CRM_WRITES.labels(CRM, "owner_set").inc()
         return contact_id
 
+    async def set_owner_if_found(self, email: str, owner_id: str, keepalive: Keepalive = no_keepalive) -> bool:
+        """Set the owner of the contact with this email, if there is one; creates nothing."""
+        found = await self.find_contact(email, keepalive)
+        if found is None:
+            return False
+        contact_id, owner = found
+        if owner != owner_id:
+            await self.set_contact_owner(contact_id, owner_id, keepalive)
+            metrics.CRM_WRITES.labels(CRM, "alias_owner_set").inc()
+        return True
+
     # ----------------------------------------------------------------- the endpoints the connector uses
 
     async def find_contact(self, email: str, keepalive: Keepalive = no_keepalive) -> tuple[str, str | None] | None:

@@ -165,12 +165,7 @@ class SalesforceClient:
             if found is None:
                 return await self._upsert_lead(write, keepalive)
         else:
-            soql = (
-                f"SELECT Id, OwnerId FROM Lead WHERE Email = {soql_literal(write.email)} "
-                "AND IsConverted = false ORDER BY CreatedDate, Id LIMIT 1"
-            )
-            records = await self.query(soql, keepalive)
-            found = records[0] if records else None
+            found = await self._lead_by_email(write.email, keepalive)
             if found is None:
                 lead_id = await self.create("Lead", self._lead_fields(write), keepalive)
                 metrics.CRM_WRITES.labels(CRM, "lead_created").inc()
@@ -179,6 +174,24 @@ class SalesforceClient:
             await self.update("Lead", str(found["Id"]), {"OwnerId": write.owner_id}, keepalive)
             metrics.CRM_WRITES.labels(CRM, "owner_set").inc()
         return str(found["Id"])
+
+    async def set_owner_if_found(self, email: str, owner_id: str, keepalive: Keepalive = no_keepalive) -> bool:
+        """Set the ``OwnerId`` of the open Lead with this email, if there is one; creates nothing."""
+        found = await self._lead_by_email(email, keepalive)
+        if found is None:
+            return False
+        if found.get("OwnerId") != owner_id:
+            await self.update("Lead", str(found["Id"]), {"OwnerId": owner_id}, keepalive)
+            metrics.CRM_WRITES.labels(CRM, "alias_owner_set").inc()
+        return True
+
+    async def _lead_by_email(self, email: str, keepalive: Keepalive) -> dict[str, Any] | None:
+        soql = (
+            f"SELECT Id, OwnerId FROM Lead WHERE Email = {soql_literal(email)} "
+            "AND IsConverted = false ORDER BY CreatedDate, Id LIMIT 1"
+        )
+        records = await self.query(soql, keepalive)
+        return records[0] if records else None
 
     async def find_task(self, assignment_id: str, keepalive: Keepalive = no_keepalive) -> str | None:
         """The id of the Task carrying this assignment id, if one was created."""

@@ -36,14 +36,16 @@ from coxswain.core.crm_sync import (
     CloseTask,
     CreateTask,
     CrmKind,
+    SetAliasOwner,
     SetOwner,
     owner_ids,
+    plan_merged,
     plan_routed,
     plan_stage_changed,
 )
 from coxswain.runtime import metrics
 from coxswain.runtime.consumer import Handler, PermanentError
-from schemas.events import Event, LeadRoutedV1, LeadStageChangedV1
+from schemas.events import Event, LeadMergedV1, LeadRoutedV1, LeadStageChangedV1
 from services.crm_sync.retrying import CrmGaveUp, Keepalive
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,7 @@ log = logging.getLogger(__name__)
 ACCEPTS: dict[str, tuple[type[Event], ...]] = {
     LeadRoutedV1.topic: (LeadRoutedV1,),
     LeadStageChangedV1.topic: (LeadStageChangedV1,),
+    LeadMergedV1.topic: (LeadMergedV1,),
 }
 REMEMBERED = 10_000
 
@@ -79,6 +82,10 @@ class CrmClient(Protocol):
     async def create_task(self, task: CreateTask, record_id: str, keepalive: Keepalive) -> str: ...
 
     async def complete_task(self, task_id: str, keepalive: Keepalive) -> None: ...
+
+    async def set_owner_if_found(self, email: str, owner_id: str, keepalive: Keepalive) -> bool:
+        """Set the owner of the record with this email if the CRM has one; never creates one."""
+        ...
 
     async def aclose(self) -> None: ...
 
@@ -123,12 +130,15 @@ class CrmSync:
             raise NoEmail(f"lead {fact.lead_id} has no email: {self.crm} records are found by email")
         keepalive = _keepalive(connection)
         contact_id = task_id = ""
+        aliases = await _emails_of(connection, fact.lead_id)
         try:
-            for write in plan_routed(fact, owners, email, self.crm, attributes):
+            for write in plan_routed(fact, owners, email, self.crm, attributes, aliases):
                 if isinstance(write, CloseTask):
                     await self._close(connection, write.assignment_id, write.reason, now, keepalive)
                 elif isinstance(write, SetOwner):
                     contact_id = await self.client.set_owner(write, keepalive)
+                elif isinstance(write, SetAliasOwner):
+                    await self.client.set_owner_if_found(write.email, write.owner_id, keepalive)
                 elif isinstance(write, CreateTask):
                     task_id = await self._task(write, contact_id, keepalive)
         except CrmGaveUp as exc:
@@ -151,6 +161,31 @@ class CrmSync:
             },
         )
         log.info("crm written: crm=%s assignment_id=%s task_id=%s", self.crm, fact.assignment_id, task_id)
+
+    async def merged(self, connection: AsyncConnection, fact: LeadMergedV1) -> None:
+        """An alias of a lead that has an owner here: its record (found by the alias's email) gets
+        that owner. Setting an owner twice is harmless, so a redelivery needs no record of its own."""
+        if fact.event_id in self._gave_up:
+            raise CrmGaveUp(self._gave_up[fact.event_id])
+        owner = await connection.scalar(
+            text(
+                "SELECT owner_id FROM crm_writes WHERE connection = :connection AND lead_id = :lead_id "
+                "AND closed_at IS NULL ORDER BY written_at DESC LIMIT 1"
+            ),
+            {"connection": self.connection, "lead_id": fact.lead_id},
+        )
+        email = _attributes(
+            await connection.scalar(text("SELECT attributes FROM leads WHERE lead_id = :l"), {"l": fact.lead_id})
+        ).get("email")
+        keepalive = _keepalive(connection)
+        try:
+            for write in plan_merged(fact, owner, email if isinstance(email, str) else None):
+                if isinstance(write, SetAliasOwner):
+                    await self.client.set_owner_if_found(write.email, write.owner_id, keepalive)
+        except CrmGaveUp as exc:
+            self._gave_up.remember(fact.event_id, str(exc))
+            raise
+        log.info("merge followed: crm=%s lead_id=%s alias=%s", self.crm, fact.lead_id, fact.alias_lead_id)
 
     async def stage_changed(self, connection: AsyncConnection, fact: LeadStageChangedV1, now: datetime) -> None:
         for write in plan_stage_changed(fact):
@@ -215,6 +250,15 @@ def _attributes(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+async def _emails_of(connection: AsyncConnection, lead_id: uuid.UUID) -> list[str]:
+    """Every email identity resolution knows the lead by (its aliases' among them)."""
+    keys = await connection.scalars(
+        text("SELECT key FROM lead_identities WHERE lead_id = :lead_id AND key LIKE 'email:%' ORDER BY key"),
+        {"lead_id": lead_id},
+    )
+    return [key.removeprefix("email:") for key in keys]
+
+
 def _keepalive(connection: AsyncConnection) -> Keepalive:
     async def keepalive() -> None:
         await connection.execute(text("SELECT 1"))
@@ -230,6 +274,8 @@ def make_handler(agreement: Agreement, sync: CrmSync) -> Handler:
             await sync.routed(connection, event, owners, now)
         elif isinstance(event, LeadStageChangedV1):
             await sync.stage_changed(connection, event, now)
+        elif isinstance(event, LeadMergedV1):
+            await sync.merged(connection, event)
         return ()
 
     return handle

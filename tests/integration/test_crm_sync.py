@@ -25,7 +25,7 @@ from coxswain.core.agreement import Agreement, parse_agreement
 from coxswain.db.database import create_engine
 from coxswain.runtime.consumer import Unavailable
 from coxswain.settings import CrmSyncConfig, DatabaseConfig
-from schemas.events import LeadRoutedV1, LeadStageChangedV1, Stage
+from schemas.events import LeadMergedV1, LeadRoutedV1, LeadStageChangedV1, Stage
 from services.crm_sync import service as crm_sync
 from services.crm_sync.hubspot import HubSpotClient
 from tests.support import crm_connector, fake_hubspot
@@ -402,3 +402,81 @@ async def test_a_routed_lead_for_a_rep_without_an_owner_id_is_dead_lettered_nami
     headers = dict(row.headers)
     assert headers["dlq_error_type"] == "UnmappedRep"
     assert headers["dlq_reason"] == "rep 'ben' has no hubspot owner id (roster: crm.hubspot_owner_id)"
+
+
+async def know_email(engine: AsyncEngine, lead_id: uuid.UUID, email: str) -> None:
+    """Identity resolution records another email for the lead (an alias folded into it)."""
+    async with engine.begin() as connection:
+        await connection.execute(
+            text("INSERT INTO lead_identities (key, lead_id, created_at) VALUES (:key, :lead_id, :now)"),
+            {"key": f"email:{email}", "lead_id": lead_id, "now": NOW},
+        )
+
+
+def merged(lead_id: uuid.UUID, email: str) -> LeadMergedV1:
+    return LeadMergedV1(
+        event_id=uuid.uuid4(),
+        lead_id=lead_id,
+        occurred_at=NOW,
+        caused_by=uuid.uuid4(),
+        alias_lead_id=uuid.uuid4(),
+        rule="source id already known",
+        source="webform",
+        external_id=f"c-{uuid.uuid4().hex[:6]}",
+        email=email,
+    )
+
+
+def owner_of(hubspot: FakeHubSpot, email: str) -> str | None:
+    contact = hubspot.contact_by_email(email)
+    assert contact is not None, email
+    owner = contact["properties"].get("hubspot_owner_id")
+    return str(owner) if owner is not None else None
+
+
+async def test_a_lead_first_known_by_its_provisional_id_ends_with_the_canonical_leads_owner(
+    connector: Connector, hubspot: FakeHubSpot, engine: AsyncEngine
+) -> None:
+    """Marketing automation made a contact for the email a webhook came with; Coxswain folded
+    that provisional lead into a known one. Merged before the routing, the routed fact gives the
+    alias's contact the owner; merged after it, the merge fact does; an alias the CRM has no
+    contact for gets none made."""
+    lead_id, email = await new_lead(engine)
+    before, after, nowhere = (f"{name}-{lead_id.hex[:8]}@gmail.example" for name in ("before", "after", "nowhere"))
+    hubspot.add_contact(before)
+    hubspot.add_contact(after)
+    await know_email(engine, lead_id, before)
+    await know_email(engine, lead_id, nowhere)
+    fact = routed(lead_id, "ava")
+
+    await connector.deliver(fact)
+
+    assert (owner_of(hubspot, email), owner_of(hubspot, before)) == ("201", "201")
+    assert owner_of(hubspot, after) is None
+    assert hubspot.contact_by_email(nowhere) is None
+
+    await know_email(engine, lead_id, after)
+    await connector.deliver(merged(lead_id, after))
+
+    assert owner_of(hubspot, after) == "201"
+    assert len(tasks_for(hubspot, fact.assignment_id)) == 1
+
+    # Reassigned: the lead's contact and both aliases' move to the new owner.
+    await connector.deliver(routed(lead_id, "ben", replaces=fact.assignment_id))
+    assert {owner_of(hubspot, e) for e in (email, before, after)} == {"202"}
+    assert hubspot.contact_by_email(nowhere) is None
+
+
+async def test_a_merge_into_a_lead_not_written_yet_changes_nothing_until_it_is_routed(
+    connector: Connector, hubspot: FakeHubSpot, engine: AsyncEngine
+) -> None:
+    lead_id, email = await new_lead(engine)
+    alias = f"early-{lead_id.hex[:8]}@gmail.example"
+    hubspot.add_contact(alias)
+    await know_email(engine, lead_id, alias)
+
+    await connector.deliver(merged(lead_id, alias))
+    assert owner_of(hubspot, alias) is None
+
+    await connector.deliver(routed(lead_id, "ben"))
+    assert (owner_of(hubspot, email), owner_of(hubspot, alias)) == ("202", "202")

@@ -127,6 +127,19 @@ class FakeHubSpot:
         self.logged[kind][item["id"]] = item
         return str(item["id"])
 
+    def add_contact(self, email: str, owner_id: str | None = None) -> str:
+        """A contact someone else made (a form, marketing automation); returns its id."""
+        properties = {"email": email} | ({"hubspot_owner_id": owner_id} if owner_id else {})
+        item: dict[str, Any] = {
+            "id": str(next(self._ids)),
+            "properties": properties,
+            "createdAt": _now(),
+            "updatedAt": _now(),
+            "archived": False,
+        }
+        self.contacts[item["id"]] = item
+        return str(item["id"])
+
     def inject(self, status: int, headers: dict[str, str] | None = None, path: str = "", times: int = 1) -> None:
         self.faults.append(Fault(status, headers or {}, path, times))
 

@@ -21,9 +21,11 @@ from coxswain.core.crm_sync import (
     CloseOpenTask,
     CloseTask,
     CreateTask,
+    SetAliasOwner,
     SetOwner,
     UnmappedRep,
     owner_ids,
+    plan_merged,
     plan_routed,
     plan_stage_changed,
     unmapped_reps,
@@ -31,7 +33,7 @@ from coxswain.core.crm_sync import (
 from coxswain.runtime.consumer import PermanentError, Unavailable
 from coxswain.runtime.outages import is_connection_error
 from coxswain.settings import CrmSyncConfig
-from schemas.events import LeadRoutedV1, LeadStageChangedV1, Playbook, PlaybookContent, Stage
+from schemas.events import LeadMergedV1, LeadRoutedV1, LeadStageChangedV1, Playbook, PlaybookContent, Stage
 from services.crm_sync.hubspot import (
     CrmBusy,
     CrmDown,
@@ -106,6 +108,53 @@ def test_a_reassignment_closes_the_replaced_task_first() -> None:
     assert writes[0].reason.startswith("reassigned to ben")
     assert writes[1] == SetOwner("jane@acme.com", "102", lead_id=fact.lead_id)
     assert isinstance(writes[2], CreateTask) and writes[2].owner_id == "102"
+
+
+def test_the_records_of_a_leads_aliases_get_its_owner_before_the_task_is_added() -> None:
+    fact = routed()
+
+    writes = plan_routed(
+        fact, OWNERS, "jane@acme.com", "hubspot", alias_emails=["JANE@acme.com", "j.doe@gmail.com", "j.doe@gmail.com"]
+    )
+
+    # The lead's own email (however it is cased) is not an alias; each alias once.
+    assert writes[:2] == (
+        SetOwner("jane@acme.com", "101", lead_id=fact.lead_id),
+        SetAliasOwner("j.doe@gmail.com", "101"),
+    )
+    assert isinstance(writes[2], CreateTask) and len(writes) == 3
+
+
+def merged(email: str | None) -> LeadMergedV1:
+    return LeadMergedV1(
+        event_id=uuid.uuid4(),
+        lead_id=uuid.uuid4(),
+        occurred_at=NOW,
+        caused_by=uuid.uuid4(),
+        alias_lead_id=uuid.uuid4(),
+        rule="source id already known",
+        source="webform",
+        external_id="c-1",
+        email=email,
+    )
+
+
+def test_a_merge_into_a_lead_with_an_owner_gives_the_aliass_record_that_owner() -> None:
+    assert plan_merged(merged("j.doe@gmail.com"), "101", "jane@acme.com") == (SetAliasOwner("j.doe@gmail.com", "101"),)
+
+
+@pytest.mark.parametrize(
+    ("email", "owner", "primary"),
+    [
+        ("j.doe@gmail.com", None, "jane@acme.com"),  # not written yet: the routed fact will cover it
+        (None, "101", "jane@acme.com"),  # the alias came without an email (or it was erased)
+        ("Jane@Acme.com", "101", "jane@acme.com"),  # the alias's email is the lead's own
+    ],
+)
+def test_a_merge_asks_nothing_when_there_is_no_owner_or_no_other_record(
+    email: str | None, owner: str | None, primary: str
+) -> None:
+    assert plan_merged(merged(email), owner, primary) == ()
 
 
 def test_a_rep_without_an_owner_id_is_an_error_naming_the_rep() -> None:
