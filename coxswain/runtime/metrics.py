@@ -91,7 +91,8 @@ CRM_ACTIVITIES = Counter(
 )
 CRM_API_USED = Gauge(
     "coxswain_crm_api_calls_used",
-    "API calls the CRM org has used of its daily limit, as its last answer said (Salesforce: Sforce-Limit-Info).",
+    "API calls the CRM account has used of its daily limit, as its last answer said (Salesforce: Sforce-Limit-Info; "
+    "HubSpot: X-HubSpot-RateLimit-Daily minus -Daily-Remaining).",
     ["crm"],
 )
 CRM_API_LIMIT = Gauge(

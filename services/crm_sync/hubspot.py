@@ -61,6 +61,18 @@ TASK_TO_CONTACT = 204
 EXISTING_ID = re.compile(r"Existing ID:\s*(\d+)")
 
 
+def observe_usage(response: httpx.Response) -> None:
+    """A private app's answers carry the account's daily limit and what is left of it
+    (``X-HubSpot-RateLimit-Daily`` / ``-Daily-Remaining``; OAuth apps have no daily limit)."""
+    limit, remaining = (
+        response.headers.get(name, "").strip()
+        for name in ("X-HubSpot-RateLimit-Daily", "X-HubSpot-RateLimit-Daily-Remaining")
+    )
+    if limit.isdigit() and remaining.isdigit():
+        metrics.CRM_API_LIMIT.labels(CRM).set(int(limit))
+        metrics.CRM_API_USED.labels(CRM).set(max(int(limit) - int(remaining), 0))
+
+
 def _failure(response: httpx.Response) -> Failure:
     """HubSpot's error body: ``{"status": "error", "message", "correlationId", "category"}``."""
     try:
@@ -76,7 +88,9 @@ class HubSpotClient:
     crm: CrmKind = CRM
 
     def __init__(self, config: CrmSyncConfig, token: str, **options: Unpack[HttpOptions]) -> None:
-        self._http = RetryingHttp(Dialect(CRM, "HubSpot", _failure), config, config.crm_base_url, token, **options)
+        self._http = RetryingHttp(
+            Dialect(CRM, "HubSpot", _failure, observe=observe_usage), config, config.crm_base_url, token, **options
+        )
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -163,6 +163,17 @@ async def test_through_kafka_a_routed_lead_gives_one_owner_update_and_one_task_a
     assert (row.contact_id, row.task_id, row.owner_id) == ("900001", task["id"], "201")
 
 
+async def test_the_daily_api_usage_hubspot_reports_is_a_gauge(
+    connector: Connector, hubspot: FakeHubSpot, engine: AsyncEngine
+) -> None:
+    lead_id, _ = await new_lead(engine)
+
+    await connector.deliver(routed(lead_id, "ava"))
+
+    assert counted("coxswain_crm_api_calls_limit") == fake_hubspot.DAILY_LIMIT
+    assert counted("coxswain_crm_api_calls_used") == len(hubspot.seen)
+
+
 async def test_a_crash_between_the_crm_write_and_our_commit_creates_no_second_task(
     engine: AsyncEngine, hubspot: FakeHubSpot
 ) -> None:

@@ -37,6 +37,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 TOKEN = "pat-na1-test-token"
+DAILY_LIMIT = 250_000
 TASK_PROPERTIES = frozenset(
     {
         "hs_task_subject",
@@ -179,6 +180,10 @@ class FakeHubSpot:
             with contextlib.suppress(orjson.JSONDecodeError):
                 parsed = orjson.loads(body) if body else None
             self.seen.append(Seen(arrived, request.method, request.url.path, parsed, response.status_code))
+            if response.status_code != 401:
+                # A private app's answers: the account's daily limit and what is left of it.
+                response.headers["X-HubSpot-RateLimit-Daily"] = str(DAILY_LIMIT)
+                response.headers["X-HubSpot-RateLimit-Daily-Remaining"] = str(max(DAILY_LIMIT - len(self.seen), 0))
             return response
 
         @app.post("/crm/v3/objects/{kind}/search")
