@@ -129,3 +129,11 @@ def _read_secrets_file(path: Path) -> dict[str, list[str]]:
             raise SecretsError(f"{path}: source {source!r}: expected a secret or a list of secrets")
         secrets[source] = listed
     return secrets
+
+
+def verify_token(headers: Mapping[str, str], header: str, secrets: Sequence[str]) -> None:
+    offered = headers.get(header)
+    if not offered:
+        raise SignatureRejected(400, f"missing header: {header} (the source's shared secret)")
+    if not any(hmac.compare_digest(offered.strip().encode(), secret.encode()) for secret in secrets):
+        raise SignatureRejected(401, f"{header} does not match any active secret for this source")

@@ -2,7 +2,10 @@
 the same lead events as the generic endpoint (same identity rule, same inbox by source and
 delivery id, same outbox), so a lead is the same lead whichever way it arrives.
 
-``register`` adds the routes to the intake app; the composition root calls it.
+``SENDERS`` is the registry: one :class:`~services.intake.adapters.sender.Sender` per module
+(``hubspot``, ``marketo``, ``mapped``). ``register`` gives each its route,
+``POST /v1/webhooks/{source}/<name>``; the composition root calls it. A new sender is a new
+module exporting ``SENDER``, one entry here, a section in docs/senders.md and a test.
 """
 
 from __future__ import annotations
@@ -10,9 +13,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 from fastapi import FastAPI, Query, Request
@@ -23,18 +26,18 @@ from coxswain.runtime import outages
 from coxswain.runtime.outages import is_connection_error
 from coxswain.runtime.telemetry import child_traceparent
 from coxswain.settings import IntakeConfig, SendersConfig
-from services.intake.adapters import hubspot, marketo
+from services.intake.adapters import hubspot, mapped, marketo
 from services.intake.adapters.mapping import MappingError, SenderMapping, apply, load_senders, records
+from services.intake.adapters.sender import Delivery, Sender
 from services.intake.app import store
 from services.intake.events import Problem
 from services.intake.limits import SourceRateLimiter
-from services.intake.signatures import SignatureRejected, load_secrets, verify
+from services.intake.signatures import SignatureRejected, load_secrets
 from services.intake.store import Accepted
 
 log = logging.getLogger(__name__)
 
-Sender = Literal["hubspot", "marketo", "mapped"]
-BUILT_IN: dict[str, SenderMapping] = {"hubspot": hubspot.MAPPING, "marketo": marketo.MAPPING}
+SENDERS: tuple[Sender, ...] = (hubspot.SENDER, marketo.SENDER, mapped.SENDER)
 
 
 class SenderAccepted(Accepted):
@@ -50,7 +53,7 @@ def request_uri(request: Request, public_url: str | None) -> str:
 
 def delivery_id(sender: Sender, body: bytes) -> str:
     """Senders without a delivery id retry with the same body, so the body names the delivery."""
-    return f"{sender}-{hashlib.sha256(body).hexdigest()[:40]}"
+    return f"{sender.name}-{hashlib.sha256(body).hexdigest()[:40]}"
 
 
 def register(
@@ -69,11 +72,10 @@ def register(
     limiter = SourceRateLimiter(intake.rate_limit_per_source, intake.rate_limit_burst, lambda: clock().timestamp())
 
     def mapping_for(source: str, sender: Sender) -> SenderMapping:
-        if sender != "mapped":
-            return BUILT_IN[sender].extended(configured.get(source))
-        if source not in configured:
+        mapping = sender.mapping(configured.get(source))
+        if mapping is None:
             raise Problem(404, f"no mapping for source {source!r} in the senders file (COXSWAIN_SENDERS_FILE)")
-        return configured[source]
+        return mapping
 
     async def read_body(request: Request) -> bytes:
         declared = request.headers.get("content-length")
@@ -85,24 +87,18 @@ def register(
         return body
 
     def keys_for(source: str, sender: Sender, mapping: SenderMapping) -> list[str]:
-        standard = sender == "mapped" and mapping.auth == "standard_webhooks"
-        keys = (signing_secrets if standard else tokens).get(source)
+        setting = sender.secrets(mapping)
+        keys = (signing_secrets if setting == "COXSWAIN_WEBHOOK_SECRETS" else tokens).get(source)
         if not keys:
-            where = "COXSWAIN_WEBHOOK_SECRETS" if standard else "COXSWAIN_SENDER_SECRETS"
-            raise Problem(404, f"unknown source {source!r}; a {sender} source needs a secret in {where}")
+            raise Problem(404, f"unknown source {source!r}; a {sender.name} source needs a secret in {setting}")
         return keys
 
     def authenticate(
         request: Request, sender: Sender, mapping: SenderMapping, keys: list[str], body: bytes, now: datetime
     ) -> str:
-        if sender == "hubspot":
-            uri = request_uri(request, senders.intake_public_url)
-            hubspot.verify_v3(request.headers, request.method, uri, body, keys, now, tolerance)
-        elif mapping.auth == "shared_secret":
-            marketo.verify_token(request.headers, mapping.secret_header.lower(), keys)
-        else:
-            return verify(request.headers, body, keys, now, tolerance)
-        return delivery_id(sender, body)
+        uri = request_uri(request, senders.intake_public_url)
+        delivery = Delivery(request.headers, request.method, uri, body, keys, now, tolerance)
+        return sender.authenticate(delivery, mapping) or delivery_id(sender, body)
 
     async def receive(request: Request, source: str, sender: Sender, event_type: str | None) -> SenderAccepted:
         mapping = mapping_for(source, sender)
@@ -115,7 +111,7 @@ def register(
             log.info(
                 "webhook rejected: source=%s sender=%s status=%s reason=%s",
                 source,
-                sender,
+                sender.name,
                 rejected.status,
                 rejected.message,
             )
@@ -132,9 +128,7 @@ def register(
         except orjson.JSONDecodeError as exc:
             raise Problem(422, f"body is not valid JSON: {exc}") from None
         try:
-            if sender == "hubspot":
-                document = hubspot.normalise(document)
-            found = records(mapping, document)
+            found = records(mapping, sender.normalise(document))
             if len(found) > intake.max_batch_events:
                 raise Problem(413, f"a batch holds at most {intake.max_batch_events} events, got {len(found)}")
             mapped = [apply(mapping, record, event_type) for record in found]
@@ -156,7 +150,7 @@ def register(
             log.warning(
                 "webhook not stored, database unavailable: source=%s sender=%s",
                 source,
-                sender,
+                sender.name,
                 extra=outages.about(exc),
             )
             raise Problem(
@@ -168,7 +162,7 @@ def register(
         log.info(
             "webhook accepted: source=%s sender=%s webhook_id=%s events=%s duplicate=%s ignored=%s",
             source,
-            sender,
+            sender.name,
             webhook_id,
             len(events),
             accepted.duplicate,
@@ -188,38 +182,21 @@ def register(
     body_schema = {"requestBody": {"content": {"application/json": {"schema": {"type": "object"}}}, "required": True}}
     type_query = Query(default=None, alias="type", description="Engagement type of this webhook, e.g. demo_request.")
 
-    @app.post(
-        "/v1/webhooks/{source}/hubspot",
-        status_code=202,
-        response_model=SenderAccepted,
-        responses=responses,
-        openapi_extra=body_schema,
-        tags=["senders"],
-    )
-    async def from_hubspot(source: str, request: Request, event_type: str | None = type_query) -> SenderAccepted:
-        """A HubSpot workflow webhook, verified with HubSpot's v3 request signature."""
-        return await receive(request, source, "hubspot", event_type)
+    def route(sender: Sender) -> Callable[..., Awaitable[SenderAccepted]]:
+        async def receive_from(source: str, request: Request, event_type: str | None = type_query) -> SenderAccepted:
+            return await receive(request, source, sender, event_type)
 
-    @app.post(
-        "/v1/webhooks/{source}/marketo",
-        status_code=202,
-        response_model=SenderAccepted,
-        responses=responses,
-        openapi_extra=body_schema,
-        tags=["senders"],
-    )
-    async def from_marketo(source: str, request: Request, event_type: str | None = type_query) -> SenderAccepted:
-        """A Marketo webhook with the payload template of docs/senders.md and the X-Coxswain-Token header."""
-        return await receive(request, source, "marketo", event_type)
+        return receive_from
 
-    @app.post(
-        "/v1/webhooks/{source}/mapped",
-        status_code=202,
-        response_model=SenderAccepted,
-        responses=responses,
-        openapi_extra=body_schema,
-        tags=["senders"],
-    )
-    async def from_mapped(source: str, request: Request, event_type: str | None = type_query) -> SenderAccepted:
-        """Any form or tool, mapped by the source's entry in the senders file."""
-        return await receive(request, source, "mapped", event_type)
+    for sender in SENDERS:
+        app.post(
+            f"/v1/webhooks/{{source}}/{sender.name}",
+            status_code=202,
+            response_model=SenderAccepted,
+            responses=responses,
+            openapi_extra=body_schema,
+            tags=["senders"],
+            summary=f"A webhook from {sender.name}",
+            description=sender.summary,
+            operation_id=f"from_{sender.name}",
+        )(route(sender))

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from services.intake.adapters.mapping import FieldSpec, SenderMapping
+from services.intake.adapters.sender import Delivery, Sender
 from services.intake.signatures import SignatureRejected
 
 SIGNATURE_HEADER = "x-hubspot-signature-v3"
@@ -137,4 +138,19 @@ MAPPING = SenderMapping(
         "state": FieldSpec(path="properties.state"),
         "campaign": FieldSpec(path="properties.hs_analytics_first_touch_converting_campaign"),
     },
+)
+
+
+def _authenticate(delivery: Delivery, _: SenderMapping) -> None:
+    verify_v3(
+        delivery.headers, delivery.method, delivery.uri, delivery.body, delivery.keys, delivery.now, delivery.tolerance
+    )
+
+
+SENDER = Sender(
+    name="hubspot",
+    summary="A HubSpot workflow webhook, verified with HubSpot's v3 request signature.",
+    mapping=MAPPING.extended,
+    authenticate=_authenticate,
+    normalise=normalise,
 )

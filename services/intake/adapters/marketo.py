@@ -7,21 +7,11 @@ constant time against every active secret of the source.
 
 from __future__ import annotations
 
-import hmac
-from collections.abc import Mapping, Sequence
-
 from services.intake.adapters.mapping import FieldSpec, SenderMapping
-from services.intake.signatures import SignatureRejected
+from services.intake.adapters.sender import Delivery, Sender
+from services.intake.signatures import verify_token
 
 TOKEN_HEADER = "x-coxswain-token"
-
-
-def verify_token(headers: Mapping[str, str], header: str, secrets: Sequence[str]) -> None:
-    offered = headers.get(header)
-    if not offered:
-        raise SignatureRejected(400, f"missing header: {header} (the source's shared secret)")
-    if not any(hmac.compare_digest(offered.strip().encode(), secret.encode()) for secret in secrets):
-        raise SignatureRejected(401, f"{header} does not match any active secret for this source")
 
 
 MAPPING = SenderMapping(
@@ -42,4 +32,16 @@ MAPPING = SenderMapping(
         "state": FieldSpec(path="state"),
         "campaign": FieldSpec(path="campaign"),
     },
+)
+
+
+def _authenticate(delivery: Delivery, mapping: SenderMapping) -> None:
+    verify_token(delivery.headers, mapping.secret_header.lower(), delivery.keys)
+
+
+SENDER = Sender(
+    name="marketo",
+    summary="A Marketo webhook with the payload template of docs/senders.md and the X-Coxswain-Token header.",
+    mapping=MAPPING.extended,
+    authenticate=_authenticate,
 )
