@@ -7,7 +7,6 @@ rows in one transaction), so an acknowledged webhook survives any crash that fol
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -37,8 +36,9 @@ from schemas.events import (
     Event,
 )
 from services.intake.events import ActivityBatchIn, LeadBatchIn, Problem
+from services.intake.guards import authenticated, read_body, within_rate
 from services.intake.limits import SourceRateLimiter
-from services.intake.signatures import SignatureRejected, load_secrets, verify
+from services.intake.signatures import load_secrets, verify
 from services.intake.store import Accepted, GroupCommit, Kind, Webhook, store_many
 
 log = logging.getLogger(__name__)
@@ -135,27 +135,15 @@ def create_app(
     async def accept(request: Request, source: str, kind: Kind) -> Accepted:
         if source not in secrets:
             raise Problem(404, f"unknown source {source!r}; a source needs a configured webhook secret")
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > config.max_body_bytes:
-            raise Problem(413, f"body is larger than {config.max_body_bytes} bytes")
-        body = await request.body()
-        if len(body) > config.max_body_bytes:
-            raise Problem(413, f"body is larger than {config.max_body_bytes} bytes")
+        body = await read_body(request, config.max_body_bytes)
         now = clock()
-        try:
-            webhook_id = verify(request.headers, body, secrets[source], now, tolerance)
-        except SignatureRejected as rejected:
-            log.info("webhook rejected: source=%s status=%s reason=%s", source, rejected.status, rejected.message)
-            raise Problem(rejected.status, rejected.message) from None
-        wait = limiter.acquire(source)
-        if wait > 0:
-            log.info("webhook rate-limited: source=%s retry_after_seconds=%.2f", source, wait)
-            raise Problem(
-                429,
-                f"source {source!r} is over its limit of {config.rate_limit_per_source:g} webhooks per second; "
-                "retry after Retry-After seconds with the same webhook-id",
-                headers={"Retry-After": str(max(1, math.ceil(wait)))},
-            )
+        webhook_id = authenticated(
+            source, "events", lambda: verify(request.headers, body, secrets[source], now, tolerance)
+        )
+        assert webhook_id is not None  # Standard Webhooks deliveries carry their id
+        within_rate(
+            limiter, source, config.rate_limit_per_source, "; retry after Retry-After seconds with the same webhook-id"
+        )
         events: Sequence[Event]
         if kind == "lead":
             events = build_lead_events(source, webhook_id, _parse(body, LeadEventIn, LeadBatchIn, "events"), now)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -60,9 +59,9 @@ from schemas.events import ActivityRecordedV1
 from services.intake.adapters import hubspot
 from services.intake.adapters import request_uri as signed_uri
 from services.intake.events import Problem
+from services.intake.guards import authenticated, read_body, within_rate
 from services.intake.hubspot_api import HubSpotReader, HubSpotUnavailable
 from services.intake.limits import SourceRateLimiter
-from services.intake.signatures import SignatureRejected
 from services.intake.store import Accepted, AcceptedEvent, Webhook, store_many
 
 log = logging.getLogger(__name__)
@@ -218,38 +217,15 @@ def register(
             raise Problem(
                 404, f"unknown source {source!r}; a HubSpot source needs its client secret in COXSWAIN_SENDER_SECRETS"
             )
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > intake.max_body_bytes:
-            raise Problem(413, f"body is larger than {intake.max_body_bytes} bytes")
-        body = await request.body()
-        if len(body) > intake.max_body_bytes:
-            raise Problem(413, f"body is larger than {intake.max_body_bytes} bytes")
+        body = await read_body(request, intake.max_body_bytes)
         now = clock()
-        try:
-            hubspot.verify_v3(
-                request.headers,
-                request.method,
-                signed_uri(request, senders.intake_public_url),
-                body,
-                keys,
-                now,
-                tolerance,
-            )
-        except SignatureRejected as rejected:
-            log.info(
-                "webhook rejected: source=%s sender=hubspot-events status=%s reason=%s",
-                source,
-                rejected.status,
-                rejected.message,
-            )
-            raise Problem(rejected.status, rejected.message) from None
-        wait = limiter.acquire(source)
-        if wait > 0:
-            raise Problem(
-                429,
-                f"source {source!r} is over its limit of {intake.rate_limit_per_source:g} webhooks per second",
-                headers={"Retry-After": str(max(1, math.ceil(wait)))},
-            )
+        uri = signed_uri(request, senders.intake_public_url)
+        authenticated(
+            source,
+            "hubspot-events",
+            lambda: hubspot.verify_v3(request.headers, request.method, uri, body, keys, now, tolerance),
+        )
+        within_rate(limiter, source, intake.rate_limit_per_source)
         try:
             events = parse_events(orjson.loads(body))
         except orjson.JSONDecodeError as exc:

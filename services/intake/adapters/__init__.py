@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -31,8 +30,9 @@ from services.intake.adapters.mapping import MappingError, SenderMapping, apply,
 from services.intake.adapters.sender import Delivery, Sender
 from services.intake.app import store
 from services.intake.events import Problem
+from services.intake.guards import authenticated, read_body, within_rate
 from services.intake.limits import SourceRateLimiter
-from services.intake.signatures import SignatureRejected, load_secrets
+from services.intake.signatures import load_secrets
 from services.intake.store import Accepted
 
 log = logging.getLogger(__name__)
@@ -77,15 +77,6 @@ def register(
             raise Problem(404, f"no mapping for source {source!r} in the senders file (COXSWAIN_SENDERS_FILE)")
         return mapping
 
-    async def read_body(request: Request) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > intake.max_body_bytes:
-            raise Problem(413, f"body is larger than {intake.max_body_bytes} bytes")
-        body = await request.body()
-        if len(body) > intake.max_body_bytes:
-            raise Problem(413, f"body is larger than {intake.max_body_bytes} bytes")
-        return body
-
     def keys_for(source: str, sender: Sender, mapping: SenderMapping) -> list[str]:
         setting = sender.secrets(mapping)
         keys = (signing_secrets if setting == "COXSWAIN_WEBHOOK_SECRETS" else tokens).get(source)
@@ -95,34 +86,20 @@ def register(
 
     def authenticate(
         request: Request, sender: Sender, mapping: SenderMapping, keys: list[str], body: bytes, now: datetime
-    ) -> str:
+    ) -> str | None:
         uri = request_uri(request, senders.intake_public_url)
         delivery = Delivery(request.headers, request.method, uri, body, keys, now, tolerance)
-        return sender.authenticate(delivery, mapping) or delivery_id(sender, body)
+        return sender.authenticate(delivery, mapping)
 
     async def receive(request: Request, source: str, sender: Sender, event_type: str | None) -> SenderAccepted:
         mapping = mapping_for(source, sender)
         keys = keys_for(source, sender, mapping)
-        body = await read_body(request)
+        body = await read_body(request, intake.max_body_bytes)
         now = clock()
-        try:
-            webhook_id = authenticate(request, sender, mapping, keys, body, now)
-        except SignatureRejected as rejected:
-            log.info(
-                "webhook rejected: source=%s sender=%s status=%s reason=%s",
-                source,
-                sender.name,
-                rejected.status,
-                rejected.message,
-            )
-            raise Problem(rejected.status, rejected.message) from None
-        wait = limiter.acquire(source)
-        if wait > 0:
-            raise Problem(
-                429,
-                f"source {source!r} is over its limit of {intake.rate_limit_per_source:g} webhooks per second",
-                headers={"Retry-After": str(max(1, math.ceil(wait)))},
-            )
+        webhook_id = authenticated(
+            source, sender.name, lambda: authenticate(request, sender, mapping, keys, body, now)
+        ) or delivery_id(sender, body)
+        within_rate(limiter, source, intake.rate_limit_per_source)
         try:
             document: Any = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
