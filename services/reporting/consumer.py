@@ -58,7 +58,7 @@ async def remember_lead(connection: AsyncConnection, event: LeadReceivedV1 | Lea
     await connection.execute(
         text(
             "INSERT INTO report_leads (lead_id, first_seen_at, source, campaign, persona) "
-            "VALUES (:l, :at, :s, :c, :p) ON CONFLICT (lead_id) DO UPDATE SET "
+            "VALUES (:lead_id, :at, :source, :campaign, :persona) ON CONFLICT (lead_id) DO UPDATE SET "
             "source = CASE WHEN excluded.first_seen_at < report_leads.first_seen_at "
             "THEN excluded.source ELSE report_leads.source END, "
             "campaign = CASE WHEN excluded.first_seen_at < report_leads.first_seen_at "
@@ -68,11 +68,11 @@ async def remember_lead(connection: AsyncConnection, event: LeadReceivedV1 | Lea
             "first_seen_at = least(report_leads.first_seen_at, excluded.first_seen_at)"
         ),
         {
-            "l": event.lead_id,
+            "lead_id": event.lead_id,
             "at": event.occurred_at,
-            "s": event.source,
-            "c": event.attributes.campaign,
-            "p": getattr(event, "persona", None),
+            "source": event.source,
+            "campaign": event.attributes.campaign,
+            "persona": getattr(event, "persona", None),
         },
     )
 

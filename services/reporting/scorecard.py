@@ -12,10 +12,8 @@ import asyncio
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
 from zoneinfo import ZoneInfo
 
-import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -26,19 +24,18 @@ from coxswain.runtime.waiting import sleep_or_stop
 from coxswain.settings import ReportingConfig
 from schemas.events import ScorecardIssuedV1
 from services.reporting import queries
+from services.reporting.models import Attainment, Percentiles
 from services.reporting.queries import SLICE, Scope
 
 log = logging.getLogger(__name__)
 
 
-def _latency(figures: dict[str, Any]) -> Latency:
-    return Latency(
-        count=int(figures["count"]), p50=figures["p50"], p90=figures["p90"], p95=figures["p95"], p99=figures["p99"]
-    )
+def _latency(figures: Percentiles) -> Latency:
+    return Latency(count=figures.count, p50=figures.p50, p90=figures.p90, p95=figures.p95, p99=figures.p99)
 
 
-def _counts(section: dict[str, dict[str, Any]]) -> dict[str, tuple[int, int]]:
-    return {key: (int(c["met"]), int(c["breached"])) for key, c in section.items()}
+def _counts(section: dict[str, Attainment]) -> dict[str, tuple[int, int]]:
+    return {key: (c.met, c.breached) for key, c in section.items()}
 
 
 async def _by_source(connection: AsyncConnection, scope: Scope, kind: str) -> dict[str, int]:
@@ -60,15 +57,15 @@ async def figures(connection: AsyncConnection, start: datetime, end: datetime, t
     speed = await queries.speed_to_lead(connection, scope)
     rejections = await queries.sal_rejections(connection, scope)
     return Figures(
-        sla_by_rep=_counts(sla["by_rep"]),
-        sla_by_team=_counts(sla["by_team"]),
-        sla_by_tier=_counts(sla["by_tier"]),
-        routed=int(speed["routed"]),
-        untouched=int(speed["untouched"]),
-        system_seconds=_latency(speed["system_seconds"]),
-        human_seconds=_latency(speed["human_seconds"]),
-        sal_accepted=int(rejections["accepted"]),
-        sal_rejections={r["reason"]: int(r["count"]) for r in rejections["reasons"]},
+        sla_by_rep=_counts(sla.by_rep),
+        sla_by_team=_counts(sla.by_team),
+        sla_by_tier=_counts(sla.by_tier),
+        routed=speed.routed,
+        untouched=speed.untouched,
+        system_seconds=_latency(speed.system_seconds),
+        human_seconds=_latency(speed.human_seconds),
+        sal_accepted=rejections.accepted,
+        sal_rejections={r.reason: r.count for r in rejections.reasons},
         leads_by_source=await _by_source(connection, scope, "leads"),
         mqls_by_source=await _by_source(connection, scope, "mqls"),
         mqls=await queries.mql_count(connection, scope, start, end),
@@ -83,7 +80,7 @@ async def compose(
 
 async def last_issued_start(connection: AsyncConnection, cadence: Cadence) -> datetime | None:
     value: datetime | None = await connection.scalar(
-        text("SELECT max(period_start) FROM scorecard_periods WHERE cadence = :c"), {"c": cadence}
+        text("SELECT max(period_start) FROM scorecard_periods WHERE cadence = :cadence"), {"cadence": cadence}
     )
     return value
 
@@ -171,46 +168,3 @@ async def run(
                 extra=outages.about(exc),
             )
         await sleep_or_stop(stop, config.scorecard_check_seconds)
-
-
-async def stored(connection: AsyncConnection, label: str | None) -> dict[str, Any] | None:
-    """An issued scorecard by its period name, or the latest one."""
-    if label is None:
-        row = (
-            await connection.execute(
-                text("SELECT scorecard FROM scorecard_periods ORDER BY period_end DESC, cadence LIMIT 1")
-            )
-        ).first()
-    else:
-        row = (
-            await connection.execute(text("SELECT scorecard FROM scorecard_periods WHERE label = :l"), {"l": label})
-        ).first()
-    if row is None:
-        return None
-    card: dict[str, Any] = row.scorecard if isinstance(row.scorecard, dict) else orjson.loads(row.scorecard)
-    return card
-
-
-async def issued(connection: AsyncConnection, limit: int = 104) -> list[dict[str, Any]]:
-    """The latest issued periods, newest first: name, bounds and both verdicts."""
-    rows = await connection.execute(
-        text(
-            "SELECT cadence, label, period_start, period_end, issued_at, agreement_version, "
-            "scorecard->'sales'->>'verdict' AS sales, scorecard->'marketing'->>'verdict' AS marketing "
-            "FROM scorecard_periods ORDER BY period_end DESC, cadence LIMIT :n"
-        ),
-        {"n": limit},
-    )
-    return [
-        {
-            "cadence": row.cadence,
-            "period": row.label,
-            "period_start": row.period_start.isoformat(),
-            "period_end": row.period_end.isoformat(),
-            "issued_at": row.issued_at.isoformat(),
-            "agreement_version": row.agreement_version,
-            "sales": row.sales,
-            "marketing": row.marketing,
-        }
-        for row in rows
-    ]
