@@ -1,4 +1,6 @@
-"""Report queries over the stored facts (``report_facts``, ``report_leads``, ``intake_events``).
+"""Every SQL statement of the reporting service: the facts it stores (``report_facts``,
+``report_leads``), the reports over them (and ``intake_events``), and the scorecards it issues
+(``scorecard_periods``).
 
 Every figure is a function of the facts whose time falls in ``[since, until)`` and of the slice
 (source, campaign, persona, agreement version), so the same request always gives the same
@@ -15,10 +17,15 @@ from typing import Any, Literal
 
 import orjson
 from sqlalchemy import text
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coxswain.core.agreement import Agreement
+from coxswain.core.scorecard import Cadence
+from coxswain.core.scorecard import Period as ScorecardPeriod
 from coxswain.core.sla import pacing, period_bounds
+from coxswain.db.models import table
+from schemas.events import Event, LeadQualifiedV1, LeadReceivedV1, ScorecardIssuedV1
 from services.reporting.models import (
     Attainment,
     Breach,
@@ -499,3 +506,101 @@ async def issued_scorecards(connection: AsyncConnection, limit: int = 104) -> li
         {"limit": limit},
     )
     return [IssuedScorecard.model_validate(row._asdict()) for row in rows]
+
+
+async def leads_by_source(connection: AsyncConnection, scope: Scope) -> dict[str, int]:
+    """Leads first seen in the range, by the source that brought them."""
+    rows = await connection.execute(
+        text(
+            "SELECT coalesce(d.source, '(unknown)') AS source, count(*) AS n FROM report_leads d "
+            "WHERE d.first_seen_at >= :since AND d.first_seen_at < :until GROUP BY 1"
+        ),
+        scope.params(),
+    )
+    return {row.source: int(row.n) for row in rows}
+
+
+async def mqls_by_source(connection: AsyncConnection, scope: Scope) -> dict[str, int]:
+    """Distinct leads qualified in the range, by source."""
+    rows = await connection.execute(
+        text(
+            "SELECT coalesce(d.source, '(unknown)') AS source, count(DISTINCT f.lead_id) AS n FROM report_facts f "
+            "LEFT JOIN report_leads d USING (lead_id) WHERE f.kind = 'LeadQualifiedV1' "
+            "AND f.occurred_at >= :since AND f.occurred_at < :until AND " + SLICE + " GROUP BY 1"
+        ),
+        scope.params(),
+    )
+    return {row.source: int(row.n) for row in rows}
+
+
+async def last_issued_start(connection: AsyncConnection, cadence: Cadence) -> datetime | None:
+    value: datetime | None = await connection.scalar(
+        text("SELECT max(period_start) FROM scorecard_periods WHERE cadence = :cadence"), {"cadence": cadence}
+    )
+    return value
+
+
+async def store_scorecard(
+    connection: AsyncConnection, card: ScorecardIssuedV1, period: ScorecardPeriod, now: datetime
+) -> bool:
+    """The period's row, once: false when another instance (or an earlier run) already stored it."""
+    inserted = await connection.scalar(
+        text(
+            "INSERT INTO scorecard_periods (cadence, period_start, period_end, label, event_id, "
+            "agreement_version, issued_at, scorecard) VALUES (:cadence, :start, :end, :label, :event_id, "
+            ":version, :now, CAST(:card AS jsonb)) ON CONFLICT DO NOTHING RETURNING 1"
+        ),
+        {
+            "cadence": period.cadence,
+            "start": period.start,
+            "end": period.end,
+            "label": period.label,
+            "event_id": card.event_id,
+            "version": card.agreement_version,
+            "now": now,
+            "card": card.model_dump_json(),
+        },
+    )
+    return inserted is not None
+
+
+async def store_fact(connection: AsyncConnection, event: Event, now: datetime) -> None:
+    """Once per fact: a redelivery hits the primary key and changes nothing."""
+    await connection.execute(
+        insert(table("report_facts"))
+        .values(
+            event_id=event.event_id,
+            kind=type(event).__name__,
+            lead_id=event.lead_id,
+            occurred_at=event.occurred_at,
+            agreement_version=getattr(event, "agreement_version", None),
+            payload=event.model_dump(mode="json"),
+            recorded_at=now,
+        )
+        .on_conflict_do_nothing(index_elements=["event_id", "occurred_at"])
+    )
+
+
+async def remember_lead(connection: AsyncConnection, event: LeadReceivedV1 | LeadQualifiedV1) -> None:
+    """First touch wins: a lead keeps the source and campaign it arrived with. Topics are not
+    ordered with each other, so a qualification may be seen before the event that caused it."""
+    await connection.execute(
+        text(
+            "INSERT INTO report_leads (lead_id, first_seen_at, source, campaign, persona) "
+            "VALUES (:lead_id, :at, :source, :campaign, :persona) ON CONFLICT (lead_id) DO UPDATE SET "
+            "source = CASE WHEN excluded.first_seen_at < report_leads.first_seen_at "
+            "THEN excluded.source ELSE report_leads.source END, "
+            "campaign = CASE WHEN excluded.first_seen_at < report_leads.first_seen_at "
+            "THEN coalesce(excluded.campaign, report_leads.campaign) "
+            "ELSE coalesce(report_leads.campaign, excluded.campaign) END, "
+            "persona = coalesce(excluded.persona, report_leads.persona), "
+            "first_seen_at = least(report_leads.first_seen_at, excluded.first_seen_at)"
+        ),
+        {
+            "lead_id": event.lead_id,
+            "at": event.occurred_at,
+            "source": event.source,
+            "campaign": event.attributes.campaign,
+            "persona": getattr(event, "persona", None),
+        },
+    )

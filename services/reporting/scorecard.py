@@ -14,18 +14,17 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coxswain.core.agreement import Agreement
-from coxswain.core.scorecard import Cadence, Figures, Latency, Period, periods_due, scorecard
+from coxswain.core.scorecard import Figures, Latency, Period, periods_due, scorecard
 from coxswain.runtime import outages, outbox
 from coxswain.runtime.waiting import sleep_or_stop
 from coxswain.settings import ReportingConfig
 from schemas.events import ScorecardIssuedV1
 from services.reporting import queries
 from services.reporting.models import Attainment, Percentiles
-from services.reporting.queries import SLICE, Scope
+from services.reporting.queries import Scope
 
 log = logging.getLogger(__name__)
 
@@ -36,18 +35,6 @@ def _latency(figures: Percentiles) -> Latency:
 
 def _counts(section: dict[str, Attainment]) -> dict[str, tuple[int, int]]:
     return {key: (c.met, c.breached) for key, c in section.items()}
-
-
-async def _by_source(connection: AsyncConnection, scope: Scope, kind: str) -> dict[str, int]:
-    sql = (
-        "SELECT coalesce(d.source, '(unknown)') AS source, count(*) AS n FROM report_leads d "
-        "WHERE d.first_seen_at >= :since AND d.first_seen_at < :until GROUP BY 1"
-        if kind == "leads"
-        else "SELECT coalesce(d.source, '(unknown)') AS source, count(DISTINCT f.lead_id) AS n FROM report_facts f "
-        "LEFT JOIN report_leads d USING (lead_id) WHERE f.kind = 'LeadQualifiedV1' "
-        "AND f.occurred_at >= :since AND f.occurred_at < :until AND " + SLICE + " GROUP BY 1"
-    )
-    return {row.source: int(row.n) for row in await connection.execute(text(sql), scope.params())}
 
 
 async def figures(connection: AsyncConnection, start: datetime, end: datetime, timezone: str) -> Figures:
@@ -66,8 +53,8 @@ async def figures(connection: AsyncConnection, start: datetime, end: datetime, t
         human_seconds=_latency(speed.human_seconds),
         sal_accepted=rejections.accepted,
         sal_rejections={r.reason: r.count for r in rejections.reasons},
-        leads_by_source=await _by_source(connection, scope, "leads"),
-        mqls_by_source=await _by_source(connection, scope, "mqls"),
+        leads_by_source=await queries.leads_by_source(connection, scope),
+        mqls_by_source=await queries.mqls_by_source(connection, scope),
         mqls=await queries.mql_count(connection, scope, start, end),
     )
 
@@ -78,35 +65,12 @@ async def compose(
     return scorecard(await figures(connection, period.start, period.end, timezone), agreement, period, timezone, now)
 
 
-async def last_issued_start(connection: AsyncConnection, cadence: Cadence) -> datetime | None:
-    value: datetime | None = await connection.scalar(
-        text("SELECT max(period_start) FROM scorecard_periods WHERE cadence = :cadence"), {"cadence": cadence}
-    )
-    return value
-
-
 async def issue(engine: AsyncEngine, agreement: Agreement, period: Period, timezone: str, now: datetime) -> bool:
     """Issue one period; false when another instance (or an earlier run) already did."""
     async with engine.begin() as connection:
         card = await compose(connection, agreement, period, timezone, now)
-        inserted = await connection.scalar(
-            text(
-                "INSERT INTO scorecard_periods (cadence, period_start, period_end, label, event_id, "
-                "agreement_version, issued_at, scorecard) VALUES (:cadence, :start, :end, :label, :event_id, "
-                ":version, :now, CAST(:card AS jsonb)) ON CONFLICT DO NOTHING RETURNING 1"
-            ),
-            {
-                "cadence": period.cadence,
-                "start": period.start,
-                "end": period.end,
-                "label": period.label,
-                "event_id": card.event_id,
-                "version": agreement.version,
-                "now": now,
-                "card": card.model_dump_json(),
-            },
-        )
-        if inserted is None:
+        inserted = await queries.store_scorecard(connection, card, period, now)
+        if not inserted:
             return False
         await outbox.stage(connection, [card], now)
     log.info(
@@ -124,7 +88,7 @@ async def issue_due(engine: AsyncEngine, agreement: Agreement, config: Reporting
     """Every period due now that this call issued (not those another instance got to first)."""
     zone = ZoneInfo(config.reporting_timezone)
     async with engine.connect() as connection:
-        last = await last_issued_start(connection, config.scorecard_cadence)
+        last = await queries.last_issued_start(connection, config.scorecard_cadence)
     due = periods_due(
         config.scorecard_cadence,
         zone,
