@@ -6,7 +6,7 @@ configured the endpoints are disabled (403) rather than open."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import datetime
 
 from fastapi import HTTPException, Request
@@ -18,14 +18,14 @@ from coxswain.runtime import audit
 log = logging.getLogger(__name__)
 
 
-def scope_guard(
-    tokens: TokenTable, scope: str, engine: AsyncEngine, clock: Callable[[], datetime]
-) -> Callable[[Request], Awaitable[None]]:
-    """A dependency that lets a request through when its bearer token holds ``scope``; a wrong
-    token or one without the scope is refused and the refusal goes into the audit trail."""
+async def require_scope(
+    request: Request, scope: str, tokens: TokenTable, engine: AsyncEngine, clock: Callable[[], datetime]
+) -> str:
+    """The name of the token that holds ``scope``; otherwise the request is refused (HTTPException)
+    and a wrong token or one without the scope goes into the audit trail."""
     assert scope in SCOPES, scope
 
-    async def refused(request: Request, token: str, reason: str) -> None:
+    async def refused(token: str, reason: str) -> None:
         await audit.record_alone(
             engine,
             token=token,
@@ -36,27 +36,23 @@ def scope_guard(
             detail={"scope": scope, "reason": reason},
         )
 
-    async def guard(request: Request) -> None:
-        if not tokens.tokens:
-            raise HTTPException(403, "the admin API is disabled: set COXSWAIN_ADMIN_TOKEN to enable it")
-        header = request.headers.get("authorization")
-        challenge = {"WWW-Authenticate": 'Bearer realm="coxswain-admin"'}
-        if not header:
-            raise HTTPException(401, "missing Authorization header; send 'Authorization: Bearer <token>'", challenge)
-        given = presented_token(header)
-        if given is None:
-            raise HTTPException(401, "Authorization must be 'Bearer <token>'", challenge)
-        holder = tokens.holder(given)
-        if holder is None:
-            log.info("admin request refused: reason=wrong_token path=%s", request.url.path)
-            await refused(request, audit.UNKNOWN_TOKEN, "wrong_token")
-            raise HTTPException(403, "the bearer token is not valid for the admin API")
-        if scope not in holder.scopes:
-            log.info(
-                "admin request refused: reason=scope token=%s scope=%s path=%s", holder.name, scope, request.url.path
-            )
-            await refused(request, holder.name, "missing_scope")
-            raise HTTPException(403, f"token {holder.name!r} lacks scope {scope!r}")
-        request.state.token_name = holder.name  # who acted, for the logs of the action
-
-    return guard
+    if not tokens.tokens:
+        raise HTTPException(403, "the admin API is disabled: set COXSWAIN_ADMIN_TOKEN to enable it")
+    header = request.headers.get("authorization")
+    challenge = {"WWW-Authenticate": 'Bearer realm="coxswain-admin"'}
+    if not header:
+        raise HTTPException(401, "missing Authorization header; send 'Authorization: Bearer <token>'", challenge)
+    given = presented_token(header)
+    if given is None:
+        raise HTTPException(401, "Authorization must be 'Bearer <token>'", challenge)
+    holder = tokens.holder(given)
+    if holder is None:
+        log.info("admin request refused: reason=wrong_token path=%s", request.url.path)
+        await refused(audit.UNKNOWN_TOKEN, "wrong_token")
+        raise HTTPException(403, "the bearer token is not valid for the admin API")
+    if scope not in holder.scopes:
+        log.info("admin request refused: reason=scope token=%s scope=%s path=%s", holder.name, scope, request.url.path)
+        await refused(holder.name, "missing_scope")
+        raise HTTPException(403, f"token {holder.name!r} lacks scope {scope!r}")
+    request.state.token_name = holder.name  # who acted, for the logs of the action
+    return holder.name

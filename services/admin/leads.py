@@ -14,67 +14,76 @@ from coxswain.core.agreement import Agreement
 from coxswain.core.playbooks import playbook_for
 from coxswain.core.scoring import score
 from coxswain.db.leads import canonical_lead_id, load
+from services.admin.models import (
+    LeadExplained,
+    Owner,
+    Reevaluation,
+    Refusal,
+    Score,
+    SlaClock,
+    TimelineEntry,
+)
 
 
 async def aliases_of(connection: AsyncConnection, lead_id: uuid.UUID) -> list[uuid.UUID]:
     """The provisional ids identity resolution folded into the lead (``id:`` keys), in order."""
     keys = await connection.scalars(
-        text("SELECT key FROM lead_identities WHERE lead_id = :l AND key LIKE 'id:%' ORDER BY key"), {"l": lead_id}
+        text("SELECT key FROM lead_identities WHERE lead_id = :lead_id AND key LIKE 'id:%' ORDER BY key"),
+        {"lead_id": lead_id},
     )
     return [uuid.UUID(key.removeprefix("id:")) for key in keys]
 
 
 async def explain(
     connection: AsyncConnection, requested: uuid.UUID, agreement: Agreement, now: datetime
-) -> dict[str, Any] | None:
+) -> LeadExplained | None:
     lead_id = await canonical_lead_id(connection, requested)
     state = await load(connection, lead_id, lock="none")
     if state is None:
         return None
     folded = await aliases_of(connection, lead_id)
-    aliases = [str(alias) for alias in folded]
     ids = [lead_id, *folded]
     current = score(state.attributes, state.touches, agreement, now)
     definition = agreement.lifecycle.stages.get(state.stage)
     playbook = playbook_for(agreement, state.persona, state.stage, state.tier)
     timer = (
         await connection.execute(
-            text("SELECT due_at, stage, timer_id FROM scoring_timers WHERE lead_id = :l"), {"l": lead_id}
+            text("SELECT due_at, stage, timer_id FROM scoring_timers WHERE lead_id = :lead_id"), {"lead_id": lead_id}
         )
     ).one_or_none()
-    return {
-        "lead_id": str(lead_id),
-        "aliases": aliases,
-        "stage": state.stage.value,
-        "stage_definition": None if definition is None else definition.model_dump(mode="json"),
-        "persona": state.persona,
-        "tier": state.tier.value if state.tier else None,
-        "attributes": state.attributes.model_dump(mode="json", exclude_none=True),
-        "score": {
-            "at": now.isoformat(),
-            "agreement_version": agreement.version,
-            "fit": current.fit,
-            "engagement": current.engagement,
-            "total": current.total,
-            "contributions": [c.model_dump(mode="json") for c in current.contributions],
-            "mql": {"enter": agreement.scoring.mql.enter, "exit": agreement.scoring.mql.exit},
-            "sql": None if agreement.scoring.sql is None else agreement.scoring.sql.model_dump(mode="json"),
-        },
-        "decay_protected": state.pinned,
-        "held_until": _iso(state.held_until),
-        "recycled_until": _iso(state.recycled_until),
-        "next_reevaluation": None
+    return LeadExplained(
+        lead_id=lead_id,
+        aliases=folded,
+        stage=state.stage.value,
+        stage_definition=None if definition is None else definition.model_dump(mode="json"),
+        persona=state.persona,
+        tier=state.tier.value if state.tier else None,
+        attributes=state.attributes.model_dump(mode="json", exclude_none=True),
+        score=Score(
+            at=now,
+            agreement_version=agreement.version,
+            fit=current.fit,
+            engagement=current.engagement,
+            total=current.total,
+            contributions=[c.model_dump(mode="json") for c in current.contributions],
+            mql={"enter": agreement.scoring.mql.enter, "exit": agreement.scoring.mql.exit},
+            sql=None if agreement.scoring.sql is None else agreement.scoring.sql.model_dump(mode="json"),
+        ),
+        decay_protected=state.pinned,
+        held_until=state.held_until,
+        recycled_until=state.recycled_until,
+        next_reevaluation=None
         if timer is None
-        else {"due_at": timer.due_at.isoformat(), "stage": timer.stage, "timer_id": str(timer.timer_id)},
-        "playbook": None if playbook is None else playbook.model_dump(mode="json"),
-        "owner": await _owner(connection, lead_id),
-        "sla": await _sla(connection, lead_id),
-        "refusals": await _refusals(connection, ids),
-        "timeline": await _timeline(connection, ids),
-    }
+        else Reevaluation(due_at=timer.due_at, stage=timer.stage, timer_id=timer.timer_id),
+        playbook=None if playbook is None else playbook.model_dump(mode="json"),
+        owner=await _owner(connection, lead_id),
+        sla=await _sla(connection, lead_id),
+        refusals=await _refusals(connection, ids),
+        timeline=await _timeline(connection, ids),
+    )
 
 
-async def _refusals(connection: AsyncConnection, ids: list[uuid.UUID]) -> list[dict[str, Any]]:
+async def _refusals(connection: AsyncConnection, ids: list[uuid.UUID]) -> list[Refusal]:
     """The CRM activities scoring refused for this lead, with the agreement's reason: they changed nothing."""
     rows = await connection.execute(
         text(
@@ -84,75 +93,47 @@ async def _refusals(connection: AsyncConnection, ids: list[uuid.UUID]) -> list[d
         {"ids": ids},
     )
     return [
-        {
-            "event_id": str(row.event_id),
-            "at": row.occurred_at.isoformat(),
-            "activity_id": row.payload["caused_by"],
-            "activity": row.payload["activity"],
-            "rep_id": row.payload.get("rep_id"),
-            "refusal": row.payload["refusal"],
-            "reason": row.payload["reason"],
-            "agreement_version": row.agreement_version,
-        }
+        Refusal(
+            event_id=row.event_id,
+            at=row.occurred_at,
+            activity_id=str(row.payload["caused_by"]),
+            activity=row.payload["activity"],
+            rep_id=row.payload.get("rep_id"),
+            refusal=row.payload["refusal"],
+            reason=row.payload["reason"],
+            agreement_version=row.agreement_version,
+        )
         for row in rows
     ]
 
 
-async def _owner(connection: AsyncConnection, lead_id: uuid.UUID) -> dict[str, Any] | None:
+async def _owner(connection: AsyncConnection, lead_id: uuid.UUID) -> Owner | None:
     row = (
         await connection.execute(
             text(
                 "SELECT assignment_id, rep_id, pool_id, rule_id, reason, tier, agreement_version, routed_at "
-                "FROM assignments WHERE lead_id = :l ORDER BY routed_at DESC LIMIT 1"
+                "FROM assignments WHERE lead_id = :lead_id ORDER BY routed_at DESC LIMIT 1"
             ),
-            {"l": lead_id},
+            {"lead_id": lead_id},
         )
     ).one_or_none()
-    if row is None:
-        return None
-    return {
-        "rep_id": row.rep_id,
-        "pool_id": row.pool_id,
-        "rule_id": row.rule_id,
-        "reason": row.reason,
-        "tier": row.tier,
-        "agreement_version": row.agreement_version,
-        "routed_at": row.routed_at.isoformat(),
-        "assignment_id": str(row.assignment_id),
-    }
+    return None if row is None else Owner.model_validate(row._asdict())
 
 
-async def _sla(connection: AsyncConnection, lead_id: uuid.UUID) -> list[dict[str, Any]]:
+async def _sla(connection: AsyncConnection, lead_id: uuid.UUID) -> list[SlaClock]:
     rows = await connection.execute(
         text(
             "SELECT deadline_id, assignment_id, rep_id, milestone, tier, armed_at, due_at, status, decided_at, "
-            "responded_by, superseded_by, reassignments, paged FROM deadlines WHERE lead_id = :l "
+            "responded_by, superseded_by, reassignments, paged FROM deadlines WHERE lead_id = :lead_id "
             "ORDER BY armed_at, milestone"
         ),
-        {"l": lead_id},
+        {"lead_id": lead_id},
     )
-    return [
-        {
-            "deadline_id": str(row.deadline_id),
-            "assignment_id": str(row.assignment_id),
-            "rep_id": row.rep_id,
-            "milestone": row.milestone,
-            "tier": row.tier,
-            "status": row.status,
-            "armed_at": row.armed_at.isoformat(),
-            "due_at": row.due_at.isoformat(),
-            "decided_at": _iso(row.decided_at),
-            "responded_by": row.responded_by,
-            "superseded_by": None if row.superseded_by is None else str(row.superseded_by),
-            "reassignments": row.reassignments,
-            "paged": row.paged,
-        }
-        for row in rows
-    ]
+    return [SlaClock.model_validate(row._asdict()) for row in rows]
 
 
-async def _timeline(connection: AsyncConnection, ids: list[uuid.UUID]) -> list[dict[str, Any]]:
-    entries: list[tuple[datetime, int, dict[str, Any]]] = []
+async def _timeline(connection: AsyncConnection, ids: list[uuid.UUID]) -> list[TimelineEntry]:
+    entries: list[tuple[int, TimelineEntry]] = []
     for row in await connection.execute(
         text("SELECT event_id, kind, payload, received_at FROM intake_events WHERE lead_id = ANY(:ids)"), {"ids": ids}
     ):
@@ -163,7 +144,7 @@ async def _timeline(connection: AsyncConnection, ids: list[uuid.UUID]) -> list[d
         else:
             reason = f" ({payload['reason']})" if payload.get("reason") else ""
             kind, summary = "ActivityRecordedV1", f"{payload.get('activity')}{reason} from {payload.get('source')}"
-        entries.append((at, 0, {"kind": kind, "event_id": str(row.event_id), "summary": summary}))
+        entries.append((0, TimelineEntry(at=at, kind=kind, event_id=row.event_id, summary=summary)))
     for row in await connection.execute(
         text(
             "SELECT event_id, kind, occurred_at, agreement_version, caused_by, payload FROM lead_facts "
@@ -172,20 +153,16 @@ async def _timeline(connection: AsyncConnection, ids: list[uuid.UUID]) -> list[d
         {"ids": ids},
     ):
         order = {"LeadScoredV1": 1, "LeadStageChangedV1": 2, "LeadQualifiedV1": 3}.get(row.kind, 4)
-        entries.append(
-            (
-                row.occurred_at,
-                order,
-                {
-                    "kind": row.kind,
-                    "event_id": str(row.event_id),
-                    "caused_by": None if row.caused_by is None else str(row.caused_by),
-                    "agreement_version": row.agreement_version,
-                    "summary": _summary(row.kind, row.payload),
-                    "detail": row.payload,
-                },
-            )
+        entry = TimelineEntry(
+            at=row.occurred_at,
+            kind=row.kind,
+            event_id=row.event_id,
+            caused_by=row.caused_by,
+            agreement_version=row.agreement_version,
+            summary=_summary(row.kind, row.payload),
+            detail=row.payload,
         )
+        entries.append((order, entry))
     for row in await connection.execute(
         text(
             "SELECT assignment_id, rep_id, pool_id, rule_id, agreement_version, routed_at FROM assignments "
@@ -194,29 +171,25 @@ async def _timeline(connection: AsyncConnection, ids: list[uuid.UUID]) -> list[d
         {"ids": ids},
     ):
         summary = f"routed to {row.rep_id} (pool {row.pool_id}, rule {row.rule_id})"
-        entries.append(
-            (
-                row.routed_at,
-                5,
-                {
-                    "kind": "LeadRoutedV1",
-                    "assignment_id": str(row.assignment_id),
-                    "agreement_version": row.agreement_version,
-                    "summary": summary,
-                },
-            )
+        entry = TimelineEntry(
+            at=row.routed_at,
+            kind="LeadRoutedV1",
+            assignment_id=row.assignment_id,
+            agreement_version=row.agreement_version,
+            summary=summary,
         )
+        entries.append((5, entry))
     for row in await connection.execute(
         text("SELECT milestone, status, armed_at, due_at, decided_at FROM deadlines WHERE lead_id = ANY(:ids)"),
         {"ids": ids},
     ):
-        entries.append(
-            (row.armed_at, 6, {"kind": "SlaArmed", "summary": f"{row.milestone} due {row.due_at.isoformat()}"})
-        )
+        armed = f"{row.milestone} due {row.due_at.isoformat()}"
+        entries.append((6, TimelineEntry(at=row.armed_at, kind="SlaArmed", summary=armed)))
         if row.decided_at is not None:
-            entries.append((row.decided_at, 7, {"kind": "SlaDecided", "summary": f"{row.milestone} {row.status}"}))
-    entries.sort(key=lambda entry: (entry[0], entry[1]))
-    return [{"at": at.isoformat(), **entry} for at, _, entry in entries]
+            decided = f"{row.milestone} {row.status}"
+            entries.append((7, TimelineEntry(at=row.decided_at, kind="SlaDecided", summary=decided)))
+    entries.sort(key=lambda entry: (entry[1].at, entry[0]))
+    return [entry for _, entry in entries]
 
 
 def _summary(kind: str, payload: dict[str, Any]) -> str:
@@ -238,7 +211,3 @@ def _summary(kind: str, payload: dict[str, Any]) -> str:
     if kind == "ActivityRefusedV1":
         return f"refused {payload['activity']} ({payload['refusal']}): {payload['reason']}"
     return kind
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.isoformat()

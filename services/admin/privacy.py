@@ -74,7 +74,7 @@ async def find(
     """The person's lead (by email or by any of its ids) with its aliases; None if unknown."""
     if email is not None:
         found = await connection.scalar(
-            text("SELECT lead_id FROM lead_identities WHERE key = :k"), {"k": email_key(email)}
+            text("SELECT lead_id FROM lead_identities WHERE key = :key"), {"key": email_key(email)}
         )
     elif lead_id is not None:
         found = await connection.scalar(
@@ -108,7 +108,8 @@ async def _person(connection: AsyncConnection, found: Found, email: str | None) 
     ):
         documents.append(row.document)
     keys = await connection.scalars(
-        text("SELECT key FROM lead_identities WHERE lead_id = :l AND key LIKE 'email:%'"), {"l": found.lead_id}
+        text("SELECT key FROM lead_identities WHERE lead_id = :lead_id AND key LIKE 'email:%'"),
+        {"lead_id": found.lead_id},
     )
     documents.extend({"email": key.removeprefix("email:")} for key in keys)
     return Person.of(documents)
@@ -125,14 +126,16 @@ async def erase(connection: AsyncConnection, found: Found, email: str | None, no
     """Erase the person in the caller's transaction; stage the ``LeadErasedV1`` fact."""
     # Scoring locks the lead's row for every event it applies: holding it here means no event
     # writes the person's values back while they are being erased.
-    await connection.execute(text("SELECT 1 FROM leads WHERE lead_id = :l FOR UPDATE"), {"l": found.lead_id})
+    await connection.execute(
+        text("SELECT 1 FROM leads WHERE lead_id = :lead_id FOR UPDATE"), {"lead_id": found.lead_id}
+    )
     person = await _person(connection, found, email)
     changed = 0
     for holder in HOLDERS:
         changed += await _scrub_table(connection, holder, found, person)
     changed += await _scrub_outbox(connection, found, person)
     removed = await connection.execute(
-        text("DELETE FROM lead_identities WHERE lead_id = :l AND key LIKE 'email:%'"), {"l": found.lead_id}
+        text("DELETE FROM lead_identities WHERE lead_id = :lead_id AND key LIKE 'email:%'"), {"lead_id": found.lead_id}
     )
     changed += removed.rowcount
     fact = LeadErasedV1(
@@ -186,7 +189,7 @@ async def _scrub_outbox(connection: AsyncConnection, found: Found, person: Perso
         scrubbed = scrub(document, person)
         if scrubbed is not document:
             await connection.execute(
-                text("UPDATE outbox SET value = :v WHERE id = :id"), {"v": orjson.dumps(scrubbed), "id": row.id}
+                text("UPDATE outbox SET value = :value WHERE id = :id"), {"value": orjson.dumps(scrubbed), "id": row.id}
             )
             changed += 1
     return changed
@@ -202,7 +205,8 @@ async def export(connection: AsyncConnection, found: Found) -> dict[str, Any]:
         rows = await connection.execute(text(f"SELECT * FROM {table} WHERE lead_id = ANY(:leads)"), _bindings(found))
         tables[table] = [dict(row._mapping) for row in rows]
     identities = await connection.execute(
-        text("SELECT key, created_at FROM lead_identities WHERE lead_id = :l ORDER BY key"), {"l": found.lead_id}
+        text("SELECT key, created_at FROM lead_identities WHERE lead_id = :lead_id ORDER BY key"),
+        {"lead_id": found.lead_id},
     )
     tables["lead_identities"] = [dict(row._mapping) for row in identities]
     pending = await connection.execute(

@@ -1,4 +1,9 @@
-"""Reporting API and the live dashboard (``coxswain run reporting``)."""
+"""Reporting API and the live dashboard (``coxswain run reporting``).
+
+The endpoints are one module-level router; what they need (engine, agreement, clock, time zone,
+cadence, tokens) is a ``ReportingContext`` that ``create_reporting_app`` keeps in ``app.state``
+and handlers take as the ``Context`` dependency. Report bodies are ``services/reporting/models.py``;
+their SQL is ``services/reporting/queries.py``."""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
-from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from pydantic import AwareDatetime
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -19,6 +24,19 @@ from coxswain.core.scorecard import Cadence, period_containing
 from coxswain.runtime.health import add_probes, database_check
 from services.reporting import queries, scorecard, scorecard_page
 from services.reporting.dashboard import PAGE
+from services.reporting.models import (
+    ClosedLoopReport,
+    FunnelReport,
+    HistoryReport,
+    IssuedScorecard,
+    PacingReport,
+    SalRejectionsReport,
+    Scorecard,
+    Scorecards,
+    SlaAttainmentReport,
+    SpeedToLeadReport,
+    Summary,
+)
 from services.reporting.queries import Period, Scope
 
 
@@ -42,15 +60,27 @@ PeriodName = Annotated[
 
 
 @dataclass(frozen=True)
-class _Reporting:
-    """What every report's range needs from the app: its clock and its time zone."""
+class ReportingContext:
+    """What the reports need from the process, kept in ``app.state.reporting`` by create_reporting_app."""
 
+    engine: AsyncEngine
+    agreement: Callable[[], Agreement]
     clock: Callable[[], datetime]
     timezone: str
+    cadence: Cadence
+    tokens: TokenTable | None
+
+
+def reporting_context(request: Request) -> ReportingContext:
+    context: ReportingContext = request.app.state.reporting
+    return context
+
+
+Context = Annotated[ReportingContext, Depends(reporting_context)]
 
 
 def report_window(
-    request: Request,
+    reporting: Context,
     since: Since = None,
     until: Until = None,
     source: Filter = None,
@@ -58,7 +88,6 @@ def report_window(
     persona: Filter = None,
 ) -> Scope:
     """The range and filters every report takes (query parameters), checked once for all."""
-    reporting: _Reporting = request.app.state.reporting
     end = until or reporting.clock()
     try:
         start = since or end - timedelta(days=7)
@@ -87,28 +116,200 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 CHALLENGE = {"WWW-Authenticate": 'Basic realm="coxswain-reports", charset="UTF-8"'}
 
 
-def reports_guard(tokens: TokenTable) -> Callable[[Request], None]:
-    """Every page and report needs a token with ``reports:read``: as a Bearer token, or as the
-    password of HTTP Basic, which a browser asks for (the dashboard's own requests then carry it).
-    A missing or wrong token is 401 with the Basic challenge, so a browser asks again; a token
-    without the scope is 403 naming it."""
+def reports_reader(request: Request, context: Context) -> None:
+    """Every page and report needs a token with ``reports:read`` when the app has tokens: as a
+    Bearer token, or as the password of HTTP Basic, which a browser asks for (the dashboard's own
+    requests then carry it). A missing or wrong token is 401 with the Basic challenge, so a
+    browser asks again; a token without the scope is 403 naming it."""
+    if context.tokens is None or request.url.path in OPEN_PATHS:
+        return
+    given = presented_token(request.headers.get("authorization"), basic=True)
+    holder = context.tokens.holder(given) if given is not None else None
+    if holder is None:
+        raise HTTPException(
+            401,
+            "reports need a token with scope 'reports:read': send 'Authorization: Bearer <token>', "
+            "or give the token as the password when the browser asks",
+            CHALLENGE,
+        )
+    if "reports:read" not in holder.scopes:
+        raise HTTPException(403, f"token {holder.name!r} lacks scope 'reports:read'")
 
-    def guard(request: Request) -> None:
-        if request.url.path in OPEN_PATHS:
-            return
-        given = presented_token(request.headers.get("authorization"), basic=True)
-        holder = tokens.holder(given) if given is not None else None
-        if holder is None:
-            raise HTTPException(
-                401,
-                "reports need a token with scope 'reports:read': send 'Authorization: Bearer <token>', "
-                "or give the token as the password when the browser asks",
-                CHALLENGE,
-            )
-        if "reports:read" not in holder.scopes:
-            raise HTTPException(403, f"token {holder.name!r} lacks scope 'reports:read'")
 
-    return guard
+router = APIRouter()
+
+
+def ranged(window: Scope) -> dict[str, datetime]:
+    return {"since": window.since, "until": window.until}
+
+
+@router.get("/v1/reports/funnel")
+async def funnel(context: Context, window: VersionedWindow, period: Period = "day") -> FunnelReport:
+    """Leads entering each stage, conversion from the stage before, per period; time in stage."""
+    async with context.engine.connect() as connection:
+        report = await queries.funnel(connection, window, period, context.agreement())
+    return FunnelReport(**ranged(window), **dict(report))
+
+
+@router.get("/v1/reports/speed-to-lead")
+async def speed_to_lead(context: Context, window: VersionedWindow) -> SpeedToLeadReport:
+    """System latency (received -> routed) and human latency (routed -> first touch), percentiles in seconds."""
+    async with context.engine.connect() as connection:
+        report = await queries.speed_to_lead(connection, window)
+    return SpeedToLeadReport(**ranged(window), **dict(report))
+
+
+@router.get("/v1/reports/sla")
+async def sla(context: Context, window: Window, period: Period = "day") -> SlaAttainmentReport:
+    """SLA attainment per rep, team and tier, a rep x period heatmap and the breach timeline."""
+    async with context.engine.connect() as connection:
+        report = await queries.sla(connection, window, period)
+    return SlaAttainmentReport(**ranged(window), **dict(report))
+
+
+@router.get("/v1/reports/pacing")
+async def pacing(
+    context: Context,
+    window: Window,
+    at: Annotated[AwareDatetime | None, Query(description="Pacing as of this time; default: until.")] = None,
+) -> PacingReport:
+    """MQLs against marketing's targets, pro-rated to the business time elapsed in the period."""
+    async with context.engine.connect() as connection:
+        report = await queries.pacing_report(connection, window, context.agreement(), at or window.until)
+    return PacingReport(**ranged(window), **dict(report))
+
+
+@router.get("/v1/reports/sal-rejections")
+async def sal_rejections(context: Context, window: Window) -> SalRejectionsReport:
+    """SAL accepted vs rejected, and the rejection reasons."""
+    async with context.engine.connect() as connection:
+        report = await queries.sal_rejections(connection, window)
+    return SalRejectionsReport(**ranged(window), **dict(report))
+
+
+@router.get("/v1/reports/closed-loop")
+async def closed_loop(context: Context, window: Window) -> ClosedLoopReport:
+    """Opportunities, won and lost deals and won amount by source and campaign."""
+    async with context.engine.connect() as connection:
+        report = await queries.closed_loop(connection, window)
+    return ClosedLoopReport(**ranged(window), **dict(report))
+
+
+@router.get("/v1/reports/history")
+async def history(context: Context, window: VersionedWindow) -> HistoryReport:
+    """Monthly fact and lead counts per kind and stage for months past report retention
+    (COXSWAIN_REPORT_RETENTION_MONTHS), whose detail has been dropped."""
+    async with context.engine.connect() as connection:
+        report = await queries.history(connection, window)
+    return HistoryReport(**ranged(window), **dict(report))
+
+
+@router.get("/v1/reports/summary")
+async def summary(context: Context, window: Window, period: Period = "day") -> Summary:
+    """Every report for one range, as the dashboard shows it."""
+    agreement = context.agreement()
+    async with context.engine.connect() as connection:
+        return Summary(
+            **ranged(window),
+            agreement_version=agreement.version,
+            funnel=await queries.funnel(connection, window, period, agreement),
+            speed_to_lead=await queries.speed_to_lead(connection, window),
+            sla=await queries.sla(connection, window, period),
+            pacing=await queries.pacing_report(connection, window, agreement, window.until),
+            sal_rejections=await queries.sal_rejections(connection, window),
+            closed_loop=await queries.closed_loop(connection, window),
+        )
+
+
+async def running_scorecard(context: ReportingContext) -> dict[str, Any]:
+    now = context.clock()
+    period = period_containing(context.cadence, now, ZoneInfo(context.timezone))
+    async with context.engine.connect() as connection:
+        card = await scorecard.compose(connection, context.agreement(), period, context.timezone, now)
+    return card.model_dump(mode="json")
+
+
+async def stored_scorecard(context: ReportingContext, period: str | None) -> dict[str, Any] | None:
+    async with context.engine.connect() as connection:
+        return await queries.stored_scorecard(connection, period)
+
+
+async def issued_periods(context: ReportingContext) -> list[IssuedScorecard]:
+    async with context.engine.connect() as connection:
+        return await queries.issued_scorecards(connection)
+
+
+# A scorecard is answered as it was emitted on reports.scorecard_issued.v1, not re-serialised.
+AS_EMITTED: dict[int | str, dict[str, Any]] = {200: {"model": Scorecard, "description": "A ScorecardIssuedV1."}}
+
+
+@router.get("/v1/scorecards")
+async def scorecards(context: Context) -> Scorecards:
+    """Issued scorecards, newest first: period, bounds and both verdicts."""
+    return Scorecards(cadence=context.cadence, timezone=context.timezone, scorecards=await issued_periods(context))
+
+
+@router.get("/v1/scorecards/current", responses=AS_EMITTED)
+async def current_scorecard(context: Context) -> JSONResponse:
+    """The running period's scorecard so far (computed now, not issued)."""
+    return JSONResponse(await running_scorecard(context))
+
+
+@router.get("/v1/scorecards/latest", responses={**AS_EMITTED, 404: {"description": "No scorecard issued yet."}})
+async def latest_scorecard(context: Context) -> JSONResponse:
+    """The latest issued scorecard, exactly as emitted on reports.scorecard_issued.v1."""
+    card = await stored_scorecard(context, None)
+    if card is None:
+        raise HTTPException(404, "no scorecard has been issued yet")
+    return JSONResponse(card)
+
+
+@router.get("/v1/scorecards/{period}", responses={**AS_EMITTED, 404: {"description": "No scorecard for this period."}})
+async def scorecard_of(context: Context, period: PeriodName) -> JSONResponse:
+    """The scorecard issued for a period, exactly as emitted on reports.scorecard_issued.v1."""
+    card = await stored_scorecard(context, period)
+    if card is None:
+        raise HTTPException(404, f"no scorecard issued for {period}")
+    return JSONResponse(card)
+
+
+def html(body: str, status: int = 200) -> HTMLResponse:
+    return HTMLResponse(body, status_code=status, headers={"cache-control": "no-cache"})
+
+
+async def _nav(context: ReportingContext) -> list[dict[str, Any]]:
+    return [issued.model_dump(mode="json") for issued in await issued_periods(context)]
+
+
+@router.get("/scorecard", response_class=HTMLResponse, include_in_schema=False)
+async def scorecard_latest_page(context: Context) -> HTMLResponse:
+    return html(scorecard_page.page(await stored_scorecard(context, None), await _nav(context)))
+
+
+@router.get("/scorecard/current", response_class=HTMLResponse, include_in_schema=False)
+async def scorecard_current_page(context: Context) -> HTMLResponse:
+    return html(scorecard_page.page(await running_scorecard(context), await _nav(context), provisional=True))
+
+
+@router.get("/scorecard/{period}", response_class=HTMLResponse, include_in_schema=False)
+async def scorecard_page_of(context: Context, period: PeriodName) -> HTMLResponse:
+    card = await stored_scorecard(context, period)
+    body = scorecard_page.page(card, await _nav(context), missing=None if card is not None else period)
+    return html(body, 200 if card is not None else 404)
+
+
+@router.get("/dashboard", response_class=HTMLResponse, include_in_schema=False)
+async def dashboard() -> HTMLResponse:
+    return HTMLResponse(PAGE, headers={"cache-control": "no-cache"})
+
+
+@router.get("/", include_in_schema=False)
+async def root() -> RedirectResponse:
+    return RedirectResponse("/dashboard")
+
+
+async def _bad_range(_: Request, problem: Exception) -> JSONResponse:
+    return JSONResponse({"detail": problem.message if isinstance(problem, BadRange) else str(problem)}, 422)
 
 
 def create_reporting_app(
@@ -126,149 +327,10 @@ def create_reporting_app(
         version="1",
         description="Funnel, speed to lead, SLA attainment, pacing, SAL rejections and closed loop, from stored facts.",
         lifespan=lifespan,
-        dependencies=[Depends(reports_guard(tokens))] if tokens is not None else None,
+        dependencies=[Depends(reports_reader)],
     )
-
-    app.state.reporting = _Reporting(clock, timezone)
-
-    @app.exception_handler(BadRange)
-    async def _bad_range(_: Request, problem: BadRange) -> JSONResponse:
-        return JSONResponse({"detail": problem.message}, status_code=422)
-
-    def envelope(window: Scope, report: dict[str, Any]) -> dict[str, Any]:
-        return {"since": window.since.isoformat(), "until": window.until.isoformat(), **report}
-
-    @app.get("/v1/reports/funnel")
-    async def funnel(window: VersionedWindow, period: Period = "day") -> dict[str, Any]:
-        """Leads entering each stage, conversion from the stage before, per period; time in stage."""
-        async with engine.connect() as connection:
-            return envelope(window, await queries.funnel(connection, window, period, agreement_in_force()))
-
-    @app.get("/v1/reports/speed-to-lead")
-    async def speed_to_lead(window: VersionedWindow) -> dict[str, Any]:
-        """System latency (received -> routed) and human latency (routed -> first touch), percentiles in seconds."""
-        async with engine.connect() as connection:
-            return envelope(window, await queries.speed_to_lead(connection, window))
-
-    @app.get("/v1/reports/sla")
-    async def sla(window: Window, period: Period = "day") -> dict[str, Any]:
-        """SLA attainment per rep, team and tier, a rep x period heatmap and the breach timeline."""
-        async with engine.connect() as connection:
-            return envelope(window, await queries.sla(connection, window, period))
-
-    @app.get("/v1/reports/pacing")
-    async def pacing(
-        window: Window,
-        at: Annotated[AwareDatetime | None, Query(description="Pacing as of this time; default: until.")] = None,
-    ) -> dict[str, Any]:
-        """MQLs against marketing's targets, pro-rated to the business time elapsed in the period."""
-        async with engine.connect() as connection:
-            report = await queries.pacing_report(connection, window, agreement_in_force(), at or window.until)
-            return envelope(window, report)
-
-    @app.get("/v1/reports/sal-rejections")
-    async def sal_rejections(window: Window) -> dict[str, Any]:
-        """SAL accepted vs rejected, and the rejection reasons."""
-        async with engine.connect() as connection:
-            return envelope(window, await queries.sal_rejections(connection, window))
-
-    @app.get("/v1/reports/closed-loop")
-    async def closed_loop(window: Window) -> dict[str, Any]:
-        """Opportunities, won and lost deals and won amount by source and campaign."""
-        async with engine.connect() as connection:
-            return envelope(window, await queries.closed_loop(connection, window))
-
-    @app.get("/v1/reports/history")
-    async def history(window: VersionedWindow) -> dict[str, Any]:
-        """Monthly fact and lead counts per kind and stage for months past report retention
-        (COXSWAIN_REPORT_RETENTION_MONTHS), whose detail has been dropped."""
-        async with engine.connect() as connection:
-            return envelope(window, await queries.history(connection, window))
-
-    @app.get("/v1/reports/summary")
-    async def summary(window: Window, period: Period = "day") -> dict[str, Any]:
-        """Every report for one range, as the dashboard shows it."""
-        agreement = agreement_in_force()
-        async with engine.connect() as connection:
-            return envelope(
-                window,
-                {
-                    "agreement_version": agreement.version,
-                    "funnel": await queries.funnel(connection, window, period, agreement),
-                    "speed_to_lead": await queries.speed_to_lead(connection, window),
-                    "sla": await queries.sla(connection, window, period),
-                    "pacing": await queries.pacing_report(connection, window, agreement, window.until),
-                    "sal_rejections": await queries.sal_rejections(connection, window),
-                    "closed_loop": await queries.closed_loop(connection, window),
-                },
-            )
-
-    async def running_scorecard() -> dict[str, Any]:
-        now = clock()
-        period = period_containing(cadence, now, ZoneInfo(timezone))
-        async with engine.connect() as connection:
-            card = await scorecard.compose(connection, agreement_in_force(), period, timezone, now)
-        return card.model_dump(mode="json")
-
-    async def stored_scorecard(period: str | None) -> dict[str, Any] | None:
-        async with engine.connect() as connection:
-            return await scorecard.stored(connection, period)
-
-    async def issued_periods() -> list[dict[str, Any]]:
-        async with engine.connect() as connection:
-            return await scorecard.issued(connection)
-
-    @app.get("/v1/scorecards")
-    async def scorecards() -> dict[str, Any]:
-        """Issued scorecards, newest first: period, bounds and both verdicts."""
-        return {"cadence": cadence, "timezone": timezone, "scorecards": await issued_periods()}
-
-    @app.get("/v1/scorecards/current")
-    async def current_scorecard() -> dict[str, Any]:
-        """The running period's scorecard so far (computed now, not issued)."""
-        return await running_scorecard()
-
-    @app.get("/v1/scorecards/latest", responses={404: {"description": "No scorecard issued yet."}})
-    async def latest_scorecard() -> dict[str, Any]:
-        """The latest issued scorecard, exactly as emitted on reports.scorecard_issued.v1."""
-        card = await stored_scorecard(None)
-        if card is None:
-            raise HTTPException(404, "no scorecard has been issued yet")
-        return card
-
-    @app.get("/v1/scorecards/{period}", responses={404: {"description": "No scorecard for this period."}})
-    async def scorecard_of(period: PeriodName) -> dict[str, Any]:
-        """The scorecard issued for a period, exactly as emitted on reports.scorecard_issued.v1."""
-        card = await stored_scorecard(period)
-        if card is None:
-            raise HTTPException(404, f"no scorecard issued for {period}")
-        return card
-
-    def html(body: str, status: int = 200) -> HTMLResponse:
-        return HTMLResponse(body, status_code=status, headers={"cache-control": "no-cache"})
-
-    @app.get("/scorecard", response_class=HTMLResponse, include_in_schema=False)
-    async def scorecard_latest_page() -> HTMLResponse:
-        return html(scorecard_page.page(await stored_scorecard(None), await issued_periods()))
-
-    @app.get("/scorecard/current", response_class=HTMLResponse, include_in_schema=False)
-    async def scorecard_current_page() -> HTMLResponse:
-        return html(scorecard_page.page(await running_scorecard(), await issued_periods(), provisional=True))
-
-    @app.get("/scorecard/{period}", response_class=HTMLResponse, include_in_schema=False)
-    async def scorecard_page_of(period: PeriodName) -> HTMLResponse:
-        card = await stored_scorecard(period)
-        body = scorecard_page.page(card, await issued_periods(), missing=None if card is not None else period)
-        return html(body, 200 if card is not None else 404)
-
-    @app.get("/dashboard", response_class=HTMLResponse, include_in_schema=False)
-    async def dashboard() -> HTMLResponse:
-        return HTMLResponse(PAGE, headers={"cache-control": "no-cache"})
-
-    @app.get("/", include_in_schema=False)
-    async def root() -> RedirectResponse:
-        return RedirectResponse("/dashboard")
-
+    app.state.reporting = ReportingContext(engine, agreement_in_force, clock, timezone, cadence, tokens)
+    app.add_exception_handler(BadRange, _bad_range)
+    app.include_router(router)
     add_probes(app, {"database": database_check(engine)})
-
     return app

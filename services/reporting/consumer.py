@@ -8,12 +8,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import text
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coxswain.core.agreement import Agreement
-from coxswain.db.models import table
 from coxswain.runtime.consumer import Handler
 from schemas.events import (
     ALL_EVENTS,
@@ -24,6 +21,7 @@ from schemas.events import (
     LeadScoredV1,
     ScorecardIssuedV1,
 )
+from services.reporting import queries
 
 # Scores are the bulk of the traffic and reports need none of them (stage changes carry the
 # verdicts); scorecards are reporting's own output, kept in scorecard_periods. Raw CRM activities
@@ -35,46 +33,9 @@ ACCEPTS: dict[str, tuple[type[Event], ...]] = {
 
 
 async def record(connection: AsyncConnection, event: Event, now: datetime) -> None:
-    await connection.execute(
-        insert(table("report_facts"))
-        .values(
-            event_id=event.event_id,
-            kind=type(event).__name__,
-            lead_id=event.lead_id,
-            occurred_at=event.occurred_at,
-            agreement_version=getattr(event, "agreement_version", None),
-            payload=event.model_dump(mode="json"),
-            recorded_at=now,
-        )
-        .on_conflict_do_nothing(index_elements=["event_id", "occurred_at"])
-    )
+    await queries.store_fact(connection, event, now)
     if isinstance(event, (LeadReceivedV1, LeadQualifiedV1)):
-        await remember_lead(connection, event)
-
-
-async def remember_lead(connection: AsyncConnection, event: LeadReceivedV1 | LeadQualifiedV1) -> None:
-    """First touch wins: a lead keeps the source and campaign it arrived with. Topics are not
-    ordered with each other, so a qualification may be seen before the event that caused it."""
-    await connection.execute(
-        text(
-            "INSERT INTO report_leads (lead_id, first_seen_at, source, campaign, persona) "
-            "VALUES (:l, :at, :s, :c, :p) ON CONFLICT (lead_id) DO UPDATE SET "
-            "source = CASE WHEN excluded.first_seen_at < report_leads.first_seen_at "
-            "THEN excluded.source ELSE report_leads.source END, "
-            "campaign = CASE WHEN excluded.first_seen_at < report_leads.first_seen_at "
-            "THEN coalesce(excluded.campaign, report_leads.campaign) "
-            "ELSE coalesce(report_leads.campaign, excluded.campaign) END, "
-            "persona = coalesce(excluded.persona, report_leads.persona), "
-            "first_seen_at = least(report_leads.first_seen_at, excluded.first_seen_at)"
-        ),
-        {
-            "l": event.lead_id,
-            "at": event.occurred_at,
-            "s": event.source,
-            "c": event.attributes.campaign,
-            "p": getattr(event, "persona", None),
-        },
-    )
+        await queries.remember_lead(connection, event)
 
 
 def make_handler(_: Agreement) -> Handler:

@@ -1,4 +1,6 @@
-"""Report queries over the stored facts (``report_facts``, ``report_leads``, ``intake_events``).
+"""Every SQL statement of the reporting service: the facts it stores (``report_facts``,
+``report_leads``), the reports over them (and ``intake_events``), and the scorecards it issues
+(``scorecard_periods``).
 
 Every figure is a function of the facts whose time falls in ``[since, until)`` and of the slice
 (source, campaign, persona, agreement version), so the same request always gives the same
@@ -13,11 +15,41 @@ from datetime import datetime, timedelta
 from statistics import median
 from typing import Any, Literal
 
+import orjson
 from sqlalchemy import text
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coxswain.core.agreement import Agreement
+from coxswain.core.scorecard import Cadence
+from coxswain.core.scorecard import Period as ScorecardPeriod
 from coxswain.core.sla import pacing, period_bounds
+from coxswain.db.models import table
+from schemas.events import Event, LeadQualifiedV1, LeadReceivedV1, ScorecardIssuedV1
+from services.reporting.models import (
+    Attainment,
+    Breach,
+    ClosedLoop,
+    ClosedLoopRow,
+    DailyMqls,
+    Funnel,
+    FunnelPeriod,
+    HeatCell,
+    History,
+    HistoryMonth,
+    IssuedScorecard,
+    MonthCount,
+    Pacing,
+    Percentiles,
+    RejectionReason,
+    SalRejections,
+    SlaReport,
+    Speed,
+    SpeedToLead,
+    StageEntered,
+    TargetPacing,
+    TimeInStage,
+)
 
 Period = Literal["minute", "hour", "day", "week", "month"]
 FUNNEL = ("lead", "mql", "sal", "sql", "opportunity", "customer")
@@ -66,7 +98,7 @@ def ratio(part: int, whole: int) -> float | None:
     return round(part / whole, 4) if whole else None
 
 
-async def funnel(connection: AsyncConnection, scope: Scope, period: Period, agreement: Agreement) -> dict[str, Any]:
+async def funnel(connection: AsyncConnection, scope: Scope, period: Period, agreement: Agreement) -> Funnel:
     rows = (
         await connection.execute(
             text(
@@ -93,20 +125,15 @@ async def funnel(connection: AsyncConnection, scope: Scope, period: Period, agre
     previous: int | None = None
     for stage in FUNNEL:
         entered = totals.get(stage, 0)
-        stages.append(
-            {
-                "stage": stage,
-                "entered": entered,
-                "conversion": ratio(entered, previous) if previous is not None else None,
-            }
-        )
+        conversion = ratio(entered, previous) if previous is not None else None
+        stages.append(StageEntered(stage=stage, entered=entered, conversion=conversion))
         previous = entered
-    return {
-        "stages": stages,
-        "detours": [{"stage": stage, "entered": totals.get(stage, 0)} for stage in DETOURS],
-        "periods": [{"start": bucket, "entered": counts} for bucket, counts in by_bucket.items()],
-        "time_in_stage": await time_in_stage(connection, scope, agreement),
-    }
+    return Funnel(
+        stages=stages,
+        detours=[StageEntered(stage=stage, entered=totals.get(stage, 0)) for stage in DETOURS],
+        periods=[FunnelPeriod(start=bucket, entered=counts) for bucket, counts in by_bucket.items()],
+        time_in_stage=await time_in_stage(connection, scope, agreement),
+    )
 
 
 async def _entered(connection: AsyncConnection, scope: Scope) -> dict[str, int]:
@@ -131,7 +158,7 @@ async def _entered(connection: AsyncConnection, scope: Scope) -> dict[str, int]:
     return {row.stage: int(row.n) for row in rows}
 
 
-async def time_in_stage(connection: AsyncConnection, scope: Scope, agreement: Agreement) -> list[dict[str, Any]]:
+async def time_in_stage(connection: AsyncConnection, scope: Scope, agreement: Agreement) -> list[TimeInStage]:
     """How long leads that left a stage in the range had spent in it: wall-clock and business
     hours on the agreement's SLA calendar, as medians."""
     rows = (
@@ -160,23 +187,23 @@ async def time_in_stage(connection: AsyncConnection, scope: Scope, agreement: Ag
         business = calendar.diff(row.entered_at, row.left_at).total_seconds() / 3600
         spans[row.stage].append((wall, business))
     return [
-        {
-            "stage": stage,
-            "left": len(spans[stage]),
-            "median_hours": round(median(w for w, _ in spans[stage]), 4),
-            "median_business_hours": round(median(b for _, b in spans[stage]), 4),
-        }
+        TimeInStage(
+            stage=stage,
+            left=len(spans[stage]),
+            median_hours=round(median(w for w, _ in spans[stage]), 4),
+            median_business_hours=round(median(b for _, b in spans[stage]), 4),
+        )
         for stage in (*FUNNEL, *DETOURS)
         if spans.get(stage)
     ]
 
 
-def _percentiles(row: Any, prefix: str) -> dict[str, float | int | None]:
-    figures: dict[str, float | int | None] = {"count": int(getattr(row, f"{prefix}_n"))}
+def _percentiles(row: Any, prefix: str) -> Percentiles:
+    figures: dict[str, float | None] = {}
     for p in PERCENTILES:
         value = getattr(row, f"{prefix}_p{int(p * 100)}")
         figures[f"p{int(p * 100)}"] = round(float(value), 6) if value is not None else None
-    return figures
+    return Percentiles(count=int(getattr(row, f"{prefix}_n")), **figures)
 
 
 def _percentile_columns(expression: str, prefix: str) -> str:
@@ -204,7 +231,7 @@ SPEED_ROWS = (
 )
 
 
-async def speed_to_lead(connection: AsyncConnection, scope: Scope) -> dict[str, Any]:
+async def speed_to_lead(connection: AsyncConnection, scope: Scope) -> SpeedToLead:
     """System latency (received -> routed) and human latency (routed -> first touch by a person),
     in seconds, as percentiles; leads routed in the range after a marketing event."""
     aggregate = (
@@ -223,19 +250,19 @@ async def speed_to_lead(connection: AsyncConnection, scope: Scope) -> dict[str, 
         )
     ).all()
 
-    def figures(row: Any) -> dict[str, Any]:
+    def figures(row: Any) -> Speed:
         human = _percentiles(row, "human")
-        return {
-            "routed": int(row.routed),
-            "system_seconds": _percentiles(row, "system"),
-            "human_seconds": human,
-            "untouched": int(row.routed) - int(human["count"] or 0),
-        }
+        return Speed(
+            routed=int(row.routed),
+            system_seconds=_percentiles(row, "system"),
+            human_seconds=human,
+            untouched=int(row.routed) - human.count,
+        )
 
-    return {**figures(overall), "by_tier": {row.tier: figures(row) for row in tiers}}
+    return SpeedToLead(**dict(figures(overall)), by_tier={row.tier: figures(row) for row in tiers})
 
 
-async def sla(connection: AsyncConnection, scope: Scope, period: Period) -> dict[str, Any]:
+async def sla(connection: AsyncConnection, scope: Scope, period: Period) -> SlaReport:
     """Attainment (met / decided) of the clocks decided in the range, per rep, team, tier and
     period; the heatmap is rep x period; the timeline lists the breaches."""
     rows = (
@@ -271,32 +298,35 @@ async def sla(connection: AsyncConnection, scope: Scope, period: Period) -> dict
         heat[(row.rep, bucket)][index] += 1
         if not met:
             timeline.append(
-                {
-                    "at": row.occurred_at.isoformat(),
-                    "rep": row.rep,
-                    "team": row.team,
-                    "tier": row.tier,
-                    "milestone": row.milestone,
-                    "lead_id": str(row.lead_id),
-                }
+                Breach(
+                    at=row.occurred_at,
+                    rep=row.rep,
+                    team=row.team,
+                    tier=row.tier,
+                    milestone=row.milestone,
+                    lead_id=row.lead_id,
+                )
             )
 
-    def attained(counts: list[int]) -> dict[str, Any]:
-        return {"met": counts[0], "breached": counts[1], "attainment": ratio(counts[0], counts[0] + counts[1])}
+    def attained(counts: list[int]) -> Attainment:
+        return Attainment(met=counts[0], breached=counts[1], attainment=ratio(counts[0], counts[0] + counts[1]))
 
-    return {
-        "overall": attained(overall),
-        **{f"by_{name}": {key: attained(c) for key, c in sorted(values.items())} for name, values in counters.items()},
-        "heatmap": [
-            {"rep": rep, "bucket": bucket, **attained(counts)} for (rep, bucket), counts in sorted(heat.items())
+    def by(name: str) -> dict[str, Attainment]:
+        return {key: attained(c) for key, c in sorted(counters[name].items())}
+
+    return SlaReport(
+        overall=attained(overall),
+        by_rep=by("rep"),
+        by_team=by("team"),
+        by_tier=by("tier"),
+        heatmap=[
+            HeatCell(rep=rep, bucket=bucket, **dict(attained(counts))) for (rep, bucket), counts in sorted(heat.items())
         ],
-        "breaches": timeline[-500:],
-    }
+        breaches=timeline[-500:],
+    )
 
 
-async def pacing_report(
-    connection: AsyncConnection, scope: Scope, agreement: Agreement, at: datetime
-) -> dict[str, Any]:
+async def pacing_report(connection: AsyncConnection, scope: Scope, agreement: Agreement, at: datetime) -> Pacing:
     """Marketing's side: MQLs (distinct leads qualified) against each target of the agreement,
     pro-rated to the business time elapsed in the period that contains ``at``; plus MQLs per day."""
     targets = []
@@ -306,19 +336,19 @@ async def pacing_report(
         actual = await mql_count(connection, scope, start, min(at, end))
         result = pacing(target, calendar, at, actual)
         targets.append(
-            {
-                "target_id": result.target_id,
-                "period": result.period,
-                "period_start": result.period_start.isoformat(),
-                "period_end": result.period_end.isoformat(),
-                "target": result.target,
-                "elapsed_share": round(result.elapsed_share, 4),
-                "expected": round(result.expected, 3),
-                "actual": result.actual,
-                "pacing": round(result.ratio, 4) if result.ratio is not None else None,
-                "alert_below": result.threshold,
-                "behind": result.behind,
-            }
+            TargetPacing(
+                target_id=result.target_id,
+                period=result.period,
+                period_start=result.period_start,
+                period_end=result.period_end,
+                target=result.target,
+                elapsed_share=round(result.elapsed_share, 4),
+                expected=round(result.expected, 3),
+                actual=result.actual,
+                pacing=round(result.ratio, 4) if result.ratio is not None else None,
+                alert_below=result.threshold,
+                behind=result.behind,
+            )
         )
     daily = (
         await connection.execute(
@@ -332,12 +362,12 @@ async def pacing_report(
             scope.params(),
         )
     ).all()
-    return {
-        "at": at.isoformat(),
-        "mqls": await mql_count(connection, scope, scope.since, scope.until),
-        "targets": targets,
-        "daily": [{"day": row.day.date().isoformat(), "mqls": int(row.n)} for row in daily],
-    }
+    return Pacing(
+        at=at,
+        mqls=await mql_count(connection, scope, scope.since, scope.until),
+        targets=targets,
+        daily=[DailyMqls(day=row.day.date().isoformat(), mqls=int(row.n)) for row in daily],
+    )
 
 
 async def mql_count(connection: AsyncConnection, scope: Scope, since: datetime, until: datetime) -> int:
@@ -351,7 +381,7 @@ async def mql_count(connection: AsyncConnection, scope: Scope, since: datetime, 
     return int(value or 0)
 
 
-async def sal_rejections(connection: AsyncConnection, scope: Scope) -> dict[str, Any]:
+async def sal_rejections(connection: AsyncConnection, scope: Scope) -> SalRejections:
     rows = (
         await connection.execute(
             text(
@@ -372,15 +402,15 @@ async def sal_rejections(connection: AsyncConnection, scope: Scope) -> dict[str,
         scope.params(),
     )
     rejected = sum(int(row.n) for row in rows)
-    return {
-        "accepted": int(accepted or 0),
-        "rejected": rejected,
-        "rejection_rate": ratio(rejected, rejected + int(accepted or 0)),
-        "reasons": [{"reason": row.reason, "count": int(row.n)} for row in rows],
-    }
+    return SalRejections(
+        accepted=int(accepted or 0),
+        rejected=rejected,
+        rejection_rate=ratio(rejected, rejected + int(accepted or 0)),
+        reasons=[RejectionReason(reason=row.reason, count=int(row.n)) for row in rows],
+    )
 
 
-async def closed_loop(connection: AsyncConnection, scope: Scope) -> dict[str, Any]:
+async def closed_loop(connection: AsyncConnection, scope: Scope) -> ClosedLoop:
     """Opportunities and closed-won revenue by the source and campaign that brought the lead."""
     rows = (
         await connection.execute(
@@ -399,28 +429,28 @@ async def closed_loop(connection: AsyncConnection, scope: Scope) -> dict[str, An
             scope.params(),
         )
     ).all()
-    return {
-        "rows": [
-            {
-                "source": row.source,
-                "campaign": row.campaign,
-                "opportunities": int(row.opportunities),
-                "won": int(row.won),
-                "lost": int(row.lost),
-                "won_amount": float(row.won_amount),
-            }
+    return ClosedLoop(
+        rows=[
+            ClosedLoopRow(
+                source=row.source,
+                campaign=row.campaign,
+                opportunities=int(row.opportunities),
+                won=int(row.won),
+                lost=int(row.lost),
+                won_amount=float(row.won_amount),
+            )
             for row in rows
         ],
-        "won_amount": float(sum(row.won_amount for row in rows)),
-        "opportunities": sum(int(row.opportunities) for row in rows),
-    }
+        won_amount=float(sum(row.won_amount for row in rows)),
+        opportunities=sum(int(row.opportunities) for row in rows),
+    )
 
 
 def default_range(now: datetime, days: int = 7) -> tuple[datetime, datetime]:
     return now - timedelta(days=days), now
 
 
-async def history(connection: AsyncConnection, scope: Scope) -> dict[str, Any]:
+async def history(connection: AsyncConnection, scope: Scope) -> History:
     """Monthly counts kept after a month of facts passed retention (``report_history``): facts and
     distinct leads per kind and stage. Months still held in detail are in the other reports."""
     rows = (
@@ -438,10 +468,139 @@ async def history(connection: AsyncConnection, scope: Scope) -> dict[str, Any]:
             scope.params(),
         )
     ).all()
-    months: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    months: dict[str, list[MonthCount]] = defaultdict(list)
     for row in rows:
-        entry: dict[str, Any] = {"kind": row.kind, "facts": int(row.facts), "leads": int(row.leads)}
-        if row.stage:
-            entry["stage"] = row.stage
+        entry = MonthCount(kind=row.kind, stage=row.stage or None, facts=int(row.facts), leads=int(row.leads))
         months[row.month.strftime("%Y-%m")].append(entry)
-    return {"months": [{"month": month, "counts": counts} for month, counts in months.items()]}
+    return History(months=[HistoryMonth(month=month, counts=counts) for month, counts in months.items()])
+
+
+async def stored_scorecard(connection: AsyncConnection, label: str | None) -> dict[str, Any] | None:
+    """An issued scorecard (a ScorecardIssuedV1 as emitted) by its period name, or the latest one."""
+    if label is None:
+        row = (
+            await connection.execute(
+                text("SELECT scorecard FROM scorecard_periods ORDER BY period_end DESC, cadence LIMIT 1")
+            )
+        ).first()
+    else:
+        row = (
+            await connection.execute(
+                text("SELECT scorecard FROM scorecard_periods WHERE label = :label"), {"label": label}
+            )
+        ).first()
+    if row is None:
+        return None
+    card: dict[str, Any] = row.scorecard if isinstance(row.scorecard, dict) else orjson.loads(row.scorecard)
+    return card
+
+
+async def issued_scorecards(connection: AsyncConnection, limit: int = 104) -> list[IssuedScorecard]:
+    """The latest issued periods, newest first: name, bounds and both verdicts."""
+    rows = await connection.execute(
+        text(
+            "SELECT cadence, label AS period, period_start, period_end, issued_at, agreement_version, "
+            "scorecard->'sales'->>'verdict' AS sales, scorecard->'marketing'->>'verdict' AS marketing "
+            "FROM scorecard_periods ORDER BY period_end DESC, cadence LIMIT :limit"
+        ),
+        {"limit": limit},
+    )
+    return [IssuedScorecard.model_validate(row._asdict()) for row in rows]
+
+
+async def leads_by_source(connection: AsyncConnection, scope: Scope) -> dict[str, int]:
+    """Leads first seen in the range, by the source that brought them."""
+    rows = await connection.execute(
+        text(
+            "SELECT coalesce(d.source, '(unknown)') AS source, count(*) AS n FROM report_leads d "
+            "WHERE d.first_seen_at >= :since AND d.first_seen_at < :until GROUP BY 1"
+        ),
+        scope.params(),
+    )
+    return {row.source: int(row.n) for row in rows}
+
+
+async def mqls_by_source(connection: AsyncConnection, scope: Scope) -> dict[str, int]:
+    """Distinct leads qualified in the range, by source."""
+    rows = await connection.execute(
+        text(
+            "SELECT coalesce(d.source, '(unknown)') AS source, count(DISTINCT f.lead_id) AS n FROM report_facts f "
+            "LEFT JOIN report_leads d USING (lead_id) WHERE f.kind = 'LeadQualifiedV1' "
+            "AND f.occurred_at >= :since AND f.occurred_at < :until AND " + SLICE + " GROUP BY 1"
+        ),
+        scope.params(),
+    )
+    return {row.source: int(row.n) for row in rows}
+
+
+async def last_issued_start(connection: AsyncConnection, cadence: Cadence) -> datetime | None:
+    value: datetime | None = await connection.scalar(
+        text("SELECT max(period_start) FROM scorecard_periods WHERE cadence = :cadence"), {"cadence": cadence}
+    )
+    return value
+
+
+async def store_scorecard(
+    connection: AsyncConnection, card: ScorecardIssuedV1, period: ScorecardPeriod, now: datetime
+) -> bool:
+    """The period's row, once: false when another instance (or an earlier run) already stored it."""
+    inserted = await connection.scalar(
+        text(
+            "INSERT INTO scorecard_periods (cadence, period_start, period_end, label, event_id, "
+            "agreement_version, issued_at, scorecard) VALUES (:cadence, :start, :end, :label, :event_id, "
+            ":version, :now, CAST(:card AS jsonb)) ON CONFLICT DO NOTHING RETURNING 1"
+        ),
+        {
+            "cadence": period.cadence,
+            "start": period.start,
+            "end": period.end,
+            "label": period.label,
+            "event_id": card.event_id,
+            "version": card.agreement_version,
+            "now": now,
+            "card": card.model_dump_json(),
+        },
+    )
+    return inserted is not None
+
+
+async def store_fact(connection: AsyncConnection, event: Event, now: datetime) -> None:
+    """Once per fact: a redelivery hits the primary key and changes nothing."""
+    await connection.execute(
+        insert(table("report_facts"))
+        .values(
+            event_id=event.event_id,
+            kind=type(event).__name__,
+            lead_id=event.lead_id,
+            occurred_at=event.occurred_at,
+            agreement_version=getattr(event, "agreement_version", None),
+            payload=event.model_dump(mode="json"),
+            recorded_at=now,
+        )
+        .on_conflict_do_nothing(index_elements=["event_id", "occurred_at"])
+    )
+
+
+async def remember_lead(connection: AsyncConnection, event: LeadReceivedV1 | LeadQualifiedV1) -> None:
+    """First touch wins: a lead keeps the source and campaign it arrived with. Topics are not
+    ordered with each other, so a qualification may be seen before the event that caused it."""
+    await connection.execute(
+        text(
+            "INSERT INTO report_leads (lead_id, first_seen_at, source, campaign, persona) "
+            "VALUES (:lead_id, :at, :source, :campaign, :persona) ON CONFLICT (lead_id) DO UPDATE SET "
+            "source = CASE WHEN excluded.first_seen_at < report_leads.first_seen_at "
+            "THEN excluded.source ELSE report_leads.source END, "
+            "campaign = CASE WHEN excluded.first_seen_at < report_leads.first_seen_at "
+            "THEN coalesce(excluded.campaign, report_leads.campaign) "
+            "ELSE coalesce(report_leads.campaign, excluded.campaign) END, "
+            "persona = coalesce(excluded.persona, report_leads.persona), "
+            "first_seen_at = least(report_leads.first_seen_at, excluded.first_seen_at)"
+        ),
+        {
+            "lead_id": event.lead_id,
+            "at": event.occurred_at,
+            "source": event.source,
+            "campaign": event.attributes.campaign,
+            "persona": getattr(event, "persona", None),
+        },
+    )

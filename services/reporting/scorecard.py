@@ -12,45 +12,29 @@ import asyncio
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
 from zoneinfo import ZoneInfo
 
-import orjson
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coxswain.core.agreement import Agreement
-from coxswain.core.scorecard import Cadence, Figures, Latency, Period, periods_due, scorecard
+from coxswain.core.scorecard import Figures, Latency, Period, periods_due, scorecard
 from coxswain.runtime import outages, outbox
 from coxswain.runtime.waiting import sleep_or_stop
 from coxswain.settings import ReportingConfig
 from schemas.events import ScorecardIssuedV1
 from services.reporting import queries
-from services.reporting.queries import SLICE, Scope
+from services.reporting.models import Attainment, Percentiles
+from services.reporting.queries import Scope
 
 log = logging.getLogger(__name__)
 
 
-def _latency(figures: dict[str, Any]) -> Latency:
-    return Latency(
-        count=int(figures["count"]), p50=figures["p50"], p90=figures["p90"], p95=figures["p95"], p99=figures["p99"]
-    )
+def _latency(figures: Percentiles) -> Latency:
+    return Latency(count=figures.count, p50=figures.p50, p90=figures.p90, p95=figures.p95, p99=figures.p99)
 
 
-def _counts(section: dict[str, dict[str, Any]]) -> dict[str, tuple[int, int]]:
-    return {key: (int(c["met"]), int(c["breached"])) for key, c in section.items()}
-
-
-async def _by_source(connection: AsyncConnection, scope: Scope, kind: str) -> dict[str, int]:
-    sql = (
-        "SELECT coalesce(d.source, '(unknown)') AS source, count(*) AS n FROM report_leads d "
-        "WHERE d.first_seen_at >= :since AND d.first_seen_at < :until GROUP BY 1"
-        if kind == "leads"
-        else "SELECT coalesce(d.source, '(unknown)') AS source, count(DISTINCT f.lead_id) AS n FROM report_facts f "
-        "LEFT JOIN report_leads d USING (lead_id) WHERE f.kind = 'LeadQualifiedV1' "
-        "AND f.occurred_at >= :since AND f.occurred_at < :until AND " + SLICE + " GROUP BY 1"
-    )
-    return {row.source: int(row.n) for row in await connection.execute(text(sql), scope.params())}
+def _counts(section: dict[str, Attainment]) -> dict[str, tuple[int, int]]:
+    return {key: (c.met, c.breached) for key, c in section.items()}
 
 
 async def figures(connection: AsyncConnection, start: datetime, end: datetime, timezone: str) -> Figures:
@@ -60,17 +44,17 @@ async def figures(connection: AsyncConnection, start: datetime, end: datetime, t
     speed = await queries.speed_to_lead(connection, scope)
     rejections = await queries.sal_rejections(connection, scope)
     return Figures(
-        sla_by_rep=_counts(sla["by_rep"]),
-        sla_by_team=_counts(sla["by_team"]),
-        sla_by_tier=_counts(sla["by_tier"]),
-        routed=int(speed["routed"]),
-        untouched=int(speed["untouched"]),
-        system_seconds=_latency(speed["system_seconds"]),
-        human_seconds=_latency(speed["human_seconds"]),
-        sal_accepted=int(rejections["accepted"]),
-        sal_rejections={r["reason"]: int(r["count"]) for r in rejections["reasons"]},
-        leads_by_source=await _by_source(connection, scope, "leads"),
-        mqls_by_source=await _by_source(connection, scope, "mqls"),
+        sla_by_rep=_counts(sla.by_rep),
+        sla_by_team=_counts(sla.by_team),
+        sla_by_tier=_counts(sla.by_tier),
+        routed=speed.routed,
+        untouched=speed.untouched,
+        system_seconds=_latency(speed.system_seconds),
+        human_seconds=_latency(speed.human_seconds),
+        sal_accepted=rejections.accepted,
+        sal_rejections={r.reason: r.count for r in rejections.reasons},
+        leads_by_source=await queries.leads_by_source(connection, scope),
+        mqls_by_source=await queries.mqls_by_source(connection, scope),
         mqls=await queries.mql_count(connection, scope, start, end),
     )
 
@@ -81,35 +65,12 @@ async def compose(
     return scorecard(await figures(connection, period.start, period.end, timezone), agreement, period, timezone, now)
 
 
-async def last_issued_start(connection: AsyncConnection, cadence: Cadence) -> datetime | None:
-    value: datetime | None = await connection.scalar(
-        text("SELECT max(period_start) FROM scorecard_periods WHERE cadence = :c"), {"c": cadence}
-    )
-    return value
-
-
 async def issue(engine: AsyncEngine, agreement: Agreement, period: Period, timezone: str, now: datetime) -> bool:
     """Issue one period; false when another instance (or an earlier run) already did."""
     async with engine.begin() as connection:
         card = await compose(connection, agreement, period, timezone, now)
-        inserted = await connection.scalar(
-            text(
-                "INSERT INTO scorecard_periods (cadence, period_start, period_end, label, event_id, "
-                "agreement_version, issued_at, scorecard) VALUES (:cadence, :start, :end, :label, :event_id, "
-                ":version, :now, CAST(:card AS jsonb)) ON CONFLICT DO NOTHING RETURNING 1"
-            ),
-            {
-                "cadence": period.cadence,
-                "start": period.start,
-                "end": period.end,
-                "label": period.label,
-                "event_id": card.event_id,
-                "version": agreement.version,
-                "now": now,
-                "card": card.model_dump_json(),
-            },
-        )
-        if inserted is None:
+        inserted = await queries.store_scorecard(connection, card, period, now)
+        if not inserted:
             return False
         await outbox.stage(connection, [card], now)
     log.info(
@@ -127,7 +88,7 @@ async def issue_due(engine: AsyncEngine, agreement: Agreement, config: Reporting
     """Every period due now that this call issued (not those another instance got to first)."""
     zone = ZoneInfo(config.reporting_timezone)
     async with engine.connect() as connection:
-        last = await last_issued_start(connection, config.scorecard_cadence)
+        last = await queries.last_issued_start(connection, config.scorecard_cadence)
     due = periods_due(
         config.scorecard_cadence,
         zone,
@@ -171,46 +132,3 @@ async def run(
                 extra=outages.about(exc),
             )
         await sleep_or_stop(stop, config.scorecard_check_seconds)
-
-
-async def stored(connection: AsyncConnection, label: str | None) -> dict[str, Any] | None:
-    """An issued scorecard by its period name, or the latest one."""
-    if label is None:
-        row = (
-            await connection.execute(
-                text("SELECT scorecard FROM scorecard_periods ORDER BY period_end DESC, cadence LIMIT 1")
-            )
-        ).first()
-    else:
-        row = (
-            await connection.execute(text("SELECT scorecard FROM scorecard_periods WHERE label = :l"), {"l": label})
-        ).first()
-    if row is None:
-        return None
-    card: dict[str, Any] = row.scorecard if isinstance(row.scorecard, dict) else orjson.loads(row.scorecard)
-    return card
-
-
-async def issued(connection: AsyncConnection, limit: int = 104) -> list[dict[str, Any]]:
-    """The latest issued periods, newest first: name, bounds and both verdicts."""
-    rows = await connection.execute(
-        text(
-            "SELECT cadence, label, period_start, period_end, issued_at, agreement_version, "
-            "scorecard->'sales'->>'verdict' AS sales, scorecard->'marketing'->>'verdict' AS marketing "
-            "FROM scorecard_periods ORDER BY period_end DESC, cadence LIMIT :n"
-        ),
-        {"n": limit},
-    )
-    return [
-        {
-            "cadence": row.cadence,
-            "period": row.label,
-            "period_start": row.period_start.isoformat(),
-            "period_end": row.period_end.isoformat(),
-            "issued_at": row.issued_at.isoformat(),
-            "agreement_version": row.agreement_version,
-            "sales": row.sales,
-            "marketing": row.marketing,
-        }
-        for row in rows
-    ]
