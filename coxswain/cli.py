@@ -506,6 +506,36 @@ def demo_traffic(
         )
 
 
+@demo_app.command("crm")
+def demo_crm(
+    kind: Annotated[str, typer.Argument(help="hubspot or salesforce")],
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8093,
+    token: Annotated[str, typer.Option(envvar="COXSWAIN_DEMO_CRM_TOKEN", help="The Bearer token it accepts")] = "",
+    webhook_url: Annotated[
+        str | None, typer.Option(help="HubSpot: where logged calls are posted (intake's /hubspot/crm-events)")
+    ] = None,
+    webhook_secret: Annotated[
+        str | None, typer.Option(envvar="COXSWAIN_DEMO_HUBSPOT_CLIENT_SECRET", help="HubSpot: the app's client secret")
+    ] = None,
+) -> None:
+    """A local HubSpot or Salesforce (the API subset crm-sync and intake use, in memory) whose owners /
+    users are the reps' crm ids in COXSWAIN_AGREEMENT_FILE; GET /demo/records lists what it holds."""
+    from coxswain.core.agreement import load_agreement
+    from coxswain.core.crm_sync import owner_ids
+    from coxswain.demo_crm.serving import serve_until_stopped
+    from coxswain.settings import AgreementConfig
+
+    if kind not in ("hubspot", "salesforce"):
+        typer.echo(f"unknown CRM {kind!r}: hubspot or salesforce", err=True)
+        raise typer.Exit(2)
+    if not token:
+        typer.echo("a token is needed: --token or COXSWAIN_DEMO_CRM_TOKEN", err=True)
+        raise typer.Exit(2)
+    _logging()
+    owners = set(owner_ids(load_agreement(AgreementConfig().agreement_file), kind))  # type: ignore[arg-type]
+    asyncio.run(serve_until_stopped(kind, owners, token, port, webhook_url, webhook_secret))
+
+
 @demo_app.command("tail")
 def demo_tail(
     topics: Annotated[list[str] | None, typer.Argument(help="Topics to follow")] = None,

@@ -25,18 +25,19 @@ from aiokafka import AIOKafkaProducer
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from coxswain.demo_crm import hubspot as fake_hubspot
+from coxswain.demo_crm import salesforce as fake_salesforce
+from coxswain.demo_crm.hubspot import TOKEN, FakeHubSpot
+from coxswain.demo_crm.salesforce import TOKEN as SALESFORCE_TOKEN
+from coxswain.demo_crm.salesforce import FakeSalesforce
 from coxswain.runtime.kafka import connection_options
 from coxswain.settings import KafkaConfig
 from schemas.codec import encode
 from schemas.events import Event
 from services.crm_sync import service as crm_sync
 from tests.integration.test_routing_router import start_group_at_end
-from tests.support import fake_hubspot, fake_salesforce
 from tests.support.databases import fresh_database
 from tests.support.facts import routed_fact
-from tests.support.fake_hubspot import TOKEN, FakeHubSpot
-from tests.support.fake_salesforce import TOKEN as SALESFORCE_TOKEN
-from tests.support.fake_salesforce import FakeSalesforce
 from tests.support.stack import ServiceProcess
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

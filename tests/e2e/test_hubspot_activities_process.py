@@ -13,9 +13,9 @@ import orjson
 import pytest
 import pytest_asyncio
 
+from coxswain.demo_crm import hubspot as fake_hubspot
+from coxswain.demo_crm.hubspot import TOKEN, FakeHubSpot
 from services.intake.adapters.hubspot import sign_v3
-from tests.support import fake_hubspot
-from tests.support.fake_hubspot import TOKEN, FakeHubSpot
 from tests.support.stack import Stack, TopicWatcher, for_lead, post_signed
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

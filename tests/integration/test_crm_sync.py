@@ -1,4 +1,4 @@
-"""crm-sync against real PostgreSQL and Kafka and a local HubSpot (tests/support/fake_hubspot.py):
+"""crm-sync against real PostgreSQL and Kafka and a local HubSpot (coxswain/demo_crm/hubspot.py):
 one owner update and one task per assignment, also across a redelivery and a crash before our
 commit; a reassignment moves the owner and leaves one open task; a 429's Retry-After is waited
 out; a HubSpot that keeps failing sends the record to the dead-letter topic with the reason; a
@@ -23,14 +23,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coxswain.core.agreement import Agreement, parse_agreement
 from coxswain.db.database import create_engine
+from coxswain.demo_crm import hubspot as fake_hubspot
+from coxswain.demo_crm.hubspot import TOKEN, FakeHubSpot
 from coxswain.runtime.consumer import Unavailable
 from coxswain.settings import CrmSyncConfig, DatabaseConfig
 from schemas.events import LeadMergedV1, LeadRoutedV1, LeadStageChangedV1, Stage
 from services.crm_sync import service as crm_sync
 from services.crm_sync.hubspot import HubSpotClient
-from tests.support import crm_connector, fake_hubspot
+from tests.support import crm_connector
 from tests.support.facts import routed_fact
-from tests.support.fake_hubspot import TOKEN, FakeHubSpot
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

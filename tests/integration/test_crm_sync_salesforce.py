@@ -1,5 +1,5 @@
 """crm-sync for Salesforce against real PostgreSQL and Kafka and a local Salesforce
-(tests/support/fake_salesforce.py): one OwnerId update and one Task per assignment, also across a
+(coxswain/demo_crm/salesforce.py): one OwnerId update and one Task per assignment, also across a
 redelivery and a crash before our commit; a reassignment moves the owner and leaves one open Task;
 a 429's Retry-After and a 403 REQUEST_LIMIT_EXCEEDED are waited out; an outage delays the write
 and loses nothing; Leads upserted on an external-id field; a token renewed by the
@@ -23,6 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coxswain.core.agreement import Agreement, parse_agreement
 from coxswain.db.database import create_engine
+from coxswain.demo_crm import salesforce as fake_salesforce
+from coxswain.demo_crm.salesforce import CLIENT_ID, CLIENT_SECRET, TOKEN, FakeSalesforce
 from coxswain.runtime.consumer import Unavailable
 from coxswain.settings import CrmSyncConfig, DatabaseConfig
 from schemas.events import ActivityRecordedV1, LeadStageChangedV1, Stage
@@ -30,8 +32,7 @@ from services.crm_sync import service as crm_sync
 from services.crm_sync.poller import SalesforcePoller
 from services.crm_sync.salesforce import SalesforceClient
 from tests.integration.test_crm_sync import NOW, new_lead, routed, scalar
-from tests.support import crm_connector, fake_salesforce
-from tests.support.fake_salesforce import CLIENT_ID, CLIENT_SECRET, TOKEN, FakeSalesforce
+from tests.support import crm_connector
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

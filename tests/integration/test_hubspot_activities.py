@@ -1,5 +1,5 @@
 """HubSpot webhook subscriptions through intake to crm.activities.v1, on real PostgreSQL and Kafka,
-with HubSpot's API served by the local fake (tests/support/fake_hubspot.py)."""
+with HubSpot's API served by the local fake (coxswain/demo_crm/hubspot.py)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ from chaos.topics import read_all
 from coxswain.core.agreement import Agreement, parse_agreement
 from coxswain.core.identity import email_key, source_key
 from coxswain.db.database import create_engine
+from coxswain.demo_crm import hubspot as fake_hubspot
+from coxswain.demo_crm.hubspot import TOKEN, FakeHubSpot
 from coxswain.runtime.kafka import Publisher
 from coxswain.runtime.outbox import OutboxRelay
 from coxswain.settings import DatabaseConfig, HubSpotActivitiesConfig, IntakeConfig, KafkaConfig, SendersConfig
@@ -29,8 +31,6 @@ from schemas.events import ActivityRecordedV1, ActivityType
 from services.intake import hubspot_activities
 from services.intake.adapters.hubspot import sign_v3
 from services.intake.app import create_app
-from tests.support import fake_hubspot
-from tests.support.fake_hubspot import TOKEN, FakeHubSpot
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

@@ -1,6 +1,6 @@
-"""A local Salesforce for the connector's tests: the REST API resources crm-sync calls, with
-Salesforce's documented request and response shapes, served over real HTTP (uvicorn on a free
-port) so the real client code runs against it.
+"""A local Salesforce: the REST API resources crm-sync calls, with Salesforce's documented
+request and response shapes, served over real HTTP (uvicorn) so the real client code runs against
+it, in the tests (on a free port) and in ``make run`` (``coxswain demo crm salesforce``).
 
 Served, under ``/services/data/vXX.X``:
 
@@ -24,6 +24,9 @@ token is ``401 INVALID_SESSION_ID``. Every answer carries ``Sforce-Limit-Info: a
 Faults are injected per request (a status with headers and an errorCode, for the next n requests
 matching a path), or for a stretch of time (:meth:`FakeSalesforce.down_for`). Every request is
 logged with its arrival time (``time.monotonic``).
+
+``GET /demo/records`` (no token) lists the Leads with their owner, the owners written to them by
+the API and their Tasks (subject, owner, status, subtype, due date).
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
-from tests.support.fake_hubspot import served
+from coxswain.demo_crm.serving import served
 
 TOKEN = "00Dxx0000001gPL!AQ4AQFakeAccessToken"
 CLIENT_ID = "3MVG9fake.consumer.key"
@@ -111,15 +114,17 @@ def errors(status: int, code: str, message: str, fields: list[str] | None = None
 
 
 class FakeSalesforce:
-    def __init__(self, users: set[str]) -> None:
+    def __init__(self, users: set[str], token: str = TOKEN) -> None:
         self.users = users
+        # OwnerId values written through the API, per record id.
+        self.owner_writes: dict[str, list[str]] = {}
         self.records: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in FIELDS}
         # Custom fields the org has (the connector's idempotency field, external ids).
         self.custom: dict[str, set[str]] = {"Lead": {"Coxswain_Lead_Id__c"}, "Task": {"Coxswain_Assignment_Id__c"}}
         self.external_ids: dict[str, set[str]] = {"Lead": {"Coxswain_Lead_Id__c"}}
         self.faults: list[Fault] = []
         self.seen: list[Seen] = []
-        self.token = TOKEN
+        self.token = token
         self.batch_size = 2000
         self.api_used, self.api_limit = 0, 100_000
         self._down_until = -1.0
@@ -247,6 +252,8 @@ class FakeSalesforce:
             arrived = time.monotonic()
             response: Any
             path = request.url.path
+            if path.startswith("/demo/"):
+                return await call_next(request)
             if (fault := self._fault(path)) is not None:
                 code = fault.code or {429: "REQUEST_LIMIT_EXCEEDED", 503: "SERVER_UNAVAILABLE"}.get(
                     fault.status, "UNKNOWN_EXCEPTION"
@@ -285,6 +292,10 @@ class FakeSalesforce:
                 "issued_at": str(int(time.time() * 1000)),
             }
 
+        @app.get("/demo/records")
+        async def records() -> Any:
+            return self.listing()
+
         @app.get(base + "/query")
         async def query(version: str, q: str = "") -> Any:
             try:
@@ -322,6 +333,7 @@ class FakeSalesforce:
                 return problem
             record = self._new(sobject, fields)
             self.records[sobject][record["Id"]] = record
+            self._owner_written(record["Id"], fields)
             return JSONResponse({"id": record["Id"], "success": True, "errors": []}, status_code=201)
 
         @app.patch(base + "/sobjects/{sobject}/{record_id}")
@@ -333,6 +345,7 @@ class FakeSalesforce:
             if (problem := self._invalid(sobject, fields, creating=False)) is not None:
                 return problem
             self.change(sobject, record_id, **fields)
+            self._owner_written(record_id, fields)
             return Response(status_code=204)
 
         @app.get(base + "/sobjects/{sobject}/{field_name}/{value}")
@@ -361,12 +374,46 @@ class FakeSalesforce:
                 return problem
             if matches:
                 self.change(sobject, matches[0]["Id"], **fields)
+                self._owner_written(matches[0]["Id"], fields)
                 return JSONResponse({"id": matches[0]["Id"], "success": True, "errors": [], "created": False}, 200)
             record = self._new(sobject, {**fields, field_name: value})
             self.records[sobject][record["Id"]] = record
+            self._owner_written(record["Id"], fields)
             return JSONResponse({"id": record["Id"], "success": True, "errors": [], "created": True}, 201)
 
         return app
+
+    def _owner_written(self, record_id: str, fields: dict[str, Any]) -> None:
+        if "OwnerId" in fields:
+            self.owner_writes.setdefault(record_id, []).append(str(fields["OwnerId"]))
+
+    def listing(self) -> dict[str, Any]:
+        """What a user looks at: each Lead with its owner, the owners written to it and its Tasks."""
+        leads = []
+        for lead in self.records["Lead"].values():
+            tasks = [
+                {
+                    "id": task["Id"],
+                    "subject": task.get("Subject"),
+                    "owner": task.get("OwnerId"),
+                    "status": task.get("Status"),
+                    "subtype": task.get("TaskSubtype"),
+                    "due": task.get("ActivityDate"),
+                }
+                for task in self.tasks_of(lead["Id"])
+            ]
+            leads.append(
+                {
+                    "id": lead["Id"],
+                    "email": lead.get("Email"),
+                    "owner": lead.get("OwnerId"),
+                    "owners_written": self.owner_writes.get(lead["Id"], []),
+                    "status": lead.get("Status"),
+                    "tasks": tasks,
+                }
+            )
+        leads.reverse()  # newest first
+        return {"crm": "salesforce", "leads": leads}
 
     def _page(self, version: str, rows: list[dict[str, Any]], offset: int, cursor: str | None = None) -> Any:
         end = offset + self.batch_size
@@ -567,8 +614,10 @@ def _compare(have: Any, op: str, want: Any) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def serving(users: set[str]) -> AsyncIterator[FakeSalesforce]:
-    """A fake Salesforce on a free port of 127.0.0.1 for the duration of the block."""
-    fake = FakeSalesforce(users)
-    async with served(fake.app) as fake.port:
+async def serving(
+    users: set[str], token: str = TOKEN, port: int = 0, host: str = "127.0.0.1"
+) -> AsyncIterator[FakeSalesforce]:
+    """A local Salesforce on ``port`` (0: a free one) for the duration of the block."""
+    fake = FakeSalesforce(users, token)
+    async with served(fake.app, port, host) as fake.port:
         yield fake
