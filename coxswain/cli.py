@@ -488,10 +488,20 @@ def demo_traffic(
     crm_source: Annotated[str, typer.Option(help="Source the scripted CRM posts activities as")] = "crm",
     campaign: Annotated[str | None, typer.Option(help="One campaign for every lead (default: a mix)")] = None,
     settle: Annotated[float, typer.Option(min=0, help="With COUNT: end after this long without a routing")] = 15.0,
+    hubspot_url: Annotated[
+        str | None, typer.Option(help="A local HubSpot (`coxswain demo crm hubspot`) reps log first calls in")
+    ] = None,
+    salesforce_url: Annotated[
+        str | None, typer.Option(help="A local Salesforce (`coxswain demo crm salesforce`) reps log first calls in")
+    ] = None,
+    crm_token: Annotated[str, typer.Option(envvar="COXSWAIN_DEMO_CRM_TOKEN", help="The local CRMs' token")] = "",
+    crm_share: Annotated[
+        float, typer.Option(min=0, max=0.5, help="Share of routed leads whose first touch is a call in each CRM")
+    ] = 0.35,
 ) -> None:
     """Post signed demo leads; a scripted CRM has the assigned reps touch most in time, some late and
     some never, accept or reject them, and win or lose a few deals. Runs until stopped or COUNT."""
-    from coxswain.demo import Mix, run_traffic
+    from coxswain.demo import Mix, crm_links, run_traffic
     from coxswain.progress import progress
 
     _logging()
@@ -500,9 +510,12 @@ def demo_traffic(
     except ValueError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
+    links = crm_links(crm_token, hubspot_url, salesforce_url, crm_share)
     with progress("demo leads", total=count or None) as advance:
         asyncio.run(
-            run_traffic(url, source, secret, rate, count, mix, seed, crm_source, campaign, settle, on_sent=advance)
+            run_traffic(
+                url, source, secret, rate, count, mix, seed, crm_source, campaign, settle, on_sent=advance, links=links
+            )
         )
 
 
@@ -521,7 +534,7 @@ def demo_crm(
     """A local HubSpot or Salesforce (the API subset crm-sync and intake use, in memory) whose owners /
     users are the reps' crm ids in COXSWAIN_AGREEMENT_FILE; GET /demo/records lists what it holds."""
     from coxswain.core.agreement import load_agreement
-    from coxswain.core.crm_sync import owner_ids
+    from coxswain.core.crm_sync import CrmKind, owner_ids
     from coxswain.demo_crm.serving import serve_until_stopped
     from coxswain.settings import AgreementConfig
 
@@ -532,7 +545,8 @@ def demo_crm(
         typer.echo("a token is needed: --token or COXSWAIN_DEMO_CRM_TOKEN", err=True)
         raise typer.Exit(2)
     _logging()
-    owners = set(owner_ids(load_agreement(AgreementConfig().agreement_file), kind))  # type: ignore[arg-type]
+    crm: CrmKind = "hubspot" if kind == "hubspot" else "salesforce"
+    owners = set(owner_ids(load_agreement(AgreementConfig().agreement_file), crm).values())
     asyncio.run(serve_until_stopped(kind, owners, token, port, webhook_url, webhook_secret))
 
 

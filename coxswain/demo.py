@@ -7,6 +7,13 @@ time, some only after the deadline (a breach, then a late touch), some never; to
 accepted or rejected with one of the agreement's reasons, and some accepted ones become
 opportunities that are won or lost. Delays are shares of each lead's own deadline, so the same
 script fits an agreement with 5-minute deadlines and a test agreement with 4-second ones.
+
+With local CRMs (:class:`CrmLinks`, ``make run``), the first touch of a share of the leads goes
+through a CRM as a rep's would: the rep waits until crm-sync has made them the owner of the lead's
+contact (HubSpot) or Lead (Salesforce), then logs a call there: in HubSpot a call engagement, which
+the local HubSpot posts to intake as a signed webhook; in Salesforce a completed Task of subtype
+Call, which crm-sync's poller reads back. The other steps (SAL accept / reject, opportunity, won /
+lost) and the other leads' touches are posted to intake's generic activities endpoint.
 """
 
 from __future__ import annotations
@@ -39,6 +46,9 @@ FALLBACK_REASONS = ("no-budget", "bad-timing", "wrong-person")
 ROUTED_TOPIC = "leads.routed.v1"
 # Even a lead with an hour to its deadline is touched within this many seconds in the demo.
 MOST_DELAY_SECONDS = 90.0
+# How long a rep waits for crm-sync to make them the owner in the CRM before touching through intake.
+OWNER_WAIT_SECONDS = 30.0
+SALESFORCE_API = "/services/data/v60.0"
 
 
 def demo_lead(rng: random.Random, index: int, campaign: str | None = None, run: str = "") -> dict[str, Any]:
@@ -120,6 +130,45 @@ def plan_for(rng: random.Random, allowed: float, mix: Mix, reasons: tuple[str, .
     return steps
 
 
+@dataclass(frozen=True)
+class CrmLinks:
+    """The local CRMs the scripted reps log their first calls in, and who each rep is there."""
+
+    token: str
+    hubspot_url: str | None = None
+    salesforce_url: str | None = None
+    share: float = 0.35  # of routed leads, per CRM
+    owners: dict[str, str] = field(default_factory=dict)  # rep id -> HubSpot owner id
+    users: dict[str, str] = field(default_factory=dict)  # rep id -> Salesforce user id
+
+    def choose(self, rng: random.Random, rep_id: str) -> str:
+        """Where this lead's first touch is logged: hubspot, salesforce or intake."""
+        draw = rng.random()
+        if self.hubspot_url and rep_id in self.owners and draw < self.share:
+            return "hubspot"
+        if self.salesforce_url and rep_id in self.users and self.share <= draw < 2 * self.share:
+            return "salesforce"
+        return "intake"
+
+
+def crm_links(token: str, hubspot_url: str | None, salesforce_url: str | None, share: float) -> CrmLinks | None:
+    """The links with the reps' ids of the agreement in COXSWAIN_AGREEMENT_FILE (None without a CRM)."""
+    if not (hubspot_url or salesforce_url):
+        return None
+    from coxswain.core.agreement import load_agreement
+    from coxswain.core.crm_sync import owner_ids
+
+    agreement = load_agreement(AgreementConfig().agreement_file)
+    return CrmLinks(
+        token,
+        hubspot_url,
+        salesforce_url,
+        share,
+        owner_ids(agreement, "hubspot"),
+        owner_ids(agreement, "salesforce"),
+    )
+
+
 def agreement_reasons() -> tuple[str, ...]:
     """The SAL rejection codes of the agreement in COXSWAIN_AGREEMENT_FILE (others are dead-lettered)."""
     from coxswain.core.agreement import AgreementError, load_agreement
@@ -142,6 +191,9 @@ class Crm:
     rng: random.Random
     mix: Mix
     reasons: tuple[str, ...]
+    links: CrmLinks | None = None
+    emails: dict[str, str] = field(default_factory=dict)  # lead id -> the email it was posted with
+    through: dict[str, int] = field(default_factory=lambda: {"hubspot": 0, "salesforce": 0, "intake": 0})
     ours: set[str] = field(default_factory=set)
     progressed: set[str] = field(default_factory=set)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -196,14 +248,21 @@ class Crm:
         steps = plan_for(self.rng, allowed, self.mix, self.reasons, progress=lead_id not in self.progressed)
         if any(step.activity["activity"] != "first_touch" for step in steps):
             self.progressed.add(lead_id)
-        task = asyncio.create_task(self.play(lead_id, str(routed["rep_id"]), steps))
+        rep_id = str(routed["rep_id"])
+        via = self.links.choose(self.rng, rep_id) if self.links is not None else "intake"
+        task = asyncio.create_task(self.play(lead_id, rep_id, steps, via))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def play(self, lead_id: str, rep_id: str, steps: list[Step]) -> None:
+    async def play(self, lead_id: str, rep_id: str, steps: list[Step], via: str = "intake") -> None:
         started = time.monotonic()
         for step in steps:
             await asyncio.sleep(max(0.0, started + step.after - time.monotonic()))
+            if step.activity["activity"] == "first_touch":
+                if via != "intake" and await self.call_in_crm(via, lead_id, rep_id):
+                    self.through[via] += 1
+                    continue
+                self.through["intake"] += 1
             body = {"lead_id": lead_id, "rep_id": rep_id, **step.activity}
             try:
                 response = await post_signed(self.client, self.url, self.secret, body)
@@ -212,6 +271,96 @@ class Crm:
                 return
             if response.status_code != 202:
                 log.warning("demo activity rejected: status=%s body=%s", response.status_code, response.text[:200])
+
+    async def call_in_crm(self, via: str, lead_id: str, rep_id: str) -> bool:
+        """The rep logs a call on the lead in ``via`` once they own it there; False: not done."""
+        assert self.links is not None
+        email = self.emails.get(lead_id)
+        if email is None:
+            return False
+        try:
+            if via == "hubspot":
+                return await self._hubspot_call(email, self.links.owners[rep_id])
+            return await self._salesforce_call(email, self.links.users[rep_id])
+        except httpx.HTTPError as exc:
+            log.warning("demo call not logged in the crm: crm=%s error=%s", via, exc)
+            return False
+
+    async def _owned(self, find: Callable[[], Any], owner: str) -> str | None:
+        """The id of the record ``find`` reads once ``owner`` owns it (crm-sync writes it), or None."""
+        deadline = time.monotonic() + OWNER_WAIT_SECONDS
+        while time.monotonic() < deadline:
+            found = await find()
+            if found is not None and found[1] == owner:
+                return str(found[0])
+            await asyncio.sleep(0.5)
+        log.info("demo rep not the owner in the crm in time; touching through intake: owner=%s", owner)
+        return None
+
+    async def _hubspot_call(self, email: str, owner: str) -> bool:
+        assert self.links is not None and self.links.hubspot_url is not None
+        url, headers = self.links.hubspot_url, {"Authorization": f"Bearer {self.links.token}"}
+
+        async def contact() -> tuple[str, str] | None:
+            query = {
+                "filterGroups": [{"filters": [{"propertyName": "email", "operator": "EQ", "value": email}]}],
+                "properties": ["email", "hubspot_owner_id"],
+                "limit": 1,
+            }
+            response = await self.client.post(f"{url}/crm/v3/objects/contacts/search", json=query, headers=headers)
+            response.raise_for_status()
+            results = response.json()["results"]
+            return (results[0]["id"], results[0]["properties"].get("hubspot_owner_id")) if results else None
+
+        contact_id = await self._owned(contact, owner)
+        if contact_id is None:
+            return False
+        call = {
+            "properties": {
+                "hs_timestamp": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                "hubspot_owner_id": owner,
+                "hs_call_direction": "OUTBOUND",
+                "hs_call_status": "COMPLETED",
+                "hs_call_title": "First call",
+            },
+            "associations": [
+                {
+                    "to": {"id": contact_id},
+                    "types": [{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 194}],
+                }
+            ],
+        }
+        response = await self.client.post(f"{url}/crm/v3/objects/calls", json=call, headers=headers)
+        response.raise_for_status()
+        return True
+
+    async def _salesforce_call(self, email: str, user: str) -> bool:
+        assert self.links is not None and self.links.salesforce_url is not None
+        url, headers = self.links.salesforce_url + SALESFORCE_API, {"Authorization": f"Bearer {self.links.token}"}
+        literal = "'" + email.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+        async def lead() -> tuple[str, str] | None:
+            soql = f"SELECT Id, OwnerId FROM Lead WHERE Email = {literal}"
+            response = await self.client.get(f"{url}/query", params={"q": soql}, headers=headers)
+            response.raise_for_status()
+            records = response.json()["records"]
+            return (records[0]["Id"], records[0]["OwnerId"]) if records else None
+
+        lead_id = await self._owned(lead, user)
+        if lead_id is None:
+            return False
+        # "Log a Call": a Task of subtype Call, completed when it is made.
+        task = {
+            "WhoId": lead_id,
+            "OwnerId": user,
+            "Subject": "Call",
+            "TaskSubtype": "Call",
+            "Status": "Completed",
+            "ActivityDate": datetime.now(UTC).date().isoformat(),
+        }
+        response = await self.client.post(f"{url}/sobjects/Task", json=task, headers=headers)
+        response.raise_for_status()
+        return True
 
 
 async def run_traffic(
@@ -227,6 +376,7 @@ async def run_traffic(
     settle: float = 15.0,
     linger: float = 900.0,
     on_sent: Callable[[float], None] | None = None,
+    links: CrmLinks | None = None,
 ) -> dict[str, int]:
     """Post leads until COUNT (0: until stopped), with the scripted CRM acting on the routed ones.
 
@@ -245,6 +395,7 @@ async def run_traffic(
             random.Random(seed + 1),
             mix,
             agreement_reasons(),
+            links,
         )
         ready, stop = asyncio.Event(), asyncio.Event()
         follower = asyncio.create_task(crm.follow(ready, stop))
@@ -263,7 +414,9 @@ async def run_traffic(
                 if response.status_code != 202:
                     log.warning("demo lead rejected: status=%s body=%s", response.status_code, response.text[:200])
                 else:
-                    crm.ours.update(str(e["lead_id"]) for e in response.json()["events"])
+                    leads = [str(e["lead_id"]) for e in response.json()["events"]]
+                    crm.ours.update(leads)
+                    crm.emails.update((lead, body["contact"]["email"]) for lead in leads)
                 await asyncio.sleep(1 / rate)
             done_sending = time.monotonic()
             while time.monotonic() - crm.last_routed < settle or crm.tasks:
@@ -276,8 +429,14 @@ async def run_traffic(
             await asyncio.gather(follower, return_exceptions=True)
             for task in list(crm.tasks):
                 task.cancel()
-    log.info("demo traffic done: sent=%s routed=%s", sent, crm.routed)
-    return {"sent": sent, "routed": crm.routed}
+    log.info(
+        "demo traffic done: sent=%s routed=%s touched_through_hubspot=%s touched_through_salesforce=%s",
+        sent,
+        crm.routed,
+        crm.through["hubspot"],
+        crm.through["salesforce"],
+    )
+    return {"sent": sent, "routed": crm.routed, **{f"through_{k}": v for k, v in crm.through.items()}}
 
 
 async def tail(topics: list[str]) -> None:

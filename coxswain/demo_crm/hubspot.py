@@ -395,6 +395,7 @@ class FakeHubSpot:
                 {
                     "id": contact["id"],
                     "email": properties.get("email"),
+                    "created": contact["createdAt"],
                     "owner": properties.get("hubspot_owner_id"),
                     "owners_written": contact.get("owners_written", []),
                     "tasks": tasks,

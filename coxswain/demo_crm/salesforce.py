@@ -406,6 +406,7 @@ class FakeSalesforce:
                 {
                     "id": lead["Id"],
                     "email": lead.get("Email"),
+                    "created": lead.get("CreatedDate"),
                     "owner": lead.get("OwnerId"),
                     "owners_written": self.owner_writes.get(lead["Id"], []),
                     "status": lead.get("Status"),
