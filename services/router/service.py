@@ -32,10 +32,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from coxswain.core.accounts import lead_domain, parent_domains
 from coxswain.core.agreement import Agreement
 from coxswain.core.capacity import RepLoad, after_release
-from coxswain.core.roster import RepOverride, Roster, RosterOverrides, build_roster
+from coxswain.core.roster import Roster, build_roster
 from coxswain.core.routing import Rotation, RoutingDecision, RoutingInput, Situation, route, select_pool
 from coxswain.core.sla import first_touch_due
 from coxswain.db.models import table
+from coxswain.db.roster import load_overrides, roster_revision
 from coxswain.runtime import outbox
 from coxswain.runtime.consumer import BatchHandler, Handler, PermanentError, one_at_a_time
 from coxswain.runtime.outages import about, is_connection_error
@@ -109,19 +110,9 @@ class RosterCache:
         return self._built[1]
 
 
-async def load_overrides(connection: AsyncConnection, revision: int) -> RosterOverrides:
-    reps = await connection.execute(text("SELECT rep_id, body FROM rep_overrides"))
-    members = await connection.execute(text("SELECT pool_id, rep_id, weight FROM pool_member_overrides"))
-    return RosterOverrides(
-        reps={row.rep_id: RepOverride.model_validate(row.body) for row in reps},
-        members={(row.pool_id, row.rep_id): row.weight for row in members},
-        revision=revision,
-    )
-
-
 async def begin_routing(connection: AsyncConnection) -> int:
     """The roster revision in force; the locks are taken per run by ``lock_for``."""
-    return int(await connection.scalar(text("SELECT revision FROM roster_revision WHERE id = 1")) or 0)
+    return await roster_revision(connection)
 
 
 def _domains(requests: Sequence[RouteRequest], agreement: Agreement) -> dict[str, int]:
