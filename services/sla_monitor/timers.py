@@ -26,7 +26,7 @@ from sqlalchemy import Row, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coxswain.core.agreement import Agreement
-from coxswain.core.sla import Clock, Timer, TimerKind, on_timer, timer_facts
+from coxswain.core.sla import EVERY_ASSIGNMENT, Clock, Timer, TimerKind, on_timer, timer_facts
 from coxswain.runtime import outages, outbox
 from coxswain.runtime.outages import is_connection_error
 from schemas.events import EscalationAction, Event, SlaEscalatedV1
@@ -76,12 +76,13 @@ async def claim(connection: AsyncConnection, now: datetime, limit: int) -> list[
 
 
 async def previous_owners(connection: AsyncConnection, lead_id: uuid.UUID) -> list[str]:
+    """The lead's reps newest first: one per assignment, read from the clock every assignment has."""
     rows = await connection.execute(
         text(
-            "SELECT rep_id FROM deadlines WHERE lead_id = :l AND milestone = 'first_touch' "
+            "SELECT rep_id FROM deadlines WHERE lead_id = :l AND milestone = :every "
             "ORDER BY started_at DESC NULLS LAST, armed_at DESC"
         ),
-        {"l": lead_id},
+        {"l": lead_id, "every": EVERY_ASSIGNMENT},
     )
     return [row.rep_id for row in rows]
 
