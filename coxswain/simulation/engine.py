@@ -598,7 +598,9 @@ class Engine:
             return  # another rep's touch: the owner's clock runs on (sla.credit)
         assignment.pending.clear()  # the response stops the clock and its ladder
         if assignment.sla == "breached":
+            # As the monitor: the credited rep is recorded on a clock breached earlier too.
             assignment.responded_at = min(event.occurred_at, self.clock or event.occurred_at)
+            assignment.responded_by = credited
             return  # breached earlier: the response only stops the ladder
         assignment.responded_at, assignment.responded_by = event.occurred_at, credited
         assignment.sla = "met" if event.occurred_at <= assignment.due else "breached"
