@@ -13,8 +13,10 @@ One ``Engine`` per agreement replays a sequence of intake events (``LeadReceived
   against the rotations, rep loads, accounts, the lead's holder and its domain's open leads,
   ``assign`` to apply a decision and build its fact, ``release`` on ``releases``'s rules (a
   releasing activity or stage change dated no earlier than the assignment);
-- SLA: the first-touch deadline (``first_touch_due``) is met when a response counted by the
-  agreement arrives by it, breached otherwise.
+- SLA: each assignment's first-touch clock goes through the monitor's own core transitions
+  (``coxswain.core.sla_clocks``): superseded (cancelled if armed) by the next assignment, which
+  carries on its ladder and its count of reassignments; met when a response counted by the
+  agreement and credited by ``sla.credit`` arrives by the deadline, breached otherwise.
 
 Processing is instantaneous in simulation: a lead is routed at the time of the fact that
 qualified it (live routing happens when the router processes that fact, a few milliseconds
@@ -37,7 +39,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from coxswain.core import routing_state
+from coxswain.core import routing_state, sla_clocks
 from coxswain.core.accounts import lead_domain
 from coxswain.core.agreement import Agreement
 from coxswain.core.capacity import RepLoad
@@ -61,15 +63,13 @@ from coxswain.core.sla import (
     FIRST_TOUCH,
     Clock,
     DeadlineStatus,
+    MilestonePlan,
     Timer,
     TimerKind,
-    carry_ladder,
-    counts_as_response,
-    credited_rep,
-    plan,
     timer_facts,
 )
 from coxswain.core.sla import on_timer as on_sla_timer
+from coxswain.core.sla_clocks import HeldClock
 from schemas.events import (
     ActivityAcceptedV1,
     ActivityRecordedV1,
@@ -442,15 +442,23 @@ class Engine:
             self._freed_by(held.rep_id)  # qualified again while still open: its load moved
         self._keep(after)
         previous = self.current.get(fact.lead_id)
-        before: Assignment | None = None
-        carried = False
-        if previous is not None:
-            if previous.sla == "armed" or previous.escalating:
-                before = previous  # the follow-up goes on in the new assignment (services/sla_monitor)
-                carried = previous.escalating
-            if previous.sla == "armed":
-                previous.sla = "cancelled"
+        # The SLA side, as the monitor's core decides it for the lead's first-touch clock: the
+        # previous clock is superseded (cancelled if armed), the new one continues its follow-up.
+        before: HeldClock | None = None
+        if previous is not None and not previous.superseded:
+            clock = self._held(previous)
+            if clock.can_change:
+                before = clock
+                superseded, _ = sla_clocks.supersede(clock, routed, now)
+                self._kept(previous, superseded)
             previous.superseded = True
+        escalation = bool(agreement.sla.policies[fact.tier].escalation)
+        if escalation:
+            first_touch = next(m for m in sla_clocks.routed_plan(agreement, routed) if m.milestone == FIRST_TOUCH)
+        else:
+            # No ladder: the breach is decided when the clock is next looked at (``finish``, a response).
+            first_touch = MilestonePlan(FIRST_TOUCH, now, routed.follow_up_due_at, "", ())
+        armed, _ = sla_clocks.new_clock(agreement, routed, first_touch, before, now)
         assignment = Assignment(
             lead_id=fact.lead_id,
             at=now,
@@ -463,40 +471,33 @@ class Engine:
             source=fact.source,
             due=routed.follow_up_due_at,
             decision_key=fact.event_id,
-            reassignments=(before.reassignments if before is not None else 0) + (request.replaces is not None),
-            paged=before.paged if before is not None else False,
+            reassignments=armed.clock.reassignments,
+            paged=armed.clock.paged,
         )
         self.results.assignments.append(assignment)
         self.current[fact.lead_id] = assignment
-        if agreement.sla.policies[fact.tier].escalation:
-            self._plan_ladder(assignment, before if carried else None)
-        elif before is not None:
-            before.pending.clear()
+        if escalation:
+            # The breach and the ladder (its own, or the one carried on), as the live monitor arms
+            # them; warnings change nothing here.
+            assert armed.plan is not None
+            assignment.pending = [timer for timer in armed.plan.timers if timer.kind is not TimerKind.warning]
+            for timer in assignment.pending:
+                self._seq += 1
+                heapq.heappush(self._sla_heap, (timer.due_at, _TIMER_RANK[timer.kind], self._seq, assignment, timer))
 
-    # ------------------------------------------------------------------ SLA ladders
-
-    def _plan_ladder(self, assignment: Assignment, before: Assignment | None) -> None:
-        """The breach and the ladder of a new assignment, as the live monitor arms them; ``before``,
-        the escalating clock it replaces, hands on its pending steps instead of a new ladder."""
-        (first_touch, *_) = plan(
-            self.agreement, assignment.tier, assignment.rep_id, assignment.pool_id, assignment.at, assignment.due
+    def _held(self, assignment: Assignment) -> HeldClock:
+        """The assignment's first-touch clock as the monitor holds it."""
+        return HeldClock(
+            self._clock(assignment),
+            assignment.at,
+            responded_at=assignment.responded_at,
+            responded_by=assignment.responded_by,
+            superseded_by=uuid.UUID(int=0) if assignment.superseded else None,
+            ladder=tuple(timer for timer in assignment.pending if timer.kind is TimerKind.escalation),
         )
-        timers = [timer for timer in first_touch.timers if timer.kind is not TimerKind.warning]
-        if before is not None:
-            rep = self.agreement.rep(assignment.rep_id)
-            manager = rep.manager if rep is not None else None
-            timers = [timer for timer in timers if timer.kind is not TimerKind.escalation]
-            timers += carry_ladder(before.pending, assignment.rep_id, manager, assignment.pool_id)
-            before.pending.clear()
-        assignment.pending = timers
-        for timer in timers:
-            self._seq += 1
-            heapq.heappush(self._sla_heap, (timer.due_at, _TIMER_RANK[timer.kind], self._seq, assignment, timer))
 
-    def _fire_sla(self, assignment: Assignment, timer: Timer) -> None:
-        """A breach or ladder step at its time, decided by the core as the live timer loop does."""
-        status = _STATUS[assignment.sla]
-        clock = Clock(
+    def _clock(self, assignment: Assignment) -> Clock:
+        return Clock(
             deadline_id=assignment.decision_key,
             lead_id=assignment.lead_id,
             assignment_id=assignment.decision_key,
@@ -505,11 +506,25 @@ class Engine:
             milestone=FIRST_TOUCH,
             tier=assignment.tier,
             due_at=assignment.due,
-            status=status,
+            status=_STATUS[assignment.sla],
             responded=assignment.responded_at is not None,
             reassignments=assignment.reassignments,
             paged=assignment.paged,
         )
+
+    @staticmethod
+    def _kept(assignment: Assignment, held: HeldClock) -> None:
+        """What the core decided for the clock, back on the assignment."""
+        assignment.sla = held.clock.status.value
+        assignment.responded_at, assignment.responded_by = held.responded_at, held.responded_by
+        if held.stopped:
+            assignment.pending.clear()  # stopped: its pending timers retire
+
+    # ------------------------------------------------------------------ SLA ladders
+
+    def _fire_sla(self, assignment: Assignment, timer: Timer) -> None:
+        """A breach or ladder step at its time, decided by the core as the live timer loop does."""
+        clock = self._clock(assignment)
         verdict = on_sla_timer(clock, timer, timer.due_at)
         if verdict is None or not verdict.fire:
             return
@@ -588,19 +603,9 @@ class Engine:
 
     def _respond(self, event: ActivityAcceptedV1) -> None:
         assignment = self.current.get(event.lead_id)
-        if assignment is None:
+        if assignment is None or assignment.superseded:
             return
-        answerable = assignment.sla == "armed" or assignment.escalating
-        if not answerable or not counts_as_response(self.agreement, assignment.tier, event.activity):
-            return
-        credited = credited_rep(self.agreement, assignment.rep_id, assignment.pool_id, event.rep_id)
-        if credited is None:
-            return  # another rep's touch: the owner's clock runs on (sla.credit)
-        assignment.pending.clear()  # the response stops the clock and its ladder
-        if assignment.sla == "breached":
-            # As the monitor: the credited rep is recorded on a clock breached earlier too.
-            assignment.responded_at = min(event.occurred_at, self.clock or event.occurred_at)
-            assignment.responded_by = credited
-            return  # breached earlier: the response only stops the ladder
-        assignment.responded_at, assignment.responded_by = event.occurred_at, credited
-        assignment.sla = "met" if event.occurred_at <= assignment.due else "breached"
+        held = self._held(assignment)
+        after, _ = sla_clocks.respond_to(held, event, self.agreement, self.clock or event.occurred_at)
+        if after is not held:
+            self._kept(assignment, after)
