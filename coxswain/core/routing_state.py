@@ -7,7 +7,9 @@ around it, each of the form ``state, input -> new state, facts``:
 - ``assign``: a decision applied (rotations, counters, holder, the domain's open leads, the load
   moved off a previous holder still open) and its ``leads.routed.v1`` fact;
 - ``release``: the lead stops counting against its rep (an older fact cannot release a newer
-  assignment); ``releases`` says which judged activities and stage changes release.
+  assignment); ``releases`` says which judged activities and stage changes release;
+- ``reassignment_excludes``: whom a reassignment may not go to; ``unassigned``: the fact of a
+  lead nobody can take yet.
 
 The router shell loads the state a run of decisions reads under its locks, calls these, and
 stores the new state with the facts; the simulator keeps the same state in memory and calls the
@@ -19,7 +21,7 @@ entries the caller writes back.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Literal
@@ -38,6 +40,7 @@ from schemas.events import (
     LeadAttributes,
     LeadRoutedV1,
     LeadStageChangedV1,
+    LeadUnassignedV1,
     Playbook,
     Stage,
     Tier,
@@ -109,6 +112,34 @@ def releases(event: ActivityAcceptedV1 | LeadStageChangedV1) -> bool:
     if isinstance(event, ActivityAcceptedV1):
         return event.activity in RELEASING_ACTIVITIES
     return event.to_stage in RELEASING_STAGES
+
+
+def reassignment_excludes(owners: Sequence[str], requested: Iterable[str], agreement: Agreement) -> tuple[str, ...]:
+    """Whom a reassignment may not go to: the reps the request names and the lead's last
+    ``routing.reassign_exclude_last`` owners (``owners`` oldest first)."""
+    k = agreement.routing.reassign_exclude_last
+    recent = owners[-k:] if k else ()
+    return tuple(sorted({*requested, *recent}))
+
+
+def unassigned(
+    request: RouteRequest, decision: RoutingDecision, agreement: Agreement, now: datetime
+) -> LeadUnassignedV1:
+    """The fact of a lead nobody eligible can take yet; its id comes from the decision key, so it is
+    the same however often the request is tried."""
+    return LeadUnassignedV1(
+        event_id=uuid.uuid5(request.decision_key, "unassigned"),
+        lead_id=request.lead_id,
+        occurred_at=now,
+        agreement_version=agreement.version,
+        caused_by=request.decision_key,
+        tier=request.tier,
+        pool_id=decision.pool_id,
+        rule_id=decision.rule_id,
+        reason=decision.reason,
+        waiting_for_rep=decision.waiting_for,
+        candidates=decision.candidates,
+    )
 
 
 def situation(state: RoutingState, now: datetime, roster: Roster, lead_id: uuid.UUID, domain: str | None) -> Situation:

@@ -544,11 +544,9 @@ class Engine:
                     Escalation(assignment.lead_id, timer.due_at, assignment.rep_id, fact.step.value, fact.step_index)
                 )
             elif isinstance(fact, ReassignmentRequestedV1) and current is assignment:
-                k = self.agreement.routing.reassign_exclude_last
-                recent = holder.owners[-k:] if k else ()
                 qualified = self._qualified[assignment.lead_id]
                 again = qualified.model_copy(update={"event_id": fact.event_id, "tier": fact.tier})
-                exclude = tuple(sorted({*fact.exclude_reps, *recent}))
+                exclude = routing_state.reassignment_excludes(holder.owners, fact.exclude_reps, self.agreement)
                 self._route(_Request(again, exclude, assignment), timer.due_at)
 
     def _park_reassignment(self, request: _Request, now: datetime) -> None:

@@ -48,7 +48,6 @@ from schemas.events import (
     LeadQualifiedV1,
     LeadRoutedV1,
     LeadStageChangedV1,
-    LeadUnassignedV1,
     ReassignmentRequestedV1,
     Tier,
 )
@@ -549,21 +548,7 @@ async def park(
         decision.pool_id,
         decision.waiting_for,
     )
-    return [
-        LeadUnassignedV1(
-            event_id=uuid.uuid5(request.decision_key, "unassigned"),
-            lead_id=request.lead_id,
-            occurred_at=now,
-            agreement_version=agreement.version,
-            caused_by=request.decision_key,
-            tier=request.tier,
-            pool_id=decision.pool_id,
-            rule_id=decision.rule_id,
-            reason=decision.reason,
-            waiting_for_rep=decision.waiting_for,
-            candidates=decision.candidates,
-        )
-    ]
+    return [routing_state.unassigned(request, decision, agreement, now)]
 
 
 async def release(connection: AsyncConnection, lead_id: uuid.UUID, happened_at: datetime, now: datetime) -> None:
@@ -622,7 +607,7 @@ async def release(connection: AsyncConnection, lead_id: uuid.UUID, happened_at: 
 
 
 async def reassignment_request(
-    connection: AsyncConnection, event: ReassignmentRequestedV1, k: int
+    connection: AsyncConnection, event: ReassignmentRequestedV1, agreement: Agreement
 ) -> RouteRequest | None:
     """The request to route a reassignment, or None when the assignment was already replaced."""
     row = (
@@ -652,7 +637,6 @@ async def reassignment_request(
     if not isinstance(given, dict):
         raise PermanentError(f"assignment {event.assignment_id} has no routing input to route again from")
     owners: list[str] = list(holder.owners) if holder is not None else [row.rep_id]
-    recent = owners[-k:] if k else []
     return RouteRequest(
         kind="reassignment",
         decision_key=event.event_id,
@@ -661,7 +645,7 @@ async def reassignment_request(
         tier=event.tier,
         source=given["source"],
         persona=given.get("persona"),
-        exclude=tuple(sorted({*event.exclude_reps, *recent})),
+        exclude=routing_state.reassignment_excludes(owners, event.exclude_reps, agreement),
         replaces_assignment_id=event.assignment_id,
     )
 
@@ -730,7 +714,7 @@ def make_batch_handler(agreement: Agreement) -> BatchHandler:
             # Its lead first: reassignment_request locks the lead's row, and row locks are only
             # taken under the routing lock of what they protect.
             await locks.acquire(connection, locks.keys_for(leads=[event.lead_id]))
-            request = await reassignment_request(connection, event, agreement.routing.reassign_exclude_last)
+            request = await reassignment_request(connection, event, agreement)
             if request is not None:
                 _, facts[index] = await route_request(connection, agreement, roster, request, now)
         await flush()

@@ -18,8 +18,10 @@ from coxswain.core.routing_state import (
     RoutingState,
     assign,
     decide,
+    reassignment_excludes,
     release,
     releases,
+    unassigned,
 )
 from coxswain.core.sla import first_touch_due
 from schemas.events import (
@@ -251,3 +253,30 @@ def test_which_stage_changes_release(stage: Stage, frees: bool) -> None:
         reason="test",
     )
     assert releases(event) is frees
+
+
+def test_a_reassignment_skips_the_reps_it_names_and_the_last_owners() -> None:
+    k = AGREEMENT.routing.reassign_exclude_last
+    owners = ["sim-ann", "sim-bo", "sim-cy", "sim-ann"]
+    excluded = reassignment_excludes(owners, ["sim-di"], AGREEMENT)
+    assert excluded == tuple(sorted({"sim-di", *owners[-k:]}))
+    assert k >= 1 and "sim-ann" in excluded
+    no_history = AGREEMENT.model_copy(
+        update={"routing": AGREEMENT.routing.model_copy(update={"reassign_exclude_last": 0})}
+    )
+    assert reassignment_excludes(owners, ["sim-di"], no_history) == ("sim-di",)
+
+
+def test_a_lead_nobody_can_take_gets_one_unassigned_fact_per_decision_key() -> None:
+    asked = request("a@one.example.com").model_copy(update={"exclude": ("sim-ann", "sim-bo", "sim-cy", "sim-di")})
+    nobody = decide(RoutingState(), asked, AGREEMENT, ROSTER, T0)
+    fact = unassigned(asked, nobody, AGREEMENT, T0)
+    again = unassigned(asked, nobody, AGREEMENT, T0 + timedelta(minutes=1))
+    assert fact.event_id == again.event_id == uuid.uuid5(asked.decision_key, "unassigned")
+    assert (fact.lead_id, fact.caused_by, fact.pool_id, fact.reason) == (
+        asked.lead_id,
+        asked.decision_key,
+        nobody.pool_id,
+        nobody.reason,
+    )
+    assert fact.candidates == nobody.candidates and fact.candidates
