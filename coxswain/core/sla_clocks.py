@@ -11,7 +11,9 @@ new clocks, facts``:
   applied that were received at or after the routing then answer the new clocks;
 - ``respond``: an accepted activity stops every clock it answers (``respond_to``), as
   ``sla.credit`` credits it; a clock armed in time is met or, past its due time, breached; one
-  breached earlier only stops its ladder.
+  breached earlier only stops its ladder;
+- ``fire``: a due timer that ``sla.on_timer`` says fires: its facts, and the clock after it
+  (breached by its breach timer, marked paged once a page went out).
 
 The SLA monitor loads a lead's open clocks under their row locks, calls these, and stores what
 changed; the simulator keeps the same clocks for its assignments and calls the same functions.
@@ -31,6 +33,7 @@ from coxswain.core.sla import (
     MilestonePlan,
     Timer,
     TimerKind,
+    TimerVerdict,
     alert_id,
     breached,
     cancelled,
@@ -41,8 +44,9 @@ from coxswain.core.sla import (
     met,
     on_response,
     plan,
+    timer_facts,
 )
-from schemas.events import ActivityAcceptedV1, Event, LeadRoutedV1, SlaArmedV1
+from schemas.events import ActivityAcceptedV1, EscalationAction, Event, LeadRoutedV1, SlaArmedV1, SlaEscalatedV1
 
 
 @dataclass(frozen=True)
@@ -210,3 +214,25 @@ def respond(
         result.append(after)
         facts += said
     return tuple(result), facts
+
+
+def fire(
+    clock: Clock,
+    timer: Timer,
+    verdict: TimerVerdict,
+    now: datetime,
+    previous_owners: Sequence[str] = (),
+    max_reassignments: int | None = None,
+) -> tuple[Clock, list[Event]]:
+    """A timer that ``on_timer`` said fires (``verdict.fire``): the clock after it, and its facts
+    (``timer_facts``; ``previous_owners`` newest first, read only for a reassign step)."""
+    if not verdict.fire:
+        raise ValueError(f"timer {timer.key} of deadline {clock.deadline_id} does not fire: {verdict.reason}")
+    facts = timer_facts(clock, timer, now, previous_owners, max_reassignments)
+    if verdict.status is not clock.status:
+        clock = replace(clock, status=verdict.status)
+    if any(isinstance(fact, SlaEscalatedV1) and fact.step is EscalationAction.page_oncall for fact in facts):
+        # On-call is paged once per follow-up: a later page step (here, or carried on to the clock
+        # of a reassignment) retires instead of paging again.
+        clock = replace(clock, paged=True)
+    return clock, facts

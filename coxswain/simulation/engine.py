@@ -66,7 +66,6 @@ from coxswain.core.sla import (
     MilestonePlan,
     Timer,
     TimerKind,
-    timer_facts,
 )
 from coxswain.core.sla import on_timer as on_sla_timer
 from coxswain.core.sla_clocks import HeldClock
@@ -74,7 +73,6 @@ from schemas.events import (
     ActivityAcceptedV1,
     ActivityRecordedV1,
     ActivityRefusedV1,
-    EscalationAction,
     Event,
     LeadQualifiedV1,
     LeadReceivedV1,
@@ -528,18 +526,15 @@ class Engine:
         verdict = on_sla_timer(clock, timer, timer.due_at)
         if verdict is None or not verdict.fire:
             return
-        if timer.kind is TimerKind.breach:
-            assignment.sla = "breached"
-            return
         holder = self.holders[assignment.lead_id]
         # The lead's owners newest first, as the monitor reads them from its deadlines.
         previous = holder.owners[::-1]
         current = self.current[assignment.lead_id]
         cap = self.agreement.sla.policies[assignment.tier].max_reassignments
-        for fact in timer_facts(clock, timer, timer.due_at, previous, cap):
+        after, facts = sla_clocks.fire(clock, timer, verdict, timer.due_at, previous, cap)
+        assignment.sla, assignment.paged = after.status.value, after.paged
+        for fact in facts:
             if isinstance(fact, SlaEscalatedV1):
-                if fact.step is EscalationAction.page_oncall:
-                    assignment.paged = True
                 self.results.escalations.append(
                     Escalation(assignment.lead_id, timer.due_at, assignment.rep_id, fact.step.value, fact.step_index)
                 )

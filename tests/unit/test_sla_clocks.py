@@ -7,9 +7,11 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from coxswain.core.agreement import Agreement, load_agreement
-from coxswain.core.sla import FIRST_TOUCH, DeadlineStatus, TimerKind, deadline_id_for
-from coxswain.core.sla_clocks import HeldClock, arm, respond, respond_to
+from coxswain.core.sla import FIRST_TOUCH, DeadlineStatus, TimerKind, deadline_id_for, on_timer
+from coxswain.core.sla_clocks import HeldClock, arm, fire, respond, respond_to
 from schemas.events import (
     ActivityAcceptedV1,
     ActivityType,
@@ -18,6 +20,7 @@ from schemas.events import (
     SlaArmedV1,
     SlaBreachedV1,
     SlaCancelledV1,
+    SlaEscalatedV1,
     SlaMetV1,
     Stage,
     Tier,
@@ -208,3 +211,35 @@ def test_a_superseded_clock_does_not_answer() -> None:
     held = replace(armed(routed("sim-ann", T0)), superseded_by=uuid.uuid4())
     after, facts = respond_to(held, accepted(ActivityType.first_touch, T0, "sim-ann"), AGREEMENT, T0)
     assert after is held and facts == []
+
+
+def test_a_fired_breach_breaches_the_clock_and_a_page_marks_the_follow_up_paged() -> None:
+    held = armed(routed("sim-ann", T0, tier=Tier.cold))
+    assert held.plan is not None
+    breach = next(t for t in held.plan.timers if t.kind is TimerKind.breach)
+    page = next(t for t in held.plan.timers if t.step is EscalationAction.page_oncall)
+
+    verdict = on_timer(held.clock, breach, breach.due_at)
+    assert verdict is not None and verdict.fire
+    after, facts = fire(held.clock, breach, verdict, breach.due_at)
+    assert after.status is DeadlineStatus.breached and not after.paged
+    assert [type(f) for f in facts] == [SlaBreachedV1]
+
+    verdict = on_timer(after, page, page.due_at)
+    assert verdict is not None and verdict.fire
+    paged, facts = fire(after, page, verdict, page.due_at)
+    assert paged.paged and paged.status is DeadlineStatus.breached
+    assert [type(f) for f in facts] == [SlaEscalatedV1]
+    # Once paged, a later page step retires.
+    again = on_timer(paged, page, page.due_at)
+    assert again is not None and not again.fire
+
+
+def test_a_timer_that_does_not_fire_is_refused() -> None:
+    held = armed(routed("sim-ann", T0))
+    breach = next(t for t in (held.plan.timers if held.plan else ()) if t.kind is TimerKind.breach)
+    met_clock = replace(held.clock, status=DeadlineStatus.met)
+    verdict = on_timer(met_clock, breach, breach.due_at)
+    assert verdict is not None and not verdict.fire
+    with pytest.raises(ValueError, match="does not fire"):
+        fire(met_clock, breach, verdict, breach.due_at)
