@@ -22,9 +22,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coxswain.core.agreement import Agreement, parse_agreement
-from coxswain.db.database import create_engine
 from coxswain.runtime.consumer import Unavailable
-from coxswain.settings import CrmSyncConfig, DatabaseConfig
+from coxswain.settings import CrmSyncConfig
 from schemas.events import LeadMergedV1, LeadRoutedV1, LeadStageChangedV1, Stage
 from services.crm_sync import service as crm_sync
 from services.crm_sync.hubspot import HubSpotClient
@@ -97,13 +96,6 @@ def counted(name: str, **labels: str) -> float:
 async def scalar(engine: AsyncEngine, sql: str, **params: Any) -> Any:
     async with engine.connect() as connection:
         return await connection.scalar(text(sql), params)
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def engine(infrastructure: None) -> AsyncIterator[AsyncEngine]:
-    database = create_engine(DatabaseConfig())
-    yield database
-    await database.dispose()
 
 
 @pytest_asyncio.fixture(loop_scope="session")

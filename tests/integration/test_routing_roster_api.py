@@ -27,7 +27,6 @@ from coxswain.settings import DatabaseConfig
 from schemas.events import Tier
 from services.roster.app import create_roster_app
 from tests.integration.test_routing_router import NOW, TOKEN, World, routed
-from tests.integration.test_routing_router import engine as engine  # the fixture, shared
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
