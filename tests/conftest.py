@@ -3,7 +3,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest_asyncio
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from coxswain.db.database import create_engine
+from coxswain.settings import DatabaseConfig
 from tests.support import infra
 
 
@@ -14,3 +17,11 @@ async def infrastructure() -> AsyncIterator[None]:
     await infra.reset_database()
     await infra.reset_topics()
     yield
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def engine(infrastructure: None) -> AsyncIterator[AsyncEngine]:
+    """The test database, through the services' own engine settings (a module may define its own)."""
+    database = create_engine(DatabaseConfig())
+    yield database
+    await database.dispose()

@@ -28,6 +28,7 @@ from typing import Literal
 
 from coxswain.core.agreement import Agreement
 from coxswain.core.identity import normalise_email
+from coxswain.core.roster import Roster
 from schemas.events import LeadMergedV1, LeadRoutedV1, LeadStageChangedV1, Stage
 
 CrmKind = Literal["hubspot", "salesforce"]
@@ -109,6 +110,17 @@ def owner_ids(agreement: Agreement, kind: CrmKind) -> dict[str, str]:
     for rep in agreement.roster:
         owner = getattr(rep.crm, ROSTER_FIELD[kind])
         if owner is not None:
+            ids[rep.id] = owner
+    return ids
+
+
+def roster_owner_ids(roster: Roster, kind: CrmKind) -> dict[str, str]:
+    """``owner_ids`` with the roster API's changes on top: a rep added at runtime, or one whose
+    ids were changed there, is written with the ids in force now."""
+    ids: dict[str, str] = {}
+    for rep in roster.reps.values():
+        owner = getattr(rep.crm, ROSTER_FIELD[kind])
+        if owner is not None and rep.problem is None:
             ids[rep.id] = owner
     return ids
 

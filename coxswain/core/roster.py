@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from coxswain.core.agreement import Agreement, Rep
+from coxswain.core.agreement import Agreement, CrmIds, Rep
 from coxswain.core.business_time import BusinessCalendar, CalendarError
 
 
@@ -53,10 +53,14 @@ class RepOverride(BaseModel):
     paused: bool | None = None
     pause_reason: str | None = None
     absences: tuple[Absence, ...] = ()
+    crm: CrmIds | None = None  # replaces the agreement's ids as a whole; null clears them
 
     def settings(self) -> dict[str, object]:
         """The ``Rep`` fields this override sets (explicit nulls included: they clear a setting)."""
-        return self.model_dump(exclude_unset=True, exclude={"pause_reason", "absences"})
+        settings = self.model_dump(exclude_unset=True, exclude={"pause_reason", "absences"})
+        if "crm" in settings and settings["crm"] is None:
+            settings["crm"] = {}
+        return settings
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,7 @@ class RepProfile:
     pause_reason: str | None
     out_of_office: tuple[Period, ...]
     problem: str | None = None
+    crm: CrmIds = field(default_factory=CrmIds)  # who the rep is in each CRM (crm-sync writes it)
 
     @property
     def zone(self) -> ZoneInfo:
@@ -185,6 +190,7 @@ def apply_override(agreement: Agreement, rep_id: str, override: RepOverride | No
             *(Period(period.start, period.end) for period in rep.out_of_office),
             *(Period(a.start, a.end, a.reason, str(a.id)) for a in absences),
         ),
+        crm=rep.crm,
     )
 
 

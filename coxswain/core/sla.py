@@ -35,6 +35,8 @@ from schemas.events import (
 
 FIRST_TOUCH = "first_touch"
 SAL_DECISION = "sal_decision"
+# The milestone every assignment's plan has (``plan``): one clock of it per assignment.
+EVERY_ASSIGNMENT = FIRST_TOUCH
 SAL_RESPONSES = frozenset({ActivityType.sal_accepted, ActivityType.sal_rejected})
 MARKETING_NAMESPACE = uuid.UUID("0f1d3c52-61b4-4d8e-9a57-2c4a3e5b7d90")
 

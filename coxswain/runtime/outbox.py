@@ -318,11 +318,16 @@ class OutboxRelay:
         return len(rows)
 
     def _lost(self, buckets: set[int], why: str) -> None:
+        # While Kafka is away the relay is stuck on it and loses its leases again and again: that is
+        # the outage already announced, so the line joins it (counted, one warning per outage).
+        # Stuck for any other reason (a pause, a hung process) it is a warning of its own.
+        during_outage = {"dependency": "kafka"} if outages.OUTAGE["kafka"].open else None
         log.warning(
             "outbox relay lost its buckets: relay=%s buckets=%s reason=%s",
             self.name,
             ",".join(map(str, sorted(buckets))),
             why,
+            extra=during_outage,
         )
         metrics.OUTBOX_LEASES_LOST.inc(len(buckets))
         self.owned = tuple(bucket for bucket in self.owned if bucket not in buckets)

@@ -9,12 +9,14 @@ One ``Engine`` per agreement replays a sequence of intake events (``LeadReceived
   any input dated at or after it. Timers are armed at a cheap bound (``reevaluation_bound``) and
   the exact moment is searched for only when the bound is reached, which most leads never do
   (a new input re-arms them first); the order of firing is the same;
-- routing: ``route`` with a ``Situation`` built as ``services/router/service.py`` builds it
-  (rotations, rep loads, account owner, owner of the latest open lead of the same domain);
-  the rotation, counters and open lead are then updated, and released on the router's rules
-  (a releasing activity or stage change dated no earlier than the assignment);
-- SLA: the first-touch deadline (``first_touch_due``) is met when a response counted by the
-  agreement arrives by it, breached otherwise.
+- routing: the router's own core transitions (``coxswain.core.routing_state``): ``decide``
+  against the rotations, rep loads, accounts, the lead's holder and its domain's open leads,
+  ``assign`` to apply a decision and build its fact, ``release`` on ``releases``'s rules (a
+  releasing activity or stage change dated no earlier than the assignment);
+- SLA: each assignment's first-touch clock goes through the monitor's own core transitions
+  (``coxswain.core.sla_clocks``): superseded (cancelled if armed) by the next assignment, which
+  carries on its ladder and its count of reassignments; met when a response counted by the
+  agreement and credited by ``sla.credit`` arrives by the deadline, breached otherwise.
 
 Processing is instantaneous in simulation: a lead is routed at the time of the fact that
 qualified it (live routing happens when the router processes that fact, a few milliseconds
@@ -30,15 +32,17 @@ overrides made through the roster API.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from coxswain.core.accounts import lead_domain, parent_domains
+from coxswain.core import routing_state, sla_clocks
+from coxswain.core.accounts import lead_domain
 from coxswain.core.agreement import Agreement
-from coxswain.core.capacity import RepLoad, after_release
+from coxswain.core.capacity import RepLoad
 from coxswain.core.identity import alias_key, identity_keys, resolve
 from coxswain.core.lead import (
     LeadState,
@@ -53,27 +57,22 @@ from coxswain.core.lead import (
 )
 from coxswain.core.lifecycle import LifecycleRefused
 from coxswain.core.roster import Roster, build_roster
-from coxswain.core.routing import Rotation, RoutingInput, Situation, route, select_pool
+from coxswain.core.routing import Rotation, RoutingInput, select_pool
+from coxswain.core.routing_state import DomainLeads, Holder, RouteRequest, RoutingState
 from coxswain.core.sla import (
     FIRST_TOUCH,
     Clock,
     DeadlineStatus,
+    MilestonePlan,
     Timer,
     TimerKind,
-    carry_ladder,
-    counts_as_response,
-    credited_rep,
-    first_touch_due,
-    plan,
-    timer_facts,
 )
 from coxswain.core.sla import on_timer as on_sla_timer
+from coxswain.core.sla_clocks import HeldClock
 from schemas.events import (
     ActivityAcceptedV1,
     ActivityRecordedV1,
     ActivityRefusedV1,
-    ActivityType,
-    EscalationAction,
     Event,
     LeadQualifiedV1,
     LeadReceivedV1,
@@ -86,11 +85,6 @@ from schemas.events import (
 
 Input = LeadReceivedV1 | ActivityRecordedV1
 
-# The router's release rules (services/router/service.py).
-RELEASING_ACTIVITIES = frozenset({ActivityType.sal_accepted, ActivityType.sal_rejected, ActivityType.disqualified})
-RELEASING_STAGES = frozenset(
-    {Stage.sal, Stage.sql, Stage.opportunity, Stage.customer, Stage.recycled, Stage.disqualified}
-)
 RETRY_EVERY = timedelta(minutes=1)
 REASSIGNMENT_RETRY_EVERY = timedelta(hours=1)
 REASSIGNMENT_RETRY_MAX = timedelta(days=1)
@@ -133,6 +127,10 @@ class Assignment:
     superseded: bool = False
 
     @property
+    def assignment_id(self) -> uuid.UUID:
+        return uuid.uuid5(self.decision_key, "assignment")  # as routing_state.assign derives it
+
+    @property
     def escalating(self) -> bool:
         return self.sla == "breached" and self.responded_at is None and not self.superseded
 
@@ -151,42 +149,28 @@ class Escalation:
 
 @dataclass(frozen=True)
 class _Request:
-    """What routing is asked (the live ``RouteRequest``): a qualified lead, or a reassignment
-    that must skip some reps and replaces an assignment."""
+    """What routing is asked: a qualified lead, or a reassignment that must skip some reps and
+    replaces an assignment; ``asked`` is the live router's ``RouteRequest`` for it."""
 
     fact: LeadQualifiedV1
     exclude: tuple[str, ...] = ()
     replaces: Assignment | None = None
 
-
-@dataclass
-class _Holder:
-    """The lead's current holder (the live ``lead_routing`` row)."""
-
-    assignment: Assignment
-    domain: str | None
-    load: int
-    open: bool = True
-    owners: tuple[str, ...] = ()
-
-
-def _newest_other(
-    open_leads: dict[uuid.UUID, tuple[str, datetime]], lead_id: uuid.UUID
-) -> tuple[uuid.UUID | None, str | None]:
-    """The domain's newest open lead other than ``lead_id`` and its holder, as the router reads them
-    (``ORDER BY opened_at DESC, lead_id DESC``): the last opened, and of several opened at that same
-    instant the highest id."""
-    newest: tuple[uuid.UUID, str, datetime] | None = None
-    for lead, (rep, opened) in reversed(open_leads.items()):
-        if lead == lead_id:
-            continue
-        if newest is None:
-            newest = (lead, rep, opened)
-        elif opened != newest[2]:
-            break
-        elif lead > newest[0]:
-            newest = (lead, rep, opened)
-    return (newest[0], newest[1]) if newest is not None else (None, None)
+    @functools.cached_property
+    def asked(self) -> RouteRequest:
+        fact = self.fact
+        return RouteRequest(
+            kind="qualified" if self.replaces is None else "reassignment",
+            decision_key=fact.event_id,
+            lead_id=fact.lead_id,
+            attributes=fact.attributes,
+            tier=fact.tier,
+            source=fact.source,
+            persona=fact.persona,
+            playbook=fact.playbook,
+            exclude=self.exclude,
+            replaces_assignment_id=None if self.replaces is None else self.replaces.assignment_id,
+        )
 
 
 @dataclass
@@ -224,11 +208,13 @@ class Engine:
         self._bounds: dict[uuid.UUID, tuple[LeadState, datetime, datetime | None]] = {}
         self._heap: list[tuple[datetime, int, uuid.UUID]] = []
         self._seq = 0
-        self.rotations: dict[str, Rotation] = {}
-        self.loads: dict[str, RepLoad] = {}
-        self.holders: dict[uuid.UUID, _Holder] = {}
-        # domain -> open leads of that domain, in the order they were opened: lead -> (rep, opened at)
-        self.open_by_domain: dict[str, dict[uuid.UUID, tuple[str, datetime]]] = {}
+        # The router's state (coxswain.core.routing_state), kept whole here; each decision is
+        # given a view of it (``_view``) and what the core returns is written back (``_keep``).
+        self.rotations: Mapping[str, Rotation] = {}
+        self.loads: Mapping[str, RepLoad] = {}
+        self.holders: dict[uuid.UUID, Holder] = {}
+        self.open_by_domain: dict[str, DomainLeads] = {}
+        self.current: dict[uuid.UUID, Assignment] = {}  # each lead's latest assignment
         self.parked: dict[uuid.UUID, _Request] = {}  # qualified leads nobody could take yet
         self.parked_reassignments: dict[uuid.UUID, _Request] = {}
         # SLA ladders: (due, rank, sequence, assignment, timer), fired in time order; a timer no
@@ -352,7 +338,7 @@ class Engine:
             self.results.rejected.append(f"ActivityRecordedV1 {event.event_id}: {judgement.reason}")
             return
         assert isinstance(judgement, ActivityAcceptedV1)
-        if judgement.activity in RELEASING_ACTIVITIES:
+        if routing_state.releases(judgement):
             self._release(lead_id, judgement.occurred_at)
         self._respond(judgement)
         self._scored(outcome, evaluation_time(outcome.state, event.occurred_at))
@@ -408,7 +394,7 @@ class Engine:
                         fact.lead_id, fact.occurred_at, fact.from_stage, fact.to_stage, fact.caused_by, state.source
                     )
                 )
-                if fact.to_stage in RELEASING_STAGES:
+                if routing_state.releases(fact):
                     self._release(fact.lead_id, fact.occurred_at)
             elif isinstance(fact, LeadQualifiedV1):
                 self._qualified[fact.lead_id] = fact
@@ -416,27 +402,30 @@ class Engine:
 
     # ------------------------------------------------------------------ routing
 
+    def _view(self, lead_id: uuid.UUID, domain: str | None) -> RoutingState:
+        """What one lead's decision reads, as the router loads it: the whole rotations, loads and
+        accounts, the lead's holder, and the open leads of its domain and of its holder's."""
+        holder = self.holders.get(lead_id)
+        domains = {domain, holder.domain if holder is not None else None}
+        return RoutingState(
+            self.rotations,
+            self.loads,
+            self.accounts,
+            {lead_id: holder} if holder is not None else {},
+            {d: self.open_by_domain[d] for d in domains if d is not None and d in self.open_by_domain},
+        )
+
+    def _keep(self, state: RoutingState) -> None:
+        self.rotations, self.loads = state.rotations, state.loads
+        self.holders.update(state.holders)
+        self.open_by_domain.update(state.open_by_domain)
+
     def _route(self, request: _Request, now: datetime) -> None:
         fact = request.fact
         agreement = self.agreement
-        routing = agreement.routing
-        lead = RoutingInput(attributes=fact.attributes, tier=fact.tier, source=fact.source, persona=fact.persona)
-        domain = lead_domain(fact.attributes, routing.ownership.free_mail_domains)
-        account_owner = account_domain = open_owner = None
-        open_lead: uuid.UUID | None = None
-        if domain is not None:
-            # Longest first, as the router's query; a stream file has no accounts to look in.
-            for candidate in parent_domains(domain) if self.accounts else ():
-                if candidate in self.accounts:
-                    account_owner, account_domain = self.accounts[candidate], candidate
-                    break
-            open_leads = self.open_by_domain.get(domain)
-            if open_leads:
-                open_lead, open_owner = _newest_other(open_leads, fact.lead_id)
-        situation = Situation(
-            now, self.roster, self.rotations, self.loads, account_owner, account_domain, open_owner, open_lead
-        )
-        decision = route(lead, agreement, situation, exclude=request.exclude, explain=False)
+        asked = request.asked
+        view = self._view(fact.lead_id, lead_domain(fact.attributes, agreement.routing.ownership.free_mail_domains))
+        decision = routing_state.decide(view, asked, agreement, self.roster, now, explain=False)
         if decision.rep_id is None:
             if request.replaces is not None:
                 self._park_reassignment(request, now)
@@ -445,74 +434,68 @@ class Engine:
             return
         self.parked.pop(fact.lead_id, None)
         self.parked_reassignments.pop(fact.lead_id, None)
-        self.rotations.update(decision.rotations_after)
-        self.loads[decision.rep_id] = decision.load_after or RepLoad()
-        lead_load = routing.load[fact.tier]
-        previous = self.holders.get(fact.lead_id)
-        before: Assignment | None = None
-        carried = False
-        if previous is not None:
-            if previous.open:
-                # Qualified again while still open: the load moves to the new holder.
-                self._unload(previous)
-            old = previous.assignment
-            if old.sla == "armed" or old.escalating:
-                before = old  # the follow-up goes on in the new assignment (services/sla_monitor)
-                carried = old.escalating
-            if old.sla == "armed":
-                old.sla = "cancelled"
-            old.superseded = True
+        after, routed = routing_state.assign(view, asked, decision, agreement, now)
+        held = view.holders.get(fact.lead_id)
+        if held is not None and held.open:
+            self._freed_by(held.rep_id)  # qualified again while still open: its load moved
+        self._keep(after)
+        previous = self.current.get(fact.lead_id)
+        # The SLA side, as the monitor's core decides it for the lead's first-touch clock: the
+        # previous clock is superseded (cancelled if armed), the new one continues its follow-up.
+        before: HeldClock | None = None
+        if previous is not None and not previous.superseded:
+            clock = self._held(previous)
+            if clock.can_change:
+                before = clock
+                superseded, _ = sla_clocks.supersede(clock, routed, now)
+                self._kept(previous, superseded)
+            previous.superseded = True
+        escalation = bool(agreement.sla.policies[fact.tier].escalation)
+        if escalation:
+            first_touch = next(m for m in sla_clocks.routed_plan(agreement, routed) if m.milestone == FIRST_TOUCH)
+        else:
+            # No ladder: the breach is decided when the clock is next looked at (``finish``, a response).
+            first_touch = MilestonePlan(FIRST_TOUCH, now, routed.follow_up_due_at, "", ())
+        armed, _ = sla_clocks.new_clock(agreement, routed, first_touch, before, now)
         assignment = Assignment(
             lead_id=fact.lead_id,
             at=now,
-            rep_id=decision.rep_id,
-            pool_id=decision.pool_id,
-            rule_id=decision.rule_id,
+            rep_id=routed.rep_id,
+            pool_id=routed.pool_id,
+            rule_id=routed.rule_id,
             matched_by=decision.matched_by,
-            reason=decision.reason,
+            reason=routed.reason,
             tier=fact.tier,
             source=fact.source,
-            due=first_touch_due(agreement, fact.tier, now, rep_id=decision.rep_id),
+            due=routed.follow_up_due_at,
             decision_key=fact.event_id,
-            reassignments=(before.reassignments if before is not None else 0) + (request.replaces is not None),
-            paged=before.paged if before is not None else False,
+            reassignments=armed.clock.reassignments,
+            paged=armed.clock.paged,
         )
         self.results.assignments.append(assignment)
-        owners = (*(previous.owners if previous is not None else ()), decision.rep_id)
-        self.holders[fact.lead_id] = _Holder(assignment, decision.domain, lead_load, owners=owners)
-        if decision.domain is not None:
-            open_leads = self.open_by_domain.setdefault(decision.domain, {})
-            open_leads.pop(fact.lead_id, None)
-            open_leads[fact.lead_id] = (decision.rep_id, now)
-        if agreement.sla.policies[fact.tier].escalation:
-            self._plan_ladder(assignment, before if carried else None)
-        elif before is not None:
-            before.pending.clear()
+        self.current[fact.lead_id] = assignment
+        if escalation:
+            # The breach and the ladder (its own, or the one carried on), as the live monitor arms
+            # them; warnings change nothing here.
+            assert armed.plan is not None
+            assignment.pending = [timer for timer in armed.plan.timers if timer.kind is not TimerKind.warning]
+            for timer in assignment.pending:
+                self._seq += 1
+                heapq.heappush(self._sla_heap, (timer.due_at, _TIMER_RANK[timer.kind], self._seq, assignment, timer))
 
-    # ------------------------------------------------------------------ SLA ladders
-
-    def _plan_ladder(self, assignment: Assignment, before: Assignment | None) -> None:
-        """The breach and the ladder of a new assignment, as the live monitor arms them; ``before``,
-        the escalating clock it replaces, hands on its pending steps instead of a new ladder."""
-        (first_touch, *_) = plan(
-            self.agreement, assignment.tier, assignment.rep_id, assignment.pool_id, assignment.at, assignment.due
+    def _held(self, assignment: Assignment) -> HeldClock:
+        """The assignment's first-touch clock as the monitor holds it."""
+        return HeldClock(
+            self._clock(assignment),
+            assignment.at,
+            responded_at=assignment.responded_at,
+            responded_by=assignment.responded_by,
+            superseded_by=uuid.UUID(int=0) if assignment.superseded else None,
+            ladder=tuple(timer for timer in assignment.pending if timer.kind is TimerKind.escalation),
         )
-        timers = [timer for timer in first_touch.timers if timer.kind is not TimerKind.warning]
-        if before is not None:
-            rep = self.agreement.rep(assignment.rep_id)
-            manager = rep.manager if rep is not None else None
-            timers = [timer for timer in timers if timer.kind is not TimerKind.escalation]
-            timers += carry_ladder(before.pending, assignment.rep_id, manager, assignment.pool_id)
-            before.pending.clear()
-        assignment.pending = timers
-        for timer in timers:
-            self._seq += 1
-            heapq.heappush(self._sla_heap, (timer.due_at, _TIMER_RANK[timer.kind], self._seq, assignment, timer))
 
-    def _fire_sla(self, assignment: Assignment, timer: Timer) -> None:
-        """A breach or ladder step at its time, decided by the core as the live timer loop does."""
-        status = _STATUS[assignment.sla]
-        clock = Clock(
+    def _clock(self, assignment: Assignment) -> Clock:
+        return Clock(
             deadline_id=assignment.decision_key,
             lead_id=assignment.lead_id,
             assignment_id=assignment.decision_key,
@@ -521,34 +504,44 @@ class Engine:
             milestone=FIRST_TOUCH,
             tier=assignment.tier,
             due_at=assignment.due,
-            status=status,
+            status=_STATUS[assignment.sla],
             responded=assignment.responded_at is not None,
             reassignments=assignment.reassignments,
             paged=assignment.paged,
         )
+
+    @staticmethod
+    def _kept(assignment: Assignment, held: HeldClock) -> None:
+        """What the core decided for the clock, back on the assignment."""
+        assignment.sla = held.clock.status.value
+        assignment.responded_at, assignment.responded_by = held.responded_at, held.responded_by
+        if held.stopped:
+            assignment.pending.clear()  # stopped: its pending timers retire
+
+    # ------------------------------------------------------------------ SLA ladders
+
+    def _fire_sla(self, assignment: Assignment, timer: Timer) -> None:
+        """A breach or ladder step at its time, decided by the core as the live timer loop does."""
+        clock = self._clock(assignment)
         verdict = on_sla_timer(clock, timer, timer.due_at)
         if verdict is None or not verdict.fire:
-            return
-        if timer.kind is TimerKind.breach:
-            assignment.sla = "breached"
             return
         holder = self.holders[assignment.lead_id]
         # The lead's owners newest first, as the monitor reads them from its deadlines.
         previous = holder.owners[::-1]
+        current = self.current[assignment.lead_id]
         cap = self.agreement.sla.policies[assignment.tier].max_reassignments
-        for fact in timer_facts(clock, timer, timer.due_at, previous, cap):
+        after, facts = sla_clocks.fire(clock, timer, verdict, timer.due_at, previous, cap)
+        assignment.sla, assignment.paged = after.status.value, after.paged
+        for fact in facts:
             if isinstance(fact, SlaEscalatedV1):
-                if fact.step is EscalationAction.page_oncall:
-                    assignment.paged = True
                 self.results.escalations.append(
                     Escalation(assignment.lead_id, timer.due_at, assignment.rep_id, fact.step.value, fact.step_index)
                 )
-            elif isinstance(fact, ReassignmentRequestedV1) and holder.assignment is assignment:
-                k = self.agreement.routing.reassign_exclude_last
-                recent = holder.owners[-k:] if k else ()
+            elif isinstance(fact, ReassignmentRequestedV1) and current is assignment:
                 qualified = self._qualified[assignment.lead_id]
                 again = qualified.model_copy(update={"event_id": fact.event_id, "tier": fact.tier})
-                exclude = tuple(sorted({*fact.exclude_reps, *recent}))
+                exclude = routing_state.reassignment_excludes(holder.owners, fact.exclude_reps, self.agreement)
                 self._route(_Request(again, exclude, assignment), timer.due_at)
 
     def _park_reassignment(self, request: _Request, now: datetime) -> None:
@@ -584,40 +577,28 @@ class Engine:
             if request is not None:
                 self._route(request, now)
 
-    def _unload(self, holder: _Holder) -> None:
-        holder.open = False
-        rep = holder.assignment.rep_id
+    def _freed_by(self, rep: str) -> None:
+        """A lead of ``rep`` stopped counting: the parked reassignments that may get ``rep`` are tried."""
         waiting = self._waiting_on.pop(rep, None)
         if waiting:
             self._freed.update(waiting)
-        self.loads[rep] = after_release(self.loads.get(rep, RepLoad()), holder.load)
-        if holder.domain is not None:
-            open_leads = self.open_by_domain.get(holder.domain)
-            if open_leads is not None:
-                open_leads.pop(holder.assignment.lead_id, None)
 
     def _release(self, lead_id: uuid.UUID, happened_at: datetime) -> None:
-        """An older fact cannot release a newer assignment."""
         holder = self.holders.get(lead_id)
-        if holder is not None and holder.open and holder.assignment.at <= happened_at:
-            self._unload(holder)
+        if holder is None:
+            return
+        after, released = routing_state.release(self._view(lead_id, None), lead_id, happened_at)
+        if released is not None:
+            self._freed_by(released.rep_id)
+            self._keep(after)
 
     # ------------------------------------------------------------------ SLA
 
     def _respond(self, event: ActivityAcceptedV1) -> None:
-        holder = self.holders.get(event.lead_id)
-        if holder is None:
+        assignment = self.current.get(event.lead_id)
+        if assignment is None or assignment.superseded:
             return
-        assignment = holder.assignment
-        answerable = assignment.sla == "armed" or assignment.escalating
-        if not answerable or not counts_as_response(self.agreement, assignment.tier, event.activity):
-            return
-        credited = credited_rep(self.agreement, assignment.rep_id, assignment.pool_id, event.rep_id)
-        if credited is None:
-            return  # another rep's touch: the owner's clock runs on (sla.credit)
-        assignment.pending.clear()  # the response stops the clock and its ladder
-        if assignment.sla == "breached":
-            assignment.responded_at = min(event.occurred_at, self.clock or event.occurred_at)
-            return  # breached earlier: the response only stops the ladder
-        assignment.responded_at, assignment.responded_by = event.occurred_at, credited
-        assignment.sla = "met" if event.occurred_at <= assignment.due else "breached"
+        held = self._held(assignment)
+        after, _ = sla_clocks.respond_to(held, event, self.agreement, self.clock or event.occurred_at)
+        if after is not held:
+            self._kept(assignment, after)

@@ -210,4 +210,6 @@ def _summary(kind: str, payload: dict[str, Any]) -> str:
         return f"accepted {payload['activity']}{by}{moved}{skipped}"
     if kind == "ActivityRefusedV1":
         return f"refused {payload['activity']} ({payload['refusal']}): {payload['reason']}"
+    if kind == "LeadMergedV1":
+        return f"provisional id {payload['alias_lead_id']} is this lead ({payload['rule']}, from {payload['source']})"
     return kind

@@ -35,7 +35,6 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coxswain.core.agreement import Agreement
-from coxswain.core.crm_sync import owner_ids
 from coxswain.core.salesforce_activities import (
     Activity,
     Change,
@@ -45,6 +44,7 @@ from coxswain.core.salesforce_activities import (
     activity_event,
     parse_datetime,
 )
+from coxswain.db.roster import crm_owner_ids
 from coxswain.runtime import metrics
 from coxswain.runtime.outbox import stage
 from coxswain.runtime.waiting import sleep_or_stop
@@ -143,7 +143,9 @@ class SalesforcePoller:
         stamps = [parse_datetime(record.get("SystemModstamp")) for record in records]
         newest = max((stamp for stamp in stamps if stamp is not None), default=cursor)
         leads = await self._trace(sobject, records)
-        reps = {user: rep for rep, user in owner_ids(self.agreement(), "salesforce").items()}
+        async with self.engine.connect() as connection:
+            owners = await crm_owner_ids(connection, self.agreement(), "salesforce")
+        reps = {user: rep for rep, user in owners.items()}
         activities = [
             activity
             for record in records

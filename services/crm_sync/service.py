@@ -38,11 +38,13 @@ from coxswain.core.crm_sync import (
     CrmKind,
     SetAliasOwner,
     SetOwner,
-    owner_ids,
     plan_merged,
     plan_routed,
     plan_stage_changed,
+    roster_owner_ids,
 )
+from coxswain.core.roster import build_roster
+from coxswain.db.roster import load_overrides, roster_revision
 from coxswain.runtime import metrics
 from coxswain.runtime.consumer import Handler, PermanentError
 from schemas.events import Event, LeadMergedV1, LeadRoutedV1, LeadStageChangedV1
@@ -109,6 +111,16 @@ class CrmSync:
         # A record that failed every attempt while its batch was applied whole is dead-lettered at
         # once when the batch is applied again record by record (not tried as often again).
         self._gave_up = _Bounded()
+        self._owners: tuple[Agreement, int, dict[str, str]] | None = None
+
+    async def owners(self, connection: AsyncConnection, agreement: Agreement) -> Mapping[str, str]:
+        """rep id -> owner id in this CRM: the agreement's, with the roster API's changes on top
+        (a rep added at runtime, ids changed there); rebuilt when either changes."""
+        revision = await roster_revision(connection)
+        if self._owners is None or self._owners[0] is not agreement or self._owners[1] != revision:
+            roster = build_roster(agreement, await load_overrides(connection, revision))
+            self._owners = (agreement, revision, roster_owner_ids(roster, self.crm))
+        return self._owners[2]
 
     async def routed(
         self, connection: AsyncConnection, fact: LeadRoutedV1, owners: Mapping[str, str], now: datetime
@@ -267,11 +279,10 @@ def _keepalive(connection: AsyncConnection) -> Keepalive:
 
 
 def make_handler(agreement: Agreement, sync: CrmSync) -> Handler:
-    owners = owner_ids(agreement, sync.crm)
 
     async def handle(connection: AsyncConnection, event: Event, now: datetime) -> Sequence[Event]:
         if isinstance(event, LeadRoutedV1):
-            await sync.routed(connection, event, owners, now)
+            await sync.routed(connection, event, await sync.owners(connection, agreement), now)
         elif isinstance(event, LeadStageChangedV1):
             await sync.stage_changed(connection, event, now)
         elif isinstance(event, LeadMergedV1):

@@ -37,7 +37,6 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coxswain.core.agreement import Agreement
-from coxswain.core.crm_sync import owner_ids
 from coxswain.core.hubspot_activities import (
     ContactActivity,
     HubSpotActivityMapping,
@@ -51,6 +50,7 @@ from coxswain.core.hubspot_activities import (
     reps_by_owner,
 )
 from coxswain.core.identity import email_key, intake_event_id, source_key
+from coxswain.db.roster import crm_owner_ids
 from coxswain.runtime import outages
 from coxswain.runtime.outages import is_connection_error
 from coxswain.runtime.telemetry import child_traceparent
@@ -146,7 +146,10 @@ def register(
     async def read_all(source: str, events: Sequence[HubSpotEvent]) -> tuple[list[_Found], list[IgnoredEvent]]:
         found: list[_Found] = []
         ignored: list[IgnoredEvent] = []
-        reps = reps_by_owner(owner_ids(current, "hubspot")) if (current := agreement()) is not None else {}
+        reps: dict[str, str] = {}
+        if (current := agreement()) is not None:
+            async with engine.connect() as connection:
+                reps = reps_by_owner(await crm_owner_ids(connection, current, "hubspot"))
         gate = asyncio.Semaphore(READS_AT_ONCE)
 
         async def one(event: HubSpotEvent) -> _Found | Ignored:

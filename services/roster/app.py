@@ -172,6 +172,7 @@ def rep_view(profile: RepProfile, load: RepLoad, now: datetime, override: RepOve
         paused=profile.paused,
         pause_reason=profile.pause_reason,
         out_of_office=[OutOfOffice(id=p.id, start=p.start, end=p.end, reason=p.reason) for p in profile.out_of_office],
+        crm=profile.crm,
         overridden=sorted(override.model_fields_set) if override else [],
         unavailable_because=unavailable_because(profile, now),
         open_load=load.open_load,

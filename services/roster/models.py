@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
+from coxswain.core.agreement import CrmIds
 from coxswain.core.documents import NUL_REFUSED, holds_nul
 from services.roster.repository import AssignmentRecord, HolderRecord, WaitingRecord
 
@@ -40,6 +41,11 @@ class RepSettings(Body):
     daily_cap: int | None = Field(default=None, ge=1, le=100_000)
     started_on: date | None = Field(default=None, description="First working day; the ramp counts from here.")
     ramp_weeks: int | None = Field(default=None, ge=0, le=52)
+    crm: CrmIds | None = Field(
+        default=None,
+        description="Who the rep is in each CRM crm-sync writes to (replaces the agreement's ids as a whole; null "
+        "clears them). A rep without an id for a CRM gets no leads written there (docs/integrators.md).",
+    )
 
 
 class RepCreate(RepSettings):
@@ -98,6 +104,7 @@ class RepView(BaseModel):
     paused: bool
     pause_reason: str | None
     out_of_office: list[OutOfOffice]
+    crm: CrmIds = Field(description="The rep's ids in the CRMs crm-sync writes to, as in force now.")
     overridden: list[str] = Field(description="The settings changed at runtime, over the agreement's.")
     unavailable_because: str | None = Field(description="Why the rep takes no lead now; null when available.")
     open_load: int

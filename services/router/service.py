@@ -21,21 +21,22 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
-from typing import Any, Literal
+from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict
 from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import Insert, insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from coxswain.core import routing_state
 from coxswain.core.accounts import lead_domain, parent_domains
 from coxswain.core.agreement import Agreement
-from coxswain.core.capacity import RepLoad, after_release
-from coxswain.core.roster import RepOverride, Roster, RosterOverrides, build_roster
-from coxswain.core.routing import Rotation, RoutingDecision, RoutingInput, Situation, route, select_pool
-from coxswain.core.sla import first_touch_due
+from coxswain.core.capacity import RepLoad
+from coxswain.core.roster import Roster, build_roster
+from coxswain.core.routing import Rotation, RoutingDecision, select_pool
+from coxswain.core.routing_state import Holder, RouteRequest, RoutingState
 from coxswain.db.models import table
+from coxswain.db.roster import load_overrides, roster_revision
 from coxswain.runtime import outbox
 from coxswain.runtime.consumer import BatchHandler, Handler, PermanentError, one_at_a_time
 from coxswain.runtime.outages import about, is_connection_error
@@ -43,16 +44,12 @@ from coxswain.runtime.waiting import sleep_or_stop
 from coxswain.settings import RouterConfig
 from schemas.events import (
     ActivityAcceptedV1,
-    ActivityType,
     Event,
     LeadAttributes,
     LeadQualifiedV1,
     LeadRoutedV1,
     LeadStageChangedV1,
-    LeadUnassignedV1,
-    Playbook,
     ReassignmentRequestedV1,
-    Stage,
     Tier,
 )
 from services.router import locks
@@ -65,34 +62,6 @@ ACCEPTS: dict[str, tuple[type[Event], ...]] = {
     ActivityAcceptedV1.topic: (ActivityAcceptedV1,),
     LeadStageChangedV1.topic: (LeadStageChangedV1,),
 }
-
-# A lead stops counting against its rep's capacity once sales has acted on it, as scoring judged
-# the activity: a refused one (``leads.activity_refused.v1``) frees nothing, so the router never
-# reads the raw crm.activities.v1 record.
-RELEASING_ACTIVITIES = frozenset({ActivityType.sal_accepted, ActivityType.sal_rejected, ActivityType.disqualified})
-RELEASING_STAGES = frozenset(
-    {Stage.sal, Stage.sql, Stage.opportunity, Stage.customer, Stage.recycled, Stage.disqualified}
-)
-
-
-class RouteRequest(BaseModel):
-    """What a decision is asked for; stored with a parked lead so a retry asks the same question."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    kind: Literal["qualified", "reassignment"]
-    decision_key: uuid.UUID
-    lead_id: uuid.UUID
-    attributes: LeadAttributes
-    tier: Tier
-    source: str
-    persona: str | None = None
-    playbook: Playbook | None = None
-    exclude: tuple[str, ...] = ()
-    replaces_assignment_id: uuid.UUID | None = None
-
-    def routing_input(self) -> RoutingInput:
-        return RoutingInput(attributes=self.attributes, tier=self.tier, source=self.source, persona=self.persona)
 
 
 class RosterCache:
@@ -109,19 +78,9 @@ class RosterCache:
         return self._built[1]
 
 
-async def load_overrides(connection: AsyncConnection, revision: int) -> RosterOverrides:
-    reps = await connection.execute(text("SELECT rep_id, body FROM rep_overrides"))
-    members = await connection.execute(text("SELECT pool_id, rep_id, weight FROM pool_member_overrides"))
-    return RosterOverrides(
-        reps={row.rep_id: RepOverride.model_validate(row.body) for row in reps},
-        members={(row.pool_id, row.rep_id): row.weight for row in members},
-        revision=revision,
-    )
-
-
 async def begin_routing(connection: AsyncConnection) -> int:
     """The roster revision in force; the locks are taken per run by ``lock_for``."""
-    return int(await connection.scalar(text("SELECT revision FROM roster_revision WHERE id = 1")) or 0)
+    return await roster_revision(connection)
 
 
 def _domains(requests: Sequence[RouteRequest], agreement: Agreement) -> dict[str, int]:
@@ -186,58 +145,24 @@ async def lock_for(
 
 
 @dataclass
-class Holding:
-    """A lead's ``lead_routing`` row as this run of decisions sees it."""
+class Run:
+    """A run of decisions: the core's state as loaded under the run's locks (``loaded``) and as the
+    decisions left it (``state``), and what the shell stores besides at the end."""
 
-    rep_id: str
-    load: int
-    open: bool
-    owners: list[str]
-    row: dict[str, Any] | None = None  # the row to write, once this run assigns the lead
-
-
-@dataclass
-class RoutingState:
-    """What a run of decisions reads, loaded once under the routing lock and kept current in
-    memory as each decision is made, so the next decision sees it exactly as it would have seen
-    it in the database after the previous one's statements."""
-
-    rotations: dict[str, Rotation]
-    loads: dict[str, RepLoad]
-    accounts: dict[str, str]  # domain -> owning rep
-    # Newest first, ties (leads opened in one transaction) by the higher lead id: (lead, rep, opened at)
-    open_by_domain: dict[str, list[tuple[uuid.UUID, str, datetime]]]
-    domain_of: dict[uuid.UUID, str]  # the open_by_domain list each listed lead is in
-    holdings: dict[uuid.UUID, Holding]
+    loaded: RoutingState
+    state: RoutingState
     decided: set[uuid.UUID]  # decision keys already stored (a redelivery past the inbox)
-    changed_pools: set[str] = field(default_factory=set)
-    changed_reps: set[str] = field(default_factory=set)
     assignments: list[dict[str, Any]] = field(default_factory=list)
     settled: list[uuid.UUID] = field(default_factory=list)  # leads whose wait in unassigned_leads ends
     settled_keys: list[uuid.UUID] = field(default_factory=list)  # decisions whose wait ends
 
     def named_reps(self) -> set[str]:
         """Reps outside the pools whose counters this state read: owners, domain holders, holders."""
+        state = self.loaded
         return (
-            set(self.accounts.values())
-            | {rep for held in self.open_by_domain.values() for _, rep, _ in held}
-            | {holding.rep_id for holding in self.holdings.values()}
-        )
-
-    def situation(self, now: datetime, roster: Roster, lead_id: uuid.UUID, domain: str | None) -> Situation:
-        owner_domain = next((d for d in parent_domains(domain) if d in self.accounts), None) if domain else None
-        held = next(
-            ((lead, rep) for lead, rep, _ in self.open_by_domain.get(domain or "", []) if lead != lead_id), None
-        )
-        return Situation(
-            now,
-            roster,
-            self.rotations,
-            self.loads,
-            self.accounts.get(owner_domain) if owner_domain else None,
-            owner_domain,
-            held[1] if held else None,
-            held[0] if held else None,
+            set(state.accounts.values())
+            | {rep for held in state.open_by_domain.values() for _, rep, _ in held}
+            | {holder.rep_id for holder in state.holders.values()}
         )
 
 
@@ -248,7 +173,7 @@ async def load_state(
     roster: Roster,
     now: datetime,
     pools: set[str],
-) -> RoutingState:
+) -> Run:
     """One round trip (two the first time a pool is seen) for everything a run of decisions reads:
     the pools' rotation rows (locked), the accounts owning the leads' domains, the newest open leads
     of those domains, the leads' current holders (locked), which decisions are already stored, and
@@ -265,15 +190,15 @@ async def load_state(
         "held AS (SELECT d.domain, h.lead_id, h.rep_id, h.opened_at FROM unnest(CAST(:domains AS text[]), "
         "CAST(:limits AS int[])) AS d(domain, n), LATERAL (SELECT lead_id, rep_id, opened_at FROM lead_routing "
         "WHERE open AND domain = d.domain ORDER BY opened_at DESC, lead_id DESC LIMIT d.n) AS h), "
-        "prev AS MATERIALIZED (SELECT lead_id, rep_id, load, open, owners FROM lead_routing "
-        "WHERE lead_id = ANY(:leads) ORDER BY lead_id FOR UPDATE) "
+        "prev AS MATERIALIZED (SELECT lead_id, assignment_id, rep_id, pool_id, domain, tier, load, open, "
+        "opened_at, owners FROM lead_routing WHERE lead_id = ANY(:leads) ORDER BY lead_id FOR UPDATE) "
         "SELECT (SELECT COALESCE(jsonb_agg(jsonb_build_array(pool_id, current, assigned, away)), '[]') FROM rot) "
         "AS rotations, (SELECT COALESCE(jsonb_agg(jsonb_build_array(domain, owner_rep_id)), '[]') FROM acct) "
         "AS accounts, (SELECT COALESCE(jsonb_agg(jsonb_build_array(domain, lead_id, rep_id, opened_at) "
         "ORDER BY domain, opened_at DESC, lead_id DESC), '[]') FROM held) AS held, "
-        "(SELECT COALESCE(jsonb_agg(jsonb_build_array(lead_id, rep_id, load, open, owners)), '[]') FROM prev) "
-        "AS previous, (SELECT COALESCE(jsonb_agg(decision_key), '[]') FROM assignments "
-        "WHERE decision_key = ANY(:keys)) AS decided, "
+        "(SELECT COALESCE(jsonb_agg(jsonb_build_array(lead_id, assignment_id, rep_id, pool_id, domain, tier, load, "
+        "open, opened_at, owners)), '[]') FROM prev) AS previous, "
+        "(SELECT COALESCE(jsonb_agg(decision_key), '[]') FROM assignments WHERE decision_key = ANY(:keys)) AS decided, "
         "(SELECT COALESCE(jsonb_agg(jsonb_build_array(rep_id, open_load, open_leads, day, assigned_on_day)), '[]') "
         "FROM rep_counters WHERE rep_id = ANY(:reps) OR rep_id IN (SELECT owner_rep_id FROM acct) "
         "OR rep_id IN (SELECT rep_id FROM held) OR rep_id IN (SELECT rep_id FROM prev)) AS counters"
@@ -298,11 +223,9 @@ async def load_state(
         )
         row = (await connection.execute(query, parameters)).one()
     open_by_domain: dict[str, list[tuple[uuid.UUID, str, datetime]]] = {}
-    domain_of: dict[uuid.UUID, str] = {}
     for domain, lead_id, rep_id, opened_at in row.held:
         open_by_domain.setdefault(domain, []).append((uuid.UUID(lead_id), rep_id, datetime.fromisoformat(opened_at)))
-        domain_of[uuid.UUID(lead_id)] = domain
-    return RoutingState(
+    state = RoutingState(
         rotations={
             pool_id: Rotation(current=current, assigned=assigned, away=frozenset(away))
             for pool_id, current, assigned, away in row.rotations
@@ -312,13 +235,33 @@ async def load_state(
             for rep_id, open_load, open_leads, day, on_day in row.counters
         },
         accounts=dict(row.accounts),
-        open_by_domain=open_by_domain,
-        domain_of=domain_of,
-        holdings={
-            uuid.UUID(lead_id): Holding(rep_id, load, is_open, list(owners))
-            for lead_id, rep_id, load, is_open, owners in row.previous
-        },
-        decided={uuid.UUID(key) for key in row.decided},
+        holders={uuid.UUID(previous[0]): _holder(*previous[1:]) for previous in row.previous},
+        open_by_domain={domain: tuple(held) for domain, held in open_by_domain.items()},
+    )
+    return Run(state, state, {uuid.UUID(key) for key in row.decided})
+
+
+def _holder(
+    assignment_id: str,
+    rep_id: str,
+    pool_id: str,
+    domain: str | None,
+    tier: str,
+    load: int,
+    is_open: bool,
+    opened_at: str,
+    owners: list[str],
+) -> Holder:
+    return Holder(
+        uuid.UUID(assignment_id),
+        rep_id,
+        pool_id,
+        domain,
+        Tier(tier),
+        load,
+        is_open,
+        datetime.fromisoformat(opened_at),
+        tuple(owners),
     )
 
 
@@ -347,14 +290,14 @@ async def route_requests(
     held = locked or await lock_for(connection, requests, agreement, roster)
     held = Held(set(held.pools), set(held.reps))
     while True:
-        state = await load_state(connection, requests, agreement, roster, now, held.pools)
-        if unlocked := state.named_reps() - held.reps:
+        run = await load_state(connection, requests, agreement, roster, now, held.pools)
+        if unlocked := run.named_reps() - held.reps:
             # The world moved between lock_for's look and the locks (an account changed owner, a
             # holder's lead was released): lock those reps too, then read their counters again.
             await locks.acquire(connection, locks.keys_for(reps=unlocked))
             held.reps |= unlocked
             continue
-        results, needed = decide(state, requests, agreement, roster, now, held.pools)
+        results, needed = decide_run(run, requests, agreement, roster, now, held.pools)
         if not needed:
             break
         # A decision fell through to a pool not locked (the fallback): lock it and its reps, and
@@ -377,131 +320,66 @@ async def route_requests(
                     fact.rule_id,
                     decision.matched_by,
                 )
-    await store(connection, state, now)
+    await store(connection, run, now)
     return results
 
 
-def decide(
-    state: RoutingState,
+def decide_run(
+    run: Run,
     requests: Sequence[RouteRequest],
     agreement: Agreement,
     roster: Roster,
     now: datetime,
     pools: set[str],
 ) -> tuple[list[tuple[RoutingDecision, list[Event]]], set[str]]:
-    """Every decision of the run in memory, each applied to ``state`` before the next; a parked
-    lead's facts come from ``park``, once the run's locks are known to cover what it read.
-    Stops at the first decision that read a pool outside ``pools`` and returns those pools."""
+    """Every decision of the run in memory, each applied to ``run.state`` by the core before the
+    next; a parked lead's facts come from ``park``, once the run's locks are known to cover what
+    it read. Stops at the first decision that read a pool outside ``pools`` and returns those pools."""
     results: list[tuple[RoutingDecision, list[Event]]] = []
     for request in requests:
-        domain = lead_domain(request.attributes, agreement.routing.ownership.free_mail_domains)
-        situation = state.situation(now, roster, request.lead_id, domain)
-        decision = route(request.routing_input(), agreement, situation, exclude=request.exclude)
+        before = run.state
+        decision = routing_state.decide(before, request, agreement, roster, now)
         if needed := set(decision.rotations_after) - pools:
             return results, needed
         if decision.rep_id is None:
             results.append((decision, []))
-        elif request.decision_key in state.decided:
+        elif request.decision_key in run.decided:
             # Already decided (a redelivery past the inbox): nothing may wait for it any longer.
-            state.settled_keys.append(request.decision_key)
+            run.settled_keys.append(request.decision_key)
             results.append((decision, []))
         else:
-            results.append((decision, [assign(state, request, decision, agreement, roster.revision, now)]))
+            run.state, fact = routing_state.assign(before, request, decision, agreement, now)
+            run.settled.append(request.lead_id)
+            run.assignments.append(_assignment_row(request, decision, fact, agreement, roster.revision, before))
+            results.append((decision, [fact]))
     return results, set()
 
 
-def assign(
-    state: RoutingState,
+def _assignment_row(
     request: RouteRequest,
     decision: RoutingDecision,
+    fact: LeadRoutedV1,
     agreement: Agreement,
     revision: int,
-    now: datetime,
-) -> LeadRoutedV1:
-    """Apply one decision to the run's state and return its fact; ``store`` writes the result."""
-    rep_id = decision.rep_id
-    assert rep_id is not None
-    assignment_id = uuid.uuid5(request.decision_key, "assignment")
-    lead_load = agreement.routing.load[request.tier]
-    before = {
-        "rotations": {pool: _rotation_json(state.rotations[pool]) for pool in decision.rotations_after},
-        "counters": {rep_id: _load_json(state.loads.get(rep_id, RepLoad()))},
+    before: RoutingState,
+) -> dict[str, Any]:
+    was = {
+        "rotations": {pool: _rotation_json(before.rotations[pool]) for pool in decision.rotations_after},
+        "counters": {fact.rep_id: _load_json(before.loads.get(fact.rep_id, RepLoad()))},
     }
-    state.assignments.append(
-        {
-            "a": assignment_id,
-            "k": request.decision_key,
-            "l": request.lead_id,
-            "r": rep_id,
-            "p": decision.pool_id,
-            "rule": decision.rule_id,
-            "reason": decision.reason,
-            "tier": request.tier.value,
-            "v": agreement.version,
-            "now": now,
-            "d": orjson.dumps(decision_record(request, decision, agreement, revision, before)).decode(),
-        }
-    )
-    state.rotations.update(decision.rotations_after)
-    state.changed_pools.update(decision.rotations_after)
-    state.loads[rep_id] = decision.load_after or RepLoad()
-    state.changed_reps.add(rep_id)
-    previous = state.holdings.get(request.lead_id)
-    if previous is not None and previous.open and previous.rep_id in state.loads:
-        # Qualified again while still open: the load moves from the previous holder to the new one.
-        state.loads[previous.rep_id] = after_release(state.loads[previous.rep_id], previous.load)
-        state.changed_reps.add(previous.rep_id)
-    owners = [*(previous.owners if previous is not None else []), rep_id]
-    state.holdings[request.lead_id] = Holding(
-        rep_id,
-        lead_load,
-        True,
-        owners,
-        {
-            "lead_id": request.lead_id,
-            "assignment_id": assignment_id,
-            "rep_id": rep_id,
-            "pool_id": decision.pool_id,
-            "owners": owners,
-            "domain": decision.domain,
-            "tier": request.tier.value,
-            "load": lead_load,
-            "open": True,
-            "opened_at": now,
-            "released_at": None,
-        },
-    )
-    listed = state.domain_of.pop(request.lead_id, None)
-    if listed is not None:
-        holders = state.open_by_domain[listed]
-        holders[:] = [held for held in holders if held[0] != request.lead_id]
-    if decision.domain:
-        # In the order load_state reads them (opened_at DESC, lead_id DESC): after the leads this
-        # run opened at the same instant with a higher id, so batched and single decisions agree.
-        holders = state.open_by_domain.setdefault(decision.domain, [])
-        at = next((i for i, (lead, _, opened) in enumerate(holders) if (opened, lead) < (now, request.lead_id)), None)
-        holders.insert(len(holders) if at is None else at, (request.lead_id, rep_id, now))
-        state.domain_of[request.lead_id] = decision.domain
-    state.settled.append(request.lead_id)
-    return LeadRoutedV1(
-        event_id=uuid.uuid5(request.decision_key, "routed"),
-        lead_id=request.lead_id,
-        occurred_at=now,
-        agreement_version=agreement.version,
-        caused_by=request.decision_key,
-        assignment_id=assignment_id,
-        rep_id=rep_id,
-        pool_id=decision.pool_id,
-        rule_id=decision.rule_id,
-        reason=decision.reason,
-        tier=request.tier,
-        routed_at=now,
-        follow_up_due_at=first_touch_due(agreement, request.tier, now, rep_id=rep_id),
-        candidates=decision.candidates,
-        playbook=request.playbook,
-        matched_by=None if decision.matched_by == "none" else decision.matched_by,
-        replaces_assignment_id=request.replaces_assignment_id,
-    )
+    return {
+        "a": fact.assignment_id,
+        "k": request.decision_key,
+        "l": request.lead_id,
+        "r": fact.rep_id,
+        "p": decision.pool_id,
+        "rule": decision.rule_id,
+        "reason": decision.reason,
+        "tier": request.tier.value,
+        "v": agreement.version,
+        "now": fact.routed_at,
+        "d": orjson.dumps(decision_record(request, decision, agreement, revision, was)).decode(),
+    }
 
 
 def decision_record(
@@ -533,20 +411,24 @@ def decision_record(
     }
 
 
-async def store(connection: AsyncConnection, state: RoutingState, now: datetime) -> None:
+async def store(connection: AsyncConnection, run: Run, now: datetime) -> None:
     """The run's assignments, the rotations, holders and counters they left, and the end of the
-    waits they settled: one statement each."""
-    if state.assignments:
+    waits they settled: one statement each. What changed is what the core replaced."""
+    loaded, state = run.loaded, run.state
+    if run.assignments:
         await connection.execute(
             text(
                 "INSERT INTO assignments (assignment_id, decision_key, lead_id, rep_id, pool_id, rule_id, reason, "
                 "tier, agreement_version, routed_at, decision) VALUES (:a, :k, :l, :r, :p, :rule, :reason, :tier, "
                 ":v, :now, CAST(:d AS jsonb)) ON CONFLICT (decision_key) DO NOTHING"
             ),
-            state.assignments,
+            run.assignments,
         )
-    if state.changed_pools:
-        rotations = [{"pool_id": pool, **_rotation_json(state.rotations[pool])} for pool in sorted(state.changed_pools)]
+    changed_pools = sorted(
+        pool for pool, rotation in state.rotations.items() if loaded.rotations.get(pool) is not rotation
+    )
+    if changed_pools:
+        rotations = [{"pool_id": pool, **_rotation_json(state.rotations[pool])} for pool in changed_pools]
         await connection.execute(
             text(
                 "UPDATE pool_rotation AS p SET current = v.current, assigned = v.assigned, away = v.away, "
@@ -555,10 +437,15 @@ async def store(connection: AsyncConnection, state: RoutingState, now: datetime)
             ),
             {"rot": orjson.dumps(rotations).decode(), "now": now},
         )
-    holders = [holding.row for holding in state.holdings.values() if holding.row is not None]
+    holders = [
+        _holder_row(lead_id, holder)
+        for lead_id, holder in state.holders.items()
+        if loaded.holders.get(lead_id) is not holder
+    ]
     if holders:
         await connection.execute(_holder_upsert(), holders)
-    if state.changed_reps:
+    changed_reps = sorted(rep for rep, load in state.loads.items() if loaded.loads.get(rep) is not load)
+    if changed_reps:
         await connection.execute(
             text(
                 "INSERT INTO rep_counters (rep_id, open_load, open_leads, day, assigned_on_day, updated_at) "
@@ -575,14 +462,30 @@ async def store(connection: AsyncConnection, state: RoutingState, now: datetime)
                     "on_day": state.loads[rep_id].assigned_on_day,
                     "now": now,
                 }
-                for rep_id in sorted(state.changed_reps)
+                for rep_id in changed_reps
             ],
         )
-    if state.settled or state.settled_keys:
+    if run.settled or run.settled_keys:
         await connection.execute(
             text("DELETE FROM unassigned_leads WHERE lead_id = ANY(:leads) OR decision_key = ANY(:keys)"),
-            {"leads": state.settled, "keys": state.settled_keys},
+            {"leads": run.settled, "keys": run.settled_keys},
         )
+
+
+def _holder_row(lead_id: uuid.UUID, holder: Holder) -> dict[str, Any]:
+    return {
+        "lead_id": lead_id,
+        "assignment_id": holder.assignment_id,
+        "rep_id": holder.rep_id,
+        "pool_id": holder.pool_id,
+        "owners": list(holder.owners),
+        "domain": holder.domain,
+        "tier": holder.tier.value,
+        "load": holder.load,
+        "open": holder.open,
+        "opened_at": holder.opened_at,
+        "released_at": None,
+    }
 
 
 @functools.cache
@@ -636,35 +539,12 @@ async def park(
         decision.pool_id,
         decision.waiting_for,
     )
-    return [
-        LeadUnassignedV1(
-            event_id=uuid.uuid5(request.decision_key, "unassigned"),
-            lead_id=request.lead_id,
-            occurred_at=now,
-            agreement_version=agreement.version,
-            caused_by=request.decision_key,
-            tier=request.tier,
-            pool_id=decision.pool_id,
-            rule_id=decision.rule_id,
-            reason=decision.reason,
-            waiting_for_rep=decision.waiting_for,
-            candidates=decision.candidates,
-        )
-    ]
-
-
-async def _release_load(connection: AsyncConnection, rep_id: str, load: int, now: datetime) -> None:
-    await connection.execute(
-        text(
-            "UPDATE rep_counters SET open_load = GREATEST(open_load - :load, 0), "
-            "open_leads = GREATEST(open_leads - 1, 0), updated_at = :now WHERE rep_id = :r"
-        ),
-        {"r": rep_id, "load": load, "now": now},
-    )
+    return [routing_state.unassigned(request, decision, agreement, now)]
 
 
 async def release(connection: AsyncConnection, lead_id: uuid.UUID, happened_at: datetime, now: datetime) -> None:
-    """The lead no longer counts against its rep; an older fact cannot release a newer assignment."""
+    """The lead no longer counts against its rep, as the core decides (an older fact cannot release
+    a newer assignment): its holder row and its rep's counters, read and written under their locks."""
     # The lead's lock keeps its holder from changing, the holder's lock orders this against
     # decisions reading that rep's counters. The first look is without locks, so look again.
     reps: set[str] = set()
@@ -678,19 +558,47 @@ async def release(connection: AsyncConnection, lead_id: uuid.UUID, happened_at: 
     row = (
         await connection.execute(
             text(
-                "UPDATE lead_routing SET open = false, released_at = :now "
-                "WHERE lead_id = :l AND open AND opened_at <= :at RETURNING rep_id, load"
+                "SELECT h.assignment_id, h.rep_id, h.pool_id, h.domain, h.tier, h.load, h.open, h.opened_at, h.owners, "
+                "c.rep_id AS counted, c.open_load, c.open_leads, c.day, c.assigned_on_day FROM lead_routing h "
+                "LEFT JOIN rep_counters c ON c.rep_id = h.rep_id WHERE h.lead_id = :l FOR UPDATE OF h"
             ),
-            {"l": lead_id, "at": happened_at, "now": now},
+            {"l": lead_id},
         )
-    ).one_or_none()
-    if row is not None:
-        await _release_load(connection, row.rep_id, row.load, now)
-        log.info("open load released: lead_id=%s rep_id=%s load=%s", lead_id, row.rep_id, row.load)
+    ).one()
+    state = RoutingState(
+        loads={row.rep_id: RepLoad(row.open_load, row.open_leads, row.day, row.assigned_on_day)}
+        if row.counted is not None
+        else {},
+        holders={
+            lead_id: Holder(
+                row.assignment_id,
+                row.rep_id,
+                row.pool_id,
+                row.domain,
+                Tier(row.tier),
+                row.load,
+                row.open,
+                row.opened_at,
+                tuple(row.owners),
+            )
+        },
+    )
+    after, released = routing_state.release(state, lead_id, happened_at)
+    if released is None:
+        return
+    await connection.execute(
+        text("UPDATE lead_routing SET open = false, released_at = :now WHERE lead_id = :l"), {"l": lead_id, "now": now}
+    )
+    if (load := after.loads.get(released.rep_id)) is not None:
+        await connection.execute(
+            text("UPDATE rep_counters SET open_load = :load, open_leads = :leads, updated_at = :now WHERE rep_id = :r"),
+            {"r": released.rep_id, "load": load.open_load, "leads": load.open_leads, "now": now},
+        )
+    log.info("open load released: lead_id=%s rep_id=%s load=%s", lead_id, released.rep_id, released.load)
 
 
 async def reassignment_request(
-    connection: AsyncConnection, event: ReassignmentRequestedV1, k: int
+    connection: AsyncConnection, event: ReassignmentRequestedV1, agreement: Agreement
 ) -> RouteRequest | None:
     """The request to route a reassignment, or None when the assignment was already replaced."""
     row = (
@@ -720,7 +628,6 @@ async def reassignment_request(
     if not isinstance(given, dict):
         raise PermanentError(f"assignment {event.assignment_id} has no routing input to route again from")
     owners: list[str] = list(holder.owners) if holder is not None else [row.rep_id]
-    recent = owners[-k:] if k else []
     return RouteRequest(
         kind="reassignment",
         decision_key=event.event_id,
@@ -729,7 +636,7 @@ async def reassignment_request(
         tier=event.tier,
         source=given["source"],
         persona=given.get("persona"),
-        exclude=tuple(sorted({*event.exclude_reps, *recent})),
+        exclude=routing_state.reassignment_excludes(owners, event.exclude_reps, agreement),
         replaces_assignment_id=event.assignment_id,
     )
 
@@ -787,13 +694,8 @@ def make_batch_handler(agreement: Agreement) -> BatchHandler:
                     await flush()
                 run.append((index, qualified_request(event)))
                 continue
-            if isinstance(event, ActivityAcceptedV1):
-                if event.activity in RELEASING_ACTIVITIES:
-                    await flush()
-                    await release(connection, event.lead_id, event.occurred_at, now)
-                continue
-            if isinstance(event, LeadStageChangedV1):
-                if event.to_stage in RELEASING_STAGES:
+            if isinstance(event, (ActivityAcceptedV1, LeadStageChangedV1)):
+                if routing_state.releases(event):
                     await flush()
                     await release(connection, event.lead_id, event.occurred_at, now)
                 continue
@@ -803,7 +705,7 @@ def make_batch_handler(agreement: Agreement) -> BatchHandler:
             # Its lead first: reassignment_request locks the lead's row, and row locks are only
             # taken under the routing lock of what they protect.
             await locks.acquire(connection, locks.keys_for(leads=[event.lead_id]))
-            request = await reassignment_request(connection, event, agreement.routing.reassign_exclude_last)
+            request = await reassignment_request(connection, event, agreement)
             if request is not None:
                 _, facts[index] = await route_request(connection, agreement, roster, request, now)
         await flush()

@@ -17,24 +17,10 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import Row, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from coxswain.core import sla_clocks
 from coxswain.core.agreement import Agreement
-from coxswain.core.sla import (
-    Clock,
-    DeadlineStatus,
-    MilestonePlan,
-    Timer,
-    TimerKind,
-    alert_id,
-    breached,
-    cancelled,
-    carry_ladder,
-    counts_as_response,
-    credited_rep,
-    deadline_id_for,
-    met,
-    on_response,
-    plan,
-)
+from coxswain.core.sla import Clock, DeadlineStatus, Timer, TimerKind, deadline_id_for
+from coxswain.core.sla_clocks import HeldClock, routed_plan
 from coxswain.runtime.consumer import BatchHandler, Handler, PermanentError, claim_many, one_at_a_time
 from schemas.events import (
     ActivityAcceptedV1,
@@ -44,7 +30,8 @@ from schemas.events import (
     Event,
     LeadQualifiedV1,
     LeadRoutedV1,
-    SlaArmedV1,
+    SlaBreachedV1,
+    SlaMetV1,
     Tier,
 )
 from services.sla_monitor import alerts
@@ -85,54 +72,17 @@ def clock_of(row: Row[Any]) -> Clock:
 
 
 @dataclass
-class OpenClock:
-    """A deadline that can still change, as this batch sees it (loaded under its row lock or armed here)."""
-
-    clock: Clock
-    started_at: datetime | None
-    responded_at: datetime | None = None
-    decided_at: datetime | None = None
-    decided_by: uuid.UUID | None = None
-    responded_by: str | None = None
-    superseded_by: uuid.UUID | None = None
-    ladder: tuple[Timer, ...] = ()  # escalation steps still pending, loaded when a new assignment may carry them
-    changed: bool = False  # a stored row to update at the end of the batch
-    stopped: bool = False  # its pending timers are retired at the end of the batch
-
-    def decide(self, status: DeadlineStatus, now: datetime, by: uuid.UUID) -> None:
-        self.clock = replace(self.clock, status=status)
-        self.decided_at, self.decided_by, self.changed = now, by, True
-
-    @property
-    def can_change(self) -> bool:
-        if self.superseded_by is not None:
-            return False
-        status = self.clock.status
-        return status is DeadlineStatus.armed or (status is DeadlineStatus.breached and self.responded_at is None)
-
-    @property
-    def escalating(self) -> bool:
-        return self.clock.status is DeadlineStatus.breached and self.responded_at is None
-
-
-@dataclass
-class NewClock:
-    open: OpenClock
-    event: LeadRoutedV1
-    milestone: MilestonePlan
-
-
-@dataclass
 class Batch:
-    """What a batch reads up front, and what it writes at the end."""
+    """What a batch reads up front, and what it writes at the end: the leads' clocks that can
+    still change as loaded (``loaded``, by deadline id) and as the core left them (``clocks``)."""
 
     agreement: Agreement
     now: datetime
     metrics: SlaMetrics
-    clocks: dict[uuid.UUID, list[OpenClock]]  # per lead, in deadline id order
+    clocks: dict[uuid.UUID, tuple[HeldClock, ...]]  # per lead, in deadline id order
+    loaded: dict[uuid.UUID, HeldClock]
     existing: set[uuid.UUID]  # planned deadline ids already stored
     activities: dict[uuid.UUID, list[tuple[datetime, ActivityAcceptedV1]]]  # per lead, by received_at
-    created: list[NewClock] = field(default_factory=list)
     mqls: list[LeadQualifiedV1] = field(default_factory=list)
 
 
@@ -144,7 +94,7 @@ async def load_batch(
     on, which planned deadlines exist, and the accepted activities already applied for the routed
     leads."""
     leads = sorted({event.lead_id for event in events if not isinstance(event, LeadQualifiedV1)})
-    clocks: dict[uuid.UUID, list[OpenClock]] = {}
+    clocks: dict[uuid.UUID, list[HeldClock]] = {}
     if leads:
         rows = await connection.execute(
             text(
@@ -155,21 +105,21 @@ async def load_batch(
             {"leads": leads},
         )
         for row in rows:
-            held = OpenClock(clock_of(row), row.started_at, row.responded_at, row.decided_at, row.decided_by)
+            held = HeldClock(clock_of(row), row.started_at, row.responded_at, row.decided_at, row.decided_by)
             clocks.setdefault(row.lead_id, []).append(held)
     routed = [event for event in events if isinstance(event, LeadRoutedV1)]
     planned = [
         deadline_id_for(event.assignment_id, milestone.milestone)
         for event in routed
-        for milestone in _plan(agreement, event)
+        for milestone in routed_plan(agreement, event)
     ]
     existing: set[uuid.UUID] = set()
     activities: dict[uuid.UUID, list[tuple[datetime, ActivityAcceptedV1]]] = {}
     if routed:
         escalating = {
-            held.clock.deadline_id: held
+            held.clock.deadline_id: (event.lead_id, index)
             for event in routed
-            for held in clocks.get(event.lead_id, [])
+            for index, held in enumerate(clocks.get(event.lead_id, []))
             if held.escalating
         }
         if escalating:
@@ -182,8 +132,9 @@ async def load_batch(
                 {"ids": sorted(escalating)},
             )
             for row in ladders:
-                held = escalating[row.deadline_id]
-                held.ladder = (*held.ladder, timer_of(row))
+                lead_id, index = escalating[row.deadline_id]
+                held = clocks[lead_id][index]
+                clocks[lead_id][index] = replace(held, ladder=(*held.ladder, timer_of(row)))
         existing = set(
             (
                 await connection.scalars(
@@ -212,7 +163,9 @@ async def load_batch(
         for row in result:
             activity = ActivityAcceptedV1.model_validate(row.payload)
             activities.setdefault(row.lead_id, []).append((row.received_at, activity))
-    return Batch(agreement, now, metrics, clocks, existing, activities)
+    held_clocks = {lead_id: tuple(held) for lead_id, held in clocks.items()}
+    loaded = {held.clock.deadline_id: held for each in held_clocks.values() for held in each}
+    return Batch(agreement, now, metrics, held_clocks, loaded, existing, activities)
 
 
 def timer_of(row: Row[Any]) -> Timer:
@@ -229,117 +182,40 @@ def timer_of(row: Row[Any]) -> Timer:
     )
 
 
-def _plan(agreement: Agreement, event: LeadRoutedV1) -> tuple[MilestonePlan, ...]:
-    return plan(agreement, event.tier, event.rep_id, event.pool_id, event.routed_at, event.follow_up_due_at)
-
-
 def arm(batch: Batch, event: LeadRoutedV1) -> list[Event]:
-    """A new assignment: the clocks of the previous one stop (a new clock replaces them). A clock
-    that was escalating hands the steps it had not fired to the new clock of its milestone, so
-    the ladder belongs to the lead's follow-up: it goes on across reassignments, never restarts."""
-    open_clocks = [held for held in batch.clocks.get(event.lead_id, []) if held.can_change]
-    older = [held for held in open_clocks if held.clock.assignment_id != event.assignment_id]
-    if any(held.started_at is not None and held.started_at > event.routed_at for held in older):
-        return []  # a newer assignment already runs; this one was superseded before we saw it
-    facts: list[Event] = []
-    follow_up: dict[str, OpenClock] = {}
-    for held in older:
-        if held.clock.status is DeadlineStatus.armed:
-            held.decide(DeadlineStatus.cancelled, batch.now, event.event_id)
-            facts.append(cancelled(held.clock, batch.now, event.assignment_id))
-        held.superseded_by, held.changed, held.stopped = event.assignment_id, True, True
-        follow_up.setdefault(held.clock.milestone, held)
-    reassigned = event.replaces_assignment_id is not None
-    rep = batch.agreement.rep(event.rep_id)
-    manager = rep.manager if rep is not None else None
-    for milestone in _plan(batch.agreement, event):
-        deadline_id = deadline_id_for(event.assignment_id, milestone.milestone)
-        if deadline_id in batch.existing:
-            continue
-        batch.existing.add(deadline_id)
-        before = follow_up.get(milestone.milestone)
-        if before is not None and before.escalating:
-            own = tuple(timer for timer in milestone.timers if timer.kind is not TimerKind.escalation)
-            milestone = replace(
-                milestone, timers=(*own, *carry_ladder(before.ladder, event.rep_id, manager, event.pool_id))
-            )
-        clock = Clock(
-            deadline_id=deadline_id,
-            lead_id=event.lead_id,
-            assignment_id=event.assignment_id,
-            rep_id=event.rep_id,
-            team=event.pool_id,
-            milestone=milestone.milestone,
-            tier=event.tier,
-            due_at=milestone.due_at,
-            status=DeadlineStatus.armed,
-            reassignments=(before.clock.reassignments if before is not None else 0) + reassigned,
-            paged=before.clock.paged if before is not None else False,
-        )
-        held = OpenClock(clock, milestone.started_at)
-        batch.created.append(NewClock(held, event, milestone))
-        # In deadline id order, as a later event's load would return them.
-        clocks = batch.clocks.setdefault(event.lead_id, [])
-        clocks.append(held)
-        clocks.sort(key=lambda each: each.clock.deadline_id)
-        facts.append(
-            SlaArmedV1(
-                event_id=alert_id(deadline_id, "armed"),
-                lead_id=event.lead_id,
-                occurred_at=batch.now,
-                deadline_id=deadline_id,
-                assignment_id=event.assignment_id,
-                rep_id=event.rep_id,
-                milestone=milestone.milestone,
-                tier=event.tier,
-                due_at=milestone.due_at,
-            )
-        )
-    if any(isinstance(fact, SlaArmedV1) for fact in facts):
-        # Only activities received at or after the routing count, so a touch for an earlier
-        # assignment does not answer this one.
-        for received_at, early in batch.activities.get(event.lead_id, []):
-            if received_at >= event.routed_at:
-                facts += respond(batch, early)
-    return facts
+    """A new assignment, as the core decides it for the lead's clocks (``sla_clocks.arm``)."""
+    before = batch.clocks.get(event.lead_id, ())
+    after, facts = sla_clocks.arm(
+        before, event, batch.agreement, batch.now, batch.existing, batch.activities.get(event.lead_id, ())
+    )
+    batch.existing |= {held.clock.deadline_id for held in after if held.plan is not None}
+    return _kept(batch, event.lead_id, after, facts)
 
 
 def respond(batch: Batch, event: ActivityAcceptedV1) -> list[Event]:
-    """The row lock orders a response and the timer: whoever holds the deadline row first decides.
-    Only a response ``sla.credit`` credits to someone stops a clock, and that rep gets the credit."""
-    # A touch the CRM dates in the future counts from when we heard of it.
-    responded_at = min(event.occurred_at, batch.now)
-    facts: list[Event] = []
-    for held in batch.clocks.get(event.lead_id, []):
-        clock = held.clock
-        if not held.can_change or not counts_as_response(batch.agreement, clock.tier, event.activity, clock.milestone):
-            continue
-        credited = credited_rep(batch.agreement, clock.rep_id, clock.team, event.rep_id)
-        if credited is None:
-            continue  # another rep's touch: recorded as accepted, the owner's clock runs on
-        held.stopped = held.changed = True
-        held.responded_at, held.responded_by = responded_at, credited
-        if held.decided_at is None:
-            held.decided_at, held.decided_by = batch.now, event.event_id
-        verdict = on_response(clock.status, clock.due_at, responded_at)
-        if verdict is None:
-            continue  # breached earlier: the response only stops the escalation ladder
-        held.clock = replace(clock, status=verdict.status, responded=True)
-        labels = (clock.tier.value, clock.team or "")
-        if verdict.status is DeadlineStatus.met:
-            facts.append(met(held.clock, batch.now, responded_at, event.event_id, credited))
-            batch.metrics.met.labels(*labels).inc()
-        else:
-            facts.append(breached(held.clock, batch.now))
-            batch.metrics.breaches.labels(*labels).inc()
+    """A response, as the core decides it for the lead's clocks (``sla_clocks.respond``). The row
+    lock orders a response and the timer: whoever holds the deadline row first decides."""
+    after, facts = sla_clocks.respond(batch.clocks.get(event.lead_id, ()), event, batch.agreement, batch.now)
+    return _kept(batch, event.lead_id, after, facts)
+
+
+def _kept(batch: Batch, lead_id: uuid.UUID, clocks: tuple[HeldClock, ...], facts: list[Event]) -> list[Event]:
+    if clocks:
+        batch.clocks[lead_id] = clocks
+    teams = {held.clock.deadline_id: held.clock.team for held in clocks}
+    for fact in facts:
+        if isinstance(fact, (SlaMetV1, SlaBreachedV1)):
+            counter = batch.metrics.met if isinstance(fact, SlaMetV1) else batch.metrics.breaches
+            counter.labels(fact.tier.value, teams.get(fact.deadline_id) or "").inc()
     return facts
 
 
 async def store(connection: AsyncConnection, batch: Batch) -> None:
     """The batch's end state: at most five statements."""
     now = batch.now
-    created = {new.open.clock.deadline_id for new in batch.created}
-    if batch.created:
+    held_clocks = [held for clocks in batch.clocks.values() for held in clocks]
+    created = [held for held in held_clocks if held.plan is not None]
+    if created:
         await connection.execute(
             text(
                 "INSERT INTO deadlines (deadline_id, assignment_id, lead_id, rep_id, milestone, tier, armed_at, "
@@ -349,27 +225,28 @@ async def store(connection: AsyncConnection, batch: Batch) -> None:
             ),
             [
                 {
-                    "d": new.open.clock.deadline_id,
-                    "a": new.event.assignment_id,
-                    "l": new.event.lead_id,
-                    "r": new.event.rep_id,
-                    "m": new.milestone.milestone,
-                    "t": new.event.tier.value,
+                    "d": new.clock.deadline_id,
+                    "a": new.clock.assignment_id,
+                    "l": new.clock.lead_id,
+                    "r": new.clock.rep_id,
+                    "m": new.plan.milestone,
+                    "t": new.clock.tier.value,
                     "now": now,
-                    "due": new.milestone.due_at,
-                    "s": new.open.clock.status.value,
-                    "team": new.event.pool_id,
-                    "start": new.milestone.started_at,
-                    "cal": new.milestone.calendar,
+                    "due": new.plan.due_at,
+                    "s": new.clock.status.value,
+                    "team": new.clock.team,
+                    "start": new.plan.started_at,
+                    "cal": new.plan.calendar,
                     "v": batch.agreement.version,
-                    "resp": new.open.responded_at,
-                    "dec": new.open.decided_at,
-                    "by": new.open.decided_by,
-                    "resp_by": new.open.responded_by,
-                    "reassignments": new.open.clock.reassignments,
-                    "paged": new.open.clock.paged,
+                    "resp": new.responded_at,
+                    "dec": new.decided_at,
+                    "by": new.decided_by,
+                    "resp_by": new.responded_by,
+                    "reassignments": new.clock.reassignments,
+                    "paged": new.clock.paged,
                 }
-                for new in batch.created
+                for new in created
+                if new.plan is not None
             ],
         )
         await connection.execute(
@@ -380,26 +257,28 @@ async def store(connection: AsyncConnection, batch: Batch) -> None:
             ),
             [
                 {
-                    "d": new.open.clock.deadline_id,
+                    "d": new.clock.deadline_id,
                     "k": timer.key,
                     "kind": timer.kind.value,
                     "due": timer.due_at,
                     # A clock stopped in the batch that armed it never had a pending timer.
-                    "s": "cancelled" if new.open.stopped else "pending",
+                    "s": "cancelled" if new.stopped else "pending",
                     "f": timer.fraction,
                     "step": timer.step.value if timer.step else None,
                     "i": timer.step_index,
                     "target": timer.target,
                     "x": timer.exclude_last,
-                    "dec": now if new.open.stopped else None,
+                    "dec": now if new.stopped else None,
                     "carried": timer.carried,
                 }
-                for new in batch.created
-                for timer in new.milestone.timers
+                for new in created
+                if new.plan is not None
+                for timer in new.plan.timers
             ],
         )
-    stored = [held for clocks in batch.clocks.values() for held in clocks if held.clock.deadline_id not in created]
-    changed = [held for held in stored if held.changed]
+    # A stored clock changed when the core replaced it.
+    stored = [held for held in held_clocks if held.plan is None]
+    changed = [held for held in stored if batch.loaded.get(held.clock.deadline_id) is not held]
     if changed:
         await connection.execute(
             text(

@@ -18,18 +18,19 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Row, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from coxswain.core import sla_clocks
 from coxswain.core.agreement import Agreement
-from coxswain.core.sla import Clock, Timer, TimerKind, on_timer, timer_facts
+from coxswain.core.sla import EVERY_ASSIGNMENT, Clock, Timer, TimerKind, on_timer
 from coxswain.runtime import outages, outbox
 from coxswain.runtime.outages import is_connection_error
-from schemas.events import EscalationAction, Event, SlaEscalatedV1
+from schemas.events import EscalationAction, Event
 from services.sla_monitor import alerts
 from services.sla_monitor.metrics import SlaMetrics
 from services.sla_monitor.service import CLOCK_COLUMNS, CONSUMER, clock_of, timer_of
@@ -76,12 +77,13 @@ async def claim(connection: AsyncConnection, now: datetime, limit: int) -> list[
 
 
 async def previous_owners(connection: AsyncConnection, lead_id: uuid.UUID) -> list[str]:
+    """The lead's reps newest first: one per assignment, read from the clock every assignment has."""
     rows = await connection.execute(
         text(
-            "SELECT rep_id FROM deadlines WHERE lead_id = :l AND milestone = 'first_touch' "
+            "SELECT rep_id FROM deadlines WHERE lead_id = :l AND milestone = :every "
             "ORDER BY started_at DESC NULLS LAST, armed_at DESC"
         ),
-        {"l": lead_id},
+        {"l": lead_id, "every": EVERY_ASSIGNMENT},
     )
     return [row.rep_id for row in rows]
 
@@ -121,19 +123,15 @@ async def fire_due(
                 continue
             owners = await previous_owners(connection, clock.lead_id) if timer.step is EscalationAction.reassign else []
             cap = agreement.sla.policies[clock.tier].max_reassignments if agreement is not None else None
-            facts = timer_facts(clock, timer, now, owners, cap)
+            after, facts = sla_clocks.fire(clock, timer, verdict, now, owners, cap)
             result.facts += facts
             result.fired.append((clock, timer))
             fired.append((clock.deadline_id, timer.key))
-            if verdict.status is not clock.status:
+            if after.status is not clock.status:
                 newly_breached.append(clock.deadline_id)
-                clock = replace(clock, status=verdict.status)
-            if any(isinstance(fact, SlaEscalatedV1) and fact.step is EscalationAction.page_oncall for fact in facts):
-                # On-call is paged once per follow-up: a later page step (here, or carried on to
-                # the clock of a reassignment) retires instead of paging again.
+            if after.paged and not clock.paged:
                 paged.append(clock.deadline_id)
-                clock = replace(clock, paged=True)
-            clocks[clock.deadline_id] = clock
+            clocks[clock.deadline_id] = after
         await _mark(connection, fired, "fired", now, instance)
         await _mark(connection, retired, "cancelled", now, None)
         result.retired = len(retired)

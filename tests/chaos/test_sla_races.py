@@ -5,19 +5,16 @@ before the deadline always stops the clock, whatever order the monitor learns ab
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-import pytest_asyncio
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coxswain.core.agreement import load_agreement
-from coxswain.db.database import create_engine
 from coxswain.runtime.consumer import ConsumerService, Delivery
-from coxswain.settings import ConsumerConfig, DatabaseConfig, KafkaConfig
+from coxswain.settings import ConsumerConfig, KafkaConfig
 from schemas.codec import encode
 from schemas.events import (
     ActivityAcceptedV1,
@@ -40,13 +37,6 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 AGREEMENT = load_agreement(Path(__file__).parents[1] / "e2e" / "agreement.yaml")
 ROUTED_AT = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
 DUE = ROUTED_AT + timedelta(seconds=4)
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def engine(infrastructure: None) -> AsyncIterator[AsyncEngine]:
-    database = create_engine(DatabaseConfig())
-    yield database
-    await database.dispose()
 
 
 def monitor(engine: AsyncEngine, now: datetime) -> ConsumerService:

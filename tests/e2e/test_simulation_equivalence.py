@@ -13,9 +13,19 @@ whatever the number of partitions, and the test needs no special topic layout.
 
 Time: the stream's bodies are sent without ``occurred_at``, so intake stamps the receipt time,
 as a live sender usually does. Routing then happens a few milliseconds after the qualifying
-event in the live stack and at its time in the simulator; deadlines are compared as offsets
-from the routing instant (24x7 calendars, no capacity limits: nothing else depends on the
-wall clock).
+event in the live stack and at its time in the simulator. The agreement is the equivalence
+agreement made to depend on the wall clock the way production does, around the moment the test
+starts (``business_agreement``): first-touch clocks on an office calendar that is closed for
+hours around now (so each deadline is the next opening plus the allowed time, the same instant
+whichever of the two routed), one rep off shift all along and one on shift all along (working
+hours), a capacity and a daily cap that the few hundred leads exhaust (so reps are skipped,
+their leads released and the rotation's re-entry rule applied), and a spare pool that takes the
+test's own probes (domain stickiness, the ladder) so that nobody ever has to wait for a parked
+lead's retry, whose timing the live stack does not promise. A deadline may differ between the
+two by no more than their routing instants do.
+
+Run time: about a minute and a half for ~1,200 webhooks on a laptop, most of it the
+one-at-a-time submission that gives the live stack the simulator's total order.
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ import httpx
 import orjson
 import pytest
 import pytest_asyncio
+import yaml
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -45,9 +56,56 @@ from tests.support.stack import Stack, post_signed
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-AGREEMENT = Path(__file__).parent / "agreement_simulation.yaml"
-VERSION = "e2e-simulation-1"
+BASE_AGREEMENT = Path(__file__).parent / "agreement_simulation.yaml"
+VERSION = "e2e-simulation-business-1"
 FOLLOWERS = ("scoring", "router", "sla-monitor")
+LEADS = 250
+# The office is closed from an hour before the test starts to CLOSED_AHEAD after: the first-touch
+# deadlines of hot and warm leads all fall after its next opening, and the off-shift rep stays off.
+CLOSED_AHEAD = 3
+OFFICE_FIRST_TOUCH = {"hot": timedelta(hours=2), "warm": timedelta(hours=4)}
+
+
+def _windows(open_hours: set[int]) -> list[str]:
+    """Contiguous open hours of a day as 'HH:MM-HH:MM' windows."""
+    windows: list[str] = []
+    hour = 0
+    while hour < 24:
+        if hour not in open_hours:
+            hour += 1
+            continue
+        start = hour
+        while hour < 24 and hour in open_hours:
+            hour += 1
+        windows.append(f"{start:02d}:00-{hour:02d}:00")
+    return windows
+
+
+def business_agreement(now: datetime, path: Path) -> Path:
+    """The equivalence agreement with business calendars, working hours and capacity limits, laid
+    out around ``now`` (see the module's docstring); written to ``path``."""
+    document: dict[str, Any] = yaml.safe_load(BASE_AGREEMENT.read_text(encoding="utf-8"))
+    hour = now.astimezone(UTC).hour
+    closed = {(hour + offset) % 24 for offset in range(-1, CLOSED_AHEAD)}
+    document["version"] = VERSION
+    document["calendars"] = {
+        "office": {"timezone": "UTC", "hours": {"mon-sun": _windows(set(range(24)) - closed)}},
+        "shift": {"timezone": "UTC", "hours": {"mon-sun": _windows(closed)}},
+    }
+    reps = {rep["id"]: rep for rep in document["roster"]}
+    reps["sim-ann"].update(capacity=6, calendar="shift")  # two hot leads fill her
+    reps["sim-cy"].update(calendar="office")  # off shift for the whole test
+    reps["sim-di"].update(daily_cap=5, timezone="Europe/Berlin")  # then Europe falls back to the general pool
+    document["roster"] += [{"id": "sim-ed", "name": "Ed Sim"}, {"id": "sim-fay", "name": "Fay Sim"}]
+    document["routing"]["rules"].append({"id": "spare", "when": {"country": ["JP"]}, "pool": "sim-spare"})
+    document["routing"]["pools"].append({"id": "sim-spare", "members": [{"rep": "sim-ed"}, {"rep": "sim-fay"}]})
+    for tier, allowed in OFFICE_FIRST_TOUCH.items():
+        document["sla"]["policies"][tier] = {
+            "first_touch": f"{int(allowed.total_seconds() // 3600)}h",
+            "calendar": "office",
+        }
+    path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+    return path
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -75,10 +133,11 @@ async def database() -> AsyncIterator[AsyncEngine]:
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def simulation_agreement(stack: Stack, database: AsyncEngine) -> AsyncIterator[None]:
+async def simulation_agreement(stack: Stack, database: AsyncEngine, tmp_path: Path) -> AsyncIterator[Path]:
     """Put the test agreement in force in every service; afterwards back to the stack's file."""
     before = {name: in_force(stack, name, VERSION) for name in FOLLOWERS}
-    activated = await asyncio.to_thread(cli, "agreement", "activate", str(AGREEMENT))
+    agreement = business_agreement(datetime.now(UTC), tmp_path / "agreement.yaml")
+    activated = await asyncio.to_thread(cli, "agreement", "activate", str(agreement))
     assert activated.returncode == 0, activated.stderr
     for name in FOLLOWERS:
 
@@ -87,7 +146,7 @@ async def simulation_agreement(stack: Stack, database: AsyncEngine) -> AsyncIter
 
         await wait_until(switched, f"{name} to put {VERSION} in force")
     try:
-        yield
+        yield agreement
     finally:
         async with database.begin() as connection:
             await connection.execute(text("DELETE FROM agreements"))
@@ -152,7 +211,9 @@ def stream(tag: str) -> list[dict[str, Any]]:
     reported won while the lead is still early in the lifecycle (after every fourth activity;
     the agreement refuses it). Rejections carry the generator's codes, one of which the
     simulation agreement does not list (refused)."""
-    spec = StreamSpec(leads=28, start=date(2026, 3, 2), days=2, seed=11, touch_share=0.8, domain=f"{tag}.example.com")
+    spec = StreamSpec(
+        leads=LEADS, start=date(2026, 3, 2), days=2, seed=11, touch_share=0.8, domain=f"{tag}.example.com"
+    )
     lines: list[dict[str, Any]] = []
     touches = activities = 0
     for line in generate(spec):
@@ -170,7 +231,7 @@ def stream(tag: str) -> list[dict[str, Any]]:
 
 
 async def test_simulator_replays_the_live_run_decision_by_decision(
-    client: httpx.AsyncClient, stack: Stack, database: AsyncEngine, simulation_agreement: None, tmp_path: Path
+    client: httpx.AsyncClient, stack: Stack, database: AsyncEngine, simulation_agreement: Path, tmp_path: Path
 ) -> None:
     tag = f"sim{uuid.uuid4().hex[:8]}"
     lines = stream(tag)
@@ -193,7 +254,7 @@ async def test_simulator_replays_the_live_run_decision_by_decision(
     company = f"{tag}-acme.example.com"
     same_domain: list[str] = []
     for person in ("first", "second"):
-        body = {"type": "demo_request", "contact": {"email": f"{person}@{company}", "country": "US"}}
+        body = {"type": "demo_request", "contact": {"email": f"{person}@{company}", "country": "JP"}}
         dead_before = await dead_lettered(database)
         response = await post_signed(client, "/v1/webhooks/webform/events", body)
         assert response.status_code == 202, response.text
@@ -205,7 +266,10 @@ async def test_simulator_replays_the_live_run_decision_by_decision(
     # A lead nobody answers under a ladder (the cold tier of this agreement): breached, reassigned
     # once, on-call paged. Sent after the stream, so the reassignment meets the same rotation in
     # the live run and in the replay; then one more input moves the replay's clock past the page.
-    ladder_body = {"type": "field_update", "contact": {"email": f"nobody-calls@{tag}-ladder.example.com"}}
+    ladder_body = {
+        "type": "field_update",
+        "contact": {"email": f"nobody-calls@{tag}-ladder.example.com", "country": "JP"},
+    }
     response = await post_signed(client, "/v1/webhooks/webform/events", ladder_body)
     assert response.status_code == 202, response.text
     ladder_lead = response.json()["events"][0]["lead_id"]
@@ -251,9 +315,9 @@ async def test_simulator_replays_the_live_run_decision_by_decision(
         "--received-after",
         started.isoformat(),
         "--candidate",
-        str(AGREEMENT),
+        str(simulation_agreement),
         "--baseline",
-        str(AGREEMENT),
+        str(simulation_agreement),
         "--decisions",
         str(decisions),
     )
@@ -261,7 +325,8 @@ async def test_simulator_replays_the_live_run_decision_by_decision(
     assert "leads/s on one core" in simulated.stdout
 
     sim_stages: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
-    sim_owners: dict[str, list[tuple[str, str, timedelta, str, str | None, str]]] = defaultdict(list)
+    sim_owners: dict[str, list[tuple[str, str, str, str | None, str]]] = defaultdict(list)
+    sim_times: dict[str, list[tuple[datetime, datetime]]] = defaultdict(list)  # (routed at, due at)
     sim_steps: dict[str, list[tuple[int, str]]] = defaultdict(list)
     for record in map(orjson.loads, decisions.read_bytes().splitlines()):
         if record["kind"] == "escalated":
@@ -269,13 +334,15 @@ async def test_simulator_replays_the_live_run_decision_by_decision(
         elif record["kind"] == "stage_changed":
             sim_stages[record["lead_id"]].append((record["from_stage"], record["to_stage"], record["at"]))
         else:
-            offset = datetime.fromisoformat(record["due"]) - datetime.fromisoformat(record["at"])
             sim_owners[record["lead_id"]].append(
-                (record["rep_id"], record["pool_id"], offset, record["sla"], record["responded_by"], record["reason"])
+                (record["rep_id"], record["pool_id"], record["sla"], record["responded_by"], record["reason"])
             )
+            at, due = datetime.fromisoformat(record["at"]), datetime.fromisoformat(record["due"])
+            sim_times[record["lead_id"]].append((at, due))
 
     live_stages: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
-    live_owners: dict[str, list[tuple[str, str, timedelta, str, str | None, str]]] = defaultdict(list)
+    live_owners: dict[str, list[tuple[str, str, str, str | None, str]]] = defaultdict(list)
+    live_times: dict[str, list[tuple[datetime, datetime]]] = defaultdict(list)
     async with database.connect() as connection:
         facts = await connection.execute(
             text(
@@ -285,11 +352,11 @@ async def test_simulator_replays_the_live_run_decision_by_decision(
             {"leads": [uuid.UUID(lead) for lead in our_leads]},
         )
         for row in facts:
-            at = datetime.fromisoformat(row.payload["occurred_at"]).astimezone(UTC).isoformat()
-            live_stages[str(row.lead_id)].append((row.payload["from_stage"], row.payload["to_stage"], at))
+            when = datetime.fromisoformat(row.payload["occurred_at"]).astimezone(UTC).isoformat()
+            live_stages[str(row.lead_id)].append((row.payload["from_stage"], row.payload["to_stage"], when))
         routed = await connection.execute(
             text(
-                "SELECT a.lead_id, a.rep_id, a.pool_id, d.due_at - a.routed_at AS offset, d.status, d.responded_by, "
+                "SELECT a.lead_id, a.rep_id, a.pool_id, a.routed_at, d.due_at, d.status, d.responded_by, "
                 "a.reason FROM assignments a "
                 "JOIN deadlines d ON d.assignment_id = a.assignment_id AND d.milestone = 'first_touch' "
                 "WHERE a.lead_id = ANY(:leads) ORDER BY a.routed_at"
@@ -297,9 +364,8 @@ async def test_simulator_replays_the_live_run_decision_by_decision(
             {"leads": [uuid.UUID(lead) for lead in our_leads]},
         )
         for row in routed:
-            live_owners[str(row.lead_id)].append(
-                (row.rep_id, row.pool_id, row.offset, row.status, row.responded_by, row.reason)
-            )
+            live_owners[str(row.lead_id)].append((row.rep_id, row.pool_id, row.status, row.responded_by, row.reason))
+            live_times[str(row.lead_id)].append((row.routed_at, row.due_at))
         fired = await connection.execute(
             text(
                 "SELECT d.lead_id, t.step_index, t.step FROM sla_timers t JOIN deadlines d USING (deadline_id) "
@@ -333,7 +399,7 @@ async def test_simulator_replays_the_live_run_decision_by_decision(
     assert {"illegal_transition", "unknown_reason"} <= refusals, refusals
     # Touches by a rep who does not own the lead were sent, and credited to nobody: every met
     # clock is its owner's (sla.credit's default), in the live run and in the simulator alike.
-    credited = [(rep, by) for owners in live_owners.values() for rep, _, _, status, by, _ in owners if status == "met"]
+    credited = [(rep, by) for owners in live_owners.values() for rep, _, status, by, _ in owners if status == "met"]
     assert credited and all(rep == by for rep, by in credited), credited
     async with database.connect() as connection:
         strangers = await connection.scalar(
@@ -347,8 +413,12 @@ async def test_simulator_replays_the_live_run_decision_by_decision(
     assert strangers, "the stream has touches by a rep who does not own the lead"
     for lead in sorted(our_leads):
         assert normalise.get(lead, []) == live_stages.get(lead, []), f"stage changes of lead {lead}"
-        assert sim_owners.get(lead, []) == live_owners.get(lead, []), f"owners and deadlines of lead {lead}"
+        assert sim_owners.get(lead, []) == live_owners.get(lead, []), f"owners and SLA outcomes of lead {lead}"
         assert sim_steps.get(lead, []) == live_steps.get(lead, []), f"escalations of lead {lead}"
+        for (sim_at, sim_due), (live_at, live_due) in zip(sim_times[lead], live_times[lead], strict=True):
+            # The same rule from each one's routing instant: a deadline moves no more than that.
+            assert abs(sim_due - live_due) <= abs(sim_at - live_at), f"deadline of lead {lead}"
+    await business_rules_applied(database, our_leads, live_times)
     assert live_steps[ladder_lead] == [(0, "reassign"), (1, "page_oncall")]
     first, second = same_domain
     [(holder, *_)] = live_owners[first]
@@ -365,3 +435,32 @@ async def test_simulator_replays_the_live_run_decision_by_decision(
             {"leads": [uuid.UUID(lead) for lead in extra]},
         )
     assert received == len(extra)
+
+
+async def business_rules_applied(
+    database: AsyncEngine, leads: set[str], live_times: dict[str, list[tuple[datetime, datetime]]]
+) -> None:
+    """The run met the calendars, the working hours and the limits, so the agreement above was
+    really exercised: the off-shift rep was skipped for it and never got a lead, the capacity
+    and the daily cap turned reps away, and office-calendar deadlines fell after the next opening."""
+    async with database.connect() as connection:
+        rows = await connection.execute(
+            text(
+                "SELECT c->>'rep_id' AS rep_id, c->>'excluded_because' AS why, count(*) AS n FROM assignments a, "
+                "jsonb_array_elements(a.decision->'candidates') c WHERE a.lead_id = ANY(:leads) "
+                "AND c->>'excluded_because' IS NOT NULL GROUP BY 1, 2"
+            ),
+            {"leads": [uuid.UUID(lead) for lead in leads]},
+        )
+        skipped = [(row.rep_id, row.why.split(" (")[0], row.n) for row in rows]
+        cy = await connection.scalar(
+            text("SELECT count(*) FROM assignments WHERE rep_id = 'sim-cy' AND lead_id = ANY(:leads)"),
+            {"leads": [uuid.UUID(lead) for lead in leads]},
+        )
+    reasons = {(rep, why) for rep, why, _ in skipped}
+    assert ("sim-cy", "outside working hours") in reasons, skipped
+    assert cy == 0
+    assert ("sim-ann", "at capacity") in reasons, skipped
+    assert ("sim-di", "daily cap reached") in reasons, skipped
+    late = [due - at for times in live_times.values() for at, due in times if due - at > OFFICE_FIRST_TOUCH["warm"]]
+    assert late, "office-calendar deadlines should wait for the office to open"

@@ -17,9 +17,8 @@ import pytest_asyncio
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coxswain.db.database import create_engine
 from coxswain.runtime.telemetry import trace_id
-from coxswain.settings import DatabaseConfig, IntakeConfig, SendersConfig
+from coxswain.settings import IntakeConfig, SendersConfig
 from schemas.codec import header
 from services.intake import adapters
 from services.intake.adapters.hubspot import sign_v3
@@ -54,13 +53,6 @@ sources:
       email: mail
       company: org
 """
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def engine(infrastructure: None) -> AsyncIterator[AsyncEngine]:
-    database = create_engine(DatabaseConfig())
-    yield database
-    await database.dispose()
 
 
 @pytest_asyncio.fixture(loop_scope="session")

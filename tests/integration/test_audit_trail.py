@@ -24,7 +24,6 @@ from schemas.events import AUDIT_KEY, AdminActionAuditedV1
 from services.admin.api import create_admin_router
 from services.roster.app import create_roster_router
 from tests.integration.test_routing_router import NOW, World
-from tests.integration.test_routing_router import engine as engine  # the fixture, shared
 from tests.support.databases import engine_without_relays
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

@@ -22,11 +22,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coxswain.core.agreement import Agreement, parse_agreement
-from coxswain.db.database import create_engine
 from coxswain.demo_crm import hubspot as fake_hubspot
 from coxswain.demo_crm.hubspot import TOKEN, FakeHubSpot
 from coxswain.runtime.consumer import Unavailable
-from coxswain.settings import CrmSyncConfig, DatabaseConfig
+from coxswain.settings import CrmSyncConfig
 from schemas.events import LeadMergedV1, LeadRoutedV1, LeadStageChangedV1, Stage
 from services.crm_sync import service as crm_sync
 from services.crm_sync.hubspot import HubSpotClient
@@ -98,13 +97,6 @@ def counted(name: str, **labels: str) -> float:
 async def scalar(engine: AsyncEngine, sql: str, **params: Any) -> Any:
     async with engine.connect() as connection:
         return await connection.scalar(text(sql), params)
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def engine(infrastructure: None) -> AsyncIterator[AsyncEngine]:
-    database = create_engine(DatabaseConfig())
-    yield database
-    await database.dispose()
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -492,3 +484,33 @@ async def test_a_merge_into_a_lead_not_written_yet_changes_nothing_until_it_is_r
 
     await connector.deliver(routed(lead_id, "ben"))
     assert (owner_of(hubspot, email), owner_of(hubspot, alias)) == ("202", "202")
+
+
+async def test_a_rep_given_an_owner_id_through_the_roster_api_gets_leads_written_with_it(
+    connector: Connector, hubspot: FakeHubSpot, engine: AsyncEngine
+) -> None:
+    """A new hire added at runtime (not in the agreement) with a HubSpot owner id, and ben's id
+    changed there: the connector writes each with the id in force now."""
+    hubspot.owners |= {"301", "302"}
+    rep_id = f"nia-{uuid.uuid4().hex[:6]}"
+    async with engine.begin() as connection:
+        for rep, body in (
+            (rep_id, {"name": "Nia", "crm": {"hubspot_owner_id": "301"}}),
+            ("ben", {"crm": {"hubspot_owner_id": "302"}}),
+        ):
+            await connection.execute(
+                text("INSERT INTO rep_overrides (rep_id, body, updated_at) VALUES (:rep, CAST(:body AS jsonb), :now)"),
+                {"rep": rep, "body": orjson.dumps(body).decode(), "now": NOW},
+            )
+        await connection.execute(text("UPDATE roster_revision SET revision = revision + 1 WHERE id = 1"))
+    try:
+        new_hire, ben = await new_lead(engine), await new_lead(engine)
+        await connector.deliver(routed(new_hire[0], rep_id), routed(ben[0], "ben"))
+
+        assert (owner_of(hubspot, new_hire[1]), owner_of(hubspot, ben[1])) == ("301", "302")
+    finally:
+        async with engine.begin() as connection:
+            await connection.execute(
+                text("DELETE FROM rep_overrides WHERE rep_id = ANY(:reps)"), {"reps": [rep_id, "ben"]}
+            )
+            await connection.execute(text("UPDATE roster_revision SET revision = revision + 1 WHERE id = 1"))

@@ -22,11 +22,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coxswain.core.agreement import Agreement, parse_agreement
-from coxswain.db.database import create_engine
 from coxswain.demo_crm import salesforce as fake_salesforce
 from coxswain.demo_crm.salesforce import CLIENT_ID, CLIENT_SECRET, TOKEN, FakeSalesforce
 from coxswain.runtime.consumer import Unavailable
-from coxswain.settings import CrmSyncConfig, DatabaseConfig
+from coxswain.settings import CrmSyncConfig
 from schemas.events import ActivityRecordedV1, LeadStageChangedV1, Stage
 from services.crm_sync import service as crm_sync
 from services.crm_sync.poller import SalesforcePoller
@@ -91,13 +90,6 @@ def task_creates(salesforce: FakeSalesforce, assignment_id: uuid.UUID) -> int:
 
 def gauge(name: str) -> float | None:
     return REGISTRY.get_sample_value(name, {"crm": "salesforce"})
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def engine(infrastructure: None) -> AsyncIterator[AsyncEngine]:
-    database = create_engine(DatabaseConfig())
-    yield database
-    await database.dispose()
 
 
 @pytest_asyncio.fixture(loop_scope="session")

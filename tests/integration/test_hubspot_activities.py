@@ -21,12 +21,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from chaos.topics import read_all
 from coxswain.core.agreement import Agreement, parse_agreement
 from coxswain.core.identity import email_key, source_key
-from coxswain.db.database import create_engine
 from coxswain.demo_crm import hubspot as fake_hubspot
 from coxswain.demo_crm.hubspot import TOKEN, FakeHubSpot
 from coxswain.runtime.kafka import Publisher
 from coxswain.runtime.outbox import OutboxRelay
-from coxswain.settings import DatabaseConfig, HubSpotActivitiesConfig, IntakeConfig, KafkaConfig, SendersConfig
+from coxswain.settings import HubSpotActivitiesConfig, IntakeConfig, KafkaConfig, SendersConfig
 from schemas.events import ActivityRecordedV1, ActivityType
 from services.intake import hubspot_activities
 from services.intake.adapters.hubspot import sign_v3
@@ -65,13 +64,6 @@ class Intake:
     async def post(self, events: list[dict[str, Any]], secret: str = APP_SECRET) -> httpx.Response:
         body = orjson.dumps(events)
         return await self.http.post(URL, content=body, headers=sign_v3(secret, "POST", URL, body, NOW))
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def engine(infrastructure: None) -> AsyncIterator[AsyncEngine]:
-    database = create_engine(DatabaseConfig())
-    yield database
-    await database.dispose()
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -13,9 +13,8 @@ import pytest_asyncio
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coxswain.db.database import create_engine
 from coxswain.runtime.outbox import bucket_of
-from coxswain.settings import DatabaseConfig, IntakeConfig
+from coxswain.settings import IntakeConfig
 from services.intake.app import create_app
 from services.intake.signatures import sign
 from tests.support.stack import SECRET, signed
@@ -24,13 +23,6 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 NOW = datetime(2026, 11, 23, 9, 30, tzinfo=UTC)
 ROTATED_SECRET = "whsec_" + "bmV3LXNlY3JldC1hZnRlci1yb3RhdGlvbi0wMDAw"
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def engine(infrastructure: None) -> AsyncIterator[AsyncEngine]:
-    database = create_engine(DatabaseConfig())
-    yield database
-    await database.dispose()
 
 
 @pytest_asyncio.fixture(loop_scope="session")

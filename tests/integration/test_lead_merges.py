@@ -4,28 +4,18 @@ that identity resolution folds into a known lead is announced once, whatever is 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 
 import pytest
-import pytest_asyncio
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coxswain.core.identity import lead_id_for
-from coxswain.db.database import create_engine
-from coxswain.settings import DatabaseConfig
 from schemas.events import EngagementType, LeadAttributes, LeadMergedV1, LeadReceivedV1
 from tests.integration.test_scoring_replay import T0, consume, forget, produce
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def engine(infrastructure: None) -> AsyncIterator[AsyncEngine]:
-    database = create_engine(DatabaseConfig())
-    yield database
-    await database.dispose()
 
 
 async def merges(engine: AsyncEngine, lead_id: uuid.UUID) -> list[LeadMergedV1]:

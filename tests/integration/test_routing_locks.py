@@ -10,19 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coxswain.core.agreement import Agreement, parse_agreement
-from coxswain.db.database import create_engine
 from coxswain.runtime.consumer import BatchHandler
-from coxswain.settings import DatabaseConfig
 from schemas.events import Event, LeadAttributes, LeadQualifiedV1, LeadRoutedV1, Tier
 from services.router import locks
 from services.router import service as router
@@ -79,13 +75,6 @@ def routed(facts: list[Event]) -> LeadRoutedV1:
     [fact] = facts
     assert isinstance(fact, LeadRoutedV1), fact
     return fact
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def engine(infrastructure: None) -> AsyncIterator[AsyncEngine]:
-    database = create_engine(DatabaseConfig())
-    yield database
-    await database.dispose()
 
 
 class Second:

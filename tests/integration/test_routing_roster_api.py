@@ -27,7 +27,6 @@ from coxswain.settings import DatabaseConfig
 from schemas.events import Tier
 from services.roster.app import create_roster_app
 from tests.integration.test_routing_router import NOW, TOKEN, World, routed
-from tests.integration.test_routing_router import engine as engine  # the fixture, shared
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -250,6 +249,25 @@ async def test_a_new_hire_is_added_to_a_pool_and_ramps_up(world: World) -> None:
     async with world.engine.begin() as connection:
         await connection.execute(text("DELETE FROM rep_overrides WHERE rep_id = :r"), {"r": new_id})
         await connection.execute(text("DELETE FROM pool_member_overrides WHERE rep_id = :r"), {"r": new_id})
+
+
+async def test_a_reps_crm_ids_are_kept_with_the_roster_and_changed_at_runtime(world: World) -> None:
+    new_id = f"{world['ava']}-crm"
+    created = await world.api.post(
+        "/v1/reps", json={"id": new_id, "name": "Cal", "crm": {"hubspot_owner_id": "777", "salesforce_user_id": None}}
+    )
+    changed = await world.api.patch(f"/v1/reps/{new_id}", json={"crm": {"salesforce_user_id": "005000000000777"}})
+    refused = await world.api.patch(f"/v1/reps/{new_id}", json={"crm": {"hubspot_owner_id": "not-a-number"}})
+    cleared = await world.api.patch(f"/v1/reps/{new_id}", json={"crm": None})
+
+    assert created.status_code == 201, created.text
+    assert created.json()["crm"] == {"hubspot_owner_id": "777", "salesforce_user_id": None}
+    # The ids are replaced as a whole, like the agreement's.
+    assert changed.json()["crm"] == {"hubspot_owner_id": None, "salesforce_user_id": "005000000000777"}
+    assert refused.status_code == 422 and "hubspot_owner_id" in refused.text
+    assert cleared.json()["crm"] == {"hubspot_owner_id": None, "salesforce_user_id": None}
+    async with world.engine.begin() as connection:
+        await connection.execute(text("DELETE FROM rep_overrides WHERE rep_id = :r"), {"r": new_id})
 
 
 async def test_accounts_are_upserted_in_bulk_read_and_removed(world: World) -> None:

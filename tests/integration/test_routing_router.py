@@ -23,10 +23,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coxswain.access import TokenTable
 from coxswain.core.agreement import Agreement, parse_agreement
-from coxswain.db.database import create_engine
 from coxswain.runtime.consumer import ConsumerService, PermanentError
 from coxswain.runtime.kafka import connection_options
-from coxswain.settings import ConsumerConfig, DatabaseConfig, KafkaConfig
+from coxswain.settings import ConsumerConfig, KafkaConfig
 from schemas.codec import encode
 from schemas.events import (
     ActivityAcceptedV1,
@@ -142,13 +141,6 @@ def routed(facts: Sequence[Event]) -> LeadRoutedV1:
     [fact] = facts
     assert isinstance(fact, LeadRoutedV1), fact
     return fact
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def engine(infrastructure: None) -> AsyncIterator[AsyncEngine]:
-    database = create_engine(DatabaseConfig())
-    yield database
-    await database.dispose()
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -335,9 +335,12 @@ async def test_a_lead_is_explained(engine: AsyncEngine, admin: httpx.AsyncClient
         "SlaDecided",
         "LeadReceivedV1",
         "LeadScoredV1",
+        "LeadMergedV1",
     ]
     assert timeline[2][1] == "lead -> mql: score 95 reached MQL entry 60"
     assert timeline[4][1] == "routed to ava (pool north-america, rule north-america)"
+    # The second event came under a provisional id of its own: the timeline says it is this lead.
+    assert timeline[-1][1].startswith(f"provisional id {alias} is this lead (")
     assert [entry["at"] for entry in lead["timeline"]] == sorted(entry["at"] for entry in lead["timeline"])
 
 

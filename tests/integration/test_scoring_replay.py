@@ -8,13 +8,12 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
@@ -23,10 +22,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coxswain.core.agreement import load_agreement
 from coxswain.core.identity import lead_id_for
-from coxswain.db.database import create_engine
 from coxswain.runtime.consumer import ConsumerService, utc_now
 from coxswain.runtime.kafka import connection_options
-from coxswain.settings import ConsumerConfig, DatabaseConfig, KafkaConfig
+from coxswain.settings import ConsumerConfig, KafkaConfig
 from schemas.codec import encode
 from schemas.events import (
     ActivityRecordedV1,
@@ -43,13 +41,6 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 AGREEMENT = load_agreement(Path(__file__).resolve().parents[2] / "examples" / "agreement.yaml")
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 TOPICS = (LeadReceivedV1.topic, ActivityRecordedV1.topic)
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def engine(infrastructure: None) -> AsyncIterator[AsyncEngine]:
-    database = create_engine(DatabaseConfig())
-    yield database
-    await database.dispose()
 
 
 async def produce(events: Iterable[Event]) -> None:

@@ -6,18 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-import pytest_asyncio
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coxswain.core.agreement import load_agreement
-from coxswain.db.database import create_engine
-from coxswain.settings import DatabaseConfig
 from schemas.events import EngagementType, LeadAttributes, LeadReceivedV1
 from services.scoring.service import apply
 from services.scoring.timers import fire_due
@@ -29,13 +25,6 @@ NOW = datetime.now(UTC).replace(microsecond=0)
 # Sales Manager 10 + mid-market 15 + software 10 + US 5 = 40; two pricing views (30) make a 70 MQL
 # whose score falls below the exit (45) about 18.1 days later.
 FIT_40 = LeadAttributes(title="Sales Manager", company_size=100, industry="Software", country="US")
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def engine(infrastructure: None) -> AsyncIterator[AsyncEngine]:
-    database = create_engine(DatabaseConfig())
-    yield database
-    await database.dispose()
 
 
 def pricing_view(lead_id: uuid.UUID, n: int, at: datetime) -> LeadReceivedV1:

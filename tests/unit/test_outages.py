@@ -162,3 +162,31 @@ def test_an_outage_with_no_watch_is_forgotten_so_the_next_one_is_logged_again(
 )
 def test_kafka_errors_of_a_restart_belong_to_the_outage(error: Exception, dependency: dict[str, str]) -> None:
     assert outages.about(error) == dependency
+
+
+def test_a_relay_losing_its_leases_while_kafka_is_away_joins_the_outage_and_otherwise_warns(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from coxswain.runtime.kafka import Publisher
+    from coxswain.runtime.outbox import OutboxRelay
+    from coxswain.settings import KafkaConfig
+
+    engine = create_async_engine("postgresql+asyncpg://nobody@127.0.0.1:1/none")  # never connected
+    relay = OutboxRelay(engine, Publisher(KafkaConfig()), name="r")
+    kafka = outages.OUTAGE["kafka"]
+    relay.owned = (1, 2)
+    with caplog.at_level(logging.WARNING, logger="coxswain.runtime.outbox"):
+        relay._lost({1}, "its lease ran out before it was renewed")
+        kafka.first, kafka.last = 1.0, 1.0  # an outage open in this process
+        try:
+            relay._lost({2}, "its lease ran out before it was renewed")
+        finally:
+            kafka.first, kafka.errors, kafka.announced = None, 0, False
+    alone, during = caplog.records
+    # Alone (a paused relay) it is a warning of its own; during an outage it belongs to the
+    # outage (the log filter counts it and says nothing new).
+    assert getattr(alone, "dependency", None) is None
+    assert getattr(during, "dependency", None) == "kafka"
+    assert not relay.owned

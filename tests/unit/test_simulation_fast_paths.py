@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from pydantic_core import TzInfo
 
+from coxswain.core import routing_state
 from coxswain.core.agreement import Agreement, load_agreement_text
 from coxswain.core.lead import LeadState, next_reevaluation
 from coxswain.core.routing import RoutingDecision, RoutingInput, Situation, route
@@ -133,7 +134,7 @@ def test_routing_without_explanations_decides_the_same(events: list[Input], monk
         compared.append(explained.matched_by)
         return quiet
 
-    monkeypatch.setattr(engine_module, "route", both)
+    monkeypatch.setattr(routing_state, "route", both)  # the simulator decides through the router's core
     results = Engine(AGREEMENTS["fast-decay-capacity"]).run(events)
 
     assert len(compared) > len(results.assignments) > 100
