@@ -47,7 +47,7 @@ chaos-restore: $(VENV)/.installed
 
 # Throughput, latency and timer lag against baselines measured in the same run; the last line of
 # output is one JSON object (docs/benchmarks.md). Own stack under .local/bench (ports from
-# COXSWAIN_BENCH_PORT_BASE, default 38000). Never part of `make test`.
+# COXSWAIN_BENCH_PORT_BASE, default 22000). Never part of `make test`.
 bench: $(VENV)/.installed
 	$(PY) -m bench
 

@@ -182,7 +182,9 @@ class Ports:
 
 
 def port_base() -> int:
-    return int(os.environ.get("COXSWAIN_BENCH_PORT_BASE") or "38000")
+    # Below Linux's ephemeral range (32768-60999): a client connection can hold a port there and
+    # then the broker cannot bind it.
+    return int(os.environ.get("COXSWAIN_BENCH_PORT_BASE") or "22000")
 
 
 def say(message: str, *args: object) -> None:
