@@ -457,3 +457,29 @@ async def test_an_opportunity_converted_from_the_lead_yields_created_then_won_wi
         ("opportunity_created", Decimal("12000.0")),
         ("won", Decimal("12000.0")),
     ]
+
+
+async def test_the_lead_of_an_aliass_email_gets_the_canonical_leads_owner(
+    connector: Connector, salesforce: FakeSalesforce, engine: AsyncEngine
+) -> None:
+    """A Lead made for the email of a provisional id that turned out to be this lead (an alias in
+    lead_identities) gets the owner too; an alias without a Lead gets none made."""
+    lead_id, email = await new_lead(engine)
+    alias, nowhere = (f"{name}-{lead_id.hex[:8]}@gmail.example" for name in ("alias", "nowhere"))
+    made = salesforce.insert("Lead", {"Email": alias, "LastName": "Doe", "Company": "Acme"})
+    async with engine.begin() as connection:
+        for known in (alias, nowhere):
+            await connection.execute(
+                text("INSERT INTO lead_identities (key, lead_id, created_at) VALUES (:key, :lead_id, :now)"),
+                {"key": f"email:{known}", "lead_id": lead_id, "now": NOW},
+            )
+
+    await connector.deliver(routed(lead_id, "ben"))
+
+    assert made["OwnerId"] == USERS["ben"]
+    own = salesforce.lead_by_email(email)
+    assert own is not None and own["OwnerId"] == USERS["ben"]
+    assert salesforce.lead_by_email(nowhere) is None
+    # The task goes to the lead's own Lead only.
+    assert salesforce.tasks_of(made["Id"]) == []
+    assert len(salesforce.tasks_of(own["Id"])) == 1
