@@ -30,7 +30,7 @@ from schemas.events import ActivityRecordedV1, LeadStageChangedV1, Stage
 from services.crm_sync import service as crm_sync
 from services.crm_sync.poller import SalesforcePoller
 from services.crm_sync.salesforce import SalesforceClient
-from tests.integration.test_crm_sync import NOW, new_lead, routed, scalar
+from tests.integration.test_crm_sync import NOW, know_email, new_lead, routed, scalar
 from tests.support import crm_connector
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -467,12 +467,8 @@ async def test_the_lead_of_an_aliass_email_gets_the_canonical_leads_owner(
     lead_id, email = await new_lead(engine)
     alias, nowhere = (f"{name}-{lead_id.hex[:8]}@gmail.example" for name in ("alias", "nowhere"))
     made = salesforce.insert("Lead", {"Email": alias, "LastName": "Doe", "Company": "Acme"})
-    async with engine.begin() as connection:
-        for known in (alias, nowhere):
-            await connection.execute(
-                text("INSERT INTO lead_identities (key, lead_id, created_at) VALUES (:key, :lead_id, :now)"),
-                {"key": f"email:{known}", "lead_id": lead_id, "now": NOW},
-            )
+    for known in (alias, nowhere):
+        await know_email(engine, lead_id, known)
 
     await connector.deliver(routed(lead_id, "ben"))
 
