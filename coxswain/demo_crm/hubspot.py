@@ -179,15 +179,16 @@ class FakeHubSpot:
         self.logged[kind][item["id"]] = item
         return str(item["id"])
 
-    def add_contact(self, email: str, owner_id: str | None = None) -> str:
+    def add_contact(self, email: str | None, owner_id: str | None = None, contact_id: str | None = None) -> str:
         """A contact someone else made (a form, marketing automation); returns its id."""
-        properties = {"email": email} | ({"hubspot_owner_id": owner_id} if owner_id else {})
+        properties = ({"email": email} if email else {}) | ({"hubspot_owner_id": owner_id} if owner_id else {})
         item: dict[str, Any] = {
-            "id": str(next(self._ids)),
+            "id": contact_id or str(next(self._ids)),
             "properties": properties,
             "createdAt": _now(),
             "updatedAt": _now(),
             "archived": False,
+            "contacts": [],
         }
         self.contacts[item["id"]] = item
         return str(item["id"])

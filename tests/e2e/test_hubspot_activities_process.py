@@ -62,15 +62,7 @@ async def test_a_call_logged_in_hubspot_stops_the_routed_leads_sla_clock(
 
         # The rep calls the lead from HubSpot: the contact (found by the lead's email) gets a call
         # owned by the rep, and HubSpot posts the call's creation to its webhook subscription.
-        contact_id = "880001"
-        hubspot_intake.contacts[contact_id] = {
-            "id": contact_id,
-            "properties": {"email": email},
-            "createdAt": "2026-12-04T09:00:00.000Z",
-            "updatedAt": "2026-12-04T09:00:00.000Z",
-            "archived": False,
-            "contacts": [],
-        }
+        contact_id = hubspot_intake.add_contact(email, contact_id="880001")
         call_id = hubspot_intake.log(
             "calls", {"hubspot_owner_id": OWNERS[rep], "hs_call_direction": "OUTBOUND"}, [contact_id]
         )

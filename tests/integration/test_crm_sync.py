@@ -117,17 +117,7 @@ async def test_through_kafka_a_routed_lead_gives_one_owner_update_and_one_task_a
 ) -> None:
     lead_id, email = await new_lead(engine)
     # The contact exists already (marketing automation made it): the owner is a PATCH.
-    contact = hubspot.contacts.setdefault(
-        "900001",
-        {
-            "id": "900001",
-            "properties": {"email": email},
-            "createdAt": "",
-            "updatedAt": "",
-            "archived": False,
-            "contacts": [],
-        },
-    )
+    contact = hubspot.contacts[hubspot.add_contact(email, contact_id="900001")]
     fact = routed(lead_id, "ava")
     marker_lead, _ = await new_lead(engine)
     marker = routed(marker_lead, "ben")

@@ -106,15 +106,7 @@ def hubspot_event(subscription: str, object_id: str, **fields: Any) -> dict[str,
 def contact(fake: FakeHubSpot, email: str | None = None) -> str:
     """A contact in HubSpot (as crm-sync or a person made it)."""
     contact_id = str(1_000_000 + len(fake.contacts) + len(fake.logged["calls"]) * 1000 + uuid.uuid4().int % 100_000)
-    fake.contacts[contact_id] = {
-        "id": contact_id,
-        "properties": {"email": email} if email else {},
-        "createdAt": "2026-12-04T09:00:00.000Z",
-        "updatedAt": "2026-12-04T09:00:00.000Z",
-        "archived": False,
-        "contacts": [],
-    }
-    return contact_id
+    return fake.add_contact(email, contact_id=contact_id)
 
 
 async def written_by_crm_sync(engine: AsyncEngine, contact_id: str) -> uuid.UUID:
