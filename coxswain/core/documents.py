@@ -6,7 +6,11 @@ would fail in the database (a 500 for an API) instead of being refused with a re
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
+
+from pydantic import AfterValidator, WithJsonSchema
+from pydantic_core import PydanticCustomError
 
 NUL_REFUSED = "body holds a NUL character (\\u0000), which no field may contain"
 
@@ -20,3 +24,20 @@ def holds_nul(document: Any) -> bool:
     if isinstance(document, list):
         return any(holds_nul(item) for item in document)
     return False
+
+
+def one_of(names: Sequence[str]) -> tuple[AfterValidator, WithJsonSchema]:
+    """Validation and JSON Schema of a string that must be one of ``names``, for name lists derived
+    from a model (the lead's fields) rather than written out again as a ``Literal``. A wrong value
+    fails exactly as a ``Literal`` would (``literal_error``, same message and context), so every
+    place that words validation errors treats both alike."""
+    allowed = tuple(names)
+    expected = " or ".join((", ".join(repr(name) for name in allowed[:-1]), repr(allowed[-1])))
+
+    def known(value: str) -> str:
+        if value not in allowed:
+            raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": expected})
+        return value
+
+    check: Callable[[str], str] = known
+    return AfterValidator(check), WithJsonSchema({"type": "string", "enum": list(allowed)})

@@ -12,29 +12,17 @@ from collections.abc import Mapping as AbstractMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from coxswain.core.documents import one_of
 from schemas.events import EngagementType, LeadAttributes
 
-ContactField = Literal[
-    "email",
-    "first_name",
-    "last_name",
-    "title",
-    "seniority",
-    "department",
-    "company",
-    "company_domain",
-    "company_size",
-    "industry",
-    "country",
-    "state",
-    "campaign",
-    "product_interest",
-]
+# Every field of the lead, derived from the event contract: a new lead field is one line there.
+_CONTACT_FIELD_CHECK, _CONTACT_FIELD_SCHEMA = one_of(tuple(LeadAttributes.model_fields))
+ContactField = Annotated[str, _CONTACT_FIELD_CHECK, _CONTACT_FIELD_SCHEMA]
 
 # Senders type country names; the lead model wants ISO 3166-1 alpha-2. A mapping may add more.
 COUNTRY_NAMES = {
