@@ -21,21 +21,26 @@ from coxswain.core.agreement import Agreement, CrmIds, Rep
 from coxswain.core.business_time import BusinessCalendar, CalendarError
 
 
-class Absence(BaseModel):
-    """An out-of-office period entered at runtime (the agreement's own are ``Rep.out_of_office``)."""
+class AbsencePeriod(BaseModel):
+    """When a rep is away and why: what the roster API is given to record an absence."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    id: uuid.UUID = Field(default_factory=uuid.uuid4)
     start: AwareDatetime
     end: AwareDatetime
     reason: str | None = Field(default=None, max_length=200)
 
     @model_validator(mode="after")
-    def _ordered(self) -> Absence:
+    def _ordered(self) -> AbsencePeriod:
         if self.end <= self.start:
             raise ValueError(f"end {self.end.isoformat()} must be after start {self.start.isoformat()}")
         return self
+
+
+class Absence(AbsencePeriod):
+    """An out-of-office period entered at runtime (the agreement's own are ``Rep.out_of_office``)."""
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4)
 
 
 class RepOverride(BaseModel):

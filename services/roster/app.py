@@ -322,7 +322,7 @@ async def unpause(rep_id: RepId, context: Context, token: Writer) -> RepView:
 @router.post("/v1/reps/{rep_id}/out-of-office", status_code=201)
 async def add_absence(rep_id: RepId, given: AbsenceIn, context: Context, token: Writer) -> AbsenceView:
     """Add an out-of-office period; the rep gets no leads within it."""
-    absence = Absence(start=given.start, end=given.end, reason=given.reason)
+    absence = Absence(**given.model_dump())
     now = context.clock()
     async with context.engine.begin() as connection:
         await repository.bump_revision(connection, now)

@@ -7,10 +7,11 @@ import uuid
 from datetime import date, datetime
 from typing import Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from coxswain.core.agreement import CrmIds
 from coxswain.core.documents import NUL_REFUSED, holds_nul
+from coxswain.core.roster import AbsencePeriod
 from services.roster.repository import AssignmentRecord, HolderRecord, WaitingRecord
 
 REP_ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
@@ -57,16 +58,8 @@ class PauseIn(Body):
     reason: str | None = Field(default=None, max_length=200)
 
 
-class AbsenceIn(Body):
-    start: AwareDatetime
-    end: AwareDatetime
-    reason: str | None = Field(default=None, max_length=200)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> AbsenceIn:
-        if self.end <= self.start:
-            raise ValueError(f"end {self.end.isoformat()} must be after start {self.start.isoformat()}")
-        return self
+class AbsenceIn(Body, AbsencePeriod):
+    """An absence as the core defines it (its bounds in order), checked for NULs like every body."""
 
 
 class MemberIn(Body):
