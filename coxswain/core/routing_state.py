@@ -8,8 +8,9 @@ around it, each of the form ``state, input -> new state, facts``:
   moved off a previous holder still open) and its ``leads.routed.v1`` fact;
 - ``release``: the lead stops counting against its rep (an older fact cannot release a newer
   assignment); ``releases`` says which judged activities and stage changes release;
-- ``reassignment_excludes``: whom a reassignment may not go to; ``unassigned``: the fact of a
-  lead nobody can take yet.
+- ``reassignment``: the request a reassignment routes (or why none: the assignment is unknown,
+  or replaced since), skipping whom ``reassignment_excludes`` names; ``unassigned``: the fact of
+  a lead nobody can take yet.
 
 The router shell loads the state a run of decisions reads under its locks, calls these, and
 stores the new state with the facts; the simulator keeps the same state in memory and calls the
@@ -24,7 +25,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -42,6 +43,7 @@ from schemas.events import (
     LeadStageChangedV1,
     LeadUnassignedV1,
     Playbook,
+    ReassignmentRequestedV1,
     Stage,
     Tier,
 )
@@ -120,6 +122,77 @@ def reassignment_excludes(owners: Sequence[str], requested: Iterable[str], agree
     k = agreement.routing.reassign_exclude_last
     recent = owners[-k:] if k else ()
     return tuple(sorted({*requested, *recent}))
+
+
+@dataclass(frozen=True)
+class StoredAssignment:
+    """An assignment as the router stored it: its lead, its rep, and its decision record
+    (``assignments.decision``, whose ``input`` is what the lead was routed from)."""
+
+    lead_id: uuid.UUID
+    rep_id: str
+    decision: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class LeadOwners:
+    """A lead's current assignment and every rep it was assigned to, oldest first."""
+
+    assignment_id: uuid.UUID
+    owners: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ReassignmentRefused:
+    """A reassignment that can never be routed, and why."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class AlreadyReplaced:
+    """The assignment a reassignment names was replaced since (by ``current``): nothing to do."""
+
+    current: uuid.UUID
+
+
+def reassignment_target(
+    event: ReassignmentRequestedV1, stored: StoredAssignment | None
+) -> StoredAssignment | ReassignmentRefused:
+    """The assignment a reassignment names, which must exist and be its lead's."""
+    if stored is None or stored.lead_id != event.lead_id:
+        return ReassignmentRefused(
+            f"reassignment of assignment {event.assignment_id} for lead {event.lead_id}: no such assignment"
+        )
+    return stored
+
+
+def reassignment(
+    event: ReassignmentRequestedV1, stored: StoredAssignment | None, holder: LeadOwners | None, agreement: Agreement
+) -> RouteRequest | AlreadyReplaced | ReassignmentRefused:
+    """The request to route a reassignment again from the assignment's own input, skipping the
+    reps it names and the lead's last owners; nothing when the lead's holder (``holder``, None if
+    it has none) holds it under another assignment by now."""
+    target = reassignment_target(event, stored)
+    if isinstance(target, ReassignmentRefused):
+        return target
+    if holder is not None and holder.assignment_id != event.assignment_id:
+        return AlreadyReplaced(holder.assignment_id)
+    given = target.decision.get("input")
+    if not isinstance(given, dict):
+        return ReassignmentRefused(f"assignment {event.assignment_id} has no routing input to route again from")
+    owners = list(holder.owners) if holder is not None else [target.rep_id]
+    return RouteRequest(
+        kind="reassignment",
+        decision_key=event.event_id,
+        lead_id=event.lead_id,
+        attributes=LeadAttributes.model_validate(given["attributes"]),
+        tier=event.tier,
+        source=given["source"],
+        persona=given.get("persona"),
+        exclude=reassignment_excludes(owners, event.exclude_reps, agreement),
+        replaces_assignment_id=event.assignment_id,
+    )
 
 
 def unassigned(

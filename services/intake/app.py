@@ -38,8 +38,9 @@ from schemas.events import (
 from services.intake.events import ActivityBatchIn, LeadBatchIn, Problem
 from services.intake.guards import authenticated, read_body, within_rate
 from services.intake.limits import SourceRateLimiter
+from services.intake.repository import Kind, Webhook
 from services.intake.signatures import load_secrets, verify
-from services.intake.store import Accepted, GroupCommit, Kind, Webhook, store_many
+from services.intake.store import Accepted, GroupCommit, store_many
 
 log = logging.getLogger(__name__)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -33,7 +34,6 @@ import yaml
 from fastapi import FastAPI, Request
 from prometheus_client import Counter
 from pydantic import BaseModel, Field, ValidationError
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coxswain.core.agreement import Agreement
@@ -56,13 +56,15 @@ from coxswain.runtime.outages import is_connection_error
 from coxswain.runtime.telemetry import child_traceparent
 from coxswain.settings import HubSpotActivitiesConfig, IntakeConfig, SendersConfig
 from schemas.events import ActivityRecordedV1
+from services.intake import repository
 from services.intake.adapters import hubspot
 from services.intake.adapters import request_uri as signed_uri
 from services.intake.events import Problem
 from services.intake.guards import authenticated, read_body, within_rate
 from services.intake.hubspot_api import HubSpotReader, HubSpotUnavailable
 from services.intake.limits import SourceRateLimiter
-from services.intake.store import Accepted, AcceptedEvent, Webhook, store_many
+from services.intake.repository import Webhook
+from services.intake.store import Accepted, AcceptedEvent, store_many
 
 log = logging.getLogger(__name__)
 
@@ -182,36 +184,24 @@ def register(
                 found.append(outcome)
         return found, ignored
 
-    async def leads_of(source: str, contact_ids: set[str]) -> dict[str, Any]:
+    async def leads_of(source: str, contact_ids: set[str]) -> dict[str, uuid.UUID]:
         """Contact id -> lead id for the contacts Coxswain knows (see the module's docstring)."""
         sources = config.hubspot_lead_sources or [source]
         keys = {key: contact for contact in contact_ids for key in (source_key(s, contact) for s in sources)}
         async with engine.connect() as connection:
-            written = await connection.execute(
-                text(
-                    "SELECT DISTINCT ON (contact_id) contact_id, lead_id FROM crm_writes "
-                    "WHERE connection = :c AND contact_id = ANY(:ids) ORDER BY contact_id, written_at DESC"
-                ),
-                {"c": config.hubspot_crm_connection, "ids": sorted(contact_ids)},
+            leads = await repository.leads_written_for_contacts(
+                connection, config.hubspot_crm_connection, sorted(contact_ids)
             )
-            leads: dict[str, Any] = {row.contact_id: row.lead_id for row in written}
-            sent = await connection.execute(
-                text("SELECT key, lead_id FROM lead_identities WHERE key = ANY(:keys)"), {"keys": sorted(keys)}
-            )
-            for row in sent:
-                leads.setdefault(keys[row.key], row.lead_id)
+            for key, lead_id in (await repository.identities(connection, sorted(keys))).items():
+                leads.setdefault(keys[key], lead_id)
         missing = sorted(contact_ids - set(leads))
         if missing and reader is not None:
             emails = {contact: await reader.email_of(contact) for contact in missing}
             by_email = {email_key(email): contact for contact, email in emails.items() if email}
             if by_email:
                 async with engine.connect() as connection:
-                    rows = await connection.execute(
-                        text("SELECT key, lead_id FROM lead_identities WHERE key = ANY(:keys)"),
-                        {"keys": sorted(by_email)},
-                    )
-                    for row in rows:
-                        leads.setdefault(by_email[row.key], row.lead_id)
+                    for key, lead_id in (await repository.identities(connection, sorted(by_email))).items():
+                        leads.setdefault(by_email[key], lead_id)
         return leads
 
     async def receive(request: Request, source: str) -> HubSpotEventsAccepted:

@@ -1,5 +1,5 @@
 """Storing accepted webhooks (inbox, events, outbox) with group commit: webhooks that arrive
-together are stored by one statement and one commit.
+together are stored by one statement (``repository.insert_webhooks``) and one commit.
 
 A webhook is acknowledged only after its events are durable, so each one used to cost a commit
 (a disk flush, and PostgreSQL serialises the commits of notifying transactions) and a round trip.
@@ -21,22 +21,15 @@ import logging
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Literal
 
-import orjson
 from pydantic import BaseModel, Field
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from coxswain.runtime import outbox
 from coxswain.runtime.outages import is_connection_error
-from schemas.codec import encode
-from schemas.events import Event
+from services.intake import repository
+from services.intake.repository import Webhook
 
 log = logging.getLogger(__name__)
-
-Kind = Literal["lead", "activity"]
 
 
 class AcceptedEvent(BaseModel):
@@ -55,42 +48,6 @@ class Accepted(BaseModel):
     events: list[AcceptedEvent]
 
 
-@dataclass(frozen=True)
-class Webhook:
-    source: str
-    webhook_id: str
-    kind: Kind
-    events: Sequence[Event]
-    received_at: datetime
-    traceparent: str | None = None
-
-
-STORE_MANY = (
-    "WITH hooks AS (SELECT * FROM unnest(CAST(:h_sources AS text[]), CAST(:h_ids AS text[]), "
-    "CAST(:h_kinds AS text[]), CAST(:h_event_ids AS jsonb[]), CAST(:h_lead_ids AS jsonb[]), "
-    "CAST(:h_received AS timestamptz[])) WITH ORDINALITY AS h(source, webhook_id, kind, event_ids, lead_ids, "
-    "received_at, n)), "
-    "inbox AS (INSERT INTO webhook_inbox (source, webhook_id, kind, event_ids, lead_ids, received_at) "
-    "SELECT source, webhook_id, kind, event_ids, lead_ids, received_at FROM hooks ORDER BY n "
-    "ON CONFLICT DO NOTHING RETURNING source, webhook_id), "
-    "fresh AS MATERIALIZED (SELECT h.n, h.source, h.webhook_id, h.kind, h.received_at FROM hooks h "
-    "JOIN inbox i ON i.source = h.source AND i.webhook_id = h.webhook_id), "
-    "events AS (INSERT INTO intake_events (event_id, lead_id, source, webhook_id, kind, payload, received_at) "
-    "SELECT u.event_id, u.lead_id, f.source, f.webhook_id, f.kind, u.payload, f.received_at FROM unnest("
-    "CAST(:e_ids AS uuid[]), CAST(:e_leads AS uuid[]), CAST(:e_payloads AS jsonb[]), CAST(:e_hooks AS bigint[])) "
-    "AS u(event_id, lead_id, payload, hook) JOIN fresh f ON f.n = u.hook), "
-    "staged AS (INSERT INTO outbox (event_id, topic, key, value, headers, bucket, created_at) "
-    "SELECT u.event_id, u.topic, u.key, u.value, u.headers, u.bucket, f.received_at FROM unnest("
-    "CAST(:e_ids AS uuid[]), CAST(:o_topics AS text[]), CAST(:o_keys AS bytea[]), CAST(:e_payloads_bytes AS bytea[]), "
-    "CAST(:o_headers AS jsonb[]), CAST(:o_buckets AS smallint[]), CAST(:e_hooks AS bigint[])) WITH ORDINALITY "
-    "AS u(event_id, topic, key, value, headers, bucket, hook, k) JOIN fresh f ON f.n = u.hook ORDER BY u.k "
-    "ON CONFLICT (event_id) DO NOTHING) "
-    "SELECT coalesce((SELECT array_agg(n) FROM fresh), '{}') AS fresh, "
-    f"(SELECT count(*) FROM (SELECT {outbox.NOTIFY_RELAY} FROM (SELECT FROM fresh LIMIT 1) AS any_fresh) AS w) "
-    "AS notified"
-)
-
-
 async def store_many(connection: AsyncConnection, webhooks: Sequence[Webhook]) -> list[Accepted]:
     """Inbox first: a webhook id accepted before is answered with what was stored then.
 
@@ -99,42 +56,7 @@ async def store_many(connection: AsyncConnection, webhooks: Sequence[Webhook]) -
     at most once per call.
     """
     assert len({(w.source, w.webhook_id) for w in webhooks}) == len(webhooks), "a webhook twice in one group"
-    records = [
-        (n, event, encode(event, traceparent=webhook.traceparent))
-        for n, webhook in enumerate(webhooks, start=1)
-        for event in webhook.events
-    ]
-    buckets = [outbox.bucket_of(record.key) for _, _, record in records]
-    row = (
-        await connection.execute(
-            text(STORE_MANY),
-            {
-                "h_sources": [w.source for w in webhooks],
-                "h_ids": [w.webhook_id for w in webhooks],
-                "h_kinds": [w.kind for w in webhooks],
-                "h_event_ids": [orjson.dumps([str(e.event_id) for e in w.events]).decode() for w in webhooks],
-                "h_lead_ids": [orjson.dumps([str(e.lead_id) for e in w.events]).decode() for w in webhooks],
-                "h_received": [w.received_at for w in webhooks],
-                "e_ids": [event.event_id for _, event, _ in records],
-                "e_leads": [event.lead_id for _, event, _ in records],
-                # The event as published is the event as stored.
-                "e_payloads": [record.value.decode() for _, _, record in records],
-                "e_payloads_bytes": [record.value for _, _, record in records],
-                "e_hooks": [n for n, _, _ in records],
-                "o_topics": [record.topic for _, _, record in records],
-                "o_keys": [record.key for _, _, record in records],
-                # The lead's bucket, as every other service stages it: the intake's rows are
-                # spread over the relays, not all in one bucket.
-                "o_buckets": buckets,
-                "outbox_wake": outbox.wake_payload(buckets),
-                "o_headers": [
-                    orjson.dumps([[name, value.decode()] for name, value in record.headers]).decode()
-                    for _, _, record in records
-                ],
-            },
-        )
-    ).one()
-    fresh = set(row.fresh)
+    fresh = await repository.insert_webhooks(connection, webhooks)
     answers: list[Accepted] = []
     for n, webhook in enumerate(webhooks, start=1):
         if n in fresh:
@@ -156,18 +78,13 @@ async def store_many(connection: AsyncConnection, webhooks: Sequence[Webhook]) -
 
 
 async def _answered_before(connection: AsyncConnection, webhook: Webhook) -> Accepted:
-    row = (
-        await connection.execute(
-            text("SELECT kind, event_ids, lead_ids FROM webhook_inbox WHERE source = :s AND webhook_id = :w"),
-            {"s": webhook.source, "w": webhook.webhook_id},
-        )
-    ).one()
+    stored = await repository.stored_webhook(connection, webhook.source, webhook.webhook_id)
     return Accepted(
         webhook_id=webhook.webhook_id,
         duplicate=True,
         events=[
-            AcceptedEvent(event_id=event, lead_id=lead, lead_id_provisional=row.kind == "lead")
-            for event, lead in zip(row.event_ids, row.lead_ids, strict=True)
+            AcceptedEvent(event_id=event, lead_id=lead, lead_id_provisional=stored.kind == "lead")
+            for event, lead in zip(stored.event_ids, stored.lead_ids, strict=True)
         ],
     )
 

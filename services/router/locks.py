@@ -21,10 +21,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coxswain.runtime.consumer import RetrySoon
+from services.router import repository
 
 # First half of the two-int advisory keys (pg_locks.classid): routing keys never meet another
 # subsystem's advisory locks. "ro".
@@ -77,32 +77,13 @@ async def acquire(connection: AsyncConnection, keys: Iterable[int]) -> None:
     else:
         # Asked before in this transaction: ask PostgreSQL, not a cache, because a savepoint
         # rolled back releases the locks taken inside it.
-        held = set(
-            (
-                await connection.scalars(
-                    text(
-                        "SELECT objid::bigint FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2 "
-                        "AND classid = :c AND pid = pg_backend_pid() AND granted"
-                    ),
-                    {"c": ROUTING_LOCK_CLASS},
-                )
-            ).all()
-        )
+        held = await repository.held_locks(connection, ROUTING_LOCK_CLASS)
     missing = [key for key in wanted if key not in held]
     if not missing:
         return
     if not held or missing[0] > max(held):
-        # In ascending order within one statement: unnest yields the array in order.
-        await connection.execute(
-            text("SELECT pg_advisory_xact_lock(:c, k) FROM unnest(CAST(:keys AS int[])) AS k"),
-            {"c": ROUTING_LOCK_CLASS, "keys": missing},
-        )
+        # In ascending order within one statement.
+        await repository.wait_for_locks(connection, ROUTING_LOCK_CLASS, missing)
         return
-    taken = (
-        await connection.scalars(
-            text("SELECT bool_and(pg_try_advisory_xact_lock(:c, k)) FROM unnest(CAST(:keys AS int[])) AS k"),
-            {"c": ROUTING_LOCK_CLASS, "keys": missing},
-        )
-    ).one()
-    if not taken:
+    if not await repository.try_locks(connection, ROUTING_LOCK_CLASS, missing):
         raise RoutingLocksBusy(f"{len(missing)} routing locks busy and below ones already held")

@@ -15,17 +15,14 @@ Nobody eligible is not an error: the lead waits in ``unassigned_leads`` (with a
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import date, datetime
+from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import text
-from sqlalchemy.dialects.postgresql import Insert, insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coxswain.core import routing_state
@@ -33,9 +30,8 @@ from coxswain.core.accounts import lead_domain, parent_domains
 from coxswain.core.agreement import Agreement
 from coxswain.core.capacity import RepLoad
 from coxswain.core.roster import Roster, build_roster
-from coxswain.core.routing import Rotation, RoutingDecision, select_pool
-from coxswain.core.routing_state import Holder, RouteRequest, RoutingState
-from coxswain.db.models import table
+from coxswain.core.routing import RoutingDecision, select_pool
+from coxswain.core.routing_state import AlreadyReplaced, ReassignmentRefused, RouteRequest, RoutingState
 from coxswain.db.roster import load_overrides, roster_revision
 from coxswain.runtime import outbox
 from coxswain.runtime.consumer import BatchHandler, Handler, PermanentError, one_at_a_time
@@ -45,14 +41,13 @@ from coxswain.settings import RouterConfig
 from schemas.events import (
     ActivityAcceptedV1,
     Event,
-    LeadAttributes,
     LeadQualifiedV1,
     LeadRoutedV1,
     LeadStageChangedV1,
     ReassignmentRequestedV1,
-    Tier,
 )
-from services.router import locks
+from services.router import locks, repository
+from services.router.repository import NewAssignment, rotation_json
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +97,11 @@ def _pools(requests: Sequence[RouteRequest], agreement: Agreement) -> set[str]:
     return {select_pool(request.routing_input(), agreement)[1] for request in requests}
 
 
+def _candidates(domains: Mapping[str, int]) -> list[str]:
+    """The domains whose accounts may own the leads of ``domains``: each with its parents."""
+    return sorted({candidate for domain in domains for candidate in parent_domains(domain)})
+
+
 @dataclass
 class Held:
     """The pools and reps whose routing locks this transaction holds for a run."""
@@ -124,22 +124,8 @@ async def lock_for(
     domains = _domains(requests, agreement)
     pools = _pools(requests, agreement)
     leads = sorted({*(request.lead_id for request in requests), *also_leads})
-    found = await connection.execute(
-        text(
-            "SELECT owner_rep_id AS rep_id FROM accounts WHERE domain = ANY(:candidates) UNION "
-            "SELECT h.rep_id FROM unnest(CAST(:domains AS text[]), CAST(:limits AS int[])) AS d(domain, n), "
-            "LATERAL (SELECT rep_id FROM lead_routing WHERE open AND domain = d.domain "
-            "ORDER BY opened_at DESC, lead_id DESC LIMIT d.n) AS h UNION "
-            "SELECT rep_id FROM lead_routing WHERE lead_id = ANY(:leads)"
-        ),
-        {
-            "candidates": sorted({candidate for domain in domains for candidate in parent_domains(domain)}),
-            "domains": list(domains),
-            "limits": list(domains.values()),
-            "leads": leads,
-        },
-    )
-    reps = {member.rep for pool in pools for member in roster.pools.get(pool, ())} | {row.rep_id for row in found}
+    found = await repository.named_reps(connection, _candidates(domains), domains, leads)
+    reps = {member.rep for pool in pools for member in roster.pools.get(pool, ())} | found
     await locks.acquire(connection, locks.keys_for(leads, domains, pools, reps))
     return Held(pools, reps)
 
@@ -152,7 +138,7 @@ class Run:
     loaded: RoutingState
     state: RoutingState
     decided: set[uuid.UUID]  # decision keys already stored (a redelivery past the inbox)
-    assignments: list[dict[str, Any]] = field(default_factory=list)
+    assignments: list[NewAssignment] = field(default_factory=list)
     settled: list[uuid.UUID] = field(default_factory=list)  # leads whose wait in unassigned_leads ends
     settled_keys: list[uuid.UUID] = field(default_factory=list)  # decisions whose wait ends
 
@@ -174,95 +160,23 @@ async def load_state(
     now: datetime,
     pools: set[str],
 ) -> Run:
-    """One round trip (two the first time a pool is seen) for everything a run of decisions reads:
-    the pools' rotation rows (locked), the accounts owning the leads' domains, the newest open leads
+    """Everything a run of decisions reads, in one round trip (``repository.load_state``): the
+    pools' rotation rows (locked), the accounts owning the leads' domains, the newest open leads
     of those domains, the leads' current holders (locked), which decisions are already stored, and
     the counters of every rep any of it names. The caller holds the run's locks (``lock_for``), so
     this snapshot includes everything the previous holders committed. ``pools``: the locked ones."""
     domains = _domains(requests, agreement)
-    reps = {member.rep for pool in pools for member in roster.pools.get(pool, ())}
-    query = text(
-        "WITH rot AS MATERIALIZED (SELECT pool_id, current, assigned, away FROM pool_rotation "
-        "WHERE pool_id = ANY(:pools) ORDER BY pool_id FOR UPDATE), "
-        "acct AS (SELECT domain, owner_rep_id FROM accounts WHERE domain = ANY(:candidates)), "
-        # Per domain, as many of its newest open leads as the run has leads from it, plus one: a
-        # lead never counts as its own domain's holder, so each decision still finds the newest other.
-        "held AS (SELECT d.domain, h.lead_id, h.rep_id, h.opened_at FROM unnest(CAST(:domains AS text[]), "
-        "CAST(:limits AS int[])) AS d(domain, n), LATERAL (SELECT lead_id, rep_id, opened_at FROM lead_routing "
-        "WHERE open AND domain = d.domain ORDER BY opened_at DESC, lead_id DESC LIMIT d.n) AS h), "
-        "prev AS MATERIALIZED (SELECT lead_id, assignment_id, rep_id, pool_id, domain, tier, load, open, "
-        "opened_at, owners FROM lead_routing WHERE lead_id = ANY(:leads) ORDER BY lead_id FOR UPDATE) "
-        "SELECT (SELECT COALESCE(jsonb_agg(jsonb_build_array(pool_id, current, assigned, away)), '[]') FROM rot) "
-        "AS rotations, (SELECT COALESCE(jsonb_agg(jsonb_build_array(domain, owner_rep_id)), '[]') FROM acct) "
-        "AS accounts, (SELECT COALESCE(jsonb_agg(jsonb_build_array(domain, lead_id, rep_id, opened_at) "
-        "ORDER BY domain, opened_at DESC, lead_id DESC), '[]') FROM held) AS held, "
-        "(SELECT COALESCE(jsonb_agg(jsonb_build_array(lead_id, assignment_id, rep_id, pool_id, domain, tier, load, "
-        "open, opened_at, owners)), '[]') FROM prev) AS previous, "
-        "(SELECT COALESCE(jsonb_agg(decision_key), '[]') FROM assignments WHERE decision_key = ANY(:keys)) AS decided, "
-        "(SELECT COALESCE(jsonb_agg(jsonb_build_array(rep_id, open_load, open_leads, day, assigned_on_day)), '[]') "
-        "FROM rep_counters WHERE rep_id = ANY(:reps) OR rep_id IN (SELECT owner_rep_id FROM acct) "
-        "OR rep_id IN (SELECT rep_id FROM held) OR rep_id IN (SELECT rep_id FROM prev)) AS counters"
+    loaded = await repository.load_state(
+        connection,
+        pools=sorted(pools),
+        candidates=_candidates(domains),
+        domains=domains,
+        leads=sorted({request.lead_id for request in requests}),
+        decision_keys=[request.decision_key for request in requests],
+        reps=sorted({member.rep for pool in pools for member in roster.pools.get(pool, ())}),
+        now=now,
     )
-    parameters = {
-        "pools": sorted(pools),
-        "candidates": sorted({candidate for domain in domains for candidate in parent_domains(domain)}),
-        "domains": list(domains),
-        "limits": list(domains.values()),
-        "leads": sorted({request.lead_id for request in requests}),
-        "keys": [request.decision_key for request in requests],
-        "reps": sorted(reps),
-    }
-    row = (await connection.execute(query, parameters)).one()
-    if len(row.rotations) < len(pools):
-        await connection.execute(
-            text(
-                "INSERT INTO pool_rotation (pool_id, current, assigned, updated_at) "
-                "SELECT unnest(CAST(:ids AS text[])), '{}', '{}', :now ON CONFLICT DO NOTHING"
-            ),
-            {"ids": sorted(pools), "now": now},
-        )
-        row = (await connection.execute(query, parameters)).one()
-    open_by_domain: dict[str, list[tuple[uuid.UUID, str, datetime]]] = {}
-    for domain, lead_id, rep_id, opened_at in row.held:
-        open_by_domain.setdefault(domain, []).append((uuid.UUID(lead_id), rep_id, datetime.fromisoformat(opened_at)))
-    state = RoutingState(
-        rotations={
-            pool_id: Rotation(current=current, assigned=assigned, away=frozenset(away))
-            for pool_id, current, assigned, away in row.rotations
-        },
-        loads={
-            rep_id: RepLoad(open_load, open_leads, date.fromisoformat(day) if day else None, on_day)
-            for rep_id, open_load, open_leads, day, on_day in row.counters
-        },
-        accounts=dict(row.accounts),
-        holders={uuid.UUID(previous[0]): _holder(*previous[1:]) for previous in row.previous},
-        open_by_domain={domain: tuple(held) for domain, held in open_by_domain.items()},
-    )
-    return Run(state, state, {uuid.UUID(key) for key in row.decided})
-
-
-def _holder(
-    assignment_id: str,
-    rep_id: str,
-    pool_id: str,
-    domain: str | None,
-    tier: str,
-    load: int,
-    is_open: bool,
-    opened_at: str,
-    owners: list[str],
-) -> Holder:
-    return Holder(
-        uuid.UUID(assignment_id),
-        rep_id,
-        pool_id,
-        domain,
-        Tier(tier),
-        load,
-        is_open,
-        datetime.fromisoformat(opened_at),
-        tuple(owners),
-    )
+    return Run(loaded.state, loaded.state, loaded.decided)
 
 
 async def route_request(
@@ -362,24 +276,24 @@ def _assignment_row(
     agreement: Agreement,
     revision: int,
     before: RoutingState,
-) -> dict[str, Any]:
+) -> NewAssignment:
     was = {
-        "rotations": {pool: _rotation_json(before.rotations[pool]) for pool in decision.rotations_after},
+        "rotations": {pool: rotation_json(before.rotations[pool]) for pool in decision.rotations_after},
         "counters": {fact.rep_id: _load_json(before.loads.get(fact.rep_id, RepLoad()))},
     }
-    return {
-        "a": fact.assignment_id,
-        "k": request.decision_key,
-        "l": request.lead_id,
-        "r": fact.rep_id,
-        "p": decision.pool_id,
-        "rule": decision.rule_id,
-        "reason": decision.reason,
-        "tier": request.tier.value,
-        "v": agreement.version,
-        "now": fact.routed_at,
-        "d": orjson.dumps(decision_record(request, decision, agreement, revision, was)).decode(),
-    }
+    return NewAssignment(
+        assignment_id=fact.assignment_id,
+        decision_key=request.decision_key,
+        lead_id=request.lead_id,
+        rep_id=fact.rep_id,
+        pool_id=decision.pool_id,
+        rule_id=decision.rule_id,
+        reason=decision.reason,
+        tier=request.tier.value,
+        agreement_version=agreement.version,
+        routed_at=fact.routed_at,
+        decision=orjson.dumps(decision_record(request, decision, agreement, revision, was)).decode(),
+    )
 
 
 def decision_record(
@@ -402,7 +316,7 @@ def decision_record(
         "candidates": [candidate.model_dump(mode="json") for candidate in decision.candidates],
         "before": before,
         "after": {
-            "rotations": {pool: _rotation_json(rotation) for pool, rotation in decision.rotations_after.items()},
+            "rotations": {pool: rotation_json(rotation) for pool, rotation in decision.rotations_after.items()},
             "counters": {decision.rep_id: _load_json(decision.load_after or RepLoad())},
         },
         "load": agreement.routing.load[request.tier],
@@ -415,122 +329,37 @@ async def store(connection: AsyncConnection, run: Run, now: datetime) -> None:
     """The run's assignments, the rotations, holders and counters they left, and the end of the
     waits they settled: one statement each. What changed is what the core replaced."""
     loaded, state = run.loaded, run.state
-    if run.assignments:
-        await connection.execute(
-            text(
-                "INSERT INTO assignments (assignment_id, decision_key, lead_id, rep_id, pool_id, rule_id, reason, "
-                "tier, agreement_version, routed_at, decision) VALUES (:a, :k, :l, :r, :p, :rule, :reason, :tier, "
-                ":v, :now, CAST(:d AS jsonb)) ON CONFLICT (decision_key) DO NOTHING"
-            ),
-            run.assignments,
-        )
-    changed_pools = sorted(
-        pool for pool, rotation in state.rotations.items() if loaded.rotations.get(pool) is not rotation
+    await repository.insert_assignments(connection, run.assignments)
+    await repository.update_rotations(
+        connection,
+        {
+            pool: state.rotations[pool]
+            for pool in sorted(
+                pool for pool, rotation in state.rotations.items() if loaded.rotations.get(pool) is not rotation
+            )
+        },
+        now,
     )
-    if changed_pools:
-        rotations = [{"pool_id": pool, **_rotation_json(state.rotations[pool])} for pool in changed_pools]
-        await connection.execute(
-            text(
-                "UPDATE pool_rotation AS p SET current = v.current, assigned = v.assigned, away = v.away, "
-                "updated_at = :now FROM jsonb_to_recordset(CAST(:rot AS jsonb)) "
-                "AS v(pool_id text, current jsonb, assigned jsonb, away jsonb) WHERE p.pool_id = v.pool_id"
-            ),
-            {"rot": orjson.dumps(rotations).decode(), "now": now},
-        )
-    holders = [
-        _holder_row(lead_id, holder)
-        for lead_id, holder in state.holders.items()
-        if loaded.holders.get(lead_id) is not holder
-    ]
-    if holders:
-        await connection.execute(_holder_upsert(), holders)
-    changed_reps = sorted(rep for rep, load in state.loads.items() if loaded.loads.get(rep) is not load)
-    if changed_reps:
-        await connection.execute(
-            text(
-                "INSERT INTO rep_counters (rep_id, open_load, open_leads, day, assigned_on_day, updated_at) "
-                "VALUES (:r, :load, :leads, :day, :on_day, :now) ON CONFLICT (rep_id) DO UPDATE SET "
-                "open_load = EXCLUDED.open_load, open_leads = EXCLUDED.open_leads, day = EXCLUDED.day, "
-                "assigned_on_day = EXCLUDED.assigned_on_day, updated_at = EXCLUDED.updated_at"
-            ),
-            [
-                {
-                    "r": rep_id,
-                    "load": state.loads[rep_id].open_load,
-                    "leads": state.loads[rep_id].open_leads,
-                    "day": state.loads[rep_id].day,
-                    "on_day": state.loads[rep_id].assigned_on_day,
-                    "now": now,
-                }
-                for rep_id in changed_reps
-            ],
-        )
-    if run.settled or run.settled_keys:
-        await connection.execute(
-            text("DELETE FROM unassigned_leads WHERE lead_id = ANY(:leads) OR decision_key = ANY(:keys)"),
-            {"leads": run.settled, "keys": run.settled_keys},
-        )
-
-
-def _holder_row(lead_id: uuid.UUID, holder: Holder) -> dict[str, Any]:
-    return {
-        "lead_id": lead_id,
-        "assignment_id": holder.assignment_id,
-        "rep_id": holder.rep_id,
-        "pool_id": holder.pool_id,
-        "owners": list(holder.owners),
-        "domain": holder.domain,
-        "tier": holder.tier.value,
-        "load": holder.load,
-        "open": holder.open,
-        "opened_at": holder.opened_at,
-        "released_at": None,
-    }
-
-
-@functools.cache
-def _holder_upsert() -> Insert:
-    statement = insert(table("lead_routing"))
-    columns = ("assignment_id", "rep_id", "pool_id", "owners", "domain", "tier", "load", "open", "opened_at")
-    return statement.on_conflict_do_update(
-        index_elements=["lead_id"],
-        set_={**{column: statement.excluded[column] for column in columns}, "released_at": None},
+    await repository.upsert_holders(
+        connection,
+        {lead_id: holder for lead_id, holder in state.holders.items() if loaded.holders.get(lead_id) is not holder},
     )
+    await repository.upsert_counters(
+        connection,
+        {
+            rep: state.loads[rep]
+            for rep in sorted(rep for rep, load in state.loads.items() if loaded.loads.get(rep) is not load)
+        },
+        now,
+    )
+    await repository.end_waits(connection, run.settled, run.settled_keys)
 
 
 async def park(
     connection: AsyncConnection, request: RouteRequest, decision: RoutingDecision, agreement: Agreement, now: datetime
 ) -> list[Event]:
     """Keep the request in the unassigned queue; the fact is published the first time only."""
-    first_time = await connection.scalar(
-        text(
-            "INSERT INTO unassigned_leads (lead_id, decision_key, kind, request, reason, waiting_for, pool_id, "
-            "rule_id, tier, agreement_version, parked_at, last_tried_at, attempts) VALUES (:l, :k, :kind, "
-            "CAST(:req AS jsonb), :reason, :w, :p, :rule, :t, :v, :now, :now, 1) ON CONFLICT (lead_id) DO UPDATE SET "
-            "decision_key = EXCLUDED.decision_key, kind = EXCLUDED.kind, request = EXCLUDED.request, "
-            "reason = EXCLUDED.reason, waiting_for = EXCLUDED.waiting_for, pool_id = EXCLUDED.pool_id, "
-            "rule_id = EXCLUDED.rule_id, tier = EXCLUDED.tier, agreement_version = EXCLUDED.agreement_version, "
-            "parked_at = CASE WHEN unassigned_leads.decision_key = EXCLUDED.decision_key "
-            "THEN unassigned_leads.parked_at ELSE EXCLUDED.parked_at END, last_tried_at = EXCLUDED.last_tried_at, "
-            "attempts = CASE WHEN unassigned_leads.decision_key = EXCLUDED.decision_key "
-            "THEN unassigned_leads.attempts + 1 ELSE 1 END "
-            "RETURNING (xmax = 0) OR attempts = 1"
-        ),
-        {
-            "l": request.lead_id,
-            "k": request.decision_key,
-            "kind": request.kind,
-            "req": request.model_dump_json(),
-            "reason": decision.reason,
-            "w": decision.waiting_for,
-            "p": decision.pool_id,
-            "rule": decision.rule_id,
-            "t": request.tier.value,
-            "v": agreement.version,
-            "now": now,
-        },
-    )
-    if not first_time:
+    if not await repository.park(connection, request, decision, agreement.version, now):
         return []
     log.warning(
         "lead parked, nobody eligible: lead_id=%s decision_key=%s pool_id=%s waiting_for=%s",
@@ -548,97 +377,48 @@ async def release(connection: AsyncConnection, lead_id: uuid.UUID, happened_at: 
     # The lead's lock keeps its holder from changing, the holder's lock orders this against
     # decisions reading that rep's counters. The first look is without locks, so look again.
     reps: set[str] = set()
-    while (
-        holder := await connection.scalar(text("SELECT rep_id FROM lead_routing WHERE lead_id = :l"), {"l": lead_id})
-    ) not in reps:
+    while (holder := await repository.holder_rep(connection, lead_id)) not in reps:
         if holder is None:
             return
         reps.add(holder)
         await locks.acquire(connection, locks.keys_for(leads=[lead_id], reps=[holder]))
-    row = (
-        await connection.execute(
-            text(
-                "SELECT h.assignment_id, h.rep_id, h.pool_id, h.domain, h.tier, h.load, h.open, h.opened_at, h.owners, "
-                "c.rep_id AS counted, c.open_load, c.open_leads, c.day, c.assigned_on_day FROM lead_routing h "
-                "LEFT JOIN rep_counters c ON c.rep_id = h.rep_id WHERE h.lead_id = :l FOR UPDATE OF h"
-            ),
-            {"l": lead_id},
-        )
-    ).one()
+    found = await repository.holder_for_release(connection, lead_id)
     state = RoutingState(
-        loads={row.rep_id: RepLoad(row.open_load, row.open_leads, row.day, row.assigned_on_day)}
-        if row.counted is not None
-        else {},
-        holders={
-            lead_id: Holder(
-                row.assignment_id,
-                row.rep_id,
-                row.pool_id,
-                row.domain,
-                Tier(row.tier),
-                row.load,
-                row.open,
-                row.opened_at,
-                tuple(row.owners),
-            )
-        },
+        loads={found.holder.rep_id: found.load} if found.load is not None else {},
+        holders={lead_id: found.holder},
     )
     after, released = routing_state.release(state, lead_id, happened_at)
     if released is None:
         return
-    await connection.execute(
-        text("UPDATE lead_routing SET open = false, released_at = :now WHERE lead_id = :l"), {"l": lead_id, "now": now}
-    )
+    await repository.close_holder(connection, lead_id, now)
     if (load := after.loads.get(released.rep_id)) is not None:
-        await connection.execute(
-            text("UPDATE rep_counters SET open_load = :load, open_leads = :leads, updated_at = :now WHERE rep_id = :r"),
-            {"r": released.rep_id, "load": load.open_load, "leads": load.open_leads, "now": now},
-        )
+        await repository.set_open_load(connection, released.rep_id, load, now)
     log.info("open load released: lead_id=%s rep_id=%s load=%s", lead_id, released.rep_id, released.load)
 
 
 async def reassignment_request(
     connection: AsyncConnection, event: ReassignmentRequestedV1, agreement: Agreement
 ) -> RouteRequest | None:
-    """The request to route a reassignment, or None when the assignment was already replaced."""
-    row = (
-        await connection.execute(
-            text("SELECT lead_id, rep_id, decision FROM assignments WHERE assignment_id = :a"),
-            {"a": event.assignment_id},
-        )
-    ).one_or_none()
-    if row is None or row.lead_id != event.lead_id:
-        raise PermanentError(
-            f"reassignment of assignment {event.assignment_id} for lead {event.lead_id}: no such assignment"
-        )
-    holder = (
-        await connection.execute(
-            text("SELECT assignment_id, owners FROM lead_routing WHERE lead_id = :l FOR UPDATE"), {"l": event.lead_id}
-        )
-    ).one_or_none()
-    if holder is not None and holder.assignment_id != event.assignment_id:
+    """The request to route a reassignment (``routing_state.reassignment``), or None when the
+    assignment was already replaced. The caller holds the lead's routing lock."""
+    target = routing_state.reassignment_target(
+        event, await repository.stored_assignment(connection, event.assignment_id)
+    )
+    if isinstance(target, ReassignmentRefused):
+        raise PermanentError(target.reason)
+    holder = await repository.lead_owners_for_update(connection, event.lead_id)
+    outcome = routing_state.reassignment(event, target, holder, agreement)
+    if isinstance(outcome, ReassignmentRefused):
+        raise PermanentError(outcome.reason)
+    if isinstance(outcome, AlreadyReplaced):
         log.info(
             "reassignment skipped, assignment already replaced: lead_id=%s assignment_id=%s current=%s",
             event.lead_id,
             event.assignment_id,
-            holder.assignment_id,
+            outcome.current,
         )
         return None
-    given = row.decision.get("input")
-    if not isinstance(given, dict):
-        raise PermanentError(f"assignment {event.assignment_id} has no routing input to route again from")
-    owners: list[str] = list(holder.owners) if holder is not None else [row.rep_id]
-    return RouteRequest(
-        kind="reassignment",
-        decision_key=event.event_id,
-        lead_id=event.lead_id,
-        attributes=LeadAttributes.model_validate(given["attributes"]),
-        tier=event.tier,
-        source=given["source"],
-        persona=given.get("persona"),
-        exclude=routing_state.reassignment_excludes(owners, event.exclude_reps, agreement),
-        replaces_assignment_id=event.assignment_id,
-    )
+    return outcome
 
 
 def qualified_request(event: LeadQualifiedV1) -> RouteRequest:
@@ -723,24 +503,17 @@ async def retry_parked(
 ) -> tuple[int, int]:
     """Try the oldest parked leads again; (tried, assigned)."""
     async with engine.connect() as connection:
-        if not await connection.scalar(text("SELECT EXISTS (SELECT 1 FROM unassigned_leads)")):
+        if not await repository.any_parked(connection):
             return 0, 0
     async with engine.begin() as connection:
         now = clock()
         revision = await begin_routing(connection)
         roster = await cache.get(connection, agreement, revision)
-        page = await connection.execute(
-            text("SELECT request FROM unassigned_leads ORDER BY parked_at LIMIT :n"), {"n": limit}
-        )
-        seen = [RouteRequest.model_validate(row.request) for row in page]
+        seen = await repository.oldest_parked(connection, limit)
         # Locks first, then the rows again: a router may have parked a newer request for one of
         # these leads, or routed it, before the locks were ours.
         await lock_for(connection, seen, agreement, roster)
-        rows = await connection.execute(
-            text("SELECT request FROM unassigned_leads WHERE lead_id = ANY(:leads) ORDER BY parked_at FOR UPDATE"),
-            {"leads": [request.lead_id for request in seen]},
-        )
-        requests = [RouteRequest.model_validate(row.request) for row in rows]
+        requests = await repository.parked_for_update(connection, [request.lead_id for request in seen])
         # unassigned_leads holds one request per lead, so the whole page is one run.
         results = await route_requests(connection, agreement, roster, requests, now)
         facts = [fact for _, found in results for fact in found]
@@ -774,10 +547,6 @@ async def run_retry(
         if tried and assigned == tried:
             continue
         await sleep_or_stop(stop, config.router_retry_seconds)
-
-
-def _rotation_json(rotation: Rotation) -> dict[str, Any]:
-    return {"current": dict(rotation.current), "assigned": dict(rotation.assigned), "away": sorted(rotation.away)}
 
 
 def _load_json(load: RepLoad) -> dict[str, Any]:

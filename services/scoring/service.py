@@ -5,13 +5,10 @@ outbox. A fixed number of statements per batch (see ``apply_batch``)."""
 
 from __future__ import annotations
 
-import functools
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import text
-from sqlalchemy.dialects.postgresql import Insert, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coxswain.core.agreement import Agreement
@@ -27,89 +24,20 @@ from coxswain.core.lead import (
     unknown_lead,
 )
 from coxswain.db.leads import load_many
-from coxswain.db.models import table
 from coxswain.runtime.consumer import BatchHandler, Handler, PermanentError, one_at_a_time
 from schemas.events import (
     ActivityRecordedV1,
     Event,
     LeadReceivedV1,
 )
+from services.scoring import repository
 from services.scoring.metrics import count_refusals
+from services.scoring.repository import Timer
 
 ACCEPTS: dict[str, tuple[type[Event], ...]] = {
     LeadReceivedV1.topic: (LeadReceivedV1,),
     ActivityRecordedV1.topic: (ActivityRecordedV1,),
 }
-
-TIMER_CHANNEL = "coxswain_scoring_timers"
-IDENTITY_LOCK_CLASS = 0x1D
-
-
-async def save(connection: AsyncConnection, state: LeadState, agreement_version: str, now: datetime) -> None:
-    await save_many(connection, [state], agreement_version, now)
-
-
-async def save_many(
-    connection: AsyncConnection, states: Sequence[LeadState], agreement_version: str, now: datetime
-) -> None:
-    """Upsert the leads in one statement; each lead at most once (ON CONFLICT touches a row once)."""
-    if not states:
-        return
-    rows = [
-        {
-            "lead_id": state.lead_id,
-            "stage": state.stage.value,
-            "source": state.source,
-            "attributes": state.attributes.model_dump(mode="json", exclude_none=True),
-            "touches": [[touch.engagement.value, touch.at.isoformat()] for touch in state.touches],
-            "score_total": state.score_total,
-            "tier": state.tier.value if state.tier else None,
-            "agreement_version": agreement_version,
-            "updated_at": now,
-            "persona": state.persona,
-            "pinned": state.pinned,
-            "held_until": state.held_until,
-            "recycled_until": state.recycled_until,
-        }
-        for state in states
-    ]
-    await connection.execute(_upsert("leads", tuple(rows[0])), rows)
-
-
-@functools.cache
-def _upsert(table_name: str, columns: tuple[str, ...]) -> Insert:
-    """Insert-or-update by lead id, built once: SQLAlchemy caches its SQL with the statement object."""
-    statement = insert(table(table_name))
-    return statement.on_conflict_do_update(
-        index_elements=["lead_id"],
-        set_={column: statement.excluded[column] for column in columns if column != "lead_id"},
-    )
-
-
-async def record_facts(connection: AsyncConnection, facts: Sequence[Event], now: datetime) -> None:
-    if not facts:
-        return
-    # The payload goes in as the fact's own JSON text: no decode and re-encode on the way.
-    await connection.execute(
-        text(
-            "INSERT INTO lead_facts (event_id, lead_id, kind, occurred_at, agreement_version, caused_by, payload, "
-            "recorded_at) VALUES (:event_id, :lead_id, :kind, :occurred_at, :agreement_version, :caused_by, "
-            "CAST(:payload AS jsonb), :recorded_at) ON CONFLICT (event_id, occurred_at) DO NOTHING"
-        ),
-        [
-            {
-                "event_id": fact.event_id,
-                "lead_id": fact.lead_id,
-                "kind": type(fact).__name__,
-                "occurred_at": fact.occurred_at,
-                "agreement_version": getattr(fact, "agreement_version", None),
-                "caused_by": getattr(fact, "caused_by", None),
-                "payload": fact.model_dump_json(),
-                "recorded_at": now,
-            }
-            for fact in facts
-        ],
-    )
 
 
 async def arm(
@@ -127,25 +55,24 @@ async def arm_many(
 ) -> list[datetime | None]:
     """``arm`` for several leads (each once) in at most three statements."""
     dues = [next_reevaluation(state, agreement, at) for state, at in evaluated]
-    idle = [state.lead_id for (state, _), due in zip(evaluated, dues, strict=True) if due is None]
-    if idle:
-        await connection.execute(text("DELETE FROM scoring_timers WHERE lead_id = ANY(:ids)"), {"ids": idle})
-    rows = [
-        {
-            "lead_id": state.lead_id,
-            "timer_id": timer_id_for(state, due),
-            "due_at": due,
-            "stage": state.stage.value,
-            "agreement_version": agreement.version,
-            "armed_at": now,
-        }
-        for (state, _), due in zip(evaluated, dues, strict=True)
-        if due is not None
-    ]
-    if rows:
-        await connection.execute(_upsert("scoring_timers", tuple(rows[0])), rows)
-        # Delivered on commit: wakes the timer loop if a timer is due before its next pass.
-        await connection.execute(text(f"NOTIFY {TIMER_CHANNEL}"))
+    await repository.remove_timers(
+        connection, [state.lead_id for (state, _), due in zip(evaluated, dues, strict=True) if due is None]
+    )
+    await repository.arm_timers(
+        connection,
+        [
+            Timer(
+                lead_id=state.lead_id,
+                timer_id=timer_id_for(state, due),
+                due_at=due,
+                stage=state.stage.value,
+                agreement_version=agreement.version,
+                armed_at=now,
+            )
+            for (state, _), due in zip(evaluated, dues, strict=True)
+            if due is not None
+        ],
+    )
     return dues
 
 
@@ -186,11 +113,7 @@ async def apply_batch(
             lead_ids.append(resolution.lead_id)
         else:
             lead_ids.append(known.get(alias_key(event.lead_id), event.lead_id))
-    if recorded:
-        await connection.execute(
-            insert(table("lead_identities")).on_conflict_do_nothing(index_elements=["key"]),
-            [{"key": key, "lead_id": lead_id, "created_at": now} for key, lead_id in recorded.items()],
-        )
+    await repository.record_identities(connection, recorded, now)
     states = await load_many(connection, lead_ids)
     outcomes: list[Outcome] = []
     evaluated_at: dict[uuid.UUID, datetime] = {}
@@ -218,8 +141,8 @@ async def apply_batch(
     for index, merge in merges.items():
         outcomes[index] = Outcome(outcomes[index].state, (merge, *outcomes[index].facts))
     changed = [states[lead_id] for lead_id in evaluated_at]
-    await save_many(connection, changed, agreement.version, now)
-    await record_facts(connection, [fact for outcome in outcomes for fact in outcome.facts], now)
+    await repository.save_leads(connection, changed, agreement.version, now)
+    await repository.record_facts(connection, [fact for outcome in outcomes for fact in outcome.facts], now)
     await arm_many(connection, [(state, evaluated_at[state.lead_id]) for state in changed], agreement, now)
     return outcomes
 
@@ -239,16 +162,8 @@ async def _lock_and_read_identities(connection: AsyncConnection, events: Sequenc
                 locked.update((*keys, alias_key(event.lead_id)))
         wanted.add(alias_key(event.lead_id))
     if locked:
-        await connection.execute(
-            text(
-                "SELECT pg_advisory_xact_lock(:c, hashtext(k)) FROM (SELECT unnest(CAST(:keys AS text[])) AS k) AS keys"
-            ),
-            {"c": IDENTITY_LOCK_CLASS, "keys": sorted(locked)},
-        )
-    rows = await connection.execute(
-        text("SELECT key, lead_id FROM lead_identities WHERE key = ANY(:keys)"), {"keys": sorted(locked | wanted)}
-    )
-    return {row.key: row.lead_id for row in rows}
+        await repository.lock_identity_keys(connection, sorted(locked))
+    return await repository.identities(connection, sorted(locked | wanted))
 
 
 def make_batch_handler(agreement: Agreement) -> BatchHandler:

@@ -14,11 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coxswain.core.agreement import Agreement
@@ -28,34 +28,31 @@ from coxswain.runtime import outages, outbox
 from coxswain.runtime.outages import is_connection_error
 from coxswain.runtime.waiting import first_of
 from coxswain.settings import ScoringConfig
-from services.scoring.service import TIMER_CHANNEL, arm, record_facts, save
+from services.scoring import repository
+from services.scoring.repository import TIMER_CHANNEL
+from services.scoring.service import arm
 
 log = logging.getLogger(__name__)
 
 
-async def fire_one(connection: AsyncConnection, lead_id: Any, agreement: Agreement, now: datetime) -> bool:
+async def fire_one(connection: AsyncConnection, lead_id: uuid.UUID, agreement: Agreement, now: datetime) -> bool:
     """Re-evaluate one lead whose timer is due; False when it is busy or no longer due."""
     state = await load(connection, lead_id, lock="skip")
     if state is None:
         return False
-    timer = (
-        await connection.execute(
-            text("SELECT timer_id, due_at FROM scoring_timers WHERE lead_id = :l AND due_at <= :now FOR UPDATE"),
-            {"l": lead_id, "now": now},
-        )
-    ).one_or_none()
+    timer = await repository.due_timer_for_update(connection, lead_id, now)
     if timer is None:
         return False
     outcome = on_timer(state, agreement, timer.due_at, timer.timer_id)
     if outcome.facts:
-        await save(connection, outcome.state, agreement.version, now)
-        await record_facts(connection, outcome.facts, now)
+        await repository.save_leads(connection, [outcome.state], agreement.version, now)
+        await repository.record_facts(connection, outcome.facts, now)
         await outbox.stage(connection, outcome.facts, now)
     due = await arm(connection, outcome.state, agreement, timer.due_at, now)
     if due is not None and due <= timer.due_at:
         # Cannot happen with a consistent core; never spin on it.
         log.warning("re-evaluation changed nothing and is due again at once; dropping: lead_id=%s", lead_id)
-        await connection.execute(text("DELETE FROM scoring_timers WHERE lead_id = :l"), {"l": lead_id})
+        await repository.remove_timer(connection, lead_id)
     log.info(
         "lead re-evaluated: lead_id=%s timer_id=%s due_at=%s lateness_ms=%d facts=%d",
         lead_id,
@@ -70,34 +67,25 @@ async def fire_one(connection: AsyncConnection, lead_id: Any, agreement: Agreeme
 async def fire_due(engine: AsyncEngine, agreement: Agreement, now: datetime, limit: int) -> tuple[int, int]:
     """(fired, skipped) for up to ``limit`` due timers, oldest first."""
     async with engine.begin() as connection:
-        due = (
-            await connection.execute(
-                text("SELECT lead_id FROM scoring_timers WHERE due_at <= :now ORDER BY due_at LIMIT :n"),
-                {"now": now, "n": limit},
-            )
-        ).all()
+        due = await repository.due_leads(connection, now, limit)
         fired = 0
-        for row in due:
+        for lead_id in due:
             try:
                 async with connection.begin_nested():
-                    fired += await fire_one(connection, row.lead_id, agreement, now)
+                    fired += await fire_one(connection, lead_id, agreement, now)
             except Exception as exc:
                 if is_connection_error(exc):
                     raise
                 # One lead the core cannot re-evaluate must not hold back every other timer.
-                log.exception("re-evaluation failed; retrying in a minute: lead_id=%s", row.lead_id)
+                log.exception("re-evaluation failed; retrying in a minute: lead_id=%s", lead_id)
                 async with connection.begin_nested():
-                    await connection.execute(
-                        text("UPDATE scoring_timers SET due_at = :later WHERE lead_id = :l"),
-                        {"later": now + timedelta(minutes=1), "l": row.lead_id},
-                    )
+                    await repository.postpone_timer(connection, lead_id, now + timedelta(minutes=1))
         return fired, len(due) - fired
 
 
 async def next_due(engine: AsyncEngine) -> datetime | None:
     async with engine.connect() as connection:
-        value = await connection.scalar(text("SELECT min(due_at) FROM scoring_timers"))
-        return value if isinstance(value, datetime) else None
+        return await repository.next_due(connection)
 
 
 async def run_timer(

@@ -43,6 +43,7 @@ from schemas.events import (
     Tier,
 )
 from services.router import service as router
+from services.scoring import repository as scoring_repository
 from services.scoring import service as scoring
 from services.sla_monitor import service as sla_monitor
 from tests.support.databases import fresh_database
@@ -479,7 +480,7 @@ async def test_sla_batches_leave_what_single_events_leave(engines: Engines) -> N
                         "at": touch.occurred_at,
                     },
                 )
-                await scoring.record_facts(connection, [touch], T0)
+                await scoring_repository.record_facts(connection, [touch], T0)
                 await connection.execute(
                     text("INSERT INTO inbox (consumer, event_id, topic, processed_at) VALUES (:c, :e, :t, :at)"),
                     {"c": sla_monitor.CONSUMER, "e": touch.event_id, "t": touch.topic, "at": T0},

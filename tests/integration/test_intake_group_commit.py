@@ -16,7 +16,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas.events import EngagementType, LeadAttributes, LeadReceivedV1
-from services.intake.store import GroupCommit, Webhook
+from services.intake.repository import Webhook
+from services.intake.store import GroupCommit
 from tests.support.databases import engine_without_relays
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

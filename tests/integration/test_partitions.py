@@ -19,7 +19,7 @@ from coxswain.settings import RetentionConfig
 from schemas.events import LeadStageChangedV1, Stage
 from services.reporting import consumer as reporting
 from services.reporting.queries import Scope, history
-from services.scoring.service import record_facts
+from services.scoring.repository import record_facts
 from tests.support.databases import fresh_database
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

@@ -13,12 +13,18 @@ from coxswain.core.agreement import Agreement, load_agreement
 from coxswain.core.capacity import RepLoad
 from coxswain.core.roster import Roster, build_roster
 from coxswain.core.routing_state import (
+    AlreadyReplaced,
     Holder,
+    LeadOwners,
+    ReassignmentRefused,
     RouteRequest,
     RoutingState,
+    StoredAssignment,
     assign,
     decide,
+    reassignment,
     reassignment_excludes,
+    reassignment_target,
     release,
     releases,
     unassigned,
@@ -30,6 +36,7 @@ from schemas.events import (
     LeadAttributes,
     LeadRoutedV1,
     LeadStageChangedV1,
+    ReassignmentRequestedV1,
     Stage,
     Tier,
 )
@@ -265,6 +272,93 @@ def test_a_reassignment_skips_the_reps_it_names_and_the_last_owners() -> None:
         update={"routing": AGREEMENT.routing.model_copy(update={"reassign_exclude_last": 0})}
     )
     assert reassignment_excludes(owners, ["sim-di"], no_history) == ("sim-di",)
+
+
+def reassignment_of(stored: StoredAssignment, assignment_id: uuid.UUID) -> ReassignmentRequestedV1:
+    return ReassignmentRequestedV1(
+        event_id=uuid.uuid4(),
+        lead_id=stored.lead_id,
+        occurred_at=T0,
+        assignment_id=assignment_id,
+        tier=Tier.warm,
+        exclude_reps=("sim-di",),
+        reason="first touch missed",
+        requested_by="sla_escalation",
+    )
+
+
+def stored_routing_of(asked: RouteRequest, rep_id: str) -> StoredAssignment:
+    given = asked.model_dump(mode="json", include={"attributes", "tier", "source", "persona"})
+    return StoredAssignment(lead_id=asked.lead_id, rep_id=rep_id, decision={"input": given})
+
+
+def test_a_reassignment_routes_the_lead_again_from_its_stored_input_skipping_its_last_owners() -> None:
+    asked = request("a@one.example.com", country="DE")
+    stored = stored_routing_of(asked, "sim-ann")
+    assignment_id = uuid.uuid4()
+    event = reassignment_of(stored, assignment_id)
+    owners = ("sim-bo", "sim-cy", "sim-ann")
+
+    again = reassignment(event, stored, LeadOwners(assignment_id, owners), AGREEMENT)
+
+    assert isinstance(again, RouteRequest)
+    assert (again.kind, again.decision_key, again.lead_id, again.replaces_assignment_id) == (
+        "reassignment",
+        event.event_id,
+        asked.lead_id,
+        assignment_id,
+    )
+    assert (again.attributes, again.source, again.persona) == (asked.attributes, asked.source, asked.persona)
+    assert again.tier == Tier.warm  # the event's tier, not the stored one
+    assert again.exclude == reassignment_excludes(owners, ["sim-di"], AGREEMENT)
+
+
+def test_a_reassignment_of_a_lead_without_a_holder_skips_the_assignments_rep() -> None:
+    asked = request("a@one.example.com")
+    stored = stored_routing_of(asked, "sim-bo")
+    event = reassignment_of(stored, uuid.uuid4())
+
+    again = reassignment(event, stored, None, AGREEMENT)
+
+    assert isinstance(again, RouteRequest)
+    assert again.exclude == ("sim-bo", "sim-di")
+
+
+def test_a_reassignment_of_an_assignment_replaced_since_is_nothing_to_do() -> None:
+    asked = request("a@one.example.com")
+    stored = stored_routing_of(asked, "sim-ann")
+    event = reassignment_of(stored, uuid.uuid4())
+    current = uuid.uuid4()
+
+    assert reassignment(event, stored, LeadOwners(current, ("sim-ann", "sim-bo")), AGREEMENT) == AlreadyReplaced(
+        current
+    )
+
+
+def test_a_reassignment_of_an_unknown_assignment_or_of_another_leads_is_refused() -> None:
+    asked = request("a@one.example.com")
+    stored = stored_routing_of(asked, "sim-ann")
+    event = reassignment_of(stored, uuid.uuid4())
+    someone_elses = StoredAssignment(lead_id=uuid.uuid4(), rep_id="sim-ann", decision=stored.decision)
+
+    for found in (None, someone_elses):
+        refused = reassignment_target(event, found)
+        assert isinstance(refused, ReassignmentRefused)
+        assert str(event.assignment_id) in refused.reason and "no such assignment" in refused.reason
+        assert reassignment(event, found, None, AGREEMENT) == refused
+    assert reassignment_target(event, stored) is stored
+
+
+def test_a_reassignment_of_an_assignment_stored_without_its_input_is_refused() -> None:
+    asked = request("a@one.example.com")
+    for decision in ({"matched_by": "rule"}, {"input": "a@one.example.com"}):
+        stored = StoredAssignment(lead_id=asked.lead_id, rep_id="sim-ann", decision=decision)
+        event = reassignment_of(stored, uuid.uuid4())
+
+        refused = reassignment(event, stored, None, AGREEMENT)
+
+        assert isinstance(refused, ReassignmentRefused)
+        assert "no routing input" in refused.reason
 
 
 def test_a_lead_nobody_can_take_gets_one_unassigned_fact_per_decision_key() -> None:

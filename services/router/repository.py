@@ -1,0 +1,472 @@
+"""Every SQL statement of the router: its routing locks, the state a run of decisions reads, what
+the run stores, parked requests, releases and reassignments. Each function runs on the caller's
+connection, so the caller's transaction decides what commits together (and holds the locks).
+Rows come back as the core's types or as the records below, built by column name."""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import Collection, Mapping, Sequence
+from datetime import date, datetime
+from typing import Any, NamedTuple
+
+import orjson
+from sqlalchemy import text
+from sqlalchemy.dialects.postgresql import Insert, insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from coxswain.core.capacity import RepLoad
+from coxswain.core.routing import Rotation, RoutingDecision
+from coxswain.core.routing_state import Holder, LeadOwners, RouteRequest, RoutingState, StoredAssignment
+from coxswain.db.models import table
+from schemas.events import Tier
+
+
+class Loaded(NamedTuple):
+    """What a run of decisions reads, and which of its decision keys are already stored."""
+
+    state: RoutingState
+    decided: set[uuid.UUID]
+
+
+class NewAssignment(NamedTuple):
+    """An ``assignments`` row; the field names are the insert's bind names."""
+
+    assignment_id: uuid.UUID
+    decision_key: uuid.UUID
+    lead_id: uuid.UUID
+    rep_id: str
+    pool_id: str
+    rule_id: str
+    reason: str
+    tier: str
+    agreement_version: str
+    routed_at: datetime
+    decision: str  # JSON text
+
+
+class Released(NamedTuple):
+    """A lead's holder and its rep's counters (None: the rep has none), as a release reads them."""
+
+    holder: Holder
+    load: RepLoad | None
+
+
+# Routing locks: the two-int advisory locks of services/router/locks.py (``lock_class`` is the
+# first int, ``pg_locks.classid``).
+
+
+async def held_locks(connection: AsyncConnection, lock_class: int) -> set[int]:
+    """The keys of ``lock_class`` this transaction holds, as PostgreSQL knows them."""
+    return set(
+        (
+            await connection.scalars(
+                text(
+                    "SELECT objid::bigint FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2 "
+                    "AND classid = :lock_class AND pid = pg_backend_pid() AND granted"
+                ),
+                {"lock_class": lock_class},
+            )
+        ).all()
+    )
+
+
+async def wait_for_locks(connection: AsyncConnection, lock_class: int, keys: Sequence[int]) -> None:
+    """Take ``keys`` in the order given (ascending, for the callers), waiting for each."""
+    # In order within one statement: unnest yields the array in order.
+    await connection.execute(
+        text("SELECT pg_advisory_xact_lock(:lock_class, k) FROM unnest(CAST(:keys AS int[])) AS k"),
+        {"lock_class": lock_class, "keys": list(keys)},
+    )
+
+
+async def try_locks(connection: AsyncConnection, lock_class: int, keys: Sequence[int]) -> bool:
+    """Take ``keys`` without waiting; False when another transaction holds one of them."""
+    taken = (
+        await connection.scalars(
+            text("SELECT bool_and(pg_try_advisory_xact_lock(:lock_class, k)) FROM unnest(CAST(:keys AS int[])) AS k"),
+            {"lock_class": lock_class, "keys": list(keys)},
+        )
+    ).one()
+    return bool(taken)
+
+
+# A run of decisions.
+
+
+async def named_reps(
+    connection: AsyncConnection, candidates: Sequence[str], domains: Mapping[str, int], leads: Sequence[uuid.UUID]
+) -> set[str]:
+    """Without locks: the owners of the ``candidates`` domains, the holders of each domain's newest
+    ``domains[domain]`` open leads, and the holders of ``leads``."""
+    found = await connection.execute(
+        text(
+            "SELECT owner_rep_id AS rep_id FROM accounts WHERE domain = ANY(:candidates) UNION "
+            "SELECT h.rep_id FROM unnest(CAST(:domains AS text[]), CAST(:limits AS int[])) AS d(domain, n), "
+            "LATERAL (SELECT rep_id FROM lead_routing WHERE open AND domain = d.domain "
+            "ORDER BY opened_at DESC, lead_id DESC LIMIT d.n) AS h UNION "
+            "SELECT rep_id FROM lead_routing WHERE lead_id = ANY(:leads)"
+        ),
+        {
+            "candidates": list(candidates),
+            "domains": list(domains),
+            "limits": list(domains.values()),
+            "leads": list(leads),
+        },
+    )
+    return {row.rep_id for row in found}
+
+
+_LOAD_STATE = text(
+    "WITH rot AS MATERIALIZED (SELECT pool_id, current, assigned, away FROM pool_rotation "
+    "WHERE pool_id = ANY(:pools) ORDER BY pool_id FOR UPDATE), "
+    "acct AS (SELECT domain, owner_rep_id FROM accounts WHERE domain = ANY(:candidates)), "
+    # Per domain, as many of its newest open leads as the run has leads from it, plus one: a
+    # lead never counts as its own domain's holder, so each decision still finds the newest other.
+    "held AS (SELECT d.domain, h.lead_id, h.rep_id, h.opened_at FROM unnest(CAST(:domains AS text[]), "
+    "CAST(:limits AS int[])) AS d(domain, n), LATERAL (SELECT lead_id, rep_id, opened_at FROM lead_routing "
+    "WHERE open AND domain = d.domain ORDER BY opened_at DESC, lead_id DESC LIMIT d.n) AS h), "
+    "prev AS MATERIALIZED (SELECT lead_id, assignment_id, rep_id, pool_id, domain, tier, load, open, "
+    "opened_at, owners FROM lead_routing WHERE lead_id = ANY(:leads) ORDER BY lead_id FOR UPDATE) "
+    "SELECT (SELECT COALESCE(jsonb_agg(jsonb_build_array(pool_id, current, assigned, away)), '[]') FROM rot) "
+    "AS rotations, (SELECT COALESCE(jsonb_agg(jsonb_build_array(domain, owner_rep_id)), '[]') FROM acct) "
+    "AS accounts, (SELECT COALESCE(jsonb_agg(jsonb_build_array(domain, lead_id, rep_id, opened_at) "
+    "ORDER BY domain, opened_at DESC, lead_id DESC), '[]') FROM held) AS held, "
+    "(SELECT COALESCE(jsonb_agg(jsonb_build_array(lead_id, assignment_id, rep_id, pool_id, domain, tier, load, "
+    "open, opened_at, owners)), '[]') FROM prev) AS previous, "
+    "(SELECT COALESCE(jsonb_agg(decision_key), '[]') FROM assignments WHERE decision_key = ANY(:keys)) AS decided, "
+    "(SELECT COALESCE(jsonb_agg(jsonb_build_array(rep_id, open_load, open_leads, day, assigned_on_day)), '[]') "
+    "FROM rep_counters WHERE rep_id = ANY(:reps) OR rep_id IN (SELECT owner_rep_id FROM acct) "
+    "OR rep_id IN (SELECT rep_id FROM held) OR rep_id IN (SELECT rep_id FROM prev)) AS counters"
+)
+
+
+async def load_state(
+    connection: AsyncConnection,
+    *,
+    pools: Sequence[str],
+    candidates: Sequence[str],
+    domains: Mapping[str, int],
+    leads: Sequence[uuid.UUID],
+    decision_keys: Sequence[uuid.UUID],
+    reps: Sequence[str],
+    now: datetime,
+) -> Loaded:
+    """One round trip (two the first time a pool is seen): the ``pools``' rotation rows (locked,
+    made when missing), the accounts owning the ``candidates`` domains, per domain its newest
+    ``domains[domain]`` open leads, the ``leads``' holders (locked), which ``decision_keys`` are
+    stored, and the counters of ``reps`` and of every rep the rest names."""
+    parameters = {
+        "pools": list(pools),
+        "candidates": list(candidates),
+        "domains": list(domains),
+        "limits": list(domains.values()),
+        "leads": list(leads),
+        "keys": list(decision_keys),
+        "reps": list(reps),
+    }
+    row = (await connection.execute(_LOAD_STATE, parameters)).one()
+    if len(row.rotations) < len(pools):
+        await connection.execute(
+            text(
+                "INSERT INTO pool_rotation (pool_id, current, assigned, updated_at) "
+                "SELECT unnest(CAST(:pool_ids AS text[])), '{}', '{}', :now ON CONFLICT DO NOTHING"
+            ),
+            {"pool_ids": list(pools), "now": now},
+        )
+        row = (await connection.execute(_LOAD_STATE, parameters)).one()
+    open_by_domain: dict[str, list[tuple[uuid.UUID, str, datetime]]] = {}
+    for domain, lead_id, rep_id, opened_at in row.held:
+        open_by_domain.setdefault(domain, []).append((uuid.UUID(lead_id), rep_id, datetime.fromisoformat(opened_at)))
+    state = RoutingState(
+        rotations={
+            pool_id: Rotation(current=current, assigned=assigned, away=frozenset(away))
+            for pool_id, current, assigned, away in row.rotations
+        },
+        loads={
+            rep_id: RepLoad(open_load, open_leads, date.fromisoformat(day) if day else None, on_day)
+            for rep_id, open_load, open_leads, day, on_day in row.counters
+        },
+        accounts=dict(row.accounts),
+        holders={uuid.UUID(previous[0]): _holder_of_json(*previous[1:]) for previous in row.previous},
+        open_by_domain={domain: tuple(held) for domain, held in open_by_domain.items()},
+    )
+    return Loaded(state, {uuid.UUID(key) for key in row.decided})
+
+
+def _holder_of_json(
+    assignment_id: str,
+    rep_id: str,
+    pool_id: str,
+    domain: str | None,
+    tier: str,
+    load: int,
+    is_open: bool,
+    opened_at: str,
+    owners: list[str],
+) -> Holder:
+    return Holder(
+        uuid.UUID(assignment_id),
+        rep_id,
+        pool_id,
+        domain,
+        Tier(tier),
+        load,
+        is_open,
+        datetime.fromisoformat(opened_at),
+        tuple(owners),
+    )
+
+
+async def insert_assignments(connection: AsyncConnection, assignments: Sequence[NewAssignment]) -> None:
+    """One statement; a decision key stored before is left as it is."""
+    if not assignments:
+        return
+    await connection.execute(
+        text(
+            "INSERT INTO assignments (assignment_id, decision_key, lead_id, rep_id, pool_id, rule_id, reason, "
+            "tier, agreement_version, routed_at, decision) VALUES (:assignment_id, :decision_key, :lead_id, "
+            ":rep_id, :pool_id, :rule_id, :reason, :tier, :agreement_version, :routed_at, CAST(:decision AS jsonb)) "
+            "ON CONFLICT (decision_key) DO NOTHING"
+        ),
+        [assignment._asdict() for assignment in assignments],
+    )
+
+
+def rotation_json(rotation: Rotation) -> dict[str, Any]:
+    """A rotation as ``pool_rotation`` (and an assignment's decision record) keeps it."""
+    return {"current": dict(rotation.current), "assigned": dict(rotation.assigned), "away": sorted(rotation.away)}
+
+
+async def update_rotations(connection: AsyncConnection, rotations: Mapping[str, Rotation], now: datetime) -> None:
+    """The pools' rotation rows (made by ``load_state``), in one statement in the mapping's order."""
+    if not rotations:
+        return
+    rows = [{"pool_id": pool, **rotation_json(rotation)} for pool, rotation in rotations.items()]
+    await connection.execute(
+        text(
+            "UPDATE pool_rotation AS p SET current = v.current, assigned = v.assigned, away = v.away, "
+            "updated_at = :now FROM jsonb_to_recordset(CAST(:rotations AS jsonb)) "
+            "AS v(pool_id text, current jsonb, assigned jsonb, away jsonb) WHERE p.pool_id = v.pool_id"
+        ),
+        {"rotations": orjson.dumps(rows).decode(), "now": now},
+    )
+
+
+async def upsert_holders(connection: AsyncConnection, holders: Mapping[uuid.UUID, Holder]) -> None:
+    """Each lead's ``lead_routing`` row, in one statement; a holder written here is not released."""
+    if not holders:
+        return
+    await connection.execute(
+        _holder_upsert(),
+        [
+            {
+                "lead_id": lead_id,
+                "assignment_id": holder.assignment_id,
+                "rep_id": holder.rep_id,
+                "pool_id": holder.pool_id,
+                "owners": list(holder.owners),
+                "domain": holder.domain,
+                "tier": holder.tier.value,
+                "load": holder.load,
+                "open": holder.open,
+                "opened_at": holder.opened_at,
+                "released_at": None,
+            }
+            for lead_id, holder in holders.items()
+        ],
+    )
+
+
+@functools.cache
+def _holder_upsert() -> Insert:
+    statement = insert(table("lead_routing"))
+    columns = ("assignment_id", "rep_id", "pool_id", "owners", "domain", "tier", "load", "open", "opened_at")
+    return statement.on_conflict_do_update(
+        index_elements=["lead_id"],
+        set_={**{column: statement.excluded[column] for column in columns}, "released_at": None},
+    )
+
+
+async def upsert_counters(connection: AsyncConnection, loads: Mapping[str, RepLoad], now: datetime) -> None:
+    """The reps' counters, in one statement in the mapping's order."""
+    if not loads:
+        return
+    await connection.execute(
+        text(
+            "INSERT INTO rep_counters (rep_id, open_load, open_leads, day, assigned_on_day, updated_at) "
+            "VALUES (:rep_id, :open_load, :open_leads, :day, :assigned_on_day, :now) ON CONFLICT (rep_id) DO UPDATE "
+            "SET open_load = EXCLUDED.open_load, open_leads = EXCLUDED.open_leads, day = EXCLUDED.day, "
+            "assigned_on_day = EXCLUDED.assigned_on_day, updated_at = EXCLUDED.updated_at"
+        ),
+        [
+            {
+                "rep_id": rep_id,
+                "open_load": load.open_load,
+                "open_leads": load.open_leads,
+                "day": load.day,
+                "assigned_on_day": load.assigned_on_day,
+                "now": now,
+            }
+            for rep_id, load in loads.items()
+        ],
+    )
+
+
+async def end_waits(
+    connection: AsyncConnection, lead_ids: Collection[uuid.UUID], decision_keys: Collection[uuid.UUID]
+) -> None:
+    """The parked requests of ``lead_ids``, and any parked under ``decision_keys``, are done."""
+    if lead_ids or decision_keys:
+        await connection.execute(
+            text("DELETE FROM unassigned_leads WHERE lead_id = ANY(:lead_ids) OR decision_key = ANY(:decision_keys)"),
+            {"lead_ids": list(lead_ids), "decision_keys": list(decision_keys)},
+        )
+
+
+# Parked requests.
+
+
+async def park(
+    connection: AsyncConnection,
+    request: RouteRequest,
+    decision: RoutingDecision,
+    agreement_version: str,
+    now: datetime,
+) -> bool:
+    """Keep the request in ``unassigned_leads``; True the first time it waits under its decision key."""
+    first_time = await connection.scalar(
+        text(
+            "INSERT INTO unassigned_leads (lead_id, decision_key, kind, request, reason, waiting_for, pool_id, "
+            "rule_id, tier, agreement_version, parked_at, last_tried_at, attempts) VALUES (:lead_id, :decision_key, "
+            ":kind, CAST(:request AS jsonb), :reason, :waiting_for, :pool_id, :rule_id, :tier, :agreement_version, "
+            ":now, :now, 1) ON CONFLICT (lead_id) DO UPDATE SET "
+            "decision_key = EXCLUDED.decision_key, kind = EXCLUDED.kind, request = EXCLUDED.request, "
+            "reason = EXCLUDED.reason, waiting_for = EXCLUDED.waiting_for, pool_id = EXCLUDED.pool_id, "
+            "rule_id = EXCLUDED.rule_id, tier = EXCLUDED.tier, agreement_version = EXCLUDED.agreement_version, "
+            "parked_at = CASE WHEN unassigned_leads.decision_key = EXCLUDED.decision_key "
+            "THEN unassigned_leads.parked_at ELSE EXCLUDED.parked_at END, last_tried_at = EXCLUDED.last_tried_at, "
+            "attempts = CASE WHEN unassigned_leads.decision_key = EXCLUDED.decision_key "
+            "THEN unassigned_leads.attempts + 1 ELSE 1 END "
+            "RETURNING (xmax = 0) OR attempts = 1"
+        ),
+        {
+            "lead_id": request.lead_id,
+            "decision_key": request.decision_key,
+            "kind": request.kind,
+            "request": request.model_dump_json(),
+            "reason": decision.reason,
+            "waiting_for": decision.waiting_for,
+            "pool_id": decision.pool_id,
+            "rule_id": decision.rule_id,
+            "tier": request.tier.value,
+            "agreement_version": agreement_version,
+            "now": now,
+        },
+    )
+    return bool(first_time)
+
+
+async def any_parked(connection: AsyncConnection) -> bool:
+    return bool(await connection.scalar(text("SELECT EXISTS (SELECT 1 FROM unassigned_leads)")))
+
+
+async def oldest_parked(connection: AsyncConnection, limit: int) -> list[RouteRequest]:
+    """Without locks: the requests parked longest, oldest first."""
+    rows = await connection.execute(
+        text("SELECT request FROM unassigned_leads ORDER BY parked_at LIMIT :limit"), {"limit": limit}
+    )
+    return [RouteRequest.model_validate(row.request) for row in rows]
+
+
+async def parked_for_update(connection: AsyncConnection, lead_ids: Sequence[uuid.UUID]) -> list[RouteRequest]:
+    """The requests parked for ``lead_ids`` now, oldest first, their rows locked."""
+    rows = await connection.execute(
+        text("SELECT request FROM unassigned_leads WHERE lead_id = ANY(:lead_ids) ORDER BY parked_at FOR UPDATE"),
+        {"lead_ids": list(lead_ids)},
+    )
+    return [RouteRequest.model_validate(row.request) for row in rows]
+
+
+# Releases.
+
+
+async def holder_rep(connection: AsyncConnection, lead_id: uuid.UUID) -> str | None:
+    """Without locks: the rep holding the lead, None when nobody ever did."""
+    rep_id = await connection.scalar(
+        text("SELECT rep_id FROM lead_routing WHERE lead_id = :lead_id"), {"lead_id": lead_id}
+    )
+    return None if rep_id is None else str(rep_id)
+
+
+async def holder_for_release(connection: AsyncConnection, lead_id: uuid.UUID) -> Released:
+    """The lead's holder (row locked) and its rep's counters; the lead must have a holder."""
+    row = (
+        await connection.execute(
+            text(
+                "SELECT h.assignment_id, h.rep_id, h.pool_id, h.domain, h.tier, h.load, h.open, h.opened_at, h.owners, "
+                "c.rep_id AS counted, c.open_load, c.open_leads, c.day, c.assigned_on_day FROM lead_routing h "
+                "LEFT JOIN rep_counters c ON c.rep_id = h.rep_id WHERE h.lead_id = :lead_id FOR UPDATE OF h"
+            ),
+            {"lead_id": lead_id},
+        )
+    ).one()
+    holder = Holder(
+        assignment_id=row.assignment_id,
+        rep_id=row.rep_id,
+        pool_id=row.pool_id,
+        domain=row.domain,
+        tier=Tier(row.tier),
+        load=row.load,
+        open=row.open,
+        opened_at=row.opened_at,
+        owners=tuple(row.owners),
+    )
+    load = (
+        RepLoad(open_load=row.open_load, open_leads=row.open_leads, day=row.day, assigned_on_day=row.assigned_on_day)
+        if row.counted is not None
+        else None
+    )
+    return Released(holder, load)
+
+
+async def close_holder(connection: AsyncConnection, lead_id: uuid.UUID, now: datetime) -> None:
+    await connection.execute(
+        text("UPDATE lead_routing SET open = false, released_at = :now WHERE lead_id = :lead_id"),
+        {"lead_id": lead_id, "now": now},
+    )
+
+
+async def set_open_load(connection: AsyncConnection, rep_id: str, load: RepLoad, now: datetime) -> None:
+    await connection.execute(
+        text(
+            "UPDATE rep_counters SET open_load = :open_load, open_leads = :open_leads, updated_at = :now "
+            "WHERE rep_id = :rep_id"
+        ),
+        {"rep_id": rep_id, "open_load": load.open_load, "open_leads": load.open_leads, "now": now},
+    )
+
+
+# Reassignments.
+
+
+async def stored_assignment(connection: AsyncConnection, assignment_id: uuid.UUID) -> StoredAssignment | None:
+    row = (
+        await connection.execute(
+            text("SELECT lead_id, rep_id, decision FROM assignments WHERE assignment_id = :assignment_id"),
+            {"assignment_id": assignment_id},
+        )
+    ).one_or_none()
+    return None if row is None else StoredAssignment(lead_id=row.lead_id, rep_id=row.rep_id, decision=row.decision)
+
+
+async def lead_owners_for_update(connection: AsyncConnection, lead_id: uuid.UUID) -> LeadOwners | None:
+    """The lead's current assignment and owners, its ``lead_routing`` row locked; None if never routed."""
+    row = (
+        await connection.execute(
+            text("SELECT assignment_id, owners FROM lead_routing WHERE lead_id = :lead_id FOR UPDATE"),
+            {"lead_id": lead_id},
+        )
+    ).one_or_none()
+    return None if row is None else LeadOwners(assignment_id=row.assignment_id, owners=tuple(row.owners))
