@@ -7,31 +7,14 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coxswain.core.agreement import Agreement
 from coxswain.core.playbooks import playbook_for
 from coxswain.core.scoring import score
 from coxswain.db.leads import canonical_lead_id, load
-from services.admin.models import (
-    LeadExplained,
-    Owner,
-    Reevaluation,
-    Refusal,
-    Score,
-    SlaClock,
-    TimelineEntry,
-)
-
-
-async def aliases_of(connection: AsyncConnection, lead_id: uuid.UUID) -> list[uuid.UUID]:
-    """The provisional ids identity resolution folded into the lead (``id:`` keys), in order."""
-    keys = await connection.scalars(
-        text("SELECT key FROM lead_identities WHERE lead_id = :lead_id AND key LIKE 'id:%' ORDER BY key"),
-        {"lead_id": lead_id},
-    )
-    return [uuid.UUID(key.removeprefix("id:")) for key in keys]
+from services.admin import repository
+from services.admin.models import LeadExplained, Refusal, Score, TimelineEntry
 
 
 async def explain(
@@ -41,16 +24,12 @@ async def explain(
     state = await load(connection, lead_id, lock="none")
     if state is None:
         return None
-    folded = await aliases_of(connection, lead_id)
+    folded = await repository.aliases(connection, lead_id)
     ids = [lead_id, *folded]
     current = score(state.attributes, state.touches, agreement, now)
     definition = agreement.lifecycle.stages.get(state.stage)
     playbook = playbook_for(agreement, state.persona, state.stage, state.tier)
-    timer = (
-        await connection.execute(
-            text("SELECT due_at, stage, timer_id FROM scoring_timers WHERE lead_id = :lead_id"), {"lead_id": lead_id}
-        )
-    ).one_or_none()
+    reevaluation = await repository.next_reevaluation(connection, lead_id)
     return LeadExplained(
         lead_id=lead_id,
         aliases=folded,
@@ -72,12 +51,10 @@ async def explain(
         decay_protected=state.pinned,
         held_until=state.held_until,
         recycled_until=state.recycled_until,
-        next_reevaluation=None
-        if timer is None
-        else Reevaluation(due_at=timer.due_at, stage=timer.stage, timer_id=timer.timer_id),
+        next_reevaluation=reevaluation,
         playbook=None if playbook is None else playbook.model_dump(mode="json"),
-        owner=await _owner(connection, lead_id),
-        sla=await _sla(connection, lead_id),
+        owner=await repository.owner(connection, lead_id),
+        sla=await repository.sla_clocks(connection, lead_id),
         refusals=await _refusals(connection, ids),
         timeline=await _timeline(connection, ids),
     )
@@ -85,13 +62,7 @@ async def explain(
 
 async def _refusals(connection: AsyncConnection, ids: list[uuid.UUID]) -> list[Refusal]:
     """The CRM activities scoring refused for this lead, with the agreement's reason: they changed nothing."""
-    rows = await connection.execute(
-        text(
-            "SELECT event_id, occurred_at, agreement_version, payload FROM lead_facts "
-            "WHERE lead_id = ANY(:ids) AND kind = 'ActivityRefusedV1' ORDER BY occurred_at, event_id"
-        ),
-        {"ids": ids},
-    )
+    rows = await repository.refusals(connection, ids)
     return [
         Refusal(
             event_id=row.event_id,
@@ -107,87 +78,45 @@ async def _refusals(connection: AsyncConnection, ids: list[uuid.UUID]) -> list[R
     ]
 
 
-async def _owner(connection: AsyncConnection, lead_id: uuid.UUID) -> Owner | None:
-    row = (
-        await connection.execute(
-            text(
-                "SELECT assignment_id, rep_id, pool_id, rule_id, reason, tier, agreement_version, routed_at "
-                "FROM assignments WHERE lead_id = :lead_id ORDER BY routed_at DESC LIMIT 1"
-            ),
-            {"lead_id": lead_id},
-        )
-    ).one_or_none()
-    return None if row is None else Owner.model_validate(row._asdict())
-
-
-async def _sla(connection: AsyncConnection, lead_id: uuid.UUID) -> list[SlaClock]:
-    rows = await connection.execute(
-        text(
-            "SELECT deadline_id, assignment_id, rep_id, milestone, tier, armed_at, due_at, status, decided_at, "
-            "responded_by, superseded_by, reassignments, paged FROM deadlines WHERE lead_id = :lead_id "
-            "ORDER BY armed_at, milestone"
-        ),
-        {"lead_id": lead_id},
-    )
-    return [SlaClock.model_validate(row._asdict()) for row in rows]
-
-
 async def _timeline(connection: AsyncConnection, ids: list[uuid.UUID]) -> list[TimelineEntry]:
     entries: list[tuple[int, TimelineEntry]] = []
-    for row in await connection.execute(
-        text("SELECT event_id, kind, payload, received_at FROM intake_events WHERE lead_id = ANY(:ids)"), {"ids": ids}
-    ):
-        payload = row.payload
-        at = datetime.fromisoformat(payload["occurred_at"]) if "occurred_at" in payload else row.received_at
-        if row.kind == "lead":
+    for received in await repository.received_events(connection, ids):
+        payload = received.payload
+        at = datetime.fromisoformat(payload["occurred_at"]) if "occurred_at" in payload else received.received_at
+        if received.kind == "lead":
             kind, summary = "LeadReceivedV1", f"{payload.get('engagement')} from {payload.get('source')}"
         else:
             reason = f" ({payload['reason']})" if payload.get("reason") else ""
             kind, summary = "ActivityRecordedV1", f"{payload.get('activity')}{reason} from {payload.get('source')}"
-        entries.append((0, TimelineEntry(at=at, kind=kind, event_id=row.event_id, summary=summary)))
-    for row in await connection.execute(
-        text(
-            "SELECT event_id, kind, occurred_at, agreement_version, caused_by, payload FROM lead_facts "
-            "WHERE lead_id = ANY(:ids)"
-        ),
-        {"ids": ids},
-    ):
-        order = {"LeadScoredV1": 1, "LeadStageChangedV1": 2, "LeadQualifiedV1": 3}.get(row.kind, 4)
+        entries.append((0, TimelineEntry(at=at, kind=kind, event_id=received.event_id, summary=summary)))
+    for fact in await repository.facts(connection, ids):
+        order = {"LeadScoredV1": 1, "LeadStageChangedV1": 2, "LeadQualifiedV1": 3}.get(fact.kind, 4)
         entry = TimelineEntry(
-            at=row.occurred_at,
-            kind=row.kind,
-            event_id=row.event_id,
-            caused_by=row.caused_by,
-            agreement_version=row.agreement_version,
-            summary=_summary(row.kind, row.payload),
-            detail=row.payload,
+            at=fact.occurred_at,
+            kind=fact.kind,
+            event_id=fact.event_id,
+            caused_by=fact.caused_by,
+            agreement_version=fact.agreement_version,
+            summary=_summary(fact.kind, fact.payload),
+            detail=fact.payload,
         )
         entries.append((order, entry))
-    for row in await connection.execute(
-        text(
-            "SELECT assignment_id, rep_id, pool_id, rule_id, agreement_version, routed_at FROM assignments "
-            "WHERE lead_id = ANY(:ids)"
-        ),
-        {"ids": ids},
-    ):
-        summary = f"routed to {row.rep_id} (pool {row.pool_id}, rule {row.rule_id})"
+    for routed in await repository.routings(connection, ids):
+        summary = f"routed to {routed.rep_id} (pool {routed.pool_id}, rule {routed.rule_id})"
         entry = TimelineEntry(
-            at=row.routed_at,
+            at=routed.routed_at,
             kind="LeadRoutedV1",
-            assignment_id=row.assignment_id,
-            agreement_version=row.agreement_version,
+            assignment_id=routed.assignment_id,
+            agreement_version=routed.agreement_version,
             summary=summary,
         )
         entries.append((5, entry))
-    for row in await connection.execute(
-        text("SELECT milestone, status, armed_at, due_at, decided_at FROM deadlines WHERE lead_id = ANY(:ids)"),
-        {"ids": ids},
-    ):
-        armed = f"{row.milestone} due {row.due_at.isoformat()}"
-        entries.append((6, TimelineEntry(at=row.armed_at, kind="SlaArmed", summary=armed)))
-        if row.decided_at is not None:
-            decided = f"{row.milestone} {row.status}"
-            entries.append((7, TimelineEntry(at=row.decided_at, kind="SlaDecided", summary=decided)))
+    for deadline in await repository.deadlines(connection, ids):
+        armed = f"{deadline.milestone} due {deadline.due_at.isoformat()}"
+        entries.append((6, TimelineEntry(at=deadline.armed_at, kind="SlaArmed", summary=armed)))
+        if deadline.decided_at is not None:
+            decided = f"{deadline.milestone} {deadline.status}"
+            entries.append((7, TimelineEntry(at=deadline.decided_at, kind="SlaDecided", summary=decided)))
     entries.sort(key=lambda entry: (entry[1].at, entry[0]))
     return [entry for _, entry in entries]
 

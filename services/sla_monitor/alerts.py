@@ -17,12 +17,12 @@ from typing import Any
 
 import httpx
 import orjson
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coxswain.runtime import outages
 from coxswain.settings import SlaConfig
 from schemas.events import Event, MqlPacingAlertV1, SlaBreachedV1, SlaEscalatedV1, SlaWarnedV1, utc_iso
+from services.sla_monitor import repository
 from services.sla_monitor.metrics import SlaMetrics
 
 log = logging.getLogger(__name__)
@@ -64,20 +64,14 @@ def render(alert: dict[str, Any], fmt: str) -> dict[str, Any]:
 
 
 async def enqueue(connection: AsyncConnection, facts: Sequence[Event], now: datetime) -> int:
-    rows = [
-        {"e": fact.event_id, "a": orjson.dumps(alert_document(fact)).decode(), "now": now}
+    queued = [
+        repository.QueuedAlert(fact.event_id, orjson.dumps(alert_document(fact)).decode())
         for fact in facts
         if isinstance(fact, ALERTS)
     ]
-    if rows:
-        await connection.execute(
-            text(
-                "INSERT INTO sla_alert_deliveries (event_id, alert, status, attempts, next_attempt_at, created_at) "
-                "VALUES (:e, CAST(:a AS jsonb), 'pending', 0, :now, :now) ON CONFLICT (event_id) DO NOTHING"
-            ),
-            rows,
-        )
-    return len(rows)
+    if queued:
+        await repository.queue_alerts(connection, queued, now)
+    return len(queued)
 
 
 def backoff(attempts: int, base: timedelta, cap: timedelta) -> timedelta:
@@ -129,27 +123,17 @@ class AlertWebhook:
     async def deliver_once(self, client: httpx.AsyncClient) -> int:
         now = self._clock()
         async with self._engine.begin() as connection:
-            claimed = (
-                await connection.execute(
-                    text(
-                        "UPDATE sla_alert_deliveries SET attempts = attempts + 1, next_attempt_at = :lease "
-                        "WHERE id IN (SELECT id FROM sla_alert_deliveries WHERE status = 'pending' "
-                        "AND next_attempt_at <= :now ORDER BY next_attempt_at, id LIMIT :n FOR UPDATE SKIP LOCKED) "
-                        "RETURNING id, event_id, alert, attempts"
-                    ),
-                    {"now": now, "lease": now + self._lease, "n": self._batch},
-                )
-            ).all()
-            backlog = await connection.scalar(
-                text("SELECT count(*) FROM sla_alert_deliveries WHERE status = 'pending'")
-            )
-        self._metrics.alert_backlog.set(backlog or 0)
+            claimed = await repository.claim_alerts(connection, now, now + self._lease, self._batch)
+            backlog = await repository.pending_alerts(connection)
+        self._metrics.alert_backlog.set(backlog)
         if not claimed:
             return 0
-        outcomes = await asyncio.gather(*(self._post(client, row.event_id, row.alert) for row in claimed))
+        outcomes = await asyncio.gather(
+            *(self._post(client, delivery.event_id, delivery.alert) for delivery in claimed)
+        )
         async with self._engine.begin() as connection:
-            for row, error in zip(claimed, outcomes, strict=True):
-                await self._record(connection, row.id, row.attempts, error)
+            for delivery, error in zip(claimed, outcomes, strict=True):
+                await self._record(connection, delivery.delivery_id, delivery.attempts, error)
         return len(claimed)
 
     async def _post(self, client: httpx.AsyncClient, event_id: object, alert: dict[str, Any]) -> str | None:
@@ -167,25 +151,15 @@ class AlertWebhook:
         now = self._clock()
         if error is None:
             outcome = "delivered"
-            await connection.execute(
-                text(
-                    "UPDATE sla_alert_deliveries SET status = 'delivered', delivered_at = :now, last_error = NULL "
-                    "WHERE id = :id"
-                ),
-                {"now": now, "id": row_id},
-            )
+            await repository.alert_delivered(connection, row_id, now)
         else:
             outcome = "failed" if attempts >= self._max_attempts else "retry"
-            await connection.execute(
-                text(
-                    "UPDATE sla_alert_deliveries SET status = :s, next_attempt_at = :next, last_error = :e WHERE id = :id"
-                ),
-                {
-                    "s": "failed" if outcome == "failed" else "pending",
-                    "next": now + backoff(attempts, self._base, self._cap),
-                    "e": error[:500],
-                    "id": row_id,
-                },
+            await repository.alert_not_delivered(
+                connection,
+                row_id,
+                "failed" if outcome == "failed" else "pending",
+                now + backoff(attempts, self._base, self._cap),
+                error[:500],
             )
             log.warning(
                 "alert webhook attempt failed: id=%s attempts=%s outcome=%s error=%s", row_id, attempts, outcome, error

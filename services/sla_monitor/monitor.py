@@ -15,7 +15,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 
 from prometheus_client import CollectorRegistry
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coxswain.core.agreement import Agreement
@@ -24,6 +23,7 @@ from coxswain.runtime import outages
 from coxswain.runtime.consumer import BatchHandler, Handler
 from coxswain.settings import SlaConfig
 from schemas.events import Event
+from services.sla_monitor import repository
 from services.sla_monitor.alerts import AlertWebhook
 from services.sla_monitor.metrics import SlaMetrics
 from services.sla_monitor.pacing import check_pacing
@@ -101,20 +101,12 @@ class Monitor:
 
     async def refresh_gauges(self) -> None:
         async with self.engine.connect() as connection:
-            open_rows = await connection.execute(
-                text(
-                    "SELECT tier, coalesce(team, '') AS team, count(*) AS n FROM deadlines WHERE status = 'armed' GROUP BY 1, 2"
-                )
+            self.metrics.set_open_deadlines(await repository.armed_deadlines(connection))
+            pending = await repository.pending_timers(connection)
+            overdue = await repository.pending_timers_due_by(
+                connection, self.clock() - timedelta(seconds=self.config.sla_max_sleep_seconds * 2)
             )
-            self.metrics.set_open_deadlines({(row.tier, row.team): row.n for row in open_rows})
-            timer_rows = await connection.execute(
-                text("SELECT kind, count(*) AS n FROM sla_timers WHERE status = 'pending' GROUP BY kind")
-            )
-            overdue = await connection.scalar(
-                text("SELECT count(*) FROM sla_timers WHERE status = 'pending' AND due_at <= :now"),
-                {"now": self.clock() - timedelta(seconds=self.config.sla_max_sleep_seconds * 2)},
-            )
-            self.metrics.set_pending_timers([(row.kind, row.n) for row in timer_rows], overdue or 0)
+            self.metrics.set_pending_timers(pending, overdue)
 
     async def check_pacing(self) -> None:
         await check_pacing(self.engine, self.agreement(), self.clock(), self.metrics, self.alert_webhook)

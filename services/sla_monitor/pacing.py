@@ -12,14 +12,13 @@ import logging
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coxswain.core.agreement import Agreement
 from coxswain.core.sla import Pacing, pacing, pacing_alert, period_bounds
 from coxswain.runtime import outbox
 from schemas.events import MqlPacingAlertV1
-from services.sla_monitor import alerts
+from services.sla_monitor import alerts, repository
 from services.sla_monitor.metrics import SlaMetrics
 
 log = logging.getLogger(__name__)
@@ -34,43 +33,18 @@ async def check_pacing(
         calendar = agreement.calendar(target.calendar or agreement.sla.calendar)
         start, _ = period_bounds(target.period, now, calendar.zone)
         async with engine.begin() as connection:
-            # The first check of a target starts watching it; the row keeps that moment for good.
-            row = (
-                await connection.execute(
-                    text(
-                        "WITH watch AS (INSERT INTO mql_pacing_watch (target_id, since) VALUES (:t, :now) "
-                        "ON CONFLICT DO NOTHING RETURNING since) "
-                        "SELECT coalesce((SELECT since FROM watch), (SELECT since FROM mql_pacing_watch "
-                        "WHERE target_id = :t)) AS since, "
-                        "(SELECT count(DISTINCT lead_id) FROM marketing_mqls WHERE qualified_at >= :start "
-                        "AND qualified_at <= :now) AS actual, "
-                        "(SELECT max(level) FROM mql_pacing_alerts WHERE target_id = :t AND period_start = :start) "
-                        "AS alerted"
-                    ),
-                    {"t": target.key, "now": now, "start": start},
-                )
-            ).one()
-            result = pacing(target, calendar, now, int(row.actual or 0), row.since)
+            seen = await repository.watch_pacing(connection, target.key, start, now)
+            result = pacing(target, calendar, now, seen.actual, seen.watched_since)
             results.append(result)
             if result.ratio is not None:
                 metrics.mql_pacing.labels(result.target_id).set(result.ratio)
-            alert = pacing_alert(result, now, row.alerted)
+            alert = pacing_alert(result, now, seen.alerted_level)
             if alert is None:
                 continue
-            first = await connection.scalar(
-                text(
-                    "INSERT INTO mql_pacing_alerts (event_id, target_id, period_start, alerted_at, level) "
-                    "VALUES (:e, :t, :p, :now, :level) ON CONFLICT DO NOTHING RETURNING 1"
-                ),
-                {
-                    "e": alert.event_id,
-                    "t": alert.target_id,
-                    "p": alert.period_start,
-                    "now": now,
-                    "level": result.shortfall_level,
-                },
+            first = await repository.record_pacing_alert(
+                connection, alert.event_id, alert.target_id, alert.period_start, result.shortfall_level, now
             )
-            if first is None:
+            if not first:
                 continue
             await outbox.stage(connection, [alert], now)
             if alert_webhook:

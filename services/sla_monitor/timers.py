@@ -20,10 +20,8 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
-from sqlalchemy import Row, text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coxswain.core import sla_clocks
 from coxswain.core.agreement import Agreement
@@ -31,9 +29,9 @@ from coxswain.core.sla import EVERY_ASSIGNMENT, Clock, Timer, TimerKind, on_time
 from coxswain.runtime import outages, outbox
 from coxswain.runtime.outages import is_connection_error
 from schemas.events import EscalationAction, Event
-from services.sla_monitor import alerts
+from services.sla_monitor import alerts, repository
 from services.sla_monitor.metrics import SlaMetrics
-from services.sla_monitor.service import CLOCK_COLUMNS, CONSUMER, clock_of, timer_of
+from services.sla_monitor.service import CONSUMER
 
 log = logging.getLogger(__name__)
 
@@ -54,38 +52,6 @@ class Pass:
 # intake acknowledged. An activity that never gets applied (dead-lettered) holds it at most
 # RESPONSE_HOLD.
 RESPONSE_HOLD = timedelta(minutes=10)
-AWAITING_RESPONSE = (
-    "EXISTS (SELECT 1 FROM intake_events e WHERE e.lead_id = d.lead_id AND e.kind = 'activity' "
-    "AND e.received_at <= t.due_at AND e.received_at > CAST(:now AS timestamptz) - CAST(:hold AS interval) "
-    f"AND NOT EXISTS (SELECT 1 FROM inbox i WHERE i.consumer = '{CONSUMER}' AND i.event_id = e.event_id))"
-)
-
-
-async def claim(connection: AsyncConnection, now: datetime, limit: int) -> list[Row[Any]]:
-    # The deadline row is locked with its timer: a response holding it makes us skip, never wait.
-    columns = ", ".join(f"d.{name}" for name in CLOCK_COLUMNS.split(", "))
-    result = await connection.execute(
-        text(
-            f"SELECT {columns}, t.key, t.kind, t.due_at AS timer_due_at, t.fraction, t.step, t.step_index, "
-            "t.target, t.exclude_last, t.carried FROM sla_timers t JOIN deadlines d ON d.deadline_id = t.deadline_id "
-            f"WHERE t.status = 'pending' AND t.due_at <= :now AND NOT {AWAITING_RESPONSE} "
-            "ORDER BY t.due_at LIMIT :n FOR UPDATE OF t, d SKIP LOCKED"
-        ),
-        {"now": now, "n": limit, "hold": RESPONSE_HOLD},
-    )
-    return list(result.all())
-
-
-async def previous_owners(connection: AsyncConnection, lead_id: uuid.UUID) -> list[str]:
-    """The lead's reps newest first: one per assignment, read from the clock every assignment has."""
-    rows = await connection.execute(
-        text(
-            "SELECT rep_id FROM deadlines WHERE lead_id = :l AND milestone = :every "
-            "ORDER BY started_at DESC NULLS LAST, armed_at DESC"
-        ),
-        {"l": lead_id, "every": EVERY_ASSIGNMENT},
-    )
-    return [row.rep_id for row in rows]
 
 
 Failpoint = Callable[[Pass], Awaitable[None]]
@@ -103,25 +69,28 @@ async def fire_due(
     """One pass: decide up to ``limit`` due timers, oldest first, in one transaction."""
     result = Pass()
     async with engine.begin() as connection:
-        rows = await claim(connection, now, limit)
-        result.claimed = len(rows)
+        due = await repository.claim_due_timers(connection, now, limit, CONSUMER, RESPONSE_HOLD)
+        result.claimed = len(due)
         # Ties at one instant: a warning before the breach, the breach before its ladder.
-        rows.sort(key=lambda row: (row.timer_due_at, _RANK[TimerKind(row.kind)], row.key))
+        due.sort(key=lambda each: (each.timer.due_at, _RANK[each.timer.kind], each.timer.key))
         clocks: dict[uuid.UUID, Clock] = {}
         fired: list[tuple[uuid.UUID, str]] = []
         retired: list[tuple[uuid.UUID, str]] = []
         newly_breached: list[uuid.UUID] = []
         paged: list[uuid.UUID] = []
-        for row in rows:
-            clock = clocks.get(row.deadline_id) or clock_of(row)
-            timer = timer_of(row)
+        for claimed, timer in due:
+            clock = clocks.get(claimed.deadline_id) or claimed
             verdict = on_timer(clock, timer, now)
             if verdict is None:
                 continue
             if not verdict.fire:
                 retired.append((clock.deadline_id, timer.key))
                 continue
-            owners = await previous_owners(connection, clock.lead_id) if timer.step is EscalationAction.reassign else []
+            owners = (
+                await repository.reps_by_assignment(connection, clock.lead_id, EVERY_ASSIGNMENT)
+                if timer.step is EscalationAction.reassign
+                else []
+            )
             cap = agreement.sla.policies[clock.tier].max_reassignments if agreement is not None else None
             after, facts = sla_clocks.fire(clock, timer, verdict, now, owners, cap)
             result.facts += facts
@@ -132,42 +101,21 @@ async def fire_due(
             if after.paged and not clock.paged:
                 paged.append(clock.deadline_id)
             clocks[clock.deadline_id] = after
-        await _mark(connection, fired, "fired", now, instance)
-        await _mark(connection, retired, "cancelled", now, None)
+        if fired:
+            await repository.decide_timers(connection, fired, "fired", now, instance)
+        if retired:
+            await repository.decide_timers(connection, retired, "cancelled", now, None)
         result.retired = len(retired)
         if newly_breached:
-            await connection.execute(
-                text(
-                    "UPDATE deadlines SET status = 'breached', decided_at = :now "
-                    "WHERE deadline_id = ANY(:ids) AND status = 'armed'"
-                ),
-                {"now": now, "ids": newly_breached},
-            )
+            await repository.mark_breached(connection, newly_breached, now)
         if paged:
-            await connection.execute(
-                text("UPDATE deadlines SET paged = true WHERE deadline_id = ANY(:ids)"), {"ids": paged}
-            )
+            await repository.mark_paged(connection, paged)
         await outbox.stage(connection, result.facts, now)
         if alert_webhook:
             await alerts.enqueue(connection, result.facts, now)
         if before_commit is not None:
             await before_commit(result)
     return result
-
-
-async def _mark(
-    connection: AsyncConnection, keys: list[tuple[uuid.UUID, str]], status: str, now: datetime, instance: str | None
-) -> None:
-    if not keys:
-        return
-    await connection.execute(
-        text(
-            "UPDATE sla_timers t SET status = :s, decided_at = :now, fired_by = :by "
-            "FROM unnest(CAST(:ids AS uuid[]), CAST(:keys AS text[])) AS u(deadline_id, key) "
-            "WHERE t.deadline_id = u.deadline_id AND t.key = u.key AND t.status = 'pending'"
-        ),
-        {"s": status, "now": now, "by": instance, "ids": [d for d, _ in keys], "keys": [k for _, k in keys]},
-    )
 
 
 def record(metrics: SlaMetrics, done: Pass, now: datetime) -> None:
@@ -187,17 +135,7 @@ def record(metrics: SlaMetrics, done: Pass, now: datetime) -> None:
 async def next_due(engine: AsyncEngine, now: datetime) -> datetime | None:
     async with engine.connect() as connection:
         # Held timers are left out, or a held overdue timer would turn the loop into a busy wait.
-        # ORDER BY ... LIMIT 1, not min(): with the join PostgreSQL computes min() over every
-        # pending timer (a second per pass with a million open deadlines), where this walks the
-        # partial index of pending timers in due order and stops at the first one not held.
-        value = await connection.scalar(
-            text(
-                "SELECT t.due_at FROM sla_timers t JOIN deadlines d ON d.deadline_id = t.deadline_id "
-                f"WHERE t.status = 'pending' AND NOT {AWAITING_RESPONSE} ORDER BY t.due_at LIMIT 1"
-            ),
-            {"now": now, "hold": RESPONSE_HOLD},
-        )
-        return value if isinstance(value, datetime) else None
+        return await repository.next_due(connection, now, CONSUMER, RESPONSE_HOLD)
 
 
 async def run_timer(
