@@ -11,7 +11,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 # The services whose SQL lives in their repository.py.
-WITH_REPOSITORY = ("services/roster", "services/sla_monitor", "services/admin")
+WITH_REPOSITORY = (
+    "services/admin",
+    "services/intake",
+    "services/roster",
+    "services/router",
+    "services/scoring",
+    "services/sla_monitor",
+)
 RUNS_SQL = frozenset({"execute", "scalar", "scalars", "stream", "exec_driver_sql"})
 
 
