@@ -60,7 +60,7 @@ class Publisher:
             **connection_options(self._config),
             acks="all",
             enable_idempotence=True,
-            linger_ms=2,
+            linger_ms=0,
             request_timeout_ms=15000,
         )
 
