@@ -33,7 +33,7 @@ HEADERS = [("ce_type", b"io.coxswain.lead.received.v1"), ("content-type", b"appl
 
 def producer(bootstrap: str) -> AIOKafkaProducer:
     return AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=2, request_timeout_ms=15000
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=0, request_timeout_ms=15000
     )
 
 
