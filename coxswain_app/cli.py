@@ -535,7 +535,7 @@ def demo_crm(
     users are the reps' crm ids in COXSWAIN_AGREEMENT_FILE; GET /demo/records lists what it holds."""
     from coxswain.core.agreement import load_agreement
     from coxswain.core.crm_sync import CrmKind, owner_ids
-    from coxswain.demo_crm.serving import serve_until_stopped
+    from coxswain.demo_crm.process import serve_until_stopped
     from coxswain.settings import AgreementConfig
 
     if kind not in ("hubspot", "salesforce"):
