@@ -241,7 +241,7 @@ class Bench:
 
     def reset(self) -> None:
         asyncio.run(self._reset_database())
-        subprocess.run([PYTHON, "-m", "coxswain", "db", "upgrade"], env=self.env(), check=True, stdout=sys.stderr)
+        subprocess.run([PYTHON, "-m", "coxswain_app", "db", "upgrade"], env=self.env(), check=True, stdout=sys.stderr)
         asyncio.run(self._reset_topics())
 
     async def _reset_database(self) -> None:
@@ -296,7 +296,7 @@ class Bench:
             "COXSWAIN_KAFKA_INSTANCE_ID": f"bench-{label}",
         }
         process = subprocess.Popen(
-            [PYTHON, "-m", "coxswain", "run", name], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+            [PYTHON, "-m", "coxswain_app", "run", name], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
         )
         self.running[label] = process
         return process

@@ -108,7 +108,7 @@ class Infra:
         await self._run([str(LOCAL / name), *args], self.script_env(), f"{name} {' '.join(args)}")
 
     async def cli(self, *args: str) -> None:
-        await self._run([sys.executable, "-m", "coxswain", *args], self.service_env(), f"coxswain {' '.join(args)}")
+        await self._run([sys.executable, "-m", "coxswain_app", *args], self.service_env(), f"coxswain {' '.join(args)}")
 
     async def fresh(self) -> None:
         """Stop whatever a previous run left, wipe broker and database state (not the jar cache), start clean."""
@@ -177,7 +177,7 @@ class ServiceProcess:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with self.log_path(self.starts).open("wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "coxswain", "run", self.name],
+                [sys.executable, "-m", "coxswain_app", "run", self.name],
                 # Restarted under the same name, as a StatefulSet pod is: the group's static member.
                 env={**self.env, "COXSWAIN_KAFKA_INSTANCE_ID": f"chaos-{self.name}"},
                 stdout=log,

@@ -4,7 +4,7 @@ A service module exports a :class:`ConsumerSpec`: the topics and event types it 
 to wire it inside a running process (:class:`Process`: the database, the agreement in force, the
 clock, the settings). Wiring returns a :class:`Wired`: the per-event handler, the batch handler
 if the service has one, and the background tasks it needs beside the consumer loop (timers,
-retries, an HTTP server). ``coxswain.wiring`` runs every spec the same way, so adding a service
+retries, an HTTP server). ``coxswain_app.wiring`` runs every spec the same way, so adding a service
 is one spec and one entry in its table, never another ``if name == ...``.
 """
 

@@ -44,7 +44,7 @@ ACCEPTS: dict[str, tuple[type[Event], ...]] = {
     LeadQualifiedV1.topic: (LeadQualifiedV1,),
 }
 
-CONSUMER = "sla_monitor"  # its consumer group and inbox name (coxswain.wiring.CONSUMERS)
+CONSUMER = "sla_monitor"  # its consumer group and inbox name (coxswain_app.wiring.CONSUMERS)
 
 
 @dataclass

@@ -110,7 +110,7 @@ def business_agreement(now: datetime, path: Path) -> Path:
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "coxswain", *args], env=dict(os.environ), capture_output=True, text=True, check=False
+        [sys.executable, "-m", "coxswain_app", *args], env=dict(os.environ), capture_output=True, text=True, check=False
     )
 
 

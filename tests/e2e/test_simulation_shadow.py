@@ -43,7 +43,7 @@ class ShadowProcess:
         self.starts += 1
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "coxswain", "run", "shadow", "--agreement", str(CANDIDATE)],
+                [sys.executable, "-m", "coxswain_app", "run", "shadow", "--agreement", str(CANDIDATE)],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -230,7 +230,7 @@ async def test_one_process_prunes_at_a_time_and_only_it_asks_kafka(infrastructur
 
 
 def prune_command(environment: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "coxswain", "maintenance", "prune"]
+    command = [sys.executable, "-m", "coxswain_app", "maintenance", "prune"]
     return subprocess.run(command, env=environment, capture_output=True, text=True, check=False)
 
 

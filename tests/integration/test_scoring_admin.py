@@ -22,11 +22,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from typer.testing import CliRunner
 
 from coxswain.access import Token, TokenTable
-from coxswain.cli import app as cli
 from coxswain.core.agreement import load_agreement, parse_agreement
 from coxswain.db.database import create_engine
 from coxswain.runtime.agreements import AgreementSource, digest
 from coxswain.settings import DatabaseConfig
+from coxswain_app.cli import app as cli
 from schemas.events import (
     ActivityRecordedV1,
     ActivityRefusedV1,

@@ -19,7 +19,7 @@ from coxswain.runtime.consumer import ConsumerService, Handler, utc_now
 from coxswain.runtime.kafka import Publisher, connection_options
 from coxswain.runtime.outbox import OutboxRelay
 from coxswain.settings import ConsumerConfig, DatabaseConfig, KafkaConfig
-from coxswain.wiring import CONSUMERS
+from coxswain_app.wiring import CONSUMERS
 from schemas.codec import MAX_RECORD_BYTES, encode
 from schemas.events import EVENTS_BY_TOPIC, Event, LeadAttributes, LeadReceivedV1, dead_letter_topic
 from tests.support.stack import TopicWatcher

@@ -53,14 +53,14 @@ EXAMPLES_PER_OPERATION = 25
 
 
 def intake() -> FastAPI:
-    from coxswain.wiring import intake_app
+    from coxswain_app.wiring import intake_app
 
     app, _ = intake_app()
     return app
 
 
 def roster() -> FastAPI:
-    from coxswain.wiring import roster_api_app
+    from coxswain_app.wiring import roster_api_app
 
     app, _ = roster_api_app()
     return app

@@ -116,7 +116,7 @@ def test_a_short_admin_token_is_refused_in_production() -> None:
 def _coxswain(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     clean = {key: value for key, value in os.environ.items() if not key.startswith("COXSWAIN_")}
     return subprocess.run(
-        [sys.executable, "-m", "coxswain", *args],
+        [sys.executable, "-m", "coxswain_app", *args],
         env={**clean, **env},
         capture_output=True,
         text=True,

@@ -26,12 +26,17 @@ def coxswain(*args: str, stderr_tty: bool = False) -> tuple[int, str, str]:
     env = {**os.environ, "COLUMNS": "100"}
     if not stderr_tty:
         done = subprocess.run(
-            [sys.executable, "-m", "coxswain", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+            [sys.executable, "-m", "coxswain_app", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         return done.returncode, done.stdout, done.stderr
     leader, follower = pty.openpty()
     process = subprocess.Popen(
-        [sys.executable, "-m", "coxswain", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=follower
+        [sys.executable, "-m", "coxswain_app", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=follower
     )
     os.close(follower)
     terminal = bytearray()

@@ -9,10 +9,10 @@ from typing import Any
 import typer.main
 import yaml
 
-from coxswain.cli import app
 from coxswain.contracts import write_documents
 from coxswain.runtime import tracing
 from coxswain.settings import environment_variable_names
+from coxswain_app.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())

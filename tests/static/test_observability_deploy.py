@@ -13,10 +13,10 @@ import yaml
 from prometheus_client import REGISTRY, CollectorRegistry
 from typer.testing import CliRunner
 
-from coxswain.cli import app
 from coxswain.runtime import metrics  # noqa: F401  (registers the shared metrics)
 from coxswain.runtime.kafka import all_topics
 from coxswain.settings import environment_variable_names
+from coxswain_app.cli import app
 from tests.static.test_deploy_files import COMPOSE, cli_command
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,7 +10,7 @@ import sys
 from coxswain.db.database import create_engine
 from coxswain.runtime.kafka import Publisher
 from coxswain.settings import DatabaseConfig, KafkaConfig
-from coxswain.wiring import outbox_relay, stop_on_signals
+from coxswain_app.wiring import outbox_relay, stop_on_signals
 
 
 async def main(name: str) -> None:

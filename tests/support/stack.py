@@ -61,7 +61,7 @@ class ServiceProcess:
         self.starts += 1
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "coxswain", "run", self.name],
+                [sys.executable, "-m", "coxswain_app", "run", self.name],
                 env={**self.env, **(extra_env or {})},
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -281,7 +281,7 @@ async def _wait_logged(stack: Stack, name: str, needle: str, more_than: int, wit
 
 def coxswain_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "coxswain", *args], env=dict(os.environ), capture_output=True, text=True, check=False
+        [sys.executable, "-m", "coxswain_app", *args], env=dict(os.environ), capture_output=True, text=True, check=False
     )
 
 

@@ -16,7 +16,6 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from coxswain.cli import app
 from coxswain.contracts import agreement_schema
 from coxswain.core.agreement import AgreementError, AgreementProblem, parse_agreement
 from coxswain.core.agreement_checks import (
@@ -27,6 +26,7 @@ from coxswain.core.agreement_checks import (
     max_possible_score,
 )
 from coxswain.runtime.agreements import digest, normalised
+from coxswain_app.cli import app
 from schemas.events import Stage, Tier
 from schemas.generate import AGREEMENT_SCHEMA_FILE
 

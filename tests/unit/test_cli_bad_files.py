@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from coxswain.cli import app
 from coxswain.core.agreement import MAX_AGREEMENT_BYTES
 from coxswain.simulation.generate import StreamSpec, write_stream
 from coxswain.simulation.inputs import MAX_LINE_BYTES, BadInput, read_stream, split_stream
+from coxswain_app.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "agreement.yaml"
@@ -54,7 +54,7 @@ KINDS = ["latin-1", "binary", "oversized"]
 def coxswain(*args: str, one_core: bool = False) -> subprocess.CompletedProcess[str]:
     """The real command line, so its stderr is what a person sees (a traceback would be there)."""
     return subprocess.run(
-        [sys.executable, "-m", "coxswain", *args],
+        [sys.executable, "-m", "coxswain_app", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -349,7 +349,7 @@ async def test_a_contact_created_meanwhile_is_reused_from_the_409() -> None:
 
 
 def test_crm_sync_refuses_to_start_naming_every_rep_without_an_owner_id() -> None:
-    from coxswain.wiring import require_crm_owners
+    from coxswain_app.wiring import require_crm_owners
 
     with pytest.raises(SystemExit, match=r"rep\(s\) chloe, dan, eli have no hubspot owner id"):
         require_crm_owners(agreement_with(OWNERS), "hubspot")
@@ -357,7 +357,7 @@ def test_crm_sync_refuses_to_start_naming_every_rep_without_an_owner_id() -> Non
 
 
 def test_the_token_comes_from_the_environment_or_a_file_and_none_refuses_to_start(tmp_path: Path) -> None:
-    from coxswain.wiring import crm_token
+    from coxswain_app.wiring import crm_token
 
     secret = tmp_path / "token"
     secret.write_text("pat-from-file\n")
@@ -369,7 +369,7 @@ def test_the_token_comes_from_the_environment_or_a_file_and_none_refuses_to_star
 
 def test_crm_sync_takes_small_batches_whatever_the_consumer_setting() -> None:
     from coxswain.settings import ConsumerConfig
-    from coxswain.wiring import crm_consumer_config
+    from coxswain_app.wiring import crm_consumer_config
 
     crm = CrmSyncConfig(crm_max_batch=20)
     assert crm_consumer_config(ConsumerConfig(consumer_max_batch=500), crm).consumer_max_batch == 20
@@ -392,7 +392,7 @@ def test_a_salesforce_lead_is_created_with_the_leads_name_and_company_or_salesfo
 
 
 def test_the_roster_carries_salesforce_user_ids_and_refuses_malformed_ones() -> None:
-    from coxswain.wiring import require_crm_owners
+    from coxswain_app.wiring import require_crm_owners
 
     document = copy.deepcopy(EXAMPLE)
     for rep in document["roster"]:
@@ -474,7 +474,7 @@ async def test_a_salesforce_query_follows_next_records_url_until_done() -> None:
 
 
 def test_a_salesforce_connector_needs_an_instance_url_and_both_client_credentials_or_a_token() -> None:
-    from coxswain.wiring import crm_connection, crm_token
+    from coxswain_app.wiring import crm_connection, crm_token
 
     with pytest.raises(SystemExit, match="instance URL"):
         crm_token(CrmSyncConfig(crm_kind="salesforce", crm_token="00D!x"))

@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from coxswain.demo import CrmLinks
 from coxswain.demo_crm.hubspot import sign
+from coxswain_app.demo import CrmLinks
 from services.intake.adapters.hubspot import verify_v3
 from services.intake.signatures import SignatureRejected
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from coxswain.demo import tail_line
+from coxswain_app.demo import tail_line
 
 
 def test_a_routed_lead_shows_its_rep_and_the_reason_in_plain_words() -> None:

@@ -11,9 +11,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from coxswain.cli import app
 from coxswain.core.agreement import AgreementError, load_agreement, parse_agreement
 from coxswain.core.routing import RoutingInput, routing_warnings, select_pool
+from coxswain_app.cli import app
 from schemas.events import LeadAttributes, Tier
 from tests.unit.test_routing_eligibility import document
 

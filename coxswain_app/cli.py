@@ -56,14 +56,14 @@ def _run(coroutine: object) -> None:
 @run_app.command("intake")
 def run_intake() -> None:
     """Webhook intake (HTTP): COXSWAIN_INTAKE_HOST / COXSWAIN_INTAKE_PORT."""
-    from coxswain.wiring import run_intake as serve
+    from coxswain_app.wiring import run_intake as serve
 
     _logging()
     serve()
 
 
 def _consumer(name: str) -> None:
-    from coxswain.wiring import run_consumer
+    from coxswain_app.wiring import run_consumer
 
     _logging()
     _run(run_consumer(name))
@@ -78,7 +78,7 @@ def run_scoring() -> None:
 @run_app.command("crm-sync")
 def run_crm_sync() -> None:
     """CRM write-back: leads.routed.v1 -> HubSpot contact owner + one task per assignment."""
-    from coxswain.wiring import run_crm_sync as serve
+    from coxswain_app.wiring import run_crm_sync as serve
 
     _logging()
     _run(serve())
@@ -93,7 +93,7 @@ def run_router() -> None:
 @run_app.command("shadow")
 def run_shadow(agreement: Annotated[Path, typer.Option(help="The candidate agreement to run in shadow")]) -> None:
     """Decide with a candidate agreement beside the live stack; publish to shadow.decisions.v1 only."""
-    from coxswain.wiring import run_shadow as serve
+    from coxswain_app.wiring import run_shadow as serve
 
     candidate = _load_or_exit(agreement)
     _logging()
@@ -103,7 +103,7 @@ def run_shadow(agreement: Annotated[Path, typer.Option(help="The candidate agree
 @run_app.command("roster-api")
 def run_roster_api() -> None:
     """Roster API (HTTP, bearer COXSWAIN_ADMIN_TOKEN): reps, pools, out-of-office, accounts; COXSWAIN_ROSTER_API_PORT."""
-    from coxswain.wiring import run_roster_api as serve
+    from coxswain_app.wiring import run_roster_api as serve
 
     _logging()
     serve()
@@ -501,8 +501,8 @@ def demo_traffic(
 ) -> None:
     """Post signed demo leads; a scripted CRM has the assigned reps touch most in time, some late and
     some never, accept or reject them, and win or lose a few deals. Runs until stopped or COUNT."""
-    from coxswain.demo import Mix, crm_links, run_traffic
     from coxswain.progress import progress
+    from coxswain_app.demo import Mix, crm_links, run_traffic
 
     _logging()
     try:
@@ -535,7 +535,7 @@ def demo_crm(
     users are the reps' crm ids in COXSWAIN_AGREEMENT_FILE; GET /demo/records lists what it holds."""
     from coxswain.core.agreement import load_agreement
     from coxswain.core.crm_sync import CrmKind, owner_ids
-    from coxswain.demo_crm.serving import serve_until_stopped
+    from coxswain.demo_crm.process import serve_until_stopped
     from coxswain.settings import AgreementConfig
 
     if kind not in ("hubspot", "salesforce"):
@@ -555,7 +555,7 @@ def demo_tail(
     topics: Annotated[list[str] | None, typer.Argument(help="Topics to follow")] = None,
 ) -> None:
     """Follow topics from the start and print one line per fact (default: routed and breaches)."""
-    from coxswain.demo import tail
+    from coxswain_app.demo import tail
 
     asyncio.run(tail(topics or ["leads.routed.v1", "sla.breached.v1", "sla.met.v1"]))
 

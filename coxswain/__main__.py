@@ -1,3 +1,0 @@
-from coxswain.cli import main
-
-main()

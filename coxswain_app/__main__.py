@@ -1,0 +1,3 @@
+from coxswain_app.cli import main
+
+main()
