@@ -38,7 +38,7 @@ def demo(stack: Stack, reporting: str) -> subprocess.CompletedProcess[str]:
         [
             sys.executable,
             "-m",
-            "coxswain",
+            "coxswain_app",
             "demo",
             "traffic",
             "--url",

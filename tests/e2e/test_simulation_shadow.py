@@ -113,7 +113,7 @@ async def test_shadow_agrees_with_the_live_stack_and_restarts_with_the_same_ids(
             [
                 sys.executable,
                 "-m",
-                "coxswain",
+                "coxswain_app",
                 "shadow",
                 "report",
                 "--since",
