@@ -67,5 +67,4 @@ def wire(process: Process) -> Wired:
     )
 
 
-# Reports are read by people, minutes later: facts may gather a quarter second (docs/event-path.md).
-SPEC = ConsumerSpec(consumer.ACCEPTS, wire, gather_ms=250)
+SPEC = ConsumerSpec(consumer.ACCEPTS, wire)

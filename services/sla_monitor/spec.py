@@ -17,6 +17,4 @@ def wire(process: Process) -> Wired:
     return Wired(monitor.handler, monitor.batch_handler, (lambda stop: monitor.run(stop, port),))
 
 
-# Off the lead's path to a rep: a deadline counts from the routing decision's own time, not from
-# when the monitor reads it, so a clock armed a quarter second later ends at the same instant.
-SPEC = ConsumerSpec(service.ACCEPTS, wire, gather_ms=250)
+SPEC = ConsumerSpec(service.ACCEPTS, wire)
