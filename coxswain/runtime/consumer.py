@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import math
 import random
@@ -206,7 +207,7 @@ class ConsumerService:
                     continue
                 async with self._lock:
                     try:
-                        await self.process([_delivery(record) for records in batch.values() for record in records])
+                        await self.process([_delivery(record) for record in in_time_order(batch)])
                     except RetrySoon as exc:
                         metrics.BATCHES_RETRIED.labels(self.name, type(exc).__name__).inc()
                         log.debug("batch given back, applying it again shortly: consumer=%s reason=%s", self.name, exc)
@@ -416,6 +417,15 @@ class _RecordFailed(Exception):
 
 def _claim_topic(delivery: Delivery, item: Event | WireRecord) -> str:
     return item.topic if isinstance(item, WireRecord) else delivery.topic
+
+
+def in_time_order(batch: Mapping[Any, Sequence[Any]]) -> list[Any]:
+    """A fetched batch as one sequence: each partition's records in their order, the partitions
+    merged by record time. A fact published after another on another topic (a reassignment, then
+    the new owner's touch) is applied after it even when a consumer that fell behind fetches both
+    at once, which aiokafka hands over partition by partition. Merging only ever compares the
+    partitions' next records, so no partition is reordered."""
+    return list(heapq.merge(*batch.values(), key=lambda record: record.timestamp))
 
 
 def _delivery(record: Any) -> Delivery:
