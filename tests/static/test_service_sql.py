@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # The services whose SQL lives in their repository.py.
 WITH_REPOSITORY = (
     "services/admin",
+    "services/crm_sync",
     "services/intake",
     "services/roster",
     "services/router",
