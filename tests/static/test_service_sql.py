@@ -15,6 +15,7 @@ WITH_REPOSITORY = (
     "services/admin",
     "services/crm_sync",
     "services/intake",
+    "services/reporting",
     "services/roster",
     "services/router",
     "services/scoring",
