@@ -19,6 +19,7 @@ WITH_REPOSITORY = (
     "services/roster",
     "services/router",
     "services/scoring",
+    "services/shadow",
     "services/sla_monitor",
 )
 RUNS_SQL = frozenset({"execute", "scalar", "scalars", "stream", "exec_driver_sql"})
