@@ -31,7 +31,6 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coxswain.core.agreement import Agreement
@@ -49,6 +48,7 @@ from coxswain.runtime import metrics
 from coxswain.runtime.outbox import stage
 from coxswain.runtime.waiting import sleep_or_stop
 from coxswain.settings import CrmSyncConfig
+from services.crm_sync import repository
 from services.crm_sync.salesforce import SalesforceClient, soql_literal
 
 log = logging.getLogger(__name__)
@@ -168,11 +168,8 @@ class SalesforcePoller:
 
     async def _cursor(self, sobject: SObject, now: datetime) -> datetime:
         async with self.engine.connect() as connection:
-            found = await connection.scalar(
-                text("SELECT cursor FROM crm_cursors WHERE connection = :c AND sobject = :o"),
-                {"c": self.connection, "o": sobject},
-            )
-        if isinstance(found, datetime):
+            found = await repository.poll_cursor(connection, self.connection, sobject)
+        if found is not None:
             return found
         return now - timedelta(seconds=self.config.crm_salesforce_poll_lookback_seconds)
 
@@ -207,14 +204,7 @@ class SalesforcePoller:
             return {}
         traced: dict[str, uuid.UUID] = {}
         async with self.engine.connect() as connection:
-            rows = await connection.execute(
-                text(
-                    "SELECT DISTINCT ON (contact_id) contact_id, lead_id FROM crm_writes "
-                    "WHERE connection = :c AND contact_id = ANY(:ids) ORDER BY contact_id, written_at DESC"
-                ),
-                {"c": self.connection, "ids": list(known)},
-            )
-            traced.update({row.contact_id: row.lead_id for row in rows})
+            traced.update(await repository.leads_by_record(connection, self.connection, list(known)))
         if self._lead_field is None:
             return traced
         missing = []
@@ -240,31 +230,11 @@ class SalesforcePoller:
         async with self.engine.begin() as connection:
             fresh: set[str] = set()
             if events:
-                rows = await connection.execute(
-                    text(
-                        "INSERT INTO crm_activity_keys (connection, key, event_id, lead_id, published_at) "
-                        "SELECT :c, k, e, l, :now FROM unnest(CAST(:keys AS text[]), CAST(:events AS uuid[]), "
-                        "CAST(:leads AS uuid[])) AS u(k, e, l) ON CONFLICT DO NOTHING RETURNING key"
-                    ),
-                    {
-                        "c": self.connection,
-                        "now": now,
-                        "keys": list(events),
-                        "events": [event.event_id for event in events.values()],
-                        "leads": [event.lead_id for event in events.values()],
-                    },
-                )
-                fresh = {row.key for row in rows}
+                keys = [repository.ActivityKey(key, event.event_id, event.lead_id) for key, event in events.items()]
+                fresh = await repository.record_activity_keys(connection, self.connection, keys, now)
             if fresh:
                 await stage(connection, [event for key, event in events.items() if key in fresh], now)
-            await connection.execute(
-                text(
-                    "INSERT INTO crm_cursors (connection, sobject, cursor, updated_at) VALUES (:c, :o, :cursor, :now) "
-                    "ON CONFLICT (connection, sobject) DO UPDATE SET "
-                    "cursor = GREATEST(crm_cursors.cursor, EXCLUDED.cursor), updated_at = EXCLUDED.updated_at"
-                ),
-                {"c": self.connection, "o": sobject, "cursor": cursor, "now": now},
-            )
+            await repository.advance_cursor(connection, self.connection, sobject, cursor, now)
         for key in fresh:
             metrics.CRM_ACTIVITIES.labels("salesforce", events[key].activity.value).inc()
         return len(fresh)

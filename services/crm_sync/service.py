@@ -24,10 +24,8 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 
-import orjson
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coxswain.core.agreement import Agreement
@@ -48,6 +46,7 @@ from coxswain.db.roster import load_overrides, roster_revision
 from coxswain.runtime import metrics
 from coxswain.runtime.consumer import Handler, PermanentError
 from schemas.events import Event, LeadMergedV1, LeadRoutedV1, LeadStageChangedV1
+from services.crm_sync import repository
 from services.crm_sync.retrying import CrmGaveUp, Keepalive
 
 log = logging.getLogger(__name__)
@@ -127,22 +126,16 @@ class CrmSync:
     ) -> None:
         if fact.event_id in self._gave_up:
             raise CrmGaveUp(self._gave_up[fact.event_id])
-        done = await connection.scalar(
-            text("SELECT 1 FROM crm_writes WHERE connection = :connection AND assignment_id = :a"),
-            {"connection": self.connection, "a": fact.assignment_id},
-        )
-        if done:
+        if await repository.assignment_written(connection, self.connection, fact.assignment_id):
             log.info("assignment already written to the crm: assignment_id=%s", fact.assignment_id)
             return
-        attributes = _attributes(
-            await connection.scalar(text("SELECT attributes FROM leads WHERE lead_id = :l"), {"l": fact.lead_id})
-        )
+        attributes = await repository.lead_attributes(connection, fact.lead_id)
         email = attributes.get("email")
         if not isinstance(email, str) or not email:
             raise NoEmail(f"lead {fact.lead_id} has no email: {self.crm} records are found by email")
         keepalive = _keepalive(connection)
         contact_id = task_id = ""
-        aliases = await _emails_of(connection, fact.lead_id)
+        aliases = await repository.lead_emails(connection, fact.lead_id)
         try:
             for write in plan_routed(fact, owners, email, self.crm, attributes, aliases):
                 if isinstance(write, CloseTask):
@@ -156,21 +149,18 @@ class CrmSync:
         except CrmGaveUp as exc:
             self._gave_up.remember(fact.event_id, str(exc))
             raise
-        await connection.execute(
-            text(
-                "INSERT INTO crm_writes (connection, assignment_id, lead_id, rep_id, owner_id, contact_id, task_id, written_at) "
-                "VALUES (:connection, :a, :l, :rep, :owner, :contact, :task, :now) ON CONFLICT DO NOTHING"
+        await repository.record_write(
+            connection,
+            self.connection,
+            repository.NewCrmWrite(
+                assignment_id=fact.assignment_id,
+                lead_id=fact.lead_id,
+                rep_id=fact.rep_id,
+                owner_id=owners[fact.rep_id],
+                contact_id=contact_id,
+                task_id=task_id,
+                written_at=now,
             ),
-            {
-                "connection": self.connection,
-                "a": fact.assignment_id,
-                "l": fact.lead_id,
-                "rep": fact.rep_id,
-                "owner": owners[fact.rep_id],
-                "contact": contact_id,
-                "task": task_id,
-                "now": now,
-            },
         )
         log.info("crm written: crm=%s assignment_id=%s task_id=%s", self.crm, fact.assignment_id, task_id)
 
@@ -179,16 +169,8 @@ class CrmSync:
         that owner. Setting an owner twice is harmless, so a redelivery needs no record of its own."""
         if fact.event_id in self._gave_up:
             raise CrmGaveUp(self._gave_up[fact.event_id])
-        owner = await connection.scalar(
-            text(
-                "SELECT owner_id FROM crm_writes WHERE connection = :connection AND lead_id = :lead_id "
-                "AND closed_at IS NULL ORDER BY written_at DESC LIMIT 1"
-            ),
-            {"connection": self.connection, "lead_id": fact.lead_id},
-        )
-        email = _attributes(
-            await connection.scalar(text("SELECT attributes FROM leads WHERE lead_id = :l"), {"l": fact.lead_id})
-        ).get("email")
+        owner = await repository.open_owner(connection, self.connection, fact.lead_id)
+        email = (await repository.lead_attributes(connection, fact.lead_id)).get("email")
         keepalive = _keepalive(connection)
         try:
             for write in plan_merged(fact, owner, email if isinstance(email, str) else None):
@@ -202,27 +184,14 @@ class CrmSync:
     async def stage_changed(self, connection: AsyncConnection, fact: LeadStageChangedV1, now: datetime) -> None:
         for write in plan_stage_changed(fact):
             if isinstance(write, CloseOpenTask):
-                rows = await connection.execute(
-                    text(
-                        "SELECT assignment_id FROM crm_writes WHERE connection = :connection AND lead_id = :l AND closed_at IS NULL"
-                    ),
-                    {"connection": self.connection, "l": write.lead_id},
-                )
-                for row in list(rows):
-                    await self._close(connection, row.assignment_id, write.reason, now, _keepalive(connection))
+                for assignment_id in await repository.open_assignments(connection, self.connection, write.lead_id):
+                    await self._close(connection, assignment_id, write.reason, now, _keepalive(connection))
 
     async def _close(
         self, connection: AsyncConnection, assignment_id: uuid.UUID, reason: str, now: datetime, keepalive: Keepalive
     ) -> None:
         """Complete the assignment's task: the one recorded, else one found by its assignment id."""
-        row = (
-            await connection.execute(
-                text(
-                    "SELECT task_id, closed_at FROM crm_writes WHERE connection = :connection AND assignment_id = :a FOR UPDATE"
-                ),
-                {"connection": self.connection, "a": assignment_id},
-            )
-        ).first()
+        row = await repository.lock_write(connection, self.connection, assignment_id)
         if row is not None and row.closed_at is not None:
             return
         task_id = row.task_id if row is not None else self._created.get(assignment_id)
@@ -234,13 +203,7 @@ class CrmSync:
         await self.client.complete_task(task_id, keepalive)
         metrics.CRM_WRITES.labels(self.crm, "task_closed").inc()
         if row is not None:
-            await connection.execute(
-                text(
-                    "UPDATE crm_writes SET closed_at = :now, closed_reason = :why "
-                    "WHERE connection = :connection AND assignment_id = :a"
-                ),
-                {"now": now, "why": reason[:500], "connection": self.connection, "a": assignment_id},
-            )
+            await repository.close_write(connection, self.connection, assignment_id, now, reason[:500])
 
     async def _task(self, write: CreateTask, contact_id: str, keepalive: Keepalive) -> str:
         task_id = self._created.get(write.assignment_id) or await self.client.find_task(
@@ -255,25 +218,9 @@ class CrmSync:
         return task_id
 
 
-def _attributes(value: Any) -> dict[str, Any]:
-    """``leads.attributes`` as a mapping (the driver may hand jsonb back as text)."""
-    if isinstance(value, str | bytes):
-        value = orjson.loads(value)
-    return value if isinstance(value, dict) else {}
-
-
-async def _emails_of(connection: AsyncConnection, lead_id: uuid.UUID) -> list[str]:
-    """Every email identity resolution knows the lead by (its aliases' among them)."""
-    keys = await connection.scalars(
-        text("SELECT key FROM lead_identities WHERE lead_id = :lead_id AND key LIKE 'email:%' ORDER BY key"),
-        {"lead_id": lead_id},
-    )
-    return [key.removeprefix("email:") for key in keys]
-
-
 def _keepalive(connection: AsyncConnection) -> Keepalive:
     async def keepalive() -> None:
-        await connection.execute(text("SELECT 1"))
+        await repository.keepalive(connection)
 
     return keepalive
 

@@ -3,7 +3,7 @@
 The endpoints are one module-level router; what they need (engine, agreement, clock, time zone,
 cadence, tokens) is a ``ReportingContext`` that ``create_reporting_app`` keeps in ``app.state``
 and handlers take as the ``Context`` dependency. Report bodies are ``services/reporting/models.py``;
-their SQL is ``services/reporting/queries.py``."""
+their SQL is ``services/reporting/repository.py``."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from coxswain.access import TokenTable, presented_token
 from coxswain.core.agreement import Agreement
 from coxswain.core.scorecard import Cadence, period_containing
 from coxswain.runtime.health import add_probes, database_check
-from services.reporting import queries, scorecard, scorecard_page
+from services.reporting import repository, scorecard, scorecard_page
 from services.reporting.dashboard import PAGE
 from services.reporting.models import (
     ClosedLoopReport,
@@ -37,7 +37,7 @@ from services.reporting.models import (
     SpeedToLeadReport,
     Summary,
 )
-from services.reporting.queries import Period, Scope
+from services.reporting.repository import Period, Scope
 
 
 class BadRange(Exception):
@@ -147,7 +147,7 @@ def ranged(window: Scope) -> dict[str, datetime]:
 async def funnel(context: Context, window: VersionedWindow, period: Period = "day") -> FunnelReport:
     """Leads entering each stage, conversion from the stage before, per period; time in stage."""
     async with context.engine.connect() as connection:
-        report = await queries.funnel(connection, window, period, context.agreement())
+        report = await repository.funnel(connection, window, period, context.agreement())
     return FunnelReport(**ranged(window), **dict(report))
 
 
@@ -155,7 +155,7 @@ async def funnel(context: Context, window: VersionedWindow, period: Period = "da
 async def speed_to_lead(context: Context, window: VersionedWindow) -> SpeedToLeadReport:
     """System latency (received -> routed) and human latency (routed -> first touch), percentiles in seconds."""
     async with context.engine.connect() as connection:
-        report = await queries.speed_to_lead(connection, window)
+        report = await repository.speed_to_lead(connection, window)
     return SpeedToLeadReport(**ranged(window), **dict(report))
 
 
@@ -163,7 +163,7 @@ async def speed_to_lead(context: Context, window: VersionedWindow) -> SpeedToLea
 async def sla(context: Context, window: Window, period: Period = "day") -> SlaAttainmentReport:
     """SLA attainment per rep, team and tier, a rep x period heatmap and the breach timeline."""
     async with context.engine.connect() as connection:
-        report = await queries.sla(connection, window, period)
+        report = await repository.sla(connection, window, period)
     return SlaAttainmentReport(**ranged(window), **dict(report))
 
 
@@ -175,7 +175,7 @@ async def pacing(
 ) -> PacingReport:
     """MQLs against marketing's targets, pro-rated to the business time elapsed in the period."""
     async with context.engine.connect() as connection:
-        report = await queries.pacing_report(connection, window, context.agreement(), at or window.until)
+        report = await repository.pacing_report(connection, window, context.agreement(), at or window.until)
     return PacingReport(**ranged(window), **dict(report))
 
 
@@ -183,7 +183,7 @@ async def pacing(
 async def sal_rejections(context: Context, window: Window) -> SalRejectionsReport:
     """SAL accepted vs rejected, and the rejection reasons."""
     async with context.engine.connect() as connection:
-        report = await queries.sal_rejections(connection, window)
+        report = await repository.sal_rejections(connection, window)
     return SalRejectionsReport(**ranged(window), **dict(report))
 
 
@@ -191,7 +191,7 @@ async def sal_rejections(context: Context, window: Window) -> SalRejectionsRepor
 async def closed_loop(context: Context, window: Window) -> ClosedLoopReport:
     """Opportunities, won and lost deals and won amount by source and campaign."""
     async with context.engine.connect() as connection:
-        report = await queries.closed_loop(connection, window)
+        report = await repository.closed_loop(connection, window)
     return ClosedLoopReport(**ranged(window), **dict(report))
 
 
@@ -200,7 +200,7 @@ async def history(context: Context, window: VersionedWindow) -> HistoryReport:
     """Monthly fact and lead counts per kind and stage for months past report retention
     (COXSWAIN_REPORT_RETENTION_MONTHS), whose detail has been dropped."""
     async with context.engine.connect() as connection:
-        report = await queries.history(connection, window)
+        report = await repository.history(connection, window)
     return HistoryReport(**ranged(window), **dict(report))
 
 
@@ -212,12 +212,12 @@ async def summary(context: Context, window: Window, period: Period = "day") -> S
         return Summary(
             **ranged(window),
             agreement_version=agreement.version,
-            funnel=await queries.funnel(connection, window, period, agreement),
-            speed_to_lead=await queries.speed_to_lead(connection, window),
-            sla=await queries.sla(connection, window, period),
-            pacing=await queries.pacing_report(connection, window, agreement, window.until),
-            sal_rejections=await queries.sal_rejections(connection, window),
-            closed_loop=await queries.closed_loop(connection, window),
+            funnel=await repository.funnel(connection, window, period, agreement),
+            speed_to_lead=await repository.speed_to_lead(connection, window),
+            sla=await repository.sla(connection, window, period),
+            pacing=await repository.pacing_report(connection, window, agreement, window.until),
+            sal_rejections=await repository.sal_rejections(connection, window),
+            closed_loop=await repository.closed_loop(connection, window),
         )
 
 
@@ -231,12 +231,12 @@ async def running_scorecard(context: ReportingContext) -> dict[str, Any]:
 
 async def stored_scorecard(context: ReportingContext, period: str | None) -> dict[str, Any] | None:
     async with context.engine.connect() as connection:
-        return await queries.stored_scorecard(connection, period)
+        return await repository.stored_scorecard(connection, period)
 
 
 async def issued_periods(context: ReportingContext) -> list[IssuedScorecard]:
     async with context.engine.connect() as connection:
-        return await queries.issued_scorecards(connection)
+        return await repository.issued_scorecards(connection)
 
 
 # A scorecard is answered as it was emitted on reports.scorecard_issued.v1, not re-serialised.

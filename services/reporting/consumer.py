@@ -21,7 +21,7 @@ from schemas.events import (
     LeadScoredV1,
     ScorecardIssuedV1,
 )
-from services.reporting import queries
+from services.reporting import repository
 
 # Scores are the bulk of the traffic and reports need none of them (stage changes carry the
 # verdicts); scorecards are reporting's own output, kept in scorecard_periods. Raw CRM activities
@@ -33,9 +33,9 @@ ACCEPTS: dict[str, tuple[type[Event], ...]] = {
 
 
 async def record(connection: AsyncConnection, event: Event, now: datetime) -> None:
-    await queries.store_fact(connection, event, now)
+    await repository.store_fact(connection, event, now)
     if isinstance(event, (LeadReceivedV1, LeadQualifiedV1)):
-        await queries.remember_lead(connection, event)
+        await repository.remember_lead(connection, event)
 
 
 def make_handler(_: Agreement) -> Handler:

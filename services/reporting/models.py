@@ -1,5 +1,5 @@
 """What the reports hold, as the reporting API's OpenAPI document shows it. The queries
-(``services/reporting/queries.py``) return these; the API adds the range it answered for."""
+(``services/reporting/repository.py``) return these; the API adds the range it answered for."""
 
 from __future__ import annotations
 

@@ -22,9 +22,9 @@ from coxswain.runtime import outages, outbox
 from coxswain.runtime.waiting import sleep_or_stop
 from coxswain.settings import ReportingConfig
 from schemas.events import ScorecardIssuedV1
-from services.reporting import queries
+from services.reporting import repository
 from services.reporting.models import Attainment, Percentiles
-from services.reporting.queries import Scope
+from services.reporting.repository import Scope
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +40,9 @@ def _counts(section: dict[str, Attainment]) -> dict[str, tuple[int, int]]:
 async def figures(connection: AsyncConnection, start: datetime, end: datetime, timezone: str) -> Figures:
     """The period's figures, by the same queries as the reports API (so the two always agree)."""
     scope = Scope(start, end, timezone=timezone)
-    sla = await queries.sla(connection, scope, "day")
-    speed = await queries.speed_to_lead(connection, scope)
-    rejections = await queries.sal_rejections(connection, scope)
+    sla = await repository.sla(connection, scope, "day")
+    speed = await repository.speed_to_lead(connection, scope)
+    rejections = await repository.sal_rejections(connection, scope)
     return Figures(
         sla_by_rep=_counts(sla.by_rep),
         sla_by_team=_counts(sla.by_team),
@@ -53,9 +53,9 @@ async def figures(connection: AsyncConnection, start: datetime, end: datetime, t
         human_seconds=_latency(speed.human_seconds),
         sal_accepted=rejections.accepted,
         sal_rejections={r.reason: r.count for r in rejections.reasons},
-        leads_by_source=await queries.leads_by_source(connection, scope),
-        mqls_by_source=await queries.mqls_by_source(connection, scope),
-        mqls=await queries.mql_count(connection, scope, start, end),
+        leads_by_source=await repository.leads_by_source(connection, scope),
+        mqls_by_source=await repository.mqls_by_source(connection, scope),
+        mqls=await repository.mql_count(connection, scope, start, end),
     )
 
 
@@ -69,7 +69,7 @@ async def issue(engine: AsyncEngine, agreement: Agreement, period: Period, timez
     """Issue one period; false when another instance (or an earlier run) already did."""
     async with engine.begin() as connection:
         card = await compose(connection, agreement, period, timezone, now)
-        inserted = await queries.store_scorecard(connection, card, period, now)
+        inserted = await repository.store_scorecard(connection, card, period, now)
         if not inserted:
             return False
         await outbox.stage(connection, [card], now)
@@ -88,7 +88,7 @@ async def issue_due(engine: AsyncEngine, agreement: Agreement, config: Reporting
     """Every period due now that this call issued (not those another instance got to first)."""
     zone = ZoneInfo(config.reporting_timezone)
     async with engine.connect() as connection:
-        last = await queries.last_issued_start(connection, config.scorecard_cadence)
+        last = await repository.last_issued_start(connection, config.scorecard_cadence)
     due = periods_due(
         config.scorecard_cadence,
         zone,

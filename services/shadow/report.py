@@ -121,33 +121,15 @@ async def read_shadow(
 async def read_live(
     database_url: str, since: datetime, until: datetime
 ) -> tuple[dict[uuid.UUID, str], dict[uuid.UUID, str]]:
-    from sqlalchemy import text
     from sqlalchemy.ext.asyncio import create_async_engine
+
+    from services.shadow import repository
 
     engine = create_async_engine(database_url)
     try:
         async with engine.connect() as connection:
-            stages = {
-                row.lead_id: row.to_stage
-                for row in await connection.execute(
-                    text(
-                        "SELECT lead_id, payload->>'to_stage' AS to_stage FROM lead_facts "
-                        "WHERE kind = 'LeadStageChangedV1' AND occurred_at >= :s AND occurred_at < :u "
-                        "ORDER BY occurred_at, recorded_at"
-                    ),
-                    {"s": since, "u": until},
-                )
-            }
-            owners = {
-                row.lead_id: f"{row.rep_id}@{row.pool_id}"
-                for row in await connection.execute(
-                    text(
-                        "SELECT lead_id, rep_id, pool_id FROM assignments WHERE routed_at >= :s AND routed_at < :u "
-                        "ORDER BY routed_at"
-                    ),
-                    {"s": since, "u": until},
-                )
-            }
+            stages = await repository.live_stages(connection, since, until)
+            owners = await repository.live_owners(connection, since, until)
     finally:
         await engine.dispose()
     return stages, owners

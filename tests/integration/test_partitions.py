@@ -18,7 +18,7 @@ from coxswain.runtime.partitions import ensure_month, existing_months, maintain
 from coxswain.settings import RetentionConfig
 from schemas.events import LeadStageChangedV1, Stage
 from services.reporting import consumer as reporting
-from services.reporting.queries import Scope, history
+from services.reporting.repository import Scope, history
 from services.scoring.repository import record_facts
 from tests.support.databases import fresh_database
 

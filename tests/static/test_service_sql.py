@@ -13,10 +13,13 @@ ROOT = Path(__file__).resolve().parents[2]
 # The services whose SQL lives in their repository.py.
 WITH_REPOSITORY = (
     "services/admin",
+    "services/crm_sync",
     "services/intake",
+    "services/reporting",
     "services/roster",
     "services/router",
     "services/scoring",
+    "services/shadow",
     "services/sla_monitor",
 )
 RUNS_SQL = frozenset({"execute", "scalar", "scalars", "stream", "exec_driver_sql"})

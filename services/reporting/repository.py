@@ -1,6 +1,9 @@
 """Every SQL statement of the reporting service: the facts it stores (``report_facts``,
 ``report_leads``), the reports over them (and ``intake_events``), and the scorecards it issues
-(``scorecard_periods``).
+(``scorecard_periods``). Each function runs on the caller's connection, so the caller's
+transaction decides what commits together (the consumer's inbox claim with its fact; a
+scorecard's row with its outbox event); rows come back as the report models
+(``services/reporting/models.py``), built by column name.
 
 Every figure is a function of the facts whose time falls in ``[since, until)`` and of the slice
 (source, campaign, persona, agreement version), so the same request always gives the same
