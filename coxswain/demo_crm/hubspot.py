@@ -40,7 +40,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -49,6 +49,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from coxswain.demo_crm.recording import Recorder
 from coxswain.demo_crm.serving import served
 
 log = logging.getLogger(__name__)
@@ -98,23 +99,6 @@ def sign(client_secret: str, method: str, uri: str, body: bytes, timestamp_ms: i
     }
 
 
-@dataclass
-class Fault:
-    status: int
-    headers: dict[str, str] = field(default_factory=dict)
-    path: str = ""  # only requests whose path starts with this
-    times: int = 1
-
-
-@dataclass(frozen=True)
-class Seen:
-    at: float  # time.monotonic() on arrival
-    method: str
-    path: str
-    body: Any
-    status: int
-
-
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -124,8 +108,9 @@ def _error(status: int, message: str, category: str) -> JSONResponse:
     return JSONResponse(body, status_code=status)
 
 
-class FakeHubSpot:
+class FakeHubSpot(Recorder):
     def __init__(self, owners: set[str], token: str = TOKEN, subscription: Subscription | None = None) -> None:
+        super().__init__()
         self.owners = owners
         self.token = token
         self.subscription = subscription
@@ -136,8 +121,6 @@ class FakeHubSpot:
         self.tasks: dict[str, dict[str, Any]] = {}
         # Engagements and deals, created by tests (``log``) as a rep would in HubSpot.
         self.logged: dict[str, dict[str, dict[str, Any]]] = {"calls": {}, "emails": {}, "meetings": {}, "deals": {}}
-        self.faults: list[Fault] = []
-        self.seen: list[Seen] = []
         # The connector's idempotency property exists until a test removes it.
         self.task_properties = set(TASK_PROPERTIES | {"coxswain_assignment_id"})
         self._ids = itertools.count(1001)
@@ -146,16 +129,8 @@ class FakeHubSpot:
         self.index_lag = False
         self.unindexed: set[str] = set()
         self.app = self._build()
-        self.port = 0
 
     # ----------------------------------------------------------------- what tests read
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def writes(self, method: str, prefix: str) -> list[Seen]:
-        return [s for s in self.seen if s.method == method and s.path.startswith(prefix) and s.status < 300]
 
     def contact_by_email(self, email: str) -> dict[str, Any] | None:
         return next((c for c in self.contacts.values() if c["properties"].get("email") == email), None)
@@ -193,19 +168,7 @@ class FakeHubSpot:
         self.contacts[item["id"]] = item
         return str(item["id"])
 
-    def inject(self, status: int, headers: dict[str, str] | None = None, path: str = "", times: int = 1) -> None:
-        self.faults.append(Fault(status, headers or {}, path, times))
-
     # ----------------------------------------------------------------- the app
-
-    def _fault(self, path: str) -> Fault | None:
-        for fault in self.faults:
-            if path.startswith(fault.path):
-                fault.times -= 1
-                if fault.times <= 0:
-                    self.faults.remove(fault)
-                return fault
-        return None
 
     def _build(self) -> FastAPI:
         app = FastAPI()
@@ -230,10 +193,7 @@ class FakeHubSpot:
                 response.headers.update(fault.headers)
             else:
                 response = await call_next(request)
-            parsed = None
-            with contextlib.suppress(orjson.JSONDecodeError):
-                parsed = orjson.loads(body) if body else None
-            self.seen.append(Seen(arrived, request.method, request.url.path, parsed, response.status_code))
+            self._record(arrived, request.method, request.url.path, request.url.query, body, response.status_code)
             if response.status_code != 401:
                 # A private app's answers: the account's daily limit and what is left of it.
                 response.headers["X-HubSpot-RateLimit-Daily"] = str(DAILY_LIMIT)

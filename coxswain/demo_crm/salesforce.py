@@ -39,14 +39,14 @@ import time
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
+from coxswain.demo_crm.recording import Fault, Recorder
 from coxswain.demo_crm.serving import served
 
 TOKEN = "00Dxx0000001gPL!AQ4AQFakeAccessToken"
@@ -81,25 +81,6 @@ CLOSED_TASK_STATUSES = {"Completed"}
 SYSTEM = {"Id", "CreatedDate", "LastModifiedDate", "SystemModstamp", "IsDeleted", "IsClosed", "IsConverted"}
 
 
-@dataclass
-class Fault:
-    status: int
-    headers: dict[str, str] = field(default_factory=dict)
-    path: str = ""  # only requests whose path contains this
-    times: int = 1
-    code: str = ""
-
-
-@dataclass(frozen=True)
-class Seen:
-    at: float  # time.monotonic() on arrival
-    method: str
-    path: str
-    query: str
-    body: Any
-    status: int
-
-
 def stamp(when: datetime | None = None) -> str:
     """A datetime as Salesforce writes it: ``2026-12-04T10:00:00.000+0000`` (second precision)."""
     return (when or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.000+0000")
@@ -113,8 +94,9 @@ def errors(status: int, code: str, message: str, fields: list[str] | None = None
     return JSONResponse([{"message": message, "errorCode": code, "fields": fields or []}], status_code=status)
 
 
-class FakeSalesforce:
+class FakeSalesforce(Recorder):
     def __init__(self, users: set[str], token: str = TOKEN) -> None:
+        super().__init__()
         self.users = users
         # OwnerId values written through the API, per record id.
         self.owner_writes: dict[str, list[str]] = {}
@@ -122,8 +104,6 @@ class FakeSalesforce:
         # Custom fields the org has (the connector's idempotency field, external ids).
         self.custom: dict[str, set[str]] = {"Lead": {"Coxswain_Lead_Id__c"}, "Task": {"Coxswain_Assignment_Id__c"}}
         self.external_ids: dict[str, set[str]] = {"Lead": {"Coxswain_Lead_Id__c"}}
-        self.faults: list[Fault] = []
-        self.seen: list[Seen] = []
         self.token = token
         self.batch_size = 2000
         self.api_used, self.api_limit = 0, 100_000
@@ -131,27 +111,14 @@ class FakeSalesforce:
         self._cursors: dict[str, list[dict[str, Any]]] = {}
         self._ids = itertools.count(1)
         self.app = self._build()
-        self.port = 0
 
     # ----------------------------------------------------------------- what tests read and do
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def writes(self, method: str, contains: str) -> list[Seen]:
-        return [s for s in self.seen if s.method == method and contains in s.path and s.status < 300]
 
     def lead_by_email(self, email: str) -> dict[str, Any] | None:
         return next((r for r in self.records["Lead"].values() if r.get("Email") == email), None)
 
     def tasks_of(self, who_id: str) -> list[dict[str, Any]]:
         return [t for t in self.records["Task"].values() if t.get("WhoId") == who_id]
-
-    def inject(
-        self, status: int, headers: dict[str, str] | None = None, path: str = "", times: int = 1, code: str = ""
-    ) -> None:
-        self.faults.append(Fault(status, headers or {}, path, times, code))
 
     def down_for(self, seconds: float) -> None:
         """Every request answers 503 for this long (an outage)."""
@@ -232,13 +199,7 @@ class FakeSalesforce:
     def _fault(self, path: str) -> Fault | None:
         if time.monotonic() < self._down_until:
             return Fault(503, code="SERVER_UNAVAILABLE")
-        for fault in self.faults:
-            if fault.path in path:
-                fault.times -= 1
-                if fault.times <= 0:
-                    self.faults.remove(fault)
-                return fault
-        return None
+        return super()._fault(path)
 
     # ----------------------------------------------------------------- the app
 
@@ -267,10 +228,7 @@ class FakeSalesforce:
             if path.startswith("/services/data"):
                 self.api_used += 1
                 response.headers["Sforce-Limit-Info"] = f"api-usage={self.api_used}/{self.api_limit}"
-            parsed = None
-            with contextlib.suppress(orjson.JSONDecodeError):
-                parsed = orjson.loads(body) if body else None
-            self.seen.append(Seen(arrived, request.method, path, request.url.query, parsed, response.status_code))
+            self._record(arrived, request.method, path, request.url.query, body, response.status_code)
             return response
 
         @app.post("/services/oauth2/token")
