@@ -6,6 +6,12 @@ stages undecodable or unprocessable records for the dead-letter topic with the r
 the commit are the offsets committed: a crash at any point means redelivery, and the inbox turns
 redelivery into a no-op.
 
+The claim also reads the tombstones of erased leads (``erasures``, written by the erasure's
+transaction): a fact about an erased lead that occurred at or before its erasure (published
+before it, applied late by a consumer that was behind) reaches the handler without the personal
+values it carries (``coxswain.core.privacy.forget``), so no service writes them back. A fact that
+occurred after the erasure (the person came back) is applied as it is.
+
 The batch is first tried whole: one statement claims every event id, one stages every fact, and
 a service with a batch handler reads and writes its own state for the whole batch in a fixed
 number of statements too (no round trip per event for the inbox, the outbox, a savepoint or the
@@ -35,6 +41,7 @@ from pydantic import ValidationError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from coxswain.core.privacy import forget
 from coxswain.runtime import metrics, outages, outbox, tracing
 from coxswain.runtime.kafka import make_consumer
 from coxswain.runtime.outages import is_connection_error
@@ -119,17 +126,46 @@ async def claim_many(
     connection: AsyncConnection, consumer: str, claims: Sequence[tuple[uuid.UUID, str]], now: datetime
 ) -> set[uuid.UUID]:
     """The event ids of ``claims`` this consumer sees for the first time, in one statement."""
+    return set(await claim_first_seen(connection, consumer, [(i, topic, None) for i, topic in claims], now))
+
+
+async def claim_first_seen(
+    connection: AsyncConnection,
+    consumer: str,
+    claims: Sequence[tuple[uuid.UUID, str, uuid.UUID | None]],
+    now: datetime,
+) -> dict[uuid.UUID, datetime | None]:
+    """The event ids of ``claims`` (event id, topic, lead id) this consumer sees for the first
+    time, each with the time its lead was erased (None: never), in one statement: looking the
+    tombstones up costs a batch no round trip."""
     if not claims:
-        return set()
+        return {}
     rows = await connection.execute(
         text(
-            "INSERT INTO inbox (consumer, event_id, topic, processed_at) "
-            "SELECT :c, u.event_id, u.topic, :now FROM unnest(CAST(:ids AS uuid[]), CAST(:topics AS text[])) "
-            "AS u(event_id, topic) ON CONFLICT DO NOTHING RETURNING event_id"
+            "WITH u AS (SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:topics AS text[]), CAST(:leads AS uuid[])) "
+            "AS u(event_id, topic, lead_id)), "
+            "claimed AS (INSERT INTO inbox (consumer, event_id, topic, processed_at) "
+            "SELECT :c, event_id, topic, :now FROM u ON CONFLICT DO NOTHING RETURNING event_id) "
+            "SELECT claimed.event_id, erasures.erased_at FROM claimed JOIN u USING (event_id) "
+            "LEFT JOIN erasures ON erasures.lead_id = u.lead_id"
         ),
-        {"c": consumer, "ids": [event_id for event_id, _ in claims], "topics": [t for _, t in claims], "now": now},
+        {
+            "c": consumer,
+            "ids": [event_id for event_id, _, _ in claims],
+            "topics": [topic for _, topic, _ in claims],
+            "leads": [lead_id for _, _, lead_id in claims],
+            "now": now,
+        },
     )
-    return {row.event_id for row in rows}
+    return {row.event_id: row.erased_at for row in rows}
+
+
+def as_applied(event: Event, erased_at: datetime | None) -> Event:
+    """The event as handlers see it: without its personal values when its lead was erased after
+    it occurred (see the module's docstring)."""
+    if erased_at is None or event.occurred_at > erased_at:
+        return event
+    return forget(event)
 
 
 async def claim(connection: AsyncConnection, consumer: str, event_id: uuid.UUID, topic: str, now: datetime) -> bool:
@@ -310,22 +346,25 @@ class ConsumerService:
                 plan.append((event_id, delivery, record))
             else:
                 plan.append((outcome.event_id, delivery, outcome))
-        first_seen = await claim_many(connection, self.name, [(i, _claim_topic(d, o)) for i, d, o in plan], now)
+        first_seen = await claim_first_seen(
+            connection, self.name, [(i, _claim_topic(d, o), _lead_id(o)) for i, d, o in plan], now
+        )
         staged: list[tuple[uuid.UUID, WireRecord]] = []
-        applied: list[tuple[Delivery, Event]] = []
+        claimed: list[tuple[Delivery, Event, datetime | None]] = []
         for event_id, delivery, item in plan:
             if event_id not in first_seen:
                 continue
             # A second copy of the same event later in this batch is a redelivery: skip it.
-            first_seen.discard(event_id)
+            erased_at = first_seen.pop(event_id)
             if isinstance(item, WireRecord):
                 staged.append((event_id, item))
                 metrics.dead_lettered(self.name, delivery.topic)
                 self._log_dead_letter(delivery, "DecodeError")
             else:
-                applied.append((delivery, item))
+                claimed.append((delivery, item, erased_at))
         started = tracing.now_ns()
         try:
+            applied = [(delivery, as_applied(event, erased_at)) for delivery, event, erased_at in claimed]
             if self._batch_handler is not None and applied:
                 facts_per_event = await self._batch_handler(connection, [event for _, event in applied], now)
             else:
@@ -362,10 +401,14 @@ class ConsumerService:
         for attempt in range(1, attempts + 1):
             try:
                 async with connection.begin_nested():
-                    if await claim(connection, self.name, event.event_id, delivery.topic, now):
+                    claimed = await claim_first_seen(
+                        connection, self.name, [(event.event_id, delivery.topic, event.lead_id)], now
+                    )
+                    if event.event_id in claimed:
                         started = tracing.now_ns()
-                        facts = await self._handler(connection, event, now)
-                        await outbox.stage(connection, facts, now, traceparent=self._span(delivery, event, started))
+                        applied = as_applied(event, claimed[event.event_id])
+                        facts = await self._handler(connection, applied, now)
+                        await outbox.stage(connection, facts, now, traceparent=self._span(delivery, applied, started))
                 return
             except Exception as exc:
                 if is_connection_error(exc) or isinstance(exc, RetrySoon | Unavailable):
@@ -417,6 +460,10 @@ class _RecordFailed(Exception):
 
 def _claim_topic(delivery: Delivery, item: Event | WireRecord) -> str:
     return item.topic if isinstance(item, WireRecord) else delivery.topic
+
+
+def _lead_id(item: Event | WireRecord) -> uuid.UUID | None:
+    return None if isinstance(item, WireRecord) else item.lead_id
 
 
 def in_time_order(batch: Mapping[Any, Sequence[Any]]) -> list[Any]:
