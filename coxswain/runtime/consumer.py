@@ -10,7 +10,10 @@ The claim also reads the tombstones of erased leads (``erasures``, written by th
 transaction): a fact about an erased lead that occurred at or before its erasure (published
 before it, applied late by a consumer that was behind) reaches the handler without the personal
 values it carries (``coxswain.core.privacy.forget``), so no service writes them back. A fact that
-occurred after the erasure (the person came back) is applied as it is.
+occurred after the erasure (the person came back) is applied as it is. The claim holds shared
+locks on the leads' buckets for the transaction and an erasure takes them exclusively: a batch
+applied while an erasure runs either commits before the erasure reads (which then scrubs what it
+wrote) or is given back (``ErasureInProgress``) and, applied again, sees the tombstone.
 
 The batch is first tried whole: one statement claims every event id, one stages every fact, and
 a service with a batch handler reads and writes its own state for the whole batch in a fixed
@@ -38,7 +41,8 @@ from typing import Any
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from pydantic import ValidationError
-from sqlalchemy import text
+from sqlalchemy import CursorResult, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coxswain.core.privacy import forget
@@ -82,6 +86,10 @@ class RetrySoon(Exception):
     """The batch met a passing conflict (locks another instance holds and that cannot be waited
     for in order): it is rolled back and applied again shortly. Not a fault: never dead-lettered,
     never logged as a warning, counted in ``coxswain_batches_retried``."""
+
+
+class ErasureInProgress(RetrySoon):
+    """A lead of the batch is being erased: applied again once the erasure has committed."""
 
 
 class Unavailable(Exception):
@@ -140,14 +148,30 @@ async def claim_first_seen(
     tombstones up costs a batch no round trip."""
     if not claims:
         return {}
-    rows = await connection.execute(
+    try:
+        rows = await _claim_statement(connection, consumer, claims, now)
+    except DBAPIError as exc:
+        if _sqlstate(exc) == LOCK_NOT_AVAILABLE:
+            raise ErasureInProgress(str(exc.orig)) from exc
+        raise
+    return {row.event_id: row.erased_at for row in rows}
+
+
+async def _claim_statement(
+    connection: AsyncConnection,
+    consumer: str,
+    claims: Sequence[tuple[uuid.UUID, str, uuid.UUID | None]],
+    now: datetime,
+) -> CursorResult[Any]:
+    return await connection.execute(
         text(
             "WITH u AS (SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:topics AS text[]), CAST(:leads AS uuid[])) "
             "AS u(event_id, topic, lead_id)), "
             "claimed AS (INSERT INTO inbox (consumer, event_id, topic, processed_at) "
-            "SELECT :c, event_id, topic, :now FROM u ON CONFLICT DO NOTHING RETURNING event_id) "
-            "SELECT claimed.event_id, erasures.erased_at FROM claimed JOIN u USING (event_id) "
-            "LEFT JOIN erasures ON erasures.lead_id = u.lead_id"
+            "SELECT :c, event_id, topic, :now FROM u ON CONFLICT DO NOTHING RETURNING event_id), "
+            "t AS (SELECT * FROM erasure_tombstones(CAST(:leads AS uuid[]))) "
+            "SELECT claimed.event_id, t.erased_at FROM claimed JOIN u USING (event_id) "
+            "LEFT JOIN t ON t.tombstone = u.lead_id"
         ),
         {
             "c": consumer,
@@ -157,7 +181,19 @@ async def claim_first_seen(
             "now": now,
         },
     )
-    return {row.event_id: row.erased_at for row in rows}
+
+
+LOCK_NOT_AVAILABLE = "55P03"
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a database error, found along its causes (the driver's own exception)."""
+    error: BaseException | None = exc
+    while error is not None:
+        if state := getattr(error, "sqlstate", None):
+            return str(state)
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def as_applied(event: Event, erased_at: datetime | None) -> Event:

@@ -69,6 +69,9 @@ class Erased:
 
 async def erase(connection: AsyncConnection, found: Found, email: str | None, now: datetime) -> Erased:
     """Erase the person in the caller's transaction; stage the ``LeadErasedV1`` fact."""
+    # First of all: a consumer applying a fact about the lead now finishes before anything is read
+    # (so what it writes is scrubbed below), and one that comes later waits for the tombstone.
+    await repository.lock_erasure(connection, found.ids)
     # Scoring locks the lead's row for every event it applies: holding it here means no event
     # writes the person's values back while they are being erased.
     await repository.lock_lead(connection, found.lead_id)

@@ -239,6 +239,12 @@ def _outbox_keys(lead_ids: Sequence[uuid.UUID]) -> list[bytes]:
     return [str(lead_id).encode() for lead_id in lead_ids]
 
 
+async def lock_erasure(connection: AsyncConnection, lead_ids: Sequence[uuid.UUID]) -> None:
+    """Wait for the consumers' batches about these leads that are being applied, and keep new
+    ones out until the caller's transaction ends (``lock_erasure``, migration 0019_erasures)."""
+    await connection.execute(text("SELECT lock_erasure(CAST(:lead_ids AS uuid[]))"), {"lead_ids": list(lead_ids)})
+
+
 async def lock_lead(connection: AsyncConnection, lead_id: uuid.UUID) -> None:
     """Scoring locks the lead's row for every event it applies: holding it keeps scoring from
     writing values back until the caller's transaction ends."""
