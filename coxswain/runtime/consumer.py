@@ -41,7 +41,7 @@ from typing import Any
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from pydantic import ValidationError
-from sqlalchemy import CursorResult, text
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -148,39 +148,40 @@ async def claim_first_seen(
     tombstones up costs a batch no round trip."""
     if not claims:
         return {}
+    leads = sorted({lead_id for _, _, lead_id in claims if lead_id is not None})
     try:
-        rows = await _claim_statement(connection, consumer, claims, now)
+        rows = await connection.execute(
+            text(
+                "WITH claimed AS (INSERT INTO inbox (consumer, event_id, topic, processed_at) "
+                "SELECT :c, u.event_id, u.topic, :now FROM unnest(CAST(:ids AS uuid[]), CAST(:topics AS text[])) "
+                "AS u(event_id, topic) ON CONFLICT DO NOTHING RETURNING event_id) "
+                "SELECT event_id, NULL::uuid AS tombstone, NULL::timestamptz AS erased_at FROM claimed UNION ALL "
+                "SELECT NULL, tombstone, erased_at FROM erasure_tombstones(CAST(:leads AS uuid[]))"
+            ),
+            {
+                "c": consumer,
+                "ids": [event_id for event_id, _, _ in claims],
+                "topics": [topic for _, topic, _ in claims],
+                "leads": leads,
+                "now": now,
+            },
+        )
     except DBAPIError as exc:
         if _sqlstate(exc) == LOCK_NOT_AVAILABLE:
             raise ErasureInProgress(str(exc.orig)) from exc
         raise
-    return {row.event_id: row.erased_at for row in rows}
-
-
-async def _claim_statement(
-    connection: AsyncConnection,
-    consumer: str,
-    claims: Sequence[tuple[uuid.UUID, str, uuid.UUID | None]],
-    now: datetime,
-) -> CursorResult[Any]:
-    return await connection.execute(
-        text(
-            "WITH u AS (SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:topics AS text[]), CAST(:leads AS uuid[])) "
-            "AS u(event_id, topic, lead_id)), "
-            "claimed AS (INSERT INTO inbox (consumer, event_id, topic, processed_at) "
-            "SELECT :c, event_id, topic, :now FROM u ON CONFLICT DO NOTHING RETURNING event_id), "
-            "t AS (SELECT * FROM erasure_tombstones(CAST(:leads AS uuid[]))) "
-            "SELECT claimed.event_id, t.erased_at FROM claimed JOIN u USING (event_id) "
-            "LEFT JOIN t ON t.tombstone = u.lead_id"
-        ),
-        {
-            "c": consumer,
-            "ids": [event_id for event_id, _, _ in claims],
-            "topics": [topic for _, topic, _ in claims],
-            "leads": [lead_id for _, _, lead_id in claims],
-            "now": now,
-        },
-    )
+    first_seen: set[uuid.UUID] = set()
+    erased: dict[uuid.UUID, datetime] = {}
+    for row in rows:
+        if row.event_id is not None:
+            first_seen.add(row.event_id)
+        else:
+            erased[row.tombstone] = row.erased_at
+    return {
+        event_id: erased.get(lead_id) if lead_id is not None else None
+        for event_id, _, lead_id in claims
+        if event_id in first_seen
+    }
 
 
 LOCK_NOT_AVAILABLE = "55P03"

@@ -148,6 +148,7 @@ async def test_an_erased_person_leaves_no_trace_and_the_reports_count_the_same(
     document = orjson.loads(exported.stdout)
     assert document["lead_id"] == lead_id
     assert document["tables"]["leads"][0]["attributes"].get("email") is None
+    assert [row["lead_id"] for row in document["tables"]["erasures"]] == [lead_id], "the tombstone, no values"
     assert who["email"] not in exported.stdout
 
 
