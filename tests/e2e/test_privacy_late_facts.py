@@ -2,7 +2,8 @@
 goes through scoring, the router and the SLA monitor and is erased; started only then, it applies
 the facts published before the erasure (received, qualified, routed...) and none of its rows holds
 the person's values, while the reports still count the lead. A webhook from the same person after
-the erasure (a returning person) is stored as it came."""
+the erasure (a returning person) is stored as it came. And scoring, down while a lead arrives and
+is erased, scores and routes it without the person once it is back."""
 
 from __future__ import annotations
 
@@ -97,3 +98,33 @@ async def test_facts_applied_after_the_erasure_do_not_bring_the_person_back(
             assert payload["attributes"]["email"] == who["email"]
         finally:
             stack.services["reporting-late"].stop()
+
+
+async def test_scoring_behind_the_erasure_scores_and_routes_the_lead_without_the_person(
+    stack: Stack, client: httpx.AsyncClient, database: AsyncEngine
+) -> None:
+    """Scoring is down when the webhook arrives and the person is erased (by the id the 202
+    returned); restarted, it applies the webhook without the person's values, and the lead is
+    still scored, qualified and routed, with no value of the person anywhere."""
+    who = person()
+    body = {"type": "demo_request", "contact": {**who, "company_size": 300, "country": "IS"}}
+    scoring = stack.services["scoring"]
+    scoring.stop()
+    try:
+        async with TopicWatcher(["leads.routed.v1", "leads.erased.v1"]) as watcher:
+            response = await post_signed(client, "/v1/webhooks/webform/events", body)
+            assert response.status_code == 202, response.text
+            lead_id = response.json()["events"][0]["lead_id"]
+            erased = coxswain_cli("privacy", "erase", "--lead-id", lead_id)
+            assert erased.returncode == 0, erased.stderr
+            await watcher.wait_for("leads.erased.v1", for_lead(lead_id))
+
+            scoring.start()
+            stack.wait_ready("scoring")
+            [routed] = await watcher.wait_for("leads.routed.v1", for_lead(lead_id))
+    finally:
+        if scoring.process is None or scoring.process.poll() is not None:
+            scoring.start()
+            stack.wait_ready("scoring")
+    assert routed.value["tier"] == "hot"
+    assert await traces(database, who) == {}
