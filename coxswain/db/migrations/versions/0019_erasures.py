@@ -47,9 +47,9 @@ def downgrade() -> None:
     op.drop_table("erasures")
 
 
-# Advisory keys (ERASURE_LOCK_CLASS, bucket): 64 buckets bound the locks a batch of 500 leads
-# holds to 64, and an erasure (rare, milliseconds) holds up only the batches of its buckets.
-# The class, 25970, is 0x6572 ("er"), beside the router's 0x726F and scoring's 0x1D.
+# Advisory keys (25970, bucket of the lead id). 64 buckets bound the locks a batch of 500 leads
+# holds to 64, and an erasure (rare, milliseconds) holds up only the batches of its buckets. The
+# class 25970 is 0x6572 ("er"), apart from the router's 0x726F and scoring's 0x1D.
 BUCKETS = "SELECT DISTINCT hashtext(id::text) & 63 FROM unnest(lead_ids) AS id WHERE id IS NOT NULL ORDER BY 1"
 
 LOCK_ERASURE = f"""
