@@ -6,14 +6,23 @@ it sits under a personal key (``email``, ``first_name``, ...) anywhere in a docu
 null, which every model reading it back accepts), or when it is, or contains, one of the person's
 own values (their email inside a reason text, their name in an alert: replaced by ``[erased]``). Everything else stays as it was, so counts, stages, scores, owners, SLA clocks and
 timestamps, and with them every report, read the same after an erasure.
+
+``forget`` applies the same rules to one fact (an event model) that a consumer applies after its
+lead was erased: a fact published before the erasure and applied late must not write the
+person's values back.
 """
 
 from __future__ import annotations
 
+import copy
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+
+from schemas.events import Event
 
 ERASED = "[erased]"
 # Keys whose values identify a person, wherever they appear (lead attributes, webhook payloads,
@@ -22,6 +31,8 @@ ERASED = "[erased]"
 PERSONAL_KEYS = frozenset({"email", "first_name", "last_name", "title", "phone", "mobile_phone", "full_name"})
 # Shorter values are not searched for inside other text: "Al" would erase half of every document.
 MIN_SEARCHED_LENGTH = 4
+
+E = TypeVar("E", bound=Event)
 
 
 @dataclass(frozen=True)
@@ -83,3 +94,53 @@ def _scrub(document: Any, person: Person, exact: set[str], pattern: re.Pattern[s
         if pattern is not None and pattern.search(document):
             return pattern.sub(ERASED, document)
     return document
+
+
+def forget(event: E) -> E:
+    """``event`` without the personal values it carries itself (the rules of ``scrub``); the same
+    object when it carries none. The result is a valid event of the same type: a value the schema
+    keeps to a vocabulary (a stage, a tier, a country code) is a word of the agreement even when it
+    reads like the person's name, so it stays; a text the scrub made too long becomes ``[erased]``."""
+    document = event.model_dump(mode="json")
+    person = Person.of([document])
+    scrubbed = scrub(document, person)
+    if scrubbed is document:
+        return event
+    scrubbed = copy.deepcopy(scrubbed)
+    while True:
+        try:
+            return type(event).model_validate(scrubbed)
+        except ValidationError as exc:
+            restored = [_restore(scrubbed, document, error["loc"], error["type"]) for error in exc.errors()]
+            if not any(restored):
+                raise
+
+
+def _restore(scrubbed: Any, original: Any, loc: Sequence[int | str], error_type: str) -> bool:
+    """Put back the original value where validation failed (``[erased]`` for a text now too long);
+    whether anything changed. ``loc`` may end in names of union members, which are not keys."""
+    parent: Any = None
+    key: int | str | None = None
+    for step in loc:
+        inner = _child(original, step)
+        if inner is _MISSING:
+            break
+        parent, key, scrubbed, original = scrubbed, step, _child(scrubbed, step), inner
+    if parent is None or key is None:
+        return False
+    replacement = ERASED if error_type == "string_too_long" else original
+    if scrubbed == replacement:
+        return False
+    parent[key] = replacement
+    return True
+
+
+_MISSING = object()
+
+
+def _child(document: Any, step: int | str) -> Any:
+    if isinstance(document, dict) and isinstance(step, str) and step in document:
+        return document[step]
+    if isinstance(document, list) and isinstance(step, int) and 0 <= step < len(document):
+        return document[step]
+    return _MISSING

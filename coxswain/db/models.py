@@ -502,3 +502,12 @@ class CrmActivityKey(SQLModel, table=True):
     event_id: uuid.UUID
     lead_id: uuid.UUID
     published_at: datetime = _utc()
+
+
+class Erasure(SQLModel, table=True):
+    """A lead id (a lead or one of its aliases) whose person was erased, and when (0019_erasures).
+    Facts about it that occurred until then are applied without their personal values."""
+
+    __tablename__ = "erasures"
+    lead_id: uuid.UUID = Field(primary_key=True)
+    erased_at: datetime = _utc()

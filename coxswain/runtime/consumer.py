@@ -6,6 +6,15 @@ stages undecodable or unprocessable records for the dead-letter topic with the r
 the commit are the offsets committed: a crash at any point means redelivery, and the inbox turns
 redelivery into a no-op.
 
+The claim also reads the tombstones of erased leads (``erasures``, written by the erasure's
+transaction): a fact about an erased lead that occurred at or before its erasure (published
+before it, applied late by a consumer that was behind) reaches the handler without the personal
+values it carries (``coxswain.core.privacy.forget``), so no service writes them back. A fact that
+occurred after the erasure (the person came back) is applied as it is. The claim holds shared
+locks on the leads' buckets for the transaction and an erasure takes them exclusively: a batch
+applied while an erasure runs either commits before the erasure reads (which then scrubs what it
+wrote) or is given back (``ErasureInProgress``) and, applied again, sees the tombstone.
+
 The batch is first tried whole: one statement claims every event id, one stages every fact, and
 a service with a batch handler reads and writes its own state for the whole batch in a fixed
 number of statements too (no round trip per event for the inbox, the outbox, a savepoint or the
@@ -33,8 +42,10 @@ from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from pydantic import ValidationError
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from coxswain.core.privacy import forget
 from coxswain.runtime import metrics, outages, outbox, tracing
 from coxswain.runtime.kafka import make_consumer
 from coxswain.runtime.outages import is_connection_error
@@ -75,6 +86,10 @@ class RetrySoon(Exception):
     """The batch met a passing conflict (locks another instance holds and that cannot be waited
     for in order): it is rolled back and applied again shortly. Not a fault: never dead-lettered,
     never logged as a warning, counted in ``coxswain_batches_retried``."""
+
+
+class ErasureInProgress(RetrySoon):
+    """A lead of the batch is being erased: applied again once the erasure has committed."""
 
 
 class Unavailable(Exception):
@@ -119,17 +134,75 @@ async def claim_many(
     connection: AsyncConnection, consumer: str, claims: Sequence[tuple[uuid.UUID, str]], now: datetime
 ) -> set[uuid.UUID]:
     """The event ids of ``claims`` this consumer sees for the first time, in one statement."""
+    return set(await claim_first_seen(connection, consumer, [(i, topic, None) for i, topic in claims], now))
+
+
+async def claim_first_seen(
+    connection: AsyncConnection,
+    consumer: str,
+    claims: Sequence[tuple[uuid.UUID, str, uuid.UUID | None]],
+    now: datetime,
+) -> dict[uuid.UUID, datetime | None]:
+    """The event ids of ``claims`` (event id, topic, lead id) this consumer sees for the first
+    time, each with the time its lead was erased (None: never), in one statement: looking the
+    tombstones up costs a batch no round trip."""
     if not claims:
-        return set()
-    rows = await connection.execute(
-        text(
-            "INSERT INTO inbox (consumer, event_id, topic, processed_at) "
-            "SELECT :c, u.event_id, u.topic, :now FROM unnest(CAST(:ids AS uuid[]), CAST(:topics AS text[])) "
-            "AS u(event_id, topic) ON CONFLICT DO NOTHING RETURNING event_id"
-        ),
-        {"c": consumer, "ids": [event_id for event_id, _ in claims], "topics": [t for _, t in claims], "now": now},
-    )
-    return {row.event_id for row in rows}
+        return {}
+    leads = sorted({lead_id for _, _, lead_id in claims if lead_id is not None})
+    try:
+        rows = await connection.execute(
+            text(
+                "WITH claimed AS (INSERT INTO inbox (consumer, event_id, topic, processed_at) "
+                "SELECT :c, u.event_id, u.topic, :now FROM unnest(CAST(:ids AS uuid[]), CAST(:topics AS text[])) "
+                "AS u(event_id, topic) ON CONFLICT DO NOTHING RETURNING event_id) "
+                "SELECT event_id, NULL::uuid AS tombstone, NULL::timestamptz AS erased_at FROM claimed UNION ALL "
+                "SELECT NULL, tombstone, erased_at FROM erasure_tombstones(CAST(:leads AS uuid[]))"
+            ),
+            {
+                "c": consumer,
+                "ids": [event_id for event_id, _, _ in claims],
+                "topics": [topic for _, topic, _ in claims],
+                "leads": leads,
+                "now": now,
+            },
+        )
+    except DBAPIError as exc:
+        if _sqlstate(exc) == LOCK_NOT_AVAILABLE:
+            raise ErasureInProgress(str(exc.orig)) from exc
+        raise
+    first_seen: set[uuid.UUID] = set()
+    erased: dict[uuid.UUID, datetime] = {}
+    for row in rows:
+        if row.event_id is not None:
+            first_seen.add(row.event_id)
+        else:
+            erased[row.tombstone] = row.erased_at
+    return {
+        event_id: erased.get(lead_id) if lead_id is not None else None
+        for event_id, _, lead_id in claims
+        if event_id in first_seen
+    }
+
+
+LOCK_NOT_AVAILABLE = "55P03"
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a database error, found along its causes (the driver's own exception)."""
+    error: BaseException | None = exc
+    while error is not None:
+        if state := getattr(error, "sqlstate", None):
+            return str(state)
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def as_applied(event: Event, erased_at: datetime | None) -> Event:
+    """The event as handlers see it: without its personal values when its lead was erased after
+    it occurred (see the module's docstring)."""
+    if erased_at is None or event.occurred_at > erased_at:
+        return event
+    return forget(event)
 
 
 async def claim(connection: AsyncConnection, consumer: str, event_id: uuid.UUID, topic: str, now: datetime) -> bool:
@@ -310,22 +383,25 @@ class ConsumerService:
                 plan.append((event_id, delivery, record))
             else:
                 plan.append((outcome.event_id, delivery, outcome))
-        first_seen = await claim_many(connection, self.name, [(i, _claim_topic(d, o)) for i, d, o in plan], now)
+        first_seen = await claim_first_seen(
+            connection, self.name, [(i, _claim_topic(d, o), _lead_id(o)) for i, d, o in plan], now
+        )
         staged: list[tuple[uuid.UUID, WireRecord]] = []
-        applied: list[tuple[Delivery, Event]] = []
+        claimed: list[tuple[Delivery, Event, datetime | None]] = []
         for event_id, delivery, item in plan:
             if event_id not in first_seen:
                 continue
             # A second copy of the same event later in this batch is a redelivery: skip it.
-            first_seen.discard(event_id)
+            erased_at = first_seen.pop(event_id)
             if isinstance(item, WireRecord):
                 staged.append((event_id, item))
                 metrics.dead_lettered(self.name, delivery.topic)
                 self._log_dead_letter(delivery, "DecodeError")
             else:
-                applied.append((delivery, item))
+                claimed.append((delivery, item, erased_at))
         started = tracing.now_ns()
         try:
+            applied = [(delivery, as_applied(event, erased_at)) for delivery, event, erased_at in claimed]
             if self._batch_handler is not None and applied:
                 facts_per_event = await self._batch_handler(connection, [event for _, event in applied], now)
             else:
@@ -362,10 +438,14 @@ class ConsumerService:
         for attempt in range(1, attempts + 1):
             try:
                 async with connection.begin_nested():
-                    if await claim(connection, self.name, event.event_id, delivery.topic, now):
+                    claimed = await claim_first_seen(
+                        connection, self.name, [(event.event_id, delivery.topic, event.lead_id)], now
+                    )
+                    if event.event_id in claimed:
                         started = tracing.now_ns()
-                        facts = await self._handler(connection, event, now)
-                        await outbox.stage(connection, facts, now, traceparent=self._span(delivery, event, started))
+                        applied = as_applied(event, claimed[event.event_id])
+                        facts = await self._handler(connection, applied, now)
+                        await outbox.stage(connection, facts, now, traceparent=self._span(delivery, applied, started))
                 return
             except Exception as exc:
                 if is_connection_error(exc) or isinstance(exc, RetrySoon | Unavailable):
@@ -417,6 +497,10 @@ class _RecordFailed(Exception):
 
 def _claim_topic(delivery: Delivery, item: Event | WireRecord) -> str:
     return item.topic if isinstance(item, WireRecord) else delivery.topic
+
+
+def _lead_id(item: Event | WireRecord) -> uuid.UUID | None:
+    return None if isinstance(item, WireRecord) else item.lead_id
 
 
 def in_time_order(batch: Mapping[Any, Sequence[Any]]) -> list[Any]:

@@ -4,7 +4,9 @@
 The shell of ``coxswain/core/privacy.py``: find the person's leads (by email, or by a lead id and
 its aliases), load every stored value that belongs to them, scrub it, write back what changed, and
 stage a ``LeadErasedV1`` fact, all in one transaction that holds the lead's row, so scoring never
-writes the person's values back in between. ``repository.HOLDERS`` lists where values about a lead
+writes the person's values back in between. The same transaction records a tombstone per lead id
+(``erasures``): a consumer that applies a fact published before the erasure only later applies it
+without the person's values. ``repository.HOLDERS`` lists where values about a lead
 are kept; every statement is in ``repository.py``.
 """
 
@@ -67,6 +69,9 @@ class Erased:
 
 async def erase(connection: AsyncConnection, found: Found, email: str | None, now: datetime) -> Erased:
     """Erase the person in the caller's transaction; stage the ``LeadErasedV1`` fact."""
+    # First of all: a consumer applying a fact about the lead now finishes before anything is read
+    # (so what it writes is scrubbed below), and one that comes later waits for the tombstone.
+    await repository.lock_erasure(connection, found.ids)
     # Scoring locks the lead's row for every event it applies: holding it here means no event
     # writes the person's values back while they are being erased.
     await repository.lock_lead(connection, found.lead_id)
@@ -76,6 +81,9 @@ async def erase(connection: AsyncConnection, found: Found, email: str | None, no
         changed += await _scrub_table(connection, holder, found, person)
     changed += await _scrub_outbox(connection, found, person)
     changed += await repository.forget_emails(connection, found.lead_id)
+    # Facts about the lead published before now may still reach a consumer that is behind: the
+    # tombstone makes every consumer apply them without the person's values (runtime/consumer.py).
+    await repository.record_erasure(connection, found.ids, now)
     fact = LeadErasedV1(
         event_id=uuid.uuid4(), lead_id=found.lead_id, occurred_at=now, aliases=found.aliases, rows_changed=changed
     )

@@ -216,9 +216,9 @@ HOLDERS: tuple[Holder, ...] = (
 )
 # Tables that hold a lead's ids, times, stages, owners and clocks but no personal value:
 # deadlines, sla_timers, scoring_timers, marketing_mqls, report_leads (source, campaign,
-# persona), webhook_inbox (ids), inbox (event ids), audit_log (no personal data by design).
-# An export shows these, keyed by lead id:
-ID_ONLY_TABLES = ("deadlines", "scoring_timers", "marketing_mqls", "report_leads")
+# persona), webhook_inbox (ids), inbox (event ids), audit_log (no personal data by design),
+# erasures (the tombstones: lead ids and times). An export shows these, keyed by lead id:
+ID_ONLY_TABLES = ("deadlines", "scoring_timers", "marketing_mqls", "report_leads", "erasures")
 
 
 class HeldRow(NamedTuple):
@@ -237,6 +237,12 @@ def _lead_binds(lead_ids: Sequence[uuid.UUID]) -> dict[str, Any]:
 
 def _outbox_keys(lead_ids: Sequence[uuid.UUID]) -> list[bytes]:
     return [str(lead_id).encode() for lead_id in lead_ids]
+
+
+async def lock_erasure(connection: AsyncConnection, lead_ids: Sequence[uuid.UUID]) -> None:
+    """Wait for the consumers' batches about these leads that are being applied, and keep new
+    ones out until the caller's transaction ends (``lock_erasure``, migration 0019_erasures)."""
+    await connection.execute(text("SELECT lock_erasure(CAST(:lead_ids AS uuid[]))"), {"lead_ids": list(lead_ids)})
 
 
 async def lock_lead(connection: AsyncConnection, lead_id: uuid.UUID) -> None:
@@ -312,6 +318,19 @@ async def forget_emails(connection: AsyncConnection, lead_id: uuid.UUID) -> int:
         text("DELETE FROM lead_identities WHERE lead_id = :lead_id AND key LIKE 'email:%'"), {"lead_id": lead_id}
     )
     return removed.rowcount
+
+
+async def record_erasure(connection: AsyncConnection, lead_ids: Sequence[uuid.UUID], erased_at: datetime) -> None:
+    """The tombstones of the lead and its aliases: every consumer applies the facts about them
+    that occurred until ``erased_at`` without their personal values. Erased again (a returning
+    person), the tombstone moves to the later erasure."""
+    await connection.execute(
+        text(
+            "INSERT INTO erasures (lead_id, erased_at) SELECT lead_id, :erased_at FROM unnest(CAST(:lead_ids AS uuid[])) "
+            "AS u(lead_id) ON CONFLICT (lead_id) DO UPDATE SET erased_at = greatest(erasures.erased_at, EXCLUDED.erased_at)"
+        ),
+        {"lead_ids": list(lead_ids), "erased_at": erased_at},
+    )
 
 
 class PendingFact(NamedTuple):

@@ -4,7 +4,6 @@ before, leads.erased.v1 is published, and the pipeline goes on with the lead."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -18,7 +17,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from coxswain.settings import DatabaseConfig
+from services.reporting.consumer import ACCEPTS
 from tests.support.stack import ADMIN_TOKEN, Stack, TopicWatcher, coxswain_cli, for_lead, post_signed
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -78,6 +79,21 @@ async def traces(database: AsyncEngine, values: dict[str, str]) -> dict[str, int
     return found
 
 
+async def reporting_has_stored(database: AsyncEngine, watcher: TopicWatcher, lead_id: str) -> None:
+    """Until reporting stored every fact about the lead the watcher has seen on its topics."""
+    seen = {r.value["event_id"] for r in watcher.records if r.topic in ACCEPTS and r.value.get("lead_id") == lead_id}
+
+    async def stored() -> bool:
+        async with database.connect() as connection:
+            rows = await connection.scalars(
+                text("SELECT event_id::text FROM report_facts WHERE event_id = ANY(CAST(:ids AS uuid[]))"),
+                {"ids": sorted(seen)},
+            )
+            return set(rows) == seen
+
+    await wait_until(stored, f"reporting to store the {len(seen)} facts about lead {lead_id}")
+
+
 # One range for both readings: the reports' figures, not their ranges, are compared.
 WINDOW = {
     "since": (datetime.now(UTC) - timedelta(days=1)).isoformat(),
@@ -97,13 +113,13 @@ async def test_an_erased_person_leaves_no_trace_and_the_reports_count_the_same(
 ) -> None:
     who = person()
     body = {"type": "demo_request", "contact": {**who, "company_size": 300, "country": "IS"}}
-    async with TopicWatcher(["leads.routed.v1", "sla.breached.v1", "leads.erased.v1"]) as watcher:
+    async with TopicWatcher(list(ACCEPTS)) as watcher:
         response = await post_signed(client, "/v1/webhooks/webform/events", body)
         assert response.status_code == 202, response.text
         lead_id = response.json()["events"][0]["lead_id"]
         await watcher.wait_for("leads.routed.v1", for_lead(lead_id))
         await watcher.wait_for("sla.breached.v1", for_lead(lead_id), within=30)
-        await asyncio.sleep(3)  # reporting stores the breach too
+        await reporting_has_stored(database, watcher, lead_id)
         before = await traces(database, who)
         assert "leads.attributes" in before and "intake_events.payload" in before, before
         reported = await figures(reporting)
@@ -115,7 +131,7 @@ async def test_an_erased_person_leaves_no_trace_and_the_reports_count_the_same(
         [fact] = await watcher.wait_for("leads.erased.v1", for_lead(lead_id))
         assert fact.value["rows_changed"] >= 4
         assert await traces(database, who) == {}
-        await asyncio.sleep(2)  # anything reporting consumes meanwhile is counted alike
+        await reporting_has_stored(database, watcher, lead_id)  # the erasure's fact, and any other
         assert await figures(reporting) == reported
 
     # The lead goes on: an activity after the erasure is applied (no consumer fails on the gaps).
@@ -132,6 +148,7 @@ async def test_an_erased_person_leaves_no_trace_and_the_reports_count_the_same(
     document = orjson.loads(exported.stdout)
     assert document["lead_id"] == lead_id
     assert document["tables"]["leads"][0]["attributes"].get("email") is None
+    assert [row["lead_id"] for row in document["tables"]["erasures"]] == [lead_id], "the tombstone, no values"
     assert who["email"] not in exported.stdout
 
 
