@@ -56,7 +56,7 @@ from schemas.events import Event, dead_letter_topic
 log = logging.getLogger(__name__)
 
 # How often applied offsets go to Kafka at most while batches keep coming (see ConsumerService).
-COMMIT_EVERY_SECONDS = 0.1
+COMMIT_EVERY_SECONDS = 1.0
 DEAD_LETTER_NAMESPACE = uuid.UUID("5b0f9a36-3f57-4f0e-9f1c-4a1c8f6d2b10")
 
 Clock = Callable[[], datetime]

@@ -60,24 +60,22 @@ def bucket_of(key: bytes) -> int:
     return zlib.crc32(key) % BUCKETS
 
 
-# Delivered on commit: wakes the relays without polling latency. The payload names the buckets
-# that got rows, so only the relays that hold one of them wake (every commit of every service
-# used to wake every relay, each for a read that mostly found nothing).
-NOTIFY_RELAY = f"pg_notify('{CHANNEL}', :outbox_wake)"
+# Delivered on commit: wakes the relays without polling latency. Each bucket has its own channel
+# and a relay LISTENs only on its buckets' channels, so a commit wakes only the relays that hold
+# one of its buckets: with one channel for all, every commit of every service woke every relay's
+# connection and process (PostgreSQL sends a notification to every session listening on its
+# channel), only for most of them to find the buckets were not theirs.
+NOTIFY_RELAY = f"(SELECT count(pg_notify('{CHANNEL}_' || b, '')) FROM unnest(CAST(:outbox_wake AS int[])) AS b)"
 
 
-def wake_payload(buckets: Sequence[int]) -> str:
-    """The notification payload for rows staged in ``buckets``: the buckets, comma-separated."""
-    return ",".join(str(bucket) for bucket in sorted(set(buckets)))
+def channel_of(bucket: int) -> str:
+    """The notification channel of a bucket: rows staged in it notify there."""
+    return f"{CHANNEL}_{bucket}"
 
 
-def woken_buckets(payload: str) -> frozenset[int] | None:
-    """The buckets a notification names; None (every relay should look) if it names none."""
-    try:
-        buckets = frozenset(int(part) for part in payload.split(",") if part)
-    except ValueError:
-        return None
-    return buckets or None
+def wake_buckets(buckets: Sequence[int]) -> list[int]:
+    """The buckets a commit that staged rows in ``buckets`` notifies, each once."""
+    return sorted(set(buckets))
 
 
 def staging(
@@ -108,7 +106,7 @@ def staging(
             orjson.dumps([[name, value.decode()] for name, value in record.headers]).decode() for _, record in records
         ],
         "outbox_buckets": buckets,
-        "outbox_wake": wake_payload(buckets),
+        "outbox_wake": wake_buckets(buckets),
     }
     return sql, parameters
 
@@ -180,6 +178,10 @@ class OutboxRelay:
         self._failpoint = failpoint
         self._wake = asyncio.Event()
         self.owned: tuple[int, ...] = ()
+        # The listening connection and the buckets whose channels it LISTENs on.
+        self._listener: Any = None
+        self._listening: set[int] = set()
+        self._listening_changes = asyncio.Lock()
         self._valid_until = 0.0  # monotonic: publish only before this (our leases by our clock)
         self._refreshed = -math.inf
 
@@ -193,6 +195,9 @@ class OutboxRelay:
                 try:
                     if time.monotonic() - self._refreshed >= self._lease / 3:
                         await self.refresh_leases()
+                        # Before the read: a commit to a bucket just taken, after this pass's read,
+                        # must notify this relay.
+                        await self._listen_to_owned()
                     published = await self.relay_once()
                 except Exception as exc:
                     if dependency := outages.about(exc):
@@ -342,20 +347,43 @@ class OutboxRelay:
             await connection.execute(text("DELETE FROM outbox_relays WHERE owner = :me"), {"me": self.name})
         self.owned = ()
 
-    def _notified(self, _connection: object, _pid: int, _channel: str, payload: str) -> None:
-        buckets = woken_buckets(payload)
-        if buckets is None or not buckets.isdisjoint(self.owned):
-            self._wake.set()
+    def _notified(self, _connection: object, _pid: int, _channel: str, _payload: str) -> None:
+        self._wake.set()
+
+    async def _listen_to_owned(self) -> None:
+        """LISTEN on the channels of the buckets this relay holds, and on no others. Without a
+        listening connection (the database is away) there is nothing to do: the listener listens
+        again when it reconnects, and the idle poll covers the gap."""
+        async with self._listening_changes:
+            raw = self._listener
+            if raw is None or raw.is_closed():
+                return
+            try:
+                wanted = set(self.owned)
+                for bucket in sorted(wanted - self._listening):
+                    await raw.add_listener(channel_of(bucket), self._notified)
+                    self._listening.add(bucket)
+                for bucket in sorted(self._listening - wanted):
+                    await raw.remove_listener(channel_of(bucket), self._notified)
+                    self._listening.discard(bucket)
+            except Exception as exc:
+                log.debug("outbox listener could not change its channels: %s", type(exc).__name__)
 
     async def _listen(self, stop: asyncio.Event) -> None:
-        """LISTEN on a dedicated connection; reconnect if the database goes away."""
+        """LISTEN on a dedicated connection, following the buckets held; reconnect if the database
+        goes away."""
         while not stop.is_set():
             try:
                 async with self._engine.connect() as connection:
                     raw: Any = (await connection.get_raw_connection()).driver_connection
-                    await raw.add_listener(CHANNEL, self._notified)
-                    while not stop.is_set() and not raw.is_closed():
-                        await sleep_or_stop(stop, 1.0)
+                    async with self._listening_changes:
+                        self._listener, self._listening = raw, set()
+                    try:
+                        while not stop.is_set() and not raw.is_closed():
+                            await self._listen_to_owned()
+                            await sleep_or_stop(stop, 1.0)
+                    finally:
+                        self._listener = None
             except Exception as exc:
                 log.warning("outbox listener lost its connection: %s", type(exc).__name__, extra=outages.about(exc))
                 await sleep_or_stop(stop, 1.0)

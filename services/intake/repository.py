@@ -99,7 +99,7 @@ async def insert_webhooks(connection: AsyncConnection, webhooks: Sequence[Webhoo
                 # The lead's bucket, as every other service stages it: the intake's rows are
                 # spread over the relays, not all in one bucket.
                 "o_buckets": buckets,
-                "outbox_wake": outbox.wake_payload(buckets),
+                "outbox_wake": outbox.wake_buckets(buckets),
                 "o_headers": [
                     orjson.dumps([[name, value.decode()] for name, value in record.headers]).decode()
                     for _, _, record in records

@@ -148,13 +148,18 @@ async def remove_timers(connection: AsyncConnection, lead_ids: Sequence[uuid.UUI
         )
 
 
-async def arm_timers(connection: AsyncConnection, timers: Sequence[Timer]) -> None:
-    """Each lead's timer (one per lead, each lead once) in one statement, and wake the timer loops."""
+async def arm_timers(connection: AsyncConnection, timers: Sequence[Timer], wake_if_due_before: datetime) -> None:
+    """Each lead's timer (one per lead, each lead once) in one statement, and wake the timer loops
+    if one of them is due before ``wake_if_due_before``."""
     if not timers:
         return
     await connection.execute(_upsert("scoring_timers", Timer._fields), [timer._asdict() for timer in timers])
-    # Delivered on commit: wakes the timer loop if a timer is due before its next pass.
-    await connection.execute(text(f"NOTIFY {TIMER_CHANNEL}"))
+    # Delivered on commit. A timer loop looks for the next due timer at least once per its longest
+    # sleep, so only a timer due sooner needs to wake it. Most timers (decay, cooldowns) are days
+    # away: waking the loops for them cost every scoring batch a round trip here, and each loop a
+    # pass (two transactions) that found nothing to do.
+    if min(timer.due_at for timer in timers) < wake_if_due_before:
+        await connection.execute(text(f"NOTIFY {TIMER_CHANNEL}"))
 
 
 async def due_leads(connection: AsyncConnection, now: datetime, limit: int) -> list[uuid.UUID]:

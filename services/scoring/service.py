@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -40,11 +40,22 @@ ACCEPTS: dict[str, tuple[type[Event], ...]] = {
 }
 
 
+# How soon a newly armed timer must be due for its commit to wake the timer loops: their longest
+# sleep (COXSWAIN_SCORING_TIMER_MAX_SLEEP_SECONDS, whose default this is; the service's wiring
+# passes the configured value). A timer due later is found by a loop's next regular look.
+WAKE_WITHIN = timedelta(seconds=1)
+
+
 async def arm(
-    connection: AsyncConnection, state: LeadState, agreement: Agreement, at: datetime, now: datetime
+    connection: AsyncConnection,
+    state: LeadState,
+    agreement: Agreement,
+    at: datetime,
+    now: datetime,
+    wake_within: timedelta = WAKE_WITHIN,
 ) -> datetime | None:
     """Keep the lead's one timer at the core's next re-evaluation, or remove it when there is none."""
-    return (await arm_many(connection, [(state, at)], agreement, now))[0]
+    return (await arm_many(connection, [(state, at)], agreement, now, wake_within))[0]
 
 
 async def arm_many(
@@ -52,8 +63,10 @@ async def arm_many(
     evaluated: Sequence[tuple[LeadState, datetime]],
     agreement: Agreement,
     now: datetime,
+    wake_within: timedelta = WAKE_WITHIN,
 ) -> list[datetime | None]:
-    """``arm`` for several leads (each once) in at most three statements."""
+    """``arm`` for several leads (each once) in at most three statements; the timer loops are
+    woken only for a timer due within ``wake_within``."""
     dues = [next_reevaluation(state, agreement, at) for state, at in evaluated]
     await repository.remove_timers(
         connection, [state.lead_id for (state, _), due in zip(evaluated, dues, strict=True) if due is None]
@@ -72,16 +85,23 @@ async def arm_many(
             for (state, _), due in zip(evaluated, dues, strict=True)
             if due is not None
         ],
+        wake_if_due_before=now + wake_within,
     )
     return dues
 
 
-async def apply(connection: AsyncConnection, event: Event, agreement: Agreement, now: datetime) -> Outcome:
-    return (await apply_batch(connection, [event], agreement, now))[0]
+async def apply(
+    connection: AsyncConnection, event: Event, agreement: Agreement, now: datetime, wake_within: timedelta = WAKE_WITHIN
+) -> Outcome:
+    return (await apply_batch(connection, [event], agreement, now, wake_within))[0]
 
 
 async def apply_batch(
-    connection: AsyncConnection, events: Sequence[Event], agreement: Agreement, now: datetime
+    connection: AsyncConnection,
+    events: Sequence[Event],
+    agreement: Agreement,
+    now: datetime,
+    wake_within: timedelta = WAKE_WITHIN,
 ) -> list[Outcome]:
     """Apply events in order as if one at a time, with a fixed number of statements per batch.
 
@@ -143,7 +163,7 @@ async def apply_batch(
     changed = [states[lead_id] for lead_id in evaluated_at]
     await repository.save_leads(connection, changed, agreement.version, now)
     await repository.record_facts(connection, [fact for outcome in outcomes for fact in outcome.facts], now)
-    await arm_many(connection, [(state, evaluated_at[state.lead_id]) for state in changed], agreement, now)
+    await arm_many(connection, [(state, evaluated_at[state.lead_id]) for state in changed], agreement, now, wake_within)
     return outcomes
 
 
@@ -166,14 +186,14 @@ async def _lock_and_read_identities(connection: AsyncConnection, events: Sequenc
     return await repository.identities(connection, sorted(locked | wanted))
 
 
-def make_batch_handler(agreement: Agreement) -> BatchHandler:
+def make_batch_handler(agreement: Agreement, wake_within: timedelta = WAKE_WITHIN) -> BatchHandler:
     async def handle(connection: AsyncConnection, events: Sequence[Event], now: datetime) -> list[list[Event]]:
-        facts = [list(outcome.facts) for outcome in await apply_batch(connection, events, agreement, now)]
+        facts = [list(outcome.facts) for outcome in await apply_batch(connection, events, agreement, now, wake_within)]
         count_refusals(fact for each in facts for fact in each)
         return facts
 
     return handle
 
 
-def make_handler(agreement: Agreement) -> Handler:
-    return one_at_a_time(make_batch_handler(agreement))
+def make_handler(agreement: Agreement, wake_within: timedelta = WAKE_WITHIN) -> Handler:
+    return one_at_a_time(make_batch_handler(agreement, wake_within))

@@ -48,7 +48,8 @@ async def fire_one(connection: AsyncConnection, lead_id: uuid.UUID, agreement: A
         await repository.save_leads(connection, [outcome.state], agreement.version, now)
         await repository.record_facts(connection, outcome.facts, now)
         await outbox.stage(connection, outcome.facts, now)
-    due = await arm(connection, outcome.state, agreement, timer.due_at, now)
+    # This loop looks for the next due timer right after its pass: it need not wake itself.
+    due = await arm(connection, outcome.state, agreement, timer.due_at, now, wake_within=timedelta(0))
     if due is not None and due <= timer.due_at:
         # Cannot happen with a consistent core; never spin on it.
         log.warning("re-evaluation changed nothing and is due again at once; dropping: lead_id=%s", lead_id)

@@ -171,13 +171,18 @@ async def test_two_relays_publish_in_parallel_and_keep_each_leads_order(
 
 
 class CountingRelay(OutboxRelay):
-    """A relay that counts its reads of the outbox."""
+    """A relay that counts its reads of the outbox and the notifications its connection receives."""
 
     passes = 0
+    notifications = 0
 
     async def relay_once(self) -> int | None:
         self.passes += 1
         return await super().relay_once()
+
+    def _notified(self, connection: object, pid: int, channel: str, payload: str) -> None:
+        self.notifications += 1
+        super()._notified(connection, pid, channel, payload)
 
 
 async def test_a_commit_wakes_only_the_relay_that_holds_its_bucket_and_only_once(
@@ -190,13 +195,16 @@ async def test_a_commit_wakes_only_the_relay_that_holds_its_bucket_and_only_once
     ]
     for relay in relays:
         await relay.refresh_leases()
-    await relays[0].refresh_leases()
+    await relays[0].refresh_leases()  # hands half of the buckets back
+    await relays[1].refresh_leases()  # and the other relay takes them
     holder, other = relays
+    assert holder.owned and other.owned
     stop = asyncio.Event()
     tasks = [asyncio.create_task(relay.run(stop)) for relay in relays]
     try:
         await asyncio.sleep(0.5)  # each relay's first pass, right after it starts
         before = (holder.passes, other.passes)
+        heard = (holder.notifications, other.notifications)
         keys: list[str] = []
         while len(keys) < 5:
             key = str(uuid.uuid4())
@@ -217,7 +225,9 @@ async def test_a_commit_wakes_only_the_relay_that_holds_its_bucket_and_only_once
         stop.set()
         await asyncio.gather(*tasks)
     assert holder.passes - before[0] == 1, "one read for one commit: no empty second look after publishing"
+    assert holder.notifications - heard[0] >= 1
     assert other.passes == before[1], "a relay that holds none of the commit's buckets is not woken"
+    assert other.notifications == heard[1], "nor does its connection hear of the commit"
 
 
 async def test_a_relay_stalled_past_its_lease_loses_its_buckets_and_says_so(

@@ -8,6 +8,7 @@ import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -15,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coxswain.core.agreement import load_agreement
 from schemas.events import EngagementType, LeadAttributes, LeadReceivedV1
+from services.scoring.repository import TIMER_CHANNEL
 from services.scoring.service import apply
 from services.scoring.timers import fire_due
 
@@ -142,3 +144,26 @@ async def test_new_engagement_moves_the_timer_later(engine: AsyncEngine) -> None
     assert first is not None and second is not None and second > first
     async with engine.begin() as connection:
         await connection.execute(text("DELETE FROM scoring_timers WHERE lead_id = :l"), {"l": lead_id})
+
+
+async def test_only_a_timer_due_before_the_loops_look_again_wakes_them(engine: AsyncEngine) -> None:
+    heard: list[str] = []
+
+    def woken(*_: object) -> None:
+        heard.append("woken")
+
+    async with engine.connect() as listening:
+        raw: Any = (await listening.get_raw_connection()).driver_connection
+        await raw.add_listener(TIMER_CHANNEL, woken)
+
+        async def wakes_after(qualified_at: datetime) -> bool:
+            heard.clear()
+            await decaying_mql(engine, qualified_at)
+            # A notification committed before this round trip arrives before its answer.
+            await raw.fetchval("SELECT 1")
+            await asyncio.sleep(0)
+            return bool(heard)
+
+        assert not await wakes_after(NOW), "a timer 18 days away waits for the loops' next look"
+        assert await wakes_after(NOW - timedelta(days=30)), "a timer already due wakes them"
+        await raw.remove_listener(TIMER_CHANNEL, woken)
