@@ -172,8 +172,11 @@ class ConsumerService:
         config: ConsumerConfig,
         clock: Clock = utc_now,
         batch_handler: BatchHandler | None = None,
+        gather_ms: int = 0,
     ) -> None:
         self.name = name
+        # COXSWAIN_CONSUMER_GATHER_MS, when set, overrides the service's own choice.
+        self.gather_ms = gather_ms if config.consumer_gather_ms is None else config.consumer_gather_ms
         self._accepts = accepts
         self._handler = handler
         self._batch_handler = batch_handler
@@ -192,7 +195,7 @@ class ConsumerService:
         self._last_commit = -math.inf
 
     async def run(self, stop: asyncio.Event) -> None:
-        consumer = make_consumer(self._kafka, self.name, (), self._config.consumer_max_batch)
+        consumer = make_consumer(self._kafka, self.name, (), self._config.consumer_max_batch, self.gather_ms)
         consumer.subscribe(list(self._accepts), listener=_WaitForInFlight(self._lock, lambda: self._flush(consumer)))
         await consumer.start()
         log.info("consumer %s started on %s", self.name, ", ".join(self._accepts))
