@@ -51,6 +51,8 @@ DEAD_LETTER_NAMESPACE = uuid.UUID("5b0f9a36-3f57-4f0e-9f1c-4a1c8f6d2b10")
 Clock = Callable[[], datetime]
 Handler = Callable[[AsyncConnection, Event, datetime], Awaitable[Sequence[Event]]]
 # Applies events in order as if one at a time, returning each event's facts (same length, same order).
+# When it runs, the whole batch is already claimed in the inbox (``claim_many``): a handler that
+# reads the inbox to learn what it applied before must leave out the batch's events not reached yet.
 BatchHandler = Callable[[AsyncConnection, Sequence[Event], datetime], Awaitable[Sequence[Sequence[Event]]]]
 
 
