@@ -149,6 +149,14 @@ class AdminConfig(Slice):
 class ConsumerConfig(Slice):
     consumer_max_batch: int = Field(default=500, ge=1)
     consumer_handler_retries: int = Field(default=3, ge=0)
+    consumer_gather_ms: int | None = Field(
+        default=None,
+        ge=0,
+        le=5000,
+        description="How long records may gather before this consumer fetches them (0: at once). Unset: the "
+        "service's own choice, 0 for scoring, the router and crm-sync, 250 ms for the SLA monitor and "
+        "reporting (docs/event-path.md).",
+    )
     consumer_failpoint: Literal["", "before_db_commit", "after_db_commit"] = Field(
         default="",
         description="Crash tests only: hang at this point of the first batch so a test can SIGKILL the process there.",

@@ -275,6 +275,7 @@ async def run_consumer(
         config=settings.consumer,
         clock=utc_now,
         batch_handler=None if wired.batch_handler is None else metrics.timed_batch(name, wired.batch_handler),
+        gather_ms=spec.gather_ms,
     )
     log.info("%s running under agreement %s", name, agreement.version)
     metrics.serve(settings.observability.metrics_port)

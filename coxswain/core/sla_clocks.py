@@ -8,7 +8,8 @@ new clocks, facts``:
   one is cancelled (``sla.cancelled.v1``), every one is superseded (``supersede``). A clock that
   was escalating hands the ladder steps it had not fired to the new clock of its milestone, so
   the ladder belongs to the lead's follow-up and goes on across reassignments. Responses already
-  applied that were received at or after the routing then answer the new clocks;
+  applied that were received at or after the routing, and before any newer routing the caller
+  knows of, then answer the new clocks;
 - ``respond``: an accepted activity stops every clock it answers (``respond_to``), as
   ``sla.credit`` credits it; a clock armed in time is met or, past its due time, breached; one
   breached earlier only stops its ladder;
@@ -141,11 +142,15 @@ def arm(
     now: datetime,
     existing: Collection[uuid.UUID] = (),
     applied: Sequence[tuple[datetime, ActivityAcceptedV1]] = (),
+    until: datetime | None = None,
 ) -> tuple[tuple[HeldClock, ...], list[Event]]:
     """A new assignment for the lead whose clocks are ``clocks`` (in deadline id order).
     ``existing``: deadline ids already stored (arming is idempotent); ``applied``: the accepted
     activities already applied for the lead with when each was received, since routing and
-    responses are not ordered with each other. Returns the clocks in deadline id order."""
+    responses are not ordered with each other; ``until``: when a newer assignment of the lead
+    the caller already knows of was routed. An applied activity answers this assignment only if
+    it was received while the assignment was the lead's, from its routing until the next one.
+    Returns the clocks in deadline id order."""
     older = [held for held in clocks if held.can_change and held.clock.assignment_id != event.assignment_id]
     if any(held.started_at is not None and held.started_at > event.routed_at for held in older):
         return tuple(clocks), []  # a newer assignment already runs; this one was superseded before we saw it
@@ -170,9 +175,10 @@ def arm(
     ordered = tuple(sorted(result, key=lambda each: each.clock.deadline_id))
     if armed_any:
         # Only activities received at or after the routing count, so a touch for an earlier
-        # assignment does not answer this one.
+        # assignment does not answer this one; and only those received before a newer routing,
+        # which answer that assignment instead (a former owner's touch credits nobody).
         for received_at, early in applied:
-            if received_at >= event.routed_at:
+            if received_at >= event.routed_at and (until is None or received_at < until):
                 ordered, answered = respond(ordered, early, agreement, now)
                 facts += answered
     return ordered, facts

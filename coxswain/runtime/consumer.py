@@ -62,6 +62,8 @@ DEAD_LETTER_NAMESPACE = uuid.UUID("5b0f9a36-3f57-4f0e-9f1c-4a1c8f6d2b10")
 Clock = Callable[[], datetime]
 Handler = Callable[[AsyncConnection, Event, datetime], Awaitable[Sequence[Event]]]
 # Applies events in order as if one at a time, returning each event's facts (same length, same order).
+# When it runs, the whole batch is already claimed in the inbox (``claim_many``): a handler that
+# reads the inbox to learn what it applied before must leave out the batch's events not reached yet.
 BatchHandler = Callable[[AsyncConnection, Sequence[Event], datetime], Awaitable[Sequence[Sequence[Event]]]]
 
 
@@ -245,8 +247,11 @@ class ConsumerService:
         config: ConsumerConfig,
         clock: Clock = utc_now,
         batch_handler: BatchHandler | None = None,
+        gather_ms: int = 0,
     ) -> None:
         self.name = name
+        # COXSWAIN_CONSUMER_GATHER_MS, when set, overrides the service's own choice.
+        self.gather_ms = gather_ms if config.consumer_gather_ms is None else config.consumer_gather_ms
         self._accepts = accepts
         self._handler = handler
         self._batch_handler = batch_handler
@@ -265,7 +270,7 @@ class ConsumerService:
         self._last_commit = -math.inf
 
     async def run(self, stop: asyncio.Event) -> None:
-        consumer = make_consumer(self._kafka, self.name, (), self._config.consumer_max_batch)
+        consumer = make_consumer(self._kafka, self.name, (), self._config.consumer_max_batch, self.gather_ms)
         consumer.subscribe(list(self._accepts), listener=_WaitForInFlight(self._lock, lambda: self._flush(consumer)))
         await consumer.start()
         log.info("consumer %s started on %s", self.name, ", ".join(self._accepts))

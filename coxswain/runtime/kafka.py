@@ -136,7 +136,15 @@ def _collect(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
-def make_consumer(config: KafkaConfig, group_id: str, topics: Iterable[str], max_batch: int) -> Any:
+# What a gathering consumer's fetch waits for at most, besides its time (``gather_ms``): far more
+# than a few hundred milliseconds of leads, so in practice the time decides.
+GATHER_BYTES = 1_048_576
+
+
+def make_consumer(config: KafkaConfig, group_id: str, topics: Iterable[str], max_batch: int, gather_ms: int = 0) -> Any:
+    """A consumer that fetches as soon as a record arrives (``gather_ms`` 0), or that lets records
+    gather for up to ``gather_ms`` so it applies them in fewer, larger batches (docs/event-path.md)."""
+    gathering = {"fetch_min_bytes": GATHER_BYTES, "fetch_max_wait_ms": gather_ms} if gather_ms else {}
     return AIOKafkaConsumer(
         *topics,
         **connection_options(config),
@@ -151,6 +159,7 @@ def make_consumer(config: KafkaConfig, group_id: str, topics: Iterable[str], max
         # Static membership (KIP-345): a restarted instance with the same id takes its old place
         # in the group at once, where a new member would wait for the dead one's session to expire.
         group_instance_id=config.kafka_instance_id,
+        **gathering,
     )
 
 

@@ -67,4 +67,5 @@ def wire(process: Process) -> Wired:
     )
 
 
-SPEC = ConsumerSpec(consumer.ACCEPTS, wire)
+# Reports are read by people, minutes later: facts may gather a quarter second (docs/event-path.md).
+SPEC = ConsumerSpec(consumer.ACCEPTS, wire, gather_ms=250)

@@ -59,6 +59,10 @@ class Batch:
     loaded: dict[uuid.UUID, HeldClock]
     existing: set[uuid.UUID]  # planned deadline ids already stored
     activities: dict[uuid.UUID, list[tuple[datetime, ActivityAcceptedV1]]]  # per lead, by received_at
+    # This batch's accepted activities, by event id, until the batch reaches them: the consumer
+    # claimed the whole batch in the inbox before applying it, so they read as applied already.
+    later: dict[uuid.UUID, tuple[datetime, ActivityAcceptedV1]] = field(default_factory=dict)
+    routed_at: dict[uuid.UUID, list[datetime]] = field(default_factory=dict)  # per lead, the batch's routings
     mqls: list[LeadQualifiedV1] = field(default_factory=list)
 
 
@@ -82,6 +86,10 @@ async def load_batch(
     ]
     existing: set[uuid.UUID] = set()
     activities: dict[uuid.UUID, list[tuple[datetime, ActivityAcceptedV1]]] = {}
+    later: dict[uuid.UUID, tuple[datetime, ActivityAcceptedV1]] = {}
+    routed_at: dict[uuid.UUID, list[datetime]] = {}
+    for event in routed:
+        routed_at.setdefault(event.lead_id, []).append(event.routed_at)
     if routed:
         escalating = {
             held.clock.deadline_id: (event.lead_id, index)
@@ -105,18 +113,34 @@ async def load_batch(
             sorted({event.lead_id for event in routed}),
             min(event.routed_at for event in routed),
         )
+        # The inbox already holds this whole batch (the consumer claims it before applying it):
+        # a touch later in the batch is applied when the batch reaches it, in order, and must not
+        # answer a routing before it as if applied earlier (a former owner's touch would credit
+        # the former owner's clock when the reassignment is in the batch too).
+        in_batch = {event.event_id for event in events if isinstance(event, ActivityAcceptedV1)}
         for lead_id, received_at, activity in applied:
-            activities.setdefault(lead_id, []).append((received_at, activity))
+            if activity.event_id in in_batch:
+                later[activity.event_id] = (received_at, activity)
+            else:
+                activities.setdefault(lead_id, []).append((received_at, activity))
     held_clocks = {lead_id: tuple(held) for lead_id, held in clocks.items()}
     loaded = {held.clock.deadline_id: held for each in held_clocks.values() for held in each}
-    return Batch(agreement, now, metrics, held_clocks, loaded, existing, activities)
+    return Batch(agreement, now, metrics, held_clocks, loaded, existing, activities, later, routed_at)
 
 
 def arm(batch: Batch, event: LeadRoutedV1) -> list[Event]:
-    """A new assignment, as the core decides it for the lead's clocks (``sla_clocks.arm``)."""
+    """A new assignment, as the core decides it for the lead's clocks (``sla_clocks.arm``). A newer
+    routing of the lead in the same batch bounds the applied activities that answer this one."""
     before = batch.clocks.get(event.lead_id, ())
+    newer = [at for at in batch.routed_at.get(event.lead_id, ()) if at > event.routed_at]
     after, facts = sla_clocks.arm(
-        before, event, batch.agreement, batch.now, batch.existing, batch.activities.get(event.lead_id, ())
+        before,
+        event,
+        batch.agreement,
+        batch.now,
+        batch.existing,
+        batch.activities.get(event.lead_id, ()),
+        until=min(newer, default=None),
     )
     batch.existing |= {held.clock.deadline_id for held in after if held.plan is not None}
     return _kept(batch, event.lead_id, after, facts)
@@ -126,6 +150,12 @@ def respond(batch: Batch, event: ActivityAcceptedV1) -> list[Event]:
     """A response, as the core decides it for the lead's clocks (``sla_clocks.respond``). The row
     lock orders a response and the timer: whoever holds the deadline row first decides."""
     after, facts = sla_clocks.respond(batch.clocks.get(event.lead_id, ()), event, batch.agreement, batch.now)
+    reached = batch.later.pop(event.event_id, None)
+    if reached is not None:
+        # Applied now: a routing later in the batch that it came before may be answered by it.
+        applied = batch.activities.setdefault(event.lead_id, [])
+        applied.append(reached)
+        applied.sort(key=lambda each: each[0])
     return _kept(batch, event.lead_id, after, facts)
 
 

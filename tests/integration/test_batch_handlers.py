@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coxswain.core.agreement import Agreement, parse_agreement
 from coxswain.core.identity import lead_id_for
-from coxswain.runtime.consumer import BatchHandler, PermanentError, one_at_a_time
+from coxswain.runtime.consumer import BatchHandler, PermanentError, claim, claim_many, one_at_a_time
 from schemas.events import (
     ActivityAcceptedV1,
     ActivityRecordedV1,
@@ -81,14 +81,22 @@ def chunks(events: Sequence[Event], rng: random.Random, largest: int = 12) -> li
 
 
 async def apply_both_ways(
-    engines: Engines, batch: BatchHandler, batches: Sequence[Sequence[Event]], snapshot: Snapshot
+    engines: Engines,
+    batch: BatchHandler,
+    batches: Sequence[Sequence[Event]],
+    snapshot: Snapshot,
+    consumer: str | None = None,
 ) -> tuple[list[list[dict[str, Any]]], dict[str, list[tuple[Any, ...]]]]:
     """Apply each batch to the first database one event at a time and to the second whole (each
     batch one transaction, at its own time); assert both left the same; return the facts and rows.
 
     An event the service refuses (an illegal lifecycle move, a reassignment of a lead never assigned) fails on its own in the first database,
     inside a savepoint, and is left out of the second one's batch: the consumer does the same when
-    a whole batch fails (record by record, the bad one to the dead-letter topic)."""
+    a whole batch fails (record by record, the bad one to the dead-letter topic).
+
+    ``consumer``: claim the events in that consumer's inbox as the runtime does, each just before
+    it is applied one at a time, and the whole batch before the batch handler runs (for a handler
+    that reads the inbox)."""
     single, whole = engines
     per_record = one_at_a_time(batch)
     facts: list[list[list[dict[str, Any]]]] = [[], []]
@@ -99,12 +107,16 @@ async def apply_both_ways(
             for event in events:
                 try:
                     async with connection.begin_nested():
+                        if consumer is not None:
+                            await claim(connection, consumer, event.event_id, event.topic, now)
                         found = await per_record(connection, event, now)
                 except (ValueError, PermanentError):
                     continue
                 applied.append(event)
                 facts[0].append([fact.model_dump(mode="json") for fact in found])
         async with whole.begin() as connection:
+            if consumer is not None:
+                await claim_many(connection, consumer, [(event.event_id, event.topic) for event in applied], now)
             results = await batch(connection, applied, now)
             assert len(results) == len(applied)
             facts[1] += [[fact.model_dump(mode="json") for fact in each] for each in results]
@@ -466,8 +478,8 @@ async def test_sla_batches_leave_what_single_events_leave(engines: Engines) -> N
     for engine in engines:
         async with engine.begin() as connection:
             for touch in early:
-                # What intake, scoring and the monitor's inbox hold for a touch consumed before
-                # its routing: the raw activity, its judgement, and the judgement applied.
+                # What intake and scoring hold for a touch consumed before its routing: the raw
+                # activity and its judgement; the monitor's inbox gets it when it is applied.
                 await connection.execute(
                     text(
                         "INSERT INTO intake_events (event_id, lead_id, source, webhook_id, kind, payload, received_at) "
@@ -481,10 +493,6 @@ async def test_sla_batches_leave_what_single_events_leave(engines: Engines) -> N
                     },
                 )
                 await scoring_repository.record_facts(connection, [touch], T0)
-                await connection.execute(
-                    text("INSERT INTO inbox (consumer, event_id, topic, processed_at) VALUES (:c, :e, :t, :at)"),
-                    {"c": sla_monitor.CONSUMER, "e": touch.event_id, "t": touch.topic, "at": T0},
-                )
     leads = sorted({event.lead_id for batch in batches for event in batch})
 
     async def snapshot(engine: AsyncEngine) -> dict[str, list[tuple[Any, ...]]]:
@@ -503,7 +511,9 @@ async def test_sla_batches_leave_what_single_events_leave(engines: Engines) -> N
             ),
         }
 
-    facts, rows = await apply_both_ways(engines, sla_monitor.make_batch_handler(sla_agreement()), batches, snapshot)
+    facts, rows = await apply_both_ways(
+        engines, sla_monitor.make_batch_handler(sla_agreement()), batches, snapshot, sla_monitor.CONSUMER
+    )
 
     statuses = {
         row[0] for row in await select(engines[0], "SELECT status FROM deadlines WHERE lead_id = ANY(:l)", l=leads)

@@ -158,6 +158,27 @@ def test_responses_applied_before_the_routing_arrived_answer_the_new_clock_only_
     assert still.clock.status is DeadlineStatus.armed and [type(f) for f in facts] == [SlaArmedV1]
 
 
+def test_a_response_received_after_a_newer_routing_does_not_answer_the_older_assignment() -> None:
+    """A monitor that gets a routing and its reassignment together, after the former owner's touch
+    was applied: the touch came while the lead was the new owner's, so the former owner's new
+    clock stays armed; a touch received before the reassignment still answers it."""
+    event = routed("sim-ann", T0)
+    reassigned_at = T0 + timedelta(minutes=1)
+    after_move = accepted(ActivityType.first_touch, T0 + timedelta(minutes=2), "sim-ann")
+    before_move = accepted(ActivityType.first_touch, T0 + timedelta(seconds=30), "sim-ann")
+    now = T0 + timedelta(minutes=3)
+
+    (still,), facts = arm(
+        (), event, AGREEMENT, now, applied=[(after_move.occurred_at, after_move)], until=reassigned_at
+    )
+    assert still.clock.status is DeadlineStatus.armed and [type(f) for f in facts] == [SlaArmedV1]
+
+    (met_clock,), facts = arm(
+        (), event, AGREEMENT, now, applied=[(before_move.occurred_at, before_move)], until=reassigned_at
+    )
+    assert met_clock.clock.status is DeadlineStatus.met and [type(f) for f in facts] == [SlaArmedV1, SlaMetV1]
+
+
 def test_a_response_by_the_owner_in_time_meets_the_clock() -> None:
     held = armed(routed("sim-ann", T0))
     touch = accepted(ActivityType.first_touch, T0 + timedelta(minutes=30), "sim-ann")

@@ -1,0 +1,225 @@
+"""The SLA monitor judges a lead's routings and touches the same however the consumer batches them.
+
+A monitor that lets records gather, or that catches up after a restart or under load, fetches a
+routing, its reassignment and the touches after them together. These tests feed the batches
+through the consumer runtime (``ConsumerService.process``), which claims a whole batch in the
+inbox before the monitor's batch handler runs, against the real PostgreSQL, on a database of
+their own.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+import yaml
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from coxswain.core.agreement import Agreement, parse_agreement
+from coxswain.core.sla import FIRST_TOUCH, deadline_id_for
+from coxswain.runtime.consumer import ConsumerService, Delivery, claim_many
+from coxswain.settings import ConsumerConfig, KafkaConfig
+from schemas.codec import encode
+from schemas.events import (
+    ActivityAcceptedV1,
+    ActivityType,
+    Event,
+    LeadRoutedV1,
+    SlaArmedV1,
+    SlaMetV1,
+    Stage,
+    Tier,
+)
+from services.scoring import repository as scoring_repository
+from services.sla_monitor import service as sla_monitor
+from tests.support.databases import fresh_database
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+EXAMPLE = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" / "agreement.yaml").read_text())
+T0 = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+
+
+def first_touch_in(minutes: int) -> Agreement:
+    """The example agreement with one first-touch deadline for every tier, and the default
+    ``sla.credit``: only the owner's touch (or one naming nobody) stops the owner's clock."""
+    document = dict(EXAMPLE)
+    document["sla"] = {"calendar": "24x7", "policies": {tier.value: {"first_touch": f"{minutes}m"} for tier in Tier}}
+    return parse_agreement(document)
+
+
+AGREEMENT = first_touch_in(10)
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="module")
+async def engine(infrastructure: None) -> AsyncIterator[AsyncEngine]:
+    async with fresh_database("sla_batches") as database:
+        yield database
+
+
+def routed(lead_id: uuid.UUID, at: datetime, rep: str, replaces: uuid.UUID | None = None) -> LeadRoutedV1:
+    cause = uuid.uuid4()
+    return LeadRoutedV1(
+        event_id=uuid.uuid5(cause, "routed"),
+        lead_id=lead_id,
+        occurred_at=at,
+        agreement_version="it-1",
+        caused_by=cause,
+        assignment_id=uuid.uuid5(cause, "assignment"),
+        rep_id=rep,
+        pool_id="general",
+        rule_id="fallback",
+        reason="test",
+        tier=Tier.warm,
+        routed_at=at,
+        follow_up_due_at=at + timedelta(minutes=10),
+        candidates=(),
+        replaces_assignment_id=replaces,
+    )
+
+
+async def touched(engine: AsyncEngine, lead_id: uuid.UUID, at: datetime, rep: str) -> ActivityAcceptedV1:
+    """A first touch by ``rep`` that intake received at ``at`` and scoring accepted: the rows both
+    wrote before the monitor reads the judgement, and the judgement itself."""
+    touch = ActivityAcceptedV1(
+        event_id=uuid.uuid4(),
+        lead_id=lead_id,
+        occurred_at=at,
+        agreement_version="it-1",
+        caused_by=uuid.uuid4(),
+        source="crm",
+        activity=ActivityType.first_touch,
+        rep_id=rep,
+        from_stage=Stage.mql,
+        to_stage=Stage.mql,
+    )
+    async with engine.begin() as connection:
+        await connection.execute(
+            text(
+                "INSERT INTO intake_events (event_id, lead_id, source, webhook_id, kind, payload, received_at) "
+                "VALUES (:e, :l, 'crm', :w, 'activity', '{}', :at)"
+            ),
+            {"e": touch.caused_by, "l": lead_id, "w": f"wh-{touch.caused_by.hex}", "at": at},
+        )
+        await scoring_repository.record_facts(connection, [touch], at)
+    return touch
+
+
+def monitor(engine: AsyncEngine, now: datetime) -> ConsumerService:
+    return ConsumerService(
+        name=sla_monitor.CONSUMER,
+        accepts=sla_monitor.ACCEPTS,
+        handler=sla_monitor.make_handler(AGREEMENT),
+        batch_handler=sla_monitor.make_batch_handler(AGREEMENT),
+        engine=engine,
+        kafka=KafkaConfig(),
+        config=ConsumerConfig(),
+        clock=lambda: now,
+    )
+
+
+def deliveries(events: Sequence[Event]) -> list[Delivery]:
+    """The events as one fetched batch, in this order."""
+    records = [encode(event) for event in events]
+    return [Delivery(r.topic, 0, n, r.key, r.value, r.headers) for n, r in enumerate(records)]
+
+
+async def clocks(engine: AsyncEngine, lead_id: uuid.UUID) -> dict[uuid.UUID, tuple[str, str | None]]:
+    """The lead's deadlines: status and who responded, by deadline id."""
+    async with engine.connect() as connection:
+        rows = await connection.execute(
+            text("SELECT deadline_id, status, responded_by FROM deadlines WHERE lead_id = :l"), {"l": lead_id}
+        )
+        return {row.deadline_id: (row.status, row.responded_by) for row in rows}
+
+
+async def staged_met(engine: AsyncEngine, lead_id: uuid.UUID) -> int:
+    async with engine.connect() as connection:
+        count = await connection.scalar(
+            text("SELECT count(*) FROM outbox WHERE topic = :t AND key = :k"),
+            {"t": SlaMetV1.topic, "k": str(lead_id).encode()},
+        )
+        return int(count or 0)
+
+
+async def test_a_batch_with_a_reassignment_and_the_former_owners_touch_after_it_credits_nobody(
+    engine: AsyncEngine,
+) -> None:
+    """iris's touch came after the lead moved to ava: one at a time, it stops nobody's clock. In
+    one batch with both routings, iris's clock must not take it either (it was already claimed
+    in the inbox when iris's routing was applied, but not applied yet)."""
+    lead = uuid.uuid4()
+    first = routed(lead, T0, "iris")
+    second = routed(lead, T0 + timedelta(seconds=1), "ava", replaces=first.assignment_id)
+    touch = await touched(engine, lead, T0 + timedelta(seconds=2), "iris")
+
+    await monitor(engine, T0 + timedelta(seconds=3)).process(deliveries([first, second, touch]))
+
+    assert await clocks(engine, lead) == {
+        deadline_id_for(first.assignment_id, FIRST_TOUCH): ("cancelled", None),
+        deadline_id_for(second.assignment_id, FIRST_TOUCH): ("armed", None),
+    }
+    assert await staged_met(engine, lead) == 0, "iris's touch stops nobody's clock"
+
+
+async def test_a_touch_applied_before_both_routings_answers_the_assignment_it_was_made_under(
+    engine: AsyncEngine,
+) -> None:
+    """Catching up, the monitor applied iris's touch before either routing reached it (no clock
+    to stop then), and then gets both routings in one batch. The touch was received after the
+    lead moved to ava, so it answers neither iris's clock nor, being iris's, ava's."""
+    lead = uuid.uuid4()
+    first = routed(lead, T0, "iris")
+    second = routed(lead, T0 + timedelta(seconds=1), "ava", replaces=first.assignment_id)
+    touch = await touched(engine, lead, T0 + timedelta(seconds=2), "iris")
+
+    await monitor(engine, T0 + timedelta(seconds=3)).process(deliveries([touch]))
+    await monitor(engine, T0 + timedelta(seconds=4)).process(deliveries([first, second]))
+
+    assert await clocks(engine, lead) == {
+        deadline_id_for(first.assignment_id, FIRST_TOUCH): ("cancelled", None),
+        deadline_id_for(second.assignment_id, FIRST_TOUCH): ("armed", None),
+    }
+    assert await staged_met(engine, lead) == 0, "iris's touch stops nobody's clock"
+
+
+async def test_the_owners_touch_in_the_same_batch_as_the_routings_meets_the_new_clock_once(
+    engine: AsyncEngine,
+) -> None:
+    """The same batch with ava's own touch after her routing: her clock is met, once; and a touch
+    that comes before its routing in the batch (published first) still answers it."""
+    lead = uuid.uuid4()
+    first = routed(lead, T0, "iris")
+    second = routed(lead, T0 + timedelta(seconds=1), "ava", replaces=first.assignment_id)
+    touch = await touched(engine, lead, T0 + timedelta(seconds=2), "ava")
+
+    await monitor(engine, T0 + timedelta(seconds=3)).process(deliveries([first, touch, second]))
+
+    assert await clocks(engine, lead) == {
+        deadline_id_for(first.assignment_id, FIRST_TOUCH): ("cancelled", None),
+        deadline_id_for(second.assignment_id, FIRST_TOUCH): ("met", "ava"),
+    }
+    assert await staged_met(engine, lead) == 1
+
+
+async def test_a_touch_later_in_the_batch_is_judged_when_the_batch_reaches_it(engine: AsyncEngine) -> None:
+    """The runtime claims the whole batch in the inbox before the handler runs, so the owner's
+    touch after her routing reads as applied already; it is applied in its turn all the same, as
+    one at a time would: the routing arms, the touch meets (its fact is the touch's, traced to it)."""
+    lead = uuid.uuid4()
+    event = routed(lead, T0, "ava")
+    touch = await touched(engine, lead, T0 + timedelta(seconds=2), "ava")
+    now = T0 + timedelta(seconds=3)
+
+    async with engine.begin() as connection:
+        await claim_many(connection, sla_monitor.CONSUMER, [(e.event_id, e.topic) for e in (event, touch)], now)
+        arming, answering = await sla_monitor.make_batch_handler(AGREEMENT)(connection, [event, touch], now)
+
+    assert [type(fact) for fact in arming] == [SlaArmedV1]
+    [met] = answering
+    assert isinstance(met, SlaMetV1) and (met.response_activity_id, met.responded_by) == (touch.event_id, "ava")
