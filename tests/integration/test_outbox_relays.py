@@ -21,7 +21,7 @@ import orjson
 import pytest
 import pytest_asyncio
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chaos.topics import read_all
@@ -168,6 +168,58 @@ async def test_two_relays_publish_in_parallel_and_keep_each_leads_order(
         await asyncio.gather(*tasks)
     assert all(published), f"both relays published: {published}"
     assert await assert_in_order_and_complete(staged) == 0
+
+
+async def test_under_a_steady_trickle_a_pass_is_one_statement_that_deletes_the_last_batch(
+    engine: AsyncEngine, publisher: Publisher
+) -> None:
+    relay_engine = create_engine(DatabaseConfig())
+    statements: list[str] = []
+
+    def count(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        statements.append(statement)
+
+    event.listen(relay_engine.sync_engine, "before_cursor_execute", count)
+    relay = OutboxRelay(relay_engine, publisher, lease_seconds=30.0, name="trickle")
+    staged: dict[str, list[int]] = {}
+    try:
+        await relay.refresh_leases()
+        for _ in range(10):
+            staged.update(await stage(engine, leads=1, facts=1))
+            before = len(statements)
+            assert await relay.relay_once() == 1
+            assert len(statements) - before == 1, statements[before:]
+        # Each pass deleted the batch before it, and only that: the last one waits for its pass.
+        assert await pending(engine, list(staged)) == 1
+        assert await relay.relay_once() == 0
+        assert await pending(engine, list(staged)) == 0
+        assert await assert_in_order_and_complete(staged) == 0, "a batch is never read again once published"
+    finally:
+        await relay.release_leases()
+        await relay_engine.dispose()
+
+
+async def test_a_bucket_handed_back_is_not_sent_again_by_its_next_holder(
+    engine: AsyncEngine, publisher: Publisher
+) -> None:
+    first = OutboxRelay(engine, publisher, lease_seconds=30.0, name="handing-a")
+    second = OutboxRelay(engine, publisher, lease_seconds=30.0, name="handing-b")
+    try:
+        await first.refresh_leases()
+        staged = await stage(engine, leads=20, facts=2)
+        while await first.relay_once() != 0:
+            pass
+        staged.update(more := await stage(engine, leads=20, facts=1))
+        assert await first.relay_once() == len(more), "published; deleted only by the next pass"
+        await second.refresh_leases()
+        await first.refresh_leases()  # hands half of the buckets back
+        await second.refresh_leases()  # and the other relay takes them
+        assert second.owned
+        assert await second.relay_once() == 0, "the batch published last was gone before its buckets were"
+        assert await assert_in_order_and_complete(staged) == 0
+    finally:
+        await second.release_leases()
+        await first.release_leases()
 
 
 class CountingRelay(OutboxRelay):
