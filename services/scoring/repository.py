@@ -167,10 +167,11 @@ async def save_batch(
     now: datetime,
     wake_if_due_before: datetime,
 ) -> None:
-    """``record_identities``, ``save_leads``, ``record_facts``, ``remove_timers`` and ``arm_timers``
-    in one statement (one round trip), with their rules: each lead at most once in ``states`` and
-    in ``unarmed`` + ``timers`` together; the timer loops are woken (on commit) if a timer is due
-    before ``wake_if_due_before``."""
+    """The new identity keys (a key recorded before keeps its lead), then what ``save_leads``,
+    ``record_facts``, ``remove_timers`` and ``arm_timers`` do, in one statement (one round trip)
+    and with their rules: each lead at most once in ``states``, and at most once in ``unarmed``
+    and ``timers`` together. The timer loops are woken (on commit) if a timer is due before
+    ``wake_if_due_before``."""
     armed = {timer.lead_id for timer in timers}
     if len(armed) < len(timers) or armed.intersection(unarmed) or len(set(unarmed)) < len(unarmed):
         raise ValueError("a lead's timer is written at most once per batch")
@@ -237,16 +238,6 @@ async def identities(connection: AsyncConnection, keys: Sequence[str]) -> dict[s
         text("SELECT key, lead_id FROM lead_identities WHERE key = ANY(:keys)"), {"keys": list(keys)}
     )
     return {row.key: row.lead_id for row in rows}
-
-
-async def record_identities(connection: AsyncConnection, leads: Mapping[str, uuid.UUID], now: datetime) -> None:
-    """Identity key -> lead id, in one statement; a key recorded before keeps its lead."""
-    if not leads:
-        return
-    await connection.execute(
-        insert(table("lead_identities")).on_conflict_do_nothing(index_elements=["key"]),
-        [{"key": key, "lead_id": lead_id, "created_at": now} for key, lead_id in leads.items()],
-    )
 
 
 # Re-evaluation timers.
