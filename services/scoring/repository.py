@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import NamedTuple
 
+import orjson
 from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import Insert, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -105,6 +106,117 @@ async def record_facts(connection: AsyncConnection, facts: Sequence[Event], now:
     )
 
 
+# The batch's writes after the core has run, as one statement: each part a data-modifying CTE over
+# its rows as arrays, so a part with no rows inserts or deletes nothing, and the text is the same
+# whatever the batch (asyncpg prepares it once per connection). The parts touch different tables,
+# except the timers: a lead's timer is either removed or armed, never both (one statement must not
+# touch a row twice). The final SELECT wakes the timer loops (on commit) only when asked to.
+_SAVE_BATCH = text(
+    "WITH identities AS ("
+    " INSERT INTO lead_identities (key, lead_id, created_at)"
+    " SELECT key, lead_id, :now FROM unnest(CAST(:identity_keys AS text[]), CAST(:identity_leads AS uuid[]))"
+    " AS batch (key, lead_id)"
+    " ON CONFLICT (key) DO NOTHING"
+    "), leads AS ("
+    " INSERT INTO leads (lead_id, stage, source, attributes, touches, score_total, tier, agreement_version,"
+    " updated_at, persona, pinned, held_until, recycled_until)"
+    " SELECT lead_id, stage, source, attributes, touches, score_total, tier, :agreement_version, :now, persona,"
+    " pinned, held_until, recycled_until FROM unnest(CAST(:lead_ids AS uuid[]), CAST(:stages AS text[]),"
+    " CAST(:sources AS text[]), CAST(:attributes AS jsonb[]), CAST(:touches AS jsonb[]),"
+    " CAST(:scores AS float8[]), CAST(:tiers AS text[]), CAST(:personas AS text[]), CAST(:pinned AS boolean[]),"
+    " CAST(:held_until AS timestamptz[]), CAST(:recycled_until AS timestamptz[]))"
+    " AS batch (lead_id, stage, source, attributes, touches, score_total, tier, persona, pinned, held_until,"
+    " recycled_until)"
+    " ON CONFLICT (lead_id) DO UPDATE SET stage = excluded.stage, source = excluded.source,"
+    " attributes = excluded.attributes, touches = excluded.touches, score_total = excluded.score_total,"
+    " tier = excluded.tier, agreement_version = excluded.agreement_version, updated_at = excluded.updated_at,"
+    " persona = excluded.persona, pinned = excluded.pinned, held_until = excluded.held_until,"
+    " recycled_until = excluded.recycled_until"
+    "), facts AS ("
+    " INSERT INTO lead_facts (event_id, lead_id, kind, occurred_at, agreement_version, caused_by, payload,"
+    " recorded_at)"
+    " SELECT event_id, lead_id, kind, occurred_at, agreement_version, caused_by, payload, :now"
+    " FROM unnest(CAST(:fact_ids AS uuid[]), CAST(:fact_leads AS uuid[]), CAST(:fact_kinds AS text[]),"
+    " CAST(:fact_times AS timestamptz[]), CAST(:fact_agreements AS text[]), CAST(:fact_causes AS uuid[]),"
+    " CAST(:fact_payloads AS jsonb[]))"
+    " AS batch (event_id, lead_id, kind, occurred_at, agreement_version, caused_by, payload)"
+    " ON CONFLICT (event_id, occurred_at) DO NOTHING"
+    "), unarmed AS ("
+    " DELETE FROM scoring_timers WHERE lead_id = ANY(CAST(:unarmed AS uuid[]))"
+    "), armed AS ("
+    " INSERT INTO scoring_timers (lead_id, timer_id, due_at, stage, agreement_version, armed_at)"
+    " SELECT * FROM unnest(CAST(:timer_leads AS uuid[]), CAST(:timer_ids AS uuid[]),"
+    " CAST(:timer_dues AS timestamptz[]), CAST(:timer_stages AS text[]), CAST(:timer_agreements AS text[]),"
+    " CAST(:timer_armed_at AS timestamptz[]))"
+    " ON CONFLICT (lead_id) DO UPDATE SET timer_id = excluded.timer_id, due_at = excluded.due_at,"
+    " stage = excluded.stage, agreement_version = excluded.agreement_version, armed_at = excluded.armed_at"
+    ")"
+    f" SELECT pg_notify('{TIMER_CHANNEL}', '') WHERE CAST(:wake AS boolean)"
+)
+
+
+async def save_batch(
+    connection: AsyncConnection,
+    *,
+    identities: Mapping[str, uuid.UUID],
+    states: Sequence[LeadState],
+    facts: Sequence[Event],
+    unarmed: Sequence[uuid.UUID],
+    timers: Sequence[Timer],
+    agreement_version: str,
+    now: datetime,
+    wake_if_due_before: datetime,
+) -> None:
+    """The new identity keys (a key recorded before keeps its lead), then what ``save_leads``,
+    ``record_facts``, ``remove_timers`` and ``arm_timers`` do, in one statement (one round trip)
+    and with their rules: each lead at most once in ``states``, and at most once in ``unarmed``
+    and ``timers`` together. The timer loops are woken (on commit) if a timer is due before
+    ``wake_if_due_before``."""
+    armed = {timer.lead_id for timer in timers}
+    if len(armed) < len(timers) or armed.intersection(unarmed) or len(set(unarmed)) < len(unarmed):
+        raise ValueError("a lead's timer is written at most once per batch")
+    await connection.execute(
+        _SAVE_BATCH,
+        {
+            "now": now,
+            "agreement_version": agreement_version,
+            "identity_keys": list(identities),
+            "identity_leads": list(identities.values()),
+            "lead_ids": [state.lead_id for state in states],
+            "stages": [state.stage.value for state in states],
+            "sources": [state.source for state in states],
+            "attributes": [state.attributes.model_dump_json(exclude_none=True) for state in states],
+            "touches": [_touches_json(state) for state in states],
+            "scores": [state.score_total for state in states],
+            "tiers": [state.tier.value if state.tier else None for state in states],
+            "personas": [state.persona for state in states],
+            "pinned": [state.pinned for state in states],
+            "held_until": [state.held_until for state in states],
+            "recycled_until": [state.recycled_until for state in states],
+            "fact_ids": [fact.event_id for fact in facts],
+            "fact_leads": [fact.lead_id for fact in facts],
+            "fact_kinds": [type(fact).__name__ for fact in facts],
+            "fact_times": [fact.occurred_at for fact in facts],
+            "fact_agreements": [getattr(fact, "agreement_version", None) for fact in facts],
+            "fact_causes": [getattr(fact, "caused_by", None) for fact in facts],
+            # The fact's own JSON text: no decode and re-encode on the way.
+            "fact_payloads": [fact.model_dump_json() for fact in facts],
+            "unarmed": list(unarmed),
+            "timer_leads": [timer.lead_id for timer in timers],
+            "timer_ids": [timer.timer_id for timer in timers],
+            "timer_dues": [timer.due_at for timer in timers],
+            "timer_stages": [timer.stage for timer in timers],
+            "timer_agreements": [timer.agreement_version for timer in timers],
+            "timer_armed_at": [timer.armed_at for timer in timers],
+            "wake": bool(timers) and min(timer.due_at for timer in timers) < wake_if_due_before,
+        },
+    )
+
+
+def _touches_json(state: LeadState) -> str:
+    return orjson.dumps([[touch.engagement.value, touch.at.isoformat()] for touch in state.touches]).decode()
+
+
 # Identity keys.
 
 
@@ -126,16 +238,6 @@ async def identities(connection: AsyncConnection, keys: Sequence[str]) -> dict[s
         text("SELECT key, lead_id FROM lead_identities WHERE key = ANY(:keys)"), {"keys": list(keys)}
     )
     return {row.key: row.lead_id for row in rows}
-
-
-async def record_identities(connection: AsyncConnection, leads: Mapping[str, uuid.UUID], now: datetime) -> None:
-    """Identity key -> lead id, in one statement; a key recorded before keeps its lead."""
-    if not leads:
-        return
-    await connection.execute(
-        insert(table("lead_identities")).on_conflict_do_nothing(index_elements=["key"]),
-        [{"key": key, "lead_id": lead_id, "created_at": now} for key, lead_id in leads.items()],
-    )
 
 
 # Re-evaluation timers.

@@ -67,27 +67,35 @@ async def arm_many(
 ) -> list[datetime | None]:
     """``arm`` for several leads (each once) in at most three statements; the timer loops are
     woken only for a timer due within ``wake_within``."""
-    dues = [next_reevaluation(state, agreement, at) for state, at in evaluated]
-    await repository.remove_timers(
-        connection, [state.lead_id for (state, _), due in zip(evaluated, dues, strict=True) if due is None]
-    )
-    await repository.arm_timers(
-        connection,
-        [
-            Timer(
-                lead_id=state.lead_id,
-                timer_id=timer_id_for(state, due),
-                due_at=due,
-                stage=state.stage.value,
-                agreement_version=agreement.version,
-                armed_at=now,
-            )
-            for (state, _), due in zip(evaluated, dues, strict=True)
-            if due is not None
-        ],
-        wake_if_due_before=now + wake_within,
-    )
+    dues, unarmed, timers = _next_timers(evaluated, agreement, now)
+    await repository.remove_timers(connection, unarmed)
+    await repository.arm_timers(connection, timers, wake_if_due_before=now + wake_within)
     return dues
+
+
+def _next_timers(
+    evaluated: Sequence[tuple[LeadState, datetime]], agreement: Agreement, now: datetime
+) -> tuple[list[datetime | None], list[uuid.UUID], list[Timer]]:
+    """Each lead's next re-evaluation, and the leads split by it: those whose timer goes, the
+    timers armed for the others (disjoint sets: each lead is in one)."""
+    dues = [next_reevaluation(state, agreement, at) for state, at in evaluated]
+    unarmed: list[uuid.UUID] = []
+    timers: list[Timer] = []
+    for (state, _), due in zip(evaluated, dues, strict=True):
+        if due is None:
+            unarmed.append(state.lead_id)
+        else:
+            timers.append(
+                Timer(
+                    lead_id=state.lead_id,
+                    timer_id=timer_id_for(state, due),
+                    due_at=due,
+                    stage=state.stage.value,
+                    agreement_version=agreement.version,
+                    armed_at=now,
+                )
+            )
+    return dues, unarmed, timers
 
 
 async def apply(
@@ -107,8 +115,11 @@ async def apply_batch(
 
     Identity keys are locked and read once, every lead the batch touches is loaded under one
     row lock statement, the core runs over the events in order against the states in memory
-    (a lead named twice sees its first event's result), and the final states, the facts and the
-    re-evaluation timers are written once each.
+    (a lead named twice sees its first event's result), and then the new identity keys, the
+    final states, the facts and the re-evaluation timers are written in one statement: four
+    statements per batch, whatever its size. The new identity keys wait for that statement:
+    nothing in the batch reads them back from the table (the core sees them in ``known``), and
+    the identity locks keep other transactions off those keys until the commit anyway.
     """
     for event in events:
         if not isinstance(event, (LeadReceivedV1, ActivityRecordedV1)):
@@ -133,7 +144,6 @@ async def apply_batch(
             lead_ids.append(resolution.lead_id)
         else:
             lead_ids.append(known.get(alias_key(event.lead_id), event.lead_id))
-    await repository.record_identities(connection, recorded, now)
     states = await load_many(connection, lead_ids)
     outcomes: list[Outcome] = []
     evaluated_at: dict[uuid.UUID, datetime] = {}
@@ -161,9 +171,18 @@ async def apply_batch(
     for index, merge in merges.items():
         outcomes[index] = Outcome(outcomes[index].state, (merge, *outcomes[index].facts))
     changed = [states[lead_id] for lead_id in evaluated_at]
-    await repository.save_leads(connection, changed, agreement.version, now)
-    await repository.record_facts(connection, [fact for outcome in outcomes for fact in outcome.facts], now)
-    await arm_many(connection, [(state, evaluated_at[state.lead_id]) for state in changed], agreement, now, wake_within)
+    _, unarmed, timers = _next_timers([(state, evaluated_at[state.lead_id]) for state in changed], agreement, now)
+    await repository.save_batch(
+        connection,
+        identities=recorded,
+        states=changed,
+        facts=[fact for outcome in outcomes for fact in outcome.facts],
+        unarmed=unarmed,
+        timers=timers,
+        agreement_version=agreement.version,
+        now=now,
+        wake_if_due_before=now + wake_within,
+    )
     return outcomes
 
 
