@@ -209,11 +209,16 @@ class Bench:
 
     @property
     def database_url(self) -> str:
-        return f"postgresql+asyncpg://coxswain:coxswain@127.0.0.1:{self.ports.postgres}/coxswain"
+        # As `make run` (deploy/local/stack.sh env): the database on this machine, through its socket.
+        return f"postgresql+asyncpg://coxswain:coxswain@/coxswain?host={self.socket_dir}&port={self.ports.postgres}"
 
     @property
     def dsn(self) -> str:
-        return f"postgresql://coxswain:coxswain@127.0.0.1:{self.ports.postgres}/coxswain"
+        return f"postgresql://coxswain:coxswain@/coxswain?host={self.socket_dir}&port={self.ports.postgres}"
+
+    @property
+    def socket_dir(self) -> Path:
+        return ROOT / ".local" / "bench" / "postgres" / "run"
 
     def env(self) -> dict[str, str]:
         return {

@@ -31,7 +31,14 @@ case "${1:-}" in
   env)
     echo "COXSWAIN_KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$KAFKA_PORT"
     echo "COXSWAIN_KAFKA_SESSION_TIMEOUT_MS=1500"
-    echo "COXSWAIN_DATABASE_URL=postgresql+asyncpg://coxswain:coxswain@127.0.0.1:$PG_PORT/coxswain"
+    # PostgreSQL runs on this machine: connect through its Unix socket (the directory postgres.sh
+    # gives it), not TCP over loopback. Every statement is a round trip, and a socket round trip
+    # costs the service, the server and the kernel less CPU: about a tenth of a lead's CPU on the
+    # local stack (docs/benchmarks.md). A database on another host is reached over TCP as usual.
+    state_dir="${COXSWAIN_STATE_DIR:-$(cd "$HERE/../.." && pwd)/.local}"
+    case "$state_dir" in /*) ;; *) state_dir="$PWD/$state_dir" ;; esac  # a socket is a path, not a host
+    # Quoted: the value holds '?' and '&', which a shell's eval must not read.
+    echo "COXSWAIN_DATABASE_URL='postgresql+asyncpg://coxswain:coxswain@/coxswain?host=$state_dir/postgres/run&port=$PG_PORT'"
     ;;
   *)
     echo "usage: $0 {up|down|status|env}" >&2
