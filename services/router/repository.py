@@ -5,7 +5,6 @@ Rows come back as the core's types or as the records below, built by column name
 
 from __future__ import annotations
 
-import functools
 import uuid
 from collections.abc import Collection, Mapping, Sequence
 from datetime import date, datetime
@@ -13,13 +12,11 @@ from typing import Any, NamedTuple
 
 import orjson
 from sqlalchemy import text
-from sqlalchemy.dialects.postgresql import Insert, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coxswain.core.capacity import RepLoad
 from coxswain.core.routing import Rotation, RoutingDecision
 from coxswain.core.routing_state import Holder, LeadOwners, RouteRequest, RoutingState, StoredAssignment
-from coxswain.db.models import table
 from schemas.events import Tier
 
 
@@ -219,110 +216,115 @@ def _holder_of_json(
     )
 
 
-async def insert_assignments(connection: AsyncConnection, assignments: Sequence[NewAssignment]) -> None:
-    """One statement; a decision key stored before is left as it is."""
-    if not assignments:
-        return
-    await connection.execute(
-        text(
-            "INSERT INTO assignments (assignment_id, decision_key, lead_id, rep_id, pool_id, rule_id, reason, "
-            "tier, agreement_version, routed_at, decision) VALUES (:assignment_id, :decision_key, :lead_id, "
-            ":rep_id, :pool_id, :rule_id, :reason, :tier, :agreement_version, :routed_at, CAST(:decision AS jsonb)) "
-            "ON CONFLICT (decision_key) DO NOTHING"
-        ),
-        [assignment._asdict() for assignment in assignments],
-    )
-
-
 def rotation_json(rotation: Rotation) -> dict[str, Any]:
     """A rotation as ``pool_rotation`` (and an assignment's decision record) keeps it."""
     return {"current": dict(rotation.current), "assigned": dict(rotation.assigned), "away": sorted(rotation.away)}
 
 
-async def update_rotations(connection: AsyncConnection, rotations: Mapping[str, Rotation], now: datetime) -> None:
-    """The pools' rotation rows (made by ``load_state``), in one statement in the mapping's order."""
-    if not rotations:
-        return
-    rows = [{"pool_id": pool, **rotation_json(rotation)} for pool, rotation in rotations.items()]
-    await connection.execute(
-        text(
-            "UPDATE pool_rotation AS p SET current = v.current, assigned = v.assigned, away = v.away, "
-            "updated_at = :now FROM jsonb_to_recordset(CAST(:rotations AS jsonb)) "
-            "AS v(pool_id text, current jsonb, assigned jsonb, away jsonb) WHERE p.pool_id = v.pool_id"
-        ),
-        {"rotations": orjson.dumps(rows).decode(), "now": now},
-    )
+# What a run of decisions stores, as one statement: each part a data-modifying CTE over its rows as
+# arrays (or one jsonb), so a part with no rows writes nothing and the text is the same for every
+# run (asyncpg prepares it once per connection). At a few leads per second a run holds one lead,
+# and these were five round trips of their own. The parts write different tables, each row at
+# most once (the mappings are keyed by pool, lead and rep), which one statement requires; rows are
+# written in the order given.
+_STORE_RUN = text(
+    "WITH assigned AS ("
+    " INSERT INTO assignments (assignment_id, decision_key, lead_id, rep_id, pool_id, rule_id, reason, tier,"
+    " agreement_version, routed_at, decision)"
+    " SELECT assignment_id, decision_key, lead_id, rep_id, pool_id, rule_id, reason, tier, agreement_version,"
+    " routed_at, decision FROM unnest(CAST(:assignment_ids AS uuid[]), CAST(:decision_keys AS uuid[]),"
+    " CAST(:assigned_leads AS uuid[]), CAST(:assigned_reps AS text[]), CAST(:assigned_pools AS text[]),"
+    " CAST(:rule_ids AS text[]), CAST(:reasons AS text[]), CAST(:assigned_tiers AS text[]),"
+    " CAST(:agreement_versions AS text[]), CAST(:routed_at AS timestamptz[]), CAST(:decisions AS jsonb[]))"
+    " WITH ORDINALITY AS run (assignment_id, decision_key, lead_id, rep_id, pool_id, rule_id, reason, tier,"
+    " agreement_version, routed_at, decision, n)"
+    " ORDER BY n ON CONFLICT (decision_key) DO NOTHING"
+    "), rotated AS ("
+    " UPDATE pool_rotation AS p SET current = v.current, assigned = v.assigned, away = v.away, updated_at = :now"
+    " FROM jsonb_to_recordset(CAST(:rotations AS jsonb)) AS v(pool_id text, current jsonb, assigned jsonb,"
+    " away jsonb) WHERE p.pool_id = v.pool_id"
+    "), held AS ("
+    " INSERT INTO lead_routing (lead_id, assignment_id, rep_id, pool_id, owners, domain, tier, load, open,"
+    " opened_at, released_at)"
+    " SELECT lead_id, assignment_id, rep_id, pool_id, owners, domain, tier, load, open, opened_at, NULL"
+    " FROM unnest(CAST(:holder_leads AS uuid[]), CAST(:holder_assignments AS uuid[]), CAST(:holder_reps AS text[]),"
+    " CAST(:holder_pools AS text[]), CAST(:holder_owners AS jsonb[]), CAST(:holder_domains AS text[]),"
+    " CAST(:holder_tiers AS text[]), CAST(:holder_loads AS int[]), CAST(:holder_open AS boolean[]),"
+    " CAST(:holder_opened_at AS timestamptz[]))"
+    " WITH ORDINALITY AS run (lead_id, assignment_id, rep_id, pool_id, owners, domain, tier, load, open, opened_at, n)"
+    " ORDER BY n ON CONFLICT (lead_id) DO UPDATE SET assignment_id = excluded.assignment_id,"
+    " rep_id = excluded.rep_id, pool_id = excluded.pool_id, owners = excluded.owners, domain = excluded.domain,"
+    " tier = excluded.tier, load = excluded.load, open = excluded.open, opened_at = excluded.opened_at,"
+    " released_at = NULL"
+    "), counted AS ("
+    " INSERT INTO rep_counters (rep_id, open_load, open_leads, day, assigned_on_day, updated_at)"
+    " SELECT rep_id, open_load, open_leads, day, assigned_on_day, :now FROM unnest(CAST(:counter_reps AS text[]),"
+    " CAST(:open_loads AS int[]), CAST(:open_leads AS int[]), CAST(:days AS date[]),"
+    " CAST(:assigned_on_day AS int[])) WITH ORDINALITY AS run (rep_id, open_load, open_leads, day, assigned_on_day, n)"
+    " ORDER BY n ON CONFLICT (rep_id) DO UPDATE SET open_load = excluded.open_load,"
+    " open_leads = excluded.open_leads, day = excluded.day, assigned_on_day = excluded.assigned_on_day,"
+    " updated_at = excluded.updated_at"
+    "), settled AS ("
+    " DELETE FROM unassigned_leads WHERE lead_id = ANY(CAST(:settled_leads AS uuid[]))"
+    " OR decision_key = ANY(CAST(:settled_keys AS uuid[]))"
+    ") SELECT 1"
+)
 
 
-async def upsert_holders(connection: AsyncConnection, holders: Mapping[uuid.UUID, Holder]) -> None:
-    """Each lead's ``lead_routing`` row, in one statement; a holder written here is not released."""
-    if not holders:
-        return
-    await connection.execute(
-        _holder_upsert(),
-        [
-            {
-                "lead_id": lead_id,
-                "assignment_id": holder.assignment_id,
-                "rep_id": holder.rep_id,
-                "pool_id": holder.pool_id,
-                "owners": list(holder.owners),
-                "domain": holder.domain,
-                "tier": holder.tier.value,
-                "load": holder.load,
-                "open": holder.open,
-                "opened_at": holder.opened_at,
-                "released_at": None,
-            }
-            for lead_id, holder in holders.items()
-        ],
-    )
-
-
-@functools.cache
-def _holder_upsert() -> Insert:
-    statement = insert(table("lead_routing"))
-    columns = ("assignment_id", "rep_id", "pool_id", "owners", "domain", "tier", "load", "open", "opened_at")
-    return statement.on_conflict_do_update(
-        index_elements=["lead_id"],
-        set_={**{column: statement.excluded[column] for column in columns}, "released_at": None},
-    )
-
-
-async def upsert_counters(connection: AsyncConnection, loads: Mapping[str, RepLoad], now: datetime) -> None:
-    """The reps' counters, in one statement in the mapping's order."""
-    if not loads:
-        return
-    await connection.execute(
-        text(
-            "INSERT INTO rep_counters (rep_id, open_load, open_leads, day, assigned_on_day, updated_at) "
-            "VALUES (:rep_id, :open_load, :open_leads, :day, :assigned_on_day, :now) ON CONFLICT (rep_id) DO UPDATE "
-            "SET open_load = EXCLUDED.open_load, open_leads = EXCLUDED.open_leads, day = EXCLUDED.day, "
-            "assigned_on_day = EXCLUDED.assigned_on_day, updated_at = EXCLUDED.updated_at"
-        ),
-        [
-            {
-                "rep_id": rep_id,
-                "open_load": load.open_load,
-                "open_leads": load.open_leads,
-                "day": load.day,
-                "assigned_on_day": load.assigned_on_day,
-                "now": now,
-            }
-            for rep_id, load in loads.items()
-        ],
-    )
-
-
-async def end_waits(
-    connection: AsyncConnection, lead_ids: Collection[uuid.UUID], decision_keys: Collection[uuid.UUID]
+async def store_run(
+    connection: AsyncConnection,
+    *,
+    assignments: Sequence[NewAssignment],
+    rotations: Mapping[str, Rotation],
+    holders: Mapping[uuid.UUID, Holder],
+    loads: Mapping[str, RepLoad],
+    settled: Collection[uuid.UUID],
+    settled_keys: Collection[uuid.UUID],
+    now: datetime,
 ) -> None:
-    """The parked requests of ``lead_ids``, and any parked under ``decision_keys``, are done."""
-    if lead_ids or decision_keys:
-        await connection.execute(
-            text("DELETE FROM unassigned_leads WHERE lead_id = ANY(:lead_ids) OR decision_key = ANY(:decision_keys)"),
-            {"lead_ids": list(lead_ids), "decision_keys": list(decision_keys)},
-        )
+    """The run's assignments (a decision key stored before is left as it is), the pools' rotation
+    rows (made by ``load_state``), each lead's ``lead_routing`` row (a holder written here is not
+    released), the reps' counters, and the end of the parked requests of ``settled`` leads and of
+    any parked under ``settled_keys``: one statement, each part in the order given."""
+    if not (assignments or rotations or holders or loads or settled or settled_keys):
+        return
+    await connection.execute(
+        _STORE_RUN,
+        {
+            "now": now,
+            "assignment_ids": [a.assignment_id for a in assignments],
+            "decision_keys": [a.decision_key for a in assignments],
+            "assigned_leads": [a.lead_id for a in assignments],
+            "assigned_reps": [a.rep_id for a in assignments],
+            "assigned_pools": [a.pool_id for a in assignments],
+            "rule_ids": [a.rule_id for a in assignments],
+            "reasons": [a.reason for a in assignments],
+            "assigned_tiers": [a.tier for a in assignments],
+            "agreement_versions": [a.agreement_version for a in assignments],
+            "routed_at": [a.routed_at for a in assignments],
+            "decisions": [a.decision for a in assignments],
+            "rotations": orjson.dumps(
+                [{"pool_id": pool, **rotation_json(rotation)} for pool, rotation in rotations.items()]
+            ).decode(),
+            "holder_leads": list(holders),
+            "holder_assignments": [h.assignment_id for h in holders.values()],
+            "holder_reps": [h.rep_id for h in holders.values()],
+            "holder_pools": [h.pool_id for h in holders.values()],
+            "holder_owners": [orjson.dumps(list(h.owners)).decode() for h in holders.values()],
+            "holder_domains": [h.domain for h in holders.values()],
+            "holder_tiers": [h.tier.value for h in holders.values()],
+            "holder_loads": [h.load for h in holders.values()],
+            "holder_open": [h.open for h in holders.values()],
+            "holder_opened_at": [h.opened_at for h in holders.values()],
+            "counter_reps": list(loads),
+            "open_loads": [load.open_load for load in loads.values()],
+            "open_leads": [load.open_leads for load in loads.values()],
+            "days": [load.day for load in loads.values()],
+            "assigned_on_day": [load.assigned_on_day for load in loads.values()],
+            "settled_leads": list(settled),
+            "settled_keys": list(settled_keys),
+        },
+    )
 
 
 # Parked requests.

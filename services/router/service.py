@@ -327,32 +327,28 @@ def decision_record(
 
 async def store(connection: AsyncConnection, run: Run, now: datetime) -> None:
     """The run's assignments, the rotations, holders and counters they left, and the end of the
-    waits they settled: one statement each. What changed is what the core replaced."""
+    waits they settled, in one statement. What changed is what the core replaced."""
     loaded, state = run.loaded, run.state
-    await repository.insert_assignments(connection, run.assignments)
-    await repository.update_rotations(
+    await repository.store_run(
         connection,
-        {
+        assignments=run.assignments,
+        rotations={
             pool: state.rotations[pool]
             for pool in sorted(
                 pool for pool, rotation in state.rotations.items() if loaded.rotations.get(pool) is not rotation
             )
         },
-        now,
-    )
-    await repository.upsert_holders(
-        connection,
-        {lead_id: holder for lead_id, holder in state.holders.items() if loaded.holders.get(lead_id) is not holder},
-    )
-    await repository.upsert_counters(
-        connection,
-        {
+        holders={
+            lead_id: holder for lead_id, holder in state.holders.items() if loaded.holders.get(lead_id) is not holder
+        },
+        loads={
             rep: state.loads[rep]
             for rep in sorted(rep for rep, load in state.loads.items() if loaded.loads.get(rep) is not load)
         },
-        now,
+        settled=run.settled,
+        settled_keys=run.settled_keys,
+        now=now,
     )
-    await repository.end_waits(connection, run.settled, run.settled_keys)
 
 
 async def park(
