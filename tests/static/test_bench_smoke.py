@@ -33,6 +33,7 @@ from bench.stats import (
     sustained_rate,
     table,
 )
+from bench.watcher import first_sighting
 from services.intake.signatures import verify
 
 SECRET = "whsec_" + "YmVuY2gtc2VjcmV0LW5vdC1mb3ItcHJvZHVjdGlvbg=="
@@ -276,3 +277,12 @@ def test_runs_summary_quotes_the_median_of_the_runs() -> None:
     assert "| 5 | 5 | 30 | 15 | 2 | n/a |" in table_text.splitlines()
     assert runs_hop_table(runs, "5") == "(no --hops breakdown at 5/s)"
     assert "| 1 | 500 | 600 | [60.0, 63.0] | [40.0, 60.0] |" in scale_table(runs)
+
+
+def test_the_watcher_counts_a_fact_published_twice_once() -> None:
+    sighted: set[bytes] = set()
+    first = [("ce_type", b"leads.routed.v1"), ("ce_id", b"event-1")]
+    assert first_sighting(first, sighted)
+    assert not first_sighting(first, sighted), "the same event id again is the same fact"
+    assert first_sighting([("ce_id", b"event-2")], sighted)
+    assert first_sighting(None, sighted) and first_sighting([("other", b"x")], sighted), "no id: always counted"
