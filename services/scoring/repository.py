@@ -5,7 +5,6 @@ one statement whatever the number of leads. Rows come back as named records."""
 
 from __future__ import annotations
 
-import functools
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -13,11 +12,9 @@ from typing import NamedTuple
 
 import orjson
 from sqlalchemy import text
-from sqlalchemy.dialects.postgresql import Insert, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coxswain.core.lead import LeadState
-from coxswain.db.models import table
 from schemas.events import Event
 
 # LISTENed to by the timer loop, NOTIFYed when a timer is armed.
@@ -42,68 +39,9 @@ class DueTimer(NamedTuple):
     due_at: datetime
 
 
-async def save_leads(
-    connection: AsyncConnection, states: Sequence[LeadState], agreement_version: str, now: datetime
-) -> None:
-    """Upsert the leads in one statement; each lead at most once (ON CONFLICT touches a row once)."""
-    if not states:
-        return
-    rows = [
-        {
-            "lead_id": state.lead_id,
-            "stage": state.stage.value,
-            "source": state.source,
-            "attributes": state.attributes.model_dump(mode="json", exclude_none=True),
-            "touches": [[touch.engagement.value, touch.at.isoformat()] for touch in state.touches],
-            "score_total": state.score_total,
-            "tier": state.tier.value if state.tier else None,
-            "agreement_version": agreement_version,
-            "updated_at": now,
-            "persona": state.persona,
-            "pinned": state.pinned,
-            "held_until": state.held_until,
-            "recycled_until": state.recycled_until,
-        }
-        for state in states
-    ]
-    await connection.execute(_upsert("leads", tuple(rows[0])), rows)
-
-
-@functools.cache
-def _upsert(table_name: str, columns: tuple[str, ...]) -> Insert:
-    """Insert-or-update by lead id, built once: SQLAlchemy caches its SQL with the statement object."""
-    statement = insert(table(table_name))
-    return statement.on_conflict_do_update(
-        index_elements=["lead_id"],
-        set_={column: statement.excluded[column] for column in columns if column != "lead_id"},
-    )
-
-
 async def record_facts(connection: AsyncConnection, facts: Sequence[Event], now: datetime) -> None:
-    """The facts on their leads' timelines, in one statement; a fact recorded before is kept as it is."""
-    if not facts:
-        return
-    # The payload goes in as the fact's own JSON text: no decode and re-encode on the way.
-    await connection.execute(
-        text(
-            "INSERT INTO lead_facts (event_id, lead_id, kind, occurred_at, agreement_version, caused_by, payload, "
-            "recorded_at) VALUES (:event_id, :lead_id, :kind, :occurred_at, :agreement_version, :caused_by, "
-            "CAST(:payload AS jsonb), :recorded_at) ON CONFLICT (event_id, occurred_at) DO NOTHING"
-        ),
-        [
-            {
-                "event_id": fact.event_id,
-                "lead_id": fact.lead_id,
-                "kind": type(fact).__name__,
-                "occurred_at": fact.occurred_at,
-                "agreement_version": getattr(fact, "agreement_version", None),
-                "caused_by": getattr(fact, "caused_by", None),
-                "payload": fact.model_dump_json(),
-                "recorded_at": now,
-            }
-            for fact in facts
-        ],
-    )
+    """The facts on their leads' timelines; a fact recorded before is kept as it is."""
+    await save_batch(connection, facts=facts, now=now)
 
 
 # The batch's writes after the core has run, as one statement: each part a data-modifying CTE over
@@ -158,20 +96,22 @@ _SAVE_BATCH = text(
 async def save_batch(
     connection: AsyncConnection,
     *,
-    identities: Mapping[str, uuid.UUID],
-    states: Sequence[LeadState],
-    facts: Sequence[Event],
-    unarmed: Sequence[uuid.UUID],
-    timers: Sequence[Timer],
-    agreement_version: str,
     now: datetime,
-    wake_if_due_before: datetime,
+    identities: Mapping[str, uuid.UUID] | None = None,
+    states: Sequence[LeadState] = (),
+    facts: Sequence[Event] = (),
+    unarmed: Sequence[uuid.UUID] = (),
+    timers: Sequence[Timer] = (),
+    agreement_version: str = "",
+    wake_if_due_before: datetime | None = None,
 ) -> None:
-    """The new identity keys (a key recorded before keeps its lead), then what ``save_leads``,
-    ``record_facts``, ``remove_timers`` and ``arm_timers`` do, in one statement (one round trip)
-    and with their rules: each lead at most once in ``states``, and at most once in ``unarmed``
-    and ``timers`` together. The timer loops are woken (on commit) if a timer is due before
+    """Every write of scoring's, in one statement (one round trip): the new identity keys (a key
+    recorded before keeps its lead), the leads' states upserted under ``agreement_version`` (each
+    lead at most once), the facts on their leads' timelines (a fact recorded before is kept as it
+    is), and the re-evaluation timers removed (``unarmed``) or armed (``timers``), each lead at
+    most once in the two together. The timer loops are woken (on commit) if a timer is due before
     ``wake_if_due_before``."""
+    identities = identities or {}
     armed = {timer.lead_id for timer in timers}
     if len(armed) < len(timers) or armed.intersection(unarmed) or len(set(unarmed)) < len(unarmed):
         raise ValueError("a lead's timer is written at most once per batch")
@@ -208,7 +148,7 @@ async def save_batch(
             "timer_stages": [timer.stage for timer in timers],
             "timer_agreements": [timer.agreement_version for timer in timers],
             "timer_armed_at": [timer.armed_at for timer in timers],
-            "wake": bool(timers) and min(timer.due_at for timer in timers) < wake_if_due_before,
+            "wake": wake_if_due_before is not None and any(timer.due_at < wake_if_due_before for timer in timers),
         },
     )
 
@@ -243,27 +183,6 @@ async def identities(connection: AsyncConnection, keys: Sequence[str]) -> dict[s
 # Re-evaluation timers.
 
 
-async def remove_timers(connection: AsyncConnection, lead_ids: Sequence[uuid.UUID]) -> None:
-    if lead_ids:
-        await connection.execute(
-            text("DELETE FROM scoring_timers WHERE lead_id = ANY(:lead_ids)"), {"lead_ids": list(lead_ids)}
-        )
-
-
-async def arm_timers(connection: AsyncConnection, timers: Sequence[Timer], wake_if_due_before: datetime) -> None:
-    """Each lead's timer (one per lead, each lead once) in one statement, and wake the timer loops
-    if one of them is due before ``wake_if_due_before``."""
-    if not timers:
-        return
-    await connection.execute(_upsert("scoring_timers", Timer._fields), [timer._asdict() for timer in timers])
-    # Delivered on commit. A timer loop looks for the next due timer at least once per its longest
-    # sleep, so only a timer due sooner needs to wake it. Most timers (decay, cooldowns) are days
-    # away: waking the loops for them cost every scoring batch a round trip here, and each loop a
-    # pass (two transactions) that found nothing to do.
-    if min(timer.due_at for timer in timers) < wake_if_due_before:
-        await connection.execute(text(f"NOTIFY {TIMER_CHANNEL}"))
-
-
 async def due_leads(connection: AsyncConnection, now: datetime, limit: int) -> list[uuid.UUID]:
     """Without locks: the leads of up to ``limit`` timers due at ``now``, the longest due first."""
     rows = await connection.execute(
@@ -282,10 +201,6 @@ async def due_timer_for_update(connection: AsyncConnection, lead_id: uuid.UUID, 
         )
     ).one_or_none()
     return None if row is None else DueTimer(timer_id=row.timer_id, due_at=row.due_at)
-
-
-async def remove_timer(connection: AsyncConnection, lead_id: uuid.UUID) -> None:
-    await connection.execute(text("DELETE FROM scoring_timers WHERE lead_id = :lead_id"), {"lead_id": lead_id})
 
 
 async def postpone_timer(connection: AsyncConnection, lead_id: uuid.UUID, due_at: datetime) -> None:

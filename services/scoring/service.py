@@ -46,34 +46,7 @@ ACCEPTS: dict[str, tuple[type[Event], ...]] = {
 WAKE_WITHIN = timedelta(seconds=1)
 
 
-async def arm(
-    connection: AsyncConnection,
-    state: LeadState,
-    agreement: Agreement,
-    at: datetime,
-    now: datetime,
-    wake_within: timedelta = WAKE_WITHIN,
-) -> datetime | None:
-    """Keep the lead's one timer at the core's next re-evaluation, or remove it when there is none."""
-    return (await arm_many(connection, [(state, at)], agreement, now, wake_within))[0]
-
-
-async def arm_many(
-    connection: AsyncConnection,
-    evaluated: Sequence[tuple[LeadState, datetime]],
-    agreement: Agreement,
-    now: datetime,
-    wake_within: timedelta = WAKE_WITHIN,
-) -> list[datetime | None]:
-    """``arm`` for several leads (each once) in at most three statements; the timer loops are
-    woken only for a timer due within ``wake_within``."""
-    dues, unarmed, timers = _next_timers(evaluated, agreement, now)
-    await repository.remove_timers(connection, unarmed)
-    await repository.arm_timers(connection, timers, wake_if_due_before=now + wake_within)
-    return dues
-
-
-def _next_timers(
+def next_timers(
     evaluated: Sequence[tuple[LeadState, datetime]], agreement: Agreement, now: datetime
 ) -> tuple[list[datetime | None], list[uuid.UUID], list[Timer]]:
     """Each lead's next re-evaluation, and the leads split by it: those whose timer goes, the
@@ -171,7 +144,7 @@ async def apply_batch(
     for index, merge in merges.items():
         outcomes[index] = Outcome(outcomes[index].state, (merge, *outcomes[index].facts))
     changed = [states[lead_id] for lead_id in evaluated_at]
-    _, unarmed, timers = _next_timers([(state, evaluated_at[state.lead_id]) for state in changed], agreement, now)
+    _, unarmed, timers = next_timers([(state, evaluated_at[state.lead_id]) for state in changed], agreement, now)
     await repository.save_batch(
         connection,
         identities=recorded,

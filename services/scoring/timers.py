@@ -30,7 +30,7 @@ from coxswain.runtime.waiting import first_of
 from coxswain.settings import ScoringConfig
 from services.scoring import repository
 from services.scoring.repository import TIMER_CHANNEL
-from services.scoring.service import arm
+from services.scoring.service import next_timers
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +44,26 @@ async def fire_one(connection: AsyncConnection, lead_id: uuid.UUID, agreement: A
     if timer is None:
         return False
     outcome = on_timer(state, agreement, timer.due_at, timer.timer_id)
-    if outcome.facts:
-        await repository.save_leads(connection, [outcome.state], agreement.version, now)
-        await repository.record_facts(connection, outcome.facts, now)
-        await outbox.stage(connection, outcome.facts, now)
-    # This loop looks for the next due timer right after its pass: it need not wake itself.
-    due = await arm(connection, outcome.state, agreement, timer.due_at, now, wake_within=timedelta(0))
+    (due,), unarmed, timers = next_timers([(outcome.state, timer.due_at)], agreement, now)
     if due is not None and due <= timer.due_at:
         # Cannot happen with a consistent core; never spin on it.
         log.warning("re-evaluation changed nothing and is due again at once; dropping: lead_id=%s", lead_id)
-        await repository.remove_timer(connection, lead_id)
+        unarmed, timers = [lead_id], []
+    # One statement: the lead and its facts when the timer changed something, and the timer re-armed
+    # or removed. This loop looks for the next due timer right after its pass, so it need not be
+    # woken for one due later than now.
+    await repository.save_batch(
+        connection,
+        states=[outcome.state] if outcome.facts else [],
+        facts=outcome.facts,
+        unarmed=unarmed,
+        timers=timers,
+        agreement_version=agreement.version,
+        now=now,
+        wake_if_due_before=now,
+    )
+    if outcome.facts:
+        await outbox.stage(connection, outcome.facts, now)
     log.info(
         "lead re-evaluated: lead_id=%s timer_id=%s due_at=%s lateness_ms=%d facts=%d",
         lead_id,

@@ -146,6 +146,29 @@ async def test_new_engagement_moves_the_timer_later(engine: AsyncEngine) -> None
         await connection.execute(text("DELETE FROM scoring_timers WHERE lead_id = :l"), {"l": lead_id})
 
 
+async def test_a_timer_due_before_its_lead_changes_is_armed_again_for_the_true_time(engine: AsyncEngine) -> None:
+    lead_id = await decaying_mql(engine, NOW - timedelta(days=5))
+    true_due = await timer_of(engine, lead_id)
+    assert true_due is not None and true_due > NOW
+    # A timer left from an older state (an agreement that decayed faster) comes due now: firing it
+    # changes nothing yet, and the lead's one timer moves to when its score really falls.
+    async with engine.begin() as connection:
+        await connection.execute(
+            text("UPDATE scoring_timers SET due_at = :due WHERE lead_id = :l"),
+            {"due": NOW - timedelta(minutes=1), "l": lead_id},
+        )
+
+    fired, _ = await fire_due(engine, AGREEMENT, NOW, 1000)
+
+    assert fired >= 1
+    rearmed = await timer_of(engine, lead_id)
+    # The same instant, computed again from another evaluation time (to within float rounding).
+    assert rearmed is not None and abs(rearmed - true_due) < timedelta(seconds=1)
+    assert [change[1] for change in await stage_changes(engine, lead_id)] == ["mql"]
+    async with engine.begin() as connection:
+        await connection.execute(text("DELETE FROM scoring_timers WHERE lead_id = :l"), {"l": lead_id})
+
+
 async def test_only_a_timer_due_before_the_loops_look_again_wakes_them(engine: AsyncEngine) -> None:
     heard: list[str] = []
 
