@@ -38,6 +38,7 @@ from schemas.events import (
 from services.scoring import repository as scoring_repository
 from services.sla_monitor import service as sla_monitor
 from tests.support.databases import fresh_database
+from tests.support.facts import routed_fact
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -63,24 +64,13 @@ async def engine(infrastructure: None) -> AsyncIterator[AsyncEngine]:
 
 
 def routed(lead_id: uuid.UUID, at: datetime, rep: str, replaces: uuid.UUID | None = None) -> LeadRoutedV1:
-    cause = uuid.uuid4()
-    return LeadRoutedV1(
-        event_id=uuid.uuid5(cause, "routed"),
-        lead_id=lead_id,
-        occurred_at=at,
-        agreement_version="it-1",
-        caused_by=cause,
-        assignment_id=uuid.uuid5(cause, "assignment"),
-        rep_id=rep,
-        pool_id="general",
-        rule_id="fallback",
-        reason="test",
-        tier=Tier.warm,
-        routed_at=at,
-        follow_up_due_at=at + timedelta(minutes=10),
-        candidates=(),
-        replaces_assignment_id=replaces,
-    )
+    return routed_fact(rep, at, lead_id=lead_id, pool_id="general", due_in=timedelta(minutes=10), replaces=replaces)
+
+
+def iris_then_ava(lead_id: uuid.UUID) -> tuple[LeadRoutedV1, LeadRoutedV1]:
+    """The lead routed to iris at T0, then reassigned to ava a second later."""
+    first = routed(lead_id, T0, "iris")
+    return first, routed(lead_id, T0 + timedelta(seconds=1), "ava", replaces=first.assignment_id)
 
 
 async def touched(engine: AsyncEngine, lead_id: uuid.UUID, at: datetime, rep: str) -> ActivityAcceptedV1:
@@ -154,8 +144,7 @@ async def test_a_batch_with_a_reassignment_and_the_former_owners_touch_after_it_
     one batch with both routings, iris's clock must not take it either (it was already claimed
     in the inbox when iris's routing was applied, but not applied yet)."""
     lead = uuid.uuid4()
-    first = routed(lead, T0, "iris")
-    second = routed(lead, T0 + timedelta(seconds=1), "ava", replaces=first.assignment_id)
+    first, second = iris_then_ava(lead)
     touch = await touched(engine, lead, T0 + timedelta(seconds=2), "iris")
 
     await monitor(engine, T0 + timedelta(seconds=3)).process(deliveries([first, second, touch]))
@@ -174,8 +163,7 @@ async def test_a_touch_applied_before_both_routings_answers_the_assignment_it_wa
     to stop then), and then gets both routings in one batch. The touch was received after the
     lead moved to ava, so it answers neither iris's clock nor, being iris's, ava's."""
     lead = uuid.uuid4()
-    first = routed(lead, T0, "iris")
-    second = routed(lead, T0 + timedelta(seconds=1), "ava", replaces=first.assignment_id)
+    first, second = iris_then_ava(lead)
     touch = await touched(engine, lead, T0 + timedelta(seconds=2), "iris")
 
     await monitor(engine, T0 + timedelta(seconds=3)).process(deliveries([touch]))
@@ -194,8 +182,7 @@ async def test_the_owners_touch_in_the_same_batch_as_the_routings_meets_the_new_
     """The same batch with ava's own touch after her routing: her clock is met, once; and a touch
     that comes before its routing in the batch (published first) still answers it."""
     lead = uuid.uuid4()
-    first = routed(lead, T0, "iris")
-    second = routed(lead, T0 + timedelta(seconds=1), "ava", replaces=first.assignment_id)
+    first, second = iris_then_ava(lead)
     touch = await touched(engine, lead, T0 + timedelta(seconds=2), "ava")
 
     await monitor(engine, T0 + timedelta(seconds=3)).process(deliveries([first, touch, second]))
