@@ -258,9 +258,6 @@ class OutboxRelay:
     async def refresh_leases(self) -> tuple[int, ...]:
         """Say this relay is alive, renew its leases, and move towards its fair share: take
         buckets nobody holds (or whose holder's lease ran out), hand back any beyond the share."""
-        # A bucket handed back here is read by its next holder at once: the batch published last
-        # must be gone by then, or it would be sent again.
-        await self.delete_published()
         started = time.monotonic()
         async with self._engine.begin() as connection:
             others = await connection.scalar(
@@ -291,6 +288,9 @@ class OutboxRelay:
                 self._lost(lost, "its lease ran out before it was renewed")
             renewed.sort()
             if len(renewed) > share:
+                # A bucket handed back is read by its next holder at once: the batch published last
+                # must be gone by then, or it would be sent again.
+                await self.delete_published()
                 extra = renewed[share:]
                 await connection.execute(
                     text("UPDATE outbox_leases SET expires_at = now() WHERE owner = :me AND bucket = ANY(:extra)"),
