@@ -139,6 +139,11 @@ class Sender:
                 response = await self.client.post(webhook.path, content=payload, headers=headers)
             except httpx.HTTPError as exc:
                 self.statuses[type(exc).__name__] += 1
+            except AttributeError:
+                # anyio reads the peer address of a connection the killed intake has just reset and
+                # finds no socket (httpcore's connect, anyio's extra_attributes): a lost connection
+                # like any other, which a webhook sender retries. It crashed the restore run once.
+                self.statuses["ConnectionLost"] += 1
             else:
                 self.statuses[str(response.status_code)] += 1
                 if response.status_code == 202:
