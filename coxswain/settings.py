@@ -157,6 +157,14 @@ class ConsumerConfig(Slice):
         "service's own choice, 0 for scoring, the router and crm-sync, 250 ms for the SLA monitor and "
         "reporting (docs/event-path.md).",
     )
+    consumer_stall_seconds: float = Field(
+        default=30.0,
+        ge=1.0,
+        le=3600.0,
+        description="A consumer whose loop has not come round, or whose group has not finished a rebalance, for this "
+        "long (while Kafka and PostgreSQL answer) is stopped and started again, logged as an error with where it "
+        "was stuck, counted in coxswain_consumer_stalls_total and reported by /readyz (docs/runbook.md).",
+    )
     consumer_failpoint: Literal["", "before_db_commit", "after_db_commit"] = Field(
         default="",
         description="Crash tests only: hang at this point of the first batch so a test can SIGKILL the process there.",

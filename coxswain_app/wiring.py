@@ -177,7 +177,15 @@ def crm_consumer_config(consumer: ConsumerConfig, crm: CrmSyncConfig) -> Consume
     """A batch is one transaction held open while the CRM is called for each of its records (and
     a poll must come back within Kafka's max.poll.interval): crm-sync takes at most
     COXSWAIN_CRM_MAX_BATCH records at a time."""
-    return consumer.model_copy(update={"consumer_max_batch": min(consumer.consumer_max_batch, crm.crm_max_batch)})
+    # A batch may wait out a CRM's rate limit for each record (crm_max_wait_seconds), so the
+    # watchdog gives crm-sync's loop that long per record before it calls it stalled.
+    longest_batch = crm.crm_max_batch * (crm.crm_max_wait_seconds + crm.crm_request_timeout_seconds)
+    return consumer.model_copy(
+        update={
+            "consumer_max_batch": min(consumer.consumer_max_batch, crm.crm_max_batch),
+            "consumer_stall_seconds": max(consumer.consumer_stall_seconds, min(longest_batch, 3600.0)),
+        }
+    )
 
 
 async def run_crm_sync(settings: Settings | None = None) -> None:
@@ -290,7 +298,11 @@ async def run_consumer(
             group.create_task(_retry("kafka consumer", lambda: service.run(stop), stop))
             group.create_task(outages.watch({"kafka": publisher.ping, "postgres": health.database_check(engine)}, stop))
             if settings.health.health_port:
-                checks = {"database": health.database_check(engine), "kafka": publisher.ping}
+                checks = {
+                    "database": health.database_check(engine),
+                    "kafka": publisher.ping,
+                    "consumer": service.check,
+                }
                 group.create_task(health.serve(settings.health.health_host, settings.health.health_port, checks, stop))
     finally:
         await publisher.stop()

@@ -47,7 +47,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coxswain.core.privacy import forget
 from coxswain.runtime import metrics, outages, outbox, tracing
-from coxswain.runtime.kafka import make_consumer
+from coxswain.runtime.kafka import make_consumer, rebalancing
+from coxswain.runtime.liveness import Liveness, StallReason
 from coxswain.runtime.outages import is_connection_error
 from coxswain.settings import ConsumerConfig, KafkaConfig
 from schemas.codec import DecodeError, Headers, WireRecord, decode, encode
@@ -57,6 +58,11 @@ log = logging.getLogger(__name__)
 
 # How often applied offsets go to Kafka at most while batches keep coming (see ConsumerService).
 COMMIT_EVERY_SECONDS = 1.0
+# The longest an offset commit, or a consumer's stop, is waited for (see ``_commit`` and ``run``).
+COMMIT_TIMEOUT_SECONDS = 10.0
+STOP_TIMEOUT_SECONDS = 10.0
+# How often the watchdog looks at the loop (coxswain.runtime.liveness).
+WATCH_EVERY_SECONDS = 1.0
 DEAD_LETTER_NAMESPACE = uuid.UUID("5b0f9a36-3f57-4f0e-9f1c-4a1c8f6d2b10")
 
 Clock = Callable[[], datetime]
@@ -88,6 +94,10 @@ class RetrySoon(Exception):
     """The batch met a passing conflict (locks another instance holds and that cannot be waited
     for in order): it is rolled back and applied again shortly. Not a fault: never dead-lettered,
     never logged as a warning, counted in ``coxswain_batches_retried``."""
+
+
+class ConsumerStalled(Exception):
+    """The watchdog stopped a consumer that was stuck (coxswain.runtime.liveness); a new one takes over."""
 
 
 class ErasureInProgress(RetrySoon):
@@ -268,62 +278,115 @@ class ConsumerService:
         # per consumer, most of the broker's work at a few leads per second.
         self._pending: dict[TopicPartition, int] = {}
         self._last_commit = -math.inf
+        self._liveness = Liveness(config.consumer_stall_seconds, time.monotonic())
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Consume until ``stop``; raise ``ConsumerStalled`` when the watchdog had to stop a stuck
+        consumer (the caller starts a new one, as after any failure)."""
         consumer = make_consumer(self._kafka, self.name, (), self._config.consumer_max_batch, self.gather_ms)
         consumer.subscribe(list(self._accepts), listener=_WaitForInFlight(self._lock, lambda: self._flush(consumer)))
+        self._liveness = Liveness(self._config.consumer_stall_seconds, time.monotonic())
         await consumer.start()
         log.info("consumer %s started on %s", self.name, ", ".join(self._accepts))
-        backoff, retried = 0.5, 0
+        consuming = asyncio.create_task(self._consume(consumer, stop), name=f"consumer {self.name}")
+        stalled: StallReason | None = None
         try:
-            while not stop.is_set():
-                batch: dict[Any, list[Any]] = await consumer.getmany(timeout_ms=500)
-                if not batch:
-                    if self._pending:
-                        async with self._lock:
-                            await self._flush(consumer)  # quiet: commit what was applied
-                    continue
-                async with self._lock:
-                    try:
-                        await self.process([_delivery(record) for record in in_time_order(batch)])
-                    except RetrySoon as exc:
-                        metrics.BATCHES_RETRIED.labels(self.name, type(exc).__name__).inc()
-                        log.debug("batch given back, applying it again shortly: consumer=%s reason=%s", self.name, exc)
-                        for tp, records in batch.items():
-                            consumer.seek(tp, records[0].offset)
-                        # A conflicting transaction lasts milliseconds: come back after about as
-                        # long, a little longer each time in a row, never as long as a fault's backoff.
-                        retried = min(retried + 1, 6)
-                        await asyncio.sleep(random.uniform(0.5, 1.0) * 0.005 * 2**retried)
-                        continue
-                    except Exception as exc:
-                        log.warning(
-                            "batch failed, will be redelivered: consumer=%s error=%s",
-                            self.name,
-                            type(exc).__name__,
-                            exc_info=not (is_connection_error(exc) or isinstance(exc, Unavailable)),
-                            extra=outages.about(exc),
-                        )
-                        for tp, records in batch.items():
-                            consumer.seek(tp, records[0].offset)
-                        await asyncio.sleep(backoff)
-                        backoff = min(backoff * 2, 10.0)
-                        continue
-                    backoff, retried = 0.5, 0
-                    for tp, records in batch.items():
-                        self._pending[TopicPartition(tp.topic, tp.partition)] = records[-1].offset + 1
-                    if time.monotonic() - self._last_commit >= COMMIT_EVERY_SECONDS:
-                        # The offsets go to Kafka while the next batch is fetched and applied;
-                        # commits stay in order because each waits for the one before.
-                        await self._committed()
-                        self._committing = asyncio.create_task(self._commit(consumer, self._take_pending()))
-                    metrics.observe_batch(self.name, consumer, batch)
+            stalled = await self._watch(consuming)
         finally:
+            if stalled is not None:
+                self._report_stall(consuming, stalled)
+            if not consuming.done():
+                # Its batch's transaction rolls back; the records come again to the next consumer.
+                consuming.cancel()
+                with contextlib.suppress(BaseException):
+                    await consuming
+            if self._committing is not None and stalled is not None:
+                self._committing.cancel()
             with contextlib.suppress(Exception):
-                await self._flush(consumer)
-            # Leaving the group promptly hands partitions over without waiting for a session timeout.
-            await consumer.stop()
+                await asyncio.wait_for(self._flush(consumer), COMMIT_TIMEOUT_SECONDS)
+            # Leaving the group promptly hands partitions over without waiting for a session
+            # timeout; a consumer stuck inside aiokafka may not stop at all, and is left behind.
+            try:
+                await asyncio.wait_for(consumer.stop(), STOP_TIMEOUT_SECONDS)
+            except TimeoutError:
+                log.error("consumer %s did not stop within %ss; left behind", self.name, STOP_TIMEOUT_SECONDS)
+            self._committing, self._pending = None, {}
             log.info("consumer %s stopped", self.name)
+        if stalled is not None:
+            raise ConsumerStalled(self._liveness.explain(stalled, time.monotonic()))
+
+    async def _watch(self, consuming: asyncio.Task[None]) -> StallReason | None:
+        """Wait for the loop to end (its error raised here), or return why it stalled."""
+        while True:
+            done, _ = await asyncio.wait({consuming}, timeout=WATCH_EVERY_SECONDS)
+            if done:
+                consuming.result()
+                return None
+            now = time.monotonic()
+            if outages.OUTAGE["kafka"].open or outages.OUTAGE["postgres"].open:
+                self._liveness.outage(now)
+            elif reason := self._liveness.stalled(now):
+                return reason
+
+    def _report_stall(self, consuming: asyncio.Task[None], reason: StallReason) -> None:
+        metrics.CONSUMER_STALLS.labels(self.name, reason).inc()
+        log.error(
+            "consumer stalled, starting it again: consumer=%s reason=%s; its loop was waiting in:\n%s",
+            self.name,
+            self._liveness.explain(reason, time.monotonic()),
+            awaiting(consuming),
+        )
+
+    async def check(self) -> None:
+        """Readiness: raise while this consumer is stalled (before the watchdog restarts it)."""
+        if (reason := self._liveness.stalled(time.monotonic())) is not None:
+            raise ConsumerStalled(self._liveness.explain(reason, time.monotonic()))
+
+    async def _consume(self, consumer: Any, stop: asyncio.Event) -> None:
+        backoff, retried = 0.5, 0
+        while not stop.is_set():
+            self._liveness.came_round(time.monotonic(), rebalancing(consumer))
+            batch: dict[Any, list[Any]] = await consumer.getmany(timeout_ms=500)
+            if not batch:
+                if self._pending:
+                    async with self._lock:
+                        await self._flush(consumer)  # quiet: commit what was applied
+                continue
+            async with self._lock:
+                try:
+                    await self.process([_delivery(record) for record in in_time_order(batch)])
+                except RetrySoon as exc:
+                    metrics.BATCHES_RETRIED.labels(self.name, type(exc).__name__).inc()
+                    log.debug("batch given back, applying it again shortly: consumer=%s reason=%s", self.name, exc)
+                    for tp, records in batch.items():
+                        consumer.seek(tp, records[0].offset)
+                    # A conflicting transaction lasts milliseconds: come back after about as
+                    # long, a little longer each time in a row, never as long as a fault's backoff.
+                    retried = min(retried + 1, 6)
+                    await asyncio.sleep(random.uniform(0.5, 1.0) * 0.005 * 2**retried)
+                    continue
+                except Exception as exc:
+                    log.warning(
+                        "batch failed, will be redelivered: consumer=%s error=%s",
+                        self.name,
+                        type(exc).__name__,
+                        exc_info=not (is_connection_error(exc) or isinstance(exc, Unavailable)),
+                        extra=outages.about(exc),
+                    )
+                    for tp, records in batch.items():
+                        consumer.seek(tp, records[0].offset)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 10.0)
+                    continue
+                backoff, retried = 0.5, 0
+                for tp, records in batch.items():
+                    self._pending[TopicPartition(tp.topic, tp.partition)] = records[-1].offset + 1
+                if time.monotonic() - self._last_commit >= COMMIT_EVERY_SECONDS:
+                    # The offsets go to Kafka while the next batch is fetched and applied;
+                    # commits stay in order because each waits for the one before.
+                    await self._committed()
+                    self._committing = asyncio.create_task(self._commit(consumer, self._take_pending()))
+                metrics.observe_batch(self.name, consumer, batch)
 
     async def _committed(self) -> None:
         """Wait for the offset commit in flight, if any."""
@@ -344,11 +407,15 @@ class ConsumerService:
         return offsets
 
     async def _commit(self, consumer: Any, offsets: Mapping[TopicPartition, int]) -> None:
+        # Bounded: aiokafka retries a commit for as long as the coordinator is away, and the loop,
+        # a hand-over and a stop all wait for it. A commit given up only means a redelivery.
         try:
-            await consumer.commit(offsets)
+            await asyncio.wait_for(consumer.commit(offsets), COMMIT_TIMEOUT_SECONDS)
+        except TimeoutError:
+            log.warning("offset commit gave up after %ss; the records will be redelivered", COMMIT_TIMEOUT_SECONDS)
         except (CommitFailedError, IllegalStateError, KafkaError) as exc:
             # The work is in the database; the next owner of the partition redelivers and the inbox skips.
-            log.warning("offset commit failed after a rebalance: %s", type(exc).__name__)
+            log.warning("offset commit failed after a rebalance: %s", type(exc).__name__, extra=outages.about(exc))
 
     async def process(self, deliveries: Sequence[Delivery]) -> None:
         """Apply a batch in one transaction; raise only for errors that deserve a redelivery."""
@@ -506,6 +573,25 @@ def _claim_topic(delivery: Delivery, item: Event | WireRecord) -> str:
 
 def _lead_id(item: Event | WireRecord) -> uuid.UUID | None:
     return None if isinstance(item, WireRecord) else item.lead_id
+
+
+def awaiting(task: asyncio.Task[Any]) -> str:
+    """Where a task is waiting, innermost last: each coroutine it awaits, through awaited tasks
+    (an offset commit in flight) down to the future nothing resolves. ``Task.print_stack`` shows
+    only the task's own frame, which says the loop is in a batch but not where in it."""
+    lines: list[str] = []
+    step: Any = task
+    for _ in range(64):  # a chain deeper than this is cut, never followed round a cycle
+        if isinstance(step, asyncio.Task):
+            step = step.get_coro()
+        frame = getattr(step, "cr_frame", None) or getattr(step, "gi_frame", None)
+        if frame is None:
+            if step is not None:
+                lines.append(f"  waiting for {type(step).__name__}")
+            break
+        lines.append(f"  {frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_qualname}")
+        step = getattr(step, "cr_await", None) or getattr(step, "gi_yieldfrom", None)
+    return "\n".join(lines)
 
 
 def in_time_order(batch: Mapping[Any, Sequence[Any]]) -> list[Any]:

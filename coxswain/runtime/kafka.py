@@ -163,6 +163,17 @@ def make_consumer(config: KafkaConfig, group_id: str, topics: Iterable[str], max
     )
 
 
+def rebalancing(consumer: Any) -> bool:
+    """True while the consumer's group has not (re)assigned it partitions after it (re)joined.
+
+    aiokafka has no public way to tell "the group is rebalancing" from "assigned no partitions"
+    (both read as an empty ``assignment()``), and only the first is a stall when it lasts; its
+    subscription state knows (aiokafka 0.10 to 0.14). Read defensively: an aiokafka without it
+    reads as not rebalancing, which only turns that check of the watchdog off."""
+    state = getattr(consumer, "_subscription", None)
+    return bool(getattr(state, "reassignment_in_progress", False)) if state is not None else False
+
+
 def all_topics() -> list[str]:
     topics = [event.topic for event in ALL_EVENTS]
     return topics + [dead_letter_topic(topic) for topic in topics]

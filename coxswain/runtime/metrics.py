@@ -70,6 +70,12 @@ BATCHES_RETRIED = Counter(
     "(for example routing locks another router holds); nothing is dead-lettered for it.",
     ["consumer", "reason"],
 )
+CONSUMER_STALLS = Counter(
+    "coxswain_consumer_stalls",
+    "Consumers the watchdog stopped and started again because their loop had not come round (loop) or their "
+    "group had not finished a rebalance (rebalance) for COXSWAIN_CONSUMER_STALL_SECONDS.",
+    ["consumer", "reason"],
+)
 CRM_WRITES = Counter(
     "coxswain_crm_writes",
     "Writes a CRM connector made (contact_created, lead_created, owner_set, task_created, task_closed), and writes it "

@@ -159,7 +159,7 @@ async def test_sigterm_mid_stream_commits_what_was_processed_and_the_successor_r
     assert scoring.process is not None and scoring.process.returncode == 0
     assert await committed(GROUP) - baseline == LEADS
     assert live.json() == {"status": "ok"}
-    assert ready.json() == {"status": "ready", "database": "ok", "kafka": "ok"}
+    assert ready.json() == {"status": "ready", "database": "ok", "kafka": "ok", "consumer": "ok"}
 
 
 async def _caught_up() -> bool:

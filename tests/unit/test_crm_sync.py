@@ -376,6 +376,17 @@ def test_crm_sync_takes_small_batches_whatever_the_consumer_setting() -> None:
     assert crm_consumer_config(ConsumerConfig(consumer_max_batch=5), crm).consumer_max_batch == 5
 
 
+def test_crm_syncs_watchdog_waits_as_long_as_a_batch_may_wait_out_rate_limits() -> None:
+    from coxswain.settings import ConsumerConfig
+    from coxswain_app.wiring import crm_consumer_config
+
+    crm = CrmSyncConfig(crm_max_batch=20, crm_max_wait_seconds=60.0, crm_request_timeout_seconds=10.0)
+    assert crm_consumer_config(ConsumerConfig(consumer_stall_seconds=30.0), crm).consumer_stall_seconds == 1400.0
+    assert crm_consumer_config(ConsumerConfig(consumer_stall_seconds=2000.0), crm).consumer_stall_seconds == 2000.0
+    big = CrmSyncConfig(crm_max_batch=500, crm_max_wait_seconds=60.0)
+    assert crm_consumer_config(ConsumerConfig(), big).consumer_stall_seconds == 3600.0
+
+
 # --------------------------------------------------------------------------- Salesforce
 
 

@@ -1,0 +1,185 @@
+"""A consumer stuck in its loop is stopped and started again by its watchdog: the batch it was
+stuck in is rolled back and applied once by the new consumer, and the stall is logged with where
+the loop was, and counted."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+
+import pytest
+import pytest_asyncio
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from prometheus_client import REGISTRY
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from coxswain.runtime.consumer import ConsumerService, ConsumerStalled
+from coxswain.runtime.kafka import connection_options, rebalancing
+from coxswain.settings import ConsumerConfig, KafkaConfig
+from schemas.codec import encode
+from schemas.events import Event, LeadAttributes, LeadReceivedV1
+from tests.support.databases import engine_without_relays
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+NOW = datetime(2026, 12, 4, 9, 30, tzinfo=UTC)
+TOPIC = LeadReceivedV1.topic
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def engine(infrastructure: None) -> AsyncIterator[AsyncEngine]:
+    async with engine_without_relays() as database:
+        yield database
+
+
+class HangsOnce:
+    """A handler whose first call never returns (a lost wake-up, a call without a timeout); later
+    calls write one row in the batch's transaction, so a rolled-back attempt leaves nothing."""
+
+    def __init__(self, effects: str) -> None:
+        self.effects = effects
+        self.calls = 0
+
+    async def __call__(self, connection: AsyncConnection, event: Event, now: datetime) -> Sequence[Event]:
+        self.calls += 1
+        await connection.execute(
+            text("INSERT INTO inbox (consumer, event_id, topic, processed_at) VALUES (:c, :e, 'effect', :now)"),
+            {"c": self.effects, "e": event.event_id, "now": now},
+        )
+        if self.calls == 1:
+            await asyncio.Event().wait()
+        return []
+
+
+async def start_after_earlier_tests(kafka: KafkaConfig, group: str) -> None:
+    consumer = AIOKafkaConsumer(**connection_options(kafka), group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(TOPIC, p) for p in range(kafka.kafka_topic_partitions)]
+        consumer.assign(partitions)
+        await consumer.commit(dict(await consumer.end_offsets(partitions)))
+    finally:
+        await consumer.stop()
+
+
+async def keep_running(service: ConsumerService, stop: asyncio.Event) -> int:
+    """What the process does with a consumer (coxswain_app.wiring): start it again when it stops
+    on a stall. Returns how many times it was started again."""
+    restarts = 0
+    while not stop.is_set():
+        try:
+            await service.run(stop)
+        except ConsumerStalled:
+            restarts += 1
+    return restarts
+
+
+async def test_a_consumer_stuck_in_a_batch_is_started_again_and_applies_it_once(
+    engine: AsyncEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    name = f"watchdog-{uuid.uuid4().hex[:8]}"
+    kafka = KafkaConfig()
+    await start_after_earlier_tests(kafka, name)
+    handler = HangsOnce(f"{name}-effects")
+    service = ConsumerService(
+        name=name,
+        accepts={TOPIC: (LeadReceivedV1,)},
+        handler=handler,
+        engine=engine,
+        kafka=kafka,
+        config=ConsumerConfig(consumer_stall_seconds=1.0),
+        clock=lambda: NOW,
+    )
+    event = LeadReceivedV1(
+        event_id=uuid.uuid4(),
+        lead_id=uuid.uuid4(),
+        occurred_at=NOW,
+        source="webform",
+        webhook_id=f"msg_{uuid.uuid4().hex}",
+        engagement="form_submit",
+        attributes=LeadAttributes(title="VP Sales", country="US"),
+    )
+    caplog.set_level(logging.INFO)
+    stop = asyncio.Event()
+    running = asyncio.create_task(keep_running(service, stop))
+    producer = AIOKafkaProducer(**connection_options(kafka), acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        record = encode(event)
+        await producer.send_and_wait(TOPIC, record.value, key=record.key, headers=list(record.headers))
+        for _ in range(600):  # a guard against a hang (a minute), not a measurement
+            if await effects(engine, handler.effects):
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await producer.stop()
+    # Without a watchdog the loop never returns from the stuck batch, stop or not.
+    restarts = await asyncio.wait_for(running, 30)
+
+    assert handler.calls == 2, "stuck once, then applied by the consumer started in its place"
+    assert await effects(engine, handler.effects) == [event.event_id], "the stuck attempt left nothing behind"
+    assert restarts == 1
+    stalls = REGISTRY.get_sample_value("coxswain_consumer_stalls_total", {"consumer": name, "reason": "loop"})
+    assert stalls == 1
+    [report] = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR and "stalled" in r.getMessage()]
+    assert f"consumer={name}" in report
+    assert "its loop has not come round" in report
+    assert "in HangsOnce.__call__" in report, "the log says where the loop was stuck"
+
+
+async def test_a_consumer_that_keeps_coming_round_is_never_restarted(engine: AsyncEngine) -> None:
+    name = f"watchdog-{uuid.uuid4().hex[:8]}"
+    kafka = KafkaConfig()
+    await start_after_earlier_tests(kafka, name)
+
+    async def quick(connection: AsyncConnection, event: Event, now: datetime) -> Sequence[Event]:
+        return []
+
+    service = ConsumerService(
+        name=name,
+        accepts={TOPIC: (LeadReceivedV1,)},
+        handler=quick,
+        engine=engine,
+        kafka=kafka,
+        config=ConsumerConfig(consumer_stall_seconds=1.0),
+        clock=lambda: NOW,
+    )
+    stop = asyncio.Event()
+    running = asyncio.create_task(keep_running(service, stop))
+    await asyncio.sleep(4.0)  # several stall periods with nothing to read: idle is not stuck
+    await service.check()  # ready
+    stop.set()
+    assert await running == 0
+    assert REGISTRY.get_sample_value("coxswain_consumer_stalls_total", {"consumer": name, "reason": "loop"}) is None
+
+
+async def effects(engine: AsyncEngine, consumer: str) -> list[uuid.UUID]:
+    async with engine.connect() as connection:
+        rows = await connection.execute(text("SELECT event_id FROM inbox WHERE consumer = :c"), {"c": consumer})
+        return [row.event_id for row in rows]
+
+
+async def test_a_consumer_reads_as_rebalancing_until_its_group_assigns_it_partitions() -> None:
+    """The watchdog's second signal reads aiokafka's subscription state: this fails if an aiokafka
+    upgrade moves it, rather than the check going quietly blind."""
+    kafka = KafkaConfig()
+    consumer = AIOKafkaConsumer(
+        **connection_options(kafka), group_id=f"watchdog-{uuid.uuid4().hex[:8]}", enable_auto_commit=False
+    )
+    consumer.subscribe([TOPIC])
+    assert rebalancing(consumer)
+    await consumer.start()
+    try:
+        for _ in range(600):  # a guard against a hang (a minute), not a measurement
+            await consumer.getmany(timeout_ms=100)
+            if consumer.assignment():
+                break
+        assert consumer.assignment()
+        assert not rebalancing(consumer)
+    finally:
+        await consumer.stop()
