@@ -35,9 +35,9 @@ from coxswain.settings import KafkaConfig
 from schemas.codec import encode
 from schemas.events import Event
 from services.crm_sync import service as crm_sync
-from tests.integration.test_routing_router import start_group_at_end
 from tests.support.databases import fresh_database
 from tests.support.facts import routed_fact
+from tests.support.infra import start_group_at_end
 from tests.support.stack import ServiceProcess
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 import pytest
 import pytest_asyncio
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -24,6 +24,7 @@ from coxswain.settings import ConsumerConfig, KafkaConfig
 from schemas.codec import encode
 from schemas.events import Event, LeadAttributes, LeadReceivedV1
 from tests.support.databases import engine_without_relays
+from tests.support.infra import start_group_at_end
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -188,14 +189,7 @@ async def test_a_batch_that_meets_a_passing_conflict_is_applied_again_soon_and_q
     its batch again, is counted, and nothing is dead-lettered or logged as a warning."""
     name = f"test-retry-{uuid.uuid4().hex[:8]}"
     kafka = KafkaConfig()
-    start = AIOKafkaConsumer(**connection_options(kafka), group_id=name, enable_auto_commit=False)
-    await start.start()
-    try:
-        partitions = [TopicPartition(TOPIC, p) for p in range(kafka.kafka_topic_partitions)]
-        start.assign(partitions)
-        await start.commit(dict(await start.end_offsets(partitions)))  # begin after what earlier tests sent
-    finally:
-        await start.stop()
+    await start_group_at_end(name, [TOPIC])
     event = received()
     recorder = Recorder(name, contended=Counter({event.event_id: 2}))
     consumer = ConsumerService(

@@ -12,17 +12,18 @@ from datetime import UTC, datetime
 
 import pytest
 import pytest_asyncio
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from coxswain.runtime.consumer import ConsumerService, ConsumerStalled
+from coxswain.runtime.consumer import ConsumerService, ConsumerStalled, Handler
 from coxswain.runtime.kafka import connection_options, rebalancing
 from coxswain.settings import ConsumerConfig, KafkaConfig
 from schemas.codec import encode
 from schemas.events import Event, LeadAttributes, LeadReceivedV1
 from tests.support.databases import engine_without_relays
+from tests.support.infra import start_group_at_end
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -55,15 +56,17 @@ class HangsOnce:
         return []
 
 
-async def start_after_earlier_tests(kafka: KafkaConfig, group: str) -> None:
-    consumer = AIOKafkaConsumer(**connection_options(kafka), group_id=group, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        partitions = [TopicPartition(TOPIC, p) for p in range(kafka.kafka_topic_partitions)]
-        consumer.assign(partitions)
-        await consumer.commit(dict(await consumer.end_offsets(partitions)))
-    finally:
-        await consumer.stop()
+def watched(engine: AsyncEngine, name: str, handler: Handler) -> ConsumerService:
+    """A consumer whose watchdog calls it stalled after a second."""
+    return ConsumerService(
+        name=name,
+        accepts={TOPIC: (LeadReceivedV1,)},
+        handler=handler,
+        engine=engine,
+        kafka=KafkaConfig(),
+        config=ConsumerConfig(consumer_stall_seconds=1.0),
+        clock=lambda: NOW,
+    )
 
 
 async def keep_running(service: ConsumerService, stop: asyncio.Event) -> int:
@@ -83,17 +86,9 @@ async def test_a_consumer_stuck_in_a_batch_is_started_again_and_applies_it_once(
 ) -> None:
     name = f"watchdog-{uuid.uuid4().hex[:8]}"
     kafka = KafkaConfig()
-    await start_after_earlier_tests(kafka, name)
+    await start_group_at_end(name, [TOPIC])
     handler = HangsOnce(f"{name}-effects")
-    service = ConsumerService(
-        name=name,
-        accepts={TOPIC: (LeadReceivedV1,)},
-        handler=handler,
-        engine=engine,
-        kafka=kafka,
-        config=ConsumerConfig(consumer_stall_seconds=1.0),
-        clock=lambda: NOW,
-    )
+    service = watched(engine, name, handler)
     event = LeadReceivedV1(
         event_id=uuid.uuid4(),
         lead_id=uuid.uuid4(),
@@ -134,21 +129,12 @@ async def test_a_consumer_stuck_in_a_batch_is_started_again_and_applies_it_once(
 
 async def test_a_consumer_that_keeps_coming_round_is_never_restarted(engine: AsyncEngine) -> None:
     name = f"watchdog-{uuid.uuid4().hex[:8]}"
-    kafka = KafkaConfig()
-    await start_after_earlier_tests(kafka, name)
+    await start_group_at_end(name, [TOPIC])
 
     async def quick(connection: AsyncConnection, event: Event, now: datetime) -> Sequence[Event]:
         return []
 
-    service = ConsumerService(
-        name=name,
-        accepts={TOPIC: (LeadReceivedV1,)},
-        handler=quick,
-        engine=engine,
-        kafka=kafka,
-        config=ConsumerConfig(consumer_stall_seconds=1.0),
-        clock=lambda: NOW,
-    )
+    service = watched(engine, name, quick)
     stop = asyncio.Event()
     running = asyncio.create_task(keep_running(service, stop))
     await asyncio.sleep(4.0)  # several stall periods with nothing to read: idle is not stuck

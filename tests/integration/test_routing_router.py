@@ -17,7 +17,7 @@ import httpx
 import orjson
 import pytest
 import pytest_asyncio
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -42,6 +42,7 @@ from schemas.events import (
 )
 from services.roster.app import create_roster_app
 from services.router import service as router
+from tests.support.infra import start_group_at_end
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -347,21 +348,6 @@ async def test_nobody_eligible_parks_the_lead_and_the_retry_routes_it_when_someo
 
 
 # --------------------------------------------------------------------------- through the real consumer
-
-
-async def start_group_at_end(group: str, topics: list[str]) -> None:
-    """A new consumer group reads from the earliest offset; ours must only see what this test sends."""
-    config = KafkaConfig()
-    consumer = AIOKafkaConsumer(**connection_options(config), group_id=group, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        # The topics were created with this many partitions (`topics create`, test infrastructure).
-        partitions = [TopicPartition(t, p) for t in topics for p in range(config.kafka_topic_partitions)]
-        consumer.assign(partitions)
-        ends = await consumer.end_offsets(partitions)
-        await consumer.commit({tp: offset for tp, offset in ends.items()})
-    finally:
-        await consumer.stop()
 
 
 async def test_through_the_real_consumer_nobody_eligible_goes_to_the_fallback_with_the_reason(world: World) -> None:

@@ -19,7 +19,7 @@ from coxswain.settings import ConsumerConfig, KafkaConfig
 from schemas.codec import encode
 from schemas.events import Event
 from services.crm_sync import service as crm_sync
-from tests.integration.test_routing_router import start_group_at_end
+from tests.support.infra import start_group_at_end
 
 
 class Connector:

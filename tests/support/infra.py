@@ -11,6 +11,7 @@ import os
 import subprocess
 from pathlib import Path
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -80,3 +81,19 @@ async def reset_topics() -> None:
         except Exception:  # topics still marked for deletion: wait and retry
             await asyncio.sleep(0.3)
     await create_topics(config)
+
+
+async def start_group_at_end(group: str, topics: list[str]) -> None:
+    """A new consumer group reads from the earliest offset; a test's group must only see what the
+    test sends, not what earlier tests left on the shared topics."""
+    config = KafkaConfig()
+    consumer = AIOKafkaConsumer(**connection_options(config), group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        # The topics were created with this many partitions (`topics create`, test infrastructure).
+        partitions = [TopicPartition(t, p) for t in topics for p in range(config.kafka_topic_partitions)]
+        consumer.assign(partitions)
+        ends = await consumer.end_offsets(partitions)
+        await consumer.commit({tp: offset for tp, offset in ends.items()})
+    finally:
+        await consumer.stop()
