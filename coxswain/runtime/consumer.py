@@ -323,7 +323,15 @@ class ConsumerService:
                 consuming.result()
                 return None
             now = time.monotonic()
-            if outages.OUTAGE["kafka"].open or outages.OUTAGE["postgres"].open:
+            if (paused := self._liveness.paused_for(now, WATCH_EVERY_SECONDS)) is not None:
+                metrics.CONSUMER_PAUSES.labels(self.name).inc()
+                log.warning(
+                    "consumer paused: consumer=%s for=%.1fs; the process did not run (SIGSTOP, a VM or GC pause, "
+                    "a blocked event loop), so its partitions may have moved to another instance meanwhile",
+                    self.name,
+                    paused,
+                )
+            elif outages.OUTAGE["kafka"].open or outages.OUTAGE["postgres"].open:
                 self._liveness.outage(now)
             elif reason := self._liveness.stalled(now):
                 return reason

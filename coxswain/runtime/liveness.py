@@ -11,7 +11,9 @@ inbox turns into a no-op, so a restart costs a rebalance and never a fact.
 
 While Kafka or PostgreSQL is away the loop is expected to wait (the outage is logged once
 already); the clocks start again when it answers, so only a consumer that stays stuck after the
-world came back is restarted. Times are monotonic seconds, passed in.
+world came back is restarted. A process that did not run at all for that long (SIGSTOP, a VM
+pause) is not stuck in its loop: the watchdog says how long it was away, since its partitions may
+have moved meanwhile, and lets it carry on. Times are monotonic seconds, passed in.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class Liveness:
     stall_after: float
     last_round: float
     rebalancing_since: float | None = None
+    last_look: float | None = None  # when the watchdog last looked
 
     def came_round(self, now: float, rebalancing: bool) -> None:
         """The loop came back for its next fetch; ``rebalancing``: the group has not assigned it yet."""
@@ -41,6 +44,17 @@ class Liveness:
         self.last_round = now
         if self.rebalancing_since is not None:
             self.rebalancing_since = now
+
+    def paused_for(self, now: float, every: float) -> float | None:
+        """The watchdog looks again, ``every`` seconds after it last meant to. When it could not
+        look for the stall time beyond that, the whole process was not running (SIGSTOP, a VM or
+        garbage-collection pause, a blocked event loop): how long, else None. The loop could not
+        run either, so that is not its stall: the clocks count from now."""
+        previous, self.last_look = self.last_look, now
+        if previous is None or now - previous - every < self.stall_after:
+            return None
+        self.outage(now)
+        return now - previous
 
     def stalled(self, now: float) -> StallReason | None:
         if now - self.last_round >= self.stall_after:

@@ -76,6 +76,12 @@ CONSUMER_STALLS = Counter(
     "group had not finished a rebalance (rebalance) for COXSWAIN_CONSUMER_STALL_SECONDS.",
     ["consumer", "reason"],
 )
+CONSUMER_PAUSES = Counter(
+    "coxswain_consumer_paused",
+    "Times a consumer's process did not run for COXSWAIN_CONSUMER_STALL_SECONDS or longer (SIGSTOP, a VM or GC "
+    "pause, a blocked event loop): its partitions may have moved to another instance meanwhile.",
+    ["consumer"],
+)
 CRM_WRITES = Counter(
     "coxswain_crm_writes",
     "Writes a CRM connector made (contact_created, lead_created, owner_set, task_created, task_closed), and writes it "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
@@ -169,3 +170,28 @@ async def test_a_consumer_reads_as_rebalancing_until_its_group_assigns_it_partit
         assert not rebalancing(consumer)
     finally:
         await consumer.stop()
+
+
+async def test_a_paused_process_says_how_long_it_was_away_and_carries_on(
+    engine: AsyncEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The whole process not running (SIGSTOP, a VM pause; here the event loop blocked) is not a
+    stuck loop: it is reported, and the consumer is not started again for it."""
+    name = f"watchdog-{uuid.uuid4().hex[:8]}"
+    await start_group_at_end(name, [TOPIC])
+
+    async def quick(connection: AsyncConnection, event: Event, now: datetime) -> Sequence[Event]:
+        return []
+
+    service = watched(engine, name, quick)
+    caplog.set_level(logging.INFO)
+    stop = asyncio.Event()
+    running = asyncio.create_task(keep_running(service, stop))
+    await asyncio.sleep(3.0)  # joined and watched
+    time.sleep(3.5)  # noqa: ASYNC251 - the point: nothing in this process runs meanwhile
+    await asyncio.sleep(3.0)  # the watchdog looks again
+    stop.set()
+    assert await asyncio.wait_for(running, 30) == 0, "not started again"
+    assert REGISTRY.get_sample_value("coxswain_consumer_paused_total", {"consumer": name}) == 1
+    [report] = [r.getMessage() for r in caplog.records if "consumer paused" in r.getMessage()]
+    assert f"consumer={name}" in report

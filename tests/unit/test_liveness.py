@@ -47,3 +47,18 @@ def test_during_an_outage_waiting_is_expected_and_the_clocks_count_from_its_end(
     assert liveness.stalled(100.0) is None
     assert liveness.stalled(128.0) is None
     assert liveness.stalled(129.0) == "loop"
+
+
+def test_a_watchdog_that_looks_on_time_sees_no_pause() -> None:
+    liveness = Liveness(stall_after=5.0, last_round=0.0)
+    for now in range(0, 60):
+        assert liveness.paused_for(now + 0.3, every=1.0) is None
+
+
+def test_a_process_that_did_not_run_for_the_stall_time_was_paused_not_stuck() -> None:
+    liveness = Liveness(stall_after=5.0, last_round=0.0)
+    assert liveness.paused_for(1.0, every=1.0) is None
+    assert liveness.paused_for(6.9, every=1.0) is None, "late by less than the stall time"
+    assert liveness.paused_for(37.0, every=1.0) == 30.1
+    assert liveness.stalled(37.0) is None, "the loop could not run either: its clock starts again"
+    assert liveness.stalled(42.0) == "loop"
