@@ -47,7 +47,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coxswain.core.privacy import forget
 from coxswain.runtime import metrics, outages, outbox, tracing
-from coxswain.runtime.kafka import make_consumer, rebalancing
+from coxswain.runtime.kafka import make_consumer, metadata_task_failure, rebalancing
 from coxswain.runtime.liveness import Liveness, StallReason
 from coxswain.runtime.outages import is_connection_error
 from coxswain.settings import ConsumerConfig, KafkaConfig
@@ -279,6 +279,7 @@ class ConsumerService:
         self._pending: dict[TopicPartition, int] = {}
         self._last_commit = -math.inf
         self._liveness = Liveness(config.consumer_stall_seconds, time.monotonic())
+        self.kafka_consumer: Any = None  # the aiokafka consumer of the current run (watched, and seen by tests)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop``; raise ``ConsumerStalled`` when the watchdog had to stop a stuck
@@ -286,15 +287,16 @@ class ConsumerService:
         consumer = make_consumer(self._kafka, self.name, (), self._config.consumer_max_batch, self.gather_ms)
         consumer.subscribe(list(self._accepts), listener=_WaitForInFlight(self._lock, lambda: self._flush(consumer)))
         self._liveness = Liveness(self._config.consumer_stall_seconds, time.monotonic())
+        self.kafka_consumer = consumer
         await consumer.start()
         log.info("consumer %s started on %s", self.name, ", ".join(self._accepts))
         consuming = asyncio.create_task(self._consume(consumer, stop), name=f"consumer {self.name}")
-        stalled: StallReason | None = None
+        stalled: tuple[StallReason, str] | None = None
         try:
-            stalled = await self._watch(consuming)
+            stalled = await self._watch(consuming, consumer)
         finally:
             if stalled is not None:
-                self._report_stall(consuming, stalled)
+                self._report_stall(consuming, *stalled)
             if not consuming.done():
                 # Its batch's transaction rolls back; the records come again to the next consumer.
                 consuming.cancel()
@@ -310,12 +312,14 @@ class ConsumerService:
                 await asyncio.wait_for(consumer.stop(), STOP_TIMEOUT_SECONDS)
             except TimeoutError:
                 log.error("consumer %s did not stop within %ss; left behind", self.name, STOP_TIMEOUT_SECONDS)
+            except Exception as exc:  # a client whose metadata task died raises its error on close
+                log.warning("consumer %s stopped with an error: %r", self.name, exc, extra=outages.about(exc))
             self._committing, self._pending = None, {}
             log.info("consumer %s stopped", self.name)
         if stalled is not None:
-            raise ConsumerStalled(self._liveness.explain(stalled, time.monotonic()))
+            raise ConsumerStalled(stalled[1])
 
-    async def _watch(self, consuming: asyncio.Task[None]) -> StallReason | None:
+    async def _watch(self, consuming: asyncio.Task[None], consumer: Any) -> tuple[StallReason, str] | None:
         """Wait for the loop to end (its error raised here), or return why it stalled."""
         while True:
             done, _ = await asyncio.wait({consuming}, timeout=WATCH_EVERY_SECONDS)
@@ -331,22 +335,26 @@ class ConsumerService:
                     self.name,
                     paused,
                 )
+            elif (failure := metadata_task_failure(consumer)) is not None:
+                return "client", f"its Kafka client's metadata task ended ({failure!r}), so it waits for ever"
             elif outages.OUTAGE["kafka"].open or outages.OUTAGE["postgres"].open:
                 self._liveness.outage(now)
             elif reason := self._liveness.stalled(now):
-                return reason
+                return reason, self._liveness.explain(reason, now)
 
-    def _report_stall(self, consuming: asyncio.Task[None], reason: StallReason) -> None:
+    def _report_stall(self, consuming: asyncio.Task[None], reason: StallReason, why: str) -> None:
         metrics.CONSUMER_STALLS.labels(self.name, reason).inc()
         log.error(
             "consumer stalled, starting it again: consumer=%s reason=%s; its loop was waiting in:\n%s",
             self.name,
-            self._liveness.explain(reason, time.monotonic()),
+            why,
             awaiting(consuming),
         )
 
     async def check(self) -> None:
         """Readiness: raise while this consumer is stalled (before the watchdog restarts it)."""
+        if (failure := metadata_task_failure(self.kafka_consumer)) is not None:
+            raise ConsumerStalled(f"its Kafka client's metadata task ended ({failure!r})")
         if (reason := self._liveness.stalled(time.monotonic())) is not None:
             raise ConsumerStalled(self._liveness.explain(reason, time.monotonic()))
 

@@ -108,6 +108,10 @@ class Publisher:
     async def publish(self, records: Sequence[WireRecord]) -> None:
         """Send all records and return only once every one is acknowledged (or raise)."""
         producer = await self.start()
+        if (failure := metadata_task_failure(producer)) is not None:
+            log.warning("kafka producer replaced: its metadata task ended (%r)", failure)
+            await self._renew(producer)
+            producer = await self.start()
         pending: list[asyncio.Future[Any]] = []
         try:
             for record in records:
@@ -161,6 +165,23 @@ def make_consumer(config: KafkaConfig, group_id: str, topics: Iterable[str], max
         group_instance_id=config.kafka_instance_id,
         **gathering,
     )
+
+
+def metadata_task_failure(client_owner: Any) -> BaseException | None:
+    """The error that ended the metadata task of an aiokafka consumer's or producer's client, if one did.
+
+    Seen in a chaos run: the broker went away while the task sent a metadata request, uvloop
+    raised ``RuntimeError`` ("the handler is closed") writing to the closed transport, and aiokafka
+    (0.14), which expects only Kafka and OS errors there, let the task end. From then on every wait
+    for fresh metadata waits for ever: a consumer never finds its group coordinator again (its
+    group empties, it reads nothing, it cannot even stop), a producer never recovers from a leader
+    change. Nothing is logged. The client must be replaced; this says when. Read defensively
+    (private attributes): an aiokafka without them reads as healthy."""
+    client = getattr(client_owner, "_client", None) or getattr(client_owner, "client", None)
+    task = getattr(client, "_sync_task", None)
+    if not isinstance(task, asyncio.Task) or not task.done() or task.cancelled():
+        return None
+    return task.exception()
 
 
 def rebalancing(consumer: Any) -> bool:

@@ -21,7 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-StallReason = Literal["loop", "rebalance"]
+# "client": the consumer's aiokafka client can no longer refresh its metadata (judged in the consumer).
+StallReason = Literal["loop", "rebalance", "client"]
 
 
 @dataclass
@@ -64,6 +65,8 @@ class Liveness:
         return None
 
     def explain(self, reason: StallReason, now: float) -> str:
+        if reason == "client":
+            return "its Kafka client can no longer refresh its metadata"
         if reason == "loop":
             return f"its loop has not come round for {now - self.last_round:.1f}s"
         since = self.rebalancing_since if self.rebalancing_since is not None else now

@@ -72,8 +72,9 @@ BATCHES_RETRIED = Counter(
 )
 CONSUMER_STALLS = Counter(
     "coxswain_consumer_stalls",
-    "Consumers the watchdog stopped and started again because their loop had not come round (loop) or their "
-    "group had not finished a rebalance (rebalance) for COXSWAIN_CONSUMER_STALL_SECONDS.",
+    "Consumers the watchdog stopped and started again: their Kafka client's metadata task had ended (client), or "
+    "their loop had not come round (loop) or their group had not finished a rebalance (rebalance) for "
+    "COXSWAIN_CONSUMER_STALL_SECONDS.",
     ["consumer", "reason"],
 )
 CONSUMER_PAUSES = Counter(

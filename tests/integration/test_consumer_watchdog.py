@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -19,7 +20,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coxswain.runtime.consumer import ConsumerService, ConsumerStalled, Handler
-from coxswain.runtime.kafka import connection_options, rebalancing
+from coxswain.runtime.kafka import Publisher, connection_options, metadata_task_failure, rebalancing
 from coxswain.settings import ConsumerConfig, KafkaConfig
 from schemas.codec import encode
 from schemas.events import Event, LeadAttributes, LeadReceivedV1
@@ -195,3 +196,89 @@ async def test_a_paused_process_says_how_long_it_was_away_and_carries_on(
     assert REGISTRY.get_sample_value("coxswain_consumer_paused_total", {"consumer": name}) == 1
     [report] = [r.getMessage() for r in caplog.records if "consumer paused" in r.getMessage()]
     assert f"consumer={name}" in report
+
+
+def end_metadata_task(client: Any) -> None:
+    """What a broker that went away mid-request did to aiokafka's metadata task under uvloop (see
+    ``metadata_task_failure``): the task ends with the transport's RuntimeError."""
+
+    async def closed_transport(*_: object) -> bool:
+        raise RuntimeError("unable to perform operation on <TCPTransport closed=True>; the handler is closed")
+
+    client._metadata_update = closed_transport
+    client.force_metadata_update()  # wakes the task, which ends
+
+
+async def test_a_consumer_whose_kafka_client_lost_its_metadata_task_is_started_again(
+    engine: AsyncEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    name = f"watchdog-{uuid.uuid4().hex[:8]}"
+    await start_group_at_end(name, [TOPIC])
+    applied: list[uuid.UUID] = []
+
+    async def record(connection: AsyncConnection, event: Event, now: datetime) -> Sequence[Event]:
+        applied.append(event.event_id)
+        return []
+
+    service = watched(engine, name, record)
+    caplog.set_level(logging.INFO)
+    stop = asyncio.Event()
+    running = asyncio.create_task(keep_running(service, stop))
+    for _ in range(600):  # a guard against a hang (a minute), not a measurement
+        if service.kafka_consumer is not None and service.kafka_consumer.assignment():
+            break
+        await asyncio.sleep(0.1)
+    broken = service.kafka_consumer
+    end_metadata_task(broken._client)
+    for _ in range(600):  # a guard against a hang (a minute), not a measurement
+        if service.kafka_consumer is not broken and service.kafka_consumer.assignment():
+            break
+        await asyncio.sleep(0.1)
+    event = lead_received()
+    producer = AIOKafkaProducer(**connection_options(KafkaConfig()), acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        record_ = encode(event)
+        await producer.send_and_wait(TOPIC, record_.value, key=record_.key, headers=list(record_.headers))
+        for _ in range(600):  # a guard against a hang (a minute), not a measurement
+            if event.event_id in applied:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await producer.stop()
+    assert await asyncio.wait_for(running, 30) == 1
+    assert service.kafka_consumer is not broken
+    assert applied == [event.event_id], "applied by the consumer started in its place"
+    assert REGISTRY.get_sample_value("coxswain_consumer_stalls_total", {"consumer": name, "reason": "client"}) == 1
+    [report] = [r.getMessage() for r in caplog.records if "consumer stalled" in r.getMessage()]
+    assert "metadata task ended (RuntimeError(" in report
+
+
+async def test_a_publisher_whose_producer_lost_its_metadata_task_replaces_it_and_publishes(
+    infrastructure: None,
+) -> None:
+    publisher = Publisher(KafkaConfig())
+    try:
+        first = await publisher.start()
+        end_metadata_task(first.client)
+        await asyncio.sleep(0.1)  # the task ends
+        assert metadata_task_failure(first) is not None
+        event = lead_received()
+        await asyncio.wait_for(publisher.publish([encode(event)]), 30)
+        assert await publisher.start() is not first
+        assert metadata_task_failure(await publisher.start()) is None
+    finally:
+        await publisher.stop()
+
+
+def lead_received() -> LeadReceivedV1:
+    return LeadReceivedV1(
+        event_id=uuid.uuid4(),
+        lead_id=uuid.uuid4(),
+        occurred_at=NOW,
+        source="webform",
+        webhook_id=f"msg_{uuid.uuid4().hex}",
+        engagement="form_submit",
+        attributes=LeadAttributes(title="VP Sales", country="US"),
+    )
