@@ -47,7 +47,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coxswain.core.privacy import forget
 from coxswain.runtime import metrics, outages, outbox, tracing
-from coxswain.runtime.kafka import make_consumer, metadata_task_failure, rebalancing
+from coxswain.runtime.kafka import background_task_failure, close_connections, make_consumer, rebalancing
 from coxswain.runtime.liveness import Liveness, StallReason
 from coxswain.runtime.outages import is_connection_error
 from coxswain.settings import ConsumerConfig, KafkaConfig
@@ -314,6 +314,7 @@ class ConsumerService:
                 log.error("consumer %s did not stop within %ss; left behind", self.name, STOP_TIMEOUT_SECONDS)
             except Exception as exc:  # a client whose metadata task died raises its error on close
                 log.warning("consumer %s stopped with an error: %r", self.name, exc, extra=outages.about(exc))
+                close_connections(consumer)  # which that close never reached
             self._committing, self._pending = None, {}
             log.info("consumer %s stopped", self.name)
         if stalled is not None:
@@ -335,8 +336,8 @@ class ConsumerService:
                     self.name,
                     paused,
                 )
-            elif (failure := metadata_task_failure(consumer)) is not None:
-                return "client", f"its Kafka client's metadata task ended ({failure!r}), so it waits for ever"
+            elif (failure := background_task_failure(consumer)) is not None:
+                return "client", f"a background task of its Kafka client ended ({failure!r}), so it waits for ever"
             elif outages.OUTAGE["kafka"].open or outages.OUTAGE["postgres"].open:
                 self._liveness.outage(now)
             elif reason := self._liveness.stalled(now):
@@ -353,8 +354,8 @@ class ConsumerService:
 
     async def check(self) -> None:
         """Readiness: raise while this consumer is stalled (before the watchdog restarts it)."""
-        if (failure := metadata_task_failure(self.kafka_consumer)) is not None:
-            raise ConsumerStalled(f"its Kafka client's metadata task ended ({failure!r})")
+        if (failure := background_task_failure(self.kafka_consumer)) is not None:
+            raise ConsumerStalled(f"a background task of its Kafka client ended ({failure!r})")
         if (reason := self._liveness.stalled(time.monotonic())) is not None:
             raise ConsumerStalled(self._liveness.explain(reason, time.monotonic()))
 

@@ -100,16 +100,18 @@ class Publisher:
         async with self._starting:
             if self._producer is spent:
                 self._producer = None
-        with contextlib.suppress(Exception):
+        try:
             await spent.stop()
+        except Exception:
+            close_connections(spent)  # a stop that failed early left them open
         with contextlib.suppress(Exception):
             await self.start()  # else the next publish or ping starts it
 
     async def publish(self, records: Sequence[WireRecord]) -> None:
         """Send all records and return only once every one is acknowledged (or raise)."""
         producer = await self.start()
-        if (failure := metadata_task_failure(producer)) is not None:
-            log.warning("kafka producer replaced: its metadata task ended (%r)", failure)
+        if (failure := background_task_failure(producer)) is not None:
+            log.warning("kafka producer replaced: one of its background tasks ended (%r)", failure)
             await self._renew(producer)
             producer = await self.start()
         pending: list[asyncio.Future[Any]] = []
@@ -167,21 +169,36 @@ def make_consumer(config: KafkaConfig, group_id: str, topics: Iterable[str], max
     )
 
 
-def metadata_task_failure(client_owner: Any) -> BaseException | None:
-    """The error that ended the metadata task of an aiokafka consumer's or producer's client, if one did.
+def background_task_failure(client: Any) -> BaseException | None:
+    """The error that ended one of an aiokafka consumer's or producer's background tasks, if one did:
+    its client's metadata task, a consumer's fetch task, a producer's send task.
 
-    Seen in a chaos run: the broker went away while the task sent a metadata request, uvloop
+    Seen in a chaos run: the broker went away while the metadata task sent a request, uvloop
     raised ``RuntimeError`` ("the handler is closed") writing to the closed transport, and aiokafka
-    (0.14), which expects only Kafka and OS errors there, let the task end. From then on every wait
-    for fresh metadata waits for ever: a consumer never finds its group coordinator again (its
-    group empties, it reads nothing, it cannot even stop), a producer never recovers from a leader
-    change. Nothing is logged. The client must be replaced; this says when. Read defensively
-    (private attributes): an aiokafka without them reads as healthy."""
-    client = getattr(client_owner, "_client", None) or getattr(client_owner, "client", None)
-    task = getattr(client, "_sync_task", None)
-    if not isinstance(task, asyncio.Task) or not task.done() or task.cancelled():
-        return None
-    return task.exception()
+    (0.14), which expects only Kafka and OS errors there, let the task end (aio-libs/aiokafka#1038).
+    From then on every wait for fresh metadata waits for ever: a consumer never finds its group
+    coordinator again (its group empties, it reads nothing, it cannot even stop), a producer never
+    recovers from a leader change. Nothing is logged. Such a client must be replaced; this says
+    when. Read defensively (private attributes): an aiokafka without them reads as healthy."""
+    kafka_client = getattr(client, "_client", None) or getattr(client, "client", None)  # consumer, producer
+    tasks = (
+        getattr(kafka_client, "_sync_task", None),
+        getattr(getattr(client, "_fetcher", None), "_fetch_task", None),
+        getattr(getattr(client, "_sender", None), "_sender_task", None),
+    )
+    for task in tasks:
+        if isinstance(task, asyncio.Task) and task.done() and not task.cancelled() and task.exception() is not None:
+            return task.exception()
+    return None
+
+
+def close_connections(client: Any) -> None:
+    """Close the broker connections of a consumer or producer whose ``stop()`` failed before it
+    reached them (``background_task_failure``): the client is dropped, its sockets must not be."""
+    kafka_client = getattr(client, "_client", None) or getattr(client, "client", None)
+    for connection in list(getattr(kafka_client, "_conns", {}).values()):
+        with contextlib.suppress(Exception):
+            connection.close()
 
 
 def rebalancing(consumer: Any) -> bool:

@@ -20,7 +20,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coxswain.runtime.consumer import ConsumerService, ConsumerStalled, Handler
-from coxswain.runtime.kafka import Publisher, connection_options, metadata_task_failure, rebalancing
+from coxswain.runtime.kafka import Publisher, background_task_failure, connection_options, rebalancing
 from coxswain.settings import ConsumerConfig, KafkaConfig
 from schemas.codec import encode
 from schemas.events import Event, LeadAttributes, LeadReceivedV1
@@ -200,7 +200,7 @@ async def test_a_paused_process_says_how_long_it_was_away_and_carries_on(
 
 def end_metadata_task(client: Any) -> None:
     """What a broker that went away mid-request did to aiokafka's metadata task under uvloop (see
-    ``metadata_task_failure``): the task ends with the transport's RuntimeError."""
+    ``background_task_failure``): the task ends with the transport's RuntimeError."""
 
     async def closed_transport(*_: object) -> bool:
         raise RuntimeError("unable to perform operation on <TCPTransport closed=True>; the handler is closed")
@@ -252,7 +252,7 @@ async def test_a_consumer_whose_kafka_client_lost_its_metadata_task_is_started_a
     assert applied == [event.event_id], "applied by the consumer started in its place"
     assert REGISTRY.get_sample_value("coxswain_consumer_stalls_total", {"consumer": name, "reason": "client"}) == 1
     [report] = [r.getMessage() for r in caplog.records if "consumer stalled" in r.getMessage()]
-    assert "metadata task ended (RuntimeError(" in report
+    assert "background task of its Kafka client ended (RuntimeError(" in report
 
 
 async def test_a_publisher_whose_producer_lost_its_metadata_task_replaces_it_and_publishes(
@@ -263,11 +263,11 @@ async def test_a_publisher_whose_producer_lost_its_metadata_task_replaces_it_and
         first = await publisher.start()
         end_metadata_task(first.client)
         await asyncio.sleep(0.1)  # the task ends
-        assert metadata_task_failure(first) is not None
+        assert background_task_failure(first) is not None
         event = lead_received()
         await asyncio.wait_for(publisher.publish([encode(event)]), 30)
         assert await publisher.start() is not first
-        assert metadata_task_failure(await publisher.start()) is None
+        assert background_task_failure(await publisher.start()) is None
     finally:
         await publisher.stop()
 
