@@ -288,7 +288,13 @@ class ConsumerService:
         consumer.subscribe(list(self._accepts), listener=_WaitForInFlight(self._lock, lambda: self._flush(consumer)))
         self._liveness = Liveness(self._config.consumer_stall_seconds, time.monotonic())
         self.kafka_consumer = consumer
-        await consumer.start()
+        try:
+            await consumer.start()
+        except BaseException:  # Kafka away: the caller tries again with a new consumer; this one is closed
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(consumer.stop(), STOP_TIMEOUT_SECONDS)
+            close_connections(consumer)
+            raise
         log.info("consumer %s started on %s", self.name, ", ".join(self._accepts))
         consuming = asyncio.create_task(self._consume(consumer, stop), name=f"consumer {self.name}")
         stalled: tuple[StallReason, str] | None = None
@@ -312,6 +318,7 @@ class ConsumerService:
                 await asyncio.wait_for(consumer.stop(), STOP_TIMEOUT_SECONDS)
             except TimeoutError:
                 log.error("consumer %s did not stop within %ss; left behind", self.name, STOP_TIMEOUT_SECONDS)
+                close_connections(consumer)
             except Exception as exc:  # a client whose metadata task died raises its error on close
                 log.warning("consumer %s stopped with an error: %r", self.name, exc, extra=outages.about(exc))
                 close_connections(consumer)  # which that close never reached
