@@ -91,15 +91,7 @@ async def test_a_consumer_stuck_in_a_batch_is_started_again_and_applies_it_once(
     await start_group_at_end(name, [TOPIC])
     handler = HangsOnce(f"{name}-effects")
     service = watched(engine, name, handler)
-    event = LeadReceivedV1(
-        event_id=uuid.uuid4(),
-        lead_id=uuid.uuid4(),
-        occurred_at=NOW,
-        source="webform",
-        webhook_id=f"msg_{uuid.uuid4().hex}",
-        engagement="form_submit",
-        attributes=LeadAttributes(title="VP Sales", country="US"),
-    )
+    event = lead_received()
     caplog.set_level(logging.INFO)
     stop = asyncio.Event()
     running = asyncio.create_task(keep_running(service, stop))
