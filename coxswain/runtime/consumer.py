@@ -343,12 +343,18 @@ class ConsumerService:
                     self.name,
                     paused,
                 )
-            elif (failure := background_task_failure(consumer)) is not None:
-                return "client", f"a background task of its Kafka client ended ({failure!r}), so it waits for ever"
             elif outages.OUTAGE["kafka"].open or outages.OUTAGE["postgres"].open:
                 self._liveness.outage(now)
-            elif reason := self._liveness.stalled(now):
-                return reason, self._liveness.explain(reason, now)
+            elif stuck := self._stuck(consumer, now):
+                return stuck
+
+    def _stuck(self, consumer: Any, now: float) -> tuple[StallReason, str] | None:
+        """Why this consumer is stuck, if it is: a dead background task of its client, or its loop."""
+        if (failure := background_task_failure(consumer)) is not None:
+            return "client", f"a background task of its Kafka client ended ({failure!r}), so it waits for ever"
+        if reason := self._liveness.stalled(now):
+            return reason, self._liveness.explain(reason, now)
+        return None
 
     def _report_stall(self, consuming: asyncio.Task[None], reason: StallReason, why: str) -> None:
         metrics.CONSUMER_STALLS.labels(self.name, reason).inc()
@@ -361,10 +367,8 @@ class ConsumerService:
 
     async def check(self) -> None:
         """Readiness: raise while this consumer is stalled (before the watchdog restarts it)."""
-        if (failure := background_task_failure(self.kafka_consumer)) is not None:
-            raise ConsumerStalled(f"a background task of its Kafka client ended ({failure!r})")
-        if (reason := self._liveness.stalled(time.monotonic())) is not None:
-            raise ConsumerStalled(self._liveness.explain(reason, time.monotonic()))
+        if stuck := self._stuck(self.kafka_consumer, time.monotonic()):
+            raise ConsumerStalled(stuck[1])
 
     async def _consume(self, consumer: Any, stop: asyncio.Event) -> None:
         backoff, retried = 0.5, 0

@@ -180,9 +180,8 @@ def background_task_failure(client: Any) -> BaseException | None:
     coordinator again (its group empties, it reads nothing, it cannot even stop), a producer never
     recovers from a leader change. Nothing is logged. Such a client must be replaced; this says
     when. Read defensively (private attributes): an aiokafka without them reads as healthy."""
-    kafka_client = getattr(client, "_client", None) or getattr(client, "client", None)  # consumer, producer
     tasks = (
-        getattr(kafka_client, "_sync_task", None),
+        getattr(_kafka_client(client), "_sync_task", None),
         getattr(getattr(client, "_fetcher", None), "_fetch_task", None),
         getattr(getattr(client, "_sender", None), "_sender_task", None),
     )
@@ -192,11 +191,15 @@ def background_task_failure(client: Any) -> BaseException | None:
     return None
 
 
+def _kafka_client(client: Any) -> Any:
+    """The ``AIOKafkaClient`` inside a consumer (``_client``) or a producer (``client``)."""
+    return getattr(client, "_client", None) or getattr(client, "client", None)
+
+
 def close_connections(client: Any) -> None:
     """Close the broker connections of a consumer or producer whose ``stop()`` failed before it
     reached them (``background_task_failure``): the client is dropped, its sockets must not be."""
-    kafka_client = getattr(client, "_client", None) or getattr(client, "client", None)
-    for connection in list(getattr(kafka_client, "_conns", {}).values()):
+    for connection in list(getattr(_kafka_client(client), "_conns", {}).values()):
         with contextlib.suppress(Exception):
             connection.close()
 

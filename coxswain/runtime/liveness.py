@@ -21,8 +21,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-# "client": the consumer's aiokafka client can no longer refresh its metadata (judged in the consumer).
-StallReason = Literal["loop", "rebalance", "client"]
+# What this judgement sees; the consumer adds "client" (a dead aiokafka background task), which
+# needs no clock.
+LoopStall = Literal["loop", "rebalance"]
+StallReason = LoopStall | Literal["client"]
 
 
 @dataclass
@@ -57,16 +59,14 @@ class Liveness:
         self.outage(now)
         return now - previous
 
-    def stalled(self, now: float) -> StallReason | None:
+    def stalled(self, now: float) -> LoopStall | None:
         if now - self.last_round >= self.stall_after:
             return "loop"
         if self.rebalancing_since is not None and now - self.rebalancing_since >= self.stall_after:
             return "rebalance"
         return None
 
-    def explain(self, reason: StallReason, now: float) -> str:
-        if reason == "client":
-            return "its Kafka client can no longer refresh its metadata"
+    def explain(self, reason: LoopStall, now: float) -> str:
         if reason == "loop":
             return f"its loop has not come round for {now - self.last_round:.1f}s"
         since = self.rebalancing_since if self.rebalancing_since is not None else now

@@ -22,8 +22,9 @@ from coxswain.runtime.consumer import ConsumerService, Delivery, PermanentError,
 from coxswain.runtime.kafka import connection_options
 from coxswain.settings import ConsumerConfig, KafkaConfig
 from schemas.codec import encode
-from schemas.events import Event, LeadAttributes, LeadReceivedV1
+from schemas.events import Event, LeadReceivedV1
 from tests.support.databases import engine_without_relays
+from tests.support.facts import webform_lead
 from tests.support.infra import start_group_at_end
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -80,18 +81,6 @@ def fact_id(event_id: uuid.UUID) -> uuid.UUID:
     return uuid.uuid5(event_id, "fact")
 
 
-def received() -> LeadReceivedV1:
-    return LeadReceivedV1(
-        event_id=uuid.uuid4(),
-        lead_id=uuid.uuid4(),
-        occurred_at=NOW,
-        source="webform",
-        webhook_id=f"msg_{uuid.uuid4().hex}",
-        engagement="form_submit",
-        attributes=LeadAttributes(title="VP Sales", country="US"),
-    )
-
-
 def delivery(event: LeadReceivedV1 | None, offset: int) -> Delivery:
     if event is None:
         return Delivery(TOPIC, 0, offset, b"k", b"not json", (("ce_type", LeadReceivedV1.ce_type.encode()),))
@@ -135,7 +124,7 @@ async def outbox_topics(engine: AsyncEngine, event_ids: Sequence[uuid.UUID], con
 async def test_whole_batch_applies_each_event_once_and_dead_letters_the_undecodable(engine: AsyncEngine) -> None:
     name = f"test-batch-{uuid.uuid4().hex[:8]}"
     recorder = Recorder(name)
-    first, second = received(), received()
+    first, second = webform_lead(NOW), webform_lead(NOW)
     batch = [delivery(first, 1), delivery(second, 2), delivery(first, 3), delivery(None, 4)]
 
     await service(engine, name, recorder).process(batch)
@@ -148,7 +137,7 @@ async def test_whole_batch_applies_each_event_once_and_dead_letters_the_undecoda
 
 async def test_a_failing_handler_sends_only_its_record_to_the_dead_letter_topic(engine: AsyncEngine) -> None:
     name = f"test-batch-{uuid.uuid4().hex[:8]}"
-    good, bad, after = received(), received(), received()
+    good, bad, after = webform_lead(NOW), webform_lead(NOW), webform_lead(NOW)
     recorder = Recorder(name, always={bad.event_id: PermanentError("no rep is eligible")})
 
     await service(engine, name, recorder).process([delivery(good, 1), delivery(bad, 2), delivery(after, 3)])
@@ -173,7 +162,7 @@ async def test_a_failing_handler_sends_only_its_record_to_the_dead_letter_topic(
 
 async def test_a_handler_failing_once_is_retried_and_nothing_is_dead_lettered(engine: AsyncEngine) -> None:
     name = f"test-batch-{uuid.uuid4().hex[:8]}"
-    flaky, other = received(), received()
+    flaky, other = webform_lead(NOW), webform_lead(NOW)
     recorder = Recorder(name, once={flaky.event_id})
 
     await service(engine, name, recorder).process([delivery(flaky, 1), delivery(other, 2)])
@@ -190,7 +179,7 @@ async def test_a_batch_that_meets_a_passing_conflict_is_applied_again_soon_and_q
     name = f"test-retry-{uuid.uuid4().hex[:8]}"
     kafka = KafkaConfig()
     await start_group_at_end(name, [TOPIC])
-    event = received()
+    event = webform_lead(NOW)
     recorder = Recorder(name, contended=Counter({event.event_id: 2}))
     consumer = ConsumerService(
         name=name,

@@ -23,8 +23,9 @@ from coxswain.runtime.consumer import ConsumerService, ConsumerStalled, Handler
 from coxswain.runtime.kafka import Publisher, background_task_failure, connection_options, rebalancing
 from coxswain.settings import ConsumerConfig, KafkaConfig
 from schemas.codec import encode
-from schemas.events import Event, LeadAttributes, LeadReceivedV1
+from schemas.events import Event, LeadReceivedV1
 from tests.support.databases import engine_without_relays
+from tests.support.facts import webform_lead
 from tests.support.infra import start_group_at_end
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -91,7 +92,7 @@ async def test_a_consumer_stuck_in_a_batch_is_started_again_and_applies_it_once(
     await start_group_at_end(name, [TOPIC])
     handler = HangsOnce(f"{name}-effects")
     service = watched(engine, name, handler)
-    event = lead_received()
+    event = webform_lead(NOW)
     caplog.set_level(logging.INFO)
     stop = asyncio.Event()
     running = asyncio.create_task(keep_running(service, stop))
@@ -226,7 +227,7 @@ async def test_a_consumer_whose_kafka_client_lost_its_metadata_task_is_started_a
         if service.kafka_consumer is not broken and service.kafka_consumer.assignment():
             break
         await asyncio.sleep(0.1)
-    event = lead_received()
+    event = webform_lead(NOW)
     producer = AIOKafkaProducer(**connection_options(KafkaConfig()), acks="all", enable_idempotence=True)
     await producer.start()
     try:
@@ -256,21 +257,9 @@ async def test_a_publisher_whose_producer_lost_its_metadata_task_replaces_it_and
         end_metadata_task(first.client)
         await asyncio.sleep(0.1)  # the task ends
         assert background_task_failure(first) is not None
-        event = lead_received()
+        event = webform_lead(NOW)
         await asyncio.wait_for(publisher.publish([encode(event)]), 30)
         assert await publisher.start() is not first
         assert background_task_failure(await publisher.start()) is None
     finally:
         await publisher.stop()
-
-
-def lead_received() -> LeadReceivedV1:
-    return LeadReceivedV1(
-        event_id=uuid.uuid4(),
-        lead_id=uuid.uuid4(),
-        occurred_at=NOW,
-        source="webform",
-        webhook_id=f"msg_{uuid.uuid4().hex}",
-        engagement="form_submit",
-        attributes=LeadAttributes(title="VP Sales", country="US"),
-    )

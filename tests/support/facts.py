@@ -17,6 +17,19 @@ from schemas.events import (
 )
 
 
+def webform_lead(at: datetime) -> LeadReceivedV1:
+    """A new lead from a web form, as intake publishes it: a fresh lead and event id each call."""
+    return LeadReceivedV1(
+        event_id=uuid.uuid4(),
+        lead_id=uuid.uuid4(),
+        occurred_at=at,
+        source="webform",
+        webhook_id=f"msg_{uuid.uuid4().hex}",
+        engagement="form_submit",
+        attributes=LeadAttributes(title="VP Sales", country="US"),
+    )
+
+
 def routed_fact(
     rep_id: str,
     at: datetime,
