@@ -24,6 +24,11 @@ KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-19093}"
 # generate and remember one.
 KAFKA_CLUSTER_ID="${KAFKA_CLUSTER_ID:-Y294c3dhaW4tbG9jYWwtMQ}"
 KAFKA_HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xms256m -Xmx512m}"
+# The parallel collector, not G1: on a laptop or a 2-core VM the broker shares the cores with
+# every service and the database, and G1's concurrent work and heavier write barriers cost it
+# about a tenth more CPU per lead here (docs/benchmarks.md, 5 December). A broker with cores of
+# its own keeps Kafka's default (G1).
+KAFKA_GC_OPTS="${KAFKA_GC_OPTS:--XX:+UseParallelGC}"
 START_TIMEOUT="${KAFKA_START_TIMEOUT:-90}"
 STOP_TIMEOUT="${KAFKA_STOP_TIMEOUT:-30}"
 
@@ -152,9 +157,10 @@ start() {
   mkdir -p "$KDIR"
   fetch_jars
   write_config
-  local heap java_cmd
+  local heap gc java_cmd
   read -ra heap <<<"$KAFKA_HEAP_OPTS"
-  java_cmd=(java "${heap[@]}" -XX:+UseG1GC
+  read -ra gc <<<"$KAFKA_GC_OPTS"
+  java_cmd=(java "${heap[@]}" "${gc[@]}"
     "-Dlog4j2.configurationFile=$KDIR/log4j2.properties"
     -cp "$LIBS/*")
   # Format once; meta.properties marks a formatted log dir.
