@@ -9,6 +9,7 @@ their own.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -36,6 +37,7 @@ from schemas.events import (
     Tier,
 )
 from services.scoring import repository as scoring_repository
+from services.sla_monitor import repository as sla_repository
 from services.sla_monitor import service as sla_monitor
 from tests.support.databases import fresh_database
 from tests.support.facts import routed_fact
@@ -210,3 +212,59 @@ async def test_a_touch_later_in_the_batch_is_judged_when_the_batch_reaches_it(en
     assert [type(fact) for fact in arming] == [SlaArmedV1]
     [met] = answering
     assert isinstance(met, SlaMetV1) and (met.response_activity_id, met.responded_by) == (touch.event_id, "ava")
+
+
+async def test_the_touches_already_applied_are_read_by_lead_whatever_the_statistics(infrastructure: None) -> None:
+    """The query for touches applied before their routing must cost a batch its leads' rows, not
+    the monitor's whole inbox. PostgreSQL plans a prepared statement once for every execution (a
+    generic plan), from the statistics of that moment: planned while the tables were small, the
+    first form walked every inbox row of the monitor and looked up each one's fact, 10 ms a batch
+    after a few thousand leads in the bench and growing with the inbox. Here the inbox grows by
+    20,000 rows behind statistics that say it holds one, and the generic plan must still touch a
+    handful of pages. On a database of its own: the plan must not depend on the other tests' rows."""
+    async with fresh_database("sla_plans") as engine:
+        await _read_the_touches_applied_under_stale_statistics(engine)
+
+
+async def _read_the_touches_applied_under_stale_statistics(engine: AsyncEngine) -> None:
+    lead = uuid.uuid4()
+    touch = await touched(engine, lead, T0, "iris")
+    async with engine.begin() as connection:
+        await claim_many(connection, sla_monitor.CONSUMER, [(touch.event_id, touch.topic)], T0)
+        # Statistics taken early on: a thousand facts of other leads, and next to no inbox.
+        await connection.execute(
+            text(
+                "INSERT INTO lead_facts (event_id, lead_id, kind, occurred_at, payload, recorded_at) "
+                "SELECT gen_random_uuid(), gen_random_uuid(), 'ActivityAcceptedV1', :now, '{}', :now "
+                "FROM generate_series(1, 1000)"
+            ),
+            {"now": T0},
+        )
+        await connection.execute(text("ALTER TABLE inbox SET (autovacuum_enabled = false)"))
+        await connection.execute(text("ANALYZE inbox, lead_facts, intake_events"))
+        await connection.execute(
+            text(
+                "INSERT INTO inbox (consumer, event_id, topic, processed_at) "
+                "SELECT :consumer, gen_random_uuid(), 'activities.accepted.v1', :now FROM generate_series(1, 20000)"
+            ),
+            {"consumer": sla_monitor.CONSUMER, "now": T0},
+        )
+    query = str(sla_repository.APPLIED_ACTIVITIES)
+    for n, name in enumerate((":lead_ids", ":received_since", ":consumer"), start=1):
+        query = query.replace(name, f"${n}")
+    async with engine.begin() as connection:
+        await connection.execute(text("SET LOCAL plan_cache_mode = force_generic_plan"))
+        await connection.execute(text(f"PREPARE applied (uuid[], timestamptz, text) AS {query}"))
+        # EXECUTE takes no bind parameters: the values are ours, written out.
+        since = (T0 - timedelta(minutes=1)).isoformat()
+        explained = await connection.scalar(
+            text(
+                "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) "
+                f"EXECUTE applied(ARRAY['{lead}']::uuid[], '{since}', '{sla_monitor.CONSUMER}')"
+            )
+        )
+        await connection.execute(text("DEALLOCATE applied"))
+    [plan] = explained if isinstance(explained, list) else json.loads(explained)
+    assert plan["Plan"]["Actual Rows"] == 1, "the applied touch is found"
+    pages = plan["Plan"]["Shared Hit Blocks"] + plan["Plan"]["Shared Read Blocks"]
+    assert pages < 200, f"the query read {pages} pages for one lead: {json.dumps(plan['Plan'])}"
