@@ -57,6 +57,7 @@ from bench.stats import (
     prometheus_value,
     ratio,
     result_line,
+    statements_table,
     sustained_rate,
     table,
 )
@@ -199,6 +200,7 @@ class Bench:
     work: Path
     profile: bool = False
     hops: bool = False
+    db_statements: bool = False
     results: dict[str, Any] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)
     running: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -241,11 +243,65 @@ class Bench:
             "KAFKA_PORT": str(self.ports.kafka),
             "KAFKA_CONTROLLER_PORT": str(self.ports.controller),
             "PG_PORT": str(self.ports.postgres),
+            **({"PG_PRELOAD_LIBRARIES": "pg_stat_statements"} if self.db_statements else {}),
         }
         subprocess.run([str(ROOT / "deploy" / "local" / "stack.sh"), action], env=env, check=True, stdout=sys.stderr)
 
+    # -- the database's statements (--db-statements) ---------------------------------------------
+
+    @property
+    def superuser_dsn(self) -> str:
+        # pg_stat_statements is not a trusted extension, and it shows other users' statements to
+        # a superuser only; the bench cluster trusts its local socket.
+        return f"postgresql://postgres@/coxswain?host={self.socket_dir}&port={self.ports.postgres}"
+
+    def statements_reset(self) -> bool:
+        """Start counting the database's statements afresh (``--db-statements``); False, and why
+        on stderr, when the cluster was started without pg_stat_statements loaded."""
+        return self.db_statements and asyncio.run(self._statements_reset())
+
+    async def _statements_reset(self) -> bool:
+        connection = await asyncpg.connect(self.superuser_dsn)
+        try:
+            loaded = await connection.fetchval("SHOW shared_preload_libraries")
+            if "pg_stat_statements" not in loaded:
+                say("--db-statements: the bench cluster runs without pg_stat_statements; stop it and run again")
+                return False
+            # Its own schema: resetting the database drops public.
+            await connection.execute(
+                "CREATE SCHEMA IF NOT EXISTS bench_stats; "
+                "CREATE EXTENSION IF NOT EXISTS pg_stat_statements SCHEMA bench_stats"
+            )
+            # Planning time too, for the services' connections opened from now on.
+            await connection.execute("ALTER DATABASE coxswain SET pg_stat_statements.track_planning = on")
+            await connection.execute("SELECT bench_stats.pg_stat_statements_reset()")
+            return True
+        finally:
+            await connection.close()
+
+    def statements_note(self, phase: str) -> None:
+        """The statements that cost the database most since ``statements_reset``, per routed lead."""
+        leads, rows = asyncio.run(self._statements())
+        self.notes.setdefault("db_statements", {})[phase] = {"routed_leads": leads, "statements": rows}
+        sys.stderr.write(f"Database statements during {phase}, costliest first ({leads:,} leads routed)\n")
+        sys.stderr.write(statements_table(rows, leads) + "\n\n")
+
+    async def _statements(self) -> tuple[int, list[dict[str, Any]]]:
+        connection = await asyncpg.connect(self.superuser_dsn)
+        try:
+            leads = await connection.fetchval("SELECT count(*) FROM assignments")
+            rows = await connection.fetch(
+                "SELECT calls, total_exec_time AS exec_ms, total_plan_time AS plan_ms, rows, query "
+                "FROM bench_stats.pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database "
+                "WHERE datname = current_database()) ORDER BY total_exec_time + total_plan_time DESC LIMIT 15"
+            )
+        finally:
+            await connection.close()
+        return leads, [dict(row) for row in rows]
+
     def reset(self) -> None:
         asyncio.run(self._reset_database())
+        self.statements_reset()  # before any service connects: their sessions count planning too
         subprocess.run([PYTHON, "-m", "coxswain_app", "db", "upgrade"], env=self.env(), check=True, stdout=sys.stderr)
         asyncio.run(self._reset_topics())
 
@@ -533,6 +589,7 @@ class Bench:
             self.wait_for_log(name, "partitions assigned")
         url = f"http://127.0.0.1:{self.ports.intake}/v1/webhooks/{SOURCE}/events"
 
+        counting = self.statements_reset()
         say("end to end latency: %s leads/s offered for %ss", plan.latency_rate, plan.latency_seconds)
         with self.profiled("e2e-latency", ["intake", "scoring", "router", "sla-monitor"]):
             latency = self.measure_latency(url, plan.latency_rate, plan.latency_seconds, "latency", hops=self.hops)
@@ -567,6 +624,8 @@ class Bench:
             )  # fmt: skip
             seen = self.collect("watch-e2e", process, out, timeout=900)
         self.notes["cpu_ms_per_lead"] = cpu_per_item(before, self.cpu(), plan.e2e_leads)
+        if counting:
+            self.statements_note("e2e")
         armed = [at for _, at in seen["sla.armed.v1"]]
         self.results["e2e_leads_per_s"] = sustained_rate(armed) if len(armed) > 1 else float("nan")
         self.notes["e2e"] = {
@@ -1165,6 +1224,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--only", default="", help="comma-separated phases: intake,e2e,scale,relay,sla (for development)"
     )
     parser.add_argument("--hops", action="store_true", help="break the latency phase's time down hop by hop")
+    parser.add_argument(
+        "--db-statements",
+        action="store_true",
+        help="load pg_stat_statements in the bench cluster and print the end to end phase's costliest statements",
+    )
     return parser.parse_args(argv)
 
 
@@ -1178,7 +1242,14 @@ def main(argv: list[str] | None = None) -> None:
     work = ROOT / ".local" / "bench" / "run"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    bench = Bench(plan=plan, ports=Ports(port_base()), work=work, profile=args.profile, hops=args.hops)
+    bench = Bench(
+        plan=plan,
+        ports=Ports(port_base()),
+        work=work,
+        profile=args.profile,
+        hops=args.hops,
+        db_statements=args.db_statements,
+    )
     began = time.monotonic()
     say("%s run on %s; logs in %s", plan.name, machine(), work)
     phases = {

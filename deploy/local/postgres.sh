@@ -4,6 +4,9 @@
 set -euo pipefail
 
 PG_PORT="${PG_PORT:-15432}"
+# Server libraries loaded at start, comma-separated: the bench's --db-statements asks for
+# pg_stat_statements. Read when the cluster starts; a running cluster keeps what it has.
+PG_PRELOAD_LIBRARIES="${PG_PRELOAD_LIBRARIES:-}"
 DB_NAME=coxswain
 DB_USER=coxswain
 DB_PASSWORD=coxswain
@@ -76,7 +79,21 @@ shared_buffers = 256MB
 # Durability is under test: keep fsync and synchronous_commit on.
 fsync = on
 synchronous_commit = on
+shared_preload_libraries = '$PG_PRELOAD_LIBRARIES'
 EOF
+}
+
+# A library the server cannot find stops it from starting, with the reason deep in its log.
+check_preload_libraries() {
+  local lib dir found pkglib=""
+  [[ -x $BIN/pg_config ]] && pkglib="$("$BIN/pg_config" --pkglibdir)"
+  for lib in ${PG_PRELOAD_LIBRARIES//,/ }; do
+    found=""
+    for dir in "$BIN/../lib" "$pkglib"; do
+      [[ -n $dir && -f $dir/$lib.so ]] && found=1
+    done
+    [[ -n $found ]] || die "PG_PRELOAD_LIBRARIES: no $lib.so in $BIN/../lib${pkglib:+ or $pkglib}"
+  done
 }
 
 # Idempotent, so it is also run against an already running cluster.
@@ -102,6 +119,7 @@ start() {
   mkdir -p "$PGDIR"
   [[ -f $DATA/PG_VERSION ]] || init_cluster
   as_pg mkdir -p "$SOCK"
+  check_preload_libraries
   write_config
   if [[ $EUID -eq 0 ]]; then touch "$LOG_FILE" && chown postgres: "$LOG_FILE"; fi
   as_pg "$BIN/pg_ctl" start -D "$DATA" -l "$LOG_FILE" -w -t 60 >/dev/null \
