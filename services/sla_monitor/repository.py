@@ -155,6 +155,18 @@ async def applied_activities(
     ]
 
 
+async def later_routings(
+    connection: AsyncConnection, lead_ids: Sequence[uuid.UUID], since: datetime
+) -> list[tuple[uuid.UUID, datetime]]:
+    """When the router assigned these leads after ``since``: its own record, stored before the
+    routing was published (``services/router/repository.py``)."""
+    rows = await connection.execute(
+        text("SELECT lead_id, routed_at FROM assignments WHERE lead_id = ANY(:lead_ids) AND routed_at > :since"),
+        {"lead_ids": list(lead_ids), "since": since},
+    )
+    return [(row.lead_id, row.routed_at) for row in rows]
+
+
 async def insert_clocks(
     connection: AsyncConnection, created: Sequence[HeldClock], agreement_version: str, now: datetime
 ) -> None:

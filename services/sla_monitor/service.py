@@ -62,17 +62,19 @@ class Batch:
     # This batch's accepted activities, by event id, until the batch reaches them: the consumer
     # claimed the whole batch in the inbox before applying it, so they read as applied already.
     later: dict[uuid.UUID, tuple[datetime, ActivityAcceptedV1]] = field(default_factory=dict)
-    routed_at: dict[uuid.UUID, list[datetime]] = field(default_factory=dict)  # per lead, the batch's routings
+    # Per lead, the routings known when the batch began: the batch's, and for a lead with touches
+    # applied before its routing, the router's later assignments.
+    routed_at: dict[uuid.UUID, list[datetime]] = field(default_factory=dict)
     mqls: list[LeadQualifiedV1] = field(default_factory=list)
 
 
 async def load_batch(
     connection: AsyncConnection, events: Sequence[Event], agreement: Agreement, now: datetime, metrics: SlaMetrics
 ) -> Batch:
-    """Four statements at most whatever the batch size: the leads' open clocks (locked, in one
+    """Five statements at most whatever the batch size: the leads' open clocks (locked, in one
     global order so two monitors cannot deadlock), the pending ladders a new assignment may carry
-    on, which planned deadlines exist, and the accepted activities already applied for the routed
-    leads."""
+    on, which planned deadlines exist, the accepted activities already applied for the routed
+    leads and, if there are any, the router's assignments of those leads since."""
     leads = sorted({event.lead_id for event in events if not isinstance(event, LeadQualifiedV1)})
     clocks: dict[uuid.UUID, list[HeldClock]] = {}
     if leads:
@@ -123,6 +125,14 @@ async def load_batch(
                 later[activity.event_id] = (received_at, activity)
             else:
                 activities.setdefault(lead_id, []).append((received_at, activity))
+        if activities:
+            # A touch applied before its routing answers that routing only while the assignment
+            # was the lead's; a reassignment still on its way to the monitor ended it all the
+            # same. The router stored it before publishing it, so its table says (the rows of this
+            # batch's own routings are there too, and change nothing).
+            since = min(event.routed_at for event in routed if event.lead_id in activities)
+            for lead_id, at in await repository.later_routings(connection, sorted(activities), since):
+                routed_at.setdefault(lead_id, []).append(at)
     held_clocks = {lead_id: tuple(held) for lead_id, held in clocks.items()}
     loaded = {held.clock.deadline_id: held for each in held_clocks.values() for held in each}
     return Batch(agreement, now, metrics, held_clocks, loaded, existing, activities, later, routed_at)

@@ -178,6 +178,71 @@ async def test_a_touch_applied_before_both_routings_answers_the_assignment_it_wa
     assert await staged_met(engine, lead) == 0, "iris's touch stops nobody's clock"
 
 
+async def assigned(engine: AsyncEngine, *routings: LeadRoutedV1) -> None:
+    """The router's record of these routings, stored before it published them."""
+    async with engine.begin() as connection:
+        for event in routings:
+            await connection.execute(
+                text(
+                    "INSERT INTO assignments (assignment_id, decision_key, lead_id, rep_id, pool_id, rule_id, reason, "
+                    "tier, agreement_version, routed_at, decision) VALUES (:a, :k, :l, :r, :p, 'it', 'it', :t, 'it-1', "
+                    ":at, '{}')"
+                ),
+                {
+                    "a": event.assignment_id,
+                    "k": event.caused_by,
+                    "l": event.lead_id,
+                    "r": event.rep_id,
+                    "p": event.pool_id,
+                    "t": event.tier.value,
+                    "at": event.routed_at,
+                },
+            )
+
+
+async def test_a_touch_applied_before_its_routing_does_not_answer_it_when_a_later_batch_brings_the_reassignment(
+    engine: AsyncEngine,
+) -> None:
+    """Catching up, the monitor applied iris's touch before any routing, then gets iris's routing
+    alone, and ava's in a later batch. The touch was received after the lead had moved to ava, so
+    it answers nobody, as one at a time: the router's record says so before ava's routing arrives."""
+    lead = uuid.uuid4()
+    first, second = iris_then_ava(lead)
+    await assigned(engine, first, second)
+    touch = await touched(engine, lead, T0 + timedelta(seconds=2), "iris")
+
+    await monitor(engine, T0 + timedelta(seconds=3)).process(deliveries([touch]))
+    await monitor(engine, T0 + timedelta(seconds=4)).process(deliveries([first]))
+
+    assert await clocks(engine, lead) == {deadline_id_for(first.assignment_id, FIRST_TOUCH): ("armed", None)}
+
+    await monitor(engine, T0 + timedelta(seconds=5)).process(deliveries([second]))
+
+    assert await clocks(engine, lead) == {
+        deadline_id_for(first.assignment_id, FIRST_TOUCH): ("cancelled", None),
+        deadline_id_for(second.assignment_id, FIRST_TOUCH): ("armed", None),
+    }
+    assert await staged_met(engine, lead) == 0, "iris's touch stops nobody's clock"
+
+
+async def test_a_touch_applied_before_its_routing_still_answers_it_when_the_lead_moved_only_afterwards(
+    engine: AsyncEngine,
+) -> None:
+    """The same order of batches, with iris's touch received before the lead moved to ava: it
+    answers iris's clock, and ava's routing later replaces a clock already met."""
+    lead = uuid.uuid4()
+    first = routed(lead, T0, "iris")
+    second = routed(lead, T0 + timedelta(seconds=5), "ava", replaces=first.assignment_id)
+    await assigned(engine, first, second)
+    touch = await touched(engine, lead, T0 + timedelta(seconds=2), "iris")
+
+    await monitor(engine, T0 + timedelta(seconds=6)).process(deliveries([touch]))
+    await monitor(engine, T0 + timedelta(seconds=7)).process(deliveries([first]))
+
+    assert await clocks(engine, lead) == {deadline_id_for(first.assignment_id, FIRST_TOUCH): ("met", "iris")}
+    assert await staged_met(engine, lead) == 1
+
+
 async def test_the_owners_touch_in_the_same_batch_as_the_routings_meets_the_new_clock_once(
     engine: AsyncEngine,
 ) -> None:
