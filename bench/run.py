@@ -201,6 +201,7 @@ class Bench:
     profile: bool = False
     hops: bool = False
     db_statements: bool = False
+    counting_statements: bool = False  # --db-statements, and the cluster has the counters loaded
     results: dict[str, Any] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)
     running: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -255,12 +256,9 @@ class Bench:
         # a superuser only; the bench cluster trusts its local socket.
         return f"postgresql://postgres@/coxswain?host={self.socket_dir}&port={self.ports.postgres}"
 
-    def statements_reset(self) -> bool:
-        """Start counting the database's statements afresh (``--db-statements``); False, and why
-        on stderr, when the cluster was started without pg_stat_statements loaded."""
-        return self.db_statements and asyncio.run(self._statements_reset())
-
-    async def _statements_reset(self) -> bool:
+    async def _statements_ready(self) -> bool:
+        """Load the statement counters into the bench database (``--db-statements``); False, and
+        why on stderr, when the cluster was started without pg_stat_statements."""
         connection = await asyncpg.connect(self.superuser_dsn)
         try:
             loaded = await connection.fetchval("SHOW shared_preload_libraries")
@@ -274,13 +272,19 @@ class Bench:
             )
             # Planning time too, for the services' connections opened from now on.
             await connection.execute("ALTER DATABASE coxswain SET pg_stat_statements.track_planning = on")
-            await connection.execute("SELECT bench_stats.pg_stat_statements_reset()")
             return True
         finally:
             await connection.close()
 
+    async def _statements_reset(self) -> None:
+        connection = await asyncpg.connect(self.superuser_dsn)
+        try:
+            await connection.execute("SELECT bench_stats.pg_stat_statements_reset()")
+        finally:
+            await connection.close()
+
     def statements_note(self, phase: str) -> None:
-        """The statements that cost the database most since ``statements_reset``, per routed lead."""
+        """The statements that cost the database most since the counters were reset, per routed lead."""
         leads, rows = asyncio.run(self._statements())
         self.notes.setdefault("db_statements", {})[phase] = {"routed_leads": leads, "statements": rows}
         sys.stderr.write(f"Database statements during {phase}, costliest first ({leads:,} leads routed)\n")
@@ -301,7 +305,8 @@ class Bench:
 
     def reset(self) -> None:
         asyncio.run(self._reset_database())
-        self.statements_reset()  # before any service connects: their sessions count planning too
+        # Before any service connects: their sessions count planning too.
+        self.counting_statements = self.db_statements and asyncio.run(self._statements_ready())
         subprocess.run([PYTHON, "-m", "coxswain_app", "db", "upgrade"], env=self.env(), check=True, stdout=sys.stderr)
         asyncio.run(self._reset_topics())
 
@@ -589,7 +594,8 @@ class Bench:
             self.wait_for_log(name, "partitions assigned")
         url = f"http://127.0.0.1:{self.ports.intake}/v1/webhooks/{SOURCE}/events"
 
-        counting = self.statements_reset()
+        if self.counting_statements:
+            asyncio.run(self._statements_reset())
         say("end to end latency: %s leads/s offered for %ss", plan.latency_rate, plan.latency_seconds)
         with self.profiled("e2e-latency", ["intake", "scoring", "router", "sla-monitor"]):
             latency = self.measure_latency(url, plan.latency_rate, plan.latency_seconds, "latency", hops=self.hops)
@@ -624,7 +630,7 @@ class Bench:
             )  # fmt: skip
             seen = self.collect("watch-e2e", process, out, timeout=900)
         self.notes["cpu_ms_per_lead"] = cpu_per_item(before, self.cpu(), plan.e2e_leads)
-        if counting:
+        if self.counting_statements:
             self.statements_note("e2e")
         armed = [at for _, at in seen["sla.armed.v1"]]
         self.results["e2e_leads_per_s"] = sustained_rate(armed) if len(armed) > 1 else float("nan")
