@@ -21,6 +21,8 @@ a gap. It notices on waking, says so and stops publishing those buckets (docs/ev
 from __future__ import annotations
 
 import asyncio
+import base64
+import collections
 import contextlib
 import logging
 import math
@@ -62,12 +64,29 @@ def bucket_of(key: bytes) -> int:
     return zlib.crc32(key) % BUCKETS
 
 
-# Delivered on commit: wakes the relays without polling latency. Each bucket has its own channel
-# and a relay LISTENs only on its buckets' channels, so a commit wakes only the relays that hold
-# one of its buckets: with one channel for all, every commit of every service woke every relay's
-# connection and process (PostgreSQL sends a notification to every session listening on its
-# channel), only for most of them to find the buckets were not theirs.
-NOTIFY_RELAY = f"(SELECT count(pg_notify('{CHANNEL}_' || b, '')) FROM unnest(CAST(:outbox_wake AS int[])) AS b)"
+# Delivered on commit: wakes the relays without polling latency, and carries the row itself, so
+# that its relay publishes it without reading the outbox (see ``OutboxRelay.relay_heard``). Each
+# bucket has its own channel and a relay LISTENs only on its buckets' channels, so a commit wakes
+# only the relays that hold one of its buckets: with one channel for all, every commit of every
+# service woke every relay's connection and process (PostgreSQL sends a notification to every
+# session listening on its channel), only for most of them to find the buckets were not theirs.
+#
+# One notification per row staged, in id order, its payload the row's id and its note (``note_of``).
+# A row whose note would not fit in a notification (PostgreSQL takes payloads under 8000 bytes)
+# notifies with an empty payload: its relay reads the outbox instead.
+NOTE_LIMIT = 7900
+
+
+def notify_staged(staged: str, ids: str, notes: str) -> str:
+    """A scalar subquery that notifies the relays of the rows a data-modifying ``staged`` CTE
+    inserted (it must return ``id, event_id, bucket``); ``ids`` and ``notes`` name the parameters
+    holding each record's event id and note."""
+    return (
+        f"(SELECT count(pg_notify('{CHANNEL}_' || n.bucket, n.payload)) FROM ("
+        "SELECT s.bucket, CASE WHEN u.note = '' THEN '' ELSE s.id || ' ' || u.note END AS payload "
+        f"FROM {staged} s JOIN unnest(CAST(:{ids} AS uuid[]), CAST(:{notes} AS text[])) AS u(event_id, note) "
+        "ON u.event_id = s.event_id ORDER BY s.id) AS n)"
+    )
 
 
 def channel_of(bucket: int) -> str:
@@ -75,15 +94,36 @@ def channel_of(bucket: int) -> str:
     return f"{CHANNEL}_{bucket}"
 
 
-def wake_buckets(buckets: Sequence[int]) -> list[int]:
-    """The buckets a commit that staged rows in ``buckets`` notifies, each once."""
-    return sorted(set(buckets))
+def headers_json(record: WireRecord) -> str:
+    """A record's headers as the outbox stores them (a JSON list of [name, value] pairs)."""
+    return orjson.dumps([[name, value.decode()] for name, value in record.headers]).decode()
+
+
+def note_of(record: WireRecord, headers: str) -> str:
+    """What a row's notification carries besides its id: topic, key, value and headers, enough to
+    publish it; empty when that would not fit in a notification."""
+    note = f"{record.topic} {base64.b64encode(record.key).decode()} {base64.b64encode(record.value).decode()} {headers}"
+    return note if len(note) <= NOTE_LIMIT else ""
+
+
+def heard_row(payload: str) -> tuple[int, WireRecord] | None:
+    """The row a notification carries (its id and record), or None when it carries none."""
+    if not payload:
+        return None
+    row_id, topic, key, value, headers = payload.split(" ", 4)
+    return int(row_id), WireRecord(
+        topic=topic,
+        key=base64.b64decode(key),
+        value=base64.b64decode(value),
+        headers=tuple((name, header.encode()) for name, header in orjson.loads(headers)),
+    )
 
 
 def staging(
     records: Sequence[tuple[uuid.UUID, WireRecord]], now: datetime, only_if: str = ""
 ) -> tuple[str, dict[str, Any]]:
-    """The INSERT that stages ``records`` (in their order), and its parameters.
+    """The INSERT that stages ``records`` (in their order), and its parameters; it returns the
+    rows inserted (``id, event_id, bucket``) for ``notify_staged``.
 
     One statement whatever the number of records, so it can also run inside a larger one (a
     data-modifying WITH) that stores the state change it belongs to; ``only_if`` is an SQL
@@ -95,20 +135,19 @@ def staging(
         "CAST(:outbox_ids AS uuid[]), CAST(:outbox_topics AS text[]), CAST(:outbox_keys AS bytea[]), "
         "CAST(:outbox_values AS bytea[]), CAST(:outbox_headers AS jsonb[]), CAST(:outbox_buckets AS smallint[])) "
         "WITH ORDINALITY AS u(event_id, topic, key, value, headers, bucket, n) "
-        f"{'WHERE ' + only_if if only_if else ''} ORDER BY u.n ON CONFLICT (event_id) DO NOTHING"
+        f"{'WHERE ' + only_if if only_if else ''} ORDER BY u.n ON CONFLICT (event_id) DO NOTHING "
+        "RETURNING id, event_id, bucket"
     )
-    buckets = [bucket_of(record.key) for _, record in records]
+    headers = [headers_json(record) for _, record in records]
     parameters = {
         "outbox_now": now,
         "outbox_ids": [event_id for event_id, _ in records],
         "outbox_topics": [record.topic for _, record in records],
         "outbox_keys": [record.key for _, record in records],
         "outbox_values": [record.value for _, record in records],
-        "outbox_headers": [
-            orjson.dumps([[name, value.decode()] for name, value in record.headers]).decode() for _, record in records
-        ],
-        "outbox_buckets": buckets,
-        "outbox_wake": wake_buckets(buckets),
+        "outbox_headers": headers,
+        "outbox_buckets": [bucket_of(record.key) for _, record in records],
+        "outbox_notes": [note_of(record, header) for (_, record), header in zip(records, headers, strict=True)],
     }
     return sql, parameters
 
@@ -119,8 +158,9 @@ async def stage_records(
     if not records:
         return
     insert, parameters = staging(records, now)
-    # One round trip: the rows and the notification that wakes the relay.
-    await connection.execute(text(f"WITH staged AS ({insert}) SELECT {NOTIFY_RELAY}"), parameters)
+    # One round trip: the rows and the notifications that hand them to their relays.
+    notify = notify_staged("staged", "outbox_ids", "outbox_notes")
+    await connection.execute(text(f"WITH staged AS ({insert}) SELECT {notify}"), parameters)
 
 
 async def stage(
@@ -163,6 +203,8 @@ DELETE_PUBLISHED = text(
 # The rows of a relay that dies in this window are published again by the bucket's next holder:
 # duplicates, which consumers skip by event id, never a gap.
 DELETE_WITHIN = 0.05
+# How many ids of rows published by reads a relay remembers, to skip their late notifications.
+READ_IDS_KEPT = 20_000
 
 
 def relay_name() -> str:
@@ -203,16 +245,26 @@ class OutboxRelay:
         self._listening_changes = asyncio.Lock()
         self._valid_until = 0.0  # monotonic: publish only before this (our leases by our clock)
         self._refreshed = -math.inf
-        # Ids of rows published (acknowledged by Kafka) and not yet deleted: the next pass deletes
-        # them in the statement that reads its batch.
+        # Ids of rows published (acknowledged by Kafka) and not yet deleted: the next read deletes
+        # them in the statement that reads its batch, or they are deleted on their own once the
+        # oldest has waited DELETE_WITHIN (``_published_at``).
         self._published: list[int] = []
+        self._published_at = math.inf
+        # Rows the notifications of commits handed over, in commit order, not yet published; and
+        # whether the next pass must read the outbox instead (see ``relay_pass``).
+        self._heard: collections.deque[tuple[int, int, WireRecord]] = collections.deque()
+        self._must_read = True
+        self._caught_up = False
+        # Ids the last reads published, so that their notifications, which may come after the
+        # read, do not send them again. Bounded: a notification comes within moments of its commit.
+        self._read_ids: dict[int, None] = {}
 
     async def run(self, stop: asyncio.Event, on_published: Callable[[int], None] | None = None) -> None:
         listener = asyncio.create_task(self._listen(stop))
         try:
             while not stop.is_set():
-                # Cleared before the read, never after: a notification that arrives while a batch is
-                # being published must wake the next pass, not wait for the idle poll.
+                # Cleared before the pass, never after: a notification that arrives while a batch
+                # is being published must wake the next pass, not wait for the idle poll.
                 self._wake.clear()
                 try:
                     if time.monotonic() - self._refreshed >= self._lease / 3:
@@ -220,7 +272,14 @@ class OutboxRelay:
                         # Before the read: a commit to a bucket just taken, after this pass's read,
                         # must notify this relay.
                         await self._listen_to_owned()
-                    published = await self.relay_once()
+                        # A read at every renewal too: whatever a notification failed to hand over
+                        # (none is known to) waits a third of a lease at most.
+                        self._must_read = True
+                    published = await self.relay_pass()
+                    if self._published and time.monotonic() - self._published_at >= DELETE_WITHIN:
+                        # Notifications keep coming, so no read deletes the batches published: the
+                        # oldest has waited long enough.
+                        await self.delete_published()
                 except Exception as exc:
                     if dependency := outages.about(exc):
                         log.warning(
@@ -228,20 +287,23 @@ class OutboxRelay:
                         )
                     else:
                         log.exception("outbox relay failed; retrying: relay=%s", self.name)
+                    self._must_read = True  # what the failed pass held is read again
                     await sleep_or_stop(stop, 1.0)
                     continue
                 if published and on_published:
                     on_published(published)
                 if published is not None and published >= self._batch:
                     continue  # a full batch: more may wait, look again at once
-                # Otherwise wait for a notification: rows committed after this pass's read notify
-                # after the wake was cleared above, so they are never left for the idle poll.
+                if self._heard or self._wake.is_set():
+                    continue  # rows handed over while this pass published
+                # Otherwise wait for a notification: rows committed after this pass notify after
+                # the wake was cleared above, so they are never left for the idle poll.
                 next_refresh = self._refreshed + self._lease / 3 - time.monotonic()
                 idle = max(min(self._idle_poll, next_refresh), 0.0)
                 if self._published:
-                    # The next pass deletes the batch just published with its read; if no
-                    # notification comes within DELETE_WITHIN, the batch is deleted on its own.
-                    await first_of(stop, self._wake, min(DELETE_WITHIN, idle))
+                    # Delete the batch just published when the oldest row has waited DELETE_WITHIN,
+                    # unless a notification comes first (its pass may read, and delete with it).
+                    await first_of(stop, self._wake, max(self._published_at + DELETE_WITHIN - time.monotonic(), 0.0))
                     if self._wake.is_set() or stop.is_set():
                         continue
                     try:
@@ -250,10 +312,48 @@ class OutboxRelay:
                         log.debug("outbox relay could not delete its last batch yet: %s", type(exc).__name__)
                     idle = max(idle - DELETE_WITHIN, 0.0)
                 await first_of(stop, self._wake, idle)
+                if not self._wake.is_set():
+                    self._must_read = True  # the idle poll: a read, whatever was heard
         finally:
             listener.cancel()
             with contextlib.suppress(Exception):
                 await self.release_leases()
+
+    async def relay_pass(self) -> int | None:
+        """Publish what waits: the rows the notifications handed over, or, when those may not be
+        all there is, what a read of the outbox finds; how many (None: paused).
+
+        Why the rows handed over are enough, and in order, once a read came back short of a full
+        batch (``_caught_up``): that read saw every row committed before it in this relay's
+        buckets; every row committed after it notifies this relay (it LISTENs on its buckets'
+        channels before it reads) with the row itself, and PostgreSQL delivers notifications in
+        the order their transactions committed. So publishing the rows heard, in the order heard,
+        skipping those the read already published, sends each bucket's rows in commit order, and
+        none is left out. Anything that breaks the chain (a row too large to be handed over, a
+        listening connection lost and made again, buckets taken, a failed pass, the idle poll, a
+        renewal) makes the next pass a read, which starts it again.
+        """
+        if self._must_read or not self._caught_up:
+            return await self.relay_once()
+        return await self.relay_heard()
+
+    async def relay_heard(self) -> int:
+        """Publish the rows the notifications handed over since the last pass, of the buckets this
+        relay holds, in the order heard; how many."""
+        owned = set(self.owned)
+        if owned and time.monotonic() >= self._valid_until:
+            self._lost(owned, "it was not renewed in time (the process stalled)")
+            owned = set()
+        ids: list[int] = []
+        records: list[WireRecord] = []
+        while self._heard:
+            bucket, row_id, record = self._heard.popleft()
+            if bucket in owned and row_id not in self._read_ids:
+                ids.append(row_id)
+                records.append(record)
+        if records:
+            await self._send(ids, records)
+        return len(records)
 
     async def refresh_leases(self) -> tuple[int, ...]:
         """Say this relay is alive, renew its leases, and move towards its fair share: take
@@ -328,6 +428,10 @@ class OutboxRelay:
             mine = ()
         if not mine and not self._published:
             return 0
+        # Before the read: what was heard until now was committed before it, so the read finds it;
+        # what is heard from now on is kept for the next pass (see ``relay_pass``).
+        self._must_read = False
+        self._heard.clear()
         async with self._autocommit.connect() as connection:
             rows = (
                 await connection.execute(
@@ -336,13 +440,20 @@ class OutboxRelay:
                 )
             ).all()
         if not rows[0].open:
+            self._must_read = True
             return None
-        self._published = []
+        self._published, self._published_at = [], math.inf
         rows = [row for row in rows if row.id is not None]
+        self._caught_up = len(rows) < self._batch
         if not rows:
             return 0
-        # No transaction is open while Kafka acknowledges: nothing waits on this relay's pause.
-        await self._publisher.publish(
+        ids = [row.id for row in rows]
+        for row_id in ids:
+            self._read_ids[row_id] = None
+        while len(self._read_ids) > READ_IDS_KEPT:
+            del self._read_ids[next(iter(self._read_ids))]
+        await self._send(
+            ids,
             [
                 WireRecord(
                     topic=row.topic,
@@ -351,17 +462,24 @@ class OutboxRelay:
                     headers=tuple((name, value.encode()) for name, value in row.headers),
                 )
                 for row in rows
-            ]
+            ],
         )
+        return len(rows)
+
+    async def _send(self, ids: list[int], records: list[WireRecord]) -> None:
+        """Publish the rows and wait for Kafka's acknowledgement; they are deleted afterwards."""
+        # No transaction is open while Kafka acknowledges: nothing waits on this relay's pause.
+        await self._publisher.publish(records)
         if self._failpoint == "after_publish":
-            log.warning("failpoint reached: relay=%s published %s rows; hanging until killed", self.name, len(rows))
+            log.warning("failpoint reached: relay=%s published %s rows; hanging until killed", self.name, len(ids))
             await asyncio.Event().wait()
         if time.monotonic() >= self._valid_until:
             # Stalled while Kafka acknowledged: the next holder may send these rows again.
             self._lost(set(self.owned), "it stalled while publishing; the next holder may publish a batch again")
-        # Acknowledged: deleted by the next pass (deleting them is safe whoever holds the buckets then).
-        self._published = [row.id for row in rows]
-        return len(rows)
+        # Acknowledged: deleted later (deleting them is safe whoever holds the buckets then).
+        if not self._published:
+            self._published_at = time.monotonic()
+        self._published += ids
 
     async def delete_published(self) -> None:
         """Delete the batch the last pass published, if any, in a statement of its own: when no
@@ -371,7 +489,7 @@ class OutboxRelay:
             return
         async with self._autocommit.connect() as connection:
             await connection.execute(DELETE_PUBLISHED, {"ids": self._published})
-        self._published = []
+        self._published, self._published_at = [], math.inf
 
     def _lost(self, buckets: set[int], why: str) -> None:
         # While Kafka is away the relay is stuck on it and loses its leases again and again: that is
@@ -400,8 +518,18 @@ class OutboxRelay:
             await connection.execute(text("DELETE FROM outbox_relays WHERE owner = :me"), {"me": self.name})
         self.owned = ()
 
-    def _notified(self, _connection: object, _pid: int, _channel: str, _payload: str) -> None:
+    def _notified(self, _connection: object, _pid: int, channel: str, payload: str) -> None:
         self._wake.set()
+        try:
+            heard = heard_row(payload)
+        except Exception:  # not a payload this relay wrote: read the outbox rather than guess
+            log.warning("outbox relay could not read a notification on %s; reading the outbox", channel)
+            heard = None
+        if heard is None:
+            self._must_read = True
+            return
+        row_id, record = heard
+        self._heard.append((int(channel.rsplit("_", 1)[1]), row_id, record))
 
     async def _listen_to_owned(self) -> None:
         """LISTEN on the channels of the buckets this relay holds, and on no others. Without a
@@ -416,6 +544,7 @@ class OutboxRelay:
                 for bucket in sorted(wanted - self._listening):
                     await raw.add_listener(channel_of(bucket), self._notified)
                     self._listening.add(bucket)
+                    self._must_read = True  # what was committed before this LISTEN is read
                 for bucket in sorted(self._listening - wanted):
                     await raw.remove_listener(channel_of(bucket), self._notified)
                     self._listening.discard(bucket)
@@ -431,6 +560,7 @@ class OutboxRelay:
                     raw: Any = (await connection.get_raw_connection()).driver_connection
                     async with self._listening_changes:
                         self._listener, self._listening = raw, set()
+                        self._must_read = True  # what was committed while nobody listened is read
                     try:
                         while not stop.is_set() and not raw.is_closed():
                             await self._listen_to_owned()

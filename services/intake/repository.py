@@ -61,10 +61,9 @@ _STORE_MANY = text(
     "CAST(:e_ids AS uuid[]), CAST(:o_topics AS text[]), CAST(:o_keys AS bytea[]), CAST(:e_payloads_bytes AS bytea[]), "
     "CAST(:o_headers AS jsonb[]), CAST(:o_buckets AS smallint[]), CAST(:e_hooks AS bigint[])) WITH ORDINALITY "
     "AS u(event_id, topic, key, value, headers, bucket, hook, k) JOIN fresh f ON f.n = u.hook ORDER BY u.k "
-    "ON CONFLICT (event_id) DO NOTHING) "
+    "ON CONFLICT (event_id) DO NOTHING RETURNING id, event_id, bucket) "
     "SELECT coalesce((SELECT array_agg(n) FROM fresh), '{}') AS fresh, "
-    f"(SELECT count(*) FROM (SELECT {outbox.NOTIFY_RELAY} FROM (SELECT FROM fresh LIMIT 1) AS any_fresh) AS w) "
-    "AS notified"
+    f"{outbox.notify_staged('staged', 'e_ids', 'o_notes')} AS notified"
 )
 
 
@@ -78,6 +77,7 @@ async def insert_webhooks(connection: AsyncConnection, webhooks: Sequence[Webhoo
         for event in webhook.events
     ]
     buckets = [outbox.bucket_of(record.key) for _, _, record in records]
+    headers = [outbox.headers_json(record) for _, _, record in records]
     row = (
         await connection.execute(
             _STORE_MANY,
@@ -99,10 +99,10 @@ async def insert_webhooks(connection: AsyncConnection, webhooks: Sequence[Webhoo
                 # The lead's bucket, as every other service stages it: the intake's rows are
                 # spread over the relays, not all in one bucket.
                 "o_buckets": buckets,
-                "outbox_wake": outbox.wake_buckets(buckets),
-                "o_headers": [
-                    orjson.dumps([[name, value.decode()] for name, value in record.headers]).decode()
-                    for _, _, record in records
+                "o_headers": headers,
+                # What the notifications hand the relays: each row, so they publish it unread.
+                "o_notes": [
+                    outbox.note_of(record, header) for (_, _, record), header in zip(records, headers, strict=True)
                 ],
             },
         )

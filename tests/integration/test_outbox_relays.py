@@ -28,7 +28,15 @@ from chaos.topics import read_all
 from coxswain.db.database import create_engine
 from coxswain.runtime import metrics
 from coxswain.runtime.kafka import Publisher, connection_options
-from coxswain.runtime.outbox import BUCKETS, OutboxRelay, bucket_of, stage_records
+from coxswain.runtime.outbox import (
+    BUCKETS,
+    OutboxRelay,
+    bucket_of,
+    channel_of,
+    headers_json,
+    note_of,
+    stage_records,
+)
 from coxswain.settings import DatabaseConfig, KafkaConfig
 from schemas.codec import WireRecord
 from tests.support.databases import engine_without_relays
@@ -237,9 +245,23 @@ class CountingRelay(OutboxRelay):
         super()._notified(connection, pid, channel, payload)
 
 
-async def test_a_commit_wakes_only_the_relay_that_holds_its_bucket_and_only_once(
-    engine: AsyncEngine, publisher: Publisher
-) -> None:
+def records_for(keys: list[str], n: int, size: int = 0) -> list[tuple[uuid.UUID, WireRecord]]:
+    """Fact number ``n`` of each lead; ``size`` bytes of padding (a row too large for a notification)."""
+    return [
+        (
+            uuid.uuid4(),
+            WireRecord(
+                topic=TOPIC,
+                key=key.encode(),
+                value=orjson.dumps({"lead": key, "n": n, "pad": "x" * size}),
+                headers=(("traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),),
+            ),
+        )
+        for key in keys
+    ]
+
+
+async def running_pair(engine: AsyncEngine, publisher: Publisher) -> tuple[CountingRelay, CountingRelay]:
     # Long idle polls and leases: any read during the test comes from a notification.
     relays = [
         CountingRelay(engine, publisher, lease_seconds=60.0, idle_poll_seconds=60.0, name=f"woken-{n}")
@@ -249,37 +271,100 @@ async def test_a_commit_wakes_only_the_relay_that_holds_its_bucket_and_only_once
         await relay.refresh_leases()
     await relays[0].refresh_leases()  # hands half of the buckets back
     await relays[1].refresh_leases()  # and the other relay takes them
-    holder, other = relays
-    assert holder.owned and other.owned
+    assert relays[0].owned and relays[1].owned
+    return relays[0], relays[1]
+
+
+def keys_in(buckets: tuple[int, ...], count: int) -> list[str]:
+    keys: list[str] = []
+    while len(keys) < count:
+        key = str(uuid.uuid4())
+        if bucket_of(key.encode()) in buckets:
+            keys.append(key)
+    return keys
+
+
+async def test_a_commit_is_published_from_its_notification_by_the_relay_that_holds_its_bucket_only(
+    engine: AsyncEngine, publisher: Publisher
+) -> None:
+    holder, other = await running_pair(engine, publisher)
     stop = asyncio.Event()
-    tasks = [asyncio.create_task(relay.run(stop)) for relay in relays]
+    tasks = [asyncio.create_task(relay.run(stop)) for relay in (holder, other)]
     try:
-        await asyncio.sleep(0.5)  # each relay's first pass, right after it starts
+        # The first commit after the relays started is read: their listening connections came up
+        # after their first pass, so a read makes sure nothing committed before them is missed.
+        warm = keys_in(holder.owned, 1) + keys_in(other.owned, 1)
+        async with engine.begin() as connection:
+            await stage_records(connection, records_for(warm, 0), NOW)
+        await wait_published(engine, warm, within=30)
         before = (holder.passes, other.passes)
         heard = (holder.notifications, other.notifications)
-        keys: list[str] = []
-        while len(keys) < 5:
-            key = str(uuid.uuid4())
-            if bucket_of(key.encode()) in holder.owned:
-                keys.append(key)
-        records = [
-            (
-                uuid.uuid4(),
-                WireRecord(topic=TOPIC, key=key.encode(), value=orjson.dumps({"lead": key, "n": 0}), headers=()),
-            )
-            for key in keys
-        ]
-        async with engine.begin() as connection:
-            await stage_records(connection, records, NOW)
+        keys = keys_in(holder.owned, 5)
+        staged: dict[str, list[int]] = {key: [] for key in keys}
+        for n in range(3):
+            async with engine.begin() as connection:
+                await stage_records(connection, records_for(keys, n), NOW)
+            for key in keys:
+                staged[key].append(n)
         await wait_published(engine, keys, within=30)
         await asyncio.sleep(0.5)  # a second pass or the other relay's would come now
     finally:
         stop.set()
         await asyncio.gather(*tasks)
-    assert holder.passes - before[0] == 1, "one read for one commit: no empty second look after publishing"
-    assert holder.notifications - heard[0] >= 1
+    assert holder.notifications - heard[0] == 15, "one notification per row"
+    assert holder.passes == before[0], "the rows came with their notifications: the outbox was not read"
     assert other.passes == before[1], "a relay that holds none of the commit's buckets is not woken"
     assert other.notifications == heard[1], "nor does its connection hear of the commit"
+    assert await assert_in_order_and_complete(staged) == 0
+
+
+async def test_a_row_too_large_to_hand_over_is_read_and_keeps_its_place(
+    engine: AsyncEngine, publisher: Publisher
+) -> None:
+    holder, other = await running_pair(engine, publisher)
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(relay.run(stop)) for relay in (holder, other)]
+    keys = keys_in(holder.owned, 3) + keys_in(other.owned, 3)
+    staged: dict[str, list[int]] = {key: [] for key in keys}
+    try:
+        await asyncio.sleep(0.5)  # their listening connections are up
+        before = holder.passes
+        for n in range(12):
+            # Every third fact of each lead is too large for a notification: its relay must read
+            # it, and still publish it after the fact before it and before the fact after it.
+            async with engine.begin() as connection:
+                await stage_records(connection, records_for(keys, n, size=9000 if n % 3 == 1 else 0), NOW)
+            for key in keys:
+                staged[key].append(n)
+            await asyncio.sleep(0.01)
+        await wait_published(engine, keys, within=30)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+    assert holder.passes > before, "the large rows were read"
+    assert await assert_in_order_and_complete(staged) == 0, "a row read is not sent again when its notification comes"
+
+
+async def test_a_notification_that_comes_after_the_read_of_its_row_does_not_send_it_again(
+    engine: AsyncEngine, publisher: Publisher
+) -> None:
+    relay = OutboxRelay(engine, publisher, lease_seconds=30.0, name="late-notification")
+    try:
+        await relay.refresh_leases()
+        [key] = keys_in(relay.owned, 1)
+        records = records_for([key], 0)
+        async with engine.begin() as connection:
+            await stage_records(connection, records, NOW)
+        assert await relay.relay_once() == 1
+        [row_id] = relay._published
+        # The row's notification reaches the relay only now, after the read that published it.
+        record = records[0][1]
+        payload = f"{row_id} {note_of(record, headers_json(record))}"
+        relay._notified(None, 0, channel_of(bucket_of(key.encode())), payload)
+        assert await relay.relay_pass() == 0
+        assert await assert_in_order_and_complete({key: [0]}) == 0
+    finally:
+        await relay.release_leases()
 
 
 async def test_a_relay_stalled_past_its_lease_loses_its_buckets_and_says_so(
