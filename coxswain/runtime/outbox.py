@@ -192,10 +192,13 @@ READ_BATCH = text(
     "SELECT id, topic, key, value, headers FROM outbox WHERE gate.open AND bucket = ANY(:mine) "
     "AND id <> ALL(:published) ORDER BY id LIMIT :batch) o ON true ORDER BY o.id"
 )
-# The same delete on its own: on a clean stop and before buckets are handed back.
+# The same delete on its own, behind the same gate (whether it was open comes back): once the
+# oldest published row has waited DELETE_WITHIN, on a clean stop and before buckets are handed back.
 DELETE_PUBLISHED = text(
-    "WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true)) "
-    "DELETE FROM outbox WHERE id = ANY(:ids) AND EXISTS (SELECT FROM relaxed)"
+    "WITH gate AS (SELECT pg_try_advisory_xact_lock_shared(:gate) AS open), "
+    "relaxed AS (SELECT set_config('synchronous_commit', 'off', true)), "
+    "deleted AS (DELETE FROM outbox WHERE id = ANY(:ids) AND (SELECT open FROM gate) "
+    "AND EXISTS (SELECT FROM relaxed)) SELECT open FROM gate"
 )
 # How long a published batch may wait for the next pass to delete it. Under load the next
 # notification comes sooner and the delete rides with that pass's read; when the buckets go quiet
@@ -258,6 +261,11 @@ class OutboxRelay:
         # Ids the last reads published, so that their notifications, which may come after the
         # read, do not send them again. Bounded: a notification comes within moments of its commit.
         self._read_ids: dict[int, None] = {}
+
+    @property
+    def listening(self) -> frozenset[int]:
+        """The buckets whose channels this relay's connection LISTENs on now."""
+        return frozenset(self._listening)
 
     async def run(self, stop: asyncio.Event, on_published: Callable[[int], None] | None = None) -> None:
         listener = asyncio.create_task(self._listen(stop))
@@ -488,7 +496,12 @@ class OutboxRelay:
         if not self._published:
             return
         async with self._autocommit.connect() as connection:
-            await connection.execute(DELETE_PUBLISHED, {"ids": self._published})
+            deleted = await connection.scalar(DELETE_PUBLISHED, {"ids": self._published, "gate": RELAY_LOCK})
+        if not deleted:
+            # The outbox is held still: the rows stay until it is not, and the next pass reads,
+            # so this relay pauses too rather than publish what it hears meanwhile.
+            self._must_read = True
+            return
         self._published, self._published_at = [], math.inf
 
     def _lost(self, buckets: set[int], why: str) -> None:

@@ -275,6 +275,15 @@ async def running_pair(engine: AsyncEngine, publisher: Publisher) -> tuple[Count
     return relays[0], relays[1]
 
 
+async def listening(relays: tuple[OutboxRelay, ...], within: float = 10) -> None:
+    """Wait until each relay's connection LISTENs on all of its buckets' channels: a commit before
+    that is read, not heard."""
+    deadline = time.monotonic() + within
+    while any(relay.listening != set(relay.owned) for relay in relays):
+        assert time.monotonic() < deadline, "a relay's connection never listened on all of its buckets"
+        await asyncio.sleep(0.05)
+
+
 def keys_in(buckets: tuple[int, ...], count: int) -> list[str]:
     keys: list[str] = []
     while len(keys) < count:
@@ -291,6 +300,7 @@ async def test_a_commit_is_published_from_its_notification_by_the_relay_that_hol
     stop = asyncio.Event()
     tasks = [asyncio.create_task(relay.run(stop)) for relay in (holder, other)]
     try:
+        await listening((holder, other))
         # The first commit after the relays started is read: their listening connections came up
         # after their first pass, so a read makes sure nothing committed before them is missed.
         warm = keys_in(holder.owned, 1) + keys_in(other.owned, 1)
@@ -327,7 +337,7 @@ async def test_a_row_too_large_to_hand_over_is_read_and_keeps_its_place(
     keys = keys_in(holder.owned, 3) + keys_in(other.owned, 3)
     staged: dict[str, list[int]] = {key: [] for key in keys}
     try:
-        await asyncio.sleep(0.5)  # their listening connections are up
+        await listening((holder, other))
         before = holder.passes
         for n in range(12):
             # Every third fact of each lead is too large for a notification: its relay must read
@@ -402,6 +412,31 @@ async def test_a_paused_outbox_is_left_alone(engine: AsyncEngine, publisher: Pub
         assert await relay.relay_once() == 6
     finally:
         await relay.release_leases()
+
+
+async def test_a_running_relay_leaves_a_paused_outbox_alone_whatever_it_heard(
+    engine: AsyncEngine, publisher: Publisher
+) -> None:
+    relay = OutboxRelay(engine, publisher, lease_seconds=60.0, name="paused-running")
+    await relay.refresh_leases()
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        await listening((relay,))
+        warm = keys_in(relay.owned, 1)
+        async with engine.begin() as connection:
+            await stage_records(connection, records_for(warm, 0), NOW)
+        await wait_published(engine, warm, within=30)  # from here on it publishes what it hears
+        async with engine_without_relays() as paused:
+            keys = keys_in(relay.owned, 3)
+            async with paused.begin() as connection:
+                await stage_records(connection, records_for(keys, 0), NOW)
+            await asyncio.sleep(1.0)  # its notifications, a pass, and the delete after 50 ms
+            assert await pending(paused, keys) == 3, "the rows stay while the outbox is held still"
+        await wait_published(engine, keys, within=30)
+    finally:
+        stop.set()
+        await task
 
 
 # --------------------------------------------------------------------------- relays as processes
