@@ -52,6 +52,7 @@ from bench.stats import (
     curve_point,
     hop_breakdown,
     hop_table,
+    jit_seconds,
     machine_ticks,
     percentile,
     prometheus_value,
@@ -78,6 +79,12 @@ CONSUMERS = ("scoring", "router", "sla-monitor")
 TAKEOVER_RATE = 20  # leads/s offered while the router is killed and restarted
 TAKEOVER_SECONDS = 20
 TAKEOVER_KILL_AT = 8  # seconds into the load
+# The warm-up (``Bench.warm_up_pipeline``): its offered load, and how the wait for the broker's JIT
+# compiler ends: under JIT_QUIET_CORES over a window, or after JIT_QUIET_WAIT seconds whatever.
+WARM_UP_RATE = 200
+JIT_QUIET_WINDOW = 2.0
+JIT_QUIET_CORES = 0.05
+JIT_QUIET_WAIT = 30.0
 
 
 @dataclass(frozen=True)
@@ -102,6 +109,7 @@ class Plan:
     curve_rates: tuple[float, ...]
     curve_seconds: float
     curve_min_leads: int  # a slow rate runs longer, so each point has enough leads for a p99
+    warm_up_seconds: float  # of load through the whole pipeline before the end to end phase, not measured
 
 
 FULL = Plan(
@@ -125,6 +133,7 @@ FULL = Plan(
     curve_rates=(5, 50, 100, 200, 400),
     curve_seconds=10,
     curve_min_leads=200,
+    warm_up_seconds=15,
 )
 QUICK = Plan(
     name="quick",
@@ -147,6 +156,7 @@ QUICK = Plan(
     curve_rates=(5, 50, 100, 200),
     curve_seconds=4,
     curve_min_leads=40,
+    warm_up_seconds=10,
 )
 
 
@@ -202,6 +212,7 @@ class Bench:
     hops: bool = False
     db_statements: bool = False
     counting_statements: bool = False  # --db-statements, and the cluster has the counters loaded
+    warm_up: bool = True
     results: dict[str, Any] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)
     running: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -594,6 +605,9 @@ class Bench:
             self.wait_for_log(name, "partitions assigned")
         url = f"http://127.0.0.1:{self.ports.intake}/v1/webhooks/{SOURCE}/events"
 
+        if self.warm_up:
+            self.warm_up_pipeline(url)
+        compiling = self.broker_jit_seconds()
         if self.counting_statements:
             asyncio.run(self._statements_reset())
         say("end to end latency: %s leads/s offered for %ss", plan.latency_rate, plan.latency_seconds)
@@ -607,6 +621,11 @@ class Bench:
             seconds = max(plan.curve_seconds, plan.curve_min_leads / rate)
             say("latency curve: %s leads/s offered for %ss", rate, seconds)
             self.notes["curve"][str(rate)] = self.measure_latency(url, rate, seconds, f"curve-{rate:g}", self.hops)
+        self.notes["broker_jit_cpu_s_measured"] = self.broker_jit_seconds() - compiling
+        say(
+            "the broker's JIT compiler used %.1f s of CPU while latency was measured",
+            self.notes["broker_jit_cpu_s_measured"],
+        )
 
         say("takeover: router SIGKILLed after %ss of %s leads/s and restarted at once", TAKEOVER_KILL_AT, TAKEOVER_RATE)
         killer = threading.Thread(target=self.kill_and_restart, args=("router", TAKEOVER_KILL_AT))
@@ -643,6 +662,49 @@ class Bench:
             "drain_seconds": max(armed) - load["ended_at"] if armed else float("nan"),
         }
         self.stop("intake", "scoring", "router", "sla-monitor")
+
+    def broker_jit_seconds(self) -> float:
+        """CPU seconds the broker's JIT compiler threads have used so far."""
+        pid = int((ROOT / ".local" / "bench" / "kafka" / "kafka.pid").read_text().strip())
+        threads = []
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                threads.append(((task / "comm").read_text(), (task / "stat").read_text()))
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # a thread that ended meanwhile
+        return jit_seconds(threads)
+
+    def warm_up_pipeline(self, url: str) -> None:
+        """Load through the whole pipeline before anything is measured, then wait for the broker's
+        JIT compiler to go quiet.
+
+        A broker in production has run for weeks; the bench's started seconds ago, and its JVM
+        compiles the request paths while they are first used: in runs without a warm-up its
+        compiler threads took about half of the broker's CPU while the latency curve was measured
+        (docs/benchmarks.md, 5 December), on the two cores the services wait for."""
+        plan = self.plan
+        say("warm-up: %s leads/s for %ss through the whole pipeline, not measured", WARM_UP_RATE, plan.warm_up_seconds)
+        before = self.broker_jit_seconds()
+        self.measure_latency(url, WARM_UP_RATE, plan.warm_up_seconds, "warm-up")
+        began, last = time.monotonic(), self.broker_jit_seconds()
+        while time.monotonic() - began < JIT_QUIET_WAIT:
+            time.sleep(JIT_QUIET_WINDOW)
+            now = self.broker_jit_seconds()
+            quiet = (now - last) / JIT_QUIET_WINDOW < JIT_QUIET_CORES
+            last = now
+            if quiet:
+                break
+        self.notes["warm_up"] = {
+            "offered_per_s": WARM_UP_RATE,
+            "seconds": plan.warm_up_seconds,
+            "broker_jit_cpu_s": last - before,
+            "waited_for_quiet_s": time.monotonic() - began,
+        }
+        say(
+            "warm-up done: the broker's JIT compiler used %.1f s of CPU; quiet after %.1f s more",
+            last - before,
+            time.monotonic() - began,
+        )
 
     def kill_and_restart(self, label: str, after: float) -> None:
         """SIGKILL ``label`` after ``after`` seconds and start it again at once, as a supervisor
@@ -1231,6 +1293,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--hops", action="store_true", help="break the latency phase's time down hop by hop")
     parser.add_argument(
+        "--no-warm-up",
+        action="store_true",
+        help="measure the end to end phase on a broker just started (its JIT compiler still busy), as before 5 December",
+    )
+    parser.add_argument(
         "--db-statements",
         action="store_true",
         help="load pg_stat_statements in the bench cluster and print the end to end phase's costliest statements",
@@ -1255,6 +1322,7 @@ def main(argv: list[str] | None = None) -> None:
         profile=args.profile,
         hops=args.hops,
         db_statements=args.db_statements,
+        warm_up=not args.no_warm_up,
     )
     began = time.monotonic()
     say("%s run on %s; logs in %s", plan.name, machine(), work)

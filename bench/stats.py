@@ -142,6 +142,16 @@ def cpu_seconds(stat: str, children: bool = False) -> float:
     return ticks / CLOCK_TICKS
 
 
+# The JVM's just-in-time compiler threads, by the name Linux gives them (``comm``, 15 characters).
+JIT_THREADS = ("C1 CompilerThre", "C2 CompilerThre")
+
+
+def jit_seconds(threads: Sequence[tuple[str, str]]) -> float:
+    """CPU seconds the JIT compiler threads of a JVM used, from each thread's ``comm`` and
+    ``/proc/<pid>/task/<tid>/stat``."""
+    return sum(cpu_seconds(stat) for comm, stat in threads if comm.strip().startswith(JIT_THREADS))
+
+
 def machine_ticks(proc_stat: str) -> tuple[int, int]:
     """Busy and total clock ticks of all CPUs together, from the first line of ``/proc/stat``."""
     fields = [int(value) for value in proc_stat.splitlines()[0].split()[1:9]]

@@ -26,6 +26,7 @@ from bench.stats import (
     curve_point,
     hop_breakdown,
     hop_table,
+    jit_seconds,
     machine_ticks,
     percentile,
     prometheus_value,
@@ -103,6 +104,19 @@ def test_table_lines_up_values_and_notes() -> None:
     assert "1,234.5" in lines[2] and lines[2].endswith("60% of baseline")
     assert "1,000,000" in lines[3]
     assert "n/a" in lines[4]
+
+
+def test_jit_seconds_adds_up_the_compiler_threads_only() -> None:
+    def stat(comm: str, utime: int, stime: int) -> str:
+        return f"4243 ({comm}) S 1 4242 4242 0 -1 4194560 100 0 0 0 {utime} {stime} 0 0 20 0 1 0 100 0 0"
+
+    threads = [
+        ("C2 CompilerThre\n", stat("C2 CompilerThre", 300, 20)),
+        ("C1 CompilerThre\n", stat("C1 CompilerThre", 40, 0)),
+        ("data-plane-kafk\n", stat("data-plane-kafk", 900, 100)),
+        ("GC Thread#0\n", stat("GC Thread#0", 50, 0)),
+    ]
+    assert jit_seconds(threads) == 3.6
 
 
 def test_cpu_seconds_reads_proc_stat_and_per_item_milliseconds() -> None:
