@@ -133,7 +133,7 @@ FULL = Plan(
     curve_rates=(5, 50, 100, 200, 400),
     curve_seconds=10,
     curve_min_leads=200,
-    warm_up_seconds=15,
+    warm_up_seconds=30,
 )
 QUICK = Plan(
     name="quick",
@@ -156,7 +156,7 @@ QUICK = Plan(
     curve_rates=(5, 50, 100, 200),
     curve_seconds=4,
     curve_min_leads=40,
-    warm_up_seconds=10,
+    warm_up_seconds=30,
 )
 
 
