@@ -206,6 +206,8 @@ DELETE_PUBLISHED = text(
 # The rows of a relay that dies in this window are published again by the bucket's next holder:
 # duplicates, which consumers skip by event id, never a gap.
 DELETE_WITHIN = 0.05
+# How many rows heard and not yet published a relay holds in memory; beyond it, it reads instead.
+HEARD_KEPT = 10_000
 # How many ids of rows published by reads a relay remembers, to skip their late notifications.
 READ_IDS_KEPT = 20_000
 
@@ -538,7 +540,10 @@ class OutboxRelay:
         except Exception:  # not a payload this relay wrote: read the outbox rather than guess
             log.warning("outbox relay could not read a notification on %s; reading the outbox", channel)
             heard = None
-        if heard is None:
+        if heard is None or len(self._heard) >= HEARD_KEPT:
+            # Nothing to hand over, or more heard than a relay that is stuck on Kafka should hold
+            # in memory: the next pass reads, and finds these rows in the outbox.
+            self._heard.clear()
             self._must_read = True
             return
         row_id, record = heard

@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chaos.topics import read_all
 from coxswain.db.database import create_engine
-from coxswain.runtime import metrics
+from coxswain.runtime import metrics, outbox
 from coxswain.runtime.kafka import Publisher, connection_options
 from coxswain.runtime.outbox import (
     BUCKETS,
@@ -410,6 +410,34 @@ async def test_a_paused_outbox_is_left_alone(engine: AsyncEngine, publisher: Pub
             assert await relay.relay_once() is None
             assert await pending(paused, list(staged)) == 6
         assert await relay.relay_once() == 6
+    finally:
+        await relay.release_leases()
+
+
+async def test_a_relay_that_heard_more_than_it_keeps_reads_instead(
+    engine: AsyncEngine, publisher: Publisher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(outbox, "HEARD_KEPT", 3)
+    relay = CountingRelay(engine, publisher, lease_seconds=30.0, name="overheard")
+    try:
+        await relay.refresh_leases()
+        assert await relay.relay_once() == 0  # read to the end: from here on it may go by what it hears
+        keys = keys_in(relay.owned, 5)
+        records = records_for(keys, 0)
+        async with engine.begin() as connection:
+            await stage_records(connection, records, NOW)
+            rows = await connection.execute(
+                text("SELECT event_id, id FROM outbox WHERE event_id = ANY(:ids)"),
+                {"ids": [event_id for event_id, _ in records]},
+            )
+            ids: dict[uuid.UUID, int] = {row.event_id: row.id for row in rows}
+        # No listening connection here: the notifications are handed to it by hand.
+        for event_id, record in records:
+            payload = f"{ids[event_id]} {note_of(record, headers_json(record))}"
+            relay._notified(None, 0, channel_of(bucket_of(record.key)), payload)
+        assert await relay.relay_pass() == 5
+        assert relay.passes == 2, "it read the outbox rather than keep more than three rows in memory"
+        assert await assert_in_order_and_complete({key: [0] for key in keys}) == 0
     finally:
         await relay.release_leases()
 
