@@ -14,6 +14,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -275,13 +276,21 @@ async def running_pair(engine: AsyncEngine, publisher: Publisher) -> tuple[Count
     return relays[0], relays[1]
 
 
-async def listening(relays: tuple[OutboxRelay, ...], within: float = 10) -> None:
-    """Wait until each relay's connection LISTENs on all of its buckets' channels: a commit before
-    that is read, not heard."""
-    deadline = time.monotonic() + within
-    while any(relay.listening != set(relay.owned) for relay in relays):
-        assert time.monotonic() < deadline, "a relay's connection never listened on all of its buckets"
-        await asyncio.sleep(0.05)
+@asynccontextmanager
+async def running(*relays: OutboxRelay) -> AsyncIterator[None]:
+    """The relays running, from when each one's connection LISTENs on all of its buckets' channels
+    (a commit before that is read, not heard) until the block ends."""
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(relay.run(stop)) for relay in relays]
+    try:
+        deadline = time.monotonic() + 10
+        while any(relay.listening != set(relay.owned) for relay in relays):
+            assert time.monotonic() < deadline, "a relay's connection never listened on all of its buckets"
+            await asyncio.sleep(0.05)
+        yield
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
 
 
 def keys_in(buckets: tuple[int, ...], count: int) -> list[str]:
@@ -297,10 +306,7 @@ async def test_a_commit_is_published_from_its_notification_by_the_relay_that_hol
     engine: AsyncEngine, publisher: Publisher
 ) -> None:
     holder, other = await running_pair(engine, publisher)
-    stop = asyncio.Event()
-    tasks = [asyncio.create_task(relay.run(stop)) for relay in (holder, other)]
-    try:
-        await listening((holder, other))
+    async with running(holder, other):
         # The first commit after the relays started is read: their listening connections came up
         # after their first pass, so a read makes sure nothing committed before them is missed.
         warm = keys_in(holder.owned, 1) + keys_in(other.owned, 1)
@@ -318,9 +324,6 @@ async def test_a_commit_is_published_from_its_notification_by_the_relay_that_hol
                 staged[key].append(n)
         await wait_published(engine, keys, within=30)
         await asyncio.sleep(0.5)  # a second pass or the other relay's would come now
-    finally:
-        stop.set()
-        await asyncio.gather(*tasks)
     assert holder.notifications - heard[0] == 15, "one notification per row"
     assert holder.passes == before[0], "the rows came with their notifications: the outbox was not read"
     assert other.passes == before[1], "a relay that holds none of the commit's buckets is not woken"
@@ -332,12 +335,9 @@ async def test_a_row_too_large_to_hand_over_is_read_and_keeps_its_place(
     engine: AsyncEngine, publisher: Publisher
 ) -> None:
     holder, other = await running_pair(engine, publisher)
-    stop = asyncio.Event()
-    tasks = [asyncio.create_task(relay.run(stop)) for relay in (holder, other)]
     keys = keys_in(holder.owned, 3) + keys_in(other.owned, 3)
     staged: dict[str, list[int]] = {key: [] for key in keys}
-    try:
-        await listening((holder, other))
+    async with running(holder, other):
         before = holder.passes
         for n in range(12):
             # Every third fact of each lead is too large for a notification: its relay must read
@@ -348,9 +348,6 @@ async def test_a_row_too_large_to_hand_over_is_read_and_keeps_its_place(
                 staged[key].append(n)
             await asyncio.sleep(0.01)
         await wait_published(engine, keys, within=30)
-    finally:
-        stop.set()
-        await asyncio.gather(*tasks)
     assert holder.passes > before, "the large rows were read"
     assert await assert_in_order_and_complete(staged) == 0, "a row read is not sent again when its notification comes"
 
@@ -447,10 +444,7 @@ async def test_a_running_relay_leaves_a_paused_outbox_alone_whatever_it_heard(
 ) -> None:
     relay = OutboxRelay(engine, publisher, lease_seconds=60.0, name="paused-running")
     await relay.refresh_leases()
-    stop = asyncio.Event()
-    task = asyncio.create_task(relay.run(stop))
-    try:
-        await listening((relay,))
+    async with running(relay):
         warm = keys_in(relay.owned, 1)
         async with engine.begin() as connection:
             await stage_records(connection, records_for(warm, 0), NOW)
@@ -462,9 +456,6 @@ async def test_a_running_relay_leaves_a_paused_outbox_alone_whatever_it_heard(
             await asyncio.sleep(1.0)  # its notifications, a pass, and the delete after 50 ms
             assert await pending(paused, keys) == 3, "the rows stay while the outbox is held still"
         await wait_published(engine, keys, within=30)
-    finally:
-        stop.set()
-        await task
 
 
 # --------------------------------------------------------------------------- relays as processes
