@@ -4,13 +4,15 @@ A fact is written to ``outbox`` in the same transaction as the state change that
 either both happen or neither. Each row carries a bucket, a stable hash of its Kafka key (the lead
 id), so all of one lead's facts share a bucket. Every process runs a relay; relays share the
 buckets out between them with leases in ``outbox_leases`` and publish their own buckets in
-parallel, each bucket's rows in id order, deleting them after Kafka acknowledged them (in the
-statement that reads the next batch, or on their own when no batch follows soon).
+parallel, each bucket's rows in order, deleting them after Kafka acknowledged them. A relay learns
+its rows from the notifications of the commits that staged them, which carry the rows; it reads
+the outbox when it cannot go by them (see ``OutboxRelay.relay_pass``).
 
 Why each lead's facts stay in order: one bucket has one publisher at a time (its lease holder), it
-reads its next batch only after Kafka acknowledged the one before (and leaves that one out of the
-read until it is deleted), and a row is deleted only after Kafka acknowledged it, so a newer row of
-the bucket is never sent before an older one is acknowledged.
+takes its next batch only after Kafka acknowledged the one before (and leaves that one out until
+it is deleted), and a batch continues the bucket where the last one stopped: a read in id order,
+or the rows heard since a read that saw the bucket to its end, in the order their transactions
+committed. A newer row of the bucket is never sent before an older one is acknowledged.
 Why nothing is lost: a row leaves the outbox only after its acknowledgement; a relay that dies
 leaves its rows, and its buckets are taken over when its lease expires (or at once, when it
 stops cleanly and hands them back). A relay that hangs past its lease (a long pause, SIGSTOP) may
@@ -262,7 +264,7 @@ class OutboxRelay:
         self._caught_up = False
         # Ids the last reads published, so that their notifications, which may come after the
         # read, do not send them again. Bounded: a notification comes within moments of its commit.
-        self._read_ids: dict[int, None] = {}
+        self._read_ids: collections.OrderedDict[int, None] = collections.OrderedDict()
 
     @property
     def listening(self) -> frozenset[int]:
@@ -461,7 +463,7 @@ class OutboxRelay:
         for row_id in ids:
             self._read_ids[row_id] = None
         while len(self._read_ids) > READ_IDS_KEPT:
-            del self._read_ids[next(iter(self._read_ids))]
+            self._read_ids.popitem(last=False)
         await self._send(
             ids,
             [
