@@ -30,8 +30,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -270,8 +270,7 @@ class Bench:
     async def _statements_ready(self) -> bool:
         """Load the statement counters into the bench database (``--db-statements``); False, and
         why on stderr, when the cluster was started without pg_stat_statements."""
-        connection = await asyncpg.connect(self.superuser_dsn)
-        try:
+        async with connected(self.superuser_dsn) as connection:
             loaded = await connection.fetchval("SHOW shared_preload_libraries")
             if "pg_stat_statements" not in loaded:
                 say("--db-statements: the bench cluster runs without pg_stat_statements; stop it and run again")
@@ -284,15 +283,10 @@ class Bench:
             # Planning time too, for the services' connections opened from now on.
             await connection.execute("ALTER DATABASE coxswain SET pg_stat_statements.track_planning = on")
             return True
-        finally:
-            await connection.close()
 
     async def _statements_reset(self) -> None:
-        connection = await asyncpg.connect(self.superuser_dsn)
-        try:
+        async with connected(self.superuser_dsn) as connection:
             await connection.execute("SELECT bench_stats.pg_stat_statements_reset()")
-        finally:
-            await connection.close()
 
     def statements_note(self, phase: str) -> None:
         """The statements that cost the database most since the counters were reset, per routed lead."""
@@ -302,16 +296,13 @@ class Bench:
         sys.stderr.write(statements_table(rows, leads) + "\n\n")
 
     async def _statements(self) -> tuple[int, list[dict[str, Any]]]:
-        connection = await asyncpg.connect(self.superuser_dsn)
-        try:
+        async with connected(self.superuser_dsn) as connection:
             leads = await connection.fetchval("SELECT count(*) FROM assignments")
             rows = await connection.fetch(
                 "SELECT calls, total_exec_time AS exec_ms, total_plan_time AS plan_ms, rows, query "
                 "FROM bench_stats.pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database "
                 "WHERE datname = current_database()) ORDER BY total_exec_time + total_plan_time DESC LIMIT 15"
             )
-        finally:
-            await connection.close()
         return leads, [dict(row) for row in rows]
 
     def reset(self) -> None:
@@ -322,11 +313,8 @@ class Bench:
         asyncio.run(self._reset_topics())
 
     async def _reset_database(self) -> None:
-        connection = await asyncpg.connect(self.dsn)
-        try:
+        async with connected(self.dsn) as connection:
             await connection.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
-        finally:
-            await connection.close()
 
     async def _reset_topics(self) -> None:
         ours = set(all_topics()) | set(HOP_TOPICS)
@@ -555,12 +543,9 @@ class Bench:
 
     def drain_outbox(self, timeout: float = 300) -> None:
         async def pending() -> int:
-            connection = await asyncpg.connect(self.dsn)
-            try:
+            async with connected(self.dsn) as connection:
                 count: int = await connection.fetchval("SELECT count(*) FROM outbox")
                 return count
-            finally:
-                await connection.close()
 
         deadline = time.monotonic() + timeout
         while (left := asyncio.run(pending())) and time.monotonic() < deadline:
@@ -800,8 +785,7 @@ class Bench:
         qualified = {row[0]: row for row in seen["leads.qualified.v1"]}
         routed = {row[0]: row for row in seen["leads.routed.v1"]}
         leads = [lead for lead in measured if lead in received and lead in qualified and lead in routed]
-        connection = await asyncpg.connect(self.dsn)
-        try:
+        async with connected(self.dsn) as connection:
             began = {
                 (row["consumer"], str(row["event_id"])): row["at"]
                 for row in await connection.fetch(
@@ -818,8 +802,6 @@ class Bench:
                     leads,
                 )
             }
-        finally:
-            await connection.close()
         stamps = []
         for lead in leads:
             scoring = began.get(("scoring", received[lead][2]))
@@ -1055,8 +1037,7 @@ class Bench:
         Cloning a real row (and its timers) keeps the bench independent of the columns and timer
         rows a release adds: whatever the monitor reads is there, as the service wrote it.
         """
-        connection = await asyncpg.connect(self.dsn)
-        try:
+        async with connected(self.dsn) as connection:
             template = await connection.fetchval("SELECT deadline_id FROM deadlines WHERE status = 'armed' LIMIT 1")
             if template is None:
                 raise SystemExit("the SLA phase clones a deadline armed by the end-to-end phase; run that first")
@@ -1087,12 +1068,9 @@ class Bench:
             # the tables' hint bits and visibility map set; here they were written seconds ago, and
             # the monitor's first passes would pay for that housekeeping inside the measured slice.
             await connection.execute(f"VACUUM (ANALYZE) {', '.join(tables)}")
-        finally:
-            await connection.close()
 
     async def _open_due_deadlines(self, far: int, start: datetime, steady: int, rate: int, burst_at: datetime) -> int:
-        connection = await asyncpg.connect(self.dsn)
-        try:
+        async with connected(self.dsn) as connection:
             async with connection.transaction():
                 due = f"CASE WHEN i <= {far + steady} THEN $1::timestamptz + (i - {far + 1}) * $2::interval ELSE $3 END"
                 await _clone_deadlines(
@@ -1106,8 +1084,6 @@ class Bench:
                 )
             count: int = await connection.fetchval("SELECT count(*) FROM deadlines WHERE status = 'armed'")
             return count
-        finally:
-            await connection.close()
 
     def cpu_report(self) -> str:
         """CPU milliseconds per item and process: what a phase costs, whatever else the machine runs."""
@@ -1232,6 +1208,16 @@ async def _clone_deadlines(connection: Any, first: int, last: int, due: str, *ar
         first,
         last,
     )
+
+
+@asynccontextmanager
+async def connected(dsn: str) -> AsyncIterator[Any]:
+    """An asyncpg connection to ``dsn`` for the block, closed after it whatever happens."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        yield connection
+    finally:
+        await connection.close()
 
 
 def _cpu_of(pid: int, children: bool = False) -> float:

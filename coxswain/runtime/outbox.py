@@ -352,10 +352,7 @@ class OutboxRelay:
     async def relay_heard(self) -> int:
         """Publish the rows the notifications handed over since the last pass, of the buckets this
         relay holds, in the order heard; how many."""
-        owned = set(self.owned)
-        if owned and time.monotonic() >= self._valid_until:
-            self._lost(owned, "it was not renewed in time (the process stalled)")
-            owned = set()
+        owned = set(self._held())
         ids: list[int] = []
         records: list[WireRecord] = []
         while self._heard:
@@ -434,10 +431,7 @@ class OutboxRelay:
     async def relay_once(self) -> int | None:
         """Delete the batch the last pass published, then publish the oldest rows of the buckets
         this relay holds; how many (None: paused)."""
-        mine = self.owned
-        if mine and time.monotonic() >= self._valid_until:
-            self._lost(set(mine), "it was not renewed in time (the process stalled)")
-            mine = ()
+        mine = self._held()
         if not mine and not self._published:
             return 0
         # Before the read: what was heard until now was committed before it, so the read finds it;
@@ -492,6 +486,13 @@ class OutboxRelay:
         if not self._published:
             self._published_at = time.monotonic()
         self._published += ids
+
+    def _held(self) -> tuple[int, ...]:
+        """The buckets this relay may publish now: none once its leases ran out by its own clock
+        (it stalled), which it says, and then takes a fair share again."""
+        if self.owned and time.monotonic() >= self._valid_until:
+            self._lost(set(self.owned), "it was not renewed in time (the process stalled)")
+        return self.owned
 
     async def delete_published(self) -> None:
         """Delete the batch the last pass published, if any, in a statement of its own: when no
