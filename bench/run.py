@@ -212,6 +212,8 @@ class Bench:
     hops: bool = False
     db_statements: bool = False
     counting_statements: bool = False  # --db-statements, and the cluster has the counters loaded
+    # Leads routed when the statement counters were last reset (the warm-up's): not counted per lead.
+    routed_before_statements: int = 0
     warm_up: bool = True
     results: dict[str, Any] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)
@@ -287,6 +289,7 @@ class Bench:
     async def _statements_reset(self) -> None:
         async with connected(self.superuser_dsn) as connection:
             await connection.execute("SELECT bench_stats.pg_stat_statements_reset()")
+            self.routed_before_statements = await connection.fetchval("SELECT count(*) FROM assignments")
 
     def statements_note(self, phase: str) -> None:
         """The statements that cost the database most since the counters were reset, per routed lead."""
@@ -297,7 +300,7 @@ class Bench:
 
     async def _statements(self) -> tuple[int, list[dict[str, Any]]]:
         async with connected(self.superuser_dsn) as connection:
-            leads = await connection.fetchval("SELECT count(*) FROM assignments")
+            leads = await connection.fetchval("SELECT count(*) FROM assignments") - self.routed_before_statements
             rows = await connection.fetch(
                 "SELECT calls, total_exec_time AS exec_ms, total_plan_time AS plan_ms, rows, query "
                 "FROM bench_stats.pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database "
