@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from coxswain.access import TokenTableError
 from coxswain.core.agreement import Agreement
 from coxswain.core.crm_sync import ID_NAME, ROSTER_FIELD, CrmKind, unmapped_reps
-from coxswain.db.database import create_engine, require_current_schema
+from coxswain.db.database import create_engine, create_relay_engine, require_current_schema
 from coxswain.runtime import health, metrics, outages, retention, tracing
 from coxswain.runtime.agreements import AgreementSource
 from coxswain.runtime.consumer import ConsumerService, Unavailable, utc_now
@@ -273,7 +273,8 @@ async def run_consumer(
         raise
     agreement = source.current
     publisher = await _start_publisher(kafka, stop)
-    relay = outbox_relay(engine, publisher, settings.outbox)
+    relay_engine = create_relay_engine(database)
+    relay = outbox_relay(relay_engine, publisher, settings.outbox)
     service = ConsumerService(
         name=name,
         accepts=spec.accepts,
@@ -306,6 +307,7 @@ async def run_consumer(
                 group.create_task(health.serve(settings.health.health_host, settings.health.health_port, checks, stop))
     finally:
         await publisher.stop()
+        await relay_engine.dispose()
         await engine.dispose()
         tracing.shutdown()
 
@@ -328,6 +330,7 @@ def intake_app(settings: Settings | None = None) -> tuple[FastAPI, IntakeConfig]
     except (InsecureConfiguration, SecretsError, TokenTableError) as exc:
         raise SystemExit(f"intake refuses to start: {exc}") from None
     engine = create_engine(database)
+    relay_engine = create_relay_engine(database)
     publishers: list[Publisher] = []
 
     async def kafka_ready() -> None:
@@ -346,7 +349,7 @@ def intake_app(settings: Settings | None = None) -> tuple[FastAPI, IntakeConfig]
             # Webhooks are accepted while Kafka is away (they wait in the outbox): connect in the background.
             publisher = await _start_publisher(kafka, stop)
             publishers.append(publisher)
-            await outbox_relay(engine, publisher, settings.outbox).run(stop, metrics.outbox_published)
+            await outbox_relay(relay_engine, publisher, settings.outbox).run(stop, metrics.outbox_published)
 
         relay = asyncio.create_task(relay_when_connected())
         watcher = asyncio.create_task(
@@ -370,6 +373,7 @@ def intake_app(settings: Settings | None = None) -> tuple[FastAPI, IntakeConfig]
                 await poll
             for publisher in publishers:
                 await publisher.stop()
+            await relay_engine.dispose()
             await engine.dispose()
             tracing.shutdown()
 

@@ -21,10 +21,31 @@ class SchemaOutOfDate(RuntimeError):
 
 
 def create_engine(config: DatabaseConfig) -> AsyncEngine:
+    return _engine(config, config.database_pool_size, {})
+
+
+# The outbox is a queue: a few hundred live rows, and a heap and indexes that grow to the rows of
+# a minute between two autovacuum runs and shrink again when one truncates it. PostgreSQL plans a
+# prepared statement once for all executions (a generic plan) after its first five; planned while
+# the outbox was a few pages, the relay's delete by id kept scanning the whole heap once it had
+# grown to thousands of pages (docs/benchmarks.md, 5 December, afternoon). The relay's statements
+# are planned at every execution, against the outbox as it is then; that costs tens of
+# microseconds each.
+RELAY_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
+# The relay's connections: its lease renewals, its reads and deletes (one at a time), its listener.
+RELAY_POOL_SIZE = 3
+
+
+def create_relay_engine(config: DatabaseConfig) -> AsyncEngine:
+    """The engine of a process's outbox relay, apart from the one its service's work uses."""
+    return _engine(config, RELAY_POOL_SIZE, RELAY_SETTINGS)
+
+
+def _engine(config: DatabaseConfig, pool_size: int, settings: dict[str, str]) -> AsyncEngine:
     return create_async_engine(
         config.database_url,
-        pool_size=config.database_pool_size,
-        max_overflow=config.database_pool_size,
+        pool_size=pool_size,
+        max_overflow=pool_size,
         pool_pre_ping=config.database_pool_pre_ping,
         # Statement parameters carry lead attributes (emails, names): keep them out of error
         # messages, which end up in logs.
@@ -36,7 +57,8 @@ def create_engine(config: DatabaseConfig) -> AsyncEngine:
         # advisory locks, and stall every instance that needs them, for as long as it is frozen.
         connect_args={
             "server_settings": {
-                "idle_in_transaction_session_timeout": str(int(config.database_idle_in_transaction_seconds * 1000))
+                "idle_in_transaction_session_timeout": str(int(config.database_idle_in_transaction_seconds * 1000)),
+                **settings,
             }
         },
     )

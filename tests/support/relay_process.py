@@ -7,7 +7,7 @@ import asyncio
 import logging
 import sys
 
-from coxswain.db.database import create_engine
+from coxswain.db.database import create_relay_engine
 from coxswain.runtime.kafka import Publisher
 from coxswain.settings import DatabaseConfig, KafkaConfig
 from coxswain_app.wiring import outbox_relay, stop_on_signals
@@ -15,7 +15,7 @@ from coxswain_app.wiring import outbox_relay, stop_on_signals
 
 async def main(name: str) -> None:
     stop = stop_on_signals()
-    engine = create_engine(DatabaseConfig())
+    engine = create_relay_engine(DatabaseConfig())
     publisher = Publisher(KafkaConfig())
     await publisher.start()
     relay = outbox_relay(engine, publisher)
