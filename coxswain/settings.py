@@ -131,6 +131,11 @@ class AgreementConfig(Slice):
 class ScoringConfig(Slice):
     scoring_timer_max_sleep_seconds: float = Field(default=1.0, gt=0)
     scoring_timer_claim_batch: int = Field(default=500, ge=1)
+    scoring_routes_inline: bool = Field(
+        default=True,
+        description="Route the leads a scoring batch qualifies in the same transaction (one hop fewer to a rep); "
+        "the router still consumes leads.qualified.v1 and skips what was routed so.",
+    )
 
 
 class AdminConfig(Slice):

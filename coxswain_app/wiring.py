@@ -18,12 +18,12 @@ from coxswain.core.crm_sync import ID_NAME, ROSTER_FIELD, CrmKind, unmapped_reps
 from coxswain.db.database import create_engine, create_relay_engine, require_current_schema
 from coxswain.runtime import health, metrics, outages, retention, tracing
 from coxswain.runtime.agreements import AgreementSource
-from coxswain.runtime.consumer import ConsumerService, Unavailable, utc_now
+from coxswain.runtime.consumer import ConsumerService, Unavailable, one_at_a_time, utc_now
 from coxswain.runtime.http import http_server
 from coxswain.runtime.kafka import Publisher
 from coxswain.runtime.outages import is_connection_error
 from coxswain.runtime.outbox import OutboxRelay
-from coxswain.runtime.service import ConsumerSpec, Process, Task, Wired, versioned_handler
+from coxswain.runtime.service import ConsumerSpec, Process, Task, Wired, handing_over, versioned_handler
 from coxswain.security import InsecureConfiguration, require_safe_configuration, token_table
 from coxswain.settings import (
     AgreementConfig,
@@ -36,6 +36,7 @@ from coxswain.settings import (
     RosterApiConfig,
     Settings,
 )
+from schemas.events import LeadQualifiedV1
 from services.reporting import spec as reporting
 from services.router import spec as router
 from services.scoring import spec as scoring
@@ -52,8 +53,28 @@ log = logging.getLogger(__name__)
 H = TypeVar("H")
 
 
+def routing_in_scoring(scoring: ConsumerSpec, router: ConsumerSpec, router_name: str = "router") -> ConsumerSpec:
+    """Scoring that routes the leads it qualifies in its own transaction (COXSWAIN_SCORING_ROUTES_INLINE):
+    the router's batch handler applied to its ``leads.qualified.v1`` facts, the router's inbox claimed
+    for them, so a lead reaches its rep without waiting for one more relay, Kafka hop and consumer
+    transaction (docs/event-path.md). The router's tasks (the parked leads' retries) stay in its process."""
+
+    def wire(process: Process) -> Wired:
+        own = scoring.wire(process)
+        if not process.settings.scoring.scoring_routes_inline or own.batch_handler is None:
+            return own
+        routing = router.wire(process).batch_handler
+        assert routing is not None, "the router has a batch handler"
+        fused = handing_over(
+            own.batch_handler, router_name, (LeadQualifiedV1,), metrics.timed_batch(router_name, routing)
+        )
+        return Wired(one_at_a_time(fused), fused, own.tasks)
+
+    return ConsumerSpec(scoring.accepts, wire, scoring.gather_ms)
+
+
 CONSUMERS: dict[str, ConsumerSpec] = {
-    "scoring": scoring.SPEC,
+    "scoring": routing_in_scoring(scoring.SPEC, router.SPEC),
     "router": router.SPEC,
     "sla_monitor": sla_monitor.SPEC,
     "reporting": reporting.SPEC,

@@ -70,6 +70,12 @@ BATCHES_RETRIED = Counter(
     "(for example routing locks another router holds); nothing is dead-lettered for it.",
     ["consumer", "reason"],
 )
+HANDOVERS_LEFT = Counter(
+    "coxswain_handovers_left",
+    "Facts a service could not apply for the next consumer in its own transaction (routing in scoring), "
+    "left to that consumer to apply from Kafka as usual; by the error, for example RoutingLocksBusy.",
+    ["consumer", "reason"],
+)
 CONSUMER_STALLS = Counter(
     "coxswain_consumer_stalls",
     "Consumers the watchdog stopped and started again: their Kafka client's metadata task had ended (client), or "
@@ -195,6 +201,10 @@ def observe_batch(consumer_name: str, consumer: Any, batch: Mapping[Any, list[An
                 max(highwater - (records[-1].offset + 1), 0)
             )
     LAST_BATCH.labels(consumer_name).set_to_current_time()
+
+
+def handover_left(consumer: str, reason: str, count: int) -> None:
+    HANDOVERS_LEFT.labels(consumer, reason).inc(count)
 
 
 def dead_lettered(consumer: str, topic: str) -> None:

@@ -11,6 +11,7 @@ is one spec and one entry in its table, never another ``if name == ...``.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,11 +20,15 @@ from typing import TypeVar
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coxswain.core.agreement import Agreement
-from coxswain.runtime.consumer import BatchHandler, Handler
+from coxswain.runtime import metrics
+from coxswain.runtime.consumer import BatchHandler, Handler, RetrySoon, as_applied, claim_first_seen
+from coxswain.runtime.outages import is_connection_error
 from coxswain.settings import Settings
 from schemas.events import Event
 
 H = TypeVar("H")
+
+log = logging.getLogger(__name__)
 
 Task = Callable[[asyncio.Event], Awaitable[None]]  # runs until the event is set
 
@@ -107,3 +112,54 @@ def per_agreement(
         )
 
     return wire
+
+
+def handing_over(
+    first: BatchHandler, consumer: str, kinds: tuple[type[Event], ...], then: BatchHandler
+) -> BatchHandler:
+    """``first``, then, in the same transaction, ``then`` (the handler of ``consumer``) applied to
+    the facts of ``kinds`` that ``first`` produced: one hop fewer for them, no Kafka record waited for.
+
+    The facts are still staged and published; ``consumer`` still reads them from Kafka, and its
+    inbox, claimed here in the same transaction, makes that a no-op: either this transaction
+    commits (the facts, ``then``'s writes and the claims together) or none of it happened. When
+    ``then`` fails (a passing lock conflict, a fact it refuses), only its part is rolled back to a
+    savepoint and ``consumer`` applies those facts from Kafka as it would have anyway, with its
+    own retries and dead-letter topic: handing over is never a new way to fail ``first``'s input.
+    Each handed fact's own facts follow it, so they are staged (and published) after it."""
+
+    async def handle(connection: AsyncConnection, events: Sequence[Event], now: datetime) -> Sequence[Sequence[Event]]:
+        facts = [list(each) for each in await first(connection, events, now)]
+        handed = [(index, fact) for index, each in enumerate(facts) for fact in each if isinstance(fact, kinds)]
+        if not handed:
+            return facts
+        try:
+            async with connection.begin_nested():
+                first_seen = await claim_first_seen(
+                    connection, consumer, [(fact.event_id, fact.topic, fact.lead_id) for _, fact in handed], now
+                )
+                todo = [
+                    (index, as_applied(fact, first_seen[fact.event_id]))
+                    for index, fact in handed
+                    if fact.event_id in first_seen
+                ]
+                results = await then(connection, [fact for _, fact in todo], now) if todo else []
+        except Exception as exc:
+            if is_connection_error(exc):
+                raise
+            # Not a fault of the batch: the facts go by Kafka, as they did before handing over.
+            log.log(
+                logging.INFO if isinstance(exc, RetrySoon) else logging.WARNING,
+                "handing over to %s failed, left to its consumer: facts=%s error=%s",
+                consumer,
+                len(handed),
+                type(exc).__name__,
+                exc_info=not isinstance(exc, RetrySoon),
+            )
+            metrics.handover_left(consumer, type(exc).__name__, len(handed))
+            return facts
+        for (index, _), found in zip(todo, results, strict=True):
+            facts[index].extend(found)
+        return facts
+
+    return handle

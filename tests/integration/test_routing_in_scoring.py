@@ -1,0 +1,176 @@
+"""Scoring routes the leads it qualifies in its own transaction (``coxswain_app.wiring.routing_in_scoring``).
+
+The lead reaches its rep one relay, one Kafka hop and one consumer transaction sooner; the router
+still reads ``leads.qualified.v1`` from Kafka, and the inbox claim made in scoring's transaction
+turns that into a no-op. When routing fails there, only its part is rolled back and the router
+applies the fact from Kafka as before.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from coxswain.core.agreement import load_agreement
+from coxswain.runtime.consumer import (
+    BatchHandler,
+    ConsumerService,
+    Delivery,
+    PermanentError,
+    RetrySoon,
+)
+from coxswain.runtime.metrics import HANDOVERS_LEFT
+from coxswain.runtime.service import Process, handing_over
+from coxswain.settings import ConsumerConfig, KafkaConfig, ScoringConfig, Settings
+from coxswain_app.wiring import CONSUMERS, routing_in_scoring
+from schemas.codec import encode
+from schemas.events import EngagementType, Event, LeadAttributes, LeadQualifiedV1, LeadReceivedV1, LeadRoutedV1
+from services.router import spec as router_spec
+from services.scoring import service as scoring
+from services.scoring import spec as scoring_spec
+from tests.support.databases import fresh_database
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+AGREEMENT = load_agreement(Path(__file__).resolve().parents[2] / "examples" / "agreement.yaml")
+NOW = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)  # a Tuesday, in working hours
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="module")
+async def engine(infrastructure: None) -> AsyncIterator[AsyncEngine]:
+    async with fresh_database("routing_in_scoring") as database:
+        yield database
+
+
+def received(n: int) -> LeadReceivedV1:
+    """A lead the example agreement qualifies at once (a demo request: its fast lane)."""
+    lead_id = uuid.uuid4()
+    return LeadReceivedV1(
+        event_id=uuid.uuid4(),
+        lead_id=lead_id,
+        occurred_at=NOW,
+        source="hubspot",
+        webhook_id=f"inline-{lead_id}-{n}",
+        engagement=EngagementType.demo_request,
+        attributes=LeadAttributes(
+            title="Sales Manager", company_size=100, industry="Software", country="US", email=f"{n}@{lead_id.hex}.io"
+        ),
+    )
+
+
+def fused(engine: AsyncEngine, inline: bool = True) -> BatchHandler:
+    settings = Settings()
+    settings.scoring = ScoringConfig(scoring_routes_inline=inline)
+    wired = CONSUMERS["scoring"].wire(Process("scoring", engine, lambda: AGREEMENT, lambda: NOW, settings))
+    assert wired.batch_handler is not None
+    return wired.batch_handler
+
+
+async def rows(engine: AsyncEngine, sql: str, **params: object) -> list[tuple[object, ...]]:
+    async with engine.connect() as connection:
+        return [tuple(row) for row in await connection.execute(text(sql), params)]
+
+
+def of_kind(facts: Sequence[Event], kind: type[Event]) -> list[Event]:
+    return [fact for fact in facts if isinstance(fact, kind)]
+
+
+async def test_a_lead_scoring_qualifies_is_routed_in_the_same_transaction(engine: AsyncEngine) -> None:
+    event = received(1)
+    async with engine.begin() as connection:
+        [facts] = await fused(engine)(connection, [event], NOW)
+
+    [qualified] = of_kind(facts, LeadQualifiedV1)
+    [routed] = of_kind(facts, LeadRoutedV1)
+    assert isinstance(routed, LeadRoutedV1) and routed.lead_id == event.lead_id
+    # The routed fact follows the qualification it decides: staged, and so published, after it.
+    assert facts.index(routed) > facts.index(qualified)
+    assert await rows(engine, "SELECT consumer FROM inbox WHERE event_id = :e", e=qualified.event_id) == [("router",)]
+    [(rep, key)] = await rows(
+        engine, "SELECT rep_id, decision_key FROM assignments WHERE lead_id = :l", l=event.lead_id
+    )
+    assert (rep, key) == (routed.rep_id, qualified.event_id)
+
+
+async def test_the_router_skips_the_qualification_when_kafka_delivers_it(engine: AsyncEngine) -> None:
+    event = received(2)
+    async with engine.begin() as connection:
+        [facts] = await fused(engine)(connection, [event], NOW)
+    [qualified] = of_kind(facts, LeadQualifiedV1)
+    record = encode(qualified)
+    wired = router_spec.SPEC.wire(Process("router", engine, lambda: AGREEMENT, lambda: NOW, Settings()))
+    router = ConsumerService(
+        name="router",
+        accepts=router_spec.SPEC.accepts,
+        handler=wired.handler,
+        batch_handler=wired.batch_handler,
+        engine=engine,
+        kafka=KafkaConfig(),
+        config=ConsumerConfig(),
+        clock=lambda: NOW,
+    )
+    staged_before = await rows(engine, "SELECT count(*) FROM outbox WHERE key = :k", k=str(event.lead_id).encode())
+
+    await router.process([Delivery(record.topic, 0, 0, record.key, record.value, record.headers)])
+
+    assert await rows(engine, "SELECT count(*) FROM assignments WHERE lead_id = :l", l=event.lead_id) == [(1,)]
+    # Nothing staged: no second routed fact, no dead letter.
+    assert (
+        await rows(engine, "SELECT count(*) FROM outbox WHERE key = :k", k=str(event.lead_id).encode()) == staged_before
+    )
+
+
+@pytest.mark.parametrize("failure", [RetrySoon("routing locks busy"), PermanentError("refused")])
+async def test_routing_that_fails_in_scoring_is_left_to_the_router(engine: AsyncEngine, failure: Exception) -> None:
+    """Scoring's own work commits; the router's claims and writes are rolled back to the
+    savepoint, so the router's consumer applies the qualification from Kafka."""
+
+    async def route_then_fail(connection: AsyncConnection, events: Sequence[Event], now: datetime) -> list[list[Event]]:
+        await connection.execute(
+            text(
+                "INSERT INTO inbox (consumer, event_id, topic, processed_at) VALUES ('written-then-failed', :e, 't', :n)"
+            ),
+            {"e": events[0].event_id, "n": now},
+        )
+        raise failure
+
+    event = received(3)
+    left_before = HANDOVERS_LEFT.labels("router", type(failure).__name__)._value.get()
+    handler = handing_over(scoring.make_batch_handler(AGREEMENT), "router", (LeadQualifiedV1,), route_then_fail)
+    async with engine.begin() as connection:
+        [facts] = await handler(connection, [event], NOW)
+
+    [qualified] = of_kind(facts, LeadQualifiedV1)
+    assert not of_kind(facts, LeadRoutedV1)
+    assert await rows(engine, "SELECT consumer FROM inbox WHERE event_id = :e", e=qualified.event_id) == []
+    assert await rows(engine, "SELECT stage FROM leads WHERE lead_id = :l", l=event.lead_id) == [("mql",)]
+    # On-call sees how often routing fell back to the router, and why.
+    assert HANDOVERS_LEFT.labels("router", type(failure).__name__)._value.get() == left_before + 1
+
+
+async def test_the_per_record_path_routes_too(engine: AsyncEngine) -> None:
+    """The consumer's fallback (record by record, each in a savepoint) uses the same fused handler."""
+    event = received(4)
+    wired = routing_in_scoring(scoring_spec.SPEC, router_spec.SPEC).wire(
+        Process("scoring", engine, lambda: AGREEMENT, lambda: NOW, Settings())
+    )
+    async with engine.begin() as connection, connection.begin_nested():
+        facts = await wired.handler(connection, event, NOW)
+    assert of_kind(facts, LeadRoutedV1)
+    assert await rows(engine, "SELECT count(*) FROM assignments WHERE lead_id = :l", l=event.lead_id) == [(1,)]
+
+
+async def test_switched_off_scoring_only_qualifies(engine: AsyncEngine) -> None:
+    event = received(5)
+    async with engine.begin() as connection:
+        [facts] = await fused(engine, inline=False)(connection, [event], NOW)
+    assert of_kind(facts, LeadQualifiedV1)
+    assert not of_kind(facts, LeadRoutedV1)
+    assert await rows(engine, "SELECT count(*) FROM assignments WHERE lead_id = :l", l=event.lead_id) == [(0,)]
