@@ -822,6 +822,10 @@ class Bench:
             router = began.get(("router", qualified[lead][2]))
             if scoring is None or router is None or lead not in arrived:
                 continue
+            # Routed in scoring's transaction (COXSWAIN_SCORING_ROUTES_INLINE): the router's claim
+            # is as old as scoring's, and both records come from one relay pass. The router's
+            # hops are then nothing of their own: its fetch 0, its transaction scoring's.
+            router = max(router, qualified[lead][-1])
             stamps.append(
                 {
                     "intake_received": arrived[lead],
@@ -864,11 +868,13 @@ class Bench:
         armed = [at for _, at in seen["sla.armed.v1"]]
         pages = {label: self.scrape(label) for label in labels}
         published = {label: prometheus_value(page, "coxswain_outbox_published_total") for label, page in pages.items()}
+        # A qualified lead is routed by the router's handler in scoring's transaction (routing in
+        # scoring), or by the router when that was left to it: both count as the router's work.
         decisions = {
             label: prometheus_value(
                 pages[label], "coxswain_events_processed_total", consumer="router", topic="leads.qualified.v1"
             )
-            for label in ("router", "router-2")
+            for label in labels
         }
         self.notes["scale"] = {
             "leads": plan.e2e_leads,
@@ -961,7 +967,9 @@ class Bench:
                 "relay_published_by_instance": [
                     sum(published[f"{name}{suffix}"] for name in CONSUMERS) for suffix in ("", "-2")
                 ],
-                "decisions_by_instance": [scale["decisions_by_process"][label] for label in ("router", "router-2")],
+                "decisions_by_instance": [
+                    sum(scale["decisions_by_process"][f"{name}{suffix}"] for name in CONSUMERS) for suffix in ("", "-2")
+                ],
             }
 
     def curve_report(self) -> str:

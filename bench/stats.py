@@ -43,8 +43,14 @@ STAMPS = (
     ("accepted_202", "intake relay: 202 -> leads.received record created (outbox pickup)"),
     ("received_record", "scoring fetch: record created -> scoring batch began (Kafka, fetch timers)"),
     ("scoring_began", "scoring: batch began -> leads.qualified record created (transaction, commit, relay)"),
-    ("qualified_record", "router fetch: record created -> router batch began (Kafka, fetch timers)"),
-    ("router_began", "router: batch began -> leads.routed record created (transaction, commit, relay)"),
+    (
+        "qualified_record",
+        "router fetch: record created -> router batch began (Kafka, fetch timers; 0 when routed in scoring)",
+    ),
+    (
+        "router_began",
+        "router: batch began -> leads.routed record created (transaction, commit, relay; ~0 when routed in scoring)",
+    ),
     ("routed_record", "watcher: record created -> seen by a consumer (Kafka, fetch)"),
     ("routed_seen", ""),
 )

@@ -208,7 +208,11 @@ def finished(rates: tuple[float, ...]) -> Bench:
     bench.notes["scale"] = {
         "leads_per_s": 600.0,
         "relay_published_by_process": {**published, **{f"{name}-2": value + 1 for name, value in published.items()}},
-        "decisions_by_process": {"router": 40.0, "router-2": 60.0},
+        # Routed in scoring's transaction or by the router: both are the instance's decisions.
+        "decisions_by_process": {
+            **{"scoring": 30.0, "router": 10.0, "sla-monitor": 0.0},
+            **{"scoring-2": 45.0, "router-2": 15.0, "sla-monitor-2": 0.0},
+        },
     }
     bench.notes["takeover"] = {"kill_to_partitions_s": 1.4, "p50_ms": 40.0, "p99_ms": 900.0, "max_ms": 1500.0}
     bench.finish()
