@@ -36,7 +36,6 @@ from coxswain.settings import (
     RosterApiConfig,
     Settings,
 )
-from schemas.events import LeadQualifiedV1
 from services.reporting import spec as reporting
 from services.router import spec as router
 from services.scoring import spec as scoring
@@ -57,7 +56,10 @@ def routing_in_scoring(scoring: ConsumerSpec, router: ConsumerSpec, router_name:
     """Scoring that routes the leads it qualifies in its own transaction (COXSWAIN_SCORING_ROUTES_INLINE):
     the router's batch handler applied to its ``leads.qualified.v1`` facts, the router's inbox claimed
     for them, so a lead reaches its rep without waiting for one more relay, Kafka hop and consumer
-    transaction (docs/event-path.md). The router's tasks (the parked leads' retries) stay in its process."""
+    transaction (docs/event-path.md). Every other fact of scoring's the router accepts goes the same
+    way (stage changes and judged activities, which may free a rep's capacity): otherwise every
+    lead's move to MQL would still cost the router a transaction of its own to learn that it frees
+    nothing. The router's tasks (the parked leads' retries) stay in its process."""
 
     def wire(process: Process) -> Wired:
         own = scoring.wire(process)
@@ -66,7 +68,10 @@ def routing_in_scoring(scoring: ConsumerSpec, router: ConsumerSpec, router_name:
         routing = router.wire(process).batch_handler
         assert routing is not None, "the router has a batch handler"
         fused = handing_over(
-            own.batch_handler, router_name, (LeadQualifiedV1,), metrics.timed_batch(router_name, routing)
+            own.batch_handler,
+            router_name,
+            tuple(kind for kinds in router.accepts.values() for kind in kinds),
+            metrics.timed_batch(router_name, routing),
         )
         return Wired(one_at_a_time(fused), fused, own.tasks)
 

@@ -31,7 +31,18 @@ from coxswain.runtime.service import Process, handing_over
 from coxswain.settings import ConsumerConfig, KafkaConfig, ScoringConfig, Settings
 from coxswain_app.wiring import CONSUMERS, routing_in_scoring
 from schemas.codec import encode
-from schemas.events import EngagementType, Event, LeadAttributes, LeadQualifiedV1, LeadReceivedV1, LeadRoutedV1
+from schemas.events import (
+    ActivityAcceptedV1,
+    ActivityRecordedV1,
+    ActivityType,
+    EngagementType,
+    Event,
+    LeadAttributes,
+    LeadQualifiedV1,
+    LeadReceivedV1,
+    LeadRoutedV1,
+    LeadStageChangedV1,
+)
 from services.router import spec as router_spec
 from services.scoring import service as scoring
 from services.scoring import spec as scoring_spec
@@ -93,6 +104,9 @@ async def test_a_lead_scoring_qualifies_is_routed_in_the_same_transaction(engine
     # The routed fact follows the qualification it decides: staged, and so published, after it.
     assert facts.index(routed) > facts.index(qualified)
     assert await rows(engine, "SELECT consumer FROM inbox WHERE event_id = :e", e=qualified.event_id) == [("router",)]
+    # The move to MQL, which the router reads too (it frees nothing), is claimed for it alike.
+    [changed] = of_kind(facts, LeadStageChangedV1)
+    assert await rows(engine, "SELECT consumer FROM inbox WHERE event_id = :e", e=changed.event_id) == [("router",)]
     [(rep, key)] = await rows(
         engine, "SELECT rep_id, decision_key FROM assignments WHERE lead_id = :l", l=event.lead_id
     )
@@ -125,6 +139,37 @@ async def test_the_router_skips_the_qualification_when_kafka_delivers_it(engine:
     assert (
         await rows(engine, "SELECT count(*) FROM outbox WHERE key = :k", k=str(event.lead_id).encode()) == staged_before
     )
+
+
+async def test_a_disqualification_frees_the_reps_capacity_in_the_same_transaction(engine: AsyncEngine) -> None:
+    """Scoring judges the rep's activity; the router releases the lead's load in that transaction."""
+    event = received(6)
+    handler = fused(engine)
+    async with engine.begin() as connection:
+        [facts] = await handler(connection, [event], NOW)
+    [routed] = of_kind(facts, LeadRoutedV1)
+    assert isinstance(routed, LeadRoutedV1)
+    [(load_before,)] = await rows(engine, "SELECT open_load FROM rep_counters WHERE rep_id = :r", r=routed.rep_id)
+    [(held, was_open)] = await rows(engine, "SELECT load, open FROM lead_routing WHERE lead_id = :l", l=event.lead_id)
+    assert was_open and isinstance(held, int) and held > 0
+    disqualified = ActivityRecordedV1(
+        event_id=uuid.uuid4(),
+        lead_id=event.lead_id,
+        occurred_at=NOW,
+        source="crm",
+        webhook_id=f"inline-dq-{event.lead_id}",
+        activity=ActivityType.disqualified,
+        rep_id=routed.rep_id,
+        reason="no-budget",
+    )
+    async with engine.begin() as connection:
+        [judged] = await handler(connection, [disqualified], NOW)
+
+    [accepted] = of_kind(judged, ActivityAcceptedV1)
+    assert await rows(engine, "SELECT consumer FROM inbox WHERE event_id = :e", e=accepted.event_id) == [("router",)]
+    assert await rows(engine, "SELECT open FROM lead_routing WHERE lead_id = :l", l=event.lead_id) == [(False,)]
+    [(load_after,)] = await rows(engine, "SELECT open_load FROM rep_counters WHERE rep_id = :r", r=routed.rep_id)
+    assert isinstance(load_before, int) and load_after == load_before - held
 
 
 @pytest.mark.parametrize("failure", [RetrySoon("routing locks busy"), PermanentError("refused")])
