@@ -8,6 +8,7 @@ import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -78,9 +79,19 @@ def routing_in_scoring(scoring: ConsumerSpec, router: ConsumerSpec, router_name:
     return ConsumerSpec(scoring.accepts, wire, scoring.gather_ms)
 
 
+def routed_in_scoring(router: ConsumerSpec) -> ConsumerSpec:
+    """The router when scoring routes inline: nearly every record it reads was applied for it in
+    scoring's transaction, so a batch is looked up in its inbox before a transaction is opened."""
+
+    def wire(process: Process) -> Wired:
+        return replace(router.wire(process), skip_applied=process.settings.scoring.scoring_routes_inline)
+
+    return replace(router, wire=wire)
+
+
 CONSUMERS: dict[str, ConsumerSpec] = {
     "scoring": routing_in_scoring(scoring.SPEC, router.SPEC),
-    "router": router.SPEC,
+    "router": routed_in_scoring(router.SPEC),
     "sla_monitor": sla_monitor.SPEC,
     "reporting": reporting.SPEC,
 }
@@ -311,6 +322,7 @@ async def run_consumer(
         clock=utc_now,
         batch_handler=None if wired.batch_handler is None else metrics.timed_batch(name, wired.batch_handler),
         gather_ms=spec.gather_ms,
+        skip_applied=wired.skip_applied,
     )
     log.info("%s running under agreement %s", name, agreement.version)
     metrics.serve(settings.observability.metrics_port)

@@ -51,7 +51,7 @@ from coxswain.runtime.kafka import background_task_failure, close_connections, m
 from coxswain.runtime.liveness import Liveness, StallReason
 from coxswain.runtime.outages import is_connection_error
 from coxswain.settings import ConsumerConfig, KafkaConfig
-from schemas.codec import DecodeError, Headers, WireRecord, decode, encode
+from schemas.codec import DecodeError, Headers, WireRecord, decode, encode, header
 from schemas.events import Event, dead_letter_topic
 
 log = logging.getLogger(__name__)
@@ -258,8 +258,12 @@ class ConsumerService:
         clock: Clock = utc_now,
         batch_handler: BatchHandler | None = None,
         gather_ms: int = 0,
+        skip_applied: bool = False,
     ) -> None:
         self.name = name
+        # Most records were applied for this consumer in the transaction that produced them
+        # (routing in scoring): look the batch up in the inbox first (see ``_all_applied``).
+        self._skip_applied = skip_applied
         # COXSWAIN_CONSUMER_GATHER_MS, when set, overrides the service's own choice.
         self.gather_ms = gather_ms if config.consumer_gather_ms is None else config.consumer_gather_ms
         self._accepts = accepts
@@ -447,6 +451,9 @@ class ConsumerService:
 
     async def process(self, deliveries: Sequence[Delivery]) -> None:
         """Apply a batch in one transaction; raise only for errors that deserve a redelivery."""
+        if self._skip_applied and await self._all_applied(deliveries):
+            metrics.BATCHES_ALREADY_APPLIED.labels(self.name).inc()
+            return
         now = self._clock()
         decoded = [(delivery, self._decode(delivery)) for delivery in deliveries]
         try:
@@ -465,6 +472,27 @@ class ConsumerService:
                     await self._process_one(connection, delivery, outcome, now)
                 await self._failpoint("before_db_commit")
         await self._failpoint("after_db_commit")
+
+    async def _all_applied(self, deliveries: Sequence[Delivery]) -> bool:
+        """Whether the inbox holds every record's event id (its ``ce_id``) for this consumer: then the
+        batch is nothing but redeliveries the claim would skip, and is known so in one statement
+        outside a transaction, without decoding a record, a BEGIN, a claim or a COMMIT. The inbox
+        is the only judge, as in the claim: a record without an id, or any record not claimed yet,
+        and the batch is applied the usual way (the claim skips what was applied)."""
+        ids: set[uuid.UUID] = set()
+        for delivery in deliveries:
+            try:
+                ids.add(uuid.UUID(header(delivery.headers, "ce_id") or ""))
+            except ValueError:
+                return False
+        async with self._engine.connect() as connection:
+            # One statement, no BEGIN and ROLLBACK around it.
+            autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
+            found = await autocommit.scalar(
+                text("SELECT count(*) FROM inbox WHERE consumer = :c AND event_id = ANY(CAST(:ids AS uuid[]))"),
+                {"c": self.name, "ids": list(ids)},
+            )
+        return bool(found == len(ids))
 
     def _decode(self, delivery: Delivery) -> Event | DecodeError:
         try:

@@ -70,6 +70,12 @@ BATCHES_RETRIED = Counter(
     "(for example routing locks another router holds); nothing is dead-lettered for it.",
     ["consumer", "reason"],
 )
+BATCHES_ALREADY_APPLIED = Counter(
+    "coxswain_batches_already_applied",
+    "Batches whose every record the inbox showed applied already (in the transaction that produced "
+    "them: routing in scoring), skipped without a transaction of their own.",
+    ["consumer"],
+)
 HANDOVERS_LEFT = Counter(
     "coxswain_handovers_left",
     "Facts a service could not apply for the next consumer in its own transaction (routing in scoring), "

@@ -49,6 +49,9 @@ class Wired:
     handler: Handler
     batch_handler: BatchHandler | None = None
     tasks: tuple[Task, ...] = ()
+    # Most of its records are applied for it upstream, in the transaction that produced them
+    # (``handing_over``): the consumer looks a batch up in the inbox before it opens a transaction.
+    skip_applied: bool = False
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from coxswain.runtime.consumer import (
     PermanentError,
     RetrySoon,
 )
-from coxswain.runtime.metrics import HANDOVERS_LEFT
+from coxswain.runtime.metrics import BATCHES_ALREADY_APPLIED, HANDOVERS_LEFT
 from coxswain.runtime.service import Process, handing_over
 from coxswain.settings import ConsumerConfig, KafkaConfig, ScoringConfig, Settings
 from coxswain_app.wiring import CONSUMERS, routing_in_scoring
@@ -113,32 +113,73 @@ async def test_a_lead_scoring_qualifies_is_routed_in_the_same_transaction(engine
     assert (rep, key) == (routed.rep_id, qualified.event_id)
 
 
-async def test_the_router_skips_the_qualification_when_kafka_delivers_it(engine: AsyncEngine) -> None:
-    event = received(2)
-    async with engine.begin() as connection:
-        [facts] = await fused(engine)(connection, [event], NOW)
-    [qualified] = of_kind(facts, LeadQualifiedV1)
-    record = encode(qualified)
-    wired = router_spec.SPEC.wire(Process("router", engine, lambda: AGREEMENT, lambda: NOW, Settings()))
-    router = ConsumerService(
+def router_consumer(engine: AsyncEngine, inline: bool = True) -> ConsumerService:
+    """The router's consumer as ``run_consumer`` builds it, without its Kafka loop."""
+    settings = Settings()
+    settings.scoring = ScoringConfig(scoring_routes_inline=inline)
+    wired = CONSUMERS["router"].wire(Process("router", engine, lambda: AGREEMENT, lambda: NOW, settings))
+    return ConsumerService(
         name="router",
-        accepts=router_spec.SPEC.accepts,
+        accepts=CONSUMERS["router"].accepts,
         handler=wired.handler,
         batch_handler=wired.batch_handler,
         engine=engine,
         kafka=KafkaConfig(),
         config=ConsumerConfig(),
         clock=lambda: NOW,
+        skip_applied=wired.skip_applied,
     )
-    staged_before = await rows(engine, "SELECT count(*) FROM outbox WHERE key = :k", k=str(event.lead_id).encode())
 
-    await router.process([Delivery(record.topic, 0, 0, record.key, record.value, record.headers)])
+
+def delivered(facts: Sequence[Event]) -> list[Delivery]:
+    records = [encode(fact) for fact in facts]
+    return [Delivery(r.topic, 0, offset, r.key, r.value, r.headers) for offset, r in enumerate(records)]
+
+
+def already_applied() -> float:
+    return float(BATCHES_ALREADY_APPLIED.labels("router")._value.get())
+
+
+async def test_the_router_skips_what_scoring_routed_when_kafka_delivers_it(engine: AsyncEngine) -> None:
+    event = received(2)
+    async with engine.begin() as connection:
+        [facts] = await fused(engine)(connection, [event], NOW)
+    handed = [fact for fact in facts if isinstance(fact, (LeadQualifiedV1, LeadStageChangedV1))]
+    assert len(handed) == 2
+    staged_before = await rows(engine, "SELECT count(*) FROM outbox WHERE key = :k", k=str(event.lead_id).encode())
+    skipped_before = already_applied()
+
+    await router_consumer(engine).process(delivered(handed))
 
     assert await rows(engine, "SELECT count(*) FROM assignments WHERE lead_id = :l", l=event.lead_id) == [(1,)]
-    # Nothing staged: no second routed fact, no dead letter.
+    # Nothing staged: no second routed fact, no dead letter; known from the inbox without a transaction.
     assert (
         await rows(engine, "SELECT count(*) FROM outbox WHERE key = :k", k=str(event.lead_id).encode()) == staged_before
     )
+    assert already_applied() == skipped_before + 1
+
+
+async def test_a_batch_not_wholly_applied_is_applied_as_usual(engine: AsyncEngine) -> None:
+    """Scoring switched off routing for one lead (or it fell back): its qualification, in the same
+    batch as one routed in scoring, is routed by the router; the other is still skipped by the claim."""
+    routed_inline, left = received(7), received(8)
+    async with engine.begin() as connection:
+        [inline_facts] = await fused(engine)(connection, [routed_inline], NOW)
+        [left_facts] = await fused(engine, inline=False)(connection, [left], NOW)
+    skipped_before = already_applied()
+
+    await router_consumer(engine).process(
+        delivered([*of_kind(inline_facts, LeadQualifiedV1), *of_kind(left_facts, LeadQualifiedV1)])
+    )
+
+    assert already_applied() == skipped_before
+    for lead in (routed_inline, left):
+        assert await rows(engine, "SELECT count(*) FROM assignments WHERE lead_id = :l", l=lead.lead_id) == [(1,)]
+
+
+async def test_with_routing_in_scoring_off_the_router_does_not_look_first(engine: AsyncEngine) -> None:
+    assert router_consumer(engine, inline=False)._skip_applied is False
+    assert router_consumer(engine)._skip_applied is True
 
 
 async def test_a_disqualification_frees_the_reps_capacity_in_the_same_transaction(engine: AsyncEngine) -> None:
