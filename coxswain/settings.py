@@ -159,8 +159,8 @@ class ConsumerConfig(Slice):
         ge=0,
         le=5000,
         description="How long records may gather before this consumer fetches them (0: at once). Unset: the "
-        "service's own choice, 0 for scoring, the router and crm-sync, 250 ms for the SLA monitor and "
-        "reporting (docs/event-path.md).",
+        "service's own choice, 0 for scoring and crm-sync, 100 ms for the router while scoring routes inline "
+        "(else 0), 250 ms for the SLA monitor and reporting (docs/event-path.md).",
     )
     consumer_stall_seconds: float = Field(
         default=30.0,

@@ -9,6 +9,7 @@ import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from datetime import datetime
 from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -79,12 +80,24 @@ def routing_in_scoring(scoring: ConsumerSpec, router: ConsumerSpec, router_name:
     return ConsumerSpec(scoring.accepts, wire, scoring.gather_ms)
 
 
+# How long the router's records gather when scoring routes inline. What it still has to do itself
+# (a fact whose hand-over fell back, a reassignment the SLA monitor asked for after its own quarter
+# second of gathering) waits at most this much longer; what it reads only to skip (nearly every
+# record) costs one fetch, one inbox look-up and one offset in ten a second instead of one per lead
+# (docs/event-path.md).
+ROUTER_GATHER_MS_WHEN_SCORING_ROUTES = 100
+
+
 def routed_in_scoring(router: ConsumerSpec) -> ConsumerSpec:
     """The router when scoring routes inline: nearly every record it reads was applied for it in
-    scoring's transaction, so a batch is looked up in its inbox before a transaction is opened."""
+    scoring's transaction, so a batch is looked up in its inbox before a transaction is opened,
+    and its records gather briefly, since the lead they decide is no longer waiting on it."""
 
     def wire(process: Process) -> Wired:
-        return replace(router.wire(process), skip_applied=process.settings.scoring.scoring_routes_inline)
+        wired = router.wire(process)
+        if not process.settings.scoring.scoring_routes_inline:
+            return wired
+        return replace(wired, skip_applied=True, gather_ms=ROUTER_GATHER_MS_WHEN_SCORING_ROUTES)
 
     return replace(router, wire=wire)
 
@@ -312,18 +325,7 @@ async def run_consumer(
     publisher = await _start_publisher(kafka, stop)
     relay_engine = create_relay_engine(database)
     relay = outbox_relay(relay_engine, publisher, settings.outbox)
-    service = ConsumerService(
-        name=name,
-        accepts=spec.accepts,
-        handler=metrics.timed(name, wired.handler),
-        engine=engine,
-        kafka=kafka,
-        config=settings.consumer,
-        clock=utc_now,
-        batch_handler=None if wired.batch_handler is None else metrics.timed_batch(name, wired.batch_handler),
-        gather_ms=spec.gather_ms,
-        skip_applied=wired.skip_applied,
-    )
+    service = consumer_service(name, spec, wired, engine, settings)
     log.info("%s running under agreement %s", name, agreement.version)
     metrics.serve(settings.observability.metrics_port)
     try:
@@ -348,6 +350,29 @@ async def run_consumer(
         await relay_engine.dispose()
         await engine.dispose()
         tracing.shutdown()
+
+
+def consumer_service(
+    name: str,
+    spec: ConsumerSpec,
+    wired: Wired,
+    engine: AsyncEngine,
+    settings: Settings,
+    clock: Callable[[], datetime] = utc_now,
+) -> ConsumerService:
+    """The consumer of a service as wired for this process (its Kafka loop not started)."""
+    return ConsumerService(
+        name=name,
+        accepts=spec.accepts,
+        handler=metrics.timed(name, wired.handler),
+        engine=engine,
+        kafka=settings.kafka,
+        config=settings.consumer,
+        clock=clock,
+        batch_handler=None if wired.batch_handler is None else metrics.timed_batch(name, wired.batch_handler),
+        gather_ms=spec.gather_ms if wired.gather_ms is None else wired.gather_ms,
+        skip_applied=wired.skip_applied,
+    )
 
 
 async def _run_task(task: Task, stop: asyncio.Event) -> None:

@@ -52,6 +52,9 @@ class Wired:
     # Most of its records are applied for it upstream, in the transaction that produced them
     # (``handing_over``): the consumer looks a batch up in the inbox before it opens a transaction.
     skip_applied: bool = False
+    # When set, replaces the spec's ``gather_ms``: how long records may gather, decided at wiring
+    # time from the settings (a consumer whose records are applied upstream is off the lead's path).
+    gather_ms: int | None = None
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,8 @@ from coxswain.runtime.consumer import (
 )
 from coxswain.runtime.metrics import BATCHES_ALREADY_APPLIED, HANDOVERS_LEFT
 from coxswain.runtime.service import Process, handing_over
-from coxswain.settings import ConsumerConfig, KafkaConfig, ScoringConfig, Settings
-from coxswain_app.wiring import CONSUMERS, routing_in_scoring
+from coxswain.settings import ScoringConfig, Settings
+from coxswain_app.wiring import CONSUMERS, ROUTER_GATHER_MS_WHEN_SCORING_ROUTES, consumer_service, routing_in_scoring
 from schemas.codec import encode
 from schemas.events import (
     ActivityAcceptedV1,
@@ -117,18 +117,16 @@ def router_consumer(engine: AsyncEngine, inline: bool = True) -> ConsumerService
     """The router's consumer as ``run_consumer`` builds it, without its Kafka loop."""
     settings = Settings()
     settings.scoring = ScoringConfig(scoring_routes_inline=inline)
-    wired = CONSUMERS["router"].wire(Process("router", engine, lambda: AGREEMENT, lambda: NOW, settings))
-    return ConsumerService(
-        name="router",
-        accepts=CONSUMERS["router"].accepts,
-        handler=wired.handler,
-        batch_handler=wired.batch_handler,
-        engine=engine,
-        kafka=KafkaConfig(),
-        config=ConsumerConfig(),
-        clock=lambda: NOW,
-        skip_applied=wired.skip_applied,
-    )
+    spec = CONSUMERS["router"]
+    wired = spec.wire(Process("router", engine, lambda: AGREEMENT, lambda: NOW, settings))
+    return consumer_service("router", spec, wired, engine, settings, clock=lambda: NOW)
+
+
+async def test_the_routers_records_gather_only_while_scoring_routes_them(engine: AsyncEngine) -> None:
+    """Off the lead's path, the router fetches a tenth of a second's records at once; when scoring
+    does not route, every lead waits on the router again, and it fetches each record at once."""
+    assert router_consumer(engine).gather_ms == ROUTER_GATHER_MS_WHEN_SCORING_ROUTES > 0
+    assert router_consumer(engine, inline=False).gather_ms == 0
 
 
 def delivered(facts: Sequence[Event]) -> list[Delivery]:
