@@ -92,18 +92,27 @@ async def try_locks(connection: AsyncConnection, lock_class: int, keys: Sequence
 # A run of decisions.
 
 
+class NamedReps(NamedTuple):
+    """The roster revision in force and the reps outside the pools a run names, read together."""
+
+    roster_revision: int
+    reps: set[str]
+
+
 async def named_reps(
     connection: AsyncConnection, candidates: Sequence[str], domains: Mapping[str, int], leads: Sequence[uuid.UUID]
-) -> set[str]:
+) -> NamedReps:
     """Without locks: the owners of the ``candidates`` domains, the holders of each domain's newest
-    ``domains[domain]`` open leads, and the holders of ``leads``."""
+    ``domains[domain]`` open leads, and the holders of ``leads``; and, in the same statement (one
+    round trip fewer per batch), the roster revision in force."""
     found = await connection.execute(
         text(
-            "SELECT owner_rep_id AS rep_id FROM accounts WHERE domain = ANY(:candidates) UNION "
+            "WITH named AS (SELECT owner_rep_id AS rep_id FROM accounts WHERE domain = ANY(:candidates) UNION "
             "SELECT h.rep_id FROM unnest(CAST(:domains AS text[]), CAST(:limits AS int[])) AS d(domain, n), "
             "LATERAL (SELECT rep_id FROM lead_routing WHERE open AND domain = d.domain "
             "ORDER BY opened_at DESC, lead_id DESC LIMIT d.n) AS h UNION "
-            "SELECT rep_id FROM lead_routing WHERE lead_id = ANY(:leads)"
+            "SELECT rep_id FROM lead_routing WHERE lead_id = ANY(:leads)) "
+            "SELECT r.revision, named.rep_id FROM roster_revision AS r LEFT JOIN named ON true WHERE r.id = 1"
         ),
         {
             "candidates": list(candidates),
@@ -112,7 +121,11 @@ async def named_reps(
             "leads": list(leads),
         },
     )
-    return {row.rep_id for row in found}
+    rows = found.all()
+    return NamedReps(
+        roster_revision=int(rows[0].revision) if rows else 0,
+        reps={row.rep_id for row in rows if row.rep_id is not None},
+    )
 
 
 _LOAD_STATE = text(

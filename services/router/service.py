@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -121,13 +121,45 @@ async def lock_for(
     read; return the reps locked. Reps outside the pools (account owners, open-domain holders,
     current holders) are found by a read without locks first; ``load_state`` checks afterwards
     that the state it read names no other."""
+    _, held = await _lock_for(connection, requests, agreement, lambda _: _known(roster), also_leads)
+    return held
+
+
+async def begin_run(
+    connection: AsyncConnection,
+    requests: Sequence[RouteRequest],
+    agreement: Agreement,
+    cache: RosterCache,
+    also_leads: Sequence[uuid.UUID] = (),
+) -> tuple[Roster, Held | None]:
+    """The roster in force and, when there are ``requests``, what ``lock_for`` locks for them: the
+    roster revision is read in the statement that finds the reps outside the pools."""
+    if not requests:
+        return await cache.get(connection, agreement, await begin_routing(connection)), None
+    return await _lock_for(
+        connection, requests, agreement, lambda revision: cache.get(connection, agreement, revision), also_leads
+    )
+
+
+async def _known(roster: Roster) -> Roster:
+    return roster
+
+
+async def _lock_for(
+    connection: AsyncConnection,
+    requests: Sequence[RouteRequest],
+    agreement: Agreement,
+    roster_at: Callable[[int], Awaitable[Roster]],
+    also_leads: Sequence[uuid.UUID],
+) -> tuple[Roster, Held]:
     domains = _domains(requests, agreement)
     pools = _pools(requests, agreement)
     leads = sorted({*(request.lead_id for request in requests), *also_leads})
     found = await repository.named_reps(connection, _candidates(domains), domains, leads)
-    reps = {member.rep for pool in pools for member in roster.pools.get(pool, ())} | found
+    roster = await roster_at(found.roster_revision)
+    reps = {member.rep for pool in pools for member in roster.pools.get(pool, ())} | found.reps
     await locks.acquire(connection, locks.keys_for(leads, domains, pools, reps))
-    return Held(pools, reps)
+    return roster, Held(pools, reps)
 
 
 @dataclass
@@ -439,21 +471,15 @@ def make_batch_handler(agreement: Agreement) -> BatchHandler:
         left by the events before it."""
         facts: list[list[Event]] = [[] for _ in events]
         run: list[tuple[int, RouteRequest]] = []
-        revision = await begin_routing(connection)
-        roster = await cache.get(connection, agreement, revision)
         qualified = [qualified_request(event) for event in events if isinstance(event, LeadQualifiedV1)]
         # What every decision of the batch may read, locked in one ordered statement up front, so
         # the runs below seldom need another lock (and then never wait for it out of order).
-        locked = (
-            await lock_for(
-                connection,
-                qualified,
-                agreement,
-                roster,
-                also_leads=[event.lead_id for event in events if not isinstance(event, LeadQualifiedV1)],
-            )
-            if qualified
-            else None
+        roster, locked = await begin_run(
+            connection,
+            qualified,
+            agreement,
+            cache,
+            also_leads=[event.lead_id for event in events if not isinstance(event, LeadQualifiedV1)],
         )
 
         async def flush() -> None:
