@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -120,6 +121,16 @@ def per_agreement(
     return wire
 
 
+class HandOverFailed(RetrySoon):
+    """Handing over failed: the batch is rolled back and applied again at once without it."""
+
+
+# Input events whose batch is applied without handing over, remembered between a failed hand-over
+# and the batch applied again; forgotten past this many (a batch seen again only in part, say),
+# which costs at most one more failed try each.
+_DECLINED_AT_MOST = 10_000
+
+
 def handing_over(
     first: BatchHandler, consumer: str, kinds: tuple[type[Event], ...], then: BatchHandler
 ) -> BatchHandler:
@@ -129,27 +140,34 @@ def handing_over(
     The facts are still staged and published; ``consumer`` still reads them from Kafka, and its
     inbox, claimed here in the same transaction, makes that a no-op: either this transaction
     commits (the facts, ``then``'s writes and the claims together) or none of it happened. When
-    ``then`` fails (a passing lock conflict, a fact it refuses), only its part is rolled back to a
-    savepoint and ``consumer`` applies those facts from Kafka as it would have anyway, with its
-    own retries and dead-letter topic: handing over is never a new way to fail ``first``'s input.
-    Each handed fact's own facts follow it, so they are staged (and published) after it."""
+    ``then`` fails (a passing lock conflict, a fact it refuses), the whole batch is rolled back
+    (``HandOverFailed``, a ``RetrySoon``) and applied again at once without handing over, so
+    ``consumer`` applies those facts from Kafka as it would have anyway, with its own retries and
+    dead-letter topic: handing over is never a new way to fail ``first``'s input. Rolling back to a
+    savepoint instead cost every batch two more round trips (the savepoint and its release) for a
+    failure that is rare. Each handed fact's own facts follow it, so they are staged (and
+    published) after it."""
+    declined: set[uuid.UUID] = set()
 
     async def handle(connection: AsyncConnection, events: Sequence[Event], now: datetime) -> Sequence[Sequence[Event]]:
         facts = [list(each) for each in await first(connection, events, now)]
         handed = [(index, fact) for index, each in enumerate(facts) for fact in each if isinstance(fact, kinds)]
         if not handed:
             return facts
+        inputs = {event.event_id for event in events}
+        if not declined.isdisjoint(inputs):
+            declined.difference_update(inputs)
+            return facts
         try:
-            async with connection.begin_nested():
-                first_seen = await claim_first_seen(
-                    connection, consumer, [(fact.event_id, fact.topic, fact.lead_id) for _, fact in handed], now
-                )
-                todo = [
-                    (index, as_applied(fact, first_seen[fact.event_id]))
-                    for index, fact in handed
-                    if fact.event_id in first_seen
-                ]
-                results = await then(connection, [fact for _, fact in todo], now) if todo else []
+            first_seen = await claim_first_seen(
+                connection, consumer, [(fact.event_id, fact.topic, fact.lead_id) for _, fact in handed], now
+            )
+            todo = [
+                (index, as_applied(fact, first_seen[fact.event_id]))
+                for index, fact in handed
+                if fact.event_id in first_seen
+            ]
+            results = await then(connection, [fact for _, fact in todo], now) if todo else []
         except Exception as exc:
             if is_connection_error(exc):
                 raise
@@ -163,7 +181,10 @@ def handing_over(
                 exc_info=not isinstance(exc, RetrySoon),
             )
             metrics.handover_left(consumer, type(exc).__name__, len(handed))
-            return facts
+            if len(declined) >= _DECLINED_AT_MOST:
+                declined.clear()
+            declined.update(inputs)
+            raise HandOverFailed(f"handing over to {consumer} failed: {type(exc).__name__}") from exc
         for (index, _), found in zip(todo, results, strict=True):
             facts[index].extend(found)
         return facts

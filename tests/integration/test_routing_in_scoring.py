@@ -2,14 +2,15 @@
 
 The lead reaches its rep one relay, one Kafka hop and one consumer transaction sooner; the router
 still reads ``leads.qualified.v1`` from Kafka, and the inbox claim made in scoring's transaction
-turns that into a no-op. When routing fails there, only its part is rolled back and the router
-applies the fact from Kafka as before.
+turns that into a no-op. When routing fails there, the batch is applied again without it and the
+router applies the fact from Kafka as before.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from coxswain.runtime.consumer import (
     RetrySoon,
 )
 from coxswain.runtime.metrics import BATCHES_ALREADY_APPLIED, HANDOVERS_LEFT
-from coxswain.runtime.service import Process, handing_over
+from coxswain.runtime.service import HandOverFailed, Process, Wired, handing_over
 from coxswain.settings import ScoringConfig, Settings
 from coxswain_app.wiring import CONSUMERS, ROUTER_GATHER_MS_WHEN_SCORING_ROUTES, consumer_service, routing_in_scoring
 from schemas.codec import encode
@@ -222,10 +223,13 @@ async def test_a_disqualification_frees_the_reps_capacity_in_the_same_transactio
 
 @pytest.mark.parametrize("failure", [RetrySoon("routing locks busy"), PermanentError("refused")])
 async def test_routing_that_fails_in_scoring_is_left_to_the_router(engine: AsyncEngine, failure: Exception) -> None:
-    """Scoring's own work commits; the router's claims and writes are rolled back to the
-    savepoint, so the router's consumer applies the qualification from Kafka."""
+    """The batch is rolled back, the router's claims and writes with it, and applied again at once
+    without handing over: scoring's own work commits, and the router's consumer applies the
+    qualification from Kafka."""
+    tried: list[uuid.UUID] = []
 
     async def route_then_fail(connection: AsyncConnection, events: Sequence[Event], now: datetime) -> list[list[Event]]:
+        tried.append(events[0].lead_id)
         await connection.execute(
             text(
                 "INSERT INTO inbox (consumer, event_id, topic, processed_at) VALUES ('written-then-failed', :e, 't', :n)"
@@ -237,15 +241,57 @@ async def test_routing_that_fails_in_scoring_is_left_to_the_router(engine: Async
     event = received(3)
     left_before = HANDOVERS_LEFT.labels("router", type(failure).__name__)._value.get()
     handler = handing_over(scoring.make_batch_handler(AGREEMENT), "router", (LeadQualifiedV1,), route_then_fail)
-    async with engine.begin() as connection:
+    with pytest.raises(HandOverFailed):
+        async with engine.begin() as connection:
+            await handler(connection, [event], NOW)
+    assert await rows(engine, "SELECT count(*) FROM leads WHERE lead_id = :l", l=event.lead_id) == [(0,)]
+    assert await rows(engine, "SELECT count(*) FROM inbox WHERE consumer = 'written-then-failed'") == [(0,)]
+
+    async with engine.begin() as connection:  # as the consumer applies the batch again
         [facts] = await handler(connection, [event], NOW)
 
+    assert tried == [event.lead_id]
     [qualified] = of_kind(facts, LeadQualifiedV1)
     assert not of_kind(facts, LeadRoutedV1)
     assert await rows(engine, "SELECT consumer FROM inbox WHERE event_id = :e", e=qualified.event_id) == []
     assert await rows(engine, "SELECT stage FROM leads WHERE lead_id = :l", l=event.lead_id) == [("mql",)]
     # On-call sees how often routing fell back to the router, and why.
     assert HANDOVERS_LEFT.labels("router", type(failure).__name__)._value.get() == left_before + 1
+    # Only that batch: the next one is handed over again.
+    other = received(33)
+    with pytest.raises(HandOverFailed):
+        async with engine.begin() as connection:
+            await handler(connection, [other], NOW)
+    assert tried == [event.lead_id, other.lead_id]
+
+
+async def test_a_failed_hand_over_is_applied_again_by_the_consumer(engine: AsyncEngine) -> None:
+    """Through the consumer: the first try gives the batch back (a retry, not a fault), the
+    second commits scoring's work alone."""
+    settings = Settings()
+    spec = CONSUMERS["scoring"]
+
+    def wire(process: Process) -> Wired:
+        own = scoring_spec.SPEC.wire(process)
+        assert own.batch_handler is not None
+
+        async def busy(connection: AsyncConnection, events: Sequence[Event], now: datetime) -> list[list[Event]]:
+            raise RetrySoon("routing locks busy")
+
+        fused = handing_over(own.batch_handler, "router", (LeadQualifiedV1,), busy)
+        return Wired(own.handler, fused)
+
+    process = Process("scoring", engine, lambda: AGREEMENT, lambda: NOW, settings)
+    service = consumer_service("scoring", replace(spec, wire=wire), wire(process), engine, settings, clock=lambda: NOW)
+    event = received(34)
+    with pytest.raises(HandOverFailed):
+        await service.process(delivered([event]))
+    assert await rows(engine, "SELECT count(*) FROM leads WHERE lead_id = :l", l=event.lead_id) == [(0,)]
+
+    await service.process(delivered([event]))
+
+    assert await rows(engine, "SELECT stage FROM leads WHERE lead_id = :l", l=event.lead_id) == [("mql",)]
+    assert await rows(engine, "SELECT count(*) FROM assignments WHERE lead_id = :l", l=event.lead_id) == [(0,)]
 
 
 async def test_the_per_record_path_routes_too(engine: AsyncEngine) -> None:
