@@ -35,13 +35,28 @@ async def load(
     return None if row is None else _state_of(row)
 
 
-async def load_many(connection: AsyncConnection, lead_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, LeadState]:
-    """The stored leads among ``lead_ids``, locked in id order (a fixed order cannot deadlock)."""
-    rows = await connection.execute(
-        text(f"SELECT {STATE_COLUMNS} FROM leads WHERE lead_id = ANY(:ids) ORDER BY lead_id FOR UPDATE"),
-        {"ids": sorted(set(lead_ids))},
-    )
-    return {row.lead_id: _state_of(row) for row in rows}
+async def identities_and_leads(
+    connection: AsyncConnection, keys: Sequence[str], lead_ids: Sequence[uuid.UUID]
+) -> tuple[dict[str, uuid.UUID], dict[uuid.UUID, LeadState]]:
+    """In one statement (one round trip where two were): the identity keys recorded among ``keys``
+    (key -> lead id), and the stored leads among ``lead_ids`` and the leads those keys name, locked
+    in id order (a fixed order cannot deadlock). Every row carries the keys; a row without a lead (none
+    stored) carries only them."""
+    rows = (
+        await connection.execute(
+            text(
+                "WITH known AS (SELECT key, lead_id FROM lead_identities WHERE key = ANY(CAST(:keys AS text[]))), "
+                f"locked AS (SELECT {STATE_COLUMNS} FROM leads WHERE lead_id = ANY("
+                "ARRAY(SELECT lead_id FROM known) || CAST(:ids AS uuid[])) ORDER BY lead_id FOR UPDATE) "
+                "SELECT (SELECT coalesce(array_agg(key ORDER BY key), '{}') FROM known) AS known_keys, "
+                "(SELECT coalesce(array_agg(lead_id ORDER BY key), '{}') FROM known) AS known_leads, locked.* "
+                "FROM (SELECT 1) AS one LEFT JOIN locked ON true"
+            ),
+            {"keys": list(keys), "ids": sorted(set(lead_ids))},
+        )
+    ).all()
+    known = dict(zip(rows[0].known_keys, rows[0].known_leads, strict=True)) if rows else {}
+    return known, {row.lead_id: _state_of(row) for row in rows if row.lead_id is not None}
 
 
 def _state_of(row: Row[Any]) -> LeadState:

@@ -172,14 +172,6 @@ async def lock_identity_keys(connection: AsyncConnection, keys: Sequence[str]) -
     )
 
 
-async def identities(connection: AsyncConnection, keys: Sequence[str]) -> dict[str, uuid.UUID]:
-    """Identity key -> lead id, for the ``keys`` recorded."""
-    rows = await connection.execute(
-        text("SELECT key, lead_id FROM lead_identities WHERE key = ANY(:keys)"), {"keys": list(keys)}
-    )
-    return {row.key: row.lead_id for row in rows}
-
-
 # Re-evaluation timers.
 
 

@@ -23,7 +23,7 @@ from coxswain.core.lead import (
     timer_id_for,
     unknown_lead,
 )
-from coxswain.db.leads import load_many
+from coxswain.db.leads import identities_and_leads
 from coxswain.runtime.consumer import BatchHandler, Handler, PermanentError, one_at_a_time
 from schemas.events import (
     ActivityRecordedV1,
@@ -86,18 +86,18 @@ async def apply_batch(
 ) -> list[Outcome]:
     """Apply events in order as if one at a time, with a fixed number of statements per batch.
 
-    Identity keys are locked and read once, every lead the batch touches is loaded under one
-    row lock statement, the core runs over the events in order against the states in memory
-    (a lead named twice sees its first event's result), and then the new identity keys, the
-    final states, the facts and the re-evaluation timers are written in one statement: four
-    statements per batch, whatever its size. The new identity keys wait for that statement:
+    Identity keys are locked in one statement, then read in the next together with every lead
+    the batch may touch, loaded under row locks; the core runs over the events in order against
+    the states in memory (a lead named twice sees its first event's result), and then the new
+    identity keys, the final states, the facts and the re-evaluation timers are written in one
+    statement: three statements per batch, whatever its size. The new identity keys wait for that statement:
     nothing in the batch reads them back from the table (the core sees them in ``known``), and
     the identity locks keep other transactions off those keys until the commit anyway.
     """
     for event in events:
         if not isinstance(event, (LeadReceivedV1, ActivityRecordedV1)):
             raise PermanentError(f"scoring does not handle {type(event).__name__}")
-    known = await _lock_and_read_identities(connection, events)
+    known, stored = await _lock_and_read_identities(connection, events)
     lead_ids: list[uuid.UUID] = []
     recorded: dict[str, uuid.UUID] = {}
     # An alias is recorded once, under the identity locks, so it is announced once.
@@ -117,7 +117,8 @@ async def apply_batch(
             lead_ids.append(resolution.lead_id)
         else:
             lead_ids.append(known.get(alias_key(event.lead_id), event.lead_id))
-    states = await load_many(connection, lead_ids)
+    # Every lead the batch resolves to is its own provisional id or one a key names: loaded above.
+    states = {lead_id: stored[lead_id] for lead_id in lead_ids if lead_id in stored}
     outcomes: list[Outcome] = []
     evaluated_at: dict[uuid.UUID, datetime] = {}
     for event, lead_id in zip(events, lead_ids, strict=True):
@@ -159,11 +160,16 @@ async def apply_batch(
     return outcomes
 
 
-async def _lock_and_read_identities(connection: AsyncConnection, events: Sequence[Event]) -> dict[str, uuid.UUID]:
-    """Lock the identity keys of the batch's new leads, then read every key the batch may need.
+async def _lock_and_read_identities(
+    connection: AsyncConnection, events: Sequence[Event]
+) -> tuple[dict[str, uuid.UUID], dict[uuid.UUID, LeadState]]:
+    """Lock the identity keys of the batch's new leads, then read every key the batch may need and,
+    in the same statement, load under row locks every lead the batch may resolve to: its events'
+    own ids and the leads its keys name.
 
     Transaction-scoped advisory locks, taken in sorted order in one statement, serialise two
     events of one person processed at once by different instances, so both see the same keys.
+    The read comes in a statement after the locks, so it sees what their last holder committed.
     """
     locked: set[str] = set()
     wanted: set[str] = set()
@@ -175,7 +181,7 @@ async def _lock_and_read_identities(connection: AsyncConnection, events: Sequenc
         wanted.add(alias_key(event.lead_id))
     if locked:
         await repository.lock_identity_keys(connection, sorted(locked))
-    return await repository.identities(connection, sorted(locked | wanted))
+    return await identities_and_leads(connection, sorted(locked | wanted), [event.lead_id for event in events])
 
 
 def make_batch_handler(agreement: Agreement, wake_within: timedelta = WAKE_WITHIN) -> BatchHandler:
