@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -110,6 +110,36 @@ class Held:
     reps: set[str]
 
 
+@dataclass
+class Named:
+    """What a run of requests names, read without locks: its domains, pools and leads, the reps
+    outside the pools, and the roster revision in force (read in the same statement)."""
+
+    domains: dict[str, int]
+    pools: set[str]
+    leads: list[uuid.UUID]
+    found: repository.NamedReps
+
+
+async def _read_names(
+    connection: AsyncConnection,
+    requests: Sequence[RouteRequest],
+    agreement: Agreement,
+    also_leads: Sequence[uuid.UUID] = (),
+) -> Named:
+    domains = _domains(requests, agreement)
+    leads = sorted({*(request.lead_id for request in requests), *also_leads})
+    found = await repository.named_reps(connection, _candidates(domains), domains, leads)
+    return Named(domains, _pools(requests, agreement), leads, found)
+
+
+async def _lock_named(connection: AsyncConnection, named: Named, roster: Roster) -> Held:
+    """Lock every lead, domain, pool and rep ``named`` may read, in one ordered statement."""
+    reps = {member.rep for pool in named.pools for member in roster.pools.get(pool, ())} | named.found.reps
+    await locks.acquire(connection, locks.keys_for(named.leads, named.domains, named.pools, reps))
+    return Held(named.pools, reps)
+
+
 async def lock_for(
     connection: AsyncConnection,
     requests: Sequence[RouteRequest],
@@ -121,8 +151,7 @@ async def lock_for(
     read; return the reps locked. Reps outside the pools (account owners, open-domain holders,
     current holders) are found by a read without locks first; ``load_state`` checks afterwards
     that the state it read names no other."""
-    _, held = await _lock_for(connection, requests, agreement, lambda _: _known(roster), also_leads)
-    return held
+    return await _lock_named(connection, await _read_names(connection, requests, agreement, also_leads), roster)
 
 
 async def begin_run(
@@ -133,33 +162,12 @@ async def begin_run(
     also_leads: Sequence[uuid.UUID] = (),
 ) -> tuple[Roster, Held | None]:
     """The roster in force and, when there are ``requests``, what ``lock_for`` locks for them: the
-    roster revision is read in the statement that finds the reps outside the pools."""
+    roster revision comes with the names, so it costs no statement of its own."""
     if not requests:
         return await cache.get(connection, agreement, await begin_routing(connection)), None
-    return await _lock_for(
-        connection, requests, agreement, lambda revision: cache.get(connection, agreement, revision), also_leads
-    )
-
-
-async def _known(roster: Roster) -> Roster:
-    return roster
-
-
-async def _lock_for(
-    connection: AsyncConnection,
-    requests: Sequence[RouteRequest],
-    agreement: Agreement,
-    roster_at: Callable[[int], Awaitable[Roster]],
-    also_leads: Sequence[uuid.UUID],
-) -> tuple[Roster, Held]:
-    domains = _domains(requests, agreement)
-    pools = _pools(requests, agreement)
-    leads = sorted({*(request.lead_id for request in requests), *also_leads})
-    found = await repository.named_reps(connection, _candidates(domains), domains, leads)
-    roster = await roster_at(found.roster_revision)
-    reps = {member.rep for pool in pools for member in roster.pools.get(pool, ())} | found.reps
-    await locks.acquire(connection, locks.keys_for(leads, domains, pools, reps))
-    return roster, Held(pools, reps)
+    named = await _read_names(connection, requests, agreement, also_leads)
+    roster = await cache.get(connection, agreement, named.found.roster_revision)
+    return roster, await _lock_named(connection, named, roster)
 
 
 @dataclass
