@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from coxswain.core.identity import alias_key
 from coxswain.core.lead import LeadState
 from coxswain.core.scoring import Touch
+from coxswain.db.sql import clause
 from schemas.events import EngagementType, LeadAttributes, Stage, Tier
 
 LOCKS = {"wait": " FOR UPDATE", "skip": " FOR UPDATE SKIP LOCKED", "none": ""}
@@ -44,7 +45,7 @@ async def identities_and_leads(
     stored) carries only them."""
     rows = (
         await connection.execute(
-            text(
+            clause(
                 "WITH known AS (SELECT key, lead_id FROM lead_identities WHERE key = ANY(CAST(:keys AS text[]))), "
                 f"locked AS (SELECT {STATE_COLUMNS} FROM leads WHERE lead_id = ANY("
                 "ARRAY(SELECT lead_id FROM known) || CAST(:ids AS uuid[])) ORDER BY lead_id FOR UPDATE) "

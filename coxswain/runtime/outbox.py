@@ -41,6 +41,8 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from coxswain.db import deferred
+from coxswain.db.sql import clause
 from coxswain.runtime import metrics, outages
 from coxswain.runtime.kafka import Publisher
 from coxswain.runtime.waiting import first_of, sleep_or_stop
@@ -157,12 +159,21 @@ def staging(
 async def stage_records(
     connection: AsyncConnection, records: Sequence[tuple[uuid.UUID, WireRecord]], now: datetime
 ) -> None:
+    """Stage ``records`` and, in the same statement, the writes deferred to it on this connection
+    (``coxswain.db.deferred``): one round trip for the rows, the notifications that hand them to
+    their relays, and whatever else the transaction left to its last statement."""
+    writes = deferred.take(connection)
     if not records:
+        if writes:
+            sql, parameters = deferred.carried(writes, (), ())
+            await connection.execute(clause(sql), parameters)
         return
-    insert, parameters = staging(records, now)
-    # One round trip: the rows and the notifications that hand them to their relays.
+    insert, staged = staging(records, now)
     notify = notify_staged("staged", "outbox_ids", "outbox_notes")
-    await connection.execute(text(f"WITH staged AS ({insert}) SELECT {notify}"), parameters)
+    sql, parameters = deferred.carried(writes, [f"staged AS ({insert})"], [notify])
+    if not parameters.keys().isdisjoint(staged):
+        raise ValueError("a deferred write uses the outbox's parameter names")
+    await connection.execute(clause(sql), {**parameters, **staged})
 
 
 async def stage(

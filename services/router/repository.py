@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from coxswain.core.capacity import RepLoad
 from coxswain.core.routing import Rotation, RoutingDecision
 from coxswain.core.routing_state import Holder, LeadOwners, RouteRequest, RoutingState, StoredAssignment
+from coxswain.db.sql import clause
 from schemas.events import Tier
 
 
@@ -73,7 +74,7 @@ async def wait_for_locks(connection: AsyncConnection, lock_class: int, keys: Seq
     """Take ``keys`` in the order given (ascending, for the callers), waiting for each."""
     # In order within one statement: unnest yields the array in order.
     await connection.execute(
-        text("SELECT pg_advisory_xact_lock(:lock_class, k) FROM unnest(CAST(:keys AS int[])) AS k"),
+        clause("SELECT pg_advisory_xact_lock(:lock_class, k) FROM unnest(CAST(:keys AS int[])) AS k"),
         {"lock_class": lock_class, "keys": list(keys)},
     )
 
@@ -82,7 +83,7 @@ async def try_locks(connection: AsyncConnection, lock_class: int, keys: Sequence
     """Take ``keys`` without waiting; False when another transaction holds one of them."""
     taken = (
         await connection.scalars(
-            text("SELECT bool_and(pg_try_advisory_xact_lock(:lock_class, k)) FROM unnest(CAST(:keys AS int[])) AS k"),
+            clause("SELECT bool_and(pg_try_advisory_xact_lock(:lock_class, k)) FROM unnest(CAST(:keys AS int[])) AS k"),
             {"lock_class": lock_class, "keys": list(keys)},
         )
     ).one()
@@ -106,7 +107,7 @@ async def named_reps(
     ``domains[domain]`` open leads, and the holders of ``leads``; and, in the same statement (one
     round trip fewer per batch), the roster revision in force."""
     found = await connection.execute(
-        text(
+        clause(
             "WITH named AS (SELECT owner_rep_id AS rep_id FROM accounts WHERE domain = ANY(:candidates) UNION "
             "SELECT h.rep_id FROM unnest(CAST(:domains AS text[]), CAST(:limits AS int[])) AS d(domain, n), "
             "LATERAL (SELECT rep_id FROM lead_routing WHERE open AND domain = d.domain "

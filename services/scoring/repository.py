@@ -15,6 +15,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coxswain.core.lead import LeadState
+from coxswain.db import deferred
+from coxswain.db.sql import clause
 from schemas.events import Event
 
 # LISTENed to by the timer loop, NOTIFYed when a timer is armed.
@@ -44,13 +46,15 @@ async def record_facts(connection: AsyncConnection, facts: Sequence[Event], now:
     await save_batch(connection, facts=facts, now=now)
 
 
-# The batch's writes after the core has run, as one statement: each part a data-modifying CTE over
-# its rows as arrays, so a part with no rows inserts or deletes nothing, and the text is the same
+# The batch's writes after the core has run, as one statement's data-modifying CTEs over their
+# rows as arrays, so a part with no rows inserts or deletes nothing, and the text is the same
 # whatever the batch (asyncpg prepares it once per connection). The parts touch different tables,
 # except the timers: a lead's timer is either removed or armed, never both (one statement must not
-# touch a row twice). The final SELECT wakes the timer loops (on commit) only when asked to.
-_SAVE_BATCH = text(
-    "WITH identities AS ("
+# touch a row twice). The effect wakes the timer loops (on commit) only when asked to. In a
+# consumer's batch they ride in the statement that stages its facts (``coxswain.db.deferred``):
+# nothing after them in that transaction reads scoring's tables.
+_SAVE_BATCH_CTES = (
+    "identities AS ("
     " INSERT INTO lead_identities (key, lead_id, created_at)"
     " SELECT key, lead_id, :now FROM unnest(CAST(:identity_keys AS text[]), CAST(:identity_leads AS uuid[]))"
     " AS batch (key, lead_id)"
@@ -89,8 +93,8 @@ _SAVE_BATCH = text(
     " ON CONFLICT (lead_id) DO UPDATE SET timer_id = excluded.timer_id, due_at = excluded.due_at,"
     " stage = excluded.stage, agreement_version = excluded.agreement_version, armed_at = excluded.armed_at"
     ")"
-    f" SELECT pg_notify('{TIMER_CHANNEL}', '') WHERE CAST(:wake AS boolean)"
 )
+_WAKE_TIMERS = f"(SELECT count(pg_notify('{TIMER_CHANNEL}', '')) WHERE CAST(:wake AS boolean))"
 
 
 async def save_batch(
@@ -105,51 +109,56 @@ async def save_batch(
     agreement_version: str = "",
     wake_if_due_before: datetime | None = None,
 ) -> None:
-    """Every write of scoring's, in one statement (one round trip): the new identity keys (a key
-    recorded before keeps its lead), the leads' states upserted under ``agreement_version`` (each
-    lead at most once), the facts on their leads' timelines (a fact recorded before is kept as it
-    is), and the re-evaluation timers removed (``unarmed``) or armed (``timers``), each lead at
-    most once in the two together. The timer loops are woken (on commit) if a timer is due before
-    ``wake_if_due_before``."""
+    """Every write of scoring's, in one statement: the new identity keys (a key recorded before
+    keeps its lead), the leads' states upserted under ``agreement_version`` (each lead at most
+    once), the facts on their leads' timelines (a fact recorded before is kept as it is), and the
+    re-evaluation timers removed (``unarmed``) or armed (``timers``), each lead at most once in the
+    two together. The timer loops are woken (on commit) if a timer is due before
+    ``wake_if_due_before``. Carried in the transaction's last statement when the caller defers
+    (``coxswain.db.deferred``), else run now."""
     identities = identities or {}
     armed = {timer.lead_id for timer in timers}
     if len(armed) < len(timers) or armed.intersection(unarmed) or len(set(unarmed)) < len(unarmed):
         raise ValueError("a lead's timer is written at most once per batch")
-    await connection.execute(
-        _SAVE_BATCH,
-        {
-            "now": now,
-            "agreement_version": agreement_version,
-            "identity_keys": list(identities),
-            "identity_leads": list(identities.values()),
-            "lead_ids": [state.lead_id for state in states],
-            "stages": [state.stage.value for state in states],
-            "sources": [state.source for state in states],
-            "attributes": [state.attributes.model_dump_json(exclude_none=True) for state in states],
-            "touches": [_touches_json(state) for state in states],
-            "scores": [state.score_total for state in states],
-            "tiers": [state.tier.value if state.tier else None for state in states],
-            "personas": [state.persona for state in states],
-            "pinned": [state.pinned for state in states],
-            "held_until": [state.held_until for state in states],
-            "recycled_until": [state.recycled_until for state in states],
-            "fact_ids": [fact.event_id for fact in facts],
-            "fact_leads": [fact.lead_id for fact in facts],
-            "fact_kinds": [type(fact).__name__ for fact in facts],
-            "fact_times": [fact.occurred_at for fact in facts],
-            "fact_agreements": [getattr(fact, "agreement_version", None) for fact in facts],
-            "fact_causes": [getattr(fact, "caused_by", None) for fact in facts],
-            # The fact's own JSON text: no decode and re-encode on the way.
-            "fact_payloads": [fact.model_dump_json() for fact in facts],
-            "unarmed": list(unarmed),
-            "timer_leads": [timer.lead_id for timer in timers],
-            "timer_ids": [timer.timer_id for timer in timers],
-            "timer_dues": [timer.due_at for timer in timers],
-            "timer_stages": [timer.stage for timer in timers],
-            "timer_agreements": [timer.agreement_version for timer in timers],
-            "timer_armed_at": [timer.armed_at for timer in timers],
-            "wake": wake_if_due_before is not None and any(timer.due_at < wake_if_due_before for timer in timers),
-        },
+    await deferred.write(
+        connection,
+        deferred.Write(
+            _SAVE_BATCH_CTES,
+            {
+                "now": now,
+                "agreement_version": agreement_version,
+                "identity_keys": list(identities),
+                "identity_leads": list(identities.values()),
+                "lead_ids": [state.lead_id for state in states],
+                "stages": [state.stage.value for state in states],
+                "sources": [state.source for state in states],
+                "attributes": [state.attributes.model_dump_json(exclude_none=True) for state in states],
+                "touches": [_touches_json(state) for state in states],
+                "scores": [state.score_total for state in states],
+                "tiers": [state.tier.value if state.tier else None for state in states],
+                "personas": [state.persona for state in states],
+                "pinned": [state.pinned for state in states],
+                "held_until": [state.held_until for state in states],
+                "recycled_until": [state.recycled_until for state in states],
+                "fact_ids": [fact.event_id for fact in facts],
+                "fact_leads": [fact.lead_id for fact in facts],
+                "fact_kinds": [type(fact).__name__ for fact in facts],
+                "fact_times": [fact.occurred_at for fact in facts],
+                "fact_agreements": [getattr(fact, "agreement_version", None) for fact in facts],
+                "fact_causes": [getattr(fact, "caused_by", None) for fact in facts],
+                # The fact's own JSON text: no decode and re-encode on the way.
+                "fact_payloads": [fact.model_dump_json() for fact in facts],
+                "unarmed": list(unarmed),
+                "timer_leads": [timer.lead_id for timer in timers],
+                "timer_ids": [timer.timer_id for timer in timers],
+                "timer_dues": [timer.due_at for timer in timers],
+                "timer_stages": [timer.stage for timer in timers],
+                "timer_agreements": [timer.agreement_version for timer in timers],
+                "timer_armed_at": [timer.armed_at for timer in timers],
+                "wake": wake_if_due_before is not None and any(timer.due_at < wake_if_due_before for timer in timers),
+            },
+            _WAKE_TIMERS,
+        ),
     )
 
 
@@ -164,7 +173,7 @@ async def lock_identity_keys(connection: AsyncConnection, keys: Sequence[str]) -
     """Transaction-scoped advisory locks on ``keys``, taken in the order given (sorted, by the
     caller) in one statement, so two transactions locking overlapping keys cannot deadlock."""
     await connection.execute(
-        text(
+        clause(
             "SELECT pg_advisory_xact_lock(:lock_class, hashtext(k)) "
             "FROM (SELECT unnest(CAST(:keys AS text[])) AS k) AS keys"
         ),
