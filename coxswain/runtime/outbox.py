@@ -248,8 +248,6 @@ class OutboxRelay:
     ) -> None:
         # A standby relay publishes only while no full relay is alive (see ``refresh_leases``).
         self.standby = standby
-        # Monotonic time since which this standby has seen no full relay alive (None: it saw one).
-        self._alone_since: float | None = None
         self._engine = engine
         # The relay's read and delete are one statement each: run without BEGIN and COMMIT round
         # trips, which were most of what a relay pass cost at a few leads per second.
@@ -385,11 +383,8 @@ class OutboxRelay:
         buckets nobody holds (or whose holder's lease ran out), hand back any beyond the share.
 
         A standby relay does not say it is alive, so the full relays share the buckets among
-        themselves; its share is none while any full relay is alive, and all of them once it has
-        seen none for a whole lease (the first standby to look takes them, the others find none
-        free). Not at its first look: after a database outage, and in a restored database, the
-        full relays' last sightings are old until each renews once, and a standby that took every
-        bucket then would only hand them back a renewal later, holding up publishing twice."""
+        themselves; its share is none while any full relay is alive, and all of them otherwise
+        (the first standby to look takes them, the others find none free)."""
         started = time.monotonic()
         async with self._engine.begin() as connection:
             others = await connection.scalar(
@@ -407,9 +402,8 @@ class OutboxRelay:
                 ),
                 {"me": self.name, "n": BUCKETS, "lease": self._lease},
             )
-            share = math.ceil(BUCKETS / (int(others or 0) + 1))
-            if self.standby:
-                share = self._standby_share(bool(others), started)
+            fair = math.ceil(BUCKETS / (int(others or 0) + 1))
+            share = (0 if others else BUCKETS) if self.standby else fair
             renewed = list(
                 (
                     await connection.scalars(
@@ -456,16 +450,6 @@ class OutboxRelay:
         self._valid_until = started + self._lease - LEASE_MARGIN_SECONDS
         metrics.OUTBOX_BUCKETS_OWNED.set(len(self.owned))
         return self.owned
-
-    def _standby_share(self, full_relay_alive: bool, now: float) -> int:
-        """A standby's share: none while a full relay is alive; every bucket once none has been
-        for a lease, or while it still holds the buckets it took then."""
-        if full_relay_alive:
-            self._alone_since = None
-            return 0
-        if self._alone_since is None:
-            self._alone_since = now
-        return BUCKETS if self.owned or now - self._alone_since >= self._lease else 0
 
     async def relay_once(self) -> int | None:
         """Delete the batch the last pass published, then publish the oldest rows of the buckets
