@@ -244,10 +244,7 @@ class OutboxRelay:
         lease_seconds: float = LEASE_SECONDS,
         name: str | None = None,
         failpoint: str = "",
-        standby: bool = False,
     ) -> None:
-        # A standby relay publishes only while no full relay is alive (see ``refresh_leases``).
-        self.standby = standby
         self._engine = engine
         # The relay's read and delete are one statement each: run without BEGIN and COMMIT round
         # trips, which were most of what a relay pass cost at a few leads per second.
@@ -380,30 +377,21 @@ class OutboxRelay:
 
     async def refresh_leases(self) -> tuple[int, ...]:
         """Say this relay is alive, renew its leases, and move towards its fair share: take
-        buckets nobody holds (or whose holder's lease ran out), hand back any beyond the share.
-
-        A standby relay does not say it is alive, so the full relays share the buckets among
-        themselves; its share is none while any full relay is alive, and all of them otherwise
-        (the first standby to look takes them, the others find none free)."""
+        buckets nobody holds (or whose holder's lease ran out), hand back any beyond the share."""
         started = time.monotonic()
         async with self._engine.begin() as connection:
             others = await connection.scalar(
                 text(
-                    (
-                        "WITH "
-                        if self.standby
-                        else "WITH me AS (INSERT INTO outbox_relays (owner, seen_at) VALUES (:me, now()) "
-                        "ON CONFLICT (owner) DO UPDATE SET seen_at = now()), "
-                    )
-                    + "seeded AS (INSERT INTO outbox_leases (bucket) SELECT generate_series(0, :n - 1) "
+                    "WITH me AS (INSERT INTO outbox_relays (owner, seen_at) VALUES (:me, now()) "
+                    "ON CONFLICT (owner) DO UPDATE SET seen_at = now()), "
+                    "seeded AS (INSERT INTO outbox_leases (bucket) SELECT generate_series(0, :n - 1) "
                     "ON CONFLICT DO NOTHING) "
                     "SELECT count(*) FROM outbox_relays WHERE owner <> :me "
                     "AND seen_at > now() - make_interval(secs => :lease)"
                 ),
                 {"me": self.name, "n": BUCKETS, "lease": self._lease},
             )
-            fair = math.ceil(BUCKETS / (int(others or 0) + 1))
-            share = (0 if others else BUCKETS) if self.standby else fair
+            share = math.ceil(BUCKETS / (int(others or 0) + 1))
             renewed = list(
                 (
                     await connection.scalars(

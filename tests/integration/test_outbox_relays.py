@@ -152,28 +152,6 @@ async def test_relays_take_fair_disjoint_shares_and_hand_them_back(engine: Async
     assert held == 0, "a relay that stops hands its buckets back at once"
 
 
-async def test_a_standby_relay_publishes_only_while_no_full_relay_is_alive(
-    engine: AsyncEngine, publisher: Publisher
-) -> None:
-    standby = OutboxRelay(engine, publisher, lease_seconds=2.0, name="standby", standby=True)
-    full = OutboxRelay(engine, publisher, lease_seconds=2.0, name="full")
-    other_standby = OutboxRelay(engine, publisher, lease_seconds=2.0, name="standby-2", standby=True)
-    try:
-        assert len(await standby.refresh_leases()) == BUCKETS, "with no full relay alive, a standby takes them all"
-        assert await other_standby.refresh_leases() == (), "a second standby finds none free"
-        await full.refresh_leases()  # a standby is not counted: the full relay's share is every bucket
-        assert await standby.refresh_leases() == (), "a full relay is alive: the standby hands its buckets back"
-        assert len(await full.refresh_leases()) == BUCKETS
-        await full.release_leases()  # the full relay goes: the standbys take over
-        await other_standby.refresh_leases()
-        await standby.refresh_leases()
-        assert sorted(standby.owned + other_standby.owned) == list(range(BUCKETS))
-    finally:
-        await other_standby.release_leases()
-        await standby.release_leases()
-        await full.release_leases()
-
-
 async def test_two_relays_publish_in_parallel_and_keep_each_leads_order(
     engine: AsyncEngine, publisher: Publisher
 ) -> None:
