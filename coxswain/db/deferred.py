@@ -43,10 +43,13 @@ class Write:
     effect: str = ""
 
 
-def carried(writes: Sequence[Write], ctes: Sequence[str], effects: Sequence[str]) -> tuple[str, dict[str, Any]]:
+def carried(
+    writes: Sequence[Write], ctes: Sequence[str] = (), effects: Sequence[str] = (), own: Mapping[str, Any] | None = None
+) -> tuple[str, dict[str, Any]]:
     """One statement: ``writes``' CTEs, then ``ctes``; its SELECT evaluates ``writes``' effects,
-    then ``effects``. Its parameters are the writes' (the caller adds its own to them)."""
-    parameters: dict[str, Any] = {}
+    then ``effects``. Its parameters: the caller's ``own`` (those of ``ctes`` and ``effects``) and
+    the writes', no name twice."""
+    parameters: dict[str, Any] = dict(own or {})
     for write in writes:
         if not parameters.keys().isdisjoint(write.parameters):
             raise ValueError(
@@ -66,7 +69,7 @@ async def write(connection: AsyncConnection, deferred: Write) -> None:
     if scope is not None:
         scope.append(deferred)
         return
-    sql, parameters = carried([deferred], (), ())
+    sql, parameters = carried([deferred])
     await connection.execute(clause(sql), parameters)
 
 

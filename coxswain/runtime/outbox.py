@@ -165,15 +165,13 @@ async def stage_records(
     writes = deferred.take(connection)
     if not records:
         if writes:
-            sql, parameters = deferred.carried(writes, (), ())
+            sql, parameters = deferred.carried(writes)
             await connection.execute(clause(sql), parameters)
         return
     insert, staged = staging(records, now)
     notify = notify_staged("staged", "outbox_ids", "outbox_notes")
-    sql, parameters = deferred.carried(writes, [f"staged AS ({insert})"], [notify])
-    if not parameters.keys().isdisjoint(staged):
-        raise ValueError("a deferred write uses the outbox's parameter names")
-    await connection.execute(clause(sql), {**parameters, **staged})
+    sql, parameters = deferred.carried(writes, [f"staged AS ({insert})"], [notify], own=staged)
+    await connection.execute(clause(sql), parameters)
 
 
 async def stage(

@@ -112,7 +112,9 @@ async def test_a_write_left_waiting_is_an_error_not_a_silent_loss(engine: AsyncE
 
 async def test_writes_carried_together_must_not_share_parameter_names(engine: AsyncEngine) -> None:
     with pytest.raises(ValueError, match="share parameter names"):
-        deferred.carried([mark("a", []), mark("b", [])], (), ())
+        deferred.carried([mark("a", []), mark("b", [])])
+    with pytest.raises(ValueError, match="share parameter names"):
+        deferred.carried([mark("a", [])], own={"mark_now": NOW})
 
 
 def scoring(engine: AsyncEngine) -> ConsumerService:
