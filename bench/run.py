@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import os
 import platform
+import re
 import resource
 import shutil
 import signal
@@ -198,6 +199,28 @@ def port_base() -> int:
     return int(os.environ.get("COXSWAIN_BENCH_PORT_BASE") or "22000")
 
 
+ASSIGNED = re.compile(r"partitions assigned: \[([^\]]*)\]")
+PARTITION = re.compile(r"topic=\\?'([^'\\]+)\\?', partition=(\d+)")
+
+
+def latest_assignment(log: str) -> frozenset[tuple[str, int]] | None:
+    """The partitions a consumer's log says it holds now (its last assignment), or None before any."""
+    found = ASSIGNED.findall(log)
+    if not found:
+        return None
+    return frozenset((topic, int(number)) for topic, number in PARTITION.findall(found[-1]))
+
+
+def shared_out(assignments: Sequence[frozenset[tuple[str, int]] | None]) -> bool:
+    """Whether the group has settled with every member holding its own share: each has logged an
+    assignment with some partitions in it, and none holds a partition another says it holds (the
+    first member's whole assignment overlaps every share until its rebalance is logged)."""
+    if any(not held for held in assignments):
+        return False
+    held = [assignment for assignment in assignments if assignment]
+    return sum(map(len, held)) == len(frozenset().union(*held))
+
+
 def say(message: str, *args: object) -> None:
     sys.stderr.write(f"[bench {datetime.now().strftime('%H:%M:%S')}] {message % args}\n")
     sys.stderr.flush()
@@ -218,6 +241,9 @@ class Bench:
     results: dict[str, Any] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)
     running: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    # Where each process's log began: a log is appended to by every start of that label, and a
+    # line an earlier process wrote must not count as this one's.
+    log_starts: dict[str, int] = field(default_factory=dict)
 
     @property
     def bootstrap(self) -> str:
@@ -349,7 +375,7 @@ class Bench:
     # -- processes ---------------------------------------------------------------------------
 
     def start(self, name: str, command: Sequence[str], ready: str | None = None) -> subprocess.Popen[bytes]:
-        log = (self.work / f"{name}.log").open("ab")
+        log = self.open_log(name)
         process = subprocess.Popen(command, env=self.env(), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         self.running[name] = process
         if ready is not None:
@@ -359,7 +385,7 @@ class Bench:
     def service(self, name: str, label: str = "") -> subprocess.Popen[bytes]:
         """Start service ``name`` as process ``label`` (default: the name; ``router-2``: a second one)."""
         label = label or name
-        log = (self.work / f"{label}.log").open("ab")
+        log = self.open_log(label)
         # Each consumer serves its metrics on a port of the bench's own, never a default another stack
         # uses; its static membership id is its label, as a StatefulSet pod's is its name.
         env = {
@@ -373,6 +399,17 @@ class Bench:
         self.running[label] = process
         return process
 
+    def open_log(self, label: str) -> Any:
+        path = self.work / f"{label}.log"
+        self.log_starts[label] = path.stat().st_size if path.exists() else 0
+        return path.open("ab")
+
+    def own_log(self, label: str) -> str:
+        """What the process now running as ``label`` has logged."""
+        with (self.work / f"{label}.log").open("rb") as log:
+            log.seek(self.log_starts.get(label, 0))
+            return log.read().decode(errors="replace")
+
     def scrape(self, label: str) -> str:
         return httpx.get(f"http://127.0.0.1:{self.ports.metrics(label)}/metrics", timeout=5).text
 
@@ -380,12 +417,26 @@ class Bench:
         path, process = self.work / f"{name}.log", self.running[name]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if needle in path.read_text(errors="replace"):
+            if needle in self.own_log(name):
                 return
             if process.poll() is not None:
                 raise SystemExit(f"{name} exited with {process.returncode}; see {path}")
             time.sleep(0.1)
         raise SystemExit(f"{name} did not log {needle!r} within {timeout}s; see {path}")
+
+    def wait_for_shares(self, *labels: str, timeout: float = 60) -> None:
+        """Wait until the group has rebalanced onto all of ``labels``: the first member to join
+        holds every partition until the next one's join is settled, and load offered before
+        that would measure one instance, not two."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if shared_out([latest_assignment(self.own_log(label)) for label in labels]):
+                return
+            for label in labels:
+                if self.running[label].poll() is not None:
+                    raise SystemExit(f"{label} exited; see {self.work / (label + '.log')}")
+            time.sleep(0.1)
+        raise SystemExit(f"{', '.join(labels)} did not share their partitions within {timeout}s")
 
     def wait_http(self, name: str, url: str, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -852,8 +903,8 @@ class Bench:
         for name in CONSUMERS:
             self.service(name)
             self.service(name, f"{name}-2")
-        for label in labels:
-            self.wait_for_log(label, "partitions assigned")
+        for name in CONSUMERS:
+            self.wait_for_shares(name, f"{name}-2")
         url = f"http://127.0.0.1:{self.ports.intake}/v1/webhooks/{SOURCE}/events"
         process, out = self.watcher(
             "watch-scale", ["leads.routed.v1", "sla.armed.v1"],

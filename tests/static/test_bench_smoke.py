@@ -12,7 +12,7 @@ import pytest
 
 from bench.loadgen import Requests, parse_response
 from bench.profile_summary import parse, summarise
-from bench.run import FULL, QUICK, Bench, Ports, cpu_per_item
+from bench.run import FULL, QUICK, Bench, Ports, cpu_per_item, latest_assignment, shared_out
 from bench.runs_summary import curve_table, scale_table
 from bench.runs_summary import hop_table as runs_hop_table
 from bench.stats import (
@@ -322,3 +322,27 @@ def test_the_statements_table_shows_each_statements_share_and_its_cost_per_call_
     assert lines[2].split()[:5] == ["7%", "1,000", "0.150", "0.010", "1.600"]
     assert len(lines[2]) < 160, "a long statement is cut"
     assert lines[3].split()[:5] == ["0%", "0", "0.000", "0.000", "0.000"]
+
+
+def _assigned(*partitions: tuple[str, int]) -> str:
+    # As the consumer logs it: logfmt quotes the message, so the list's quotes come escaped.
+    listed = ", ".join(f"\"TopicPartition(topic=\\'{topic}\\', partition={number})\"" for topic, number in partitions)
+    return f"ts=2026-12-06 00:16:56,000 level=INFO logger=coxswain.runtime.consumer msg='partitions assigned: [{listed}]'\n"
+
+
+def test_a_group_counts_as_shared_out_only_once_every_member_logged_its_own_share() -> None:
+    everything = _assigned(("leads.received.v1", 0), ("leads.received.v1", 1), ("leads.received.v1", 2))
+    first_share = _assigned(("leads.received.v1", 0), ("leads.received.v1", 2))
+    second_share = _assigned(("leads.received.v1", 1))
+    assert latest_assignment("") is None
+    assert latest_assignment(everything + "msg='partitions revoked: []'\n" + first_share) == frozenset(
+        {("leads.received.v1", 0), ("leads.received.v1", 2)}
+    )
+    assert latest_assignment("msg='partitions assigned: []'\n") == frozenset()
+    # The second member joined holding everything; the first has not rebalanced yet.
+    holding_all, first, second = (latest_assignment(log) for log in (everything, first_share, second_share))
+    assert not shared_out([None, holding_all])
+    assert not shared_out([holding_all, holding_all])
+    assert not shared_out([first, holding_all])
+    assert not shared_out([latest_assignment("msg='partitions assigned: []'\n"), holding_all])
+    assert shared_out([first, second])
