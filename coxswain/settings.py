@@ -98,6 +98,13 @@ class OutboxConfig(Slice):
         description="How long a relay holds its outbox buckets without renewing; a stalled relay's share "
         "is taken over after this (docs/event-path.md).",
     )
+    outbox_relay_standby: bool | None = Field(
+        default=None,
+        description="A standby relay publishes only while no full relay is alive; full relays share the "
+        "buckets among themselves. Unset: the process decides, a standby where its own loop is on a lead's "
+        "way to its rep (intake, and consumers that fetch each record at once: scoring, crm-sync; the router "
+        "when scoring does not route inline), a full relay elsewhere (docs/event-path.md).",
+    )
     outbox_failpoint: Literal["", "after_publish"] = Field(
         default="",
         description="Crash tests only: hang after publishing a batch, before deleting it, so a test can kill the relay there.",

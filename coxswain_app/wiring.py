@@ -110,9 +110,32 @@ CONSUMERS: dict[str, ConsumerSpec] = {
 }
 
 
-def outbox_relay(engine: AsyncEngine, publisher: Publisher, config: OutboxConfig | None = None) -> OutboxRelay:
+def outbox_relay(
+    engine: AsyncEngine, publisher: Publisher, config: OutboxConfig | None = None, on_leads_way: bool = False
+) -> OutboxRelay:
+    """The process's relay: a standby where the process's own loop is on a lead's way to its rep
+    (``on_leads_way``), unless ``COXSWAIN_OUTBOX_RELAY_STANDBY`` says otherwise. Publishing other
+    services' rows there would put them in the way of the lead's own batch, and the lead's rows
+    behind that batch; the relays of the processes off the way (gathering their records) have the
+    loop to spare."""
     config = config or OutboxConfig()
-    return OutboxRelay(engine, publisher, lease_seconds=config.outbox_lease_seconds, failpoint=config.outbox_failpoint)
+    standby = on_leads_way if config.outbox_relay_standby is None else config.outbox_relay_standby
+    return OutboxRelay(
+        engine,
+        publisher,
+        lease_seconds=config.outbox_lease_seconds,
+        failpoint=config.outbox_failpoint,
+        standby=standby,
+    )
+
+
+def consumer_relay(
+    engine: AsyncEngine, publisher: Publisher, settings: Settings, service: ConsumerService
+) -> OutboxRelay:
+    """A consumer process's relay: a consumer that fetches each record as it arrives is on a
+    lead's way (scoring, crm-sync; the router when scoring does not route inline), one that lets
+    its records gather is not."""
+    return outbox_relay(engine, publisher, settings.outbox, on_leads_way=service.gather_ms == 0)
 
 
 def stop_on_signals() -> asyncio.Event:
@@ -324,8 +347,8 @@ async def run_consumer(
     agreement = source.current
     publisher = await _start_publisher(kafka, stop)
     relay_engine = create_relay_engine(database)
-    relay = outbox_relay(relay_engine, publisher, settings.outbox)
     service = consumer_service(name, spec, wired, engine, settings)
+    relay = consumer_relay(relay_engine, publisher, settings, service)
     log.info("%s running under agreement %s", name, agreement.version)
     metrics.serve(settings.observability.metrics_port)
     try:
@@ -412,7 +435,9 @@ def intake_app(settings: Settings | None = None) -> tuple[FastAPI, IntakeConfig]
             # Webhooks are accepted while Kafka is away (they wait in the outbox): connect in the background.
             publisher = await _start_publisher(kafka, stop)
             publishers.append(publisher)
-            await outbox_relay(relay_engine, publisher, settings.outbox).run(stop, metrics.outbox_published)
+            await outbox_relay(relay_engine, publisher, settings.outbox, on_leads_way=True).run(
+                stop, metrics.outbox_published
+            )
 
         relay = asyncio.create_task(relay_when_connected())
         watcher = asyncio.create_task(

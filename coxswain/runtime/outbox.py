@@ -242,7 +242,12 @@ class OutboxRelay:
         lease_seconds: float = LEASE_SECONDS,
         name: str | None = None,
         failpoint: str = "",
+        standby: bool = False,
     ) -> None:
+        # A standby relay publishes only while no full relay is alive (see ``refresh_leases``).
+        self.standby = standby
+        # Monotonic time since which this standby has seen no full relay alive (None: it saw one).
+        self._alone_since: float | None = None
         self._engine = engine
         # The relay's read and delete are one statement each: run without BEGIN and COMMIT round
         # trips, which were most of what a relay pass cost at a few leads per second.
@@ -375,14 +380,25 @@ class OutboxRelay:
 
     async def refresh_leases(self) -> tuple[int, ...]:
         """Say this relay is alive, renew its leases, and move towards its fair share: take
-        buckets nobody holds (or whose holder's lease ran out), hand back any beyond the share."""
+        buckets nobody holds (or whose holder's lease ran out), hand back any beyond the share.
+
+        A standby relay does not say it is alive, so the full relays share the buckets among
+        themselves; its share is none while any full relay is alive, and all of them once it has
+        seen none for a whole lease (the first standby to look takes them, the others find none
+        free). Not at its first look: after a database outage, and in a restored database, the
+        full relays' last sightings are old until each renews once, and a standby that took every
+        bucket then would only hand them back a renewal later, holding up publishing twice."""
         started = time.monotonic()
         async with self._engine.begin() as connection:
             others = await connection.scalar(
                 text(
-                    "WITH me AS (INSERT INTO outbox_relays (owner, seen_at) VALUES (:me, now()) "
-                    "ON CONFLICT (owner) DO UPDATE SET seen_at = now()), "
-                    "seeded AS (INSERT INTO outbox_leases (bucket) SELECT generate_series(0, :n - 1) "
+                    (
+                        "WITH "
+                        if self.standby
+                        else "WITH me AS (INSERT INTO outbox_relays (owner, seen_at) VALUES (:me, now()) "
+                        "ON CONFLICT (owner) DO UPDATE SET seen_at = now()), "
+                    )
+                    + "seeded AS (INSERT INTO outbox_leases (bucket) SELECT generate_series(0, :n - 1) "
                     "ON CONFLICT DO NOTHING) "
                     "SELECT count(*) FROM outbox_relays WHERE owner <> :me "
                     "AND seen_at > now() - make_interval(secs => :lease)"
@@ -390,6 +406,8 @@ class OutboxRelay:
                 {"me": self.name, "n": BUCKETS, "lease": self._lease},
             )
             share = math.ceil(BUCKETS / (int(others or 0) + 1))
+            if self.standby:
+                share = self._standby_share(bool(others), started)
             renewed = list(
                 (
                     await connection.scalars(
@@ -437,11 +455,25 @@ class OutboxRelay:
         metrics.OUTBOX_BUCKETS_OWNED.set(len(self.owned))
         return self.owned
 
+    def _standby_share(self, full_relay_alive: bool, now: float) -> int:
+        """A standby's share: none while a full relay is alive; every bucket once none has been
+        for a lease, or while it still holds the buckets it took then."""
+        if full_relay_alive:
+            self._alone_since = None
+            return 0
+        if self._alone_since is None:
+            self._alone_since = now
+        return BUCKETS if self.owned or now - self._alone_since >= self._lease else 0
+
     async def relay_once(self) -> int | None:
         """Delete the batch the last pass published, then publish the oldest rows of the buckets
         this relay holds; how many (None: paused)."""
         mine = self._held()
         if not mine and not self._published:
+            # What was heard belongs to buckets this relay no longer holds (it handed them back, or
+            # lost them): their holder reads those rows. Kept, they would make every pass look
+            # like one that heard more, and the loop would go round without ever waiting.
+            self._heard.clear()
             return 0
         # Before the read: what was heard until now was committed before it, so the read finds it;
         # what is heard from now on is kept for the next pass (see ``relay_pass``).

@@ -152,6 +152,38 @@ async def test_relays_take_fair_disjoint_shares_and_hand_them_back(engine: Async
     assert held == 0, "a relay that stops hands its buckets back at once"
 
 
+async def test_a_standby_relay_publishes_only_while_no_full_relay_is_alive(
+    engine: AsyncEngine, publisher: Publisher
+) -> None:
+    lease = 1.0
+    standby = OutboxRelay(engine, publisher, lease_seconds=lease, name="standby", standby=True)
+    full = OutboxRelay(engine, publisher, lease_seconds=lease, name="full")
+    other_standby = OutboxRelay(engine, publisher, lease_seconds=lease, name="standby-2", standby=True)
+    try:
+        # No full relay alive: not at the first look (a full relay may be about to renew), but
+        # once none has been seen for a lease.
+        assert await standby.refresh_leases() == ()
+        await asyncio.sleep(lease)
+        assert len(await standby.refresh_leases()) == BUCKETS, "alone for a lease, a standby takes them all"
+        assert await other_standby.refresh_leases() == ()
+        await asyncio.sleep(lease)
+        assert len(await standby.refresh_leases()) == BUCKETS, "renewed: it keeps them while alone"
+        assert await other_standby.refresh_leases() == (), "a second standby finds none free"
+        await full.refresh_leases()  # a standby is not counted: the full relay's share is every bucket
+        assert await standby.refresh_leases() == (), "a full relay is alive: the standby hands its buckets back"
+        assert len(await full.refresh_leases()) == BUCKETS
+        await full.release_leases()  # the full relay goes: the standbys take over a lease later
+        assert await standby.refresh_leases() == ()
+        await asyncio.sleep(lease)
+        await other_standby.refresh_leases()
+        await standby.refresh_leases()
+        assert sorted(standby.owned + other_standby.owned) == list(range(BUCKETS))
+    finally:
+        await other_standby.release_leases()
+        await standby.release_leases()
+        await full.release_leases()
+
+
 async def test_two_relays_publish_in_parallel_and_keep_each_leads_order(
     engine: AsyncEngine, publisher: Publisher
 ) -> None:
@@ -244,6 +276,37 @@ class CountingRelay(OutboxRelay):
     def _notified(self, connection: object, pid: int, channel: str, payload: str) -> None:
         self.notifications += 1
         super()._notified(connection, pid, channel, payload)
+
+
+async def test_a_relay_that_hands_back_buckets_it_heard_rows_of_waits_instead_of_spinning(
+    engine: AsyncEngine, publisher: Publisher
+) -> None:
+    """Seen in the bench: the intake's standby, alone, took every bucket and heard rows; it handed
+    them back when the full relays came, and from then on its loop went round without waiting
+    (each pass a read of no buckets that returned at once, the rows heard still there), so the
+    intake answered webhooks only when the relay's renewal, once a second, let the loop go."""
+    lease = 3.0
+    standby = CountingRelay(engine, publisher, lease_seconds=lease, name="spin-standby", standby=True)
+    full = OutboxRelay(engine, publisher, lease_seconds=lease, name="spin-full")
+    try:
+        await full.refresh_leases()
+        assert await standby.refresh_leases() == (), "a full relay is alive: the standby holds nothing"
+        # Rows heard for a bucket it held until now (its notifications arrive as the relay's
+        # connection delivers them: through the same callback).
+        (_, record), *_ = records_for(keys_in((0,), 1), 0)
+        payload = f"7 {note_of(record, headers_json(record))}"
+        standby._notified(None, 0, channel_of(0), payload)
+        stop = asyncio.Event()
+        task = asyncio.create_task(standby.run(stop))
+        await asyncio.sleep(2.5)  # two renewals; the idle poll is 0.5 s
+        stop.set()
+        await task
+    finally:
+        await standby.release_leases()
+        await full.release_leases()
+    # Waiting for notifications and its idle poll, it reads a handful of times; spinning, it
+    # read hundreds of thousands of times.
+    assert standby.passes < 50, f"{standby.passes} passes in 2.5 s: the relay's loop never waited"
 
 
 def records_for(keys: list[str], n: int, size: int = 0) -> list[tuple[uuid.UUID, WireRecord]]:
