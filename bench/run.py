@@ -35,6 +35,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from io import BufferedWriter
 from pathlib import Path
 from typing import Any
 
@@ -399,7 +400,7 @@ class Bench:
         self.running[label] = process
         return process
 
-    def open_log(self, label: str) -> Any:
+    def open_log(self, label: str) -> BufferedWriter:
         path = self.work / f"{label}.log"
         self.log_starts[label] = path.stat().st_size if path.exists() else 0
         return path.open("ab")
