@@ -216,10 +216,8 @@ def shared_out(assignments: Sequence[frozenset[tuple[str, int]] | None]) -> bool
     """Whether the group has settled with every member holding its own share: each has logged an
     assignment with some partitions in it, and none holds a partition another says it holds (the
     first member's whole assignment overlaps every share until its rebalance is logged)."""
-    if any(not held for held in assignments):
-        return False
     held = [assignment for assignment in assignments if assignment]
-    return sum(map(len, held)) == len(frozenset().union(*held))
+    return len(held) == len(assignments) and sum(map(len, held)) == len(frozenset().union(*held))
 
 
 def say(message: str, *args: object) -> None:
@@ -765,10 +763,8 @@ class Bench:
         process.send_signal(signal.SIGKILL)
         process.wait()
         killed = time.monotonic()
-        log = self.work / f"{label}.log"
-        seen = log.read_text(errors="replace").count('partitions assigned: ["')
         self.service(label.split("-")[0] if label.endswith("-2") else label, label)
-        while log.read_text(errors="replace").count('partitions assigned: ["') <= seen:
+        while 'partitions assigned: ["' not in self.own_log(label):
             if time.monotonic() - killed > 60:
                 break
             time.sleep(0.02)
