@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from coxswain.core.identity import alias_key
 from coxswain.core.lead import LeadState
 from coxswain.core.scoring import Touch
-from coxswain.db import direct
+from coxswain.db.sql import clause
 from schemas.events import EngagementType, LeadAttributes, Stage, Tier
 
 LOCKS = {"wait": " FOR UPDATE", "skip": " FOR UPDATE SKIP LOCKED", "none": ""}
@@ -43,23 +43,24 @@ async def identities_and_leads(
     (key -> lead id), and the stored leads among ``lead_ids`` and the leads those keys name, locked
     in id order (a fixed order cannot deadlock). Every row carries the keys; a row without a lead (none
     stored) carries only them."""
-    rows = await direct.rows(
-        connection,
-        (
-            "WITH known AS (SELECT key, lead_id FROM lead_identities WHERE key = ANY(CAST(:keys AS text[]))), "
-            f"locked AS (SELECT {STATE_COLUMNS} FROM leads WHERE lead_id = ANY("
-            "ARRAY(SELECT lead_id FROM known) || CAST(:ids AS uuid[])) ORDER BY lead_id FOR UPDATE) "
-            "SELECT (SELECT coalesce(array_agg(key ORDER BY key), '{}') FROM known) AS known_keys, "
-            "(SELECT coalesce(array_agg(lead_id ORDER BY key), '{}') FROM known) AS known_leads, locked.* "
-            "FROM (SELECT 1) AS one LEFT JOIN locked ON true"
-        ),
-        {"keys": list(keys), "ids": sorted(set(lead_ids))},
-    )
+    rows = (
+        await connection.execute(
+            clause(
+                "WITH known AS (SELECT key, lead_id FROM lead_identities WHERE key = ANY(CAST(:keys AS text[]))), "
+                f"locked AS (SELECT {STATE_COLUMNS} FROM leads WHERE lead_id = ANY("
+                "ARRAY(SELECT lead_id FROM known) || CAST(:ids AS uuid[])) ORDER BY lead_id FOR UPDATE) "
+                "SELECT (SELECT coalesce(array_agg(key ORDER BY key), '{}') FROM known) AS known_keys, "
+                "(SELECT coalesce(array_agg(lead_id ORDER BY key), '{}') FROM known) AS known_leads, locked.* "
+                "FROM (SELECT 1) AS one LEFT JOIN locked ON true"
+            ),
+            {"keys": list(keys), "ids": sorted(set(lead_ids))},
+        )
+    ).all()
     known = dict(zip(rows[0].known_keys, rows[0].known_leads, strict=True)) if rows else {}
     return known, {row.lead_id: _state_of(row) for row in rows if row.lead_id is not None}
 
 
-def _state_of(row: Row[Any] | direct.Row) -> LeadState:
+def _state_of(row: Row[Any]) -> LeadState:
     return LeadState(
         lead_id=row.lead_id,
         stage=Stage(row.stage),

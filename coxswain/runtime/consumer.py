@@ -46,7 +46,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coxswain.core.privacy import forget
-from coxswain.db import deferred, direct
+from coxswain.db import deferred
 from coxswain.db.sql import clause
 from coxswain.runtime import metrics, outages, outbox, tracing
 from coxswain.runtime.kafka import background_task_failure, close_connections, make_consumer, rebalancing
@@ -164,9 +164,8 @@ async def claim_first_seen(
         return {}
     leads = sorted({lead_id for _, _, lead_id in claims if lead_id is not None})
     try:
-        rows = await direct.rows(
-            connection,
-            (
+        rows = await connection.execute(
+            clause(
                 "WITH claimed AS (INSERT INTO inbox (consumer, event_id, topic, processed_at) "
                 "SELECT :c, u.event_id, u.topic, :now FROM unnest(CAST(:ids AS uuid[]), CAST(:topics AS text[])) "
                 "AS u(event_id, topic) ON CONFLICT DO NOTHING RETURNING event_id) "

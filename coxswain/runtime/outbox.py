@@ -41,7 +41,8 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from coxswain.db import deferred, direct
+from coxswain.db import deferred
+from coxswain.db.sql import clause
 from coxswain.runtime import metrics, outages
 from coxswain.runtime.kafka import Publisher
 from coxswain.runtime.waiting import first_of, sleep_or_stop
@@ -165,12 +166,12 @@ async def stage_records(
     if not records:
         if writes:
             sql, parameters = deferred.carried(writes)
-            await direct.execute(connection, sql, parameters)
+            await connection.execute(clause(sql), parameters)
         return
     insert, staged = staging(records, now)
     notify = notify_staged("staged", "outbox_ids", "outbox_notes")
     sql, parameters = deferred.carried(writes, [f"staged AS ({insert})"], [notify], own=staged)
-    await direct.execute(connection, sql, parameters)
+    await connection.execute(clause(sql), parameters)
 
 
 async def stage(
@@ -193,7 +194,7 @@ async def stage(
 # saves a round trip and a commit per pass: at a few leads per second every pass publishes one
 # row, so that was a third of each relay's statements. A batch waits at most DELETE_WITHIN for
 # the pass that deletes it (see ``run``).
-READ_BATCH = (
+READ_BATCH = text(
     "WITH gate AS (SELECT pg_try_advisory_xact_lock_shared(:gate) AS open), "
     "relaxed AS (SELECT set_config('synchronous_commit', 'off', true)), "
     "deleted AS (DELETE FROM outbox WHERE id = ANY(:published) AND (SELECT open FROM gate) "
@@ -204,7 +205,7 @@ READ_BATCH = (
 )
 # The same delete on its own, behind the same gate (whether it was open comes back): once the
 # oldest published row has waited DELETE_WITHIN, on a clean stop and before buckets are handed back.
-DELETE_PUBLISHED = (
+DELETE_PUBLISHED = text(
     "WITH gate AS (SELECT pg_try_advisory_xact_lock_shared(:gate) AS open), "
     "relaxed AS (SELECT set_config('synchronous_commit', 'off', true)), "
     "deleted AS (DELETE FROM outbox WHERE id = ANY(:ids) AND (SELECT open FROM gate) "
@@ -478,13 +479,13 @@ class OutboxRelay:
         # what is heard from now on is kept for the next pass (see ``relay_pass``).
         self._must_read = False
         self._heard.clear()
-        # Begun, though autocommit (no BEGIN is sent): the statement then goes straight to asyncpg.
-        async with self._autocommit.begin() as connection:
-            rows = await direct.rows(
-                connection,
-                READ_BATCH,
-                {"gate": RELAY_LOCK, "mine": list(mine), "batch": self._batch, "published": self._published},
-            )
+        async with self._autocommit.connect() as connection:
+            rows = (
+                await connection.execute(
+                    READ_BATCH,
+                    {"gate": RELAY_LOCK, "mine": list(mine), "batch": self._batch, "published": self._published},
+                )
+            ).all()
         if not rows[0].open:
             self._must_read = True
             return None
@@ -540,8 +541,8 @@ class OutboxRelay:
         holder does not send it again)."""
         if not self._published:
             return
-        async with self._autocommit.begin() as connection:
-            deleted = await direct.scalar(connection, DELETE_PUBLISHED, {"ids": self._published, "gate": RELAY_LOCK})
+        async with self._autocommit.connect() as connection:
+            deleted = await connection.scalar(DELETE_PUBLISHED, {"ids": self._published, "gate": RELAY_LOCK})
         if not deleted:
             # The outbox is held still: the rows stay until it is not, and the next pass reads,
             # so this relay pauses too rather than publish what it hears meanwhile.

@@ -15,7 +15,6 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coxswain.db import direct
 from coxswain.runtime import outbox
 from schemas.codec import encode
 from schemas.events import Event
@@ -43,7 +42,7 @@ class StoredWebhook(NamedTuple):
     lead_ids: list[str]
 
 
-_STORE_MANY = (
+_STORE_MANY = text(
     "WITH hooks AS (SELECT * FROM unnest(CAST(:h_sources AS text[]), CAST(:h_ids AS text[]), "
     "CAST(:h_kinds AS text[]), CAST(:h_event_ids AS jsonb[]), CAST(:h_lead_ids AS jsonb[]), "
     "CAST(:h_received AS timestamptz[])) WITH ORDINALITY AS h(source, webhook_id, kind, event_ids, lead_ids, "
@@ -79,34 +78,35 @@ async def insert_webhooks(connection: AsyncConnection, webhooks: Sequence[Webhoo
     ]
     buckets = [outbox.bucket_of(record.key) for _, _, record in records]
     headers = [outbox.headers_json(record) for _, _, record in records]
-    (row,) = await direct.rows(
-        connection,
-        _STORE_MANY,
-        {
-            "h_sources": [w.source for w in webhooks],
-            "h_ids": [w.webhook_id for w in webhooks],
-            "h_kinds": [w.kind for w in webhooks],
-            "h_event_ids": [orjson.dumps([str(e.event_id) for e in w.events]).decode() for w in webhooks],
-            "h_lead_ids": [orjson.dumps([str(e.lead_id) for e in w.events]).decode() for w in webhooks],
-            "h_received": [w.received_at for w in webhooks],
-            "e_ids": [event.event_id for _, event, _ in records],
-            "e_leads": [event.lead_id for _, event, _ in records],
-            # The event as published is the event as stored.
-            "e_payloads": [record.value.decode() for _, _, record in records],
-            "e_payloads_bytes": [record.value for _, _, record in records],
-            "e_hooks": [n for n, _, _ in records],
-            "o_topics": [record.topic for _, _, record in records],
-            "o_keys": [record.key for _, _, record in records],
-            # The lead's bucket, as every other service stages it: the intake's rows are
-            # spread over the relays, not all in one bucket.
-            "o_buckets": buckets,
-            "o_headers": headers,
-            # What the notifications hand the relays: each row, so they publish it unread.
-            "o_notes": [
-                outbox.note_of(record, header) for (_, _, record), header in zip(records, headers, strict=True)
-            ],
-        },
-    )
+    row = (
+        await connection.execute(
+            _STORE_MANY,
+            {
+                "h_sources": [w.source for w in webhooks],
+                "h_ids": [w.webhook_id for w in webhooks],
+                "h_kinds": [w.kind for w in webhooks],
+                "h_event_ids": [orjson.dumps([str(e.event_id) for e in w.events]).decode() for w in webhooks],
+                "h_lead_ids": [orjson.dumps([str(e.lead_id) for e in w.events]).decode() for w in webhooks],
+                "h_received": [w.received_at for w in webhooks],
+                "e_ids": [event.event_id for _, event, _ in records],
+                "e_leads": [event.lead_id for _, event, _ in records],
+                # The event as published is the event as stored.
+                "e_payloads": [record.value.decode() for _, _, record in records],
+                "e_payloads_bytes": [record.value for _, _, record in records],
+                "e_hooks": [n for n, _, _ in records],
+                "o_topics": [record.topic for _, _, record in records],
+                "o_keys": [record.key for _, _, record in records],
+                # The lead's bucket, as every other service stages it: the intake's rows are
+                # spread over the relays, not all in one bucket.
+                "o_buckets": buckets,
+                "o_headers": headers,
+                # What the notifications hand the relays: each row, so they publish it unread.
+                "o_notes": [
+                    outbox.note_of(record, header) for (_, _, record), header in zip(records, headers, strict=True)
+                ],
+            },
+        )
+    ).one()
     return set(row.fresh)
 
 

@@ -148,10 +148,7 @@ class GroupCommit:
     async def _write(self, group: Sequence[_Waiting]) -> None:
         async with self._engine.connect() as connection:
             autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
-            # Begun, though autocommit (no BEGIN is sent): the statement then goes straight to
-            # asyncpg (coxswain.db.direct).
-            async with autocommit.begin():
-                answers = await store_many(autocommit, [waiting.webhook for waiting in group])
+            answers = await store_many(autocommit, [waiting.webhook for waiting in group])
         for waiting, answer in zip(group, answers, strict=True):
             if not waiting.answer.done():
                 waiting.answer.set_result(answer)

@@ -17,7 +17,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from coxswain.core.capacity import RepLoad
 from coxswain.core.routing import Rotation, RoutingDecision
 from coxswain.core.routing_state import Holder, LeadOwners, RouteRequest, RoutingState, StoredAssignment
-from coxswain.db import direct
 from coxswain.db.sql import clause
 from schemas.events import Tier
 
@@ -74,9 +73,8 @@ async def held_locks(connection: AsyncConnection, lock_class: int) -> set[int]:
 async def wait_for_locks(connection: AsyncConnection, lock_class: int, keys: Sequence[int]) -> None:
     """Take ``keys`` in the order given (ascending, for the callers), waiting for each."""
     # In order within one statement: unnest yields the array in order.
-    await direct.execute(
-        connection,
-        "SELECT pg_advisory_xact_lock(:lock_class, k) FROM unnest(CAST(:keys AS int[])) AS k",
+    await connection.execute(
+        clause("SELECT pg_advisory_xact_lock(:lock_class, k) FROM unnest(CAST(:keys AS int[])) AS k"),
         {"lock_class": lock_class, "keys": list(keys)},
     )
 
@@ -108,9 +106,8 @@ async def named_reps(
     """Without locks: the owners of the ``candidates`` domains, the holders of each domain's newest
     ``domains[domain]`` open leads, and the holders of ``leads``; and, in the same statement (one
     round trip fewer per batch), the roster revision in force."""
-    rows = await direct.rows(
-        connection,
-        (
+    found = await connection.execute(
+        clause(
             "WITH named AS (SELECT owner_rep_id AS rep_id FROM accounts WHERE domain = ANY(:candidates) UNION "
             "SELECT h.rep_id FROM unnest(CAST(:domains AS text[]), CAST(:limits AS int[])) AS d(domain, n), "
             "LATERAL (SELECT rep_id FROM lead_routing WHERE open AND domain = d.domain "
@@ -125,13 +122,14 @@ async def named_reps(
             "leads": list(leads),
         },
     )
+    rows = found.all()
     return NamedReps(
         roster_revision=int(rows[0].revision) if rows else 0,
         reps={row.rep_id for row in rows if row.rep_id is not None},
     )
 
 
-_LOAD_STATE = (
+_LOAD_STATE = text(
     "WITH rot AS MATERIALIZED (SELECT pool_id, current, assigned, away FROM pool_rotation "
     "WHERE pool_id = ANY(:pools) ORDER BY pool_id FOR UPDATE), "
     "acct AS (SELECT domain, owner_rep_id FROM accounts WHERE domain = ANY(:candidates)), "
@@ -179,7 +177,7 @@ async def load_state(
         "keys": list(decision_keys),
         "reps": list(reps),
     }
-    (row,) = await direct.rows(connection, _LOAD_STATE, parameters)
+    row = (await connection.execute(_LOAD_STATE, parameters)).one()
     if len(row.rotations) < len(pools):
         await connection.execute(
             text(
@@ -188,7 +186,7 @@ async def load_state(
             ),
             {"pool_ids": list(pools), "now": now},
         )
-        (row,) = await direct.rows(connection, _LOAD_STATE, parameters)
+        row = (await connection.execute(_LOAD_STATE, parameters)).one()
     open_by_domain: dict[str, list[tuple[uuid.UUID, str, datetime]]] = {}
     for domain, lead_id, rep_id, opened_at in row.held:
         open_by_domain.setdefault(domain, []).append((uuid.UUID(lead_id), rep_id, datetime.fromisoformat(opened_at)))
@@ -243,7 +241,7 @@ def rotation_json(rotation: Rotation) -> dict[str, Any]:
 # and these were five round trips of their own. The parts write different tables, each row at
 # most once (the mappings are keyed by pool, lead and rep), which one statement requires; rows are
 # written in the order given.
-_STORE_RUN = (
+_STORE_RUN = text(
     "WITH assigned AS ("
     " INSERT INTO assignments (assignment_id, decision_key, lead_id, rep_id, pool_id, rule_id, reason, tier,"
     " agreement_version, routed_at, decision)"
@@ -304,8 +302,7 @@ async def store_run(
     any parked under ``settled_keys``: one statement, each part in the order given."""
     if not (assignments or rotations or holders or loads or settled or settled_keys):
         return
-    await direct.execute(
-        connection,
+    await connection.execute(
         _STORE_RUN,
         {
             "now": now,

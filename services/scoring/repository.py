@@ -15,7 +15,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coxswain.core.lead import LeadState
-from coxswain.db import deferred, direct
+from coxswain.db import deferred
+from coxswain.db.sql import clause
 from schemas.events import Event
 
 # LISTENed to by the timer loop, NOTIFYed when a timer is armed.
@@ -171,9 +172,8 @@ def _touches_json(state: LeadState) -> str:
 async def lock_identity_keys(connection: AsyncConnection, keys: Sequence[str]) -> None:
     """Transaction-scoped advisory locks on ``keys``, taken in the order given (sorted, by the
     caller) in one statement, so two transactions locking overlapping keys cannot deadlock."""
-    await direct.execute(
-        connection,
-        (
+    await connection.execute(
+        clause(
             "SELECT pg_advisory_xact_lock(:lock_class, hashtext(k)) "
             "FROM (SELECT unnest(CAST(:keys AS text[])) AS k) AS keys"
         ),

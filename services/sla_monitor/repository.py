@@ -21,7 +21,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coxswain.core.sla import Clock, DeadlineStatus, Timer, TimerKind
 from coxswain.core.sla_clocks import HeldClock
-from coxswain.db import direct
 from schemas.events import ActivityAcceptedV1, EscalationAction, LeadQualifiedV1, Tier
 
 _CLOCK_COLUMNS = (
@@ -41,7 +40,7 @@ _CLOCK_COLUMNS = (
 _TIMER_COLUMNS = "key, kind, due_at AS timer_due_at, fraction, step, step_index, target, exclude_last, carried"
 
 
-def _clock(row: Row[Any] | direct.Row) -> Clock:
+def _clock(row: Row[Any]) -> Clock:
     return Clock(
         deadline_id=row.deadline_id,
         lead_id=row.lead_id,
@@ -58,7 +57,7 @@ def _clock(row: Row[Any] | direct.Row) -> Clock:
     )
 
 
-def _timer(row: Row[Any] | direct.Row) -> Timer:
+def _timer(row: Row[Any]) -> Timer:
     return Timer(
         kind=TimerKind(row.kind),
         key=row.key,
@@ -92,9 +91,8 @@ class AppliedActivity(NamedTuple):
 async def lock_open_clocks(connection: AsyncConnection, lead_ids: Sequence[uuid.UUID]) -> list[HeldClock]:
     """The leads' clocks that can still change, locked in deadline id order (one global order, so
     two monitors cannot deadlock)."""
-    rows = await direct.rows(
-        connection,
-        (
+    rows = await connection.execute(
+        text(
             f"SELECT {', '.join(_CLOCK_COLUMNS)}, started_at, decided_at, decided_by FROM deadlines "
             "WHERE lead_id = ANY(:lead_ids) "
             "AND (status = 'armed' OR (status = 'breached' AND responded_at IS NULL)) "
@@ -107,9 +105,8 @@ async def lock_open_clocks(connection: AsyncConnection, lead_ids: Sequence[uuid.
 
 async def pending_ladders(connection: AsyncConnection, deadline_ids: Sequence[uuid.UUID]) -> list[LadderStep]:
     """The clocks' pending escalation steps, in due order."""
-    rows = await direct.rows(
-        connection,
-        (
+    rows = await connection.execute(
+        text(
             f"SELECT deadline_id, {_TIMER_COLUMNS} FROM sla_timers WHERE deadline_id = ANY(:deadline_ids) "
             "AND status = 'pending' AND kind = 'escalation' ORDER BY due_at, key"
         ),
@@ -120,12 +117,11 @@ async def pending_ladders(connection: AsyncConnection, deadline_ids: Sequence[uu
 
 async def stored_deadline_ids(connection: AsyncConnection, deadline_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
     """Which of these deadlines are already stored."""
-    found = await direct.rows(
-        connection,
-        "SELECT deadline_id FROM deadlines WHERE deadline_id = ANY(:deadline_ids)",
+    found = await connection.scalars(
+        text("SELECT deadline_id FROM deadlines WHERE deadline_id = ANY(:deadline_ids)"),
         {"deadline_ids": list(deadline_ids)},
     )
-    return {row.deadline_id for row in found}
+    return set(found.all())
 
 
 # The batch's leads' facts first, then each one's inbox row and receipt, whatever the statistics
@@ -135,7 +131,7 @@ async def stored_deadline_ids(connection: AsyncConnection, deadline_ids: Sequenc
 # leads in the bench, growing with the inbox (a week of it in production). A semi-join (EXISTS) is
 # turned around the same way; a LATERAL subquery with OFFSET 0 is not flattened into the join, so
 # it is looked up once per fact, by primary key.
-APPLIED_ACTIVITIES = (
+APPLIED_ACTIVITIES = text(
     "WITH facts AS MATERIALIZED (SELECT lead_id, event_id, caused_by, payload FROM lead_facts "
     "WHERE lead_id = ANY(:lead_ids) AND kind = 'ActivityAcceptedV1') "
     "SELECT f.lead_id, e.received_at, f.payload FROM facts f "
@@ -151,10 +147,8 @@ async def applied_activities(
 ) -> list[AppliedActivity]:
     """The accepted activities ``consumer`` already applied for these leads that intake received
     at or after ``received_since``, oldest first: scoring's judgement, with intake's receipt time."""
-    rows = await direct.rows(
-        connection,
-        APPLIED_ACTIVITIES,
-        {"consumer": consumer, "lead_ids": list(lead_ids), "received_since": received_since},
+    rows = await connection.execute(
+        APPLIED_ACTIVITIES, {"consumer": consumer, "lead_ids": list(lead_ids), "received_since": received_since}
     )
     return [
         AppliedActivity(row.lead_id, row.received_at, ActivityAcceptedV1.model_validate(row.payload)) for row in rows
@@ -166,9 +160,8 @@ async def later_routings(
 ) -> list[tuple[uuid.UUID, datetime]]:
     """When the router assigned these leads after ``since``: its own record, stored before the
     routing was published (``services/router/repository.py``)."""
-    rows = await direct.rows(
-        connection,
-        ("SELECT lead_id, routed_at FROM assignments WHERE lead_id = ANY(:lead_ids) AND routed_at > :since"),
+    rows = await connection.execute(
+        text("SELECT lead_id, routed_at FROM assignments WHERE lead_id = ANY(:lead_ids) AND routed_at > :since"),
         {"lead_ids": list(lead_ids), "since": since},
     )
     return [(row.lead_id, row.routed_at) for row in rows]
@@ -180,9 +173,8 @@ async def insert_clocks(
     """New clocks (``arm``'s, with their plan) and their timers: two statements, one per table. A
     clock stopped in the batch that armed it never had a pending timer."""
     planned = [(held, held.plan) for held in created if held.plan is not None]
-    await direct.execute_many(
-        connection,
-        (
+    await connection.execute(
+        text(
             "INSERT INTO deadlines (deadline_id, assignment_id, lead_id, rep_id, milestone, tier, armed_at, "
             "due_at, status, team, started_at, calendar, agreement_version, responded_at, decided_at, decided_by, "
             "responded_by, reassignments, paged) VALUES (:deadline_id, :assignment_id, :lead_id, :rep_id, "
@@ -214,9 +206,8 @@ async def insert_clocks(
             for held, plan in planned
         ],
     )
-    await direct.execute_many(
-        connection,
-        (
+    await connection.execute(
+        text(
             "INSERT INTO sla_timers (deadline_id, key, kind, due_at, status, fraction, step, step_index, target, "
             "exclude_last, decided_at, carried) VALUES (:deadline_id, :key, :kind, :due_at, :status, :fraction, "
             ":step, :step_index, :target, :exclude_last, :decided_at, :carried)"
@@ -244,9 +235,8 @@ async def insert_clocks(
 
 async def update_clocks(connection: AsyncConnection, changed: Sequence[HeldClock]) -> None:
     """Stored clocks as the core left them, in one batched statement."""
-    await direct.execute_many(
-        connection,
-        (
+    await connection.execute(
+        text(
             "UPDATE deadlines SET status = :status, responded_at = :responded_at, decided_at = :decided_at, "
             "decided_by = :decided_by, responded_by = :responded_by, superseded_by = :superseded_by "
             "WHERE deadline_id = :deadline_id"
@@ -267,9 +257,8 @@ async def update_clocks(connection: AsyncConnection, changed: Sequence[HeldClock
 
 
 async def cancel_pending_timers(connection: AsyncConnection, deadline_ids: Sequence[uuid.UUID], now: datetime) -> None:
-    await direct.execute(
-        connection,
-        (
+    await connection.execute(
+        text(
             "UPDATE sla_timers SET status = 'cancelled', decided_at = :now "
             "WHERE deadline_id = ANY(:deadline_ids) AND status = 'pending'"
         ),
@@ -278,9 +267,8 @@ async def cancel_pending_timers(connection: AsyncConnection, deadline_ids: Seque
 
 
 async def insert_mqls(connection: AsyncConnection, qualified: Sequence[LeadQualifiedV1]) -> None:
-    await direct.execute_many(
-        connection,
-        (
+    await connection.execute(
+        text(
             "INSERT INTO marketing_mqls (event_id, lead_id, qualified_at) VALUES (:event_id, :lead_id, :qualified_at) "
             "ON CONFLICT DO NOTHING"
         ),

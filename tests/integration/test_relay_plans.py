@@ -11,7 +11,6 @@ import pytest_asyncio
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from coxswain.db import direct
 from coxswain.db.database import create_relay_engine
 from coxswain.runtime.outbox import DELETE_PUBLISHED, RELAY_LOCK
 from coxswain.settings import DatabaseConfig
@@ -40,7 +39,7 @@ async def scans_of_the_heap_once_grown(connection: AsyncConnection) -> int:
     await connection.execute(text("CREATE TEMPORARY TABLE outbox (LIKE public.outbox INCLUDING ALL)"))
 
     async def delete_published(ids: list[int]) -> None:
-        assert await direct.scalar(connection, DELETE_PUBLISHED, {"ids": ids, "gate": RELAY_LOCK})
+        assert await connection.scalar(DELETE_PUBLISHED, {"ids": ids, "gate": RELAY_LOCK})
 
     # Past the five executions after which PostgreSQL may settle on one plan for all of them.
     for attempt in range(8):
