@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from coxswain.access import TokenTableError
 from coxswain.core.agreement import Agreement
 from coxswain.core.crm_sync import ID_NAME, ROSTER_FIELD, CrmKind, unmapped_reps
-from coxswain.db.database import create_engine, create_relay_engine, require_current_schema
+from coxswain.db.database import create_batch_engine, create_engine, create_relay_engine, require_current_schema
 from coxswain.runtime import health, metrics, outages, retention, tracing
 from coxswain.runtime.agreements import AgreementSource
 from coxswain.runtime.consumer import ConsumerService, Unavailable, one_at_a_time, utc_now
@@ -77,7 +77,7 @@ def routing_in_scoring(scoring: ConsumerSpec, router: ConsumerSpec, router_name:
         )
         return Wired(one_at_a_time(fused), fused, own.tasks)
 
-    return ConsumerSpec(scoring.accepts, wire, scoring.gather_ms)
+    return replace(scoring, wire=wire)
 
 
 # How long the router's records gather when scoring routes inline. What it still has to do itself
@@ -347,7 +347,8 @@ async def run_consumer(
     agreement = source.current
     publisher = await _start_publisher(kafka, stop)
     relay_engine = create_relay_engine(database)
-    service = consumer_service(name, spec, wired, engine, settings)
+    batch_engine = consumer_engine(spec, database, engine)
+    service = consumer_service(name, spec, wired, batch_engine, settings)
     relay = consumer_relay(relay_engine, publisher, settings, service)
     log.info("%s running under agreement %s", name, agreement.version)
     metrics.serve(settings.observability.metrics_port)
@@ -371,8 +372,16 @@ async def run_consumer(
     finally:
         await publisher.stop()
         await relay_engine.dispose()
+        if batch_engine is not engine:
+            await batch_engine.dispose()
         await engine.dispose()
         tracing.shutdown()
+
+
+def consumer_engine(spec: ConsumerSpec, database: DatabaseConfig, engine: AsyncEngine) -> AsyncEngine:
+    """Where the consumer's batches run: connections of their own with generic plans when its spec
+    asks for them (``ConsumerSpec.generic_plans``), else the process's engine."""
+    return create_batch_engine(database) if spec.generic_plans else engine
 
 
 def consumer_service(

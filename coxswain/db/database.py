@@ -41,6 +41,29 @@ def create_relay_engine(config: DatabaseConfig) -> AsyncEngine:
     return _engine(config, RELAY_POOL_SIZE, RELAY_SETTINGS)
 
 
+# The batches of a consumer on a lead's way (scoring, which routes inline, and the router): their
+# statements look rows up by the keys of the batch's leads, reps and pools, which arrive as arrays
+# of one or two at a few leads per second. With such values PostgreSQL's custom plans look cheaper
+# than the generic one, so it keeps planning them again at every call, and for the largest
+# (the routing state, the reps a run names, the identities with their leads) planning took longer
+# than running: 0.2 to 0.4 ms each, nearly a millisecond of every batch on the loop each lead waits
+# for (docs/benchmarks.md, 6 December, morning). Their generic plans are the same index lookups
+# by key whatever the values. Only for these connections: where a parameter's value decides how
+# many rows match (a time range; a status a partial index covers only when the planner sees it, as
+# in the SLA monitor's timer loop), a plan made without the values can be far off, and PostgreSQL's
+# own choice stays right.
+BATCH_SETTINGS = {"plan_cache_mode": "force_generic_plan"}
+# One batch (or its look-up in the inbox) at a time: one connection, and as many again in
+# overflow, as every engine here has.
+BATCH_POOL_SIZE = 1
+
+
+def create_batch_engine(config: DatabaseConfig) -> AsyncEngine:
+    """The engine of the batches of a consumer on a lead's way, apart from the one its process's
+    other work uses (timers, retention, its agreement, health)."""
+    return _engine(config, BATCH_POOL_SIZE, BATCH_SETTINGS)
+
+
 def _engine(config: DatabaseConfig, pool_size: int, settings: dict[str, str]) -> AsyncEngine:
     return create_async_engine(
         config.database_url,

@@ -66,6 +66,9 @@ class ConsumerSpec:
     # Above 0: off that path, so records may gather this long and be applied in fewer, larger
     # batches, which costs far less CPU per record and leaves the cores to the path users wait on.
     gather_ms: int = 0
+    # Its batches run on connections that plan every statement once for all calls
+    # (coxswain.db.database.BATCH_SETTINGS): for a consumer whose statements look rows up by key.
+    generic_plans: bool = False
 
 
 def versioned(current: Callable[[], Agreement], make: Callable[[Agreement], H]) -> Callable[[], H]:

@@ -12,4 +12,6 @@ def _tasks(process: Process) -> tuple[Task, ...]:
     return (lambda stop: service.run_retry(process.engine, process.agreement, config, process.clock, stop),)
 
 
-SPEC = ConsumerSpec(service.ACCEPTS, per_agreement(service.make_handler, service.make_batch_handler, _tasks))
+SPEC = ConsumerSpec(
+    service.ACCEPTS, per_agreement(service.make_handler, service.make_batch_handler, _tasks), generic_plans=True
+)
