@@ -2,8 +2,8 @@
 
 A consumer's transaction ends with one statement that stages its facts in the outbox
 (``coxswain.runtime.outbox.stage_records``). A service's write that nothing later in the same
-transaction reads, such as scoring's states, timeline, identity keys and timers, can be carried in
-that statement as data-modifying CTEs: one round trip fewer per batch, which is a wait for
+transaction reads, such as scoring's states, timeline, identity keys and timers, or the router's
+write of a batch's last run, can be carried in that statement as data-modifying CTEs: one round trip fewer per batch, which is a wait for
 PostgreSQL and a core, its parse and bind, and a wake-up of a backend.
 
 The consumer opens a scope on its connection (``deferring``) for the whole of a batch applied at
@@ -69,6 +69,12 @@ async def write(connection: AsyncConnection, deferred: Write) -> None:
     if scope is not None:
         scope.append(deferred)
         return
+    await write_now(connection, deferred)
+
+
+async def write_now(connection: AsyncConnection, deferred: Write) -> None:
+    """Run ``deferred`` now, in a statement of its own, scope or not: for a write that something
+    later in the transaction reads."""
     sql, parameters = carried([deferred])
     await connection.execute(clause(sql), parameters)
 

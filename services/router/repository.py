@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from coxswain.core.capacity import RepLoad
 from coxswain.core.routing import Rotation, RoutingDecision
 from coxswain.core.routing_state import Holder, LeadOwners, RouteRequest, RoutingState, StoredAssignment
+from coxswain.db import deferred
 from coxswain.db.sql import clause
 from schemas.events import Tier
 
@@ -235,53 +236,54 @@ def rotation_json(rotation: Rotation) -> dict[str, Any]:
     return {"current": dict(rotation.current), "assigned": dict(rotation.assigned), "away": sorted(rotation.away)}
 
 
-# What a run of decisions stores, as one statement: each part a data-modifying CTE over its rows as
+# What a run of decisions stores, as one statement (or as part of the statement that stages the
+# batch's facts, when it is the batch's last run: ``store_run``): each part a data-modifying CTE over its rows as
 # arrays (or one jsonb), so a part with no rows writes nothing and the text is the same for every
 # run (asyncpg prepares it once per connection). At a few leads per second a run holds one lead,
 # and these were five round trips of their own. The parts write different tables, each row at
 # most once (the mappings are keyed by pool, lead and rep), which one statement requires; rows are
 # written in the order given.
-_STORE_RUN = text(
-    "WITH assigned AS ("
+_STORE_RUN_CTES = (
+    "route_assigned AS ("
     " INSERT INTO assignments (assignment_id, decision_key, lead_id, rep_id, pool_id, rule_id, reason, tier,"
     " agreement_version, routed_at, decision)"
     " SELECT assignment_id, decision_key, lead_id, rep_id, pool_id, rule_id, reason, tier, agreement_version,"
-    " routed_at, decision FROM unnest(CAST(:assignment_ids AS uuid[]), CAST(:decision_keys AS uuid[]),"
-    " CAST(:assigned_leads AS uuid[]), CAST(:assigned_reps AS text[]), CAST(:assigned_pools AS text[]),"
-    " CAST(:rule_ids AS text[]), CAST(:reasons AS text[]), CAST(:assigned_tiers AS text[]),"
-    " CAST(:agreement_versions AS text[]), CAST(:routed_at AS timestamptz[]), CAST(:decisions AS jsonb[]))"
+    " routed_at, decision FROM unnest(CAST(:route_assignment_ids AS uuid[]), CAST(:route_decision_keys AS uuid[]),"
+    " CAST(:route_assigned_leads AS uuid[]), CAST(:route_assigned_reps AS text[]), CAST(:route_assigned_pools AS text[]),"
+    " CAST(:route_rule_ids AS text[]), CAST(:route_reasons AS text[]), CAST(:route_assigned_tiers AS text[]),"
+    " CAST(:route_agreement_versions AS text[]), CAST(:route_routed_at AS timestamptz[]), CAST(:route_decisions AS jsonb[]))"
     " WITH ORDINALITY AS run (assignment_id, decision_key, lead_id, rep_id, pool_id, rule_id, reason, tier,"
     " agreement_version, routed_at, decision, n)"
     " ORDER BY n ON CONFLICT (decision_key) DO NOTHING"
-    "), rotated AS ("
-    " UPDATE pool_rotation AS p SET current = v.current, assigned = v.assigned, away = v.away, updated_at = :now"
-    " FROM jsonb_to_recordset(CAST(:rotations AS jsonb)) AS v(pool_id text, current jsonb, assigned jsonb,"
+    "), route_rotated AS ("
+    " UPDATE pool_rotation AS p SET current = v.current, assigned = v.assigned, away = v.away, updated_at = :route_now"
+    " FROM jsonb_to_recordset(CAST(:route_rotations AS jsonb)) AS v(pool_id text, current jsonb, assigned jsonb,"
     " away jsonb) WHERE p.pool_id = v.pool_id"
-    "), held AS ("
+    "), route_held AS ("
     " INSERT INTO lead_routing (lead_id, assignment_id, rep_id, pool_id, owners, domain, tier, load, open,"
     " opened_at, released_at)"
     " SELECT lead_id, assignment_id, rep_id, pool_id, owners, domain, tier, load, open, opened_at, NULL"
-    " FROM unnest(CAST(:holder_leads AS uuid[]), CAST(:holder_assignments AS uuid[]), CAST(:holder_reps AS text[]),"
-    " CAST(:holder_pools AS text[]), CAST(:holder_owners AS jsonb[]), CAST(:holder_domains AS text[]),"
-    " CAST(:holder_tiers AS text[]), CAST(:holder_loads AS int[]), CAST(:holder_open AS boolean[]),"
-    " CAST(:holder_opened_at AS timestamptz[]))"
+    " FROM unnest(CAST(:route_holder_leads AS uuid[]), CAST(:route_holder_assignments AS uuid[]), CAST(:route_holder_reps AS text[]),"
+    " CAST(:route_holder_pools AS text[]), CAST(:route_holder_owners AS jsonb[]), CAST(:route_holder_domains AS text[]),"
+    " CAST(:route_holder_tiers AS text[]), CAST(:route_holder_loads AS int[]), CAST(:route_holder_open AS boolean[]),"
+    " CAST(:route_holder_opened_at AS timestamptz[]))"
     " WITH ORDINALITY AS run (lead_id, assignment_id, rep_id, pool_id, owners, domain, tier, load, open, opened_at, n)"
     " ORDER BY n ON CONFLICT (lead_id) DO UPDATE SET assignment_id = excluded.assignment_id,"
     " rep_id = excluded.rep_id, pool_id = excluded.pool_id, owners = excluded.owners, domain = excluded.domain,"
     " tier = excluded.tier, load = excluded.load, open = excluded.open, opened_at = excluded.opened_at,"
     " released_at = NULL"
-    "), counted AS ("
+    "), route_counted AS ("
     " INSERT INTO rep_counters (rep_id, open_load, open_leads, day, assigned_on_day, updated_at)"
-    " SELECT rep_id, open_load, open_leads, day, assigned_on_day, :now FROM unnest(CAST(:counter_reps AS text[]),"
-    " CAST(:open_loads AS int[]), CAST(:open_leads AS int[]), CAST(:days AS date[]),"
-    " CAST(:assigned_on_day AS int[])) WITH ORDINALITY AS run (rep_id, open_load, open_leads, day, assigned_on_day, n)"
+    " SELECT rep_id, open_load, open_leads, day, assigned_on_day, :route_now FROM unnest(CAST(:route_counter_reps AS text[]),"
+    " CAST(:route_open_loads AS int[]), CAST(:route_open_leads AS int[]), CAST(:route_days AS date[]),"
+    " CAST(:route_assigned_on_day AS int[])) WITH ORDINALITY AS run (rep_id, open_load, open_leads, day, assigned_on_day, n)"
     " ORDER BY n ON CONFLICT (rep_id) DO UPDATE SET open_load = excluded.open_load,"
     " open_leads = excluded.open_leads, day = excluded.day, assigned_on_day = excluded.assigned_on_day,"
     " updated_at = excluded.updated_at"
-    "), settled AS ("
-    " DELETE FROM unassigned_leads WHERE lead_id = ANY(CAST(:settled_leads AS uuid[]))"
-    " OR decision_key = ANY(CAST(:settled_keys AS uuid[]))"
-    ") SELECT 1"
+    "), route_settled AS ("
+    " DELETE FROM unassigned_leads WHERE lead_id = ANY(CAST(:route_settled_leads AS uuid[]))"
+    " OR decision_key = ANY(CAST(:route_settled_keys AS uuid[]))"
+    ")"
 )
 
 
@@ -295,50 +297,56 @@ async def store_run(
     settled: Collection[uuid.UUID],
     settled_keys: Collection[uuid.UUID],
     now: datetime,
+    last: bool = False,
 ) -> None:
     """The run's assignments (a decision key stored before is left as it is), the pools' rotation
     rows (made by ``load_state``), each lead's ``lead_routing`` row (a holder written here is not
     released), the reps' counters, and the end of the parked requests of ``settled`` leads and of
-    any parked under ``settled_keys``: one statement, each part in the order given."""
+    any parked under ``settled_keys``: one statement, each part in the order given.
+
+    ``last``: nothing after this run in its transaction reads the router's tables, so the write
+    may ride in the statement that stages the facts (``coxswain.db.deferred``); otherwise it runs
+    now, for the runs after it to read."""
     if not (assignments or rotations or holders or loads or settled or settled_keys):
         return
-    await connection.execute(
-        _STORE_RUN,
+    write = deferred.Write(
+        _STORE_RUN_CTES,
         {
-            "now": now,
-            "assignment_ids": [a.assignment_id for a in assignments],
-            "decision_keys": [a.decision_key for a in assignments],
-            "assigned_leads": [a.lead_id for a in assignments],
-            "assigned_reps": [a.rep_id for a in assignments],
-            "assigned_pools": [a.pool_id for a in assignments],
-            "rule_ids": [a.rule_id for a in assignments],
-            "reasons": [a.reason for a in assignments],
-            "assigned_tiers": [a.tier for a in assignments],
-            "agreement_versions": [a.agreement_version for a in assignments],
-            "routed_at": [a.routed_at for a in assignments],
-            "decisions": [a.decision for a in assignments],
-            "rotations": orjson.dumps(
+            "route_now": now,
+            "route_assignment_ids": [a.assignment_id for a in assignments],
+            "route_decision_keys": [a.decision_key for a in assignments],
+            "route_assigned_leads": [a.lead_id for a in assignments],
+            "route_assigned_reps": [a.rep_id for a in assignments],
+            "route_assigned_pools": [a.pool_id for a in assignments],
+            "route_rule_ids": [a.rule_id for a in assignments],
+            "route_reasons": [a.reason for a in assignments],
+            "route_assigned_tiers": [a.tier for a in assignments],
+            "route_agreement_versions": [a.agreement_version for a in assignments],
+            "route_routed_at": [a.routed_at for a in assignments],
+            "route_decisions": [a.decision for a in assignments],
+            "route_rotations": orjson.dumps(
                 [{"pool_id": pool, **rotation_json(rotation)} for pool, rotation in rotations.items()]
             ).decode(),
-            "holder_leads": list(holders),
-            "holder_assignments": [h.assignment_id for h in holders.values()],
-            "holder_reps": [h.rep_id for h in holders.values()],
-            "holder_pools": [h.pool_id for h in holders.values()],
-            "holder_owners": [orjson.dumps(list(h.owners)).decode() for h in holders.values()],
-            "holder_domains": [h.domain for h in holders.values()],
-            "holder_tiers": [h.tier.value for h in holders.values()],
-            "holder_loads": [h.load for h in holders.values()],
-            "holder_open": [h.open for h in holders.values()],
-            "holder_opened_at": [h.opened_at for h in holders.values()],
-            "counter_reps": list(loads),
-            "open_loads": [load.open_load for load in loads.values()],
-            "open_leads": [load.open_leads for load in loads.values()],
-            "days": [load.day for load in loads.values()],
-            "assigned_on_day": [load.assigned_on_day for load in loads.values()],
-            "settled_leads": list(settled),
-            "settled_keys": list(settled_keys),
+            "route_holder_leads": list(holders),
+            "route_holder_assignments": [h.assignment_id for h in holders.values()],
+            "route_holder_reps": [h.rep_id for h in holders.values()],
+            "route_holder_pools": [h.pool_id for h in holders.values()],
+            "route_holder_owners": [orjson.dumps(list(h.owners)).decode() for h in holders.values()],
+            "route_holder_domains": [h.domain for h in holders.values()],
+            "route_holder_tiers": [h.tier.value for h in holders.values()],
+            "route_holder_loads": [h.load for h in holders.values()],
+            "route_holder_open": [h.open for h in holders.values()],
+            "route_holder_opened_at": [h.opened_at for h in holders.values()],
+            "route_counter_reps": list(loads),
+            "route_open_loads": [load.open_load for load in loads.values()],
+            "route_open_leads": [load.open_leads for load in loads.values()],
+            "route_days": [load.day for load in loads.values()],
+            "route_assigned_on_day": [load.assigned_on_day for load in loads.values()],
+            "route_settled_leads": list(settled),
+            "route_settled_keys": list(settled_keys),
         },
     )
+    await (deferred.write(connection, write) if last else deferred.write_now(connection, write))
 
 
 # Parked requests.

@@ -234,10 +234,12 @@ async def route_requests(
     requests: Sequence[RouteRequest],
     now: datetime,
     locked: Held | None = None,
+    last: bool = False,
 ) -> list[tuple[RoutingDecision, list[Event]]]:
     """Decide requests in order, each seeing the ones before it, in a fixed number of statements
     (plus one per parked lead). Each lead at most once: the caller splits runs on a repeat.
-    ``locked``: what the caller already locked with ``lock_for`` for these requests."""
+    ``locked``: what the caller already locked with ``lock_for`` for these requests. ``last``:
+    nothing after this run in the transaction reads the router's tables (``store``)."""
     assert len({request.lead_id for request in requests}) == len(requests), "a lead twice in one run"
     if not requests:
         return []
@@ -274,7 +276,7 @@ async def route_requests(
                     fact.rule_id,
                     decision.matched_by,
                 )
-    await store(connection, run, now)
+    await store(connection, run, now, last)
     return results
 
 
@@ -365,9 +367,11 @@ def decision_record(
     }
 
 
-async def store(connection: AsyncConnection, run: Run, now: datetime) -> None:
+async def store(connection: AsyncConnection, run: Run, now: datetime, last: bool = False) -> None:
     """The run's assignments, the rotations, holders and counters they left, and the end of the
-    waits they settled, in one statement. What changed is what the core replaced."""
+    waits they settled, in one statement. What changed is what the core replaced. The last run of
+    a batch applied whole stores in the statement that stages the batch's facts: a round trip
+    fewer on the way of every lead routed in scoring's transaction (``repository.store_run``)."""
     loaded, state = run.loaded, run.state
     await repository.store_run(
         connection,
@@ -388,6 +392,7 @@ async def store(connection: AsyncConnection, run: Run, now: datetime) -> None:
         settled=run.settled,
         settled_keys=run.settled_keys,
         now=now,
+        last=last,
     )
 
 
@@ -490,10 +495,10 @@ def make_batch_handler(agreement: Agreement) -> BatchHandler:
             also_leads=[event.lead_id for event in events if not isinstance(event, LeadQualifiedV1)],
         )
 
-        async def flush() -> None:
+        async def flush(last: bool = False) -> None:
             if run:
                 requests = [request for _, request in run]
-                results = await route_requests(connection, agreement, roster, requests, now, locked)
+                results = await route_requests(connection, agreement, roster, requests, now, locked, last)
                 for (index, _), (_, found) in zip(run, results, strict=True):
                     facts[index] = found
                 run.clear()
@@ -518,7 +523,8 @@ def make_batch_handler(agreement: Agreement) -> BatchHandler:
             request = await reassignment_request(connection, event, agreement)
             if request is not None:
                 _, facts[index] = await route_request(connection, agreement, roster, request, now)
-        await flush()
+        # Nothing reads the router's tables after the last run: its write rides with the facts.
+        await flush(last=True)
         return facts
 
     return handle

@@ -26,6 +26,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coxswain.core.agreement import Agreement, parse_agreement
 from coxswain.core.identity import lead_id_for
+from coxswain.db import deferred
+from coxswain.runtime import outbox
 from coxswain.runtime.consumer import BatchHandler, PermanentError, claim, claim_many, one_at_a_time
 from schemas.events import (
     ActivityAcceptedV1,
@@ -117,7 +119,11 @@ async def apply_both_ways(
         async with whole.begin() as connection:
             if consumer is not None:
                 await claim_many(connection, consumer, [(event.event_id, event.topic) for event in applied], now)
-            results = await batch(connection, applied, now)
+            # As the consumer applies a batch whole: writes nothing later reads ride in the
+            # statement that stages the facts (coxswain.db.deferred), run here with no facts.
+            with deferred.deferring(connection):
+                results = await batch(connection, applied, now)
+                await outbox.stage_records(connection, [], now)
             assert len(results) == len(applied)
             facts[1] += [[fact.model_dump(mode="json") for fact in each] for each in results]
     for n, (single_facts, whole_facts) in enumerate(zip(facts[0], facts[1], strict=True)):

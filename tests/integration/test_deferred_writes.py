@@ -138,6 +138,9 @@ async def test_scorings_batch_writes_its_rows_in_the_statement_that_stages_its_f
     # One statement writes the leads, and it is the last: the one that stages the facts.
     assert writing_leads == [len(statements.sent) - 1]
     assert "INSERT INTO outbox" in statements.sent[-1]
+    # The router's decisions, made in the same transaction, ride in it too: its run is the last.
+    writing_assignments = [n for n, sql in enumerate(statements.sent) if "INSERT INTO assignments" in sql]
+    assert writing_assignments == [len(statements.sent) - 1]
     async with engine.connect() as connection:
         stored = await connection.scalar(
             text("SELECT count(*) FROM leads WHERE lead_id = ANY(:ids)"), {"ids": [lead.lead_id for lead in leads]}
