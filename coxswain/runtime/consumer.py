@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import heapq
 import logging
 import math
@@ -160,8 +161,35 @@ async def claim_first_seen(
     """The event ids of ``claims`` (event id, topic, lead id) this consumer sees for the first
     time, each with the time its lead was erased (None: never), in one statement: looking the
     tombstones up costs a batch no round trip."""
+    return (await claim_batch(connection, consumer, claims, now)).first_seen
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """What a claim found: the event ids seen for the first time, each with the time its lead was
+    erased (None: never); and that time for every lead the claim named, whose erasure locks the
+    transaction holds from then on (``erasure_tombstones``), so no erasure of them commits before
+    it does."""
+
+    first_seen: dict[uuid.UUID, datetime | None]
+    leads: dict[uuid.UUID, datetime | None]
+
+
+# The leads the claim of the batch being applied named (``Claimed.leads``), while its handlers run.
+_CLAIMED_LEADS: contextvars.ContextVar[Mapping[uuid.UUID, datetime | None] | None] = contextvars.ContextVar(
+    "coxswain_claimed_leads", default=None
+)
+
+
+async def claim_batch(
+    connection: AsyncConnection,
+    consumer: str,
+    claims: Sequence[tuple[uuid.UUID, str, uuid.UUID | None]],
+    now: datetime,
+) -> Claimed:
+    """``claim_first_seen``, and what it learnt of every lead it named."""
     if not claims:
-        return {}
+        return Claimed({}, {})
     leads = sorted({lead_id for _, _, lead_id in claims if lead_id is not None})
     try:
         rows = await connection.execute(
@@ -191,11 +219,47 @@ async def claim_first_seen(
             first_seen.add(row.event_id)
         else:
             erased[row.tombstone] = row.erased_at
-    return {
-        event_id: erased.get(lead_id) if lead_id is not None else None
-        for event_id, _, lead_id in claims
-        if event_id in first_seen
-    }
+    return Claimed(
+        {
+            event_id: erased.get(lead_id) if lead_id is not None else None
+            for event_id, _, lead_id in claims
+            if event_id in first_seen
+        },
+        {lead_id: erased.get(lead_id) for lead_id in leads},
+    )
+
+
+async def claim_with_the_batch(
+    connection: AsyncConnection, consumer: str, facts: Sequence[Event], now: datetime
+) -> dict[uuid.UUID, datetime | None] | None:
+    """Facts the batch being applied produced, claimed for ``consumer`` without a round trip of
+    their own: each seen for the first time, with its lead's erasure time as the batch's claim read
+    it. None when a fact's lead is not one the batch's claim named (a lead merged into another), or
+    outside a batch's handlers: then only a claim of their own (``claim_first_seen``) can lock and
+    read its erasure.
+
+    The facts are new: a fact's id is derived from the event that caused it (``fact_id``), and
+    the batch's claim has just seen that event for the first time. Their inbox rows ride in the
+    statement that stages the facts (``coxswain.db.deferred``); nothing before it reads them."""
+    leads = _CLAIMED_LEADS.get()
+    if leads is None or any(fact.lead_id not in leads for fact in facts):
+        return None
+    await deferred.write(
+        connection,
+        deferred.Write(
+            "handed_claims AS (INSERT INTO inbox (consumer, event_id, topic, processed_at) "
+            "SELECT :handed_consumer, u.event_id, u.topic, :handed_now "
+            "FROM unnest(CAST(:handed_ids AS uuid[]), CAST(:handed_topics AS text[])) AS u(event_id, topic) "
+            "ON CONFLICT DO NOTHING)",
+            {
+                "handed_consumer": consumer,
+                "handed_ids": [fact.event_id for fact in facts],
+                "handed_topics": [fact.topic for fact in facts],
+                "handed_now": now,
+            },
+        ),
+    )
+    return {fact.event_id: leads[fact.lead_id] for fact in facts}
 
 
 LOCK_NOT_AVAILABLE = "55P03"
@@ -513,11 +577,12 @@ class ConsumerService:
                 plan.append((event_id, delivery, record))
             else:
                 plan.append((outcome.event_id, delivery, outcome))
-        first_seen = await claim_first_seen(
+        claimed = await claim_batch(
             connection, self.name, [(i, _claim_topic(d, o), _lead_id(o)) for i, d, o in plan], now
         )
+        first_seen = claimed.first_seen
         staged: list[tuple[uuid.UUID, WireRecord]] = []
-        claimed: list[tuple[Delivery, Event, datetime | None]] = []
+        to_apply: list[tuple[Delivery, Event, datetime | None]] = []
         for event_id, delivery, item in plan:
             if event_id not in first_seen:
                 continue
@@ -528,14 +593,17 @@ class ConsumerService:
                 metrics.dead_lettered(self.name, delivery.topic)
                 self._log_dead_letter(delivery, "DecodeError")
             else:
-                claimed.append((delivery, item, erased_at))
+                to_apply.append((delivery, item, erased_at))
         started = tracing.now_ns()
         # The handlers' writes that nothing after them reads ride in the statement that stages
         # the facts (coxswain.db.deferred): a round trip fewer. Only here, where the batch is one
         # attempt: the careful way applies records in savepoints, each writing at once.
         with deferred.deferring(connection):
+            # The handlers may claim the facts they hand over under the locks this claim holds
+            # (``claim_with_the_batch``).
+            handing = _CLAIMED_LEADS.set(claimed.leads)
             try:
-                applied = [(delivery, as_applied(event, erased_at)) for delivery, event, erased_at in claimed]
+                applied = [(delivery, as_applied(event, erased_at)) for delivery, event, erased_at in to_apply]
                 if self._batch_handler is not None and applied:
                     facts_per_event = await self._batch_handler(connection, [event for _, event in applied], now)
                 else:
@@ -544,6 +612,8 @@ class ConsumerService:
                 if is_connection_error(exc) or isinstance(exc, RetrySoon | Unavailable):
                     raise
                 raise _RecordFailed(type(exc).__name__) from exc
+            finally:
+                _CLAIMED_LEADS.reset(handing)
             for (delivery, event), facts in zip(applied, facts_per_event, strict=True):
                 traceparent = self._span(delivery, event, started)
                 staged += [(fact.event_id, encode(fact, traceparent=traceparent)) for fact in facts]

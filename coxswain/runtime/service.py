@@ -22,7 +22,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coxswain.core.agreement import Agreement
 from coxswain.runtime import metrics
-from coxswain.runtime.consumer import BatchHandler, Handler, RetrySoon, as_applied, claim_first_seen
+from coxswain.runtime.consumer import (
+    BatchHandler,
+    Handler,
+    RetrySoon,
+    as_applied,
+    claim_first_seen,
+    claim_with_the_batch,
+)
 from coxswain.runtime.outages import is_connection_error
 from coxswain.settings import Settings
 from schemas.events import Event
@@ -146,7 +153,10 @@ def handing_over(
     ``then`` fails (a passing lock conflict, a fact it refuses), the whole batch is rolled back
     (``HandOverFailed``, a ``RetrySoon``) and applied again at once without handing over, so
     ``consumer`` applies those facts from Kafka as it would have anyway, with its own retries and
-    dead-letter topic: handing over is never a new way to fail ``first``'s input. Rolling back to a
+    dead-letter topic: handing over is never a new way to fail ``first``'s input. The claims ride in
+    the statement that stages the facts when the batch's own claim locked and read the erasures of
+    their leads (``claim_with_the_batch``), as it has for scoring's facts about the leads it was
+    given; a fact about another lead (a merge) is claimed at once. Rolling back to a
     savepoint instead cost every batch two more round trips (the savepoint and its release) for a
     failure that is rare. Each handed fact's own facts follow it, so they are staged (and
     published) after it."""
@@ -162,9 +172,11 @@ def handing_over(
             declined.difference_update(inputs)
             return facts
         try:
-            first_seen = await claim_first_seen(
-                connection, consumer, [(fact.event_id, fact.topic, fact.lead_id) for _, fact in handed], now
-            )
+            first_seen = await claim_with_the_batch(connection, consumer, [fact for _, fact in handed], now)
+            if first_seen is None:
+                first_seen = await claim_first_seen(
+                    connection, consumer, [(fact.event_id, fact.topic, fact.lead_id) for _, fact in handed], now
+                )
             todo = [
                 (index, as_applied(fact, first_seen[fact.event_id]))
                 for index, fact in handed

@@ -141,6 +141,10 @@ async def test_scorings_batch_writes_its_rows_in_the_statement_that_stages_its_f
     # The router's decisions, made in the same transaction, ride in it too: its run is the last.
     writing_assignments = [n for n, sql in enumerate(statements.sent) if "INSERT INTO assignments" in sql]
     assert writing_assignments == [len(statements.sent) - 1]
+    # So do the router's inbox claims of the facts it was handed: the batch's own claim is the
+    # only other statement that claims (tests/integration/test_handed_claims.py).
+    claiming = [n for n, sql in enumerate(statements.sent) if "INSERT INTO inbox" in sql]
+    assert claiming == [0, len(statements.sent) - 1]
     async with engine.connect() as connection:
         stored = await connection.scalar(
             text("SELECT count(*) FROM leads WHERE lead_id = ANY(:ids)"), {"ids": [lead.lead_id for lead in leads]}
