@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -21,34 +21,20 @@ from coxswain.runtime.consumer import ConsumerService, Delivery, one_at_a_time
 from coxswain.runtime.service import handing_over
 from coxswain.settings import ConsumerConfig, KafkaConfig
 from schemas.codec import encode
-from schemas.events import Event, LeadAttributes, LeadReceivedV1
+from schemas.events import Event, LeadReceivedV1
 from services.admin.privacy import Found, erase
+from tests.integration.test_consumer_erasure import ERASED_AT, FORGOTTEN, PERSON, received
 from tests.support.databases import engine_without_relays
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-ERASED_AT = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
 NOW = ERASED_AT + timedelta(minutes=5)
-PERSON = LeadAttributes(email="ilse.brandvold@brandvold.example", first_name="Ilse", company="Brandvold Tools")
-FORGOTTEN = LeadAttributes(company="Brandvold Tools")
 
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def engine(infrastructure: None) -> AsyncIterator[AsyncEngine]:
     async with engine_without_relays() as database:
         yield database
-
-
-def received(lead_id: uuid.UUID, occurred_at: datetime = NOW) -> LeadReceivedV1:
-    return LeadReceivedV1(
-        event_id=uuid.uuid4(),
-        lead_id=lead_id,
-        occurred_at=occurred_at,
-        source="webform",
-        webhook_id=f"msg_{uuid.uuid4().hex}",
-        engagement="demo_request",
-        attributes=PERSON,
-    )
 
 
 class Handing:
@@ -118,7 +104,7 @@ async def test_facts_of_the_batchs_own_leads_are_claimed_in_the_statement_that_s
     engine: AsyncEngine,
 ) -> None:
     consumer = Handing(engine)
-    events = [received(uuid.uuid4()), received(uuid.uuid4())]
+    events = [received(uuid.uuid4(), NOW), received(uuid.uuid4(), NOW)]
 
     sent = await consumer.process(events)
 
@@ -134,7 +120,7 @@ async def test_a_fact_of_a_lead_the_batch_did_not_name_is_claimed_at_once(engine
     """A lead merged into another: only a claim of its own locks and reads the other's erasure."""
     merged, into = uuid.uuid4(), uuid.uuid4()
     consumer = Handing(engine, lead_of={merged: into})
-    event = received(merged)
+    event = received(merged, NOW)
 
     sent = await consumer.process([event])
 
@@ -166,7 +152,7 @@ async def test_a_handed_fact_from_before_its_leads_erasure_arrives_without_the_p
 
 async def test_a_batch_applied_again_claims_nothing_twice(engine: AsyncEngine) -> None:
     consumer = Handing(engine)
-    events = [received(uuid.uuid4())]
+    events = [received(uuid.uuid4(), NOW)]
     await consumer.process(events)
     consumer.given.clear()
 
