@@ -404,6 +404,7 @@ def consumer_service(
         batch_handler=None if wired.batch_handler is None else metrics.timed_batch(name, wired.batch_handler),
         gather_ms=spec.gather_ms if wired.gather_ms is None else wired.gather_ms,
         skip_applied=wired.skip_applied,
+        claim_locks=spec.claim_locks,
     )
 
 

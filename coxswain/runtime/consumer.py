@@ -34,7 +34,7 @@ import math
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -181,16 +181,47 @@ _CLAIMED_LEADS: contextvars.ContextVar[Mapping[uuid.UUID, datetime | None] | Non
 )
 
 
+@dataclass(frozen=True)
+class ClaimLocks:
+    """Transaction-scoped advisory locks a service's batch handler takes before it reads anything
+    (``keys``: those its events need), taken instead in the statement that claims the batch: a
+    round trip fewer. Each lock is the two-int key (``lock_class``, ``hashtext(key)``), and the
+    keys are taken in sorted order, so two transactions wanting overlapping keys cannot deadlock.
+
+    The handler's first read comes in a statement after the claim's, so under READ COMMITTED it
+    sees everything the locks' previous holders committed. A handler asks which keys are held
+    (``locked_with_the_claim``) and locks the rest itself: outside a batch applied whole (record by
+    record, in savepoints) none are."""
+
+    lock_class: int
+    keys: Callable[[Sequence[Event]], Iterable[str]]
+
+
+# The keys the claim of the batch being applied locked, by lock class, while its handlers run.
+_LOCKED_WITH_CLAIM: contextvars.ContextVar[tuple[int, frozenset[str]] | None] = contextvars.ContextVar(
+    "coxswain_locked_with_claim", default=None
+)
+
+
+def locked_with_the_claim(lock_class: int) -> frozenset[str]:
+    """The keys of ``lock_class`` the claim of the batch being applied holds (``ClaimLocks``)."""
+    locked = _LOCKED_WITH_CLAIM.get()
+    return locked[1] if locked is not None and locked[0] == lock_class else frozenset()
+
+
 async def claim_batch(
     connection: AsyncConnection,
     consumer: str,
     claims: Sequence[tuple[uuid.UUID, str, uuid.UUID | None]],
     now: datetime,
+    locks: tuple[int, Sequence[str]] | None = None,
 ) -> Claimed:
-    """``claim_first_seen``, and what it learnt of every lead it named."""
+    """``claim_first_seen``, and what it learnt of every lead it named; ``locks`` (a lock class and
+    its keys, sorted) are taken in the same statement, after the erasure locks (``ClaimLocks``)."""
     if not claims:
         return Claimed({}, {})
     leads = sorted({lead_id for _, _, lead_id in claims if lead_id is not None})
+    lock_class, lock_keys = locks or (0, ())
     try:
         rows = await connection.execute(
             clause(
@@ -198,13 +229,19 @@ async def claim_batch(
                 "SELECT :c, u.event_id, u.topic, :now FROM unnest(CAST(:ids AS uuid[]), CAST(:topics AS text[])) "
                 "AS u(event_id, topic) ON CONFLICT DO NOTHING RETURNING event_id) "
                 "SELECT event_id, NULL::uuid AS tombstone, NULL::timestamptz AS erased_at FROM claimed UNION ALL "
-                "SELECT NULL, tombstone, erased_at FROM erasure_tombstones(CAST(:leads AS uuid[]))"
+                "SELECT NULL, tombstone, erased_at FROM erasure_tombstones(CAST(:leads AS uuid[])) UNION ALL "
+                # Last, so an erasure in progress gives the batch back before it waits for these.
+                # The count is never negative: the arm returns no row, but runs, in the keys' order.
+                "SELECT NULL, NULL, NULL FROM (SELECT count(pg_advisory_xact_lock(:lock_class, hashtext(k))) AS n "
+                "FROM unnest(CAST(:lock_keys AS text[])) AS k) AS locked WHERE locked.n < 0"
             ),
             {
                 "c": consumer,
                 "ids": [event_id for event_id, _, _ in claims],
                 "topics": [topic for _, topic, _ in claims],
                 "leads": leads,
+                "lock_class": lock_class,
+                "lock_keys": list(lock_keys),
                 "now": now,
             },
         )
@@ -325,8 +362,10 @@ class ConsumerService:
         batch_handler: BatchHandler | None = None,
         gather_ms: int = 0,
         skip_applied: bool = False,
+        claim_locks: ClaimLocks | None = None,
     ) -> None:
         self.name = name
+        self._claim_locks = claim_locks
         # Most records were applied for this consumer in the transaction that produced them
         # (routing in scoring): look the batch up in the inbox first (see ``_all_applied``).
         self._skip_applied = skip_applied
@@ -577,8 +616,12 @@ class ConsumerService:
                 plan.append((event_id, delivery, record))
             else:
                 plan.append((outcome.event_id, delivery, outcome))
+        locks = None
+        if self._claim_locks is not None:
+            events = [item for _, _, item in plan if not isinstance(item, WireRecord)]
+            locks = (self._claim_locks.lock_class, sorted(set(self._claim_locks.keys(events))))
         claimed = await claim_batch(
-            connection, self.name, [(i, _claim_topic(d, o), _lead_id(o)) for i, d, o in plan], now
+            connection, self.name, [(i, _claim_topic(d, o), _lead_id(o)) for i, d, o in plan], now, locks
         )
         first_seen = claimed.first_seen
         staged: list[tuple[uuid.UUID, WireRecord]] = []
@@ -602,6 +645,7 @@ class ConsumerService:
             # The handlers may claim the facts they hand over under the locks this claim holds
             # (``claim_with_the_batch``).
             handing = _CLAIMED_LEADS.set(claimed.leads)
+            holding = _LOCKED_WITH_CLAIM.set(None if locks is None else (locks[0], frozenset(locks[1])))
             try:
                 applied = [(delivery, as_applied(event, erased_at)) for delivery, event, erased_at in to_apply]
                 if self._batch_handler is not None and applied:
@@ -613,6 +657,7 @@ class ConsumerService:
                     raise
                 raise _RecordFailed(type(exc).__name__) from exc
             finally:
+                _LOCKED_WITH_CLAIM.reset(holding)
                 _CLAIMED_LEADS.reset(handing)
             for (delivery, event), facts in zip(applied, facts_per_event, strict=True):
                 traceparent = self._span(delivery, event, started)

@@ -24,6 +24,7 @@ from coxswain.core.agreement import Agreement
 from coxswain.runtime import metrics
 from coxswain.runtime.consumer import (
     BatchHandler,
+    ClaimLocks,
     Handler,
     RetrySoon,
     as_applied,
@@ -76,6 +77,8 @@ class ConsumerSpec:
     # Its batches run on connections that plan every statement once for all calls
     # (coxswain.db.database.BATCH_SETTINGS): for a consumer whose statements look rows up by key.
     generic_plans: bool = False
+    # Advisory locks its batch handler needs first, taken in the statement that claims a batch.
+    claim_locks: ClaimLocks | None = None
 
 
 def versioned(current: Callable[[], Agreement], make: Callable[[Agreement], H]) -> Callable[[], H]:

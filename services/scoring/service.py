@@ -24,7 +24,14 @@ from coxswain.core.lead import (
     unknown_lead,
 )
 from coxswain.db.leads import identities_and_leads
-from coxswain.runtime.consumer import BatchHandler, Handler, PermanentError, one_at_a_time
+from coxswain.runtime.consumer import (
+    BatchHandler,
+    ClaimLocks,
+    Handler,
+    PermanentError,
+    locked_with_the_claim,
+    one_at_a_time,
+)
 from schemas.events import (
     ActivityRecordedV1,
     Event,
@@ -86,8 +93,8 @@ async def apply_batch(
 ) -> list[Outcome]:
     """Apply events in order as if one at a time, with a fixed number of statements per batch.
 
-    Identity keys are locked in one statement, then read in the next together with every lead
-    the batch may touch, loaded under row locks; the core runs over the events in order against
+    Identity keys are locked in one statement (the consumer's claim, ``CLAIM_LOCKS``), then read
+    in the next together with every lead the batch may touch, loaded under row locks; the core runs over the events in order against
     the states in memory (a lead named twice sees its first event's result), and then the new
     identity keys, the final states, the facts and the re-evaluation timers are written in one
     statement: three statements per batch, whatever its size. The new identity keys wait for that statement:
@@ -170,18 +177,29 @@ async def _lock_and_read_identities(
     Transaction-scoped advisory locks, taken in sorted order in one statement, serialise two
     events of one person processed at once by different instances, so both see the same keys.
     The read comes in a statement after the locks, so it sees what their last holder committed.
+    In a batch applied whole the consumer's claim has taken them already (``CLAIM_LOCKS``).
     """
+    locked = set(identity_locks(events))
+    if locked - locked_with_the_claim(repository.IDENTITY_LOCK_CLASS):
+        await repository.lock_identity_keys(connection, sorted(locked))
+    wanted = {alias_key(event.lead_id) for event in events}
+    return await identities_and_leads(connection, sorted(locked | wanted), [event.lead_id for event in events])
+
+
+def identity_locks(events: Sequence[Event]) -> set[str]:
+    """The identity keys a batch locks: every key of its new leads, and each one's provisional id."""
     locked: set[str] = set()
-    wanted: set[str] = set()
     for event in events:
         if isinstance(event, LeadReceivedV1):
             keys = identity_keys(event.attributes.email, event.source, event.external_id)
             if keys:
                 locked.update((*keys, alias_key(event.lead_id)))
-        wanted.add(alias_key(event.lead_id))
-    if locked:
-        await repository.lock_identity_keys(connection, sorted(locked))
-    return await identities_and_leads(connection, sorted(locked | wanted), [event.lead_id for event in events])
+    return locked
+
+
+# Taken in the statement that claims the batch: a round trip fewer per batch. The claim computes
+# them from the events before an erased lead's are stripped of its values, so they are a superset.
+CLAIM_LOCKS = ClaimLocks(repository.IDENTITY_LOCK_CLASS, identity_locks)
 
 
 def make_batch_handler(agreement: Agreement, wake_within: timedelta = WAKE_WITHIN) -> BatchHandler:

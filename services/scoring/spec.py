@@ -25,4 +25,4 @@ def _wire(process: Process) -> Wired:
     return per_agreement(*handlers, _tasks)(process)
 
 
-SPEC = ConsumerSpec(service.ACCEPTS, _wire, generic_plans=True)
+SPEC = ConsumerSpec(service.ACCEPTS, _wire, generic_plans=True, claim_locks=service.CLAIM_LOCKS)

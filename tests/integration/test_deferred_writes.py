@@ -145,6 +145,10 @@ async def test_scorings_batch_writes_its_rows_in_the_statement_that_stages_its_f
     # only other statement that claims (tests/integration/test_handed_claims.py).
     claiming = [n for n, sql in enumerate(statements.sent) if "INSERT INTO inbox" in sql]
     assert claiming == [0, len(statements.sent) - 1]
+    # The identity keys (hashed text, where the router's keys are ints) are locked by the claim
+    # too (tests/integration/test_claim_locks.py).
+    locking = [n for n, sql in enumerate(statements.sent) if "hashtext(k)" in sql]
+    assert locking == [0]
     async with engine.connect() as connection:
         stored = await connection.scalar(
             text("SELECT count(*) FROM leads WHERE lead_id = ANY(:ids)"), {"ids": [lead.lead_id for lead in leads]}
