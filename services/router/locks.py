@@ -14,6 +14,11 @@ state is read), it asks without waiting (``pg_try_advisory_xact_lock``) and, whe
 transaction has one of them, gives the batch back with ``RoutingLocksBusy`` to be redelivered
 instead of waiting out of order. Two transactions can then never wait for each other in a cycle.
 Row locks are only taken on rows whose routing lock the transaction already holds.
+
+The first locks of a transaction may be left to the next read of the routing state
+(``acquire_with_the_read``): that read waits for them before it reads, in one round trip
+(``repository.load_state``). Until then nothing reads what they protect: any other ``acquire``
+takes them first, in the same ordered statement as its own.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from services.router import repository
 # subsystem's advisory locks. "ro".
 ROUTING_LOCK_CLASS = 0x726F
 _HELD = "coxswain.router.locks"
+_WITH_THE_READ = "coxswain.router.locks.with_the_read"
 
 
 class RoutingLocksBusy(RetrySoon):
@@ -63,15 +69,44 @@ def keys_for(
     )
 
 
+def _root(connection: AsyncConnection) -> object:
+    return connection.sync_connection.get_transaction() if connection.sync_connection is not None else None
+
+
+def acquire_with_the_read(connection: AsyncConnection, keys: Iterable[int]) -> bool:
+    """Leave ``keys`` to the next read of the routing state (``taken_by_the_read``), when they are
+    the transaction's first routing locks: that read then waits for them, in ascending order,
+    before it reads. False when the transaction has asked for routing locks before: the caller
+    ``acquire``s them instead. The caller reads nothing they protect before that read."""
+    root = _root(connection)
+    if connection.info.get(_HELD) is root:
+        return False
+    # From now on ``acquire`` asks PostgreSQL what is held, and takes these first.
+    connection.info[_HELD] = root
+    connection.info[_WITH_THE_READ] = (root, sorted(set(keys)))
+    return True
+
+
+def taken_by_the_read(connection: AsyncConnection) -> list[int]:
+    """The keys left to this read (``acquire_with_the_read``), once: it waits for them, ascending.
+
+    Nothing else took locks since they were left (``acquire`` takes them first), so the
+    transaction holds no routing lock and may wait for them in order."""
+    left = connection.info.pop(_WITH_THE_READ, None)
+    return left[1] if left is not None and left[0] is _root(connection) else []
+
+
 async def acquire(connection: AsyncConnection, keys: Iterable[int]) -> None:
     """Hold ``keys`` until the transaction ends; wait only where the global order allows it."""
-    wanted = sorted(set(keys))
+    left = taken_by_the_read(connection)
+    wanted = sorted(set(keys) | set(left))
     if not wanted:
         return
-    root = connection.sync_connection.get_transaction() if connection.sync_connection is not None else None
+    root = _root(connection)
     known = connection.info.get(_HELD)
-    if known is None or known is not root:
-        # A transaction that has not asked yet holds no routing lock: no need to look.
+    if known is None or known is not root or left:
+        # A transaction that has not asked yet, or only left its first locks to the read, holds
+        # no routing lock: no need to look.
         connection.info[_HELD] = root
         held: set[int] = set()
     else:

@@ -130,27 +130,12 @@ async def named_reps(
     )
 
 
+# The read is the function ``routing_state`` (migration 0020_routing_state), so that the routing
+# locks it waits for first and the read are one round trip with two snapshots.
 _LOAD_STATE = text(
-    "WITH rot AS MATERIALIZED (SELECT pool_id, current, assigned, away FROM pool_rotation "
-    "WHERE pool_id = ANY(:pools) ORDER BY pool_id FOR UPDATE), "
-    "acct AS (SELECT domain, owner_rep_id FROM accounts WHERE domain = ANY(:candidates)), "
-    # Per domain, as many of its newest open leads as the run has leads from it, plus one: a
-    # lead never counts as its own domain's holder, so each decision still finds the newest other.
-    "held AS (SELECT d.domain, h.lead_id, h.rep_id, h.opened_at FROM unnest(CAST(:domains AS text[]), "
-    "CAST(:limits AS int[])) AS d(domain, n), LATERAL (SELECT lead_id, rep_id, opened_at FROM lead_routing "
-    "WHERE open AND domain = d.domain ORDER BY opened_at DESC, lead_id DESC LIMIT d.n) AS h), "
-    "prev AS MATERIALIZED (SELECT lead_id, assignment_id, rep_id, pool_id, domain, tier, load, open, "
-    "opened_at, owners FROM lead_routing WHERE lead_id = ANY(:leads) ORDER BY lead_id FOR UPDATE) "
-    "SELECT (SELECT COALESCE(jsonb_agg(jsonb_build_array(pool_id, current, assigned, away)), '[]') FROM rot) "
-    "AS rotations, (SELECT COALESCE(jsonb_agg(jsonb_build_array(domain, owner_rep_id)), '[]') FROM acct) "
-    "AS accounts, (SELECT COALESCE(jsonb_agg(jsonb_build_array(domain, lead_id, rep_id, opened_at) "
-    "ORDER BY domain, opened_at DESC, lead_id DESC), '[]') FROM held) AS held, "
-    "(SELECT COALESCE(jsonb_agg(jsonb_build_array(lead_id, assignment_id, rep_id, pool_id, domain, tier, load, "
-    "open, opened_at, owners)), '[]') FROM prev) AS previous, "
-    "(SELECT COALESCE(jsonb_agg(decision_key), '[]') FROM assignments WHERE decision_key = ANY(:keys)) AS decided, "
-    "(SELECT COALESCE(jsonb_agg(jsonb_build_array(rep_id, open_load, open_leads, day, assigned_on_day)), '[]') "
-    "FROM rep_counters WHERE rep_id = ANY(:reps) OR rep_id IN (SELECT owner_rep_id FROM acct) "
-    "OR rep_id IN (SELECT rep_id FROM held) OR rep_id IN (SELECT rep_id FROM prev)) AS counters"
+    "SELECT rotations, accounts, held, previous, decided, counters FROM routing_state(:lock_class, "
+    "CAST(:wait_keys AS int[]), CAST(:pools AS text[]), CAST(:candidates AS text[]), CAST(:domains AS text[]), "
+    "CAST(:limits AS int[]), CAST(:leads AS uuid[]), CAST(:keys AS uuid[]), CAST(:reps AS text[]))"
 )
 
 
@@ -164,12 +149,18 @@ async def load_state(
     decision_keys: Sequence[uuid.UUID],
     reps: Sequence[str],
     now: datetime,
+    lock_class: int = 0,
+    wait_keys: Sequence[int] = (),
 ) -> Loaded:
     """One round trip (two the first time a pool is seen): the ``pools``' rotation rows (locked,
     made when missing), the accounts owning the ``candidates`` domains, per domain its newest
     ``domains[domain]`` open leads, the ``leads``' holders (locked), which ``decision_keys`` are
-    stored, and the counters of ``reps`` and of every rep the rest names."""
+    stored, and the counters of ``reps`` and of every rep the rest names. First, in the same
+    round trip, it waits for the advisory locks ``wait_keys`` of ``lock_class`` (ascending, as
+    given): the read sees everything their previous holders committed."""
     parameters = {
+        "lock_class": lock_class,
+        "wait_keys": list(wait_keys),
         "pools": list(pools),
         "candidates": list(candidates),
         "domains": list(domains),
@@ -187,7 +178,7 @@ async def load_state(
             ),
             {"pool_ids": list(pools), "now": now},
         )
-        row = (await connection.execute(_LOAD_STATE, parameters)).one()
+        row = (await connection.execute(_LOAD_STATE, {**parameters, "wait_keys": []})).one()
     open_by_domain: dict[str, list[tuple[uuid.UUID, str, datetime]]] = {}
     for domain, lead_id, rep_id, opened_at in row.held:
         open_by_domain.setdefault(domain, []).append((uuid.UUID(lead_id), rep_id, datetime.fromisoformat(opened_at)))

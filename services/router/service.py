@@ -133,10 +133,14 @@ async def _read_names(
     return Named(domains, _pools(requests, agreement), leads, found)
 
 
-async def _lock_named(connection: AsyncConnection, named: Named, roster: Roster) -> Held:
-    """Lock every lead, domain, pool and rep ``named`` may read, in one ordered statement."""
+async def _lock_named(connection: AsyncConnection, named: Named, roster: Roster, with_the_read: bool = False) -> Held:
+    """Lock every lead, domain, pool and rep ``named`` may read, in one ordered statement;
+    ``with_the_read``: in the next read of the routing state when they are the transaction's
+    first (``locks.acquire_with_the_read``), for a caller that reads nothing else under them first."""
     reps = {member.rep for pool in named.pools for member in roster.pools.get(pool, ())} | named.found.reps
-    await locks.acquire(connection, locks.keys_for(named.leads, named.domains, named.pools, reps))
+    keys = locks.keys_for(named.leads, named.domains, named.pools, reps)
+    if not (with_the_read and locks.acquire_with_the_read(connection, keys)):
+        await locks.acquire(connection, keys)
     return Held(named.pools, reps)
 
 
@@ -167,7 +171,9 @@ async def begin_run(
         return await cache.get(connection, agreement, await begin_routing(connection)), None
     named = await _read_names(connection, requests, agreement, also_leads)
     roster = await cache.get(connection, agreement, named.found.roster_revision)
-    return roster, await _lock_named(connection, named, roster)
+    # A batch's handler reads nothing under these locks before its first run's read of the
+    # routing state or another ``locks.acquire``: either takes them first (a round trip fewer).
+    return roster, await _lock_named(connection, named, roster, with_the_read=True)
 
 
 @dataclass
@@ -215,6 +221,8 @@ async def load_state(
         decision_keys=[request.decision_key for request in requests],
         reps=sorted({member.rep for pool in pools for member in roster.pools.get(pool, ())}),
         now=now,
+        lock_class=locks.ROUTING_LOCK_CLASS,
+        wait_keys=locks.taken_by_the_read(connection),
     )
     return Run(loaded.state, loaded.state, loaded.decided)
 

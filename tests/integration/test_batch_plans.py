@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 
 import pytest
 import pytest_asyncio
@@ -21,7 +20,6 @@ from services.router import repository
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-NOW = datetime(2026, 12, 6, 9, 0, tzinfo=UTC)
 # More calls than the five after which PostgreSQL may settle on the generic plan of its own accord.
 CALLS = 8
 
@@ -33,27 +31,20 @@ async def process_engine(infrastructure: None) -> AsyncIterator[AsyncEngine]:
     await engine.dispose()
 
 
-async def plans_of_the_routing_state(connection: AsyncConnection) -> tuple[int, int]:
-    """(custom, generic) plans PostgreSQL made for the router's read of the routing state, called
-    as a batch of one lead calls it, ``CALLS`` times on this connection (once more the first time,
-    when it makes the pool's rotation row); rolled back."""
+async def plans_of_the_named_reps(connection: AsyncConnection) -> tuple[int, int]:
+    """(custom, generic) plans PostgreSQL made for the router's read of the reps a run names and
+    the roster revision, called as a batch of one lead calls it, ``CALLS`` times on this
+    connection; rolled back. (The read of the routing state runs inside the function
+    ``routing_state`` now, whose plans ``pg_prepared_statements`` does not show; PL/pgSQL plans
+    its queries by the same rule.)"""
     try:
         for _ in range(CALLS):
-            await repository.load_state(
-                connection,
-                pools=["plans-pool"],
-                candidates=["plans.example"],
-                domains={"plans.example": 1},
-                leads=[uuid.uuid4()],
-                decision_keys=[uuid.uuid4()],
-                reps=["plans-rep"],
-                now=NOW,
-            )
+            await repository.named_reps(connection, ["plans.example", "example"], {"plans.example": 1}, [uuid.uuid4()])
         row = (
             await connection.execute(
                 text(
                     "SELECT custom_plans, generic_plans FROM pg_prepared_statements "
-                    "WHERE statement LIKE '%FROM pool_rotation WHERE pool_id = ANY(%' "
+                    "WHERE statement LIKE '%FROM accounts WHERE domain = ANY(%' "
                     "AND statement NOT LIKE '%pg_prepared_statements%'"
                 )
             )
@@ -64,11 +55,13 @@ async def plans_of_the_routing_state(connection: AsyncConnection) -> tuple[int, 
 
 
 @pytest.mark.parametrize("name", ["scoring", "router"])
-async def test_the_batches_on_a_leads_way_plan_the_routing_state_once(name: str, process_engine: AsyncEngine) -> None:
+async def test_the_batches_on_a_leads_way_plan_the_reps_a_run_names_once(
+    name: str, process_engine: AsyncEngine
+) -> None:
     engine = consumer_engine(CONSUMERS[name], DatabaseConfig(), process_engine)
     try:
         async with engine.connect() as connection:
-            custom, generic = await plans_of_the_routing_state(connection)
+            custom, generic = await plans_of_the_named_reps(connection)
     finally:
         await engine.dispose()
     assert custom == 0
@@ -79,7 +72,7 @@ async def test_the_process_engine_plans_the_same_read_again_at_every_call(proces
     """The premise: with PostgreSQL's default plan cache and one lead's arrays, the custom plan
     looks cheaper every time, and the statement is planned again at each call."""
     async with process_engine.connect() as connection:
-        custom, generic = await plans_of_the_routing_state(connection)
+        custom, generic = await plans_of_the_named_reps(connection)
     assert generic == 0
     assert custom >= CALLS
 

@@ -149,6 +149,10 @@ async def test_scorings_batch_writes_its_rows_in_the_statement_that_stages_its_f
     # too (tests/integration/test_claim_locks.py).
     locking = [n for n, sql in enumerate(statements.sent) if "hashtext(k)" in sql]
     assert locking == [0]
+    # And the routing locks by the read of the routing state, which waits for them first
+    # (services/router/locks.py): no statement takes them alone.
+    assert not [sql for sql in statements.sent if "pg_advisory_xact_lock(:lock_class, k)" in sql]
+    assert [n for n, sql in enumerate(statements.sent) if "FROM routing_state(" in sql]
     async with engine.connect() as connection:
         stored = await connection.scalar(
             text("SELECT count(*) FROM leads WHERE lead_id = ANY(:ids)"), {"ids": [lead.lead_id for lead in leads]}

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from coxswain.core.agreement import Agreement, parse_agreement
 from coxswain.runtime.consumer import BatchHandler
 from schemas.events import Event, LeadAttributes, LeadQualifiedV1, LeadRoutedV1, Tier
-from services.router import locks
+from services.router import locks, repository
 from services.router import service as router
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -210,3 +210,83 @@ async def test_a_lock_above_every_one_held_is_waited_for_even_after_a_savepoint_
         await first.commit()
         await task
         await transaction.commit()
+
+
+async def held_keys(connection: AsyncConnection) -> set[int]:
+    return await repository.held_locks(connection, locks.ROUTING_LOCK_CLASS)
+
+
+async def test_a_transactions_first_locks_are_taken_by_the_read_of_the_routing_state_and_it_sees_their_holder(
+    engine: AsyncEngine,
+) -> None:
+    """A batch leaves its first locks to the read of the routing state (one round trip fewer): the
+    read waits for them, then reads in a snapshot of its own, so it sees what their holder committed
+    while it waited, here a rep's counters, which the read does not lock as rows."""
+    key, rep = 1_000_021, f"lk-read-{uuid.uuid4().hex[:6]}"
+    async with engine.connect() as observer, engine.connect() as holder, engine.connect() as reader:
+        await observer.execution_options(isolation_level="AUTOCOMMIT")
+        first = await holder.begin()
+        await locks.acquire(holder, [key])
+        await holder.execute(
+            text(
+                "INSERT INTO rep_counters (rep_id, open_load, open_leads, assigned_on_day, updated_at) "
+                "VALUES (:r, 7, 3, 0, :now)"
+            ),
+            {"r": rep, "now": NOW},
+        )
+        transaction = await reader.begin()
+        pid = int(await reader.scalar(text("SELECT pg_backend_pid()")) or 0)
+        assert locks.acquire_with_the_read(reader, [key])
+        assert await held_keys(reader) == set()  # left to the read: nothing taken yet
+        reading = asyncio.create_task(
+            repository.load_state(
+                reader,
+                pools=[],
+                candidates=[],
+                domains={},
+                leads=[],
+                decision_keys=[],
+                reps=[rep],
+                now=NOW,
+                lock_class=locks.ROUTING_LOCK_CLASS,
+                wait_keys=locks.taken_by_the_read(reader),
+            )
+        )
+        async with asyncio.timeout(120):  # a guard against a hang, not a measurement
+            while not reading.done():
+                if await waiting(observer, pid):
+                    break
+                await asyncio.sleep(0.01)
+        assert not reading.done(), "the read must wait for the lock's holder"
+        await first.commit()
+        loaded = await reading
+        assert (loaded.state.loads[rep].open_load, loaded.state.loads[rep].open_leads) == (7, 3)
+        assert await held_keys(reader) == {key}
+        await transaction.rollback()
+
+
+async def test_locks_left_to_the_read_are_taken_first_by_any_other_acquire(engine: AsyncEngine) -> None:
+    """Whatever asks for routing locks before the read (a release, a reassignment) takes the ones
+    left to it in the same ordered statement, so nothing is read under locks not yet held, and the
+    read then has nothing left to take."""
+    first, later = 1_000_031, 1_000_032
+    async with engine.connect() as connection, connection.begin():
+        assert locks.acquire_with_the_read(connection, [first])
+        await locks.acquire(connection, [later])
+        assert await held_keys(connection) == {first, later}
+        assert locks.taken_by_the_read(connection) == []
+
+
+async def test_only_a_transactions_first_locks_can_be_left_to_the_read(engine: AsyncEngine) -> None:
+    """Once a transaction holds routing locks, a read waiting for more could wait out of order."""
+    held, more = 1_000_041, 1_000_042
+    async with engine.connect() as connection:
+        async with connection.begin():
+            await locks.acquire(connection, [held])
+            assert not locks.acquire_with_the_read(connection, [more])
+        # A new transaction on the same connection starts afresh; a leftover of an earlier one is dropped.
+        async with connection.begin():
+            assert locks.acquire_with_the_read(connection, [more])
+        async with connection.begin():
+            assert locks.taken_by_the_read(connection) == []
+            assert await held_keys(connection) == set()
