@@ -171,6 +171,15 @@ async def waiting(observer: AsyncConnection, pid: int) -> bool:
     return bool(state)
 
 
+async def until_waiting_or_done(observer: AsyncConnection, pid: int, task: asyncio.Task[Any]) -> None:
+    """Until backend ``pid`` waits for a lock or ``task`` has finished."""
+    async with asyncio.timeout(120):  # a guard against a hang, not a measurement
+        while not task.done():
+            if await waiting(observer, pid):
+                return
+            await asyncio.sleep(0.01)
+
+
 async def test_a_lock_below_one_already_held_is_refused_rather_than_waited_for(engine: AsyncEngine) -> None:
     """The order rule itself: waiting for a key below one already held could close a cycle with a
     transaction holding the lower key and waiting for the higher one, so the batch is given back."""
@@ -201,11 +210,7 @@ async def test_a_lock_above_every_one_held_is_waited_for_even_after_a_savepoint_
         await nested.rollback()  # gives ``high`` back: now nothing is held above ``middle``
         await locks.acquire(other, [low])
         task = asyncio.create_task(locks.acquire(other, [middle]))
-        async with asyncio.timeout(120):  # a guard against a hang, not a measurement
-            while not task.done():
-                if await waiting(observer, pid):
-                    break
-                await asyncio.sleep(0.01)
+        await until_waiting_or_done(observer, pid, task)
         assert not task.done(), "it must wait for the holder, not be refused"
         await first.commit()
         await task
@@ -252,11 +257,7 @@ async def test_a_transactions_first_locks_are_taken_by_the_read_of_the_routing_s
                 wait_keys=locks.taken_by_the_read(reader),
             )
         )
-        async with asyncio.timeout(120):  # a guard against a hang, not a measurement
-            while not reading.done():
-                if await waiting(observer, pid):
-                    break
-                await asyncio.sleep(0.01)
+        await until_waiting_or_done(observer, pid, reading)
         assert not reading.done(), "the read must wait for the lock's holder"
         await first.commit()
         loaded = await reading
