@@ -189,12 +189,29 @@ class ClaimLocks:
     keys are taken in sorted order, so two transactions wanting overlapping keys cannot deadlock.
 
     The handler's first read comes in a statement after the claim's, so under READ COMMITTED it
-    sees everything the locks' previous holders committed. A handler asks which keys are held
-    (``locked_with_the_claim``) and locks the rest itself: outside a batch applied whole (record by
-    record, in savepoints) none are."""
+    sees everything the locks' previous holders committed. A handler calls ``take`` before its
+    first read: it locks what the claim did not, which is everything outside a batch applied whole
+    (record by record, in savepoints, or outside a consumer)."""
 
     lock_class: int
     keys: Callable[[Sequence[Event]], Iterable[str]]
+
+    async def take(self, connection: AsyncConnection, events: Sequence[Event]) -> None:
+        """Take the locks ``events`` need that the claim did not, in one statement of their own
+        (record by record, outside a consumer): all of them, sorted, in the same statement."""
+        keys = set(self.keys(events))
+        if keys - locked_with_the_claim(self.lock_class):
+            await connection.execute(clause(f"SELECT {_ADVISORY_LOCKS}"), _lock_parameters(self.lock_class, keys))
+
+
+# Transaction-scoped advisory locks on text keys, in the keys' order: in the claim, and on their own.
+_ADVISORY_LOCKS = (
+    "count(pg_advisory_xact_lock(:lock_class, hashtext(k))) AS n FROM unnest(CAST(:lock_keys AS text[])) AS k"
+)
+
+
+def _lock_parameters(lock_class: int, keys: Iterable[str]) -> dict[str, object]:
+    return {"lock_class": lock_class, "lock_keys": sorted(set(keys))}
 
 
 # The keys the claim of the batch being applied locked, by lock class, while its handlers run.
@@ -232,16 +249,14 @@ async def claim_batch(
                 "SELECT NULL, tombstone, erased_at FROM erasure_tombstones(CAST(:leads AS uuid[])) UNION ALL "
                 # Last, so an erasure in progress gives the batch back before it waits for these.
                 # The count is never negative: the arm returns no row, but runs, in the keys' order.
-                "SELECT NULL, NULL, NULL FROM (SELECT count(pg_advisory_xact_lock(:lock_class, hashtext(k))) AS n "
-                "FROM unnest(CAST(:lock_keys AS text[])) AS k) AS locked WHERE locked.n < 0"
+                f"SELECT NULL, NULL, NULL FROM (SELECT {_ADVISORY_LOCKS}) AS locked WHERE locked.n < 0"
             ),
             {
                 "c": consumer,
                 "ids": [event_id for event_id, _, _ in claims],
                 "topics": [topic for _, topic, _ in claims],
                 "leads": leads,
-                "lock_class": lock_class,
-                "lock_keys": list(lock_keys),
+                **_lock_parameters(lock_class, lock_keys),
                 "now": now,
             },
         )

@@ -16,7 +16,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coxswain.core.lead import LeadState
 from coxswain.db import deferred
-from coxswain.db.sql import clause
 from schemas.events import Event
 
 # LISTENed to by the timer loop, NOTIFYed when a timer is armed.
@@ -164,21 +163,6 @@ async def save_batch(
 
 def _touches_json(state: LeadState) -> str:
     return orjson.dumps([[touch.engagement.value, touch.at.isoformat()] for touch in state.touches]).decode()
-
-
-# Identity keys.
-
-
-async def lock_identity_keys(connection: AsyncConnection, keys: Sequence[str]) -> None:
-    """Transaction-scoped advisory locks on ``keys``, taken in the order given (sorted, by the
-    caller) in one statement, so two transactions locking overlapping keys cannot deadlock."""
-    await connection.execute(
-        clause(
-            "SELECT pg_advisory_xact_lock(:lock_class, hashtext(k)) "
-            "FROM (SELECT unnest(CAST(:keys AS text[])) AS k) AS keys"
-        ),
-        {"lock_class": IDENTITY_LOCK_CLASS, "keys": list(keys)},
-    )
 
 
 # Re-evaluation timers.

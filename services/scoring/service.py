@@ -29,7 +29,6 @@ from coxswain.runtime.consumer import (
     ClaimLocks,
     Handler,
     PermanentError,
-    locked_with_the_claim,
     one_at_a_time,
 )
 from schemas.events import (
@@ -179,9 +178,8 @@ async def _lock_and_read_identities(
     The read comes in a statement after the locks, so it sees what their last holder committed.
     In a batch applied whole the consumer's claim has taken them already (``CLAIM_LOCKS``).
     """
-    locked = set(identity_locks(events))
-    if locked - locked_with_the_claim(repository.IDENTITY_LOCK_CLASS):
-        await repository.lock_identity_keys(connection, sorted(locked))
+    await CLAIM_LOCKS.take(connection, events)
+    locked = identity_locks(events)
     wanted = {alias_key(event.lead_id) for event in events}
     return await identities_and_leads(connection, sorted(locked | wanted), [event.lead_id for event in events])
 
