@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import platform
 import re
@@ -47,6 +48,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import CommitFailedError
 
 from bench.stats import (
+    HALF_THROUGHPUT_KEYS,
     TAKEOVER_KEYS,
     cpu_budget,
     cpu_seconds,
@@ -63,6 +65,7 @@ from bench.stats import (
     statements_table,
     sustained_rate,
     table,
+    target_rows,
 )
 from coxswain.progress import progress
 from coxswain.runtime.kafka import all_topics
@@ -703,6 +706,13 @@ class Bench:
             "overall_per_s": len(armed) / (max(armed) - load["began_at"]) if armed else float("nan"),
             "drain_seconds": max(armed) - load["ended_at"] if armed else float("nan"),
         }
+        # Issue 14's last latency target is relative to what was just sustained: the p99 at half of
+        # it, against the p99 at 5 leads/s of the curve above.
+        half = self.results["e2e_leads_per_s"] / 2
+        if half > 0 and math.isfinite(half):
+            seconds = max(plan.curve_seconds, plan.curve_min_leads / half)
+            say("latency at half the sustained throughput: %.0f leads/s offered for %ss", half, seconds)
+            self.notes["half_throughput"] = self.measure_latency(url, half, seconds, "half-throughput")
         self.stop("intake", "scoring", "router", "sla-monitor")
 
     def broker_jit_seconds(self) -> float:
@@ -1002,6 +1012,13 @@ class Bench:
                 }
                 for rate in self.plan.curve_rates
             ]
+        half = self.notes.get("half_throughput")
+        if half is not None:
+            at_5 = e2e.get("5", {}).get("p99_ms", nan)
+            self.results["half_throughput"] = {
+                **{key: half.get(key, nan) for key in HALF_THROUGHPUT_KEYS[:-1]},
+                "p99_over_p99_at_5": ratio(half.get("p99_ms", nan), at_5),
+            }
         if "takeover" in self.notes:
             self.results["takeover"] = {key: self.notes["takeover"].get(key, nan) for key in TAKEOVER_KEYS}
         scale = self.notes.get("scale")
@@ -1052,6 +1069,12 @@ class Bench:
                 )
             )
         return table(rows) if rows else ""
+
+    def targets_report(self) -> str:
+        """Issue 14's targets, each with what this run measured and whether it holds."""
+        return "issue 14's targets (docs/benchmarks.md, Targets)\n" + table(
+            [(target, verdict, measured) for target, measured, verdict in target_rows(self.results)]
+        )
 
     def phase_sla(self) -> None:
         plan = self.plan
@@ -1419,9 +1442,11 @@ def main(argv: list[str] | None = None) -> None:
     if set(chosen) != set(phases):
         if bench.curve_report():
             sys.stdout.write(bench.curve_report() + "\n\n")
+            sys.stdout.write(bench.targets_report() + "\n\n")
         sys.stdout.write(orjson.dumps(bench.results).decode() + "\n")
         return
     sys.stdout.write(bench.cpu_report() + "\n\n")
     sys.stdout.write(bench.curve_report() + "\n\n")
+    sys.stdout.write(bench.targets_report() + "\n\n")
     sys.stdout.write(bench.report() + "\n")
     sys.stdout.write(result_line(bench.results) + "\n")

@@ -17,6 +17,7 @@ from bench.runs_summary import curve_table, scale_table
 from bench.runs_summary import hop_table as runs_hop_table
 from bench.stats import (
     CURVE_POINT_KEYS,
+    HALF_THROUGHPUT_KEYS,
     RESULT_KEYS,
     SCALE_OUT_KEYS,
     STAMPS,
@@ -34,6 +35,7 @@ from bench.stats import (
     statements_table,
     sustained_rate,
     table,
+    target_rows,
 )
 from bench.watcher import first_sighting
 from services.intake.signatures import verify
@@ -84,6 +86,7 @@ def test_result_line_has_exactly_the_documented_keys_in_order() -> None:
         "latency_curve",
         "scale_out",
         "takeover",
+        "half_throughput",
     ]
     assert decoded["intake_rps"] == 0.1
     assert decoded["sla_open_deadlines"] == 1_000_000
@@ -215,13 +218,14 @@ def finished(rates: tuple[float, ...]) -> Bench:
         },
     }
     bench.notes["takeover"] = {"kill_to_partitions_s": 1.4, "p50_ms": 40.0, "p99_ms": 900.0, "max_ms": 1500.0}
+    bench.notes["half_throughput"] = {"offered_per_s": 250.0, "p50_ms": 12.0, "p99_ms": 25.0, "max_ms": 31.0}
     bench.finish()
     return bench
 
 
 def test_the_last_line_carries_the_latency_curve_and_the_scale_out_in_their_documented_shape() -> None:
     bench = finished(QUICK.curve_rates)
-    results = {key: 1.0 for key in RESULT_KEYS[:-3]} | bench.results
+    results = {key: 1.0 for key in RESULT_KEYS[:-4]} | bench.results
     decoded = orjson.loads(result_line(results))
     assert decoded["takeover"] == {"kill_to_partitions_s": 1.4, "p99_ms": 900.0, "max_ms": 1500.0}
 
@@ -243,6 +247,49 @@ def test_the_last_line_carries_the_latency_curve_and_the_scale_out_in_their_docu
     assert scale["relay_published_by_instance"] == [60.0, 63.0]
     assert scale["decisions_by_instance"] == [40.0, 60.0]
     assert "bare chain p50 2" in bench.curve_report()
+    # The p99 at 5 leads/s is 10 ms in this run: 25 ms at half the sustained throughput is 2.5x.
+    assert decoded["half_throughput"] == {
+        "offered_per_s": 250.0,
+        "p50_ms": 12.0,
+        "p99_ms": 25.0,
+        "max_ms": 31.0,
+        "p99_over_p99_at_5": 2.5,
+    }
+    assert list(decoded["half_throughput"]) == list(HALF_THROUGHPUT_KEYS)
+
+
+def test_each_target_of_issue_14_is_judged_from_the_runs_results() -> None:
+    bench = finished(QUICK.curve_rates)  # p50 at 100 leads/s 100 ms, p99 200; p99 at 200 leads/s 400
+    bench.results["relay_baseline_per_s"] = 1_000.0  # e2e 500 leads/s: 50%
+    verdicts = {target: verdict for target, _, verdict in target_rows(bench.results)}
+    assert verdicts == {
+        "p50 <= 20 ms at 100 leads/s": "missed",
+        "p99 <= 50 ms at 100 leads/s": "missed",
+        "p99 <= 100 ms at 200 leads/s": "missed",
+        "p99 at half the sustained throughput <= 3x the p99 at 5 leads/s": "met",
+        "e2e_leads_per_s >= 25% of relay_baseline_per_s": "met",
+        "two instances: each >= 20% of the work, not slower": "met",
+    }
+    bench.notes["curve"]["100"] = {"p50_ms": 20.0, "p99_ms": 50.0, "max_ms": 60.0}
+    bench.notes["half_throughput"]["p99_ms"] = 31.0  # 3.1x
+    bench.notes["scale"]["decisions_by_process"]["scoring"] = 5.0  # the first instance decides 15 of 75: 20%
+    bench.finish()
+    rows = {target: (measured, verdict) for target, measured, verdict in target_rows(bench.results)}
+    assert rows["p50 <= 20 ms at 100 leads/s"][1] == "met"
+    assert rows["p99 <= 50 ms at 100 leads/s"][1] == "met"
+    assert rows["p99 at half the sustained throughput <= 3x the p99 at 5 leads/s"] == (
+        "3.1x (31 ms at 250 leads/s, 10 ms at 5)",
+        "missed",
+    )
+    assert rows["two instances: each >= 20% of the work, not slower"][1] == "met"
+    bench.notes["scale"]["leads_per_s"] = 499.0  # slower than one instance
+    bench.finish()
+    assert (
+        dict((t, v) for t, _, v in target_rows(bench.results))["two instances: each >= 20% of the work, not slower"]
+        == "missed"
+    )
+    assert all(verdict == "not measured" for _, _, verdict in target_rows({}))
+    assert "not measured" in Bench(plan=QUICK, ports=Ports(34000), work=Path("/nonexistent")).targets_report()
 
 
 def test_a_partial_run_without_the_curve_or_scale_phases_adds_neither_key() -> None:
