@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import datetime
@@ -38,10 +38,6 @@ from coxswain.settings import (
     RosterApiConfig,
     Settings,
 )
-from services.reporting import spec as reporting
-from services.router import spec as router
-from services.scoring import spec as scoring
-from services.sla_monitor import spec as sla_monitor
 
 # The HTTP apps' modules (FastAPI, uvicorn, the intake, admin and reporting apps) are imported
 # by the functions that build them: a consumer process never loads them, and a restarted
@@ -102,12 +98,55 @@ def routed_in_scoring(router: ConsumerSpec) -> ConsumerSpec:
     return replace(router, wire=wire)
 
 
-CONSUMERS: dict[str, ConsumerSpec] = {
-    "scoring": routing_in_scoring(scoring.SPEC, router.SPEC),
-    "router": routed_in_scoring(router.SPEC),
-    "sla_monitor": sla_monitor.SPEC,
-    "reporting": reporting.SPEC,
-}
+def _scoring() -> ConsumerSpec:
+    from services.router import spec as router
+    from services.scoring import spec as scoring
+
+    return routing_in_scoring(scoring.SPEC, router.SPEC)
+
+
+def _router() -> ConsumerSpec:
+    from services.router import spec as router
+
+    return routed_in_scoring(router.SPEC)
+
+
+def _sla_monitor() -> ConsumerSpec:
+    from services.sla_monitor import spec as sla_monitor
+
+    return sla_monitor.SPEC
+
+
+def _reporting() -> ConsumerSpec:
+    from services.reporting import spec as reporting
+
+    return reporting.SPEC
+
+
+class _Specs(Mapping[str, ConsumerSpec]):
+    """Each consumer service's spec, its modules imported when it is first asked for. A process
+    imports only the services it runs (the router does not load reporting's tables or the SLA
+    monitor's pager client), and starting is most of a SIGKILLed consumer's takeover."""
+
+    def __init__(self, loaders: Mapping[str, Callable[[], ConsumerSpec]]) -> None:
+        self._loaders = loaders
+        self._loaded: dict[str, ConsumerSpec] = {}
+
+    def __getitem__(self, name: str) -> ConsumerSpec:
+        if name not in self._loaded:
+            self._loaded[name] = self._loaders[name]()
+        return self._loaded[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._loaders)
+
+    def __len__(self) -> int:
+        return len(self._loaders)
+
+
+CONSUMERS: Mapping[str, ConsumerSpec] = _Specs(
+    {"scoring": _scoring, "router": _router, "sla_monitor": _sla_monitor, "reporting": _reporting}
+)
 
 
 def outbox_relay(
