@@ -150,7 +150,11 @@ CONSUMERS: Mapping[str, ConsumerSpec] = _Specs(
 
 
 def outbox_relay(
-    engine: AsyncEngine, publisher: Publisher, config: OutboxConfig | None = None, on_leads_way: bool = False
+    engine: AsyncEngine,
+    publisher: Publisher,
+    config: OutboxConfig | None = None,
+    on_leads_way: bool = False,
+    instance: str | None = None,
 ) -> OutboxRelay:
     """The process's relay: a standby where the process's own loop is on a lead's way to its rep
     (``on_leads_way``), unless ``COXSWAIN_OUTBOX_RELAY_STANDBY`` says otherwise. Publishing other
@@ -165,6 +169,7 @@ def outbox_relay(
         lease_seconds=config.outbox_lease_seconds,
         failpoint=config.outbox_failpoint,
         standby=standby,
+        instance=instance,
     )
 
 
@@ -174,7 +179,13 @@ def consumer_relay(
     """A consumer process's relay: a consumer that fetches each record as it arrives is on a
     lead's way (scoring, crm-sync; the router when scoring does not route inline), one that lets
     its records gather is not."""
-    return outbox_relay(engine, publisher, settings.outbox, on_leads_way=service.gather_ms == 0)
+    return outbox_relay(
+        engine,
+        publisher,
+        settings.outbox,
+        on_leads_way=service.gather_ms == 0,
+        instance=settings.kafka.kafka_instance_id,
+    )
 
 
 def stop_on_signals() -> asyncio.Event:

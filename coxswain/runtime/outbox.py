@@ -223,10 +223,19 @@ HEARD_KEPT = 10_000
 READ_IDS_KEPT = 20_000
 
 
-def relay_name() -> str:
+# Whether ``owner`` is an earlier process under this relay's instance id (``:predecessors``, its
+# ``instance/`` prefix; NULL: the relay has no instance id, and no predecessors).
+_PREDECESSOR = (
+    "COALESCE(left({owner}, length(CAST(:predecessors AS text))) = CAST(:predecessors AS text) "
+    "AND {owner} <> :me, false)"
+)
+
+
+def relay_name(instance: str | None = None) -> str:
     """This relay's name in ``outbox_leases``: host, process and a random part (a restarted
-    process is a new relay)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    process is a new relay), after the process's instance id when it has one (``instance/``)."""
+    own = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    return own if instance is None else f"{instance}/{own}"
 
 
 class OutboxRelay:
@@ -243,6 +252,7 @@ class OutboxRelay:
         name: str | None = None,
         failpoint: str = "",
         standby: bool = False,
+        instance: str | None = None,
     ) -> None:
         # A standby relay publishes only while no full relay is alive (see ``refresh_leases``).
         self.standby = standby
@@ -256,7 +266,14 @@ class OutboxRelay:
         self._batch = batch
         self._idle_poll = idle_poll_seconds
         self._lease = lease_seconds
-        self.name = name or relay_name()
+        self.name = name or relay_name(instance)
+        # A process restarted under the same instance id (static membership: a StatefulSet's pod
+        # comes back under its name) takes its dead predecessor's buckets at once, as its consumer
+        # takes back its partitions, where any other relay waits for their leases to run out. An
+        # instance id names one process at a time (one pod, one container); a predecessor that was
+        # only frozen and wakes within its lease could publish rows it had read once more, which
+        # the consumers' inboxes drop as redeliveries.
+        self._predecessors = None if instance is None else f"{instance}/"
         self._failpoint = failpoint
         self._wake = asyncio.Event()
         self.owned: tuple[int, ...] = ()
@@ -398,12 +415,16 @@ class OutboxRelay:
                         else "WITH me AS (INSERT INTO outbox_relays (owner, seen_at) VALUES (:me, now()) "
                         "ON CONFLICT (owner) DO UPDATE SET seen_at = now()), "
                     )
-                    + "seeded AS (INSERT INTO outbox_leases (bucket) SELECT generate_series(0, :n - 1) "
+                    # A predecessor is gone: the other relays stop counting it at once.
+                    + "gone AS (DELETE FROM outbox_relays WHERE "
+                    + _PREDECESSOR.format(owner="owner")
+                    + "), "
+                    "seeded AS (INSERT INTO outbox_leases (bucket) SELECT generate_series(0, :n - 1) "
                     "ON CONFLICT DO NOTHING) "
                     "SELECT count(*) FROM outbox_relays WHERE owner <> :me "
-                    "AND seen_at > now() - make_interval(secs => :lease)"
+                    "AND seen_at > now() - make_interval(secs => :lease) AND NOT " + _PREDECESSOR.format(owner="owner")
                 ),
-                {"me": self.name, "n": BUCKETS, "lease": self._lease},
+                {"me": self.name, "n": BUCKETS, "lease": self._lease, "predecessors": self._predecessors},
             )
             share = math.ceil(BUCKETS / (int(others or 0) + 1))
             if self.standby:
@@ -439,10 +460,16 @@ class OutboxRelay:
                         text(
                             "UPDATE outbox_leases SET owner = :me, token = token + 1, "
                             "expires_at = now() + make_interval(secs => :lease) WHERE bucket IN ("
-                            "SELECT bucket FROM outbox_leases WHERE expires_at <= now() ORDER BY bucket "
-                            "LIMIT :k FOR UPDATE SKIP LOCKED) RETURNING bucket"
+                            "SELECT bucket FROM outbox_leases WHERE (expires_at <= now() OR "
+                            + _PREDECESSOR.format(owner="owner")
+                            + ") ORDER BY bucket LIMIT :k FOR UPDATE SKIP LOCKED) RETURNING bucket"
                         ),
-                        {"me": self.name, "lease": self._lease, "k": share - len(renewed)},
+                        {
+                            "me": self.name,
+                            "lease": self._lease,
+                            "k": share - len(renewed),
+                            "predecessors": self._predecessors,
+                        },
                     )
                 ).all()
                 renewed += taken

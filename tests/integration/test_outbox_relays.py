@@ -624,3 +624,35 @@ async def test_a_frozen_relay_delays_only_its_share_and_says_so_when_it_wakes(
     await frozen.wait_for("outbox relay lost its buckets: relay=frozen")
     assert await assert_in_order_and_complete(staged) == 0
     await wait_shared(engine, {"awake", "frozen"})  # and it takes a fair share again
+
+
+async def test_a_relay_restarted_under_its_instance_id_takes_its_predecessors_buckets_at_once(
+    engine: AsyncEngine, publisher: Publisher
+) -> None:
+    lease = 30.0  # long: nothing here may wait for a lease to run out
+    peer = OutboxRelay(engine, publisher, lease_seconds=lease, name="peer")
+    killed = OutboxRelay(engine, publisher, lease_seconds=lease, instance="router-0")
+    successor = OutboxRelay(engine, publisher, lease_seconds=lease, instance="router-0")
+    stranger = OutboxRelay(engine, publisher, lease_seconds=lease, instance="router-01")
+    try:
+        await peer.refresh_leases()
+        await killed.refresh_leases()
+        await peer.refresh_leases()  # hands back what is beyond its share
+        await killed.refresh_leases()
+        held_by_killed = killed.owned
+        assert len(held_by_killed) == len(peer.owned) == BUCKETS // 2
+        assert killed.name.startswith("router-0/") and killed.name != successor.name
+        # ``killed`` stops renewing (SIGKILL); a process of another instance id waits for its leases.
+        assert await stranger.refresh_leases() == ()
+        await stranger.release_leases()
+        # Its successor takes them at once, and does not count it among the relays alive.
+        assert await successor.refresh_leases() == held_by_killed
+        assert await peer.refresh_leases() == tuple(sorted(set(range(BUCKETS)) - set(held_by_killed)))
+        async with engine.connect() as connection:
+            owners = await connection.scalars(text("SELECT DISTINCT owner FROM outbox_leases WHERE expires_at > now()"))
+            assert set(owners) == {peer.name, successor.name}
+    finally:
+        await stranger.release_leases()
+        await successor.release_leases()
+        await peer.release_leases()
+        await killed.release_leases()

@@ -50,3 +50,21 @@ def test_a_router_that_routes_itself_is_on_the_leads_way() -> None:
 def test_the_setting_overrides_the_processs_choice(setting: bool | None, on_leads_way: bool, standby: bool) -> None:
     relay = outbox_relay(ENGINE, Publisher(KafkaConfig()), OutboxConfig(outbox_relay_standby=setting), on_leads_way)
     assert relay.standby is standby
+
+
+def test_a_consumers_relay_is_named_after_its_instance_id_so_its_restart_takes_its_buckets_back() -> None:
+    settings = Settings()
+    settings.kafka = KafkaConfig(kafka_instance_id="router-0")
+    spec = CONSUMERS["router"]
+    wired = spec.wire(Process("router", ENGINE, lambda: AGREEMENT, lambda: datetime.now(UTC), settings))
+    relay = consumer_relay(
+        ENGINE, Publisher(settings.kafka), settings, consumer_service("router", spec, wired, ENGINE, settings)
+    )
+    assert relay.name.startswith("router-0/")
+    settings.kafka = KafkaConfig(kafka_instance_id=None)
+    assert (
+        "/"
+        not in consumer_relay(
+            ENGINE, Publisher(settings.kafka), settings, consumer_service("router", spec, wired, ENGINE, settings)
+        ).name
+    )
