@@ -226,8 +226,7 @@ READ_IDS_KEPT = 20_000
 # Whether ``owner`` is an earlier process under this relay's instance id (``:predecessors``, its
 # ``instance/`` prefix; NULL: the relay has no instance id, and no predecessors).
 _PREDECESSOR = (
-    "COALESCE(left({owner}, length(CAST(:predecessors AS text))) = CAST(:predecessors AS text) "
-    "AND {owner} <> :me, false)"
+    "COALESCE(left(owner, length(CAST(:predecessors AS text))) = CAST(:predecessors AS text) AND owner <> :me, false)"
 )
 
 
@@ -417,12 +416,12 @@ class OutboxRelay:
                     )
                     # A predecessor is gone: the other relays stop counting it at once.
                     + "gone AS (DELETE FROM outbox_relays WHERE "
-                    + _PREDECESSOR.format(owner="owner")
+                    + _PREDECESSOR
                     + "), "
                     "seeded AS (INSERT INTO outbox_leases (bucket) SELECT generate_series(0, :n - 1) "
                     "ON CONFLICT DO NOTHING) "
                     "SELECT count(*) FROM outbox_relays WHERE owner <> :me "
-                    "AND seen_at > now() - make_interval(secs => :lease) AND NOT " + _PREDECESSOR.format(owner="owner")
+                    "AND seen_at > now() - make_interval(secs => :lease) AND NOT " + _PREDECESSOR
                 ),
                 {"me": self.name, "n": BUCKETS, "lease": self._lease, "predecessors": self._predecessors},
             )
@@ -461,7 +460,7 @@ class OutboxRelay:
                             "UPDATE outbox_leases SET owner = :me, token = token + 1, "
                             "expires_at = now() + make_interval(secs => :lease) WHERE bucket IN ("
                             "SELECT bucket FROM outbox_leases WHERE (expires_at <= now() OR "
-                            + _PREDECESSOR.format(owner="owner")
+                            + _PREDECESSOR
                             + ") ORDER BY bucket LIMIT :k FOR UPDATE SKIP LOCKED) RETURNING bucket"
                         ),
                         {

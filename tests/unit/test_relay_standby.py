@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from coxswain.core.agreement import load_agreement
 from coxswain.runtime.kafka import Publisher
+from coxswain.runtime.outbox import OutboxRelay
 from coxswain.runtime.service import Process
 from coxswain.settings import KafkaConfig, OutboxConfig, ScoringConfig, Settings
 from coxswain_app.wiring import CONSUMERS, consumer_relay, consumer_service, outbox_relay
@@ -21,11 +22,16 @@ AGREEMENT = load_agreement(Path(__file__).resolve().parents[2] / "examples" / "a
 ENGINE = create_async_engine("postgresql+asyncpg://nobody@127.0.0.1:1/none")  # never connected
 
 
-def relay_is_standby(name: str, settings: Settings) -> bool:
+def relay_of(name: str, settings: Settings) -> OutboxRelay:
+    """The relay a consumer's process runs, as the wiring builds it."""
     spec = CONSUMERS[name]
     wired = spec.wire(Process(name, ENGINE, lambda: AGREEMENT, lambda: datetime.now(UTC), settings))
     service = consumer_service(name, spec, wired, ENGINE, settings)
-    return consumer_relay(ENGINE, Publisher(KafkaConfig()), settings, service).standby
+    return consumer_relay(ENGINE, Publisher(settings.kafka), settings, service)
+
+
+def relay_is_standby(name: str, settings: Settings) -> bool:
+    return relay_of(name, settings).standby
 
 
 def test_scorings_relay_is_a_standby_and_the_relays_off_the_leads_way_are_full() -> None:
@@ -55,16 +61,6 @@ def test_the_setting_overrides_the_processs_choice(setting: bool | None, on_lead
 def test_a_consumers_relay_is_named_after_its_instance_id_so_its_restart_takes_its_buckets_back() -> None:
     settings = Settings()
     settings.kafka = KafkaConfig(kafka_instance_id="router-0")
-    spec = CONSUMERS["router"]
-    wired = spec.wire(Process("router", ENGINE, lambda: AGREEMENT, lambda: datetime.now(UTC), settings))
-    relay = consumer_relay(
-        ENGINE, Publisher(settings.kafka), settings, consumer_service("router", spec, wired, ENGINE, settings)
-    )
-    assert relay.name.startswith("router-0/")
+    assert relay_of("router", settings).name.startswith("router-0/")
     settings.kafka = KafkaConfig(kafka_instance_id=None)
-    assert (
-        "/"
-        not in consumer_relay(
-            ENGINE, Publisher(settings.kafka), settings, consumer_service("router", spec, wired, ENGINE, settings)
-        ).name
-    )
+    assert "/" not in relay_of("router", settings).name
