@@ -196,12 +196,14 @@ class ClaimLocks:
     lock_class: int
     keys: Callable[[Sequence[Event]], Iterable[str]]
 
-    async def take(self, connection: AsyncConnection, events: Sequence[Event]) -> None:
+    async def take(self, connection: AsyncConnection, events: Sequence[Event]) -> set[str]:
         """Take the locks ``events`` need that the claim did not, in one statement of their own
-        (record by record, outside a consumer): all of them, sorted, in the same statement."""
+        (record by record, outside a consumer): all of them, sorted, in the same statement. Returns
+        the keys, all held from now on."""
         keys = set(self.keys(events))
         if keys - locked_with_the_claim(self.lock_class):
             await connection.execute(clause(f"SELECT {_ADVISORY_LOCKS}"), _lock_parameters(self.lock_class, keys))
+        return keys
 
 
 # Transaction-scoped advisory locks on text keys, in the keys' order: in the claim, and on their own.

@@ -178,8 +178,7 @@ async def _lock_and_read_identities(
     The read comes in a statement after the locks, so it sees what their last holder committed.
     In a batch applied whole the consumer's claim has taken them already (``CLAIM_LOCKS``).
     """
-    await CLAIM_LOCKS.take(connection, events)
-    locked = identity_locks(events)
+    locked = await CLAIM_LOCKS.take(connection, events)
     wanted = {alias_key(event.lead_id) for event in events}
     return await identities_and_leads(connection, sorted(locked | wanted), [event.lead_id for event in events])
 
