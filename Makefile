@@ -34,7 +34,7 @@ schemas: $(VENV)/.installed
 	$(VENV)/bin/coxswain schemas generate --check
 
 # Leads through the running stack while services, the broker and the database are killed; then a
-# ledger of what survived. Own stack under .local/chaos (ports from CHAOS_PORT_BASE, default 36500).
+# ledger of what survived. Own stack under .local/chaos (ports from CHAOS_PORT_BASE, default 24500).
 # CHAOS_LEADS=100000 make chaos is the full run (docs/chaos.md).
 chaos: $(VENV)/.installed
 	$(PY) -m chaos
@@ -57,7 +57,7 @@ bench-quick: $(VENV)/.installed
 # A steady rate (SOAK_RATE leads/s, default 20) for SOAK_MINUTES (default 30) with retention on at
 # a scale of minutes; per 5-minute window the memory of every process, table sizes, the outbox
 # backlog and webhook -> routed p99, then a verdict (memory flat, tables bounded) and one JSON
-# line. Own stack under .local/soak (ports from SOAK_PORT_BASE, default 37500); result in
+# line. Own stack under .local/soak (ports from SOAK_PORT_BASE, default 25500); result in
 # .local/soak/result.json (docs/operations.md). Never part of `make test`.
 soak: $(VENV)/.installed
 	$(PY) -m chaos.soak

@@ -21,6 +21,7 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL = ROOT / "deploy" / "local"
 SERVICES = ("intake", "scoring", "router", "sla-monitor")
+INFRA_ERROR_LINES = 20
 
 
 class InfraError(RuntimeError):
@@ -96,13 +97,21 @@ class Infra:
 
     async def _run(self, argv: list[str], env: dict[str, str], what: str) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        with (self.log_dir / "infra.log").open("ab") as log:
+        path = self.log_dir / "infra.log"
+        with path.open("ab") as log:
             log.write(f"$ {' '.join(argv)}\n".encode())
             log.flush()
+            start = log.tell()
             process = await asyncio.create_subprocess_exec(*argv, env=env, stdout=log, stderr=subprocess.STDOUT)
             code = await process.wait()
         if code != 0:
-            raise InfraError(f"{what} failed with exit code {code}; see {self.log_dir / 'infra.log'}")
+            # The script's own words say why (a port taken, a broker that would not start); a CI log
+            # may be all that is left of the run, so they go into the error, not only into the file.
+            with path.open("rb") as log:
+                log.seek(start)
+                said = log.read().decode(errors="replace").strip().splitlines()[-INFRA_ERROR_LINES:]
+            reason = "".join(f"\n  {line}" for line in said)
+            raise InfraError(f"{what} failed with exit code {code}; see {path}{reason}")
 
     async def script(self, name: str, *args: str) -> None:
         await self._run([str(LOCAL / name), *args], self.script_env(), f"{name} {' '.join(args)}")

@@ -65,7 +65,7 @@ def options(argv: list[str]) -> Options:
     env = os.environ
     parser = argparse.ArgumentParser(prog="python -m chaos", description=__doc__.split("\n\n")[0])
     parser.add_argument("--leads", type=int, default=int(env.get("CHAOS_LEADS", "3000")))
-    parser.add_argument("--port-base", type=int, default=int(env.get("CHAOS_PORT_BASE", "36500")))
+    parser.add_argument("--port-base", type=int, default=int(env.get("CHAOS_PORT_BASE", "24500")))
     parser.add_argument("--seed", type=int, default=int(env.get("CHAOS_SEED", "6")))
     parser.add_argument("--concurrency", type=int, default=int(env.get("CHAOS_CONCURRENCY", "16")))
     parser.add_argument("--rate", type=float, default=float(env.get("CHAOS_RATE", "0")), help="webhooks/s, 0 = max")

@@ -144,7 +144,7 @@ def options(argv: list[str]) -> Options:
     parser.add_argument("--rate", type=float, default=float(env.get("SOAK_RATE", "20")), help="leads per second")
     parser.add_argument("--window-minutes", type=float, default=float(env.get("SOAK_WINDOW_MINUTES", "5")))
     parser.add_argument("--out", type=Path, default=Path(env.get("SOAK_OUT", ROOT / ".local" / "soak" / "result.json")))
-    parser.add_argument("--port-base", type=int, default=int(env.get("SOAK_PORT_BASE", "37500")))
+    parser.add_argument("--port-base", type=int, default=int(env.get("SOAK_PORT_BASE", "25500")))
     parser.add_argument("--topic-retention-minutes", type=float, default=5.0, help="every topic's retention.ms")
     parser.add_argument("--retention-margin-minutes", type=float, default=5.0, help="COXSWAIN_RETENTION_MARGIN_HOURS")
     parser.add_argument("--inbox-retention-minutes", type=float, default=10.0, help="COXSWAIN_INBOX_RETENTION_DAYS")
