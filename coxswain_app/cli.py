@@ -47,6 +47,14 @@ def _logging(level: str = "INFO") -> None:
     configure_logging(level, ObservabilityConfig().log_format)
 
 
+@run_app.callback()
+def _service_process() -> None:
+    """Every ``coxswain run <service>`` process: the collector set for a long-lived service."""
+    from coxswain.runtime.collector import tune_for_service
+
+    tune_for_service()
+
+
 def _run(coroutine: object) -> None:
     import uvloop
 
