@@ -4,15 +4,16 @@ CPython collects its youngest generation whenever 700 more container objects hav
 freed since the last collection. A service under load makes that many within a fraction of one
 batch, so nearly every young collection finds the batch it interrupts still in use and moves its
 objects on to the older generations; once enough have piled up there, a full collection reads
-every object the process holds. In the bench's end-to-end phases each consumer service ran 6 to 9
-of those per run, 50 to 200 ms each, in which its event loop served no lead, and they freed
-nothing: ``collected=0`` (a ``gc.callbacks`` probe, docs/benchmarks.md, 6 December, afternoon).
+every object the process holds. In the bench's end-to-end phases scoring and the SLA monitor each
+ran 6 to 9 of those per run, 50 to 200 ms each, in which the event loop served no lead, and they
+freed nothing: ``collected=0`` (a ``gc.callbacks`` probe; docs/benchmarks.md, 6 December,
+afternoon).
 
 With the youngest generation collected every 10,000 objects instead, a batch's objects are mostly
-freed by their reference counts before a collection sees them: young collections are fewer than a
-tenth as many, no full collection ran while the pipeline was measured, and the time collecting
-fell to about a quarter. The older generations keep CPython's thresholds, so a reference cycle is
-still freed, only later. Not ``gc.freeze()``: tried and rejected by the bench (5 December).
+freed by their reference counts before a collection sees them: about a twentieth as many young
+collections, no full collection while the pipeline was measured, and between a fifth and a third
+of the time spent collecting. The older generations keep CPython's thresholds, so a reference
+cycle is still freed, only later. Not ``gc.freeze()``: tried and rejected by the bench (5 December).
 """
 
 from __future__ import annotations
