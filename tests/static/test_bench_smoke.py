@@ -216,7 +216,9 @@ def finished(rates: tuple[float, ...]) -> Bench:
             **{"scoring": 30.0, "router": 10.0, "sla-monitor": 0.0},
             **{"scoring-2": 45.0, "router-2": 15.0, "sla-monitor-2": 0.0},
         },
+        "machine_busy": 0.84,
     }
+    bench.notes["e2e"] = {"machine_busy": 0.71}
     bench.notes["takeover"] = {"kill_to_partitions_s": 1.4, "p50_ms": 40.0, "p99_ms": 900.0, "max_ms": 1500.0}
     bench.notes["half_throughput"] = {"offered_per_s": 250.0, "p50_ms": 12.0, "p99_ms": 25.0, "max_ms": 31.0}
     bench.finish()
@@ -247,6 +249,9 @@ def test_the_last_line_carries_the_latency_curve_and_the_scale_out_in_their_docu
     assert scale["relay_published_by_instance"] == [60.0, 63.0]
     assert scale["decisions_by_instance"] == [40.0, 60.0]
     assert "bare chain p50 2" in bench.curve_report()
+    # How busy the machine was in each throughput phase, so a reader sees whether both were CPU-bound.
+    assert "one instance 500/s, machine 71% busy" in bench.curve_report()
+    assert "machine 84% busy" in bench.curve_report()
     # The p99 at 5 leads/s is 10 ms in this run: 25 ms at half the sustained throughput is 2.5x.
     assert decoded["half_throughput"] == {
         "offered_per_s": 250.0,
