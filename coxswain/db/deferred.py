@@ -62,6 +62,20 @@ def carried(
     return sql, parameters
 
 
+def carried_before(
+    writes: Sequence[Write], ctes: Sequence[str], select: str, own: Mapping[str, Any]
+) -> tuple[str, dict[str, Any]]:
+    """One statement: ``writes``' CTEs, then ``ctes``, then ``select``, a query of the caller's
+    that reads the one row of ``effects`` (``FROM effects LEFT JOIN ...``), where the writes'
+    effects are evaluated once. For a read that carries the writes waiting so far, so that they
+    run before what the transaction does next instead of in its last statement."""
+    _, parameters = carried(writes, own=own)
+    selected = [write.effect for write in writes if write.effect] or ["true"]
+    parts = [write.ctes for write in writes] + list(ctes)
+    effects = "effects AS (SELECT " + ", ".join(selected) + ")"
+    return "WITH " + ", ".join([*parts, effects]) + " " + select, parameters
+
+
 async def write(connection: AsyncConnection, deferred: Write) -> None:
     """Carry ``deferred`` in the transaction's last statement when a scope is open on this
     connection; otherwise run it now."""

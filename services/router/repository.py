@@ -107,25 +107,36 @@ async def named_reps(
     """Without locks: the owners of the ``candidates`` domains, the holders of each domain's newest
     ``domains[domain]`` open leads, and the holders of ``leads``; and, in the same statement (one
     round trip fewer per batch), the roster revision in force."""
-    found = await connection.execute(
-        clause(
-            "WITH named AS (SELECT owner_rep_id AS rep_id FROM accounts WHERE domain = ANY(:candidates) UNION "
-            "SELECT h.rep_id FROM unnest(CAST(:domains AS text[]), CAST(:limits AS int[])) AS d(domain, n), "
-            "LATERAL (SELECT rep_id FROM lead_routing WHERE open AND domain = d.domain "
-            "ORDER BY opened_at DESC, lead_id DESC LIMIT d.n) AS h UNION "
-            "SELECT rep_id FROM lead_routing WHERE lead_id = ANY(:leads)) "
-            "SELECT r.revision, named.rep_id FROM roster_revision AS r LEFT JOIN named ON true WHERE r.id = 1"
-        ),
-        {
-            "candidates": list(candidates),
-            "domains": list(domains),
-            "limits": list(domains.values()),
-            "leads": list(leads),
-        },
+    named = (
+        "named AS (SELECT owner_rep_id AS rep_id FROM accounts WHERE domain = ANY(:candidates) UNION "
+        "SELECT h.rep_id FROM unnest(CAST(:domains AS text[]), CAST(:limits AS int[])) AS d(domain, n), "
+        "LATERAL (SELECT rep_id FROM lead_routing WHERE open AND domain = d.domain "
+        "ORDER BY opened_at DESC, lead_id DESC LIMIT d.n) AS h UNION "
+        "SELECT rep_id FROM lead_routing WHERE lead_id = ANY(:leads))"
     )
-    rows = found.all()
+    parameters = {
+        "candidates": list(candidates),
+        "domains": list(domains),
+        "limits": list(domains.values()),
+        "leads": list(leads),
+    }
+    # The writes deferred so far (scoring's, in its transaction) ride here, before the routing
+    # locks are taken, rather than in the transaction's last statement, which runs under them:
+    # a second instance waiting for the same pool waits for less.
+    writes = deferred.take(connection)
+    if writes:
+        sql, parameters = deferred.carried_before(
+            writes,
+            [named],
+            "SELECT r.revision, named.rep_id FROM effects LEFT JOIN roster_revision AS r ON r.id = 1 "
+            "LEFT JOIN named ON true",
+            parameters,
+        )
+    else:
+        sql = f"WITH {named} SELECT r.revision, named.rep_id FROM roster_revision AS r LEFT JOIN named ON true WHERE r.id = 1"
+    rows = (await connection.execute(clause(sql), parameters)).all()
     return NamedReps(
-        roster_revision=int(rows[0].revision) if rows else 0,
+        roster_revision=int(rows[0].revision or 0) if rows else 0,
         reps={row.rep_id for row in rows if row.rep_id is not None},
     )
 

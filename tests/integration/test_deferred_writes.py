@@ -130,21 +130,28 @@ def delivery(fact: Event, offset: int) -> Delivery:
     return Delivery(fact.topic, 0, offset, record.key, record.value, record.headers)
 
 
-async def test_scorings_batch_writes_its_rows_in_the_statement_that_stages_its_facts(engine: AsyncEngine) -> None:
+async def test_scorings_batch_writes_its_rows_before_the_routing_locks_and_routes_in_its_last_statement(
+    engine: AsyncEngine,
+) -> None:
     leads = [received(n) for n in range(3)]
     with Statements(engine) as statements:
         await scoring(engine).process([delivery(lead, n) for n, lead in enumerate(leads)])
+    last = len(statements.sent) - 1
+    reading_names = [n for n, sql in enumerate(statements.sent) if "named AS (" in sql]
+    reading_state = [n for n, sql in enumerate(statements.sent) if "FROM routing_state(" in sql]
+    assert len(reading_names) == 1 and reading_state and reading_names[0] < min(reading_state)
+    # Scoring's rows ride with the router's read of the names, the statement before the read that
+    # takes the routing locks: a second instance waiting for the same pool does not wait for them.
     writing_leads = [n for n, sql in enumerate(statements.sent) if "INSERT INTO leads" in sql]
-    # One statement writes the leads, and it is the last: the one that stages the facts.
-    assert writing_leads == [len(statements.sent) - 1]
-    assert "INSERT INTO outbox" in statements.sent[-1]
-    # The router's decisions, made in the same transaction, ride in it too: its run is the last.
+    assert writing_leads == reading_names
+    # The router's decisions ride in the last statement, the one that stages the facts.
+    assert "INSERT INTO outbox" in statements.sent[last]
     writing_assignments = [n for n, sql in enumerate(statements.sent) if "INSERT INTO assignments" in sql]
-    assert writing_assignments == [len(statements.sent) - 1]
-    # So do the router's inbox claims of the facts it was handed: the batch's own claim is the
-    # only other statement that claims (tests/integration/test_handed_claims.py).
+    assert writing_assignments == [last]
+    # The router's inbox claims of the facts it was handed ride with scoring's rows: the batch's
+    # own claim is the only other statement that claims (tests/integration/test_handed_claims.py).
     claiming = [n for n, sql in enumerate(statements.sent) if "INSERT INTO inbox" in sql]
-    assert claiming == [0, len(statements.sent) - 1]
+    assert claiming == [0, *reading_names]
     # The identity keys (hashed text, where the router's keys are ints) are locked by the claim
     # too (tests/integration/test_claim_locks.py).
     locking = [n for n, sql in enumerate(statements.sent) if "hashtext(k)" in sql]
