@@ -7,7 +7,9 @@ write of a batch's last run, can be carried in that statement as data-modifying 
 PostgreSQL and a core, its parse and bind, and a wake-up of a backend.
 
 The consumer opens a scope on its connection (``deferring``) for the whole of a batch applied at
-once; ``write`` adds to the scope, and the staging statement takes what it holds (``take``).
+once; ``write`` adds to the scope, and the staging statement takes what it holds (``take``). A
+read sent anyway may take them sooner (``carried_before``): the router's read of names does, so
+that scoring's write is not made under the routing locks the next statement takes.
 Outside a scope (a timer's transaction, a record applied on its own inside a savepoint, a test)
 ``write`` runs the statement at once, so a caller never depends on being deferred.
 
@@ -49,13 +51,7 @@ def carried(
     """One statement: ``writes``' CTEs, then ``ctes``; its SELECT evaluates ``writes``' effects,
     then ``effects``. Its parameters: the caller's ``own`` (those of ``ctes`` and ``effects``) and
     the writes', no name twice."""
-    parameters: dict[str, Any] = dict(own or {})
-    for write in writes:
-        if not parameters.keys().isdisjoint(write.parameters):
-            raise ValueError(
-                f"writes carried together share parameter names: {sorted(parameters.keys() & write.parameters.keys())}"
-            )
-        parameters.update(write.parameters)
+    parameters = _parameters(writes, own)
     parts = [write.ctes for write in writes] + list(ctes)
     selected = [write.effect for write in writes if write.effect] + list(effects)
     sql = ("WITH " + ", ".join(parts) + " " if parts else "") + "SELECT " + (", ".join(selected) or "true")
@@ -69,11 +65,23 @@ def carried_before(
     that reads the one row of ``effects`` (``FROM effects LEFT JOIN ...``), where the writes'
     effects are evaluated once. For a read that carries the writes waiting so far, so that they
     run before what the transaction does next instead of in its last statement."""
-    _, parameters = carried(writes, own=own)
+    parameters = _parameters(writes, own)
     selected = [write.effect for write in writes if write.effect] or ["true"]
     parts = [write.ctes for write in writes] + list(ctes)
     effects = "effects AS (SELECT " + ", ".join(selected) + ")"
     return "WITH " + ", ".join([*parts, effects]) + " " + select, parameters
+
+
+def _parameters(writes: Sequence[Write], own: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The caller's ``own`` parameters and the writes', no name twice."""
+    parameters: dict[str, Any] = dict(own or {})
+    for write in writes:
+        if not parameters.keys().isdisjoint(write.parameters):
+            raise ValueError(
+                f"writes carried together share parameter names: {sorted(parameters.keys() & write.parameters.keys())}"
+            )
+        parameters.update(write.parameters)
+    return parameters
 
 
 async def write(connection: AsyncConnection, deferred: Write) -> None:

@@ -1,5 +1,7 @@
-"""A write nothing later in its transaction reads rides in the statement that stages the facts
-(``coxswain.db.deferred``): scoring's batch is one round trip shorter, and nothing else changes.
+"""A write nothing later in its transaction reads rides in a statement sent anyway
+(``coxswain.db.deferred``): the one that stages the facts, or, for scoring's write in a batch that
+routes, the router's read of names before its routing locks. Scoring's batch is one round trip
+shorter, and nothing else changes.
 Outside a consumer's batch the same write runs at once; a deferred write that fails sends the
 batch record by record, as a failing handler does."""
 
@@ -115,6 +117,33 @@ async def test_writes_carried_together_must_not_share_parameter_names(engine: As
         deferred.carried([mark("a", []), mark("b", [])])
     with pytest.raises(ValueError, match="share parameter names"):
         deferred.carried([mark("a", [])], own={"mark_now": NOW})
+    with pytest.raises(ValueError, match="share parameter names"):
+        deferred.carried_before([mark("a", [])], [], "SELECT 1 FROM effects", {"mark_now": NOW})
+
+
+async def test_writes_carried_before_a_read_land_and_their_effect_runs_once_however_many_rows_it_returns(
+    engine: AsyncEngine,
+) -> None:
+    """The router's read of names carries scoring's write this way: its effect (waking the timer
+    loops) must run once, not once per rep the read returns, and not be skipped."""
+    consumer = f"before-{uuid.uuid4()}"
+    ids = [uuid.uuid4(), uuid.uuid4()]
+    async with engine.connect() as connection:
+        await connection.execute(text("CREATE TEMPORARY SEQUENCE effects_run"))
+        counted = deferred.Write(mark(consumer, ids).ctes, mark(consumer, ids).parameters, "nextval('effects_run')")
+        sql, parameters = deferred.carried_before(
+            [counted],
+            ["numbers AS (SELECT generate_series(1, :rows) AS n)"],
+            "SELECT numbers.n FROM effects LEFT JOIN numbers ON true ORDER BY numbers.n",
+            {"rows": 3},
+        )
+        rows = (await connection.execute(text(sql), parameters)).scalars().all()
+        assert rows == [1, 2, 3]
+        ran = (await connection.execute(text("SELECT last_value, is_called FROM effects_run"))).one()
+        assert tuple(ran) == (1, True)
+        # The write ran in that statement, before anything else in the transaction.
+        assert await marked(connection, consumer) == set(ids)
+        await connection.rollback()
 
 
 def scoring(engine: AsyncEngine) -> ConsumerService:
