@@ -123,17 +123,13 @@ async def named_reps(
     # The writes deferred so far (scoring's, in its transaction) ride here, before the routing
     # locks are taken, rather than in the transaction's last statement, which runs under them:
     # a second instance waiting for the same pool waits for less.
-    writes = deferred.take(connection)
-    if writes:
-        sql, parameters = deferred.carried_before(
-            writes,
-            [named],
-            "SELECT r.revision, named.rep_id FROM effects LEFT JOIN roster_revision AS r ON r.id = 1 "
-            "LEFT JOIN named ON true",
-            parameters,
-        )
-    else:
-        sql = f"WITH {named} SELECT r.revision, named.rep_id FROM roster_revision AS r LEFT JOIN named ON true WHERE r.id = 1"
+    sql, parameters = deferred.carried_before(
+        deferred.take(connection),
+        [named],
+        "SELECT r.revision, named.rep_id FROM effects LEFT JOIN roster_revision AS r ON r.id = 1 "
+        "LEFT JOIN named ON true",
+        parameters,
+    )
     rows = (await connection.execute(clause(sql), parameters)).all()
     return NamedReps(
         roster_revision=int(rows[0].revision or 0) if rows else 0,
