@@ -704,7 +704,7 @@ class Bench:
                 "--connections", str(plan.e2e_connections),
             )  # fmt: skip
             seen = self.collect("watch-e2e", process, out, timeout=900)
-        busy, total = (now - then for now, then in zip(_machine_ticks(), machine_before, strict=True))
+        machine_busy = _busy_share(machine_before)
         self.notes["cpu_ms_per_lead"] = cpu_per_item(before, self.cpu(), plan.e2e_leads)
         if self.counting_statements:
             self.statements_note("e2e")
@@ -717,7 +717,7 @@ class Bench:
             "intake_events_per_s": load["events_per_s"],
             "overall_per_s": len(armed) / (max(armed) - load["began_at"]) if armed else float("nan"),
             "drain_seconds": max(armed) - load["ended_at"] if armed else float("nan"),
-            "machine_busy": busy / total if total else float("nan"),
+            "machine_busy": machine_busy,
         }
         # Issue 14's last latency target is relative to what was just sustained: the p99 at half of
         # it, against the p99 at 5 leads/s of the curve above.
@@ -820,7 +820,7 @@ class Bench:
             "--connections", "32", "--out", str(accepted_file),
         )  # fmt: skip
         seen = self.collect(f"watch-{name}", process, out, timeout=900)
-        busy, total = (now - then for now, then in zip(_machine_ticks(), machine_before, strict=True))
+        busy, total = _machine_ticks_since(machine_before)
         budget = cpu_budget(
             cpu_before,
             self.cpu(),
@@ -944,7 +944,7 @@ class Bench:
             "--connections", str(plan.e2e_connections),
         )  # fmt: skip
         seen = self.collect("watch-scale", process, out, timeout=900)
-        busy, total = (now - then for now, then in zip(_machine_ticks(), machine_before, strict=True))
+        machine_busy = _busy_share(machine_before)
         self.notes["cpu_ms_per_lead_two_instances"] = cpu_per_item(before, self.cpu(), plan.e2e_leads)
         armed = [at for _, at in seen["sla.armed.v1"]]
         pages = {label: self.scrape(label) for label in labels}
@@ -963,7 +963,7 @@ class Bench:
             "leads_per_s": sustained_rate(armed) if len(armed) > 1 else float("nan"),
             "relay_published_by_process": published,
             "decisions_by_process": decisions,
-            "machine_busy": busy / total if total else float("nan"),
+            "machine_busy": machine_busy,
         }
         self.stop("intake", *labels)
 
@@ -1349,6 +1349,18 @@ def _cpu_of(pid: int, children: bool = False) -> float:
 
 def _machine_ticks() -> tuple[int, int]:
     return machine_ticks(Path("/proc/stat").read_text())
+
+
+def _machine_ticks_since(before: tuple[int, int]) -> tuple[int, int]:
+    """Busy and total ticks of the machine since ``before`` (a ``_machine_ticks()``)."""
+    busy, total = (now - then for now, then in zip(_machine_ticks(), before, strict=True))
+    return busy, total
+
+
+def _busy_share(before: tuple[int, int]) -> float:
+    """How busy the machine was since ``before``: busy ticks over all ticks."""
+    busy, total = _machine_ticks_since(before)
+    return busy / total if total else float("nan")
 
 
 def _reaped_children_cpu() -> float:
