@@ -725,7 +725,9 @@ class Bench:
         if half > 0 and math.isfinite(half):
             seconds = max(plan.curve_seconds, plan.curve_min_leads / half)
             say("latency at half the sustained throughput: %.0f leads/s offered for %ss", half, seconds)
-            self.notes["half_throughput"] = self.measure_latency(url, half, seconds, "half-throughput")
+            # Profiled, and with --hops broken down: where a lead waits when the target is missed.
+            with self.profiled("half-throughput", ["intake", "scoring", "router", "sla-monitor"]):
+                self.notes["half_throughput"] = self.measure_latency(url, half, seconds, "half-throughput", self.hops)
         self.stop("intake", "scoring", "router", "sla-monitor")
 
     def broker_jit_seconds(self) -> float:
@@ -1470,10 +1472,14 @@ def main(argv: list[str] | None = None) -> None:
             bench.stack("down")
     bench.finish()
     (work / "notes.json").write_bytes(orjson.dumps({"results": bench.results, "notes": bench.notes}))
-    if bench.notes.get("curve"):
+    # The point at half the sustained throughput, after the curve's, by its offered load.
+    points = dict(bench.notes.get("curve", {}))
+    if "half_throughput" in bench.notes:
+        points[str(round(bench.notes["half_throughput"]["offered_per_s"]))] = bench.notes["half_throughput"]
+    if points:
         sys.stdout.write("CPU while each offered load ran (until its last lead was routed)\n")
-        sys.stdout.write(cpu_table(bench.notes["curve"], os.cpu_count() or 1) + "\n\n")
-    for rate, point in bench.notes.get("curve", {}).items():
+        sys.stdout.write(cpu_table(points, os.cpu_count() or 1) + "\n\n")
+    for rate, point in points.items():
         if "hops" in point:
             sys.stdout.write(f"where the time goes at {float(rate):g} leads/s offered (ms per lead)\n")
             sys.stdout.write(hop_table(point["hops"]) + "\n\n")
