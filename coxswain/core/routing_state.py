@@ -276,13 +276,14 @@ def assign(
         owners=owners,
     )
     open_by_domain = dict(state.open_by_domain)
+    # A lead is among the open leads of its holder's domain and of no other domain's, so only a
+    # lead with a holder has an entry to drop. Looking for one in the domain of every new lead
+    # made a run of leads from one domain quadratic in its length.
     if previous is not None and previous.domain in open_by_domain:
         open_by_domain[previous.domain] = _without(open_by_domain[previous.domain], lead_id)
     if decision.domain:
-        held = _without(open_by_domain.get(decision.domain, ()), lead_id)
-        # Newest first, ties by the higher lead id: after the leads opened at the same instant with
-        # a higher id, so decisions made in one run and one at a time agree.
-        at = next((i for i, (lead, _, opened) in enumerate(held) if (opened, lead) < (now, lead_id)), len(held))
+        held = open_by_domain.get(decision.domain, ())
+        at = _newer_than(held, now, lead_id)
         open_by_domain[decision.domain] = (*held[:at], (lead_id, rep_id, now), *held[at:])
     new_state = RoutingState(
         rotations={**state.rotations, **decision.rotations_after},
@@ -334,3 +335,19 @@ def release(state: RoutingState, lead_id: uuid.UUID, happened_at: datetime) -> t
 
 def _without(held: DomainLeads, lead_id: uuid.UUID) -> DomainLeads:
     return tuple(entry for entry in held if entry[0] != lead_id)
+
+
+def _newer_than(held: DomainLeads, opened_at: datetime, lead_id: uuid.UUID) -> int:
+    """How many of ``held`` come before a lead opened at ``opened_at``: newest first, ties by the
+    higher lead id (after the leads opened at the same instant with a higher id, so decisions made
+    in one run and one at a time agree). A binary search, as ``held`` is in that order: every
+    decision of a run inserts into its domain's open leads, which grow with the run."""
+    low, high = 0, len(held)
+    while low < high:
+        middle = (low + high) // 2
+        lead, _, opened = held[middle]
+        if (opened, lead) < (opened_at, lead_id):
+            high = middle
+        else:
+            low = middle + 1
+    return low

@@ -492,6 +492,7 @@ def make_batch_handler(agreement: Agreement) -> BatchHandler:
         left by the events before it."""
         facts: list[list[Event]] = [[] for _ in events]
         run: list[tuple[int, RouteRequest]] = []
+        in_run: set[uuid.UUID] = set()  # the run's leads: each is decided once per run
         qualified = [qualified_request(event) for event in events if isinstance(event, LeadQualifiedV1)]
         # What every decision of the batch may read, locked in one ordered statement up front, so
         # the runs below seldom need another lock (and then never wait for it out of order).
@@ -510,12 +511,14 @@ def make_batch_handler(agreement: Agreement) -> BatchHandler:
                 for (index, _), (_, found) in zip(run, results, strict=True):
                     facts[index] = found
                 run.clear()
+                in_run.clear()
 
         for index, event in enumerate(events):
             if isinstance(event, LeadQualifiedV1):
-                if any(request.lead_id == event.lead_id for _, request in run):
+                if event.lead_id in in_run:
                     await flush()
                 run.append((index, qualified_request(event)))
+                in_run.add(event.lead_id)
                 continue
             if isinstance(event, (ActivityAcceptedV1, LeadStageChangedV1)):
                 if routing_state.releases(event):

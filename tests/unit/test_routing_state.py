@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import random
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -136,6 +137,30 @@ def test_leads_opened_at_one_instant_are_ordered_by_the_higher_id_first(low_firs
     for lead in (low, high) if low_first else (high, low):
         state, _ = routed(state, request(f"{lead.hex}@same.example.com", lead_id=lead))
     assert [lead for lead, _, _ in state.open_by_domain["same.example.com"]] == [high, low]
+
+
+def test_many_leads_of_one_domain_are_kept_newest_first_then_by_the_higher_id() -> None:
+    # Decided in no particular order, at three instants: where each goes is found by a search
+    # that relies on the order the ones before it were kept in.
+    shuffled = random.Random(14)
+    opened = [
+        (uuid.UUID(int=shuffled.getrandbits(128)), T0 + timedelta(minutes=shuffled.randrange(3))) for _ in range(60)
+    ]
+    state = RoutingState()
+    for lead, at in opened:
+        state, _ = routed(state, request(f"{lead.hex}@many.example.com", lead_id=lead), at)
+    kept = [(lead, at) for lead, _, at in state.open_by_domain["many.example.com"]]
+    assert kept == sorted(opened, key=lambda entry: (entry[1], entry[0]), reverse=True)
+
+
+def test_a_lead_routed_again_from_another_domain_leaves_the_first_domains_open_leads() -> None:
+    asked = request("a@one.example.com")
+    state, first = routed(RoutingState(), asked)
+    moved = request("a@two.example.com", lead_id=asked.lead_id, replaces=first.assignment_id)
+    state, second = routed(state, moved, T0 + timedelta(hours=1))
+
+    assert state.open_by_domain["one.example.com"] == ()
+    assert state.open_by_domain["two.example.com"] == ((asked.lead_id, second.rep_id, T0 + timedelta(hours=1)),)
 
 
 def test_an_account_owner_takes_the_lead_of_a_subdomain() -> None:
