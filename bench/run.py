@@ -86,6 +86,7 @@ CURVE_TOPIC = HOP_TOPICS[2]
 # one partition and the first two, and the scale-out phase measured that split, not two instances.
 PARTITIONS: int = KafkaConfig.model_fields["kafka_topic_partitions"].default
 CONSUMERS = ("scoring", "router", "sla-monitor")
+PIPELINE = ("intake", *CONSUMERS)  # the processes of the end to end phase
 TAKEOVER_RATE = 20  # leads/s offered while the router is killed and restarted
 TAKEOVER_SECONDS = 20
 TAKEOVER_KILL_AT = 8  # seconds into the load
@@ -667,7 +668,7 @@ class Bench:
         if self.counting_statements:
             asyncio.run(self._statements_reset())
         say("end to end latency: %s leads/s offered for %ss", plan.latency_rate, plan.latency_seconds)
-        with self.profiled("e2e-latency", ["intake", "scoring", "router", "sla-monitor"]):
+        with self.profiled("e2e-latency", PIPELINE):
             latency = self.measure_latency(url, plan.latency_rate, plan.latency_seconds, "latency", hops=self.hops)
         self.results["e2e_p50_ms"] = latency["p50_ms"]
         self.results["e2e_p99_ms"] = latency["p99_ms"]
@@ -698,7 +699,7 @@ class Bench:
             "--idle", "30", "--timeout", "900",
         )  # fmt: skip
         before, machine_before = self.cpu(), _machine_ticks()
-        with self.profiled("e2e-throughput", ["intake", "scoring", "router", "sla-monitor"]):
+        with self.profiled("e2e-throughput", PIPELINE):
             load = self.loadgen(
                 "--url", url, "--mode", "count", "--count", str(plan.e2e_leads), "--batch", str(plan.e2e_batch),
                 "--connections", str(plan.e2e_connections),
@@ -726,9 +727,9 @@ class Bench:
             seconds = max(plan.curve_seconds, plan.curve_min_leads / half)
             say("latency at half the sustained throughput: %.0f leads/s offered for %ss", half, seconds)
             # Profiled, and with --hops broken down: where a lead waits when the target is missed.
-            with self.profiled("half-throughput", ["intake", "scoring", "router", "sla-monitor"]):
+            with self.profiled("half-throughput", PIPELINE):
                 self.notes["half_throughput"] = self.measure_latency(url, half, seconds, "half-throughput", self.hops)
-        self.stop("intake", "scoring", "router", "sla-monitor")
+        self.stop(*PIPELINE)
 
     def broker_jit_seconds(self) -> float:
         """CPU seconds the broker's JIT compiler threads have used so far."""

@@ -491,8 +491,8 @@ def make_batch_handler(agreement: Agreement) -> BatchHandler:
         or a reassignment is applied on its own between runs, so every decision sees the state
         left by the events before it."""
         facts: list[list[Event]] = [[] for _ in events]
-        run: list[tuple[int, RouteRequest]] = []
-        in_run: set[uuid.UUID] = set()  # the run's leads: each is decided once per run
+        # The run's requests by lead, in the events' order: each lead is decided once per run.
+        run: dict[uuid.UUID, tuple[int, RouteRequest]] = {}
         qualified = [qualified_request(event) for event in events if isinstance(event, LeadQualifiedV1)]
         # What every decision of the batch may read, locked in one ordered statement up front, so
         # the runs below seldom need another lock (and then never wait for it out of order).
@@ -506,19 +506,17 @@ def make_batch_handler(agreement: Agreement) -> BatchHandler:
 
         async def flush(last: bool = False) -> None:
             if run:
-                requests = [request for _, request in run]
+                requests = [request for _, request in run.values()]
                 results = await route_requests(connection, agreement, roster, requests, now, locked, last)
-                for (index, _), (_, found) in zip(run, results, strict=True):
+                for (index, _), (_, found) in zip(run.values(), results, strict=True):
                     facts[index] = found
                 run.clear()
-                in_run.clear()
 
         for index, event in enumerate(events):
             if isinstance(event, LeadQualifiedV1):
-                if event.lead_id in in_run:
+                if event.lead_id in run:
                     await flush()
-                run.append((index, qualified_request(event)))
-                in_run.add(event.lead_id)
+                run[event.lead_id] = (index, qualified_request(event))
                 continue
             if isinstance(event, (ActivityAcceptedV1, LeadStageChangedV1)):
                 if routing_state.releases(event):
