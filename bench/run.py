@@ -656,9 +656,9 @@ class Bench:
         plan = self.plan
         self.skip_backlog()
         say("end to end: starting scoring, router, sla-monitor")
-        for name in ("scoring", "router", "sla-monitor"):
+        for name in CONSUMERS:
             self.service(name)
-        for name in ("scoring", "router", "sla-monitor"):
+        for name in CONSUMERS:
             self.wait_for_log(name, "partitions assigned")
         url = f"http://127.0.0.1:{self.ports.intake}/v1/webhooks/{SOURCE}/events"
 
