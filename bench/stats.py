@@ -30,9 +30,18 @@ RESULT_KEYS: tuple[str, ...] = (
 )
 CURVE_POINT_KEYS = ("offered_per_s", "p50_ms", "p99_ms", "max_ms", "baseline_p50_ms", "baseline_p99_ms")
 TAKEOVER_KEYS = ("kill_to_partitions_s", "p99_ms", "max_ms")
-# The latency at half of what the pipeline sustained (``e2e_leads_per_s``), against the p99 at
-# 5 leads/s of the same run: issue 14 asks for at most 3x.
-HALF_THROUGHPUT_KEYS = ("offered_per_s", "p50_ms", "p99_ms", "max_ms", "p99_over_p99_at_5")
+# The latency at half of what the pipeline sustained (``e2e_leads_per_s``, 50 leads per webhook),
+# against the p99 at 5 leads/s of the same run: issue 14 asks for at most 3x. One point per shape,
+# its leads sent ``leads_per_webhook`` to a webhook.
+HALF_THROUGHPUT_KEYS = (
+    "leads_per_webhook",
+    "sustained_per_s",
+    "offered_per_s",
+    "p50_ms",
+    "p99_ms",
+    "max_ms",
+    "p99_over_p99_at_5",
+)
 SCALE_OUT_KEYS = (
     "instances",
     "leads_per_s",
@@ -192,16 +201,17 @@ def cpu_budget(
 
 
 def cpu_table(points: Mapping[str, Mapping[str, Any]], cores: int) -> str:
-    """One row per offered load: cores our processes used, and the biggest users per lead."""
+    """One row per offered load, named by its key ("100/s"): cores our processes used, and the
+    biggest users per lead."""
     rows: list[tuple[str, Any, str]] = []
-    for rate, point in points.items():
+    for load, point in points.items():
         budget = point.get("cpu")
         if not budget:
             continue
         biggest = sorted(budget["ms_per_lead"].items(), key=lambda item: -item[1])
         rows.append(
             (
-                f"pipeline cores at {float(rate):g}/s",
+                f"pipeline cores at {load}",
                 budget["pipeline_cores"],
                 f"load generator + watcher {budget['load_cores']:.2f}; machine {budget['machine_busy']:.0%} busy "
                 f"of {cores} cores; ms per lead: " + ", ".join(f"{name} {ms:.1f}" for name, ms in biggest),
@@ -226,16 +236,17 @@ def target_rows(results: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     for rate, key, limit in ((100, "p50_ms", 20.0), (100, "p99_ms", 50.0), (200, "p99_ms", 100.0)):
         value = at(rate, key)
         rows.append((f"{key[:3]} <= {limit:g} ms at {rate} leads/s", f"{value:.0f} ms", verdict(value, value <= limit)))
-    half = results.get("half_throughput", {})
-    factor = float(half.get("p99_over_p99_at_5", nan))
-    rows.append(
-        (
-            "p99 at half the sustained throughput <= 3x the p99 at 5 leads/s",
-            f"{factor:.1f}x ({float(half.get('p99_ms', nan)):.0f} ms at {float(half.get('offered_per_s', nan)):.0f}"
-            f" leads/s, {at(5, 'p99_ms'):.0f} ms at 5)",
-            verdict(factor, factor <= 3),
+    for half in results.get("half_throughput", []) or [{}]:
+        factor = float(half.get("p99_over_p99_at_5", nan))
+        rows.append(
+            (
+                "p99 at half the sustained throughput <= 3x the p99 at 5 leads/s"
+                + (f" ({half_shape(half)})" if half else ""),
+                f"{factor:.1f}x ({float(half.get('p99_ms', nan)):.0f} ms at {float(half.get('offered_per_s', nan)):.0f}"
+                f" leads/s, {at(5, 'p99_ms'):.0f} ms at 5)",
+                verdict(factor, factor <= 3),
+            )
         )
-    )
     share = ratio(float(results.get("e2e_leads_per_s", nan)), float(results.get("relay_baseline_per_s", nan)))
     rows.append(("e2e_leads_per_s >= 25% of relay_baseline_per_s", f"{share:.0%}", verdict(share, share >= 0.25)))
     scale = results.get("scale_out")
@@ -258,6 +269,12 @@ def target_rows(results: Mapping[str, Any]) -> list[tuple[str, str, str]]:
             )
         )
     return rows
+
+
+def half_shape(half: Mapping[str, Any]) -> str:
+    """How a half-throughput point's leads were sent."""
+    leads = half["leads_per_webhook"]
+    return "one lead a webhook" if leads == 1 else f"{leads} leads a webhook"
 
 
 def ratio(value: float, baseline: float) -> float:
