@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Collection
 
@@ -23,12 +24,19 @@ def normalize_domain(value: str) -> str | None:
 
 def lead_domain(attributes: LeadAttributes, free_mail: Collection[str]) -> str | None:
     """The company domain if given, else the email's; a free-mail domain belongs to no company."""
-    free = {domain.casefold() for domain in free_mail}
+    free = _casefolded(tuple(free_mail))
     for raw in (attributes.company_domain, attributes.email):
         domain = normalize_domain(raw) if raw else None
         if domain is not None and domain not in free:
             return domain
     return None
+
+
+@functools.lru_cache(maxsize=16)
+def _casefolded(domains: tuple[str, ...]) -> frozenset[str]:
+    # An agreement's list, folded once rather than for every lead routed (a routing decision
+    # asks for the lead's domain several times).
+    return frozenset(domain.casefold() for domain in domains)
 
 
 def parent_domains(domain: str) -> tuple[str, ...]:

@@ -187,7 +187,19 @@ async def test_the_decision_record_is_stored_and_travels_in_the_routed_fact(worl
     assert record["domain"] is None  # free mail: no company
     assert record["before"]["rotations"][world["na"]]["current"] == {}
     assert record["after"]["rotations"][world["na"]]["assigned"] == {world["ava"]: 1}
-    assert record["after"]["counters"][world["ava"]]["open_load"] == 3
+    # Every field of the rep's load, before and after, the day as an ISO date.
+    assert record["before"]["counters"][world["ava"]] == {
+        "open_load": 0,
+        "open_leads": 0,
+        "day": None,
+        "assigned_on_day": 0,
+    }
+    assert record["after"]["counters"][world["ava"]] == {
+        "open_load": 3,
+        "open_leads": 1,
+        "day": NOW.date().isoformat(),
+        "assigned_on_day": 1,
+    }
     assert record["roster_revision"] >= 0
     assert [c["rep_id"] for c in record["candidates"]] == [c.rep_id for c in fact.candidates]
     assert fact.matched_by == "rule"

@@ -421,3 +421,12 @@ def test_an_override_the_agreement_cannot_take_makes_the_rep_unavailable_not_gue
 def test_overrides_are_checked_against_the_agreement(rep_id: str, override: RepOverride, message: str) -> None:
     with pytest.raises(OverrideRejected, match=message.replace("(", r"\(").replace(")", r"\)")):
         apply_override(agreement_with(), rep_id, override)
+
+
+def test_free_mail_domains_match_whatever_their_case_and_each_list_is_its_own() -> None:
+    jane = LeadAttributes(email="jane@Mailbox.io")
+    assert lead_domain(jane, ("MAILBOX.io",)) is None
+    assert lead_domain(jane, ["mailbox.IO"]) is None  # any collection, not only a tuple
+    # Another agreement's list, asked after the first: its own answer, not the first list's.
+    assert lead_domain(jane, ("other.io",)) == "mailbox.io"
+    assert lead_domain(jane, ()) == "mailbox.io"
