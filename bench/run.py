@@ -993,7 +993,15 @@ class Bench:
             )
             for label in labels
         }
-        self.notes["scale"] = {**scale, "relay_published_by_process": published, "decisions_by_process": decisions}
+        # Batches given back on a conflict (routing locks the other instance holds) and applied
+        # again: work two instances do that one does not.
+        retried = {label: prometheus_value(page, "coxswain_batches_retried_total") for label, page in pages.items()}
+        self.notes["scale"] = {
+            **scale,
+            "relay_published_by_process": published,
+            "decisions_by_process": decisions,
+            "batches_retried_by_process": retried,
+        }
         self.stop("intake", *labels)
 
     def phase_relay_baseline(self) -> None:
@@ -1131,7 +1139,8 @@ class Bench:
                     f"one instance {scale['leads_per_s_one_instance']:.0f}/s, machine "
                     f"{self.notes.get('e2e', {}).get('machine_busy', float('nan')):.0%} busy; relayed by instance "
                     f"{scale['relay_published_by_instance']}; decisions by instance {scale['decisions_by_instance']}; "
-                    f"machine {self.notes.get('scale', {}).get('machine_busy', float('nan')):.0%} busy",
+                    f"machine {self.notes.get('scale', {}).get('machine_busy', float('nan')):.0%} busy; batches given "
+                    f"back on a conflict {sum(self.notes.get('scale', {}).get('batches_retried_by_process', {}).values()):.0f}",
                 )
             )
         return table(rows) if rows else ""
