@@ -493,12 +493,15 @@ def make_batch_handler(agreement: Agreement) -> BatchHandler:
         facts: list[list[Event]] = [[] for _ in events]
         # The run's requests by lead, in the events' order: each lead is decided once per run.
         run: dict[uuid.UUID, tuple[int, RouteRequest]] = {}
-        qualified = [qualified_request(event) for event in events if isinstance(event, LeadQualifiedV1)]
+        # Each qualified lead's request, made once: for the locks up front, then for its run.
+        qualified = {
+            index: qualified_request(event) for index, event in enumerate(events) if isinstance(event, LeadQualifiedV1)
+        }
         # What every decision of the batch may read, locked in one ordered statement up front, so
         # the runs below seldom need another lock (and then never wait for it out of order).
         roster, locked = await begin_run(
             connection,
-            qualified,
+            list(qualified.values()),
             agreement,
             cache,
             also_leads=[event.lead_id for event in events if not isinstance(event, LeadQualifiedV1)],
@@ -516,7 +519,7 @@ def make_batch_handler(agreement: Agreement) -> BatchHandler:
             if isinstance(event, LeadQualifiedV1):
                 if event.lead_id in run:
                     await flush()
-                run[event.lead_id] = (index, qualified_request(event))
+                run[event.lead_id] = (index, qualified[index])
                 continue
             if isinstance(event, (ActivityAcceptedV1, LeadStageChangedV1)):
                 if routing_state.releases(event):
