@@ -50,12 +50,14 @@ from schemas.events import (
     Stage,
     Tier,
 )
+from services.sla_monitor import repository as sla_repository
+from services.sla_monitor import service as sla_service
 from services.sla_monitor.alerts import AlertWebhook
 from services.sla_monitor.metrics import SlaMetrics
 from services.sla_monitor.monitor import Monitor
 from services.sla_monitor.pacing import check_pacing
 from services.sla_monitor.service import make_handler
-from services.sla_monitor.timers import fire_due, record
+from services.sla_monitor.timers import RESPONSE_HOLD, fire_due, record
 from tests.support.databases import fresh_database
 from tests.support.stack import free_port
 
@@ -725,3 +727,66 @@ async def test_a_target_first_watched_mid_period_does_not_cry_wolf(engine: Async
 
     assert raised == [] and next_day == []
     assert results[0].expected == 0 and results[0].watched_from == started
+
+
+# The look for the next due timer as it was before 7 December: the response hold as NOT EXISTS.
+NEXT_DUE_WITH_THE_HOLD_AS_NOT_EXISTS = (
+    "SELECT t.due_at FROM sla_timers t JOIN deadlines d ON d.deadline_id = t.deadline_id "
+    "WHERE t.status = 'pending' AND NOT EXISTS (SELECT 1 FROM intake_events e WHERE e.lead_id = d.lead_id "
+    "AND e.kind = 'activity' AND e.received_at <= t.due_at "
+    "AND e.received_at > CAST(:now AS timestamptz) - CAST(:awaiting_hold AS interval) "
+    "AND NOT EXISTS (SELECT 1 FROM inbox i WHERE i.consumer = :consumer AND i.event_id = e.event_id)) "
+    "ORDER BY t.due_at LIMIT 1"
+)
+
+
+async def intake_events_read_whole(engine: AsyncEngine, next_due: str | None) -> int:
+    """Whole-partition reads of intake_events by the look for the next due timer (``next_due``, or
+    the monitor's own when None), called as the timer loop calls it, from the connection's plan
+    cache, with one clock armed and a month's partition of 20,000 intake events, none of them an
+    activity; rolled back."""
+    now = datetime.now(UTC)
+    async with engine.connect() as connection:
+        try:
+            await make_handler(PLAIN_AGREEMENT)(connection, routed(uuid.uuid4(), now), now)
+            await connection.execute(
+                text(
+                    "INSERT INTO intake_events (event_id, lead_id, source, webhook_id, kind, payload, received_at) "
+                    "SELECT gen_random_uuid(), gen_random_uuid(), 'web', 'wh-' || g, 'lead', '{}', :now "
+                    "FROM generate_series(1, 20000) AS g"
+                ),
+                {"now": now},
+            )
+            await connection.execute(text("ANALYZE intake_events"))
+            parameters = {"now": now, "consumer": sla_service.CONSUMER, "awaiting_hold": RESPONSE_HOLD}
+
+            async def look() -> datetime | None:
+                if next_due is None:
+                    return await sla_repository.next_due(connection, now, sla_service.CONSUMER, RESPONSE_HOLD)
+                found = await connection.scalar(text(next_due), parameters)
+                return found if isinstance(found, datetime) else None
+
+            # Past the five executions after which PostgreSQL may settle on one plan for all of them.
+            for _ in range(8):
+                assert await look() == now + timedelta(minutes=10)
+            scans = text(
+                "SELECT sum(pg_stat_get_xact_numscans(inhrelid)) FROM pg_inherits "
+                "WHERE inhparent = 'intake_events'::regclass"
+            )
+            before = int(await connection.scalar(scans) or 0)
+            assert await look() == now + timedelta(minutes=10)
+            return int(await connection.scalar(scans) or 0) - before
+        finally:
+            await connection.rollback()
+
+
+async def test_the_next_due_timer_is_found_without_reading_the_months_intake_events(engine: AsyncEngine) -> None:
+    """The response hold is probed per timer by the lead's own intake events; the timer loop looks
+    for the next due timer on every pass, and a month's partition holds a month of every lead."""
+    assert await intake_events_read_whole(engine, None) == 0
+
+
+async def test_the_hold_as_not_exists_read_the_months_intake_events_whole(engine: AsyncEngine) -> None:
+    """The premise: PostgreSQL turned NOT EXISTS into an anti-join against every recent activity,
+    found by reading the partition whole."""
+    assert await intake_events_read_whole(engine, NEXT_DUE_WITH_THE_HOLD_AS_NOT_EXISTS) >= 1
