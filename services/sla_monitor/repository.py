@@ -296,7 +296,7 @@ class DueTimer(NamedTuple):
 # anti-join against every activity of the last ``:awaiting_hold``, found by reading the month's
 # partition of intake_events whole on every look for the next due timer: 11 ms at 20,000 intake
 # events in the bench (docs/benchmarks.md, 7 December), and a month of a year's leads in production.
-AWAITING_RESPONSE = (
+_AWAITING_RESPONSE = (
     "LEFT JOIN LATERAL (SELECT true AS held FROM intake_events e WHERE e.lead_id = d.lead_id "
     "AND e.kind = 'activity' AND e.received_at <= t.due_at "
     "AND e.received_at > CAST(:now AS timestamptz) - CAST(:awaiting_hold AS interval) "
@@ -315,7 +315,7 @@ async def claim_due_timers(
     rows = await connection.execute(
         text(
             f"SELECT {clock_columns}, {timer_columns} FROM sla_timers t "
-            f"JOIN deadlines d ON d.deadline_id = t.deadline_id {AWAITING_RESPONSE} "
+            f"JOIN deadlines d ON d.deadline_id = t.deadline_id {_AWAITING_RESPONSE} "
             "WHERE t.status = 'pending' AND t.due_at <= :now AND awaiting.held IS NULL "
             "ORDER BY t.due_at LIMIT :limit FOR UPDATE OF t, d SKIP LOCKED"
         ),
@@ -387,7 +387,7 @@ async def next_due(
     pending timers in due order and stops at the first one not held."""
     value = await connection.scalar(
         text(
-            f"SELECT t.due_at FROM sla_timers t JOIN deadlines d ON d.deadline_id = t.deadline_id {AWAITING_RESPONSE} "
+            f"SELECT t.due_at FROM sla_timers t JOIN deadlines d ON d.deadline_id = t.deadline_id {_AWAITING_RESPONSE} "
             "WHERE t.status = 'pending' AND awaiting.held IS NULL ORDER BY t.due_at LIMIT 1"
         ),
         {"now": now, "consumer": consumer, "awaiting_hold": awaiting_hold},
