@@ -113,16 +113,18 @@ async def indexes_the_delete_scans(engine: AsyncEngine, with_bucket_and_id: bool
             await session.execute(grow, {"rows": FULLEST})
             await session.execute(text("DELETE FROM outbox WHERE id < (SELECT max(id) FROM outbox)"))
             await session.execute(text("VACUUM outbox"))
-            others = (
-                await session.scalars(
+            indexes = (
+                await session.execute(
                     text(
-                        "SELECT indexrelid::regclass::text FROM pg_index "
-                        "WHERE indrelid = 'pg_temp.outbox'::regclass AND NOT indisprimary"
+                        "SELECT indexrelid::regclass::text AS name, indisprimary AS primary_key FROM pg_index "
+                        "WHERE indrelid = 'pg_temp.outbox'::regclass"
                     )
                 )
             ).all()
-            for index in others:
-                await session.execute(text(f"REINDEX INDEX {index}"))
+            (primary,) = [index.name for index in indexes if index.primary_key]
+            for index in indexes:
+                if not index.primary_key:
+                    await session.execute(text(f"REINDEX INDEX {index.name}"))
             await session.execute(grow, {"rows": GROWN_TO})
             ids = list(
                 (await session.scalars(text("SELECT id FROM outbox ORDER BY id LIMIT :n"), {"n": DELETED})).all()
@@ -131,12 +133,6 @@ async def indexes_the_delete_scans(engine: AsyncEngine, with_bucket_and_id: bool
                 text(f"EXPLAIN (ANALYZE, FORMAT JSON) {DELETE_PUBLISHED.text}"), {"ids": ids, "gate": RELAY_LOCK}
             )
             assert await session.scalar(text("SELECT count(*) FROM outbox WHERE id = ANY(:ids)"), {"ids": ids}) == 0
-            primary = await session.scalar(
-                text(
-                    "SELECT indexrelid::regclass::text FROM pg_index "
-                    "WHERE indrelid = 'pg_temp.outbox'::regclass AND indisprimary"
-                )
-            )
         finally:
             await session.execute(text("DROP TABLE IF EXISTS pg_temp.outbox"))
     scanned = set(index_names(explained[0]["Plan"]))
