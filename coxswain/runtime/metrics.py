@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -221,21 +222,45 @@ def outbox_published(count: int) -> None:
     OUTBOX_PUBLISHED.inc(count)
 
 
+# One process counts the outbox per window, whichever takes the row first; the others read what
+# it stored (migration 0022_outbox_sample says why). SKIP LOCKED: a sampler never waits behind
+# another's count, which during an outage may take seconds; it reads the previous figure instead.
+# The count is a sub-select of the UPDATE's SET, so it runs only when the row is taken. The age is
+# by the database's clock, which stamped created_at.
+SAMPLE_OUTBOX = text(
+    "WITH due AS (SELECT id FROM outbox_sample WHERE sampled_at <= now() - make_interval(secs => :window) "
+    "FOR UPDATE SKIP LOCKED), "
+    "counted AS (UPDATE outbox_sample AS s SET sampled_at = now(), "
+    "(backlog, oldest_created_at) = (SELECT count(*), min(created_at) FROM outbox) "
+    "FROM due WHERE s.id = due.id RETURNING s.backlog, s.oldest_created_at), "
+    "sample AS (SELECT backlog, oldest_created_at, true AS counted FROM counted "
+    "UNION ALL SELECT backlog, oldest_created_at, false FROM outbox_sample WHERE NOT EXISTS (SELECT FROM counted)) "
+    "SELECT backlog, counted, "
+    "coalesce(greatest(extract(epoch FROM now() - oldest_created_at), 0), 0) AS oldest_age_s FROM sample"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxSample:
+    backlog: int
+    oldest_age_s: float
+    counted: bool  # this call counted the outbox (its window had passed), rather than reading the stored figure
+
+
+async def read_outbox_sample(engine: AsyncEngine, window: float) -> OutboxSample:
+    """The deployment's outbox backlog, counted by this call if the last count is older than ``window``."""
+    async with engine.begin() as connection:
+        row = (await connection.execute(SAMPLE_OUTBOX, {"window": window})).one()
+    return OutboxSample(int(row.backlog), float(row.oldest_age_s), bool(row.counted))
+
+
 async def sample_outbox(engine: AsyncEngine, stop: asyncio.Event, interval: float = 5.0) -> None:
-    """The backlog is read from PostgreSQL, so every instance reports the same global figure."""
+    """Every instance reports the same global figure, counted by one of them per ``interval``."""
     while not stop.is_set():
         try:
-            async with engine.connect() as connection:
-                row = (
-                    await connection.execute(
-                        text(
-                            "SELECT count(*) AS backlog, "
-                            "coalesce(extract(epoch FROM now() - min(created_at)), 0) AS oldest FROM outbox"
-                        )
-                    )
-                ).one()
-            OUTBOX_BACKLOG.set(row.backlog)
-            OUTBOX_OLDEST.set(max(float(row.oldest), 0.0))
+            sample = await read_outbox_sample(engine, interval)
+            OUTBOX_BACKLOG.set(sample.backlog)
+            OUTBOX_OLDEST.set(sample.oldest_age_s)
         except Exception as exc:
             log.warning("outbox sample failed: error=%s", type(exc).__name__, extra=outages.about(exc))
         await sleep_or_stop(stop, interval)
