@@ -6,7 +6,19 @@ import uuid
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, Column, DateTime, Identity, Index, LargeBinary, MetaData, Table, text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Identity,
+    Index,
+    LargeBinary,
+    MetaData,
+    Table,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
@@ -88,6 +100,17 @@ class OutboxRelayRow(SQLModel, table=True):
     __tablename__ = "outbox_relays"
     owner: str = Field(primary_key=True, max_length=200)
     seen_at: datetime = _utc()
+
+
+class OutboxSample(SQLModel, table=True):
+    """0022_outbox_sample: the outbox's backlog as last counted, by one process per window for all."""
+
+    __tablename__ = "outbox_sample"
+    __table_args__ = (CheckConstraint("id = 1", name="one_row"),)
+    id: int = Field(default=1, primary_key=True)
+    sampled_at: datetime = _utc()
+    backlog: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
+    oldest_created_at: datetime | None = _utc(nullable=True)
 
 
 class Inbox(SQLModel, table=True):
