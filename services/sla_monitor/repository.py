@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coxswain.core.sla import Clock, DeadlineStatus, Timer, TimerKind
 from coxswain.core.sla_clocks import HeldClock
+from coxswain.db import deferred
 from schemas.events import ActivityAcceptedV1, EscalationAction, LeadQualifiedV1, Tier
 
 _CLOCK_COLUMNS = (
@@ -167,69 +168,84 @@ async def later_routings(
     return [(row.lead_id, row.routed_at) for row in rows]
 
 
+# New clocks and their timers, carried in the batch's last statement (``coxswain.db.deferred``):
+# nothing later in the batch reads these rows (a clock armed in a batch is changed only in memory
+# until the batch ends), so they need no round trip of their own. Two CTEs of one write: the rows
+# of different tables, so they meet no row twice.
+_INSERT_CLOCKS = (
+    "sla_deadlines AS (INSERT INTO deadlines (deadline_id, assignment_id, lead_id, rep_id, milestone, tier, "
+    "armed_at, due_at, status, team, started_at, calendar, agreement_version, responded_at, decided_at, decided_by, "
+    "responded_by, reassignments, paged) "
+    "SELECT deadline_id, assignment_id, lead_id, rep_id, milestone, tier, :sla_now, due_at, status, team, "
+    "started_at, calendar, :sla_agreement_version, responded_at, decided_at, decided_by, responded_by, "
+    "reassignments, paged FROM unnest(CAST(:sla_deadline_ids AS uuid[]), CAST(:sla_assignment_ids AS uuid[]), "
+    "CAST(:sla_lead_ids AS uuid[]), CAST(:sla_rep_ids AS text[]), CAST(:sla_milestones AS text[]), "
+    "CAST(:sla_tiers AS text[]), CAST(:sla_due_at AS timestamptz[]), CAST(:sla_statuses AS text[]), "
+    "CAST(:sla_teams AS text[]), CAST(:sla_started_at AS timestamptz[]), CAST(:sla_calendars AS text[]), "
+    "CAST(:sla_responded_at AS timestamptz[]), CAST(:sla_decided_at AS timestamptz[]), "
+    "CAST(:sla_decided_by AS uuid[]), CAST(:sla_responded_by AS text[]), CAST(:sla_reassignments AS int[]), "
+    "CAST(:sla_paged AS boolean[])) AS batch (deadline_id, assignment_id, lead_id, rep_id, milestone, tier, due_at, "
+    "status, team, started_at, calendar, responded_at, decided_at, decided_by, responded_by, reassignments, paged) "
+    "ON CONFLICT DO NOTHING), "
+    "sla_timers_armed AS (INSERT INTO sla_timers (deadline_id, key, kind, due_at, status, fraction, step, "
+    "step_index, target, exclude_last, decided_at, carried) "
+    "SELECT * FROM unnest(CAST(:sla_timer_deadlines AS uuid[]), CAST(:sla_timer_keys AS text[]), "
+    "CAST(:sla_timer_kinds AS text[]), CAST(:sla_timer_due_at AS timestamptz[]), "
+    "CAST(:sla_timer_statuses AS text[]), CAST(:sla_timer_fractions AS float8[]), CAST(:sla_timer_steps AS text[]), "
+    "CAST(:sla_timer_step_indexes AS int[]), CAST(:sla_timer_targets AS text[]), "
+    "CAST(:sla_timer_exclude_last AS int[]), CAST(:sla_timer_decided_at AS timestamptz[]), "
+    "CAST(:sla_timer_carried AS boolean[])))"
+)
+
+
 async def insert_clocks(
     connection: AsyncConnection, created: Sequence[HeldClock], agreement_version: str, now: datetime
 ) -> None:
-    """New clocks (``arm``'s, with their plan) and their timers: two statements, one per table. A
-    clock stopped in the batch that armed it never had a pending timer."""
+    """New clocks (``arm``'s, with their plan) and their timers, in one statement: carried in the
+    transaction's last statement when the caller defers (``coxswain.db.deferred``), else run now.
+    A clock stopped in the batch that armed it never had a pending timer."""
     planned = [(held, held.plan) for held in created if held.plan is not None]
-    await connection.execute(
-        text(
-            "INSERT INTO deadlines (deadline_id, assignment_id, lead_id, rep_id, milestone, tier, armed_at, "
-            "due_at, status, team, started_at, calendar, agreement_version, responded_at, decided_at, decided_by, "
-            "responded_by, reassignments, paged) VALUES (:deadline_id, :assignment_id, :lead_id, :rep_id, "
-            ":milestone, :tier, :armed_at, :due_at, :status, :team, :started_at, :calendar, :agreement_version, "
-            ":responded_at, :decided_at, :decided_by, :responded_by, :reassignments, :paged) ON CONFLICT DO NOTHING"
-        ),
-        [
+    if not planned:
+        return
+    timers = [(held, timer) for held, plan in planned for timer in plan.timers]
+    await deferred.write(
+        connection,
+        deferred.Write(
+            _INSERT_CLOCKS,
             {
-                "deadline_id": held.clock.deadline_id,
-                "assignment_id": held.clock.assignment_id,
-                "lead_id": held.clock.lead_id,
-                "rep_id": held.clock.rep_id,
-                "milestone": plan.milestone,
-                "tier": held.clock.tier.value,
-                "armed_at": now,
-                "due_at": plan.due_at,
-                "status": held.clock.status.value,
-                "team": held.clock.team,
-                "started_at": plan.started_at,
-                "calendar": plan.calendar,
-                "agreement_version": agreement_version,
-                "responded_at": held.responded_at,
-                "decided_at": held.decided_at,
-                "decided_by": held.decided_by,
-                "responded_by": held.responded_by,
-                "reassignments": held.clock.reassignments,
-                "paged": held.clock.paged,
-            }
-            for held, plan in planned
-        ],
-    )
-    await connection.execute(
-        text(
-            "INSERT INTO sla_timers (deadline_id, key, kind, due_at, status, fraction, step, step_index, target, "
-            "exclude_last, decided_at, carried) VALUES (:deadline_id, :key, :kind, :due_at, :status, :fraction, "
-            ":step, :step_index, :target, :exclude_last, :decided_at, :carried)"
+                "sla_now": now,
+                "sla_agreement_version": agreement_version,
+                "sla_deadline_ids": [held.clock.deadline_id for held, _ in planned],
+                "sla_assignment_ids": [held.clock.assignment_id for held, _ in planned],
+                "sla_lead_ids": [held.clock.lead_id for held, _ in planned],
+                "sla_rep_ids": [held.clock.rep_id for held, _ in planned],
+                "sla_milestones": [plan.milestone for _, plan in planned],
+                "sla_tiers": [held.clock.tier.value for held, _ in planned],
+                "sla_due_at": [plan.due_at for _, plan in planned],
+                "sla_statuses": [held.clock.status.value for held, _ in planned],
+                "sla_teams": [held.clock.team for held, _ in planned],
+                "sla_started_at": [plan.started_at for _, plan in planned],
+                "sla_calendars": [plan.calendar for _, plan in planned],
+                "sla_responded_at": [held.responded_at for held, _ in planned],
+                "sla_decided_at": [held.decided_at for held, _ in planned],
+                "sla_decided_by": [held.decided_by for held, _ in planned],
+                "sla_responded_by": [held.responded_by for held, _ in planned],
+                "sla_reassignments": [held.clock.reassignments for held, _ in planned],
+                "sla_paged": [held.clock.paged for held, _ in planned],
+                "sla_timer_deadlines": [held.clock.deadline_id for held, _ in timers],
+                "sla_timer_keys": [timer.key for _, timer in timers],
+                "sla_timer_kinds": [timer.kind.value for _, timer in timers],
+                "sla_timer_due_at": [timer.due_at for _, timer in timers],
+                "sla_timer_statuses": ["cancelled" if held.stopped else "pending" for held, _ in timers],
+                "sla_timer_fractions": [timer.fraction for _, timer in timers],
+                "sla_timer_steps": [timer.step.value if timer.step else None for _, timer in timers],
+                "sla_timer_step_indexes": [timer.step_index for _, timer in timers],
+                "sla_timer_targets": [timer.target for _, timer in timers],
+                "sla_timer_exclude_last": [timer.exclude_last for _, timer in timers],
+                "sla_timer_decided_at": [now if held.stopped else None for held, _ in timers],
+                "sla_timer_carried": [timer.carried for _, timer in timers],
+            },
         ),
-        [
-            {
-                "deadline_id": held.clock.deadline_id,
-                "key": timer.key,
-                "kind": timer.kind.value,
-                "due_at": timer.due_at,
-                "status": "cancelled" if held.stopped else "pending",
-                "fraction": timer.fraction,
-                "step": timer.step.value if timer.step else None,
-                "step_index": timer.step_index,
-                "target": timer.target,
-                "exclude_last": timer.exclude_last,
-                "decided_at": now if held.stopped else None,
-                "carried": timer.carried,
-            }
-            for held, plan in planned
-            for timer in plan.timers
-        ],
     )
 
 
@@ -267,15 +283,21 @@ async def cancel_pending_timers(connection: AsyncConnection, deadline_ids: Seque
 
 
 async def insert_mqls(connection: AsyncConnection, qualified: Sequence[LeadQualifiedV1]) -> None:
-    await connection.execute(
-        text(
-            "INSERT INTO marketing_mqls (event_id, lead_id, qualified_at) VALUES (:event_id, :lead_id, :qualified_at) "
-            "ON CONFLICT DO NOTHING"
+    """Marketing's MQLs, for pacing: carried in the transaction's last statement like the clocks."""
+    if not qualified:
+        return
+    await deferred.write(
+        connection,
+        deferred.Write(
+            "sla_mqls AS (INSERT INTO marketing_mqls (event_id, lead_id, qualified_at) "
+            "SELECT * FROM unnest(CAST(:mql_event_ids AS uuid[]), CAST(:mql_lead_ids AS uuid[]), "
+            "CAST(:mql_qualified_at AS timestamptz[])) ON CONFLICT DO NOTHING)",
+            {
+                "mql_event_ids": [event.event_id for event in qualified],
+                "mql_lead_ids": [event.lead_id for event in qualified],
+                "mql_qualified_at": [event.occurred_at for event in qualified],
+            },
         ),
-        [
-            {"event_id": event.event_id, "lead_id": event.lead_id, "qualified_at": event.occurred_at}
-            for event in qualified
-        ],
     )
 
 
