@@ -181,7 +181,9 @@ def _kept(batch: Batch, lead_id: uuid.UUID, clocks: tuple[HeldClock, ...], facts
 
 
 async def store(connection: AsyncConnection, batch: Batch) -> None:
-    """The batch's end state: at most five statements."""
+    """The batch's end state: at most two statements of its own (stored clocks changed, their
+    timers cancelled); new clocks, their timers and the MQLs ride in the batch's last statement
+    when the consumer defers (``coxswain.db.deferred``)."""
     now = batch.now
     held_clocks = [held for clocks in batch.clocks.values() for held in clocks]
     created = [held for held in held_clocks if held.plan is not None]
