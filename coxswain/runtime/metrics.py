@@ -249,8 +249,10 @@ class OutboxSample:
 
 async def read_outbox_sample(engine: AsyncEngine, window: float) -> OutboxSample:
     """The deployment's outbox backlog, counted by this call if the last count is older than ``window``."""
-    async with engine.begin() as connection:
-        row = (await connection.execute(SAMPLE_OUTBOX, {"window": window})).one()
+    async with engine.connect() as connection:
+        # One statement, atomic by itself: no BEGIN and COMMIT around it.
+        autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
+        row = (await autocommit.execute(SAMPLE_OUTBOX, {"window": window})).one()
     return OutboxSample(int(row.backlog), float(row.oldest_age_s), bool(row.counted))
 
 
