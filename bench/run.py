@@ -301,6 +301,8 @@ class Bench:
             "KAFKA_CONTROLLER_PORT": str(self.ports.controller),
             "PG_PORT": str(self.ports.postgres),
             **({"PG_PRELOAD_LIBRARIES": "pg_stat_statements"} if self.db_statements else {}),
+            # --hops splits a transaction from the relay that publishes its facts by commit time.
+            **({"PG_TRACK_COMMIT_TIMESTAMP": "on"} if self.hops else {}),
         }
         subprocess.run([str(ROOT / "deploy" / "local" / "stack.sh"), action], env=env, check=True, stdout=sys.stderr)
 
@@ -916,19 +918,27 @@ class Bench:
         routed = {row[0]: row for row in seen["leads.routed.v1"]}
         leads = [lead for lead in measured if lead in received and lead in qualified and lead in routed]
         async with connected(self.dsn) as connection:
+            # The time each row's transaction wrote its commit record (just before its flush), when
+            # the cluster keeps commit times: the intake's commit and scoring's are then hops' ends.
+            committed = await connection.fetchval("SHOW track_commit_timestamp") == "on"
+            if not committed:
+                say("--hops: the bench cluster does not keep commit times; stop it and run again to split commits out")
+            commit_time = "extract(epoch FROM pg_xact_commit_timestamp(xmin))::float8" if committed else "NULL::float8"
             began = {
-                (row["consumer"], str(row["event_id"])): row["at"]
+                (row["consumer"], str(row["event_id"])): (row["at"], row["committed"])
                 for row in await connection.fetch(
-                    "SELECT consumer, event_id, extract(epoch FROM processed_at)::float8 AS at FROM inbox "
-                    "WHERE event_id = ANY($1::uuid[])",
+                    "SELECT consumer, event_id, extract(epoch FROM processed_at)::float8 AS at, "
+                    f"{commit_time} AS committed FROM inbox WHERE event_id = ANY($1::uuid[])",
                     [received[lead][2] for lead in leads] + [qualified[lead][2] for lead in leads],
                 )
             }
+            # A lead's first intake event: when its request arrived, and when its statement committed.
             arrived = {
-                str(row["lead_id"]): row["at"]
+                str(row["lead_id"]): (row["at"], row["committed"])
                 for row in await connection.fetch(
-                    "SELECT lead_id, min(extract(epoch FROM received_at))::float8 AS at FROM intake_events "
-                    "WHERE lead_id = ANY($1::uuid[]) GROUP BY lead_id",
+                    "SELECT DISTINCT ON (lead_id) lead_id, extract(epoch FROM received_at)::float8 AS at, "
+                    f"{commit_time} AS committed FROM intake_events WHERE lead_id = ANY($1::uuid[]) "
+                    "ORDER BY lead_id, received_at",
                     leads,
                 )
             }
@@ -941,19 +951,19 @@ class Bench:
             # Routed in scoring's transaction (COXSWAIN_SCORING_ROUTES_INLINE): the router's claim
             # is as old as scoring's, and both records come from one relay pass. The router's
             # hops are then nothing of their own: its fetch 0, its transaction scoring's.
-            router = max(router, qualified[lead][-1])
-            stamps.append(
-                {
-                    "intake_received": arrived[lead],
-                    "accepted_202": measured[lead][0],
-                    "received_record": received[lead][-1],
-                    "scoring_began": scoring,
-                    "qualified_record": qualified[lead][-1],
-                    "router_began": router,
-                    "routed_record": routed[lead][-1],
-                    "routed_seen": routed[lead][1],
-                }
-            )
+            stamp = {
+                "intake_received": arrived[lead][0],
+                "intake_committed": arrived[lead][1],
+                "accepted_202": measured[lead][0],
+                "received_record": received[lead][-1],
+                "scoring_began": scoring[0],
+                "scoring_committed": scoring[1],
+                "qualified_record": qualified[lead][-1],
+                "router_began": max(router[0], qualified[lead][-1]),
+                "routed_record": routed[lead][-1],
+                "routed_seen": routed[lead][1],
+            }
+            stamps.append({name: at for name, at in stamp.items() if at is not None})
         return hop_breakdown(stamps)
 
     def phase_scale(self) -> None:

@@ -50,12 +50,16 @@ SCALE_OUT_KEYS = (
     "decisions_by_instance",
 )
 # A lead's stamps in the order it passes them; each hop is the time from one to the next, so the
-# hops from ``accepted_202`` on add up to the end-to-end latency.
+# hops from ``accepted_202`` on add up to the end-to-end latency. The two commit stamps are there
+# when the cluster keeps commit times (``--hops`` starts it so); without them their hops merge
+# with the next, as the labels in brackets say.
 STAMPS = (
-    ("intake_received", "intake: request received -> 202 seen by the client (handler, group commit)"),
+    ("intake_received", "intake: request received -> its statement committed (handler, group commit)"),
+    ("intake_committed", "intake: committed -> 202 seen by the client (commit flush, answer)"),
     ("accepted_202", "intake relay: 202 -> leads.received record created (outbox pickup)"),
     ("received_record", "scoring fetch: record created -> scoring batch began (Kafka, fetch timers)"),
-    ("scoring_began", "scoring: batch began -> leads.qualified record created (transaction, commit, relay)"),
+    ("scoring_began", "scoring: batch began -> its transaction committed (statements, the core)"),
+    ("scoring_committed", "scoring relay: committed -> leads.qualified record created (flush, notify, publish)"),
     (
         "qualified_record",
         "router fetch: record created -> router batch began (Kafka, fetch timers; 0 when routed in scoring)",
@@ -114,7 +118,7 @@ def hop_breakdown(stamps: Sequence[Mapping[str, float]]) -> dict[str, Any]:
 
     Means add up (to the mean end-to-end time); percentiles of hops do not, but show the tails.
     """
-    names = [name for name, _ in STAMPS]
+    names = [name for name, _ in STAMPS if all(name in lead for lead in stamps)]
     hops: dict[str, Any] = {}
     for start, end in itertools.pairwise(names):
         values = [(lead[end] - lead[start]) * 1000 for lead in stamps]
@@ -128,9 +132,14 @@ def hop_breakdown(stamps: Sequence[Mapping[str, float]]) -> dict[str, Any]:
 
 
 def hop_table(breakdown: Mapping[str, Any]) -> str:
+    names = [name for name, _ in STAMPS]
+    labels = dict(STAMPS)
     rows: list[tuple[str, Any, str]] = []
-    for (name, label), hop in zip(STAMPS, breakdown["hops"].values(), strict=False):
-        rows.append((name, hop["p50_ms"], f"p99 {hop['p99_ms']:.1f}, mean {hop['mean_ms']:.1f}: {label}"))
+    for hop_name, hop in breakdown["hops"].items():
+        # A hop whose end stamp was missing spans the ones it merged: say all of them.
+        start, end = hop_name.split("->")
+        label = " + ".join(labels[name] for name in names[names.index(start) : names.index(end)])
+        rows.append((start, hop["p50_ms"], f"p99 {hop['p99_ms']:.1f}, mean {hop['mean_ms']:.1f}: {label}"))
     rows.append(("202 -> routed seen (mean)", breakdown["e2e_mean_ms"], f"{breakdown['leads']} leads"))
     return table(rows)
 

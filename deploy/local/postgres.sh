@@ -7,6 +7,8 @@ PG_PORT="${PG_PORT:-15432}"
 # Server libraries loaded at start, comma-separated: the bench's --db-statements asks for
 # pg_stat_statements. Read when the cluster starts; a running cluster keeps what it has.
 PG_PRELOAD_LIBRARIES="${PG_PRELOAD_LIBRARIES:-}"
+# on: each commit's time is kept (pg_xact_commit_timestamp), for the bench's --hops breakdown.
+PG_TRACK_COMMIT_TIMESTAMP="${PG_TRACK_COMMIT_TIMESTAMP:-off}"
 DB_NAME=coxswain
 DB_USER=coxswain
 DB_PASSWORD=coxswain
@@ -80,6 +82,7 @@ shared_buffers = 256MB
 fsync = on
 synchronous_commit = on
 shared_preload_libraries = '$PG_PRELOAD_LIBRARIES'
+track_commit_timestamp = $PG_TRACK_COMMIT_TIMESTAMP
 EOF
 }
 
@@ -120,6 +123,8 @@ start() {
   [[ -f $DATA/PG_VERSION ]] || init_cluster
   as_pg mkdir -p "$SOCK"
   check_preload_libraries
+  [[ $PG_TRACK_COMMIT_TIMESTAMP == on || $PG_TRACK_COMMIT_TIMESTAMP == off ]] \
+    || die "PG_TRACK_COMMIT_TIMESTAMP: on or off, not '$PG_TRACK_COMMIT_TIMESTAMP'"
   write_config
   if [[ $EUID -eq 0 ]]; then touch "$LOG_FILE" && chown postgres: "$LOG_FILE"; fi
   as_pg "$BIN/pg_ctl" start -D "$DATA" -l "$LOG_FILE" -w -t 60 >/dev/null \

@@ -329,7 +329,7 @@ def test_a_partial_run_without_the_curve_or_scale_phases_adds_neither_key() -> N
 def test_curve_points_and_the_hop_breakdown_add_up() -> None:
     assert curve_point([3.0, 1.0, 2.0]) == {"p50_ms": 2.0, "p99_ms": 3.0, "max_ms": 3.0}
     assert all(math.isnan(value) for value in curve_point([]).values())
-    # Each hop 10 ms longer than the one before it: 10, 20, ... 70 ms.
+    # Each hop 10 ms longer than the one before it: 10, 20, ... 90 ms.
     lead: dict[str, float] = {}
     at = 100.0
     for index, (name, _) in enumerate(STAMPS):
@@ -337,11 +337,27 @@ def test_curve_points_and_the_hop_breakdown_add_up() -> None:
         lead[name] = at
     breakdown = hop_breakdown([lead, lead])
     means = [hop["mean_ms"] for hop in breakdown["hops"].values()]
-    assert means == pytest.approx([10, 20, 30, 40, 50, 60, 70])
+    assert means == pytest.approx([10, 20, 30, 40, 50, 60, 70, 80, 90])
     # From the 202 on, the hops add up to the end-to-end time.
-    assert breakdown["e2e_mean_ms"] == pytest.approx(sum(means[1:]))
+    assert breakdown["e2e_mean_ms"] == pytest.approx(sum(means[2:]))
     assert breakdown["leads"] == 2
     assert "intake relay" in hop_table(breakdown)
+    assert "scoring relay" in hop_table(breakdown)
+
+
+def test_without_commit_times_a_transaction_and_its_relay_are_one_hop() -> None:
+    # A cluster that keeps no commit times gives no commit stamps: the hop from scoring's batch
+    # beginning runs to the record its relay created, and says that it spans both.
+    lead = {name: 100.0 + index * 0.010 for index, (name, _) in enumerate(STAMPS)}
+    without = {name: at for name, at in lead.items() if not name.endswith("_committed")}
+    breakdown = hop_breakdown([without])
+    assert "scoring_began->qualified_record" in breakdown["hops"]
+    assert breakdown["hops"]["scoring_began->qualified_record"]["mean_ms"] == pytest.approx(20)
+    assert not any("committed" in hop for hop in breakdown["hops"])
+    row = next(line for line in hop_table(breakdown).splitlines() if line.startswith("scoring_began"))
+    assert "statements, the core" in row and "flush, notify, publish" in row
+    # Mixed leads (one with commit times, one without) are broken down by the stamps all have.
+    assert list(hop_breakdown([lead, without])["hops"]) == list(breakdown["hops"])
 
 
 def test_prometheus_values_are_summed_over_the_matching_labels() -> None:
