@@ -988,7 +988,13 @@ class Bench:
         # against two.
         say("scale out: warm-up, %s leads/s for %ss, not measured", WARM_UP_RATE, plan.scale_warm_up_seconds)
         self.measure_latency(url, WARM_UP_RATE, plan.scale_warm_up_seconds, "scale-warm-up")
+        if self.counting_statements:
+            asyncio.run(self._statements_reset())
         scale = self.sustain(url, "scale", plan.e2e_leads, plan.e2e_batch, plan.e2e_connections)
+        if self.counting_statements:
+            # The same leads as the one-instance throughput (3b), sent the same way: what two
+            # instances cost the database that one does not shows statement by statement.
+            self.statements_note("scale")
         self.notes["cpu_ms_per_lead_two_instances"] = scale.pop("cpu_ms_per_lead")
         pages = {label: self.scrape(label) for label in labels}
         published = {label: prometheus_value(page, "coxswain_outbox_published_total") for label, page in pages.items()}
