@@ -250,6 +250,7 @@ class Bench:
     work: Path
     profile: bool = False
     hops: bool = False
+    said_no_commit_times: bool = False  # --hops on a cluster started without them: said once
     db_statements: bool = False
     counting_statements: bool = False  # --db-statements, and the cluster has the counters loaded
     # Leads routed when the statement counters were last reset (the warm-up's): not counted per lead.
@@ -921,8 +922,9 @@ class Bench:
             # The time each row's transaction wrote its commit record (just before its flush), when
             # the cluster keeps commit times: the intake's commit and scoring's are then hops' ends.
             committed = await connection.fetchval("SHOW track_commit_timestamp") == "on"
-            if not committed:
+            if not committed and not self.said_no_commit_times:
                 say("--hops: the bench cluster does not keep commit times; stop it and run again to split commits out")
+                self.said_no_commit_times = True
             commit_time = "extract(epoch FROM pg_xact_commit_timestamp(xmin))::float8" if committed else "NULL::float8"
             began = {
                 (row["consumer"], str(row["event_id"])): (row["at"], row["committed"])

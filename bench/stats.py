@@ -51,8 +51,8 @@ SCALE_OUT_KEYS = (
 )
 # A lead's stamps in the order it passes them; each hop is the time from one to the next, so the
 # hops from ``accepted_202`` on add up to the end-to-end latency. The two commit stamps are there
-# when the cluster keeps commit times (``--hops`` starts it so); without them their hops merge
-# with the next, as the labels in brackets say.
+# when the cluster keeps commit times (``--hops`` starts it so); without them each merges with the
+# hop after it, and ``hop_table`` names both in the merged hop's label.
 STAMPS = (
     ("intake_received", "intake: request received -> its statement committed (handler, group commit)"),
     ("intake_committed", "intake: committed -> 202 seen by the client (commit flush, answer)"),
