@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import time
 import uuid
 from dataclasses import dataclass
@@ -91,7 +92,7 @@ async def _measure_on(url: str, sizes: list[int], batches: int) -> list[BatchCos
     spec = CONSUMERS["scoring"]
     wired = spec.wire(Process("scoring", engine, lambda: agreement, lambda: NOW, settings))
     service = consumer_service("scoring", spec, wired, engine, settings, clock=lambda: NOW)
-    offsets = iter(range(1 << 62))
+    offsets = itertools.count()
     costs: list[BatchCost] = []
     try:
         # Tables of some size, then statistics for them, as a running deployment has (autovacuum

@@ -241,19 +241,21 @@ SAMPLE_OUTBOX = text(
 
 
 @dataclass(frozen=True, slots=True)
-class OutboxSample:
+class BacklogReading:
+    """What one read of ``outbox_sample`` reported (the table's model is ``db.models.OutboxSample``)."""
+
     backlog: int
     oldest_age_s: float
     counted: bool  # this call counted the outbox (its window had passed), rather than reading the stored figure
 
 
-async def read_outbox_sample(engine: AsyncEngine, window: float) -> OutboxSample:
+async def read_outbox_sample(engine: AsyncEngine, window: float) -> BacklogReading:
     """The deployment's outbox backlog, counted by this call if the last count is older than ``window``."""
     async with engine.connect() as connection:
         # One statement, atomic by itself: no BEGIN and COMMIT around it.
         autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
         row = (await autocommit.execute(SAMPLE_OUTBOX, {"window": window})).one()
-    return OutboxSample(int(row.backlog), float(row.oldest_age_s), bool(row.counted))
+    return BacklogReading(int(row.backlog), float(row.oldest_age_s), bool(row.counted))
 
 
 async def sample_outbox(engine: AsyncEngine, stop: asyncio.Event, interval: float = 5.0) -> None:
