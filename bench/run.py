@@ -51,6 +51,7 @@ from aiokafka.errors import CommitFailedError
 from bench.stats import (
     HALF_THROUGHPUT_KEYS,
     TAKEOVER_KEYS,
+    autovacuum_during,
     cpu_budget,
     cpu_seconds,
     cpu_table,
@@ -347,6 +348,22 @@ class Bench:
         self.notes.setdefault("db_statements", {})[phase] = {"routed_leads": leads, "statements": rows}
         sys.stderr.write(f"Database statements during {phase}, costliest first ({leads:,} leads routed)\n")
         sys.stderr.write(statements_table(rows, leads) + "\n\n")
+
+    async def _autovacuum_during(self, began: datetime, ended: datetime) -> list[str]:
+        async with connected(self.superuser_dsn) as connection:
+            tables = await connection.fetch(
+                "SELECT relname, last_autovacuum, last_autoanalyze FROM pg_stat_user_tables"
+            )
+            running = await connection.fetch(
+                "SELECT query FROM pg_stat_activity WHERE backend_type = 'autovacuum worker' "
+                "AND datname = current_database()"
+            )
+        return autovacuum_during(
+            [(row["relname"], row["last_autovacuum"], row["last_autoanalyze"]) for row in tables],
+            [row["query"] for row in running],
+            began,
+            ended,
+        )
 
     async def _statements(self) -> tuple[int, list[dict[str, Any]]]:
         async with connected(self.superuser_dsn) as connection:
@@ -751,7 +768,7 @@ class Bench:
             "--expect", f"sla.armed.v1={leads}", "--expect", f"leads.routed.v1={leads}",
             "--idle", "30", "--timeout", "900",
         )  # fmt: skip
-        before, machine_before = self.cpu(), _machine_ticks()
+        before, machine_before, began = self.cpu(), _machine_ticks(), datetime.now(UTC)
         load = self.loadgen(
             "--url", url, "--mode", "count", "--count", str(leads), "--batch", str(per_webhook),
             "--connections", str(connections),
@@ -759,6 +776,7 @@ class Bench:
         seen = self.collect(f"watch-{name}", process, out, timeout=900)
         machine_busy = _busy_share(machine_before)
         cpu = cpu_per_item(before, self.cpu(), leads)
+        autovacuum = asyncio.run(self._autovacuum_during(began, datetime.now(UTC)))
         armed = [at for _, at in seen["sla.armed.v1"]]
         return {
             "leads": leads,
@@ -771,6 +789,7 @@ class Bench:
             "drain_seconds": max(armed) - load["ended_at"] if armed else float("nan"),
             "machine_busy": machine_busy,
             "cpu_ms_per_lead": cpu,
+            "autovacuum": autovacuum,
         }
 
     def broker_jit_seconds(self) -> float:
@@ -1155,7 +1174,9 @@ class Bench:
                     f"{self.notes.get('e2e', {}).get('machine_busy', float('nan')):.0%} busy; relayed by instance "
                     f"{scale['relay_published_by_instance']}; decisions by instance {scale['decisions_by_instance']}; "
                     f"machine {self.notes.get('scale', {}).get('machine_busy', float('nan')):.0%} busy; batches given "
-                    f"back on a conflict {sum(self.notes.get('scale', {}).get('batches_retried_by_process', {}).values()):.0f}",
+                    f"back on a conflict {sum(self.notes.get('scale', {}).get('batches_retried_by_process', {}).values()):.0f}; "
+                    f"autovacuum during one instance: {', '.join(self.notes.get('e2e', {}).get('autovacuum', [])) or 'none'}; "
+                    f"during two: {', '.join(self.notes.get('scale', {}).get('autovacuum', [])) or 'none'}",
                 )
             )
         return table(rows) if rows else ""

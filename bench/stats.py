@@ -6,6 +6,7 @@ import itertools
 import math
 import re
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -284,6 +285,28 @@ def half_shape(half: Mapping[str, Any]) -> str:
     """How a half-throughput point's leads were sent."""
     leads = half["leads_per_webhook"]
     return "one lead a webhook" if leads == 1 else f"{leads} leads a webhook"
+
+
+def autovacuum_during(
+    tables: Sequence[tuple[str, datetime | None, datetime | None]],
+    running: Sequence[str],
+    began: datetime,
+    ended: datetime,
+) -> list[str]:
+    """What autovacuum did while a phase ran: each table whose last automatic vacuum or analyse
+    ended between ``began`` and ``ended`` (``pg_stat_user_tables``: name, last_autovacuum,
+    last_autoanalyze), then each worker still at work when the phase ended (the query of an
+    autovacuum worker in ``pg_stat_activity``, "autovacuum: VACUUM public.outbox").
+
+    A round costs PostgreSQL up to a second of CPU, which a 5 s phase on two cores notices: the
+    two-instance comparison must say which of its phases one fell in."""
+    done = []
+    for name, vacuumed, analysed in tables:
+        kinds = [kind for kind, at in (("vacuum", vacuumed), ("analyse", analysed)) if at and began <= at <= ended]
+        if kinds:
+            done.append(f"{name} ({' and '.join(kinds)})")
+    at_work = [query.removeprefix("autovacuum: ").strip() + " (at work at the end)" for query in running if query]
+    return sorted(done) + at_work
 
 
 def ratio(value: float, baseline: float) -> float:

@@ -21,6 +21,7 @@ from bench.stats import (
     RESULT_KEYS,
     SCALE_OUT_KEYS,
     STAMPS,
+    autovacuum_during,
     cpu_budget,
     cpu_seconds,
     cpu_table,
@@ -437,3 +438,24 @@ def test_a_group_counts_as_shared_out_only_once_every_member_logged_its_own_shar
     assert not shared_out([first, holding_all])
     assert not shared_out([latest_assignment("msg='partitions assigned: []'\n"), holding_all])
     assert shared_out([first, second])
+
+
+def test_autovacuum_during_a_phase_names_the_rounds_that_ended_in_it_and_the_workers_still_at_work() -> None:
+    began = datetime(2026, 12, 7, 9, 0, 0, tzinfo=UTC)
+    ended = began + timedelta(seconds=5)
+    tables = [
+        ("outbox", began + timedelta(seconds=2), None),  # vacuumed inside the phase
+        ("leads", began - timedelta(seconds=30), began + timedelta(seconds=4)),  # analysed inside, vacuumed before
+        ("lead_facts", began + timedelta(seconds=1), ended),  # both, the analyse ending as the phase did
+        ("inbox", began - timedelta(seconds=1), ended + timedelta(seconds=1)),  # before and after: neither
+        ("assignments", None, None),  # never
+    ]
+    running = ["autovacuum: VACUUM ANALYZE public.intake_events", ""]
+
+    assert autovacuum_during(tables, running, began, ended) == [
+        "lead_facts (vacuum and analyse)",
+        "leads (analyse)",
+        "outbox (vacuum)",
+        "VACUUM ANALYZE public.intake_events (at work at the end)",
+    ]
+    assert autovacuum_during(tables[3:], [], began, ended) == []
