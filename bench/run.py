@@ -1175,11 +1175,14 @@ class Bench:
                     f"{scale['relay_published_by_instance']}; decisions by instance {scale['decisions_by_instance']}; "
                     f"machine {self.notes.get('scale', {}).get('machine_busy', float('nan')):.0%} busy; batches given "
                     f"back on a conflict {sum(self.notes.get('scale', {}).get('batches_retried_by_process', {}).values()):.0f}; "
-                    f"autovacuum during one instance: {', '.join(self.notes.get('e2e', {}).get('autovacuum', [])) or 'none'}; "
-                    f"during two: {', '.join(self.notes.get('scale', {}).get('autovacuum', [])) or 'none'}",
+                    f"autovacuum during one instance: {self.autovacuum_in('e2e')}; during two: {self.autovacuum_in('scale')}",
                 )
             )
         return table(rows) if rows else ""
+
+    def autovacuum_in(self, phase: str) -> str:
+        """What autovacuum did during a throughput phase (``sustain``), as the report says it."""
+        return ", ".join(self.notes.get(phase, {}).get("autovacuum", [])) or "none"
 
     def targets_report(self) -> str:
         """Issue 14's targets, each with what this run measured and whether it holds."""
