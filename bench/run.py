@@ -125,7 +125,7 @@ class Plan:
     curve_seconds: float
     curve_min_leads: int  # a slow rate runs longer, so each point has enough leads for a p99
     warm_up_seconds: float  # of load through the whole pipeline before the end to end phase, not measured
-    scale_warm_up_seconds: float  # of load through the two instances' pipeline before it is measured
+    throughput_warm_up_seconds: float  # of load through the pipeline before each throughput phase (3b, 3d, 3g)
 
 
 FULL = Plan(
@@ -150,7 +150,7 @@ FULL = Plan(
     curve_seconds=10,
     curve_min_leads=200,
     warm_up_seconds=30,
-    scale_warm_up_seconds=10,
+    throughput_warm_up_seconds=10,
 )
 QUICK = Plan(
     name="quick",
@@ -177,7 +177,7 @@ QUICK = Plan(
     curve_seconds=4,
     curve_min_leads=40,
     warm_up_seconds=30,
-    scale_warm_up_seconds=10,
+    throughput_warm_up_seconds=10,
 )
 
 
@@ -488,6 +488,16 @@ class Bench:
             time.sleep(0.1)
         raise SystemExit(f"{name} not ready at {url} within {timeout}s")
 
+    def wait_for_partitions(self, label: str, partitions: frozenset[tuple[str, int]], timeout: float = 60) -> None:
+        """Wait until ``label``'s last assignment holds every one of ``partitions``."""
+        deadline = time.monotonic() + timeout
+        while (latest_assignment(self.own_log(label)) or frozenset()) < partitions:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{label} did not take back its group's partitions within {timeout}s")
+            if self.running[label].poll() is not None:
+                raise SystemExit(f"{label} exited; see {self.work / (label + '.log')}")
+            time.sleep(0.1)
+
     def stop(self, *names: str) -> None:
         for name in names or tuple(self.running):
             process = self.running.pop(name, None)
@@ -726,6 +736,17 @@ class Bench:
         # The worst lead of the run is one sent just after the kill: it waited for the restart.
         self.notes["takeover"] = {**takeover, **self.notes.get("takeover", {})}
 
+        # Each throughput phase (this one, 3d and 3g) starts after the same load, not measured: here
+        # the router has just been killed and started again, and the pipeline has idled at 20
+        # leads/s, where 3d and 3g follow their own warm-ups at WARM_UP_RATE. Measured from there,
+        # the same work cost up to 28% more CPU a lead in 3b than in 3g (docs/benchmarks.md, 7
+        # December, midday), and the two-instance comparison carried the difference.
+        say(
+            "end to end throughput: warm-up, %s leads/s for %ss, not measured",
+            WARM_UP_RATE,
+            plan.throughput_warm_up_seconds,
+        )
+        self.measure_latency(url, WARM_UP_RATE, plan.throughput_warm_up_seconds, "e2e-warm-up")
         say("end to end throughput: %s leads in batches of %s, as fast as taken", plan.e2e_leads, plan.e2e_batch)
         with self.profiled("e2e-throughput", PIPELINE):
             batched = self.sustain(url, "e2e", plan.e2e_leads, plan.e2e_batch, plan.e2e_connections)
@@ -1007,8 +1028,8 @@ class Bench:
         # connections, prepares its statements and compiles its SQL on its first batches: measured
         # cold, the comparison would be of warm against cold processes, not of one instance
         # against two.
-        say("scale out: warm-up, %s leads/s for %ss, not measured", WARM_UP_RATE, plan.scale_warm_up_seconds)
-        self.measure_latency(url, WARM_UP_RATE, plan.scale_warm_up_seconds, "scale-warm-up")
+        say("scale out: warm-up, %s leads/s for %ss, not measured", WARM_UP_RATE, plan.throughput_warm_up_seconds)
+        self.measure_latency(url, WARM_UP_RATE, plan.throughput_warm_up_seconds, "scale-warm-up")
         if self.counting_statements:
             asyncio.run(self._statements_reset())
         scale = self.sustain(url, "scale", plan.e2e_leads, plan.e2e_batch, plan.e2e_connections)
@@ -1036,7 +1057,40 @@ class Bench:
             "decisions_by_process": decisions,
             "batches_retried_by_process": retried,
         }
-        self.stop("intake", *labels)
+        self.one_instance_again(url)
+        self.stop("intake", *CONSUMERS)
+
+    def one_instance_again(self, url: str) -> None:
+        """One instance of each consumer service once more, after the two: the second ones stopped,
+        the first ones given back every partition, warmed up as the two were, and measured as 3b.
+
+        The one-instance figure of 3b was taken a minute or two before the two instances', and the
+        same work can cost the machine a fifth more or less a minute later (the machine's other
+        tenants, a round of autovacuum, the tables grown by the phases between). A figure on each
+        side of the two-instance phase takes such a drift out of the comparison: their mean is what
+        one instance would have done while the two were measured, if the drift was even."""
+        plan = self.plan
+        held = {
+            name: frozenset().union(*(latest_assignment(self.own_log(label)) or () for label in (name, f"{name}-2")))
+            for name in CONSUMERS
+        }
+        self.stop(*(f"{name}-2" for name in CONSUMERS))
+        # A stopped static member keeps its partitions until its session expires (10 s by default).
+        for name in CONSUMERS:
+            self.wait_for_partitions(name, held[name])
+        say(
+            "scale out: one instance again; warm-up, %s leads/s for %ss, not measured",
+            WARM_UP_RATE,
+            plan.throughput_warm_up_seconds,
+        )
+        self.measure_latency(url, WARM_UP_RATE, plan.throughput_warm_up_seconds, "scale-warm-up-after")
+        if self.counting_statements:
+            asyncio.run(self._statements_reset())
+        after = self.sustain(url, "scale-after", plan.e2e_leads, plan.e2e_batch, plan.e2e_connections)
+        if self.counting_statements:
+            self.statements_note("scale_after")
+        self.notes["cpu_ms_per_lead_one_instance_after"] = after.pop("cpu_ms_per_lead")
+        self.notes["scale_after"] = after
 
     def phase_relay_baseline(self) -> None:
         records = self.plan.relay_records
@@ -1125,6 +1179,7 @@ class Bench:
                 "instances": 2,
                 "leads_per_s": scale["leads_per_s"],
                 "leads_per_s_one_instance": self.results.get("e2e_leads_per_s", nan),
+                "leads_per_s_one_instance_after": self.notes.get("scale_after", {}).get("leads_per_s", nan),
                 # Per instance: its scoring, router and sla-monitor together (the intake is one process).
                 "relay_published_by_instance": [
                     sum(published[f"{name}{suffix}"] for name in CONSUMERS) for suffix in ("", "-2")
@@ -1170,15 +1225,20 @@ class Bench:
                 (
                     "leads per s, 2 instances",
                     scale["leads_per_s"],
-                    f"one instance {scale['leads_per_s_one_instance']:.0f}/s, machine "
-                    f"{self.notes.get('e2e', {}).get('machine_busy', float('nan')):.0%} busy; relayed by instance "
-                    f"{scale['relay_published_by_instance']}; decisions by instance {scale['decisions_by_instance']}; "
-                    f"machine {self.notes.get('scale', {}).get('machine_busy', float('nan')):.0%} busy; batches given "
+                    f"one instance {scale['leads_per_s_one_instance']:.0f}/s before, machine {self.busy_in('e2e')} busy, "
+                    f"{scale['leads_per_s_one_instance_after']:.0f}/s after, {self.busy_in('scale_after')} busy; "
+                    f"relayed by instance {scale['relay_published_by_instance']}; decisions by instance "
+                    f"{scale['decisions_by_instance']}; machine {self.busy_in('scale')} busy; batches given "
                     f"back on a conflict {sum(self.notes.get('scale', {}).get('batches_retried_by_process', {}).values()):.0f}; "
-                    f"autovacuum during one instance: {self.autovacuum_in('e2e')}; during two: {self.autovacuum_in('scale')}",
+                    f"autovacuum during one instance before: {self.autovacuum_in('e2e')}; during two: "
+                    f"{self.autovacuum_in('scale')}; during one after: {self.autovacuum_in('scale_after')}",
                 )
             )
         return table(rows) if rows else ""
+
+    def busy_in(self, phase: str) -> str:
+        """How busy the machine was during a throughput phase (``sustain``), as the report says it."""
+        return f"{self.notes.get(phase, {}).get('machine_busy', float('nan')):.0%}"
 
     def autovacuum_in(self, phase: str) -> str:
         """What autovacuum did during a throughput phase (``sustain``), as the report says it."""
@@ -1299,6 +1359,7 @@ class Bench:
             ("batched event", "cpu_ms_per_batched_event"),
             ("lead end to end", "cpu_ms_per_lead"),
             ("lead, two instances", "cpu_ms_per_lead_two_instances"),
+            ("lead, one instance after", "cpu_ms_per_lead_one_instance_after"),
             ("relayed record (3 hops)", "cpu_ms_per_relayed_record"),
             ("breach fired", "cpu_ms_per_breach"),
         )
