@@ -1010,7 +1010,6 @@ class Bench:
 
     def phase_scale(self) -> None:
         """Two instances of each consumer service in their groups: throughput, and each one's share."""
-        plan = self.plan
         self.skip_backlog()
         if "intake" not in self.running:
             self.service("intake")
@@ -1028,15 +1027,9 @@ class Bench:
         # connections, prepares its statements and compiles its SQL on its first batches: measured
         # cold, the comparison would be of warm against cold processes, not of one instance
         # against two.
-        say("scale out: warm-up, %s leads/s for %ss, not measured", WARM_UP_RATE, plan.throughput_warm_up_seconds)
-        self.measure_latency(url, WARM_UP_RATE, plan.throughput_warm_up_seconds, "scale-warm-up")
-        if self.counting_statements:
-            asyncio.run(self._statements_reset())
-        scale = self.sustain(url, "scale", plan.e2e_leads, plan.e2e_batch, plan.e2e_connections)
-        if self.counting_statements:
-            # The same leads as the one-instance throughput (3b), sent the same way: what two
-            # instances cost the database that one does not shows statement by statement.
-            self.statements_note("scale")
+        # With --db-statements, the same leads as the one-instance throughput (3b and 3g), sent the
+        # same way: what two instances cost the database that one does not shows statement by statement.
+        scale = self.warmed_sustain(url, "scale", "scale out")
         self.notes["cpu_ms_per_lead_two_instances"] = scale.pop("cpu_ms_per_lead")
         pages = {label: self.scrape(label) for label in labels}
         published = {label: prometheus_value(page, "coxswain_outbox_published_total") for label, page in pages.items()}
@@ -1069,7 +1062,6 @@ class Bench:
         tenants, a round of autovacuum, the tables grown by the phases between). A figure on each
         side of the two-instance phase takes such a drift out of the comparison: their mean is what
         one instance would have done while the two were measured, if the drift was even."""
-        plan = self.plan
         held = {
             name: frozenset().union(*(latest_assignment(self.own_log(label)) or () for label in (name, f"{name}-2")))
             for name in CONSUMERS
@@ -1078,19 +1070,22 @@ class Bench:
         # A stopped static member keeps its partitions until its session expires (10 s by default).
         for name in CONSUMERS:
             self.wait_for_partitions(name, held[name])
-        say(
-            "scale out: one instance again; warm-up, %s leads/s for %ss, not measured",
-            WARM_UP_RATE,
-            plan.throughput_warm_up_seconds,
-        )
-        self.measure_latency(url, WARM_UP_RATE, plan.throughput_warm_up_seconds, "scale-warm-up-after")
-        if self.counting_statements:
-            asyncio.run(self._statements_reset())
-        after = self.sustain(url, "scale-after", plan.e2e_leads, plan.e2e_batch, plan.e2e_connections)
-        if self.counting_statements:
-            self.statements_note("scale_after")
+        after = self.warmed_sustain(url, "scale-after", "scale out, one instance again")
         self.notes["cpu_ms_per_lead_one_instance_after"] = after.pop("cpu_ms_per_lead")
         self.notes["scale_after"] = after
+
+    def warmed_sustain(self, url: str, phase: str, what: str) -> dict[str, Any]:
+        """3b's load (``sustain``) as ``phase``, after the warm-up every throughput phase has; with
+        ``--db-statements``, the statements of the measured part noted under ``phase``."""
+        plan = self.plan
+        say("%s: warm-up, %s leads/s for %ss, not measured", what, WARM_UP_RATE, plan.throughput_warm_up_seconds)
+        self.measure_latency(url, WARM_UP_RATE, plan.throughput_warm_up_seconds, f"{phase}-warm-up")
+        if self.counting_statements:
+            asyncio.run(self._statements_reset())
+        measured = self.sustain(url, phase, plan.e2e_leads, plan.e2e_batch, plan.e2e_connections)
+        if self.counting_statements:
+            self.statements_note(phase)
+        return measured
 
     def phase_relay_baseline(self) -> None:
         records = self.plan.relay_records
