@@ -55,14 +55,18 @@ def hop_table(runs: Sequence[dict[str, Any]], rate: str) -> str:
 
 def scale_table(runs: Sequence[dict[str, Any]]) -> str:
     lines = [
-        "| run | leads/s, 1 instance | leads/s, 2 instances | relayed by instance | decisions by instance |",
-        "|---|---|---|---|---|",
+        "| run | leads/s, 1 instance before | leads/s, 2 instances | leads/s, 1 instance after | "
+        "relayed by instance | decisions by instance |",
+        "|---|---|---|---|---|---|",
     ]
     for index, run in enumerate(runs, 1):
         scale = run["results"].get("scale_out")
         if scale:
+            # A run of a bench from before phase 3g has no figure after.
+            after = scale.get("leads_per_s_one_instance_after")
             lines.append(
                 f"| {index} | {_cell(scale['leads_per_s_one_instance'])} | {_cell(scale['leads_per_s'])} | "
+                f"{_cell(float('nan') if after is None else after)} | "
                 f"{scale['relay_published_by_instance']} | {scale['decisions_by_instance']} |"
             )
     return "\n".join(lines)
