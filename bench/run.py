@@ -741,12 +741,7 @@ class Bench:
         # leads/s, where 3d and 3g follow their own warm-ups at WARM_UP_RATE. Measured from there,
         # the same work cost up to 28% more CPU a lead in 3b than in 3g (docs/benchmarks.md, 7
         # December, midday), and the two-instance comparison carried the difference.
-        say(
-            "end to end throughput: warm-up, %s leads/s for %ss, not measured",
-            WARM_UP_RATE,
-            plan.throughput_warm_up_seconds,
-        )
-        self.measure_latency(url, WARM_UP_RATE, plan.throughput_warm_up_seconds, "e2e-warm-up")
+        self.throughput_warm_up(url, "e2e", "end to end throughput")
         say("end to end throughput: %s leads in batches of %s, as fast as taken", plan.e2e_leads, plan.e2e_batch)
         with self.profiled("e2e-throughput", PIPELINE):
             batched = self.sustain(url, "e2e", plan.e2e_leads, plan.e2e_batch, plan.e2e_connections)
@@ -1074,12 +1069,17 @@ class Bench:
         self.notes["cpu_ms_per_lead_one_instance_after"] = after.pop("cpu_ms_per_lead")
         self.notes["scale_after"] = after
 
+    def throughput_warm_up(self, url: str, phase: str, what: str) -> None:
+        """The load every throughput phase (3b, 3d, 3g) begins after, not measured."""
+        seconds = self.plan.throughput_warm_up_seconds
+        say("%s: warm-up, %s leads/s for %ss, not measured", what, WARM_UP_RATE, seconds)
+        self.measure_latency(url, WARM_UP_RATE, seconds, f"{phase}-warm-up")
+
     def warmed_sustain(self, url: str, phase: str, what: str) -> dict[str, Any]:
         """3b's load (``sustain``) as ``phase``, after the warm-up every throughput phase has; with
         ``--db-statements``, the statements of the measured part noted under ``phase``."""
         plan = self.plan
-        say("%s: warm-up, %s leads/s for %ss, not measured", what, WARM_UP_RATE, plan.throughput_warm_up_seconds)
-        self.measure_latency(url, WARM_UP_RATE, plan.throughput_warm_up_seconds, f"{phase}-warm-up")
+        self.throughput_warm_up(url, phase, what)
         if self.counting_statements:
             asyncio.run(self._statements_reset())
         measured = self.sustain(url, phase, plan.e2e_leads, plan.e2e_batch, plan.e2e_connections)

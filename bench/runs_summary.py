@@ -9,12 +9,15 @@ One run on a shared machine says little; the docs quote the median of several. C
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
+
+from bench.stats import one_instance_after
 
 
 def _median(values: Sequence[float | None]) -> float:
@@ -62,11 +65,10 @@ def scale_table(runs: Sequence[dict[str, Any]]) -> str:
     for index, run in enumerate(runs, 1):
         scale = run["results"].get("scale_out")
         if scale:
-            # A run of a bench from before phase 3g has no figure after.
-            after = scale.get("leads_per_s_one_instance_after")
+            after = one_instance_after(scale)
             lines.append(
                 f"| {index} | {_cell(scale['leads_per_s_one_instance'])} | {_cell(scale['leads_per_s'])} | "
-                f"{_cell(float('nan') if after is None else after)} | "
+                f"{_cell(math.nan if after is None else after)} | "
                 f"{scale['relay_published_by_instance']} | {scale['decisions_by_instance']} |"
             )
     return "\n".join(lines)

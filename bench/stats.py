@@ -269,7 +269,7 @@ def target_rows(results: Mapping[str, Any]) -> list[tuple[str, str, str]]:
             for parts in (scale["relay_published_by_instance"], scale["decisions_by_instance"])
             for part in parts
         ]
-        one = one_instance(scale)
+        one, after = one_instance(scale), one_instance_after(scale)
         faster = float(scale["leads_per_s"]) >= one
         least = min(shares)
         rows.append(
@@ -277,10 +277,9 @@ def target_rows(results: Mapping[str, Any]) -> list[tuple[str, str, str]]:
                 "two instances: each >= 20% of the work, not slower",
                 f"least share {least:.0%}; {float(scale['leads_per_s']):.0f} against {one:.0f} leads/s"
                 + (
-                    f" (one instance {float(scale['leads_per_s_one_instance']):.0f} before, "
-                    f"{float(scale['leads_per_s_one_instance_after']):.0f} after)"
-                    if math.isfinite(float(scale.get("leads_per_s_one_instance_after", nan)))
-                    else ""
+                    ""
+                    if after is None
+                    else f" (one instance {float(scale['leads_per_s_one_instance']):.0f} before, {after:.0f} after)"
                 ),
                 verdict(least, least >= 0.2 and faster),
             )
@@ -293,8 +292,15 @@ def one_instance(scale: Mapping[str, Any]) -> float:
     the two-instance phase, which takes an even drift of the machine's speed out of the comparison
     (``Bench.one_instance_again``); the figure before alone when there is none after."""
     before = float(scale["leads_per_s_one_instance"])
-    after = float(scale.get("leads_per_s_one_instance_after", math.nan))
-    return (before + after) / 2 if math.isfinite(after) else before
+    after = one_instance_after(scale)
+    return before if after is None else (before + after) / 2
+
+
+def one_instance_after(scale: Mapping[str, Any]) -> float | None:
+    """One instance's figure after the two (phase 3g), or None: a run without it (an older bench's,
+    or one whose phase measured nothing) is judged against the figure before alone."""
+    after = scale.get("leads_per_s_one_instance_after")
+    return float(after) if after is not None and math.isfinite(float(after)) else None
 
 
 def half_shape(half: Mapping[str, Any]) -> str:
