@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import ssl
 from collections.abc import Iterable, Sequence
@@ -16,6 +17,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import OutOfOrderSequenceNumber, TopicAlreadyExistsError
+from aiokafka.partitioner import DefaultPartitioner, murmur2
 
 from coxswain.settings import KafkaConfig
 from schemas.codec import WireRecord
@@ -43,6 +45,34 @@ def connection_options(config: KafkaConfig) -> dict[str, Any]:
     return options
 
 
+# How many keys' hashes a partitioner keeps: far more leads than are in flight at once.
+KEYS_KEPT = 65_536
+
+
+class KeyPartitioner:
+    """Kafka's default partitioning (murmur2 of the key, as every Kafka client computes it, so a
+    lead's records land where any other producer would put them), each key's hash computed once.
+
+    Every fact of a lead has the lead's id as its key, and all of them are relayed by the holder of
+    the lead's outbox bucket: five or six records a lead, one hash. aiokafka's murmur2 is pure
+    Python, about 5 µs a key: 7.6% of the router's samples while it relayed the bench's throughput
+    phase (docs/benchmarks.md), for a hash it had computed for the lead's record before.
+    """
+
+    def __init__(self, kept: int = KEYS_KEPT) -> None:
+        self._hash = functools.lru_cache(maxsize=kept)(murmur2)
+        self._unkeyed = DefaultPartitioner()
+
+    def __call__(self, key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
+        if key is None:
+            return int(self._unkeyed(key, all_partitions, available))  # spread at random, as Kafka's
+        return all_partitions[(int(self._hash(key)) & 0x7FFFFFFF) % len(all_partitions)]
+
+    def hashes_computed(self) -> int:
+        """How many keys were hashed, not found among those kept (tests)."""
+        return int(self._hash.cache_info().misses)
+
+
 class Publisher:
     """An idempotent producer that waits for all in-sync replicas before a send counts."""
 
@@ -62,6 +92,7 @@ class Publisher:
             enable_idempotence=True,
             linger_ms=0,
             request_timeout_ms=15000,
+            partitioner=KeyPartitioner(),
         )
 
     async def start(self) -> AIOKafkaProducer:
