@@ -16,8 +16,9 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import OutOfOrderSequenceNumber, TopicAlreadyExistsError
-from aiokafka.partitioner import DefaultPartitioner, murmur2
+from aiokafka.errors import MessageSizeTooLargeError, OutOfOrderSequenceNumber, TopicAlreadyExistsError
+from aiokafka.partitioner import murmur2
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from coxswain.settings import KafkaConfig
 from schemas.codec import WireRecord
@@ -47,6 +48,8 @@ def connection_options(config: KafkaConfig) -> dict[str, Any]:
 
 # How many keys' hashes a partitioner keeps: far more leads than are in flight at once.
 KEYS_KEPT = 65_536
+# The largest request a publisher sends (aiokafka's and Kafka's default), so the largest record.
+MAX_REQUEST_BYTES = 1_048_576
 
 
 class KeyPartitioner:
@@ -61,12 +64,10 @@ class KeyPartitioner:
 
     def __init__(self, kept: int = KEYS_KEPT) -> None:
         self._hash = functools.lru_cache(maxsize=kept)(murmur2)
-        self._unkeyed = DefaultPartitioner()
 
-    def __call__(self, key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
-        if key is None:
-            return int(self._unkeyed(key, all_partitions, available))  # spread at random, as Kafka's
-        return all_partitions[(int(self._hash(key)) & 0x7FFFFFFF) % len(all_partitions)]
+    def partition(self, key: bytes, partitions: Sequence[int]) -> int:
+        """The partition of ``key`` among the topic's ``partitions`` (sorted)."""
+        return partitions[(int(self._hash(key)) & 0x7FFFFFFF) % len(partitions)]
 
     def hashes_computed(self) -> int:
         """How many keys were hashed, not found among those kept (tests)."""
@@ -84,6 +85,7 @@ class Publisher:
         # publish (the relay), ping (the outage watch, probes) and a renewal may all find the
         # producer not started: exactly one of them starts it.
         self._starting = asyncio.Lock()
+        self._partitioner = KeyPartitioner()  # kept across the producers it makes
 
     def _new_producer(self) -> AIOKafkaProducer:
         return AIOKafkaProducer(
@@ -92,7 +94,7 @@ class Publisher:
             enable_idempotence=True,
             linger_ms=0,
             request_timeout_ms=15000,
-            partitioner=KeyPartitioner(),
+            max_request_size=MAX_REQUEST_BYTES,
         )
 
     async def start(self) -> AIOKafkaProducer:
@@ -139,7 +141,13 @@ class Publisher:
             await self.start()  # else the next publish or ping starts it
 
     async def publish(self, records: Sequence[WireRecord]) -> None:
-        """Send all records and return only once every one is acknowledged (or raise)."""
+        """Send all records and return only once every one is acknowledged (or raise).
+
+        Handed over a batch a partition, not a record at a time: aiokafka's per-record send makes a
+        coroutine, a future and its metadata for each record and resolves them one by one when the
+        acknowledgement comes; a relay publishes hundreds of records a pass (each partition's in
+        their order, as before). A record too large to send fails the publish before it is handed
+        over, as the per-record send did."""
         producer = await self.start()
         if (failure := background_task_failure(producer)) is not None:
             log.warning("kafka producer replaced: one of its background tasks ended (%r)", failure)
@@ -147,14 +155,26 @@ class Publisher:
             producer = await self.start()
         pending: list[asyncio.Future[Any]] = []
         try:
-            for record in records:
-                pending.append(
-                    await producer.send(record.topic, value=record.value, key=record.key, headers=list(record.headers))
-                )
+            for (topic, partition), grouped in (await self._by_partition(producer, records)).items():
+                batch = producer.create_batch()
+                for record in grouped:
+                    headers = list(record.headers)
+                    size = DefaultRecordBatchBuilder.estimate_size_in_bytes(record.key, record.value, headers)
+                    if size > MAX_REQUEST_BYTES:
+                        raise MessageSizeTooLargeError(
+                            f"a record of {size} bytes for {topic} is over the {MAX_REQUEST_BYTES} bytes of a request"
+                        )
+                    if batch.append(key=record.key, value=record.value, timestamp=None, headers=headers) is None:
+                        pending.append(await producer.send_batch(batch, topic, partition=partition))
+                        batch = producer.create_batch()
+                        batch.append(key=record.key, value=record.value, timestamp=None, headers=headers)
+                # Closed: nothing else may join it in aiokafka's queue.
+                batch.close()
+                pending.append(await producer.send_batch(batch, topic, partition=partition))
         except BaseException:
-            # The records already handed over still succeed or fail later (a broker away fails
+            # The batches already handed over still succeed or fail later (a broker away fails
             # them all at once): their outcomes are collected, not left for asyncio to log as
-            # "Future exception was never retrieved"; the caller sends the batch again.
+            # "Future exception was never retrieved"; the caller sends the records again.
             for future in pending:
                 future.add_done_callback(_collect)
             raise
@@ -166,6 +186,19 @@ class Publisher:
                 if isinstance(outcome, OutOfOrderSequenceNumber):
                     await self._renew(producer)
                 raise outcome
+
+    async def _by_partition(
+        self, producer: Any, records: Sequence[WireRecord]
+    ) -> dict[tuple[str, int], list[WireRecord]]:
+        """The records by topic and partition (Kafka's default partition of each key), each
+        partition's in their order."""
+        grouped: dict[tuple[str, int], list[WireRecord]] = {}
+        partitions: dict[str, list[int]] = {}
+        for record in records:
+            if (known := partitions.get(record.topic)) is None:
+                known = partitions[record.topic] = sorted(await producer.partitions_for(record.topic))
+            grouped.setdefault((record.topic, self._partitioner.partition(record.key, known)), []).append(record)
+        return grouped
 
 
 def _collect(future: asyncio.Future[Any]) -> None:
