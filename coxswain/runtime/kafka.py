@@ -167,7 +167,10 @@ class Publisher:
                     if batch.append(key=record.key, value=record.value, timestamp=None, headers=headers) is None:
                         pending.append(await producer.send_batch(batch, topic, partition=partition))
                         batch = producer.create_batch()
-                        batch.append(key=record.key, value=record.value, timestamp=None, headers=headers)
+                        if batch.append(key=record.key, value=record.value, timestamp=None, headers=headers) is None:
+                            # aiokafka takes any record into an empty batch; were that to change, say so
+                            # rather than leave the record out.
+                            raise MessageSizeTooLargeError(f"a record of {size} bytes for {topic} fits no batch")
                 # Closed: nothing else may join it in aiokafka's queue.
                 batch.close()
                 pending.append(await producer.send_batch(batch, topic, partition=partition))
