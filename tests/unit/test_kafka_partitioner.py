@@ -35,4 +35,3 @@ def test_it_keeps_a_bounded_number_of_hashes() -> None:
         partitioner.partition(str(n).encode(), [0, 1, 2])
     partitioner.partition(b"0", [0, 1, 2])  # forgotten since: hashed again
     assert partitioner.hashes_computed() == 21
-
