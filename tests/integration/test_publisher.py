@@ -12,7 +12,6 @@ import warnings
 
 import pytest
 import pytest_asyncio
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, MessageSizeTooLargeError
 from aiokafka.partitioner import DefaultPartitioner
@@ -20,6 +19,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from coxswain.runtime.kafka import Publisher, connection_options
 from coxswain.settings import KafkaConfig
 from schemas.codec import WireRecord
+from tests.support.topics import records_on
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -46,21 +46,8 @@ async def topics(infrastructure: None) -> None:
 
 async def read_all(topic: str) -> list[tuple[int, bytes, bytes, list[tuple[str, bytes]]]]:
     """Every record of ``topic``: its partition, key, value and headers, each partition's in order."""
-    consumer = AIOKafkaConsumer(**connection_options(KafkaConfig()), group_id=None, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        partitions = [TopicPartition(topic, p) for p in range(SPREAD_PARTITIONS)]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
-        seen: list[tuple[int, bytes, bytes, list[tuple[str, bytes]]]] = []
-        while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
-            batch = await consumer.getmany(timeout_ms=500)
-            for tp, records in sorted(batch.items()):
-                seen += [(tp.partition, r.key, r.value, [(n, bytes(v)) for n, v in r.headers]) for r in records]
-        return seen
-    finally:
-        await consumer.stop()
+    records = await records_on(topic, SPREAD_PARTITIONS)
+    return [(r.partition, r.key, r.value, [(n, bytes(v)) for n, v in r.headers]) for r in records]
 
 
 async def test_records_land_in_kafka_s_default_partition_of_their_key_in_the_order_given(topics: None) -> None:

@@ -15,14 +15,13 @@ from zoneinfo import ZoneInfo
 import orjson
 import pytest
 import pytest_asyncio
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coxswain.core.agreement import load_agreement
 from coxswain.core.scorecard import period_containing, scorecard_id
 from coxswain.db.database import create_engine
-from coxswain.runtime.kafka import Publisher, connection_options
+from coxswain.runtime.kafka import Publisher
 from coxswain.runtime.outbox import OutboxRelay
 from coxswain.settings import DatabaseConfig, KafkaConfig, ReportingConfig
 from schemas.events import (
@@ -42,6 +41,7 @@ from schemas.events import (
 )
 from services.reporting.consumer import make_handler
 from services.reporting.scorecard import issue_due
+from tests.support.topics import records_on
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -222,21 +222,9 @@ async def drain_outbox(engine: AsyncEngine, event_ids: set[uuid.UUID]) -> None:
 
 async def published_scorecards() -> list[dict[str, Any]]:
     """Every record on the scorecard topic, read from the beginning to the end of each partition."""
-    consumer = AIOKafkaConsumer(**connection_options(KafkaConfig()), group_id=None, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        topic = ScorecardIssuedV1.topic
-        partitions = [TopicPartition(topic, p) for p in range(KafkaConfig().kafka_topic_partitions)]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
-        seen: list[dict[str, Any]] = []
-        while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
-            batch = await consumer.getmany(timeout_ms=500)
-            seen += [orjson.loads(record.value) for records in batch.values() for record in records]
-        return [card for card in seen if card["period"].startswith("2032-")]
-    finally:
-        await consumer.stop()
+    records = await records_on(ScorecardIssuedV1.topic, KafkaConfig().kafka_topic_partitions)
+    seen = [orjson.loads(record.value) for record in records]
+    return [card for card in seen if card["period"].startswith("2032-")]
 
 
 async def test_two_racing_instances_issue_the_closed_week_exactly_once(engine: AsyncEngine) -> None:
