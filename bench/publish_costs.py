@@ -31,9 +31,8 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from coxswain.runtime.kafka import Publisher
+from coxswain.runtime.kafka import Publisher, create_topics
 from coxswain.settings import KafkaConfig
 from schemas.codec import WireRecord
 
@@ -75,18 +74,6 @@ def leads_records(leads: int) -> list[WireRecord]:
     return records
 
 
-async def _ensure_topics(config: KafkaConfig) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=config.kafka_bootstrap_servers)
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        missing = [NewTopic(name, PARTITIONS, 1) for name in TOPICS if name not in existing]
-        if missing:
-            await admin.create_topics(missing)
-    finally:
-        await admin.close()
-
-
 async def _send_each(producer: Any, records: Sequence[WireRecord]) -> None:
     pending = [
         await producer.send(record.topic, value=record.value, key=record.key, headers=list(record.headers))
@@ -96,8 +83,8 @@ async def _send_each(producer: Any, records: Sequence[WireRecord]) -> None:
 
 
 async def measure(bootstrap: str, records_a_pass: int = 222, passes: int = 30, rounds: int = 8) -> list[PublishCost]:
-    config = KafkaConfig(kafka_bootstrap_servers=bootstrap)
-    await _ensure_topics(config)
+    config = KafkaConfig(kafka_bootstrap_servers=bootstrap, kafka_topic_partitions=PARTITIONS)
+    await create_topics(config, TOPICS)
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=0, request_timeout_ms=15000
     )

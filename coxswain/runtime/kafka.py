@@ -164,13 +164,13 @@ class Publisher:
                         raise MessageSizeTooLargeError(
                             f"a record of {size} bytes for {topic} is over the {MAX_REQUEST_BYTES} bytes of a request"
                         )
-                    if batch.append(key=record.key, value=record.value, timestamp=None, headers=headers) is None:
-                        pending.append(await producer.send_batch(batch, topic, partition=partition))
-                        batch = producer.create_batch()
-                        if batch.append(key=record.key, value=record.value, timestamp=None, headers=headers) is None:
+                    while batch.append(key=record.key, value=record.value, timestamp=None, headers=headers) is None:
+                        if not batch.record_count():
                             # aiokafka takes any record into an empty batch; were that to change, say so
                             # rather than leave the record out.
                             raise MessageSizeTooLargeError(f"a record of {size} bytes for {topic} fits no batch")
+                        pending.append(await producer.send_batch(batch, topic, partition=partition))
+                        batch = producer.create_batch()
                 # Closed: nothing else may join it in aiokafka's queue.
                 batch.close()
                 pending.append(await producer.send_batch(batch, topic, partition=partition))
