@@ -5,8 +5,9 @@ either both happen or neither. Each row carries a bucket, a stable hash of its K
 id), so all of one lead's facts share a bucket. Every process runs a relay; relays share the
 buckets out between them with leases in ``outbox_leases`` and publish their own buckets in
 parallel, each bucket's rows in order, deleting them after Kafka acknowledged them. A relay learns
-its rows from the notifications of the commits that staged them, which carry the rows; it reads
-the outbox when it cannot go by them (see ``OutboxRelay.relay_pass``).
+its rows from the notifications of the commits that staged them, which carry the rows (a large
+batch's carry their ids, and it reads those rows by id); it reads the outbox when it cannot go by
+them (see ``OutboxRelay.relay_pass``).
 
 Why each lead's facts stay in order: one bucket has one publisher at a time (its lease holder), it
 takes its next batch only after Kafka acknowledged the one before (and leaves that one out until
@@ -77,8 +78,16 @@ def bucket_of(key: bytes) -> int:
 #
 # One notification per row staged, in id order, its payload the row's id and its note (``note_of``).
 # A row whose note would not fit in a notification (PostgreSQL takes payloads under 8000 bytes)
-# notifies with an empty payload: its relay reads the outbox instead.
+# notifies its id alone, and so do the rows of a statement that stages more than CARRIED_ROWS:
+# their relay reads them by id, one statement a pass (``OutboxRelay.relay_heard``).
 NOTE_LIMIT = 7900
+# Every session that LISTENs copies every notification of the database, whatever its channel, and
+# a note is about 1.5 KB: in a probe of the session (7 December, evening; 300 rows a commit, three
+# relays and one other listener) PostgreSQL spent 17 to 22 µs a row with the rows in their notes
+# and 8 to 12 µs with their ids there and the rows read by id, a statement a relay a commit. A
+# lead's own commit stages five or six rows, which its relay publishes without a statement of its
+# own; a batch of fifty leads stages three hundred, and one read by id costs less than their notes.
+CARRIED_ROWS = 16
 
 
 def notify_staged(staged: str, ids: str, notes: str) -> str:
@@ -87,7 +96,7 @@ def notify_staged(staged: str, ids: str, notes: str) -> str:
     holding each record's event id and note."""
     return (
         f"(SELECT count(pg_notify('{CHANNEL}_' || n.bucket, n.payload)) FROM ("
-        "SELECT s.bucket, CASE WHEN u.note = '' THEN '' ELSE s.id || ' ' || u.note END AS payload "
+        "SELECT s.bucket, CASE WHEN u.note = '' THEN s.id::text ELSE s.id || ' ' || u.note END AS payload "
         f"FROM {staged} s JOIN unnest(CAST(:{ids} AS uuid[]), CAST(:{notes} AS text[])) AS u(event_id, note) "
         "ON u.event_id = s.event_id ORDER BY s.id) AS n)"
     )
@@ -110,10 +119,22 @@ def note_of(record: WireRecord, headers: str) -> str:
     return note if len(note) <= NOTE_LIMIT else ""
 
 
-def heard_row(payload: str) -> tuple[int, WireRecord] | None:
-    """The row a notification carries (its id and record), or None when it carries none."""
+def notes_of(records: Sequence[WireRecord], headers: Sequence[str]) -> list[str]:
+    """The notes of rows staged in one statement: each row's (``note_of``) when there are at most
+    CARRIED_ROWS of them, none otherwise (their notifications carry their ids alone)."""
+    if len(records) > CARRIED_ROWS:
+        return [""] * len(records)
+    return [note_of(record, header) for record, header in zip(records, headers, strict=True)]
+
+
+def heard_row(payload: str) -> tuple[int, WireRecord | None] | None:
+    """The row a notification names: its id and the record it carries, or None for the record when
+    it carries the id alone (the relay reads the row by id). None for an empty payload, which a
+    relay of before 7 December, evening, sent for a row too large for its note."""
     if not payload:
         return None
+    if " " not in payload:
+        return int(payload), None
     row_id, topic, key, value, headers = payload.split(" ", 4)
     return int(row_id), WireRecord(
         topic=topic,
@@ -151,7 +172,7 @@ def staging(
         "outbox_values": [record.value for _, record in records],
         "outbox_headers": headers,
         "outbox_buckets": [bucket_of(record.key) for _, record in records],
-        "outbox_notes": [note_of(record, header) for (_, record), header in zip(records, headers, strict=True)],
+        "outbox_notes": notes_of([record for _, record in records], headers),
     }
     return sql, parameters
 
@@ -211,6 +232,20 @@ DELETE_PUBLISHED = text(
     "deleted AS (DELETE FROM outbox WHERE id = ANY(:ids) AND (SELECT open FROM gate) "
     "AND EXISTS (SELECT FROM relaxed)) SELECT open FROM gate"
 )
+# The rows heard by their ids alone, read for a pass that publishes them (``relay_heard``).
+READ_BY_ID = text("SELECT id, topic, key, value, headers FROM outbox WHERE id = ANY(:ids)")
+
+
+def record_of(row: Any) -> WireRecord:
+    """An outbox row as the record it is published as."""
+    return WireRecord(
+        topic=row.topic,
+        key=bytes(row.key),
+        value=bytes(row.value),
+        headers=tuple((name, value.encode()) for name, value in row.headers),
+    )
+
+
 # How long a published batch may wait for the next pass to delete it. Under load the next
 # notification comes sooner and the delete rides with that pass's read; when the buckets go quiet
 # the batch is deleted on its own this long after it was published (as every batch was before).
@@ -289,7 +324,8 @@ class OutboxRelay:
         self._published_at = math.inf
         # Rows the notifications of commits handed over, in commit order, not yet published; and
         # whether the next pass must read the outbox instead (see ``relay_pass``).
-        self._heard: collections.deque[tuple[int, int, WireRecord]] = collections.deque()
+        # A row heard by its id alone has no record yet: the pass reads it by id.
+        self._heard: collections.deque[tuple[int, int, WireRecord | None]] = collections.deque()
         self._must_read = True
         self._caught_up = False
         # Ids the last reads published, so that their notifications, which may come after the
@@ -368,7 +404,7 @@ class OutboxRelay:
         Why the rows handed over are enough, and in order, once a read came back short of a full
         batch (``_caught_up``): that read saw every row committed before it in this relay's
         buckets; every row committed after it notifies this relay (it LISTENs on its buckets'
-        channels before it reads) with the row itself, and PostgreSQL delivers notifications in
+        channels before it reads) with the row itself or its id, and PostgreSQL delivers notifications in
         the order their transactions committed. So publishing the rows heard, in the order heard,
         skipping those the read already published, sends each bucket's rows in commit order, and
         none is left out. Anything that breaks the chain (a row too large to be handed over, a
@@ -381,15 +417,26 @@ class OutboxRelay:
 
     async def relay_heard(self) -> int:
         """Publish the rows the notifications handed over since the last pass, of the buckets this
-        relay holds, in the order heard; how many."""
+        relay holds, in the order heard; how many. Those heard by their id alone are read by id,
+        together, in one statement."""
         owned = set(self._held())
-        ids: list[int] = []
-        records: list[WireRecord] = []
+        heard: list[tuple[int, WireRecord | None]] = []
         while self._heard:
             bucket, row_id, record = self._heard.popleft()
             if bucket in owned and row_id not in self._read_ids:
-                ids.append(row_id)
-                records.append(record)
+                heard.append((row_id, record))
+        unread = [row_id for row_id, record in heard if record is None]
+        if unread:
+            async with self._autocommit.connect() as connection:
+                rows = (await connection.execute(READ_BY_ID, {"ids": unread})).all()
+            found = {row.id: record_of(row) for row in rows}
+            if len(found) < len(unread):
+                # Gone: a row leaves the outbox only once Kafka has it, so another relay published
+                # it (this relay cannot tell how it came to, so the next pass reads the buckets).
+                self._must_read = True
+            heard = [(row_id, record or found.get(row_id)) for row_id, record in heard]
+        ids = [row_id for row_id, record in heard if record is not None]
+        records = [record for _, record in heard if record is not None]
         if records:
             await self._send(ids, records)
         return len(records)
@@ -525,18 +572,7 @@ class OutboxRelay:
             self._read_ids[row_id] = None
         while len(self._read_ids) > READ_IDS_KEPT:
             self._read_ids.popitem(last=False)
-        await self._send(
-            ids,
-            [
-                WireRecord(
-                    topic=row.topic,
-                    key=bytes(row.key),
-                    value=bytes(row.value),
-                    headers=tuple((name, value.encode()) for name, value in row.headers),
-                )
-                for row in rows
-            ],
-        )
+        await self._send(ids, [record_of(row) for row in rows])
         return len(rows)
 
     async def _send(self, ids: list[int], records: list[WireRecord]) -> None:

@@ -100,10 +100,9 @@ async def insert_webhooks(connection: AsyncConnection, webhooks: Sequence[Webhoo
                 # spread over the relays, not all in one bucket.
                 "o_buckets": buckets,
                 "o_headers": headers,
-                # What the notifications hand the relays: each row, so they publish it unread.
-                "o_notes": [
-                    outbox.note_of(record, header) for (_, _, record), header in zip(records, headers, strict=True)
-                ],
+                # What the notifications hand the relays: each row, so they publish it unread,
+                # or for a large batch its id alone (``outbox.CARRIED_ROWS``).
+                "o_notes": outbox.notes_of([record for _, _, record in records], headers),
             },
         )
     ).one()

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -392,6 +393,68 @@ async def test_a_commit_is_published_from_its_notification_by_the_relay_that_hol
     assert other.passes == before[1], "a relay that holds none of the commit's buckets is not woken"
     assert other.notifications == heard[1], "nor does its connection hear of the commit"
     assert await assert_in_order_and_complete(staged) == 0
+
+
+class ReadingByIdRelay(CountingRelay):
+    """A counting relay that also counts the rows it read by id, a pass at a time."""
+
+    def __init__(self, engine: AsyncEngine, publisher: Publisher, **options: Any) -> None:
+        super().__init__(engine, publisher, **options)
+        self.read_by_id: list[int] = []
+
+    async def relay_heard(self) -> int:
+        unread = sum(1 for _, _, record in self._heard if record is None)
+        published = await super().relay_heard()
+        if unread:
+            self.read_by_id.append(unread)
+        return published
+
+
+async def test_a_large_batch_is_heard_by_its_ids_and_read_by_id_in_the_order_committed(
+    engine: AsyncEngine, publisher: Publisher
+) -> None:
+    """A statement that stages more than ``CARRIED_ROWS`` rows notifies their ids alone: the relay
+    reads them by id, one statement a pass, without reading its buckets, and publishes them in the
+    order committed, mixed with the rows of small commits handed over whole."""
+    holder = ReadingByIdRelay(engine, publisher, lease_seconds=60.0, idle_poll_seconds=60.0, name="by-id")
+    await holder.refresh_leases()
+    async with running(holder):
+        warm = keys_in(holder.owned, 1)
+        async with engine.begin() as connection:
+            await stage_records(connection, records_for(warm, 0), NOW)
+        await wait_published(engine, warm, within=30)
+        before = holder.passes
+        keys = keys_in(holder.owned, outbox.CARRIED_ROWS + 4)
+        staged: dict[str, list[int]] = {key: [] for key in keys}
+        for n in range(4):
+            # Large and small commits in turns: fact n of every lead at once, then of three only.
+            async with engine.begin() as connection:
+                await stage_records(connection, records_for(keys if n % 2 == 0 else keys[:3], n), NOW)
+            for key in keys if n % 2 == 0 else keys[:3]:
+                staged[key].append(n)
+        await wait_published(engine, keys, within=30)
+    assert holder.passes == before, "the outbox was not read: the rows came by id"
+    assert sum(holder.read_by_id) == 2 * len(keys), "the large commits' rows were read by id"
+    assert await assert_in_order_and_complete(staged) == 0
+
+
+async def test_a_row_heard_by_id_and_gone_is_left_out_and_the_next_pass_reads(
+    engine: AsyncEngine, publisher: Publisher
+) -> None:
+    """Gone from the outbox means published: a relay that hears of such a row does not wait for it,
+    and reads its buckets next, since it cannot tell how that came to be."""
+    relay = CountingRelay(engine, publisher, lease_seconds=30.0, name="gone-by-id")
+    try:
+        await relay.refresh_leases()
+        assert await relay.relay_once() == 0  # read to the end: from here on it goes by what it hears
+        [key] = keys_in(relay.owned, 1)
+        relay._notified(None, 0, channel_of(bucket_of(key.encode())), "-1")  # no row has id -1
+        assert await relay.relay_pass() == 0
+        before = relay.passes
+        assert await relay.relay_pass() == 0
+        assert relay.passes == before + 1, "the pass after it read the outbox"
+    finally:
+        await relay.release_leases()
 
 
 async def test_a_row_too_large_to_hand_over_is_read_and_keeps_its_place(
