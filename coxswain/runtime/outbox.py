@@ -78,8 +78,8 @@ def bucket_of(key: bytes) -> int:
 #
 # One notification per row staged, in id order, its payload the row's id and its note (``note_of``).
 # A row whose note would not fit in a notification (PostgreSQL takes payloads under 8000 bytes)
-# notifies its id alone, and so do the rows of a statement that stages more than CARRIED_ROWS:
-# their relay reads them by id, one statement a pass (``OutboxRelay.relay_heard``).
+# notifies its id alone; a statement that stages more than CARRIED_ROWS notifies once a bucket,
+# with its rows' ids. Their relay reads them by id, one statement a pass (``OutboxRelay.relay_heard``).
 NOTE_LIMIT = 7900
 # Every session that LISTENs copies every notification of the database, whatever its channel, and
 # a note is about 1.5 KB: in a probe of the session (7 December, evening; 300 rows a commit, three
@@ -93,12 +93,19 @@ CARRIED_ROWS = 16
 def notify_staged(staged: str, ids: str, notes: str) -> str:
     """A scalar subquery that notifies the relays of the rows a data-modifying ``staged`` CTE
     inserted (it must return ``id, event_id, bucket``); ``ids`` and ``notes`` name the parameters
-    holding each record's event id and note."""
+    holding each record's event id and note. A notification per row, its id and note (its id alone
+    when the note is empty), in id order; or, when no row has a note, one per bucket, its rows'
+    ids in id order (``1,2,3``)."""
+    notes_array = f"CAST(:{notes} AS text[])"
     return (
         f"(SELECT count(pg_notify('{CHANNEL}_' || n.bucket, n.payload)) FROM ("
-        "SELECT s.bucket, CASE WHEN u.note = '' THEN s.id::text ELSE s.id || ' ' || u.note END AS payload "
-        f"FROM {staged} s JOIN unnest(CAST(:{ids} AS uuid[]), CAST(:{notes} AS text[])) AS u(event_id, note) "
-        "ON u.event_id = s.event_id ORDER BY s.id) AS n)"
+        "SELECT s.bucket, CASE WHEN u.note = '' THEN s.id::text ELSE s.id || ' ' || u.note END AS payload, "
+        f"s.id AS first FROM {staged} s JOIN unnest(CAST(:{ids} AS uuid[]), {notes_array}) AS u(event_id, note) "
+        f"ON u.event_id = s.event_id WHERE '' <> ANY({notes_array}) "
+        "UNION ALL "
+        f"SELECT s.bucket, string_agg(s.id::text, ',' ORDER BY s.id), min(s.id) FROM {staged} s "
+        f"WHERE '' = ALL({notes_array}) GROUP BY s.bucket "
+        "ORDER BY first) AS n)"
     )
 
 
@@ -127,21 +134,26 @@ def notes_of(records: Sequence[WireRecord], headers: Sequence[str]) -> list[str]
     return [note_of(record, header) for record, header in zip(records, headers, strict=True)]
 
 
-def heard_row(payload: str) -> tuple[int, WireRecord | None] | None:
-    """The row a notification names: its id and the record it carries, or None for the record when
-    it carries the id alone (the relay reads the row by id). None for an empty payload, which a
-    relay of before 7 December, evening, sent for a row too large for its note."""
+def heard_rows(payload: str) -> list[tuple[int, WireRecord | None]] | None:
+    """The rows a notification names, in order: each one's id and the record it carries, or None
+    for the record when it carries ids alone (the relay reads those rows by id). None for an empty
+    payload, which a relay of before 7 December, evening, sent for a row too large for its note."""
     if not payload:
         return None
     if " " not in payload:
-        return int(payload), None
+        return [(int(row_id), None) for row_id in payload.split(",")]
     row_id, topic, key, value, headers = payload.split(" ", 4)
-    return int(row_id), WireRecord(
-        topic=topic,
-        key=base64.b64decode(key),
-        value=base64.b64decode(value),
-        headers=tuple((name, header.encode()) for name, header in orjson.loads(headers)),
-    )
+    return [
+        (
+            int(row_id),
+            WireRecord(
+                topic=topic,
+                key=base64.b64decode(key),
+                value=base64.b64decode(value),
+                headers=tuple((name, header.encode()) for name, header in orjson.loads(headers)),
+            ),
+        )
+    ]
 
 
 def staging(
@@ -233,16 +245,16 @@ DELETE_PUBLISHED = text(
     "AND EXISTS (SELECT FROM relaxed)) SELECT open FROM gate"
 )
 # The rows heard by their ids alone, read for a pass that publishes them (``relay_heard``).
-READ_BY_ID = text("SELECT id, topic, key, value, headers FROM outbox WHERE id = ANY(:ids)")
+READ_BY_ID = "SELECT id, topic, key, value, headers FROM outbox WHERE id = ANY($1::bigint[])"
 
 
-def record_of(row: Any) -> WireRecord:
-    """An outbox row as the record it is published as."""
+def record_of(topic: str, key: bytes, value: bytes, headers: list[list[str]]) -> WireRecord:
+    """An outbox row's columns as the record it is published as."""
     return WireRecord(
-        topic=row.topic,
-        key=bytes(row.key),
-        value=bytes(row.value),
-        headers=tuple((name, value.encode()) for name, value in row.headers),
+        topic=topic,
+        key=bytes(key),
+        value=bytes(value),
+        headers=tuple((name, header.encode()) for name, header in headers),
     )
 
 
@@ -428,8 +440,11 @@ class OutboxRelay:
         unread = [row_id for row_id, record in heard if record is None]
         if unread:
             async with self._autocommit.connect() as connection:
-                rows = (await connection.execute(READ_BY_ID, {"ids": unread})).all()
-            found = {row.id: record_of(row) for row in rows}
+                # On the driver's connection: SQLAlchemy's rows cost the relay more a row than
+                # the notes this read saves PostgreSQL (docs/benchmarks.md, 7 December, evening).
+                raw: Any = (await connection.get_raw_connection()).driver_connection
+                rows = await raw.fetch(READ_BY_ID, unread)
+            found = {row["id"]: record_of(row["topic"], row["key"], row["value"], row["headers"]) for row in rows}
             if len(found) < len(unread):
                 # Gone: a row leaves the outbox only once Kafka has it, so another relay published
                 # it (this relay cannot tell how it came to, so the next pass reads the buckets).
@@ -572,7 +587,7 @@ class OutboxRelay:
             self._read_ids[row_id] = None
         while len(self._read_ids) > READ_IDS_KEPT:
             self._read_ids.popitem(last=False)
-        await self._send(ids, [record_of(row) for row in rows])
+        await self._send(ids, [record_of(row.topic, row.key, row.value, row.headers) for row in rows])
         return len(rows)
 
     async def _send(self, ids: list[int], records: list[WireRecord]) -> None:
@@ -642,18 +657,18 @@ class OutboxRelay:
     def _notified(self, _connection: object, _pid: int, channel: str, payload: str) -> None:
         self._wake.set()
         try:
-            heard = heard_row(payload)
+            heard = heard_rows(payload)
         except Exception:  # not a payload this relay wrote: read the outbox rather than guess
             log.warning("outbox relay could not read a notification on %s; reading the outbox", channel)
             heard = None
-        if heard is None or len(self._heard) >= HEARD_KEPT:
+        if heard is None or len(self._heard) + len(heard) > HEARD_KEPT:
             # Nothing to hand over, or more heard than a relay that is stuck on Kafka should hold
             # in memory: the next pass reads, and finds these rows in the outbox.
             self._heard.clear()
             self._must_read = True
             return
-        row_id, record = heard
-        self._heard.append((int(channel.rsplit("_", 1)[1]), row_id, record))
+        bucket = int(channel.rsplit("_", 1)[1])
+        self._heard.extend((bucket, row_id, record) for row_id, record in heard)
 
     async def _listen_to_owned(self) -> None:
         """LISTEN on the channels of the buckets this relay holds, and on no others. Without a

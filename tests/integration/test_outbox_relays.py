@@ -413,9 +413,9 @@ class ReadingByIdRelay(CountingRelay):
 async def test_a_large_batch_is_heard_by_its_ids_and_read_by_id_in_the_order_committed(
     engine: AsyncEngine, publisher: Publisher
 ) -> None:
-    """A statement that stages more than ``CARRIED_ROWS`` rows notifies their ids alone: the relay
-    reads them by id, one statement a pass, without reading its buckets, and publishes them in the
-    order committed, mixed with the rows of small commits handed over whole."""
+    """A statement that stages more than ``CARRIED_ROWS`` rows notifies their ids alone, once a
+    bucket: the relay reads them by id, one statement a pass, without reading its buckets, and
+    publishes them in the order committed, mixed with the rows of small commits handed over whole."""
     holder = ReadingByIdRelay(engine, publisher, lease_seconds=60.0, idle_poll_seconds=60.0, name="by-id")
     await holder.refresh_leases()
     async with running(holder):
@@ -423,8 +423,8 @@ async def test_a_large_batch_is_heard_by_its_ids_and_read_by_id_in_the_order_com
         async with engine.begin() as connection:
             await stage_records(connection, records_for(warm, 0), NOW)
         await wait_published(engine, warm, within=30)
-        before = holder.passes
-        keys = keys_in(holder.owned, outbox.CARRIED_ROWS + 4)
+        before, heard = holder.passes, holder.notifications
+        keys = keys_in(holder.owned[:2], outbox.CARRIED_ROWS + 4)  # two buckets
         staged: dict[str, list[int]] = {key: [] for key in keys}
         for n in range(4):
             # Large and small commits in turns: fact n of every lead at once, then of three only.
@@ -435,6 +435,7 @@ async def test_a_large_batch_is_heard_by_its_ids_and_read_by_id_in_the_order_com
         await wait_published(engine, keys, within=30)
     assert holder.passes == before, "the outbox was not read: the rows came by id"
     assert sum(holder.read_by_id) == 2 * len(keys), "the large commits' rows were read by id"
+    assert holder.notifications - heard == 2 * 2 + 2 * 3, "a large commit notifies once a bucket, a small one a row"
     assert await assert_in_order_and_complete(staged) == 0
 
 
