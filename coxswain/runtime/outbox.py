@@ -88,14 +88,17 @@ NOTE_LIMIT = 7900
 # lead's own commit stages five or six rows, which its relay publishes without a statement of its
 # own; a batch of fifty leads stages three hundred, and one read by id costs less than their notes.
 CARRIED_ROWS = 16
+# Ids a notification names at most: a bigint is up to 19 digits and a comma, and 300 of them fit
+# in a payload (PostgreSQL refuses the whole transaction for a payload of 8000 bytes or more).
+IDS_A_NOTE = 300
 
 
 def notify_staged(staged: str, ids: str, notes: str) -> str:
     """A scalar subquery that notifies the relays of the rows a data-modifying ``staged`` CTE
     inserted (it must return ``id, event_id, bucket``); ``ids`` and ``notes`` name the parameters
     holding each record's event id and note. A notification per row, its id and note (its id alone
-    when the note is empty), in id order; or, when no row has a note, one per bucket, its rows'
-    ids in id order (``1,2,3``)."""
+    when the note is empty), in id order; or, when no row has a note, one per bucket and
+    IDS_A_NOTE of its rows, their ids in id order (``1,2,3``)."""
     notes_array = f"CAST(:{notes} AS text[])"
     return (
         f"(SELECT count(pg_notify('{CHANNEL}_' || n.bucket, n.payload)) FROM ("
@@ -103,8 +106,9 @@ def notify_staged(staged: str, ids: str, notes: str) -> str:
         f"s.id AS first FROM {staged} s JOIN unnest(CAST(:{ids} AS uuid[]), {notes_array}) AS u(event_id, note) "
         f"ON u.event_id = s.event_id WHERE '' <> ANY({notes_array}) "
         "UNION ALL "
-        f"SELECT s.bucket, string_agg(s.id::text, ',' ORDER BY s.id), min(s.id) FROM {staged} s "
-        f"WHERE '' = ALL({notes_array}) GROUP BY s.bucket "
+        "SELECT c.bucket, string_agg(c.id::text, ',' ORDER BY c.id), min(c.id) FROM ("
+        f"SELECT s.bucket, s.id, (row_number() OVER (PARTITION BY s.bucket ORDER BY s.id) - 1) / {IDS_A_NOTE} AS chunk "
+        f"FROM {staged} s WHERE '' = ALL({notes_array})) AS c GROUP BY c.bucket, c.chunk "
         "ORDER BY first) AS n)"
     )
 

@@ -439,6 +439,32 @@ async def test_a_large_batch_is_heard_by_its_ids_and_read_by_id_in_the_order_com
     assert await assert_in_order_and_complete(staged) == 0
 
 
+async def test_a_batch_larger_than_a_notification_holds_is_named_over_several(
+    engine: AsyncEngine, publisher: Publisher
+) -> None:
+    """Ids as long as a bigint's, more of them in one bucket than one payload takes: the commit
+    goes through (PostgreSQL refuses a transaction whose payload is too long), notifying the
+    bucket's ids ``IDS_A_NOTE`` at a time, and every row is published in order."""
+    async with engine.begin() as connection:
+        await connection.execute(text("ALTER TABLE outbox ALTER COLUMN id RESTART WITH 1000000000000000000"))
+    holder = ReadingByIdRelay(engine, publisher, lease_seconds=60.0, idle_poll_seconds=60.0, name="long-ids")
+    await holder.refresh_leases()
+    async with running(holder):
+        warm = keys_in(holder.owned, 1)
+        async with engine.begin() as connection:
+            await stage_records(connection, records_for(warm, 0), NOW)
+        await wait_published(engine, warm, within=30)
+        heard = holder.notifications
+        [key] = keys_in(holder.owned, 1)
+        rows = 2 * outbox.IDS_A_NOTE + 100
+        async with engine.begin() as connection:
+            await stage_records(connection, [records_for([key], n)[0] for n in range(rows)], NOW)
+        await wait_published(engine, [key], within=30)
+    assert holder.notifications - heard == 3, "one bucket's ids, 300 a notification"
+    assert sum(holder.read_by_id) == rows
+    assert await assert_in_order_and_complete({key: list(range(rows))}) == 0
+
+
 async def test_a_row_heard_by_id_and_gone_is_left_out_and_the_next_pass_reads(
     engine: AsyncEngine, publisher: Publisher
 ) -> None:
