@@ -410,19 +410,27 @@ class ReadingByIdRelay(CountingRelay):
         return published
 
 
+@asynccontextmanager
+async def relaying_by_id(engine: AsyncEngine, publisher: Publisher, name: str) -> AsyncIterator[ReadingByIdRelay]:
+    """One relay holding every bucket, running, past its first read: from here on what is
+    committed reaches it through its notifications."""
+    relay = ReadingByIdRelay(engine, publisher, lease_seconds=60.0, idle_poll_seconds=60.0, name=name)
+    await relay.refresh_leases()
+    async with running(relay):
+        warm = keys_in(relay.owned, 1)
+        async with engine.begin() as connection:
+            await stage_records(connection, records_for(warm, 0), NOW)
+        await wait_published(engine, warm, within=30)
+        yield relay
+
+
 async def test_a_large_batch_is_heard_by_its_ids_and_read_by_id_in_the_order_committed(
     engine: AsyncEngine, publisher: Publisher
 ) -> None:
     """A statement that stages more than ``CARRIED_ROWS`` rows notifies their ids alone, once a
     bucket: the relay reads them by id, one statement a pass, without reading its buckets, and
     publishes them in the order committed, mixed with the rows of small commits handed over whole."""
-    holder = ReadingByIdRelay(engine, publisher, lease_seconds=60.0, idle_poll_seconds=60.0, name="by-id")
-    await holder.refresh_leases()
-    async with running(holder):
-        warm = keys_in(holder.owned, 1)
-        async with engine.begin() as connection:
-            await stage_records(connection, records_for(warm, 0), NOW)
-        await wait_published(engine, warm, within=30)
+    async with relaying_by_id(engine, publisher, "by-id") as holder:
         before, heard = holder.passes, holder.notifications
         keys = keys_in(holder.owned[:2], outbox.CARRIED_ROWS + 4)  # two buckets
         staged: dict[str, list[int]] = {key: [] for key in keys}
@@ -447,13 +455,7 @@ async def test_a_batch_larger_than_a_notification_holds_is_named_over_several(
     bucket's ids ``IDS_A_NOTE`` at a time, and every row is published in order."""
     async with engine.begin() as connection:
         await connection.execute(text("ALTER TABLE outbox ALTER COLUMN id RESTART WITH 1000000000000000000"))
-    holder = ReadingByIdRelay(engine, publisher, lease_seconds=60.0, idle_poll_seconds=60.0, name="long-ids")
-    await holder.refresh_leases()
-    async with running(holder):
-        warm = keys_in(holder.owned, 1)
-        async with engine.begin() as connection:
-            await stage_records(connection, records_for(warm, 0), NOW)
-        await wait_published(engine, warm, within=30)
+    async with relaying_by_id(engine, publisher, "long-ids") as holder:
         heard = holder.notifications
         [key] = keys_in(holder.owned, 1)
         rows = 2 * outbox.IDS_A_NOTE + 100
