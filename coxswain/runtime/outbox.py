@@ -78,8 +78,10 @@ def bucket_of(key: bytes) -> int:
 #
 # One notification per row staged, in id order, its payload the row's id and its note (``note_of``).
 # A row whose note would not fit in a notification (PostgreSQL takes payloads under 8000 bytes)
-# notifies its id alone; a statement that stages more than CARRIED_ROWS notifies once a bucket,
-# with its rows' ids. Their relay reads them by id, one statement a pass (``OutboxRelay.relay_heard``).
+# notifies its id alone. A statement that stages more than CARRIED_ROWS carries no notes, and
+# notifies once a bucket (IDS_A_NOTE ids at most) instead of once a row: a notification a row,
+# even an id alone, cost the relays' processes more than PostgreSQL saved. The relay reads the rows
+# it heard by id alone in one statement a pass (``OutboxRelay.relay_heard``).
 NOTE_LIMIT = 7900
 # Every session that LISTENs copies every notification of the database, whatever its channel, and
 # a note is about 1.5 KB: in a probe of the session (7 December, evening; 300 rows a commit, three
