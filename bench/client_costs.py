@@ -2,7 +2,7 @@
 
     python -m bench.client_costs postgresql+asyncpg://coxswain:coxswain@127.0.0.1:15432/coxswain [--calls 3000]
 
-A lead sent alone is its own transaction and statements in every service on its way (docs/benchmarks.md,
+A lead sent alone is its own transaction and statements in every service on its way (docs/benchmarks-history.md,
 7 December), so what each costs a process's CPU, apart from PostgreSQL's own work, bounds what
 the pipeline can carry one lead at a time. The same small statement (an ``unnest`` of four uuids, as
 the services send arrays) is run four ways, each many times after a warm-up, and the process's CPU

@@ -739,7 +739,7 @@ class Bench:
         # Each throughput phase (this one, 3d and 3g) starts after the same load, not measured: here
         # the router has just been killed and started again, and the pipeline has idled at 20
         # leads/s, where 3d and 3g follow their own warm-ups at WARM_UP_RATE. Measured from there,
-        # the same work cost up to 28% more CPU a lead in 3b than in 3g (docs/benchmarks.md, 7
+        # the same work cost up to 28% more CPU a lead in 3b than in 3g (docs/benchmarks-history.md, 7
         # December, midday), and the two-instance comparison carried the difference.
         self.throughput_warm_up(url, "e2e", "end to end throughput")
         say("end to end throughput: %s leads in batches of %s, as fast as taken", plan.e2e_leads, plan.e2e_batch)
@@ -826,13 +826,13 @@ class Bench:
         A broker in production has run for weeks; the bench's started seconds ago, and its JVM
         compiles the request paths while they are first used: in runs without a warm-up its
         compiler threads took about half of the broker's CPU while the latency curve was measured
-        (docs/benchmarks.md, 5 December), on the two cores the services wait for.
+        (docs/benchmarks-history.md, 5 December), on the two cores the services wait for.
 
         Then the database is vacuumed and analysed, as autovacuum would have done by then in a
         database that has run for a while (it looks at each database once a minute, and this one
         is a minute old): the services plan their statements once per connection, and plans made
         while the tables were empty kept scanning them whole once the warm-up had filled them
-        (docs/benchmarks.md, 5 December, afternoon)."""
+        (docs/benchmarks-history.md, 5 December, afternoon)."""
         plan = self.plan
         say("warm-up: %s leads/s for %ss through the whole pipeline, not measured", WARM_UP_RATE, plan.warm_up_seconds)
         before = self.broker_jit_seconds()
@@ -1241,7 +1241,7 @@ class Bench:
 
     def targets_report(self) -> str:
         """Issue 14's targets, each with what this run measured and whether it holds."""
-        return "issue 14's targets (docs/benchmarks.md, Targets)\n" + table(
+        return "issue 14's targets (docs/benchmarks.md, Where it stands)\n" + table(
             [(target, verdict, measured) for target, measured, verdict in target_rows(self.results)]
         )
 

@@ -1,4 +1,4 @@
-"""Medians over several bench runs, as the Markdown tables of docs/benchmarks.md.
+"""Medians over several bench runs, as the Markdown tables of docs/benchmarks-history.md.
 
 One run on a shared machine says little; the docs quote the median of several. Copy each run's
 ``.local/bench/run/notes.json`` aside (it is replaced by the next run), then:

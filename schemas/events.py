@@ -54,7 +54,7 @@ def _email(address: str) -> str:
     """What ``EmailStr`` makes of ``address`` (its normalised form, or its error), with the
     full validation spared for the plain form: every consumer validates each lead's address
     again when it decodes a fact, and in scoring's batches that took an eighth of its CPU (py-spy,
-    docs/benchmarks.md, 6 December, night)."""
+    docs/benchmarks-history.md, 6 December, night)."""
     return address if _plainly_valid(address) else validate_email(address)[1]
 
 

@@ -28,7 +28,7 @@ def create_engine(config: DatabaseConfig) -> AsyncEngine:
 # a minute between two autovacuum runs and shrink again when one truncates it. PostgreSQL plans a
 # prepared statement once for all executions (a generic plan) after its first five; planned while
 # the outbox was a few pages, the relay's delete by id kept scanning the whole heap once it had
-# grown to thousands of pages (docs/benchmarks.md, 5 December, afternoon). The relay's statements
+# grown to thousands of pages (docs/benchmarks-history.md, 5 December, afternoon). The relay's statements
 # are planned at every execution, against the outbox as it is then; that costs about a tenth of a
 # millisecond each, a few times a second.
 RELAY_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
@@ -47,7 +47,7 @@ def create_relay_engine(config: DatabaseConfig) -> AsyncEngine:
 # than the generic one, so it keeps planning them again at every call, and for the largest
 # (the routing state, the reps a run names, the identities with their leads) planning took longer
 # than running: 0.2 to 0.4 ms each, nearly a millisecond of every batch on the loop each lead waits
-# for (docs/benchmarks.md, 6 December, morning). Their generic plans are the same index lookups
+# for (docs/benchmarks-history.md, 6 December, morning). Their generic plans are the same index lookups
 # by key whatever the values. Only for these connections: where a parameter's value decides how
 # many rows match (a time range; a status a partial index covers only when the planner sees it, as
 # in the SLA monitor's timer loop), a plan made without the values can be far off, and PostgreSQL's

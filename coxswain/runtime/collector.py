@@ -6,7 +6,7 @@ batch, so nearly every young collection finds the batch it interrupts still in u
 objects on to the older generations; once enough have piled up there, a full collection reads
 every object the process holds. In the bench's end-to-end phases scoring and the SLA monitor each
 ran 6 to 9 of those per run, 50 to 200 ms each, in which the event loop served no lead, and they
-freed nothing: ``collected=0`` (a ``gc.callbacks`` probe; docs/benchmarks.md, 6 December,
+freed nothing: ``collected=0`` (a ``gc.callbacks`` probe; docs/benchmarks-history.md, 6 December,
 afternoon).
 
 With the youngest generation collected every 10,000 objects instead, a batch's objects are mostly

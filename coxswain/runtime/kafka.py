@@ -59,7 +59,7 @@ class KeyPartitioner:
     Every fact of a lead has the lead's id as its key, and all of them are relayed by the holder of
     the lead's outbox bucket: five or six records a lead, one hash. aiokafka's murmur2 is pure
     Python, about 5 µs a key: 7.6% of the router's samples while it relayed the bench's throughput
-    phase (docs/benchmarks.md), for a hash it had computed for the lead's record before.
+    phase (docs/benchmarks-history.md, 7 December, afternoon), for a hash it had computed for the lead's record before.
     """
 
     def __init__(self, kept: int = KEYS_KEPT) -> None:

@@ -447,7 +447,7 @@ class OutboxRelay:
         if unread:
             async with self._autocommit.connect() as connection:
                 # On the driver's connection: SQLAlchemy's rows cost the relay more a row than
-                # the notes this read saves PostgreSQL (docs/benchmarks.md, 7 December, evening).
+                # the notes this read saves PostgreSQL (docs/benchmarks-history.md, 7 December, evening).
                 raw: Any = (await connection.get_raw_connection()).driver_connection
                 rows = await raw.fetch(READ_BY_ID, unread)
             found = {row["id"]: record_of(row["topic"], row["key"], row["value"], row["headers"]) for row in rows}

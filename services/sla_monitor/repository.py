@@ -317,7 +317,7 @@ class DueTimer(NamedTuple):
 # events by their lead-id index, timer by timer. Written as NOT EXISTS, PostgreSQL turned it into an
 # anti-join against every activity of the last ``:awaiting_hold``, found by reading the month's
 # partition of intake_events whole on every look for the next due timer: 11 ms at 20,000 intake
-# events in the bench (docs/benchmarks.md, 7 December), and a month of a year's leads in production.
+# events in the bench (docs/benchmarks-history.md, 7 December), and a month of a year's leads in production.
 _AWAITING_RESPONSE = (
     "LEFT JOIN LATERAL (SELECT true AS held FROM intake_events e WHERE e.lead_id = d.lead_id "
     "AND e.kind = 'activity' AND e.received_at <= t.due_at "

@@ -1,7 +1,7 @@
 """The batches of the consumers on a lead's way run on connections that plan each statement once
 for all its calls, on real PostgreSQL; every other connection keeps PostgreSQL's own choice, which
 planned the routing state again at every call of a batch of one or two leads, at more than it
-cost to run (docs/benchmarks.md, 6 December, morning)."""
+cost to run (docs/benchmarks-history.md, 6 December, morning)."""
 
 from __future__ import annotations
 

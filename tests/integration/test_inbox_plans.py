@@ -1,6 +1,6 @@
 """The consumers' look-up of a batch in the inbox stays a probe per record however large the inbox
 grows, on real PostgreSQL, with the plan the consumer's connection caches for it
-(docs/benchmarks.md, 7 December, after midnight)."""
+(docs/benchmarks-history.md, 7 December, after midnight)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The relay's statements are planned against the outbox as it is when they run, on real
 PostgreSQL: a delete prepared while the outbox was a few pages does not scan the whole heap once
-the outbox has grown to thousands of pages (docs/benchmarks.md, 5 December, afternoon), and the
+the outbox has grown to thousands of pages (docs/benchmarks-history.md, 5 December, afternoon), and the
 delete of published rows finds them by the primary key whatever the outbox's statistics say
 (7 December)."""
 

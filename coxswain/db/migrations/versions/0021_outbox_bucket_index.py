@@ -6,7 +6,7 @@ condition on its second column, which walks the whole index once per id. The out
 vacuumed while nearly empty, so its statistics often say it holds a row or two; then that plan
 looks cheapest whenever the index is smaller on disk than the primary key. The bench saw it with
 two instances: deletes of 40 to 865 rows at 10 to 800 ms, 5,000 to 190,000 buffers each
-(docs/benchmarks.md, 7 December). Reading by bucket needs the bucket only (a read for several
+(docs/benchmarks-history.md, 7 December). Reading by bucket needs the bucket only (a read for several
 buckets sorts by id, with either index), and an index of the bucket alone cannot serve a look-up
 by id, so the primary key is the only index such a delete can use.
 

@@ -4,7 +4,7 @@ Every process of every service exports ``coxswain_outbox_backlog`` and
 ``coxswain_outbox_oldest_age_seconds``, and each counted the whole outbox for them every 5 s. The
 outbox is a queue whose heap holds dead rows until vacuum reaches it, so a count read every page
 of it: in the bench's two-instance phase 28 ms and 13,526 buffers a call, in each of seven
-processes (docs/benchmarks.md, 7 December, early morning). During an outage, when the backlog is
+processes (docs/benchmarks-history.md, 7 December, early morning). During an outage, when the backlog is
 what on-call looks at, the count is largest and there are most processes running it.
 
 This table holds the last count. A sampler whose window has passed takes the row with an UPDATE
