@@ -149,17 +149,7 @@ def heard_rows(payload: str) -> list[tuple[int, WireRecord | None]] | None:
     if " " not in payload:
         return [(int(row_id), None) for row_id in payload.split(",")]
     row_id, topic, key, value, headers = payload.split(" ", 4)
-    return [
-        (
-            int(row_id),
-            WireRecord(
-                topic=topic,
-                key=base64.b64decode(key),
-                value=base64.b64decode(value),
-                headers=tuple((name, header.encode()) for name, header in orjson.loads(headers)),
-            ),
-        )
-    ]
+    return [(int(row_id), record_of(topic, base64.b64decode(key), base64.b64decode(value), orjson.loads(headers)))]
 
 
 def staging(
