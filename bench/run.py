@@ -369,7 +369,8 @@ class Bench:
         async with connected(self.superuser_dsn) as connection:
             leads = await connection.fetchval("SELECT count(*) FROM assignments") - self.routed_before_statements
             rows = await connection.fetch(
-                "SELECT calls, total_exec_time AS exec_ms, total_plan_time AS plan_ms, rows, query "
+                "SELECT calls, total_exec_time AS exec_ms, total_plan_time AS plan_ms, rows, "
+                "shared_blks_hit + shared_blks_read + local_blks_hit + local_blks_read AS buffers, query "
                 "FROM bench_stats.pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database "
                 "WHERE datname = current_database()) ORDER BY total_exec_time + total_plan_time DESC LIMIT 15"
             )

@@ -377,17 +377,19 @@ def _cell(value: Any) -> str:
 
 
 def statements_table(statements: Sequence[Mapping[str, Any]], items: int) -> str:
-    """pg_stat_statements rows (``calls``, ``exec_ms``, ``plan_ms``, ``rows``, ``query``) as a table:
-    each statement's share of the database's time, its cost per call and per item, and its text
-    on one line. A plan gone wrong shows as a statement whose time per call is out of line."""
+    """pg_stat_statements rows (``calls``, ``exec_ms``, ``plan_ms``, ``rows``, ``buffers``,
+    ``query``) as a table: each statement's share of the database's time, its cost per call and per
+    item, and its text on one line. A plan gone wrong shows as a statement whose time per call is
+    out of line. The pages a call visits (``buffers``, from the cache or read) are its work however
+    busy the machine was, where its time is not."""
     total = sum(row["exec_ms"] + row["plan_ms"] for row in statements) or 1.0
-    lines = [f"{'share':>6} {'calls':>8} {'ms/call':>8} {'plan ms':>8} {'ms/item':>8}  statement"]
+    lines = [f"{'share':>6} {'calls':>8} {'ms/call':>8} {'plan ms':>8} {'ms/item':>8} {'buf/call':>9}  statement"]
     for row in statements:
         spent = row["exec_ms"] + row["plan_ms"]
         calls = max(row["calls"], 1)
         query = " ".join(str(row["query"]).split())
         lines.append(
             f"{spent / total:>6.0%} {row['calls']:>8,} {row['exec_ms'] / calls:>8.3f} {row['plan_ms'] / calls:>8.3f} "
-            f"{spent / max(items, 1):>8.3f}  {query[:110]}"
+            f"{spent / max(items, 1):>8.3f} {row['buffers'] / calls:>9,.0f}  {query[:100]}"
         )
     return "\n".join(lines)

@@ -415,19 +415,33 @@ def test_the_watcher_counts_a_fact_published_twice_once() -> None:
 
 def test_the_statements_table_shows_each_statements_share_and_its_cost_per_call_and_per_lead() -> None:
     statements = [
-        {"calls": 200, "exec_ms": 2000.0, "plan_ms": 20.0, "rows": 0, "query": "SELECT f.lead_id\n  FROM lead_facts f"},
-        {"calls": 1000, "exec_ms": 150.0, "plan_ms": 10.0, "rows": 1000, "query": "INSERT INTO inbox " + "x" * 200},
-        {"calls": 0, "exec_ms": 0.0, "plan_ms": 0.0, "rows": 0, "query": "SELECT 1"},
+        {
+            "calls": 200,
+            "exec_ms": 2000.0,
+            "plan_ms": 20.0,
+            "rows": 0,
+            "buffers": 512_000,
+            "query": "SELECT f.lead_id\n  FROM lead_facts f",
+        },
+        {
+            "calls": 1000,
+            "exec_ms": 150.0,
+            "plan_ms": 10.0,
+            "rows": 1000,
+            "buffers": 3000,
+            "query": "INSERT INTO inbox " + "x" * 200,
+        },
+        {"calls": 0, "exec_ms": 0.0, "plan_ms": 0.0, "rows": 0, "buffers": 0, "query": "SELECT 1"},
     ]
 
     lines = statements_table(statements, items=100).splitlines()
 
-    assert lines[0].split() == ["share", "calls", "ms/call", "plan", "ms", "ms/item", "statement"]
-    assert lines[1].split()[:5] == ["93%", "200", "10.000", "0.100", "20.200"]
+    assert lines[0].split() == ["share", "calls", "ms/call", "plan", "ms", "ms/item", "buf/call", "statement"]
+    assert lines[1].split()[:6] == ["93%", "200", "10.000", "0.100", "20.200", "2,560"]
     assert lines[1].endswith("SELECT f.lead_id FROM lead_facts f"), "the text on one line"
-    assert lines[2].split()[:5] == ["7%", "1,000", "0.150", "0.010", "1.600"]
+    assert lines[2].split()[:6] == ["7%", "1,000", "0.150", "0.010", "1.600", "3"]
     assert len(lines[2]) < 160, "a long statement is cut"
-    assert lines[3].split()[:5] == ["0%", "0", "0.000", "0.000", "0.000"]
+    assert lines[3].split()[:6] == ["0%", "0", "0.000", "0.000", "0.000", "0"]
 
 
 def _assigned(*partitions: tuple[str, int]) -> str:
