@@ -31,13 +31,7 @@ def create_engine(config: DatabaseConfig) -> AsyncEngine:
 # grown to thousands of pages (docs/benchmarks-history.md, 5 December, afternoon). The relay's statements
 # are planned at every execution, against the outbox as it is then; that costs about a tenth of a
 # millisecond each, a few times a second.
-#
-# And they scan indexes, never bitmaps: a bitmap scan visits every row its index entries point to,
-# deleted ones included, at every read, where an index scan marks the entries of rows dead to every
-# transaction and later scans skip them. A relay's read of its buckets then visits the rows deleted
-# since its last read, not all those deleted since the last vacuum (migration
-# 0023_outbox_bucket_each_row says why the index has one entry a row for this).
-RELAY_SETTINGS = {"plan_cache_mode": "force_custom_plan", "enable_bitmapscan": "off"}
+RELAY_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
 # The relay's connections: its lease renewals, its reads and deletes (one at a time), its listener.
 RELAY_POOL_SIZE = 3
 

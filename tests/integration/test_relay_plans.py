@@ -2,8 +2,7 @@
 PostgreSQL: a delete prepared while the outbox was a few pages does not scan the whole heap once
 the outbox has grown to thousands of pages (docs/benchmarks-history.md, 5 December, afternoon), and the
 delete of published rows finds them by the primary key whatever the outbox's statistics say
-(7 December), and a relay's read of its buckets visits a deleted row once, not at every read until
-the next vacuum (7 December, night)."""
+(7 December)."""
 
 from __future__ import annotations
 
@@ -16,7 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coxswain.db.database import create_relay_engine
-from coxswain.runtime.outbox import BUCKETS, DELETE_PUBLISHED, READ_BATCH, RELAY_LOCK
+from coxswain.runtime.outbox import DELETE_PUBLISHED, RELAY_LOCK
 from coxswain.settings import DatabaseConfig
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -156,71 +155,3 @@ async def test_an_index_on_bucket_and_id_served_the_delete_by_id_once_it_looked_
     """The premise: with the index the outbox had before migration 0021, the same delete walks it,
     once per id (the bench saw 190,000 buffers for 865 rows)."""
     assert await indexes_the_delete_scans(relay_engine, with_bucket_and_id=True) == {"outbox_bucket_id"}
-
-
-# Rows waiting in the outbox while a relay reads: a moment's commits not yet published.
-WAITING = 200
-# The buckets one relay of four holds.
-A_RELAYS_SHARE = list(range(BUCKETS // 4))
-
-
-async def pages_each_read_visits(engine: AsyncEngine, each_row: bool) -> tuple[list[int], int]:
-    """The pages each of three reads of a relay's buckets visits (``READ_BATCH``, run on
-    ``engine``'s connections as a relay runs it), in an outbox that has relayed ``GROWN_TO`` rows
-    since its last vacuum and holds ``WAITING`` now; and how many pages its heap has.
-    ``each_row``: the outbox's own indexes (one entry a row in the index on the bucket); otherwise
-    that index is as it was before migration 0023, deduplicated.
-
-    A temporary table of the outbox's shape hides the real one from this session only, outside a
-    transaction, so that each statement's deletes are over when the next runs; dropped at the end."""
-    async with engine.connect() as connection:
-        session = await connection.execution_options(isolation_level="AUTOCOMMIT")
-        await session.execute(text("CREATE TEMPORARY TABLE outbox (LIKE public.outbox INCLUDING ALL)"))
-        try:
-            if not each_row:
-                await session.execute(text("DROP INDEX pg_temp.outbox_bucket_idx"))
-                await session.execute(text("CREATE INDEX outbox_bucket_deduplicated ON outbox (bucket)"))
-            grow = text(
-                "INSERT INTO outbox (event_id, topic, key, value, headers, bucket, created_at) "
-                "SELECT gen_random_uuid(), 't', '\\x00', convert_to(repeat('x', 400), 'UTF8'), '[]', g % 32, now() "
-                "FROM generate_series(1, :rows) AS g"
-            )
-            await session.execute(grow, {"rows": GROWN_TO})
-            await session.execute(text("DELETE FROM outbox"))
-            await session.execute(grow, {"rows": WAITING})
-            await session.execute(text("ANALYZE outbox"))
-            visited = []
-            for _ in range(3):
-                explained = await session.scalar(
-                    text(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {READ_BATCH.text}"),
-                    {"gate": RELAY_LOCK, "mine": A_RELAYS_SHARE, "batch": 1000, "published": []},
-                )
-                plan = explained[0]["Plan"]
-                visited.append(int(plan["Local Hit Blocks"]) + int(plan["Local Read Blocks"]))
-            pages = int(await session.scalar(text("SELECT pg_relation_size('pg_temp.outbox') / 8192")))
-        finally:
-            await session.execute(text("DROP TABLE IF EXISTS pg_temp.outbox"))
-    return visited, pages
-
-
-async def test_a_relays_read_visits_a_deleted_row_once_not_at_every_read(relay_engine: AsyncEngine) -> None:
-    (first, *later), pages = await pages_each_read_visits(relay_engine, each_row=True)
-    # The first read walks the deleted rows of its buckets, a row of four on every page of the
-    # heap, and marks them.
-    assert first > pages // 2
-    # The next visit the index and the waiting rows, not the deleted rows again.
-    assert all(read < pages // 10 for read in later), (later, pages)
-
-
-async def test_a_deduplicated_index_leaves_every_read_visiting_the_deleted_rows(relay_engine: AsyncEngine) -> None:
-    """The premise: with the index on the bucket the outbox had before migration 0023, an entry
-    holds deleted and waiting rows together and is never marked, so each read visits them again."""
-    (_, *later), pages = await pages_each_read_visits(relay_engine, each_row=False)
-    assert all(read > pages // 2 for read in later), (later, pages)
-
-
-async def test_a_bitmap_scan_visits_the_deleted_rows_at_every_read(engine: AsyncEngine) -> None:
-    """The premise: planned as the services' connections plan it, the read is a bitmap scan, which
-    marks nothing, so each read visits the deleted rows again even with one entry a row."""
-    (_, *later), pages = await pages_each_read_visits(engine, each_row=True)
-    assert all(read > pages // 2 for read in later), (later, pages)
