@@ -254,6 +254,13 @@ def record_of(topic: str, key: bytes, value: bytes, headers: list[list[str]]) ->
     )
 
 
+# How often a relay reads its buckets when nothing broke the chain of notifications that hands it
+# their rows (``relay_pass``): whatever a notification failed to hand over (none is known to) waits
+# this long at most. Not at every renewal, as until 8 December: a read visits every row of its
+# buckets deleted since the last vacuum (the index on the bucket is deduplicated), 8 to 20 ms a
+# read under load, and the relay publishes nothing meanwhile (docs/benchmarks-history.md, 8 December).
+SAFETY_READ_SECONDS = 10.0
+
 # How long a published batch may wait for the next pass to delete it. Under load the next
 # notification comes sooner and the delete rides with that pass's read; when the buckets go quiet
 # the batch is deleted on its own this long after it was published (as every batch was before).
@@ -336,6 +343,7 @@ class OutboxRelay:
         self._heard: collections.deque[tuple[int, int, WireRecord | None]] = collections.deque()
         self._must_read = True
         self._caught_up = False
+        self._read_at = -math.inf  # when this relay last read its buckets (``relay_once``)
         # Ids the last reads published, so that their notifications, which may come after the
         # read, do not send them again. Bounded: a notification comes within moments of its commit.
         self._read_ids: collections.OrderedDict[int, None] = collections.OrderedDict()
@@ -356,11 +364,10 @@ class OutboxRelay:
                     if time.monotonic() - self._refreshed >= self._lease / 3:
                         await self.refresh_leases()
                         # Before the read: a commit to a bucket just taken, after this pass's read,
-                        # must notify this relay.
+                        # must notify this relay (a bucket taken is read: ``_listen_to_owned``).
                         await self._listen_to_owned()
-                        # A read at every renewal too: whatever a notification failed to hand over
-                        # (none is known to) waits a third of a lease at most.
-                        self._must_read = True
+                        if time.monotonic() - self._read_at >= SAFETY_READ_SECONDS:
+                            self._must_read = True
                     published = await self.relay_pass()
                     if self._published and time.monotonic() - self._published_at >= DELETE_WITHIN:
                         # Notifications keep coming, so no read deletes the batches published: the
@@ -386,6 +393,8 @@ class OutboxRelay:
                 # the wake was cleared above, so they are never left for the idle poll.
                 next_refresh = self._refreshed + self._lease / 3 - time.monotonic()
                 idle = max(min(self._idle_poll, next_refresh), 0.0)
+                # A wait cut short by the renewal is not an idle poll: the renewal reads when it must.
+                polling = self._idle_poll <= next_refresh
                 if self._published:
                     # Delete the batch just published when the oldest row has waited DELETE_WITHIN,
                     # unless a notification comes first (its pass may read, and delete with it).
@@ -398,7 +407,7 @@ class OutboxRelay:
                         log.debug("outbox relay could not delete its last batch yet: %s", type(exc).__name__)
                     idle = max(idle - DELETE_WITHIN, 0.0)
                 await first_of(stop, self._wake, idle)
-                if not self._wake.is_set():
+                if polling and not self._wake.is_set():
                     self._must_read = True  # the idle poll: a read, whatever was heard
         finally:
             listener.cancel()
@@ -563,6 +572,7 @@ class OutboxRelay:
         # what is heard from now on is kept for the next pass (see ``relay_pass``).
         self._must_read = False
         self._heard.clear()
+        self._read_at = time.monotonic()
         async with self._autocommit.connect() as connection:
             rows = (
                 await connection.execute(
@@ -638,6 +648,9 @@ class OutboxRelay:
         metrics.OUTBOX_LEASES_LOST.inc(len(buckets))
         self.owned = tuple(bucket for bucket in self.owned if bucket not in buckets)
         self._refreshed = -math.inf  # refresh at once: take a fair share again
+        # A bucket lost may be taken again in the same renewal, without a LISTEN of its own, after
+        # another relay held it: the next pass reads.
+        self._must_read = True
 
     async def release_leases(self) -> None:
         """Hand the buckets back on a clean stop, so other relays take them at once."""

@@ -748,3 +748,55 @@ async def test_a_relay_restarted_under_its_instance_id_takes_its_predecessors_bu
         await successor.release_leases()
         await peer.release_leases()
         await killed.release_leases()
+
+
+class RenewalCountingRelay(CountingRelay):
+    """A counting relay that also counts its renewals."""
+
+    renewals = 0
+
+    async def refresh_leases(self) -> tuple[int, ...]:
+        self.renewals += 1
+        return await super().refresh_leases()
+
+
+async def test_a_caught_up_relay_reads_its_buckets_at_the_safety_interval_not_at_every_renewal(
+    engine: AsyncEngine, publisher: Publisher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its notifications hand it every row committed in its buckets, so a read at every renewal (a
+    third of a lease) visited every row of them deleted since the last vacuum for nothing. A row
+    that no notification named (staged here without one) is still published: by the read that
+    comes every ``SAFETY_READ_SECONDS``."""
+    monkeypatch.setattr(outbox, "SAFETY_READ_SECONDS", 5.0)
+    relay = RenewalCountingRelay(engine, publisher, lease_seconds=1.0, idle_poll_seconds=60.0, name="safety-read")
+    await relay.refresh_leases()
+    async with running(relay):
+        # Read: the relay's connection came up after its first pass.
+        warm = keys_in(relay.owned, 1)
+        async with engine.begin() as connection:
+            await stage_records(connection, records_for(warm, 0), NOW)
+        await wait_published(engine, warm, within=30)
+        reads, renewals = relay.passes, relay.renewals
+        await asyncio.sleep(2.0)
+        quiet_reads, quiet_renewals = relay.passes - reads, relay.renewals - renewals
+        silent = keys_in(relay.owned, 1)
+        ((event_id, record),) = records_for(silent, 0)
+        async with engine.begin() as connection:
+            await connection.execute(
+                text(
+                    "INSERT INTO outbox (event_id, topic, key, value, headers, bucket, created_at) "
+                    "VALUES (:event_id, :topic, :key, :value, '[]', :bucket, :now)"
+                ),
+                {
+                    "event_id": event_id,
+                    "topic": record.topic,
+                    "key": record.key,
+                    "value": record.value,
+                    "bucket": bucket_of(record.key),
+                    "now": NOW,
+                },
+            )
+        await wait_published(engine, silent, within=30)
+    assert quiet_renewals >= 2, "the lease of a second is renewed every third of a second"
+    assert quiet_reads == 0, f"{quiet_reads} reads in {quiet_renewals} renewals"
+    assert await assert_in_order_and_complete({key: [0] for key in warm + silent}) == 0
