@@ -424,9 +424,10 @@ class OutboxRelay:
         channels before it reads) with the row itself or its id, and PostgreSQL delivers notifications in
         the order their transactions committed. So publishing the rows heard, in the order heard,
         skipping those the read already published, sends each bucket's rows in commit order, and
-        none is left out. Anything that breaks the chain (a row too large to be handed over, a
-        listening connection lost and made again, buckets taken, a failed pass, the idle poll, a
-        renewal) makes the next pass a read, which starts it again.
+        none is left out. Anything that may break the chain (a row too large to be handed over, a
+        listening connection lost and made again, buckets taken or lost, a failed pass, the idle
+        poll) makes the next pass a read, which starts it again; and a renewal does once the last
+        read is ``SAFETY_READ_SECONDS`` old, against what nothing known breaks.
         """
         if self._must_read or not self._caught_up:
             return await self.relay_once()
