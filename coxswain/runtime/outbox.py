@@ -255,10 +255,11 @@ def record_of(topic: str, key: bytes, value: bytes, headers: list[list[str]]) ->
 
 
 # How often a relay reads its buckets when nothing broke the chain of notifications that hands it
-# their rows (``relay_pass``): whatever a notification failed to hand over (none is known to) waits
-# this long at most. Not at every renewal, as until 8 December: a read visits every row of its
-# buckets deleted since the last vacuum (the index on the bucket is deduplicated), 8 to 20 ms a
-# read under load, and the relay publishes nothing meanwhile (docs/benchmarks-history.md, 8 December).
+# their rows (``relay_pass``), whatever the length of its lease: whatever a notification failed to
+# hand over (none is known to) waits this long at most. Not at every renewal, as until 8 December:
+# a read visits every row of its buckets deleted since the last vacuum (the index on the bucket is
+# deduplicated), 8 to 20 ms a read under load, and the relay publishes nothing meanwhile
+# (docs/benchmarks-history.md, 8 December).
 SAFETY_READ_SECONDS = 10.0
 
 # How long a published batch may wait for the next pass to delete it. Under load the next
@@ -366,8 +367,6 @@ class OutboxRelay:
                         # Before the read: a commit to a bucket just taken, after this pass's read,
                         # must notify this relay (a bucket taken is read: ``_listen_to_owned``).
                         await self._listen_to_owned()
-                        if time.monotonic() - self._read_at >= SAFETY_READ_SECONDS:
-                            self._must_read = True
                     published = await self.relay_pass()
                     if self._published and time.monotonic() - self._published_at >= DELETE_WITHIN:
                         # Notifications keep coming, so no read deletes the batches published: the
@@ -426,10 +425,10 @@ class OutboxRelay:
         skipping those the read already published, sends each bucket's rows in commit order, and
         none is left out. Anything that may break the chain (a row too large to be handed over, a
         listening connection lost and made again, buckets taken or lost, a failed pass, the idle
-        poll) makes the next pass a read, which starts it again; and a renewal does once the last
-        read is ``SAFETY_READ_SECONDS`` old, against what nothing known breaks.
+        poll) makes the next pass a read, which starts it again; and so does a last read
+        ``SAFETY_READ_SECONDS`` old, against what nothing known breaks.
         """
-        if self._must_read or not self._caught_up:
+        if self._must_read or not self._caught_up or time.monotonic() - self._read_at >= SAFETY_READ_SECONDS:
             return await self.relay_once()
         return await self.relay_heard()
 
